@@ -1,0 +1,120 @@
+/*---
+description = "One row per customer (anyone with at least one purchase up to as_of): order counts, exact revenue and margin, recency, tenure, acquisition attributes and value 90/180/365 days after acquisition."
+grain = ["customer_id"]
+
+[columns]
+customer_id         = "Customer key (Utf8)."
+first_order_ts      = "Time of the first purchase (UTC)."
+last_order_ts       = "Time of the latest purchase (UTC)."
+first_order_date    = "Date of the first purchase."
+last_order_date     = "Date of the latest purchase."
+cohort_month        = "First day of the month of the first purchase (acquisition cohort)."
+orders              = "Distinct orders with a purchase line (revenue >= 0)."
+purchase_days       = "Distinct purchase dates (same-day orders merge)."
+revenue             = "Net revenue of all kept lines, refunds included (exact sum)."
+margin              = "Revenue minus cost over lines with a known cost; NULL when no cost is known."
+aov                 = "Average order value: revenue / orders."
+recency_days        = "as_of minus the last purchase date, in days."
+tenure_days         = "as_of minus the first purchase date, in days."
+acquisition_channel = "Channel of the first purchase order ('unknown' when missing)."
+acquisition_country = "Country of the first purchase order."
+acquisition_device  = "Device of the first purchase order."
+first_category      = "Category of the first order's highest-revenue line."
+last_category       = "Category of the latest order's highest-revenue line."
+revenue_90d         = "Revenue of lines at most 90 days after the first purchase date; NULL while tenure_days < 90."
+revenue_180d        = "Same for 180 days."
+revenue_365d        = "Same for 365 days."
+margin_90d          = "Margin of lines at most 90 days after the first purchase date; NULL while tenure_days < 90."
+margin_180d         = "Same for 180 days."
+margin_365d         = "Same for 365 days."
+
+[checks]
+unique   = ["customer_id"]
+not_null = ["customer_id", "first_order_ts", "orders", "revenue", "acquisition_channel"]
+expression = ["orders >= 1", "purchase_days <= orders", "recency_days <= tenure_days", "recency_days >= 0"]
+---*/
+with ranked as (
+    select
+        po.*,
+        row_number() over (partition by customer_id order by purchase_ts asc, order_id asc)   as first_rank,
+        row_number() over (partition by customer_id order by purchase_ts desc, order_id desc) as last_rank
+    from purchase_orders po
+),
+
+firsts as (
+    select customer_id, purchase_ts as first_order_ts, purchase_date as first_order_date,
+           channel, country, device, top_category as first_category
+    from ranked where first_rank = 1
+),
+
+lasts as (
+    select customer_id, purchase_ts as last_order_ts, purchase_date as last_order_date,
+           top_category as last_category
+    from ranked where last_rank = 1
+),
+
+order_counts as (
+    select customer_id, count(*) as orders from purchase_orders group by customer_id
+),
+
+day_counts as (
+    select customer_id, count(*) as purchase_days
+    from customer_days where is_purchase group by customer_id
+),
+
+money as (
+    select
+        d.customer_id,
+        sum(d.revenue) as revenue,
+        sum(d.margin)  as margin,
+        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 90  then d.revenue end) as revenue_90d,
+        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 180 then d.revenue end) as revenue_180d,
+        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 365 then d.revenue end) as revenue_365d,
+        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 90  then d.margin end)  as margin_90d,
+        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 180 then d.margin end)  as margin_180d,
+        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 365 then d.margin end)  as margin_365d
+    from customer_days d
+    join firsts f on f.customer_id = d.customer_id
+    group by d.customer_id
+),
+
+final as (
+    select
+        f.customer_id,
+        f.first_order_ts,
+        l.last_order_ts,
+        f.first_order_date,
+        l.last_order_date,
+        cast(date_trunc('month', f.first_order_date) as date) as cohort_month,
+        o.orders,
+        dc.purchase_days,
+        cast(m.revenue as double) as revenue,
+        cast(m.margin as double)  as margin,
+        cast(m.revenue as double) / o.orders as aov,
+        cast(cast($as_of as int) - cast(l.last_order_date as int) as bigint)  as recency_days,
+        cast(cast($as_of as int) - cast(f.first_order_date as int) as bigint) as tenure_days,
+        f.channel  as acquisition_channel,
+        f.country  as acquisition_country,
+        f.device   as acquisition_device,
+        f.first_category,
+        l.last_category,
+        m.revenue_90d, m.revenue_180d, m.revenue_365d,
+        m.margin_90d, m.margin_180d, m.margin_365d
+    from firsts f
+    join lasts l        on l.customer_id = f.customer_id
+    join order_counts o on o.customer_id = f.customer_id
+    join day_counts dc  on dc.customer_id = f.customer_id
+    join money m        on m.customer_id = f.customer_id
+)
+
+select
+    customer_id, first_order_ts, last_order_ts, first_order_date, last_order_date, cohort_month,
+    orders, purchase_days, revenue, margin, aov, recency_days, tenure_days,
+    acquisition_channel, acquisition_country, acquisition_device, first_category, last_category,
+    case when tenure_days >= 90  then cast(revenue_90d as double)  end as revenue_90d,
+    case when tenure_days >= 180 then cast(revenue_180d as double) end as revenue_180d,
+    case when tenure_days >= 365 then cast(revenue_365d as double) end as revenue_365d,
+    case when tenure_days >= 90  then cast(margin_90d as double)   end as margin_90d,
+    case when tenure_days >= 180 then cast(margin_180d as double)  end as margin_180d,
+    case when tenure_days >= 365 then cast(margin_365d as double)  end as margin_365d
+from final

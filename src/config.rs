@@ -1,0 +1,558 @@
+//! Configuration: the `segflow.toml` file, `SEGFLOW_*` environment overrides and flags.
+//!
+//! Layers, the later winning: defaults → config file → environment → command-line flags.
+//! Relative paths in the file resolve against the file's directory; relative paths given as
+//! flags or env vars resolve against the working directory. Unknown keys are errors that
+//! name the key, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use datafusion::scalar::ScalarValue;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Names of the inputs segflow understands, with the canonical columns each may map.
+pub const INPUTS: &[(&str, &[&str])] = &[
+    (
+        "orders",
+        &[
+            "customer_id",
+            "order_id",
+            "order_ts",
+            "revenue",
+            "quantity",
+            "cost",
+            "product_id",
+            "category",
+            "channel",
+            "country",
+            "region",
+            "device",
+            "status",
+        ],
+    ),
+    (
+        "customers",
+        &[
+            "customer_id",
+            "signup_ts",
+            "birth_year",
+            "gender",
+            "email_opt_in",
+        ],
+    ),
+    ("marketing_spend", &["month", "channel", "spend"]),
+];
+
+/// The config file as written by users.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Snapshot date; default = latest order date in the input.
+    #[serde(default)]
+    pub as_of: Option<toml::Value>,
+    /// Inputs by name (`orders`, `customers`, `marketing_spend`).
+    #[serde(default)]
+    pub input: BTreeMap<String, InputConfig>,
+    /// Where tables are published.
+    #[serde(default)]
+    pub output: OutputConfig,
+    /// Which model files run.
+    #[serde(default)]
+    pub models: ModelsConfig,
+    /// Model parameter overrides.
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+    /// Engine resources.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// DataFusion config keys passed through to `ConfigOptions::set`.
+    #[serde(default)]
+    pub datafusion: BTreeMap<String, toml::Value>,
+}
+
+/// One input table.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// File, directory (hive partitions ok) or glob.
+    pub uri: String,
+    /// Canonical column name → source column name.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Status values whose lines are dropped (orders only; default `["cancelled"]`).
+    #[serde(default)]
+    pub drop_status: Option<Vec<String>>,
+}
+
+/// `[output]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Output root (local path).
+    pub uri: Option<String>,
+    /// Age after which another run's lock is considered stale, e.g. `"6h"`.
+    pub lock_timeout: Option<String>,
+}
+
+/// `[models]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Model folders; later paths override same-named models.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Whether the built-in library runs (default true).
+    #[serde(default = "default_true")]
+    pub builtin: bool,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            paths: Vec::new(),
+            builtin: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[runtime]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Memory pool size, e.g. `"4g"`; default: no limit.
+    pub memory_limit: Option<String>,
+    /// IANA time zone for day and month boundaries; default UTC.
+    pub timezone: Option<String>,
+    /// Directory for spill files; default: the system temp dir.
+    pub temp_dir: Option<String>,
+}
+
+/// Overrides given on the command line (highest precedence).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub as_of: Option<String>,
+    pub output: Option<String>,
+    pub select: Vec<String>,
+}
+
+/// One resolved input.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub name: String,
+    /// Absolute local path (possibly with a glob) or URL.
+    pub uri: String,
+    pub columns: BTreeMap<String, String>,
+    pub drop_status: Vec<String>,
+}
+
+/// The fully resolved settings of one run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_path: PathBuf,
+    pub as_of: Option<NaiveDate>,
+    pub inputs: BTreeMap<String, InputSpec>,
+    pub output: String,
+    pub model_paths: Vec<PathBuf>,
+    pub builtin_models: bool,
+    pub params: BTreeMap<String, ScalarValue>,
+    pub memory_limit: Option<usize>,
+    pub timezone: Option<chrono_tz::Tz>,
+    pub temp_dir: Option<PathBuf>,
+    pub datafusion: Vec<(String, String)>,
+    pub lock_timeout: Duration,
+    pub select: Vec<String>,
+    /// SHA-256 of the config file bytes and the effective overrides.
+    pub config_hash: String,
+}
+
+impl Settings {
+    /// Loads the config file, then applies `SEGFLOW_*` environment variables, then flags.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Settings> {
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("SEGFLOW_"))
+            .collect();
+        Self::load_with_env(path, overrides, &env)
+    }
+
+    /// Like [`Settings::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        overrides: &Overrides,
+        env: &[(String, String)],
+    ) -> Result<Settings> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| Error::ConfigParse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let config_path = absolute(path, &cwd()?);
+        let base = config_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let cwd = cwd()?;
+
+        let mut as_of = match &file.as_of {
+            None => None,
+            Some(v) => Some(parse_date_value("as_of", v)?),
+        };
+
+        let mut inputs = BTreeMap::new();
+        for (name, input) in &file.input {
+            let Some((_, allowed)) = INPUTS.iter().find(|(n, _)| n == name) else {
+                return Err(Error::ConfigValue {
+                    key: format!("input.{name}"),
+                    message: format!(
+                        "unknown input `{name}` in {} (known inputs: orders, customers, marketing_spend)",
+                        path.display()
+                    ),
+                });
+            };
+            for canonical in input.columns.keys() {
+                if !allowed.contains(&canonical.as_str()) {
+                    return Err(Error::ConfigValue {
+                        key: format!("input.{name}.columns.{canonical}"),
+                        message: format!(
+                            "unknown canonical column `{canonical}` in {} (columns of `{name}`: {})",
+                            path.display(),
+                            allowed.join(", ")
+                        ),
+                    });
+                }
+            }
+            if input.drop_status.is_some() && name != "orders" {
+                return Err(Error::ConfigValue {
+                    key: format!("input.{name}.drop_status"),
+                    message: "drop_status applies to the orders input only".into(),
+                });
+            }
+            inputs.insert(
+                name.clone(),
+                InputSpec {
+                    name: name.clone(),
+                    uri: resolve_uri(&input.uri, &base),
+                    columns: input.columns.clone(),
+                    drop_status: input
+                        .drop_status
+                        .clone()
+                        .unwrap_or_else(|| vec!["cancelled".to_string()])
+                        .into_iter()
+                        .map(|s| s.to_lowercase())
+                        .collect(),
+                },
+            );
+        }
+
+        let mut output = file.output.uri.as_ref().map(|u| resolve_uri(u, &base));
+        let model_paths = file
+            .models
+            .paths
+            .iter()
+            .map(|p| absolute(Path::new(p), &base))
+            .collect();
+        let mut params = BTreeMap::new();
+        for (k, v) in &file.params {
+            params.insert(k.clone(), toml_to_scalar(&format!("params.{k}"), v)?);
+        }
+        let mut memory_limit = match &file.runtime.memory_limit {
+            Some(s) => Some(parse_size("runtime.memory_limit", s)?),
+            None => None,
+        };
+        let mut timezone = match &file.runtime.timezone {
+            Some(s) => Some(parse_tz("runtime.timezone", s)?),
+            None => None,
+        };
+        let temp_dir = file.runtime.temp_dir.as_ref().map(|p| absolute(Path::new(p), &base));
+        let mut datafusion = Vec::new();
+        for (k, v) in &file.datafusion {
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(Error::ConfigValue {
+                        key: format!("datafusion.{k}"),
+                        message: format!("expected a string, number or boolean, found {other}"),
+                    })
+                }
+            };
+            datafusion.push((k.clone(), value));
+        }
+        let lock_timeout = match &file.output.lock_timeout {
+            Some(s) => parse_duration("output.lock_timeout", s)?,
+            None => Duration::from_secs(6 * 3600),
+        };
+
+        // Environment overrides.
+        let mut hash_extra = String::new();
+        for (key, value) in env {
+            let name = &key["SEGFLOW_".len()..];
+            match name {
+                "AS_OF" => as_of = Some(parse_date(key, value)?),
+                "OUTPUT" | "OUTPUT_URI" => output = Some(resolve_uri(value, &cwd)),
+                "MEMORY_LIMIT" => memory_limit = Some(parse_size(key, value)?),
+                "TIMEZONE" => timezone = Some(parse_tz(key, value)?),
+                // Read by the CLI itself.
+                "CONFIG" | "LOG_FORMAT" | "LOG" => continue,
+                _ if name.starts_with("PARAM_") => {
+                    let param = name["PARAM_".len()..].to_lowercase();
+                    params.insert(param, env_to_scalar(value));
+                }
+                _ if name.starts_with("INPUT_") && name.ends_with("_URI") => {
+                    let input = name["INPUT_".len()..name.len() - "_URI".len()].to_lowercase();
+                    match inputs.get_mut(&input) {
+                        Some(spec) => spec.uri = resolve_uri(value, &cwd),
+                        None => {
+                            return Err(Error::ConfigValue {
+                                key: key.clone(),
+                                message: format!(
+                                    "input `{input}` is not configured in {}",
+                                    path.display()
+                                ),
+                            })
+                        }
+                    }
+                }
+                _ => {
+                    return Err(Error::ConfigValue {
+                        key: key.clone(),
+                        message: "unknown SEGFLOW_* environment variable (known: SEGFLOW_AS_OF, SEGFLOW_OUTPUT, SEGFLOW_MEMORY_LIMIT, SEGFLOW_TIMEZONE, SEGFLOW_PARAM_<NAME>, SEGFLOW_INPUT_<NAME>_URI, SEGFLOW_CONFIG, SEGFLOW_LOG_FORMAT)".into(),
+                    })
+                }
+            }
+            hash_extra.push_str(&format!("{key}={value}\n"));
+        }
+
+        // Flags.
+        if let Some(d) = &overrides.as_of {
+            as_of = Some(parse_date("--as-of", d)?);
+            hash_extra.push_str(&format!("--as-of={d}\n"));
+        }
+        if let Some(o) = &overrides.output {
+            output = Some(resolve_uri(o, &cwd));
+            hash_extra.push_str(&format!("--output={o}\n"));
+        }
+
+        if !inputs.contains_key("orders") {
+            return Err(Error::ConfigValue {
+                key: "input.orders.uri".into(),
+                message: format!("{} has no [input.orders] section", path.display()),
+            });
+        }
+        let output = output.ok_or_else(|| Error::ConfigValue {
+            key: "output.uri".into(),
+            message: format!(
+                "no output location: set [output] uri in {}, SEGFLOW_OUTPUT or --output",
+                path.display()
+            ),
+        })?;
+
+        let mut hasher = Sha256::new();
+        hasher.update(text.as_bytes());
+        hasher.update(hash_extra.as_bytes());
+        let config_hash = format!("{:x}", hasher.finalize());
+
+        Ok(Settings {
+            config_path,
+            as_of,
+            inputs,
+            output,
+            model_paths,
+            builtin_models: file.models.builtin,
+            params,
+            memory_limit,
+            timezone,
+            temp_dir,
+            datafusion,
+            lock_timeout,
+            select: overrides.select.clone(),
+            config_hash,
+        })
+    }
+}
+
+fn cwd() -> Result<PathBuf> {
+    std::env::current_dir().map_err(|e| Error::io("read working directory", ".", e))
+}
+
+/// Makes `p` absolute against `base`, without touching the filesystem.
+pub fn absolute(p: &Path, base: &Path) -> PathBuf {
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    // Normalise `.` and `..` lexically so messages and manifests show clean paths.
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// A URI with a scheme (`s3://...`, `file:///...`) is kept; anything else is a local path.
+fn resolve_uri(uri: &str, base: &Path) -> String {
+    if uri.contains("://") {
+        uri.to_string()
+    } else {
+        absolute(Path::new(uri), base).to_string_lossy().into_owned()
+    }
+}
+
+fn parse_date_value(key: &str, v: &toml::Value) -> Result<NaiveDate> {
+    match v {
+        toml::Value::String(s) => parse_date(key, s),
+        toml::Value::Datetime(d) => parse_date(key, &d.to_string()),
+        other => Err(Error::ConfigValue {
+            key: key.into(),
+            message: format!("expected a date like 2026-11-21, found {other}"),
+        }),
+    }
+}
+
+/// Parses `YYYY-MM-DD`.
+pub fn parse_date(key: &str, s: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| Error::ConfigValue {
+        key: key.into(),
+        message: format!("expected a date like 2026-11-21, found `{s}`"),
+    })
+}
+
+/// Parses sizes like `512m`, `4g`, `4GiB`, `1024` (bytes); binary units.
+pub fn parse_size(key: &str, s: &str) -> Result<usize> {
+    let t = s.trim().to_lowercase();
+    let digits_end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    let unit = unit.trim();
+    let mult: f64 = match unit {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => f64::NAN,
+    };
+    match num.parse::<f64>() {
+        Ok(n) if mult.is_finite() && n > 0.0 => Ok((n * mult) as usize),
+        _ => Err(Error::ConfigValue {
+            key: key.into(),
+            message: format!("expected a size like 512m or 4g, found `{s}`"),
+        }),
+    }
+}
+
+/// Parses durations like `90s`, `30m`, `6h`, `2d`.
+pub fn parse_duration(key: &str, s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let secs: Option<u64> = match unit.trim() {
+        "s" | "" => Some(1),
+        "m" => Some(60),
+        "h" => Some(3600),
+        "d" => Some(86400),
+        _ => None,
+    };
+    match (num.parse::<u64>(), secs) {
+        (Ok(n), Some(m)) => Ok(Duration::from_secs(n * m)),
+        _ => Err(Error::ConfigValue {
+            key: key.into(),
+            message: format!("expected a duration like 30m or 6h, found `{s}`"),
+        }),
+    }
+}
+
+fn parse_tz(key: &str, s: &str) -> Result<chrono_tz::Tz> {
+    s.parse::<chrono_tz::Tz>().map_err(|_| Error::ConfigValue {
+        key: key.into(),
+        message: format!("unknown time zone `{s}` (use an IANA name like Europe/Berlin)"),
+    })
+}
+
+/// Converts a TOML value into a typed DataFusion parameter value.
+pub fn toml_to_scalar(key: &str, v: &toml::Value) -> Result<ScalarValue> {
+    Ok(match v {
+        toml::Value::Integer(i) => ScalarValue::Int64(Some(*i)),
+        toml::Value::Float(f) => ScalarValue::Float64(Some(*f)),
+        toml::Value::Boolean(b) => ScalarValue::Boolean(Some(*b)),
+        toml::Value::String(s) => ScalarValue::Utf8(Some(s.clone())),
+        toml::Value::Datetime(d) => {
+            let date = parse_date(key, &d.to_string())?;
+            ScalarValue::Date32(Some(date_to_days(date)))
+        }
+        other => {
+            return Err(Error::ConfigValue {
+                key: key.into(),
+                message: format!("parameters must be numbers, strings, booleans or dates, found {other}"),
+            })
+        }
+    })
+}
+
+/// Env values are typed by their look: integer, float, boolean, date, else string.
+fn env_to_scalar(s: &str) -> ScalarValue {
+    if let Ok(i) = s.parse::<i64>() {
+        ScalarValue::Int64(Some(i))
+    } else if let Ok(f) = s.parse::<f64>() {
+        ScalarValue::Float64(Some(f))
+    } else if let Ok(b) = s.parse::<bool>() {
+        ScalarValue::Boolean(Some(b))
+    } else if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        ScalarValue::Date32(Some(date_to_days(d)))
+    } else {
+        ScalarValue::Utf8(Some(s.to_string()))
+    }
+}
+
+/// Days since 1970-01-01, the Arrow Date32 representation.
+pub fn date_to_days(d: NaiveDate) -> i32 {
+    (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid epoch")).num_days() as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_use_binary_units() {
+        assert_eq!(parse_size("k", "4g").unwrap(), 4 << 30);
+        assert_eq!(parse_size("k", "512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("k", "4GiB").unwrap(), 4 << 30);
+        assert!(parse_size("k", "four").is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("k", "6h").unwrap(), Duration::from_secs(21600));
+        assert!(parse_duration("k", "6x").is_err());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_base() {
+        assert_eq!(
+            absolute(Path::new("../out"), Path::new("/a/b")),
+            PathBuf::from("/a/out")
+        );
+    }
+}

@@ -1,0 +1,342 @@
+//! Engine: plans and runs the models in dependency order, then runs their checks.
+//!
+//! Each model's SQL is planned from its parsed AST with `$name` parameters typed and bound
+//! by DataFusion (never pasted into the text), checked to be a read-only query, executed
+//! once, and registered as a table for the models downstream. Planning errors carry
+//! `file:line:col` from DataFusion's diagnostics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::{Array, Int64Array};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{MemTable, MemorySchemaProvider, SchemaProvider, TableProvider};
+use datafusion::common::ParamValues;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::scalar::ScalarValue;
+use tracing::{info, warn};
+
+use crate::config::{date_to_days, toml_to_scalar};
+use crate::error::{Error, Result};
+use crate::models::{parse_statement, type_placeholders, Model, Severity, PREVIOUS_SCHEMA};
+
+/// The computed result of one model.
+#[derive(Debug, Clone)]
+pub struct ModelOutput {
+    pub name: String,
+    pub file: String,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: u64,
+    pub duration: Duration,
+    pub publish: bool,
+    pub partition_by: Vec<String>,
+}
+
+/// Supplies the previous published snapshot of a model, if any.
+pub trait PreviousTables {
+    /// A table over the previous snapshot of `model`, or None when there is none.
+    fn previous_table(&self, model: &str) -> Option<Arc<dyn TableProvider>>;
+}
+
+/// Resolves a model's parameters: `$as_of`, front-matter defaults, config overrides.
+pub fn model_params(
+    model: &Model,
+    as_of: NaiveDate,
+    config_params: &BTreeMap<String, ScalarValue>,
+) -> Result<BTreeMap<String, ScalarValue>> {
+    let mut values = BTreeMap::new();
+    for (k, v) in &model.header.params {
+        values.insert(
+            k.to_lowercase(),
+            toml_to_scalar(&format!("{} [params] {k}", model.file), v)?,
+        );
+    }
+    for (k, v) in config_params {
+        values.insert(k.to_lowercase(), v.clone());
+    }
+    values.insert("as_of".into(), ScalarValue::Date32(Some(date_to_days(as_of))));
+    for used in &model.params_used {
+        if !values.contains_key(used) {
+            let mut known: Vec<&String> = values.keys().collect();
+            known.sort();
+            return Err(Error::ModelFile {
+                file: model.file.clone(),
+                message: format!(
+                    "model `{}` uses parameter `${used}`, which has no value: add it to the model's [params] or the config's [params] (known: {})",
+                    model.name,
+                    known.iter().map(|k| format!("${k}")).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    }
+    Ok(values)
+}
+
+/// Formats an engine error for a model; planning errors get `file:line:col`.
+pub fn model_error(model: &Model, e: DataFusionError) -> Error {
+    let diagnostic = e.iter().find_map(|e| e.diagnostic());
+    let file = match diagnostic.and_then(|d| d.span) {
+        Some(span) if span.start.line > 0 => {
+            format!("{}:{}:{}", model.file, span.start.line, span.start.column)
+        }
+        _ => model.file.clone(),
+    };
+    let mut message = match diagnostic {
+        Some(d) => d.message.clone(),
+        None => e.strip_backtrace(),
+    };
+    if let Some(d) = diagnostic {
+        for h in &d.helps {
+            message.push_str(&format!(" (help: {})", h.message));
+        }
+    }
+    Error::Model {
+        file,
+        model: model.name.clone(),
+        message,
+    }
+}
+
+/// Plans one model into a DataFrame with its parameters bound.
+pub async fn plan_model(
+    ctx: &SessionContext,
+    model: &Model,
+    params: &BTreeMap<String, ScalarValue>,
+) -> Result<DataFrame> {
+    let mut statement = parse_statement(&model.file, &model.sql)?;
+    type_placeholders(&mut statement, params);
+    let state = ctx.state();
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(|e| model_error(model, e))?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| Error::ModelFile {
+            file: model.file.clone(),
+            message: format!("only queries are allowed in a model: {}", e.strip_backtrace()),
+        })?;
+    let used: std::collections::HashMap<String, _> = params
+        .iter()
+        .filter(|(k, _)| model.params_used.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    let df = DataFrame::new(state, plan);
+    if used.is_empty() {
+        Ok(df)
+    } else {
+        df.with_param_values(ParamValues::Map(used))
+            .map_err(|e| model_error(model, e))
+    }
+}
+
+/// Runs every model in order; returns their outputs (internal models included).
+pub async fn run_models(
+    ctx: &SessionContext,
+    models: &[Model],
+    as_of: NaiveDate,
+    config_params: &BTreeMap<String, ScalarValue>,
+    previous: &dyn PreviousTables,
+) -> Result<Vec<ModelOutput>> {
+    let previous_schema = Arc::new(MemorySchemaProvider::new());
+    ctx.catalog("datafusion")
+        .ok_or_else(|| Error::engine("catalog", DataFusionError::Internal("no default catalog".into())))?
+        .register_schema(PREVIOUS_SCHEMA, previous_schema.clone())
+        .map_err(|e| Error::engine("register previous schema", e))?;
+    let mut outputs: Vec<ModelOutput> = Vec::new();
+    for model in models {
+        let started = Instant::now();
+        for dep in &model.previous_deps {
+            if previous_schema.table_exist(dep) {
+                continue;
+            }
+            let table: Arc<dyn TableProvider> = match previous.previous_table(dep) {
+                Some(t) => t,
+                None => {
+                    let Some(current) = outputs.iter().find(|o| &o.name == dep) else {
+                        return Err(Error::Model {
+                            file: model.file.clone(),
+                            model: model.name.clone(),
+                            message: format!(
+                                "`{PREVIOUS_SCHEMA}.{dep}` has no previous snapshot and no schema to give an empty table"
+                            ),
+                        });
+                    };
+                    Arc::new(
+                        MemTable::try_new(current.schema.clone(), vec![vec![]])
+                            .map_err(|e| model_error(model, e))?,
+                    )
+                }
+            };
+            previous_schema
+                .register_table(dep.clone(), table)
+                .map_err(|e| model_error(model, e))?;
+        }
+        let params = model_params(model, as_of, config_params)?;
+        let df = plan_model(ctx, model, &params).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        for p in &model.header.partition_by {
+            if schema.field_with_name(p).is_err() {
+                return Err(Error::ModelFile {
+                    file: model.file.clone(),
+                    message: format!(
+                        "partition_by column `{p}` is not a column of model `{}`",
+                        model.name
+                    ),
+                });
+            }
+        }
+        let batches = df.collect().await.map_err(|e| model_error(model, e))?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let table = MemTable::try_new(schema.clone(), vec![batches.clone()])
+            .map_err(|e| model_error(model, e))?;
+        ctx.register_table(model.name.as_str(), Arc::new(table))
+            .map_err(|e| model_error(model, e))?;
+        let duration = started.elapsed();
+        info!(model = %model.name, rows, duration_ms = duration.as_millis() as u64, "model computed");
+        outputs.push(ModelOutput {
+            name: model.name.clone(),
+            file: model.file.clone(),
+            schema,
+            batches,
+            rows,
+            duration,
+            publish: model.header.publish,
+            partition_by: model.header.partition_by.clone(),
+        });
+    }
+    Ok(outputs)
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+async fn count_query(ctx: &SessionContext, sql: &str) -> std::result::Result<i64, DataFusionError> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    Ok(batches
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .filter(|a| a.len() > 0 && !a.is_null(0))
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0))
+}
+
+/// Runs every model's declared checks against its computed table. Returns the failures of
+/// severity `error`; failures of severity `warn` are logged.
+pub async fn run_checks(ctx: &SessionContext, models: &[Model]) -> Result<Vec<String>> {
+    let mut failures = Vec::new();
+    for model in models {
+        let checks = &model.header.checks;
+        let t = quote_ident(&model.name);
+        let mut queries: Vec<(String, String)> = Vec::new();
+        for cols in &checks.unique {
+            let list: Vec<String> = cols.split(',').map(|c| quote_ident(c.trim())).collect();
+            let list = list.join(", ");
+            queries.push((
+                format!("unique({cols}): {{n}} duplicated value(s)"),
+                format!("select count(*) from (select {list} from {t} group by {list} having count(*) > 1)"),
+            ));
+        }
+        for c in &checks.not_null {
+            queries.push((
+                format!("not_null({c}): {{n}} NULL row(s)"),
+                format!("select count(*) from {t} where {} is null", quote_ident(c)),
+            ));
+        }
+        for (c, values) in &checks.accepted_values {
+            let list: Vec<String> = values.iter().map(|v| quote_str(v)).collect();
+            queries.push((
+                format!("accepted_values({c}): {{n}} row(s) outside [{}]", values.join(", ")),
+                format!(
+                    "select count(*) from {t} where {c} is not null and cast({c} as varchar) not in ({})",
+                    list.join(", "),
+                    c = quote_ident(c)
+                ),
+            ));
+        }
+        for e in &checks.expression {
+            queries.push((
+                format!("expression({e}): {{n}} row(s) violate it"),
+                format!("select count(*) from {t} where not coalesce(({e}), false)"),
+            ));
+        }
+        for (c, target) in &checks.relationships {
+            let Some((tm, tc)) = target.split_once('.') else {
+                return Err(Error::ModelFile {
+                    file: model.file.clone(),
+                    message: format!("relationships.{c} must be `model.column`, found `{target}`"),
+                });
+            };
+            queries.push((
+                format!("relationships({c} -> {target}): {{n}} value(s) missing from {target}"),
+                format!(
+                    "select count(*) from {t} a where a.{c} is not null and not exists (select 1 from {tm} b where b.{tc} = a.{c})",
+                    c = quote_ident(c),
+                    tm = quote_ident(tm),
+                    tc = quote_ident(tc)
+                ),
+            ));
+        }
+        let mut found = Vec::new();
+        for (label, sql) in queries {
+            let n = count_query(ctx, &sql).await.map_err(|e| Error::Model {
+                file: model.file.clone(),
+                model: model.name.clone(),
+                message: format!("check {} cannot run: {}", label.split(':').next().unwrap_or(""), e.strip_backtrace()),
+            })?;
+            if n > 0 {
+                found.push(label.replace("{n}", &n.to_string()));
+            }
+        }
+        if let Some(rc) = &checks.row_count {
+            let n = count_query(ctx, &format!("select count(*) from {t}"))
+                .await
+                .map_err(|e| model_error(model, e))? as u64;
+            if rc.min.is_some_and(|m| n < m) || rc.max.is_some_and(|m| n > m) {
+                found.push(format!(
+                    "row_count: {n} row(s), expected {}..{}",
+                    rc.min.map(|m| m.to_string()).unwrap_or_default(),
+                    rc.max.map(|m| m.to_string()).unwrap_or_default()
+                ));
+            }
+        }
+        for f in found {
+            let line = format!("{}: model `{}` check {f}", model.file, model.name);
+            if checks.severity == Severity::Warn {
+                warn!("{line}");
+            } else {
+                failures.push(line);
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// Names of the models that read each model (for messages).
+pub fn downstream(models: &[Model]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for m in models {
+        for d in &m.deps {
+            out.entry(d.clone()).or_default().insert(m.name.clone());
+        }
+    }
+    out
+}

@@ -1,0 +1,69 @@
+//! Session setup in one place: engine config, memory pool, spill directory.
+//!
+//! Every command (run, init's demo, tests) builds its DataFusion session through
+//! [`build_session`], so a new object store, UDF or config layer is added once.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+
+/// Builds the DataFusion session for a run.
+///
+/// `[datafusion]` keys are applied with `ConfigOptions::set`, with the `datafusion.` prefix
+/// added when missing; an unknown key is an error naming it. With `[runtime] memory_limit`,
+/// sorts and aggregations share a fair spilling pool (90 % of the limit: the pool tracks only
+/// large consumers) and spill to `[runtime] temp_dir` or the system temp directory.
+pub fn build_session(settings: &Settings) -> Result<SessionContext> {
+    let mut config = SessionConfig::new().with_information_schema(true);
+    {
+        let options = config.options_mut();
+        options.sql_parser.collect_spans = true;
+        options.execution.time_zone = Some("UTC".to_string());
+    }
+    for (key, value) in &settings.datafusion {
+        let full = if key.starts_with("datafusion.") {
+            key.clone()
+        } else {
+            format!("datafusion.{key}")
+        };
+        config
+            .options_mut()
+            .set(&full, value)
+            .map_err(|e| Error::ConfigValue {
+                key: format!("[datafusion] \"{key}\""),
+                message: format!("{e} (in {})", settings.config_path.display()),
+            })?;
+    }
+
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(limit) = settings.memory_limit {
+        let pool_bytes = limit / 10 * 9;
+        runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(pool_bytes),
+            NonZeroUsize::new(5).expect("nonzero"),
+        )));
+    }
+    let disk = match &settings.temp_dir {
+        Some(dir) => DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
+        None => DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory),
+    };
+    let runtime = runtime
+        .with_disk_manager_builder(disk)
+        .build_arc()
+        .map_err(|e| Error::engine("cannot create the engine runtime", e))?;
+
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .build();
+    Ok(SessionContext::new_with_state(state))
+}

@@ -1,0 +1,498 @@
+//! Sources: the canonical input views models read (`orders`, `customers`, `marketing_spend`).
+//!
+//! Each input is a Parquet file, directory (hive partitions inferred) or glob. The config maps
+//! canonical column names onto source columns; every mapped column is cast to its canonical
+//! type, optional columns the source lacks become typed NULLs, cancelled order lines are
+//! dropped and rows after `as_of` are invisible. No `order_id` means one order per source row.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::MemTable;
+use datafusion::common::{Column, ScalarValue};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::functions_aggregate::expr_fn::{count, max};
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{cast, col, lit, Expr, ExprFunctionExt, SortExpr};
+use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::arrow::array::Array;
+use futures::TryStreamExt;
+use std::ops::Not;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{InputSpec, Settings};
+use crate::error::{Error, Result};
+
+/// What the orders input held, for the manifest and the default as_of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputStats {
+    /// Parquet files read.
+    pub files: usize,
+    /// Source rows.
+    pub rows_read: u64,
+    /// Rows dropped by `drop_status`.
+    pub rows_dropped_status: u64,
+    /// Rows after as_of: normal data, invisible to this snapshot.
+    pub rows_after_as_of: u64,
+    /// Rows the models see.
+    pub rows_visible: u64,
+}
+
+/// The result of registering inputs.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub as_of: NaiveDate,
+    pub orders: InputStats,
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Canonical columns of each input with their types; `true` = required.
+fn canonical_columns(input: &str) -> Vec<(&'static str, DataType, bool)> {
+    match input {
+        "orders" => vec![
+            ("customer_id", DataType::Utf8, true),
+            ("order_id", DataType::Utf8, false),
+            ("order_ts", ts_type(), true),
+            ("revenue", DataType::Float64, true),
+            ("quantity", DataType::Int64, false),
+            ("cost", DataType::Float64, false),
+            ("product_id", DataType::Utf8, false),
+            ("category", DataType::Utf8, false),
+            ("channel", DataType::Utf8, false),
+            ("country", DataType::Utf8, false),
+            ("region", DataType::Utf8, false),
+            ("device", DataType::Utf8, false),
+            ("status", DataType::Utf8, false),
+        ],
+        "customers" => vec![
+            ("customer_id", DataType::Utf8, true),
+            ("signup_ts", ts_type(), false),
+            ("birth_year", DataType::Int64, false),
+            ("gender", DataType::Utf8, false),
+            ("email_opt_in", DataType::Boolean, false),
+        ],
+        _ => vec![
+            ("month", DataType::Date32, true),
+            ("channel", DataType::Utf8, true),
+            ("spend", DataType::Float64, true),
+        ],
+    }
+}
+
+/// The schema of the `orders` view (canonical columns plus `order_date`).
+pub fn orders_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = canonical_columns("orders")
+        .into_iter()
+        .map(|(n, t, _)| Field::new(n, t, true))
+        .collect();
+    fields.insert(3, Field::new("order_date", DataType::Date32, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// Registers `orders`, `customers` and `marketing_spend`; decides `as_of`.
+pub async fn register_sources(ctx: &SessionContext, settings: &Settings) -> Result<Sources> {
+    let orders_spec = settings.inputs.get("orders").ok_or_else(|| Error::ConfigValue {
+        key: "input.orders".into(),
+        message: "the orders input is required".into(),
+    })?;
+    let (raw, files) = read_parquet_input(ctx, orders_spec).await?;
+    let (mapped, present) = map_columns(raw, orders_spec, settings)?;
+    let (orders, stats, as_of) =
+        finish_orders(mapped, &present, orders_spec, settings, files).await?;
+    ctx.register_table("orders", orders.into_view())
+        .map_err(|e| Error::engine("register orders", e))?;
+
+    for name in ["customers", "marketing_spend"] {
+        let table = match settings.inputs.get(name) {
+            Some(spec) => {
+                let (raw, _) = read_parquet_input(ctx, spec).await?;
+                map_columns(raw, spec, settings)?.0.into_view()
+            }
+            None => {
+                let schema = Arc::new(Schema::new(
+                    canonical_columns(name)
+                        .into_iter()
+                        .map(|(n, t, _)| Field::new(n, t, true))
+                        .collect::<Vec<_>>(),
+                ));
+                Arc::new(
+                    MemTable::try_new(schema, vec![vec![]])
+                        .map_err(|e| Error::engine(format!("empty {name} table"), e))?,
+                )
+            }
+        };
+        ctx.register_table(name, table)
+            .map_err(|e| Error::engine(format!("register {name}"), e))?;
+    }
+    Ok(Sources {
+        as_of,
+        orders: stats,
+    })
+}
+
+fn input_err(spec: &InputSpec, message: impl Into<String>) -> Error {
+    Error::Input {
+        input: spec.name.clone(),
+        uri: spec.uri.clone(),
+        message: message.into(),
+    }
+}
+
+/// Lists the Parquet files of an input and opens them as one table (hive partition
+/// columns become Utf8 columns).
+async fn read_parquet_input(ctx: &SessionContext, spec: &InputSpec) -> Result<(DataFrame, usize)> {
+    let is_glob = spec.uri.contains(['*', '?', '[']);
+    let mut uri = spec.uri.clone();
+    if !uri.contains("://") {
+        let path = std::path::Path::new(&uri);
+        if !is_glob && !path.exists() {
+            return Err(input_err(spec, "path does not exist"));
+        }
+        if path.is_dir() && !uri.ends_with('/') {
+            uri.push('/');
+        }
+    }
+    let url = ListingTableUrl::parse(&uri).map_err(|e| input_err(spec, format!("invalid uri: {e}")))?;
+    let state = ctx.state();
+    let store = ctx
+        .runtime_env()
+        .object_store(&url)
+        .map_err(|e| input_err(spec, format!("no object store for this uri: {e}")))?;
+    let files: Vec<_> = url
+        .list_all_files(&state, store.as_ref(), "parquet")
+        .await
+        .map_err(|e| input_err(spec, format!("cannot list files: {e}")))?
+        .try_collect()
+        .await
+        .map_err(|e| input_err(spec, format!("cannot list files: {e}")))?;
+    if files.is_empty() {
+        return Err(input_err(spec, "the input is empty: no .parquet files found"));
+    }
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet");
+    let partitions = options
+        .infer_partitions(&state, &url)
+        .await
+        .map_err(|e| input_err(spec, format!("cannot infer hive partitions: {e}")))?;
+    let options = options.with_table_partition_cols(
+        partitions.into_iter().map(|p| (p, DataType::Utf8)).collect(),
+    );
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .infer_schema(&state)
+        .await
+        .map_err(|e| input_err(spec, format!("cannot read Parquet schema: {e}")))?;
+    let table = ListingTable::try_new(config).map_err(|e| input_err(spec, format!("{e}")))?;
+    let df = ctx
+        .read_table(Arc::new(table))
+        .map_err(|e| input_err(spec, format!("{e}")))?;
+    Ok((df, files.len()))
+}
+
+/// Selects and casts the canonical columns; a missing or ill-typed source column is an
+/// error naming both the source and the canonical column.
+fn map_columns(
+    raw: DataFrame,
+    spec: &InputSpec,
+    settings: &Settings,
+) -> Result<(DataFrame, BTreeSet<&'static str>)> {
+    let schema = raw.schema().clone();
+    let available: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let mut exprs: Vec<Expr> = Vec::new();
+    let mut present = BTreeSet::new();
+    for (canonical, target, required) in canonical_columns(&spec.name) {
+        let mapped = spec.columns.get(canonical);
+        let source = mapped.map(String::as_str).unwrap_or(canonical);
+        let field = schema.fields().iter().find(|f| f.name() == source);
+        let Some(field) = field else {
+            if let Some(m) = mapped {
+                return Err(Error::Column {
+                    input: spec.name.clone(),
+                    uri: spec.uri.clone(),
+                    message: format!(
+                        "source column `{m}` (mapped to canonical column `{canonical}`) does not exist; available columns: {}",
+                        available.join(", ")
+                    ),
+                });
+            }
+            if required {
+                return Err(Error::Column {
+                    input: spec.name.clone(),
+                    uri: spec.uri.clone(),
+                    message: format!(
+                        "required column `{canonical}` not found; map it with [input.{}.columns] {canonical} = \"<source column>\" (available columns: {})",
+                        spec.name,
+                        available.join(", ")
+                    ),
+                });
+            }
+            let default = if canonical == "quantity" {
+                lit(ScalarValue::Int64(Some(1)))
+            } else {
+                lit(ScalarValue::try_from(&target).map_err(|e| Error::engine("typed null", e))?)
+            };
+            exprs.push(default.alias(canonical));
+            continue;
+        };
+        present.insert(canonical);
+        let source_type = field.data_type().clone();
+        check_castable(spec, canonical, source, &source_type, &target)?;
+        let column = Expr::Column(Column::new_unqualified(source));
+        let expr = match (&target, &source_type) {
+            (DataType::Timestamp(..), _) => cast(column, ts_type()),
+            (DataType::Date32, DataType::Timestamp(..)) => cast(cast(column, ts_type()), DataType::Date32),
+            _ => cast(column, target.clone()),
+        };
+        exprs.push(expr.alias(canonical));
+    }
+    let mut df = raw
+        .select(exprs)
+        .map_err(|e| input_err(spec, format!("cannot map columns: {e}")))?;
+    if spec.name == "orders" {
+        let order_date = local_date(col("order_ts"), settings);
+        let mut cols: Vec<Expr> = df.schema().columns().into_iter().map(Expr::Column).collect();
+        cols.insert(3, order_date.alias("order_date"));
+        df = df
+            .select(cols)
+            .map_err(|e| input_err(spec, format!("cannot derive order_date: {e}")))?;
+    }
+    Ok((df, present))
+}
+
+/// The calendar date of a UTC timestamp in the configured time zone.
+fn local_date(ts: Expr, settings: &Settings) -> Expr {
+    match settings.timezone {
+        None => cast(ts, DataType::Date32),
+        Some(tz) => cast(
+            cast(
+                ts,
+                DataType::Timestamp(TimeUnit::Microsecond, Some(tz.name().into())),
+            ),
+            DataType::Date32,
+        ),
+    }
+}
+
+fn check_castable(
+    spec: &InputSpec,
+    canonical: &str,
+    source: &str,
+    from: &DataType,
+    to: &DataType,
+) -> Result<()> {
+    let base = match from {
+        DataType::Dictionary(_, v) => v.as_ref(),
+        other => other,
+    };
+    let ok = match to {
+        DataType::Utf8 => base.is_integer() || matches!(base, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        DataType::Float64 | DataType::Int64 => base.is_numeric(),
+        DataType::Timestamp(..) | DataType::Date32 => {
+            matches!(base, DataType::Timestamp(..) | DataType::Date32 | DataType::Date64)
+        }
+        DataType::Boolean => matches!(base, DataType::Boolean) || base.is_integer(),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Column {
+            input: spec.name.clone(),
+            uri: spec.uri.clone(),
+            message: format!(
+                "source column `{source}` (canonical `{canonical}`) has type {from}, which cannot be used as {to}"
+            ),
+        })
+    }
+}
+
+/// Applies status dropping, the synthetic order id, the as_of cut-off; computes stats.
+async fn finish_orders(
+    mapped: DataFrame,
+    present: &BTreeSet<&'static str>,
+    spec: &InputSpec,
+    settings: &Settings,
+    files: usize,
+) -> Result<(DataFrame, InputStats, NaiveDate)> {
+    let err = |e: datafusion::error::DataFusionError| input_err(spec, e.to_string());
+    let has_status = present.contains("status");
+    let dropped: Expr = if has_status && !spec.drop_status.is_empty() {
+        let list: Vec<Expr> = spec.drop_status.iter().map(|s| lit(s.clone())).collect();
+        col("status").is_not_null().and(
+            datafusion::functions::string::expr_fn::lower(col("status")).in_list(list, false),
+        )
+    } else {
+        lit(false)
+    };
+    let now_us = Utc::now().timestamp_micros();
+    let now = lit(ScalarValue::TimestampMicrosecond(Some(now_us), Some("UTC".into())));
+
+    // One scan for the counts and the default as_of.
+    let stats = mapped
+        .clone()
+        .aggregate(
+            vec![],
+            vec![
+                count(lit(1)).alias("rows"),
+                count(lit(1)).filter(dropped.clone()).build().map_err(err)?.alias("dropped"),
+                count(lit(1))
+                    .filter(col("customer_id").is_null().or(col("customer_id").eq(lit(""))))
+                    .build()
+                    .map_err(err)?
+                    .alias("null_customer"),
+                count(lit(1)).filter(col("order_ts").is_null()).build().map_err(err)?.alias("null_ts"),
+                count(lit(1)).filter(col("order_ts").gt(now.clone())).build().map_err(err)?.alias("future"),
+                max(col("order_date"))
+                    .filter(dropped.clone().not().and(col("order_ts").lt_eq(now.clone())))
+                    .build()
+                    .map_err(err)?
+                    .alias("latest"),
+            ],
+        )
+        .map_err(err)?
+        .collect()
+        .await
+        .map_err(err)?;
+    let batch = stats.first().ok_or_else(|| input_err(spec, "no statistics"))?;
+    let int = |i: usize| -> u64 {
+        batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .map(|a| a.value(0) as u64)
+            .unwrap_or(0)
+    };
+    let (rows, dropped_n, null_customer, null_ts, future) = (int(0), int(1), int(2), int(3), int(4));
+    if rows == 0 {
+        return Err(input_err(spec, "the input is empty: the Parquet files hold no rows"));
+    }
+    let mut failures = Vec::new();
+    let source_of = |c: &str| spec.columns.get(c).cloned().unwrap_or_else(|| c.to_string());
+    if null_customer > 0 {
+        failures.push(format!(
+            "input gate null_customer_id: {null_customer} row(s) of {} have a NULL or empty customer_id (source column `{}`)",
+            spec.uri,
+            source_of("customer_id")
+        ));
+    }
+    if null_ts > 0 {
+        failures.push(format!(
+            "input gate null_order_ts: {null_ts} row(s) of {} have a NULL order_ts (source column `{}`)",
+            spec.uri,
+            source_of("order_ts")
+        ));
+    }
+    if future > 0 {
+        failures.push(format!(
+            "input gate future_order_ts: {future} row(s) of {} have an order_ts (source column `{}`) later than the current time",
+            spec.uri,
+            source_of("order_ts")
+        ));
+    }
+    if !failures.is_empty() {
+        return Err(Error::ChecksFailed {
+            count: failures.len(),
+            details: failures.join("\n"),
+        });
+    }
+    let latest = batch
+        .column(5)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Date32Array>()
+        .filter(|a| !a.is_null(0))
+        .map(|a| a.value(0));
+    let as_of = match settings.as_of {
+        Some(d) => d,
+        None => {
+            let days = latest.ok_or_else(|| {
+                input_err(spec, "the input is empty: every row was dropped by drop_status")
+            })?;
+            NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + chrono::Duration::days(days as i64)
+        }
+    };
+    let cutoff = cutoff_micros(as_of, settings);
+    let cutoff_lit = lit(ScalarValue::TimestampMicrosecond(Some(cutoff), Some("UTC".into())));
+
+    let kept = mapped.filter(dropped.not()).map_err(err)?;
+    let after = kept
+        .clone()
+        .filter(col("order_ts").gt_eq(cutoff_lit.clone()))
+        .map_err(err)?
+        .count()
+        .await
+        .map_err(err)? as u64;
+    let mut visible = kept.filter(col("order_ts").lt(cutoff_lit)).map_err(err)?;
+
+    if !present.contains("order_id") {
+        visible = synthetic_order_ids(visible).map_err(err)?;
+    }
+    let stats = InputStats {
+        files,
+        rows_read: rows,
+        rows_dropped_status: dropped_n,
+        rows_after_as_of: after,
+        rows_visible: rows - dropped_n - after,
+    };
+    Ok((visible, stats, as_of))
+}
+
+/// Every source row is its own order: number rows by all their values, so identical rows
+/// (real duplicate orders) get distinct ids and the result does not depend on scan order.
+fn synthetic_order_ids(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+    let sort: Vec<SortExpr> = [
+        "customer_id",
+        "order_ts",
+        "revenue",
+        "quantity",
+        "cost",
+        "product_id",
+        "category",
+        "channel",
+        "country",
+        "region",
+        "device",
+        "status",
+    ]
+    .iter()
+    .map(|c| col(*c).sort(true, true))
+    .collect();
+    let rn = row_number().order_by(sort).build()?.alias("_row");
+    let df = df.window(vec![rn])?;
+    let cols: Vec<Expr> = orders_schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.name() == "order_id" {
+                datafusion::functions::string::expr_fn::concat(vec![
+                    lit("row-"),
+                    cast(col("_row"), DataType::Utf8),
+                ])
+                .alias("order_id")
+            } else {
+                col(f.name())
+            }
+        })
+        .collect();
+    df.select(cols)
+}
+
+/// First instant (UTC micros) of the day after `as_of`, in the configured time zone.
+pub fn cutoff_micros(as_of: NaiveDate, settings: &Settings) -> i64 {
+    let next = as_of.succ_opt().unwrap_or(as_of);
+    let midnight = next.and_hms_opt(0, 0, 0).expect("valid midnight");
+    match settings.timezone {
+        None => Utc.from_utc_datetime(&midnight).timestamp_micros(),
+        Some(tz) => tz
+            .from_local_datetime(&midnight)
+            .earliest()
+            .map(|t| t.timestamp_micros())
+            .unwrap_or_else(|| Utc.from_utc_datetime(&midnight).timestamp_micros()),
+    }
+}
+
