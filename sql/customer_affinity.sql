@@ -1,0 +1,39 @@
+/*---
+description = "Product affinity. One row per customer: the category the customer spends most on, its share of the customer's purchase spend, and how many categories the customer bought."
+grain = ["customer_id"]
+
+[columns]
+customer_id        = "Customer key."
+top_category       = "Category with the largest purchase-line revenue (ties: smallest name; 'unknown' when missing)."
+top_category_share = "That category's share of the customer's purchase-line revenue, 0-1 (NULL when it is 0)."
+categories_bought  = "Distinct categories among purchase lines ('unknown' counts as one)."
+
+[checks]
+unique   = ["customer_id"]
+not_null = ["customer_id", "top_category", "categories_bought"]
+relationships = { customer_id = "customer_facts.customer_id" }
+---*/
+with spend as (
+    select customer_id, coalesce(category, 'unknown') as category,
+           sum(cast(revenue as decimal(38, 6))) as revenue
+    from orders
+    where revenue >= 0
+    group by 1, 2
+),
+
+ranked as (
+    select
+        customer_id, category, revenue,
+        row_number() over (partition by customer_id order by revenue desc, category asc) as rank,
+        sum(revenue) over (partition by customer_id) as total,
+        count(*) over (partition by customer_id) as categories
+    from spend
+)
+
+select
+    customer_id,
+    category as top_category,
+    case when total > 0 then cast(revenue as double) / cast(total as double) end as top_category_share,
+    categories as categories_bought
+from ranked
+where rank = 1

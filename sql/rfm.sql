@@ -1,0 +1,72 @@
+/*---
+description = "RFM scores and named segment. One row per customer. Scores are 1-5 with score = 1 + floor(5 * W / N), W = customers with a strictly worse value, N = customers: equal values get equal scores and the worst value scores 1."
+grain = ["customer_id"]
+partition_by = ["segment"]
+
+[columns]
+customer_id  = "Customer key."
+recency_days = "Days from the last purchase date to as_of (lower is better)."
+frequency    = "Number of orders."
+monetary     = "Total net revenue (exact sum)."
+r_score      = "Recency score 1-5 (5 = most recent)."
+f_score      = "Frequency score 1-5."
+m_score      = "Monetary score 1-5."
+rfm_score    = "The three scores as text, e.g. '545'."
+segment      = "Named segment from the first matching rule of rfm_segments; 'Other' when none matches."
+
+[checks]
+unique   = ["customer_id"]
+not_null = ["customer_id", "r_score", "f_score", "m_score", "segment"]
+expression = ["r_score between 1 and 5", "f_score between 1 and 5", "m_score between 1 and 5"]
+relationships = { customer_id = "customer_facts.customer_id" }
+---*/
+with facts as (
+    select customer_id, recency_days, orders as frequency, revenue as monetary
+    from customer_facts
+),
+
+population as (
+    select count(*) as n from facts
+),
+
+worse as (
+    select
+        customer_id, recency_days, frequency, monetary,
+        cast(rank() over (order by recency_days desc) as bigint) - 1 as r_worse,
+        cast(rank() over (order by frequency asc) as bigint) - 1     as f_worse,
+        cast(rank() over (order by monetary asc) as bigint) - 1      as m_worse
+    from facts
+),
+
+scored as (
+    select
+        w.customer_id, w.recency_days, w.frequency, w.monetary,
+        1 + (5 * w.r_worse) / p.n as r_score,
+        1 + (5 * w.f_worse) / p.n as f_score,
+        1 + (5 * w.m_worse) / p.n as m_score
+    from worse w cross join population p
+),
+
+matched as (
+    select s.customer_id, min(r.priority) as priority
+    from scored s
+    join rfm_segments r
+      on s.r_score between r.r_min and r.r_max
+     and s.f_score between r.f_min and r.f_max
+     and s.m_score between r.m_min and r.m_max
+    group by s.customer_id
+)
+
+select
+    s.customer_id,
+    s.recency_days,
+    s.frequency,
+    s.monetary,
+    s.r_score,
+    s.f_score,
+    s.m_score,
+    concat(cast(s.r_score as varchar), cast(s.f_score as varchar), cast(s.m_score as varchar)) as rfm_score,
+    coalesce(r.segment, 'Other') as segment
+from scored s
+left join matched m on m.customer_id = s.customer_id
+left join rfm_segments r on r.priority = m.priority
