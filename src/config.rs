@@ -275,7 +275,11 @@ impl Settings {
             Some(s) => Some(parse_tz("runtime.timezone", s)?),
             None => None,
         };
-        let temp_dir = file.runtime.temp_dir.as_ref().map(|p| absolute(Path::new(p), &base));
+        let temp_dir = file
+            .runtime
+            .temp_dir
+            .as_ref()
+            .map(|p| absolute(Path::new(p), &base));
         let mut datafusion = Vec::new();
         for (k, v) in &file.datafusion {
             let value = match v {
@@ -415,7 +419,9 @@ fn resolve_uri(uri: &str, base: &Path) -> String {
     if uri.contains("://") {
         uri.to_string()
     } else {
-        absolute(Path::new(uri), base).to_string_lossy().into_owned()
+        absolute(Path::new(uri), base)
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -504,7 +510,9 @@ pub fn toml_to_scalar(key: &str, v: &toml::Value) -> Result<ScalarValue> {
         other => {
             return Err(Error::ConfigValue {
                 key: key.into(),
-                message: format!("parameters must be numbers, strings, booleans or dates, found {other}"),
+                message: format!(
+                    "parameters must be numbers, strings, booleans or dates, found {other}"
+                ),
             })
         }
     })
@@ -544,7 +552,10 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        assert_eq!(parse_duration("k", "6h").unwrap(), Duration::from_secs(21600));
+        assert_eq!(
+            parse_duration("k", "6h").unwrap(),
+            Duration::from_secs(21600)
+        );
         assert!(parse_duration("k", "6x").is_err());
     }
 

@@ -5,7 +5,7 @@
 //! once, and registered as a table for the models downstream. Planning errors carry
 //! `file:line:col` from DataFusion's diagnostics.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,10 @@ pub fn model_params(
     for (k, v) in config_params {
         values.insert(k.to_lowercase(), v.clone());
     }
-    values.insert("as_of".into(), ScalarValue::Date32(Some(date_to_days(as_of))));
+    values.insert(
+        "as_of".into(),
+        ScalarValue::Date32(Some(date_to_days(as_of))),
+    );
     for used in &model.params_used {
         if !values.contains_key(used) {
             let mut known: Vec<&String> = values.keys().collect();
@@ -123,7 +126,10 @@ pub async fn plan_model(
         .verify_plan(&plan)
         .map_err(|e| Error::ModelFile {
             file: model.file.clone(),
-            message: format!("only queries are allowed in a model: {}", e.strip_backtrace()),
+            message: format!(
+                "only queries are allowed in a model: {}",
+                e.strip_backtrace()
+            ),
         })?;
     let used: std::collections::HashMap<String, _> = params
         .iter()
@@ -149,7 +155,12 @@ pub async fn run_models(
 ) -> Result<Vec<ModelOutput>> {
     let previous_schema = Arc::new(MemorySchemaProvider::new());
     ctx.catalog("datafusion")
-        .ok_or_else(|| Error::engine("catalog", DataFusionError::Internal("no default catalog".into())))?
+        .ok_or_else(|| {
+            Error::engine(
+                "catalog",
+                DataFusionError::Internal("no default catalog".into()),
+            )
+        })?
         .register_schema(PREVIOUS_SCHEMA, previous_schema.clone())
         .map_err(|e| Error::engine("register previous schema", e))?;
     let mut outputs: Vec<ModelOutput> = Vec::new();
@@ -233,7 +244,7 @@ async fn count_query(ctx: &SessionContext, sql: &str) -> std::result::Result<i64
             b.column(0)
                 .as_any()
                 .downcast_ref::<Int64Array>()
-                .filter(|a| a.len() > 0 && !a.is_null(0))
+                .filter(|a| !a.is_empty() && !a.is_null(0))
                 .map(|a| a.value(0))
         })
         .unwrap_or(0))
@@ -300,7 +311,11 @@ pub async fn run_checks(ctx: &SessionContext, models: &[Model]) -> Result<Vec<St
             let n = count_query(ctx, &sql).await.map_err(|e| Error::Model {
                 file: model.file.clone(),
                 model: model.name.clone(),
-                message: format!("check {} cannot run: {}", label.split(':').next().unwrap_or(""), e.strip_backtrace()),
+                message: format!(
+                    "check {} cannot run: {}",
+                    label.split(':').next().unwrap_or(""),
+                    e.strip_backtrace()
+                ),
             })?;
             if n > 0 {
                 found.push(label.replace("{n}", &n.to_string()));
@@ -328,15 +343,4 @@ pub async fn run_checks(ctx: &SessionContext, models: &[Model]) -> Result<Vec<St
         }
     }
     Ok(failures)
-}
-
-/// Names of the models that read each model (for messages).
-pub fn downstream(models: &[Model]) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for m in models {
-        for d in &m.deps {
-            out.entry(d.clone()).or_default().insert(m.name.clone());
-        }
-    }
-    out
 }

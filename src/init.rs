@@ -75,7 +75,8 @@ pub fn init_project(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("write models", &models, e))?;
     let data = dir.join("data");
     std::fs::create_dir_all(&data).map_err(|e| Error::io("create", &data, e))?;
-    DEMO.extract(&data).map_err(|e| Error::io("write demo data", &data, e))?;
+    DEMO.extract(&data)
+        .map_err(|e| Error::io("write demo data", &data, e))?;
     let _ = std::fs::remove_file(data.join("segflow.toml"));
     std::fs::write(dir.join("segflow.toml"), CONFIG)
         .map_err(|e| Error::io("write", dir.join("segflow.toml"), e))?;

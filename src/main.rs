@@ -19,7 +19,13 @@ const EXIT_HELP: &str = "Exit codes:
 #[command(name = "segflow", version, about = "Customer segment, cohort and lifetime-value tables from order history", after_help = EXIT_HELP)]
 struct Cli {
     /// Log format: text on a terminal, JSON lines otherwise (auto).
-    #[arg(long, global = true, value_enum, default_value = "auto", env = "SEGFLOW_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "SEGFLOW_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

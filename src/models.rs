@@ -156,7 +156,7 @@ pub fn discover_models(sources: &ModelSources) -> Result<Vec<Model>> {
         }
         let mut found: BTreeMap<String, String> = BTreeMap::new();
         let mut files = Vec::new();
-        walk_sql(root, root, &mut files)?;
+        walk_sql(root, &mut files)?;
         files.sort();
         for path in files {
             let file = path.display().to_string();
@@ -167,7 +167,8 @@ pub fn discover_models(sources: &ModelSources) -> Result<Vec<Model>> {
                     message: format!("model `{name}` is also defined by {other}"),
                 });
             }
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read model", &path, e))?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| Error::io("read model", &path, e))?;
             by_name.insert(name, (file, text));
         }
     }
@@ -193,7 +194,7 @@ fn collect_builtin(dir: &'static Dir<'static>, out: &mut Vec<(String, String)>) 
     }
 }
 
-fn walk_sql(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+fn walk_sql(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list model folder", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list model folder", dir, e))?;
@@ -202,7 +203,7 @@ fn walk_sql(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             if path.file_name().and_then(|n| n.to_str()) == Some("tests") {
                 continue;
             }
-            walk_sql(root, &path, out)?;
+            walk_sql(&path, out)?;
         } else if path.extension().and_then(|e| e.to_str()) == Some("sql") {
             out.push(path);
         }
@@ -250,10 +251,11 @@ fn model_name(path: &Path, file: &str) -> Result<String> {
 pub fn parse_model(name: &str, file: &str, sql: String) -> Result<Model> {
     let header = parse_front_matter(file, &sql)?;
     let statement = parse_statement(file, &sql)?;
-    let (tables, _ctes) = resolve_table_references(&statement, true).map_err(|e| Error::ModelFile {
-        file: file.into(),
-        message: format!("cannot resolve table references: {e}"),
-    })?;
+    let (tables, _ctes) =
+        resolve_table_references(&statement, true).map_err(|e| Error::ModelFile {
+            file: file.into(),
+            message: format!("cannot resolve table references: {e}"),
+        })?;
     let mut deps = BTreeSet::new();
     let mut previous_deps = BTreeSet::new();
     let mut inputs = BTreeSet::new();
@@ -333,7 +335,10 @@ fn statement_kind(s: &SqlStatement) -> String {
     let first = words.first().copied().unwrap_or("statement").to_uppercase();
     match first.as_str() {
         "CREATE" | "DROP" | "ALTER" | "INSERT" | "TRUNCATE" => {
-            format!("{first} {} (DDL/DML)", words.get(1).copied().unwrap_or("").to_uppercase())
+            format!(
+                "{first} {} (DDL/DML)",
+                words.get(1).copied().unwrap_or("").to_uppercase()
+            )
         }
         "UPDATE" | "DELETE" | "MERGE" => format!("{first} (DML)"),
         _ => first,
@@ -404,10 +409,7 @@ fn placeholders(file: &str, statement: &DFStatement) -> Result<BTreeSet<String>>
 
 /// Rewrites every `$name` placeholder to `CAST($name AS <type of its value>)`, so the
 /// planner knows each parameter's type; the values are then bound by DataFusion.
-pub fn type_placeholders(
-    statement: &mut DFStatement,
-    values: &BTreeMap<String, ScalarValue>,
-) {
+pub fn type_placeholders(statement: &mut DFStatement, values: &BTreeMap<String, ScalarValue>) {
     if let DFStatement::Statement(s) = statement {
         let _ = visit_expressions_mut(s.as_mut(), |expr| {
             if let SqlExpr::Value(v) = expr {
@@ -464,7 +466,8 @@ pub fn order_models(models: Vec<Model>) -> Result<Vec<Model>> {
             }
         }
     }
-    let by_name: BTreeMap<String, Model> = models.into_iter().map(|m| (m.name.clone(), m)).collect();
+    let by_name: BTreeMap<String, Model> =
+        models.into_iter().map(|m| (m.name.clone(), m)).collect();
     let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 = visiting, 2 = done
     let mut order: Vec<String> = Vec::new();
     fn visit<'a>(
@@ -511,7 +514,10 @@ pub fn order_models(models: Vec<Model>) -> Result<Vec<Model>> {
 }
 
 /// Keeps the selected models and everything they read; returns the names to publish.
-pub fn select_models(models: Vec<Model>, select: &[String]) -> Result<(Vec<Model>, BTreeSet<String>)> {
+pub fn select_models(
+    models: Vec<Model>,
+    select: &[String],
+) -> Result<(Vec<Model>, BTreeSet<String>)> {
     let names: BTreeSet<String> = models.iter().map(|m| m.name.clone()).collect();
     if select.is_empty() {
         return Ok((models, names));
@@ -532,7 +538,12 @@ pub fn select_models(models: Vec<Model>, select: &[String]) -> Result<(Vec<Model
     let selected = wanted.clone();
     let deps: BTreeMap<String, BTreeSet<String>> = models
         .iter()
-        .map(|m| (m.name.clone(), m.deps.union(&m.previous_deps).cloned().collect()))
+        .map(|m| {
+            (
+                m.name.clone(),
+                m.deps.union(&m.previous_deps).cloned().collect(),
+            )
+        })
         .collect();
     let mut todo: Vec<String> = wanted.iter().cloned().collect();
     while let Some(n) = todo.pop() {
@@ -543,7 +554,10 @@ pub fn select_models(models: Vec<Model>, select: &[String]) -> Result<(Vec<Model
         }
     }
     Ok((
-        models.into_iter().filter(|m| wanted.contains(&m.name)).collect(),
+        models
+            .into_iter()
+            .filter(|m| wanted.contains(&m.name))
+            .collect(),
         selected,
     ))
 }
@@ -592,7 +606,7 @@ mod tests {
             "/*---\ndescription = \"x\"\ngrain = [\n---*/\nselect 1".into(),
         )
         .unwrap_err();
-        assert!(err.to_string().starts_with("models/m.sql:4"), "{err}");
+        assert!(err.to_string().starts_with("models/m.sql:3:"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! 3. swap each table into `<model>/as_of=D/` (old aside, new in, old deleted);
 //! 4. write `_manifest/as_of=D.json` (temp + rename), then `_manifest/latest.json`;
 //! 5. remove all staging, release the lock.
+//!
 //! Small files (lock, manifests) go through object_store; directory swaps use renames.
 
 use std::collections::BTreeMap;
@@ -21,7 +22,9 @@ use datafusion::catalog::TableProvider;
 use datafusion::config::TableParquetOptions;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::prelude::SessionContext;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
@@ -126,7 +129,8 @@ impl Output {
             ));
         }
         let root = PathBuf::from(uri.trim_start_matches("file://"));
-        std::fs::create_dir_all(&root).map_err(|e| Error::io("create output directory", &root, e))?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Error::io("create output directory", &root, e))?;
         let store = LocalFileSystem::new_with_prefix(&root).map_err(|e| out_err(uri, "open", e))?;
         Ok(Output {
             uri: uri.to_string(),
@@ -147,7 +151,10 @@ impl Output {
     async fn get_json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<Option<T>> {
         match self.store.get(&ObjPath::from(path)).await {
             Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| out_err(&self.uri, format!("read {path}"), e))?;
+                let bytes = r
+                    .bytes()
+                    .await
+                    .map_err(|e| out_err(&self.uri, format!("read {path}"), e))?;
                 serde_json::from_slice(&bytes)
                     .map(Some)
                     .map_err(|e| out_err(&self.uri, format!("parse {path}"), e))
@@ -158,8 +165,14 @@ impl Output {
     }
 
     /// Writes JSON by temp file + rename, so readers see the old or the new content.
-    async fn put_json_atomic<T: Serialize>(&self, path: &str, value: &T, run_id: &str) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(value).map_err(|e| out_err(&self.uri, format!("encode {path}"), e))?;
+    async fn put_json_atomic<T: Serialize>(
+        &self,
+        path: &str,
+        value: &T,
+        run_id: &str,
+    ) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(value)
+            .map_err(|e| out_err(&self.uri, format!("encode {path}"), e))?;
         let tmp = format!("_manifest/.tmp-{run_id}.json");
         self.store
             .put(&ObjPath::from(tmp.as_str()), PutPayload::from(bytes))
@@ -175,7 +188,8 @@ impl Output {
     /// `timeout`) is taken over and its run's staging removed.
     pub async fn acquire_lock(&self, me: &LockInfo, timeout: std::time::Duration) -> Result<()> {
         let path = ObjPath::from("_lock");
-        let body = serde_json::to_vec_pretty(me).map_err(|e| out_err(&self.uri, "encode lock", e))?;
+        let body =
+            serde_json::to_vec_pretty(me).map_err(|e| out_err(&self.uri, "encode lock", e))?;
         for _attempt in 0..3 {
             let put = self
                 .store
@@ -191,10 +205,8 @@ impl Output {
             match put {
                 Ok(_) => return Ok(()),
                 Err(object_store::Error::AlreadyExists { .. }) => {
-                    let holder: Option<LockInfo> = match self.get_json("_lock").await {
-                        Ok(h) => h,
-                        Err(_) => None, // unreadable (half-written) lock: judge by age below
-                    };
+                    // An unreadable lock (not JSON) names no holder and is treated as stale.
+                    let holder: Option<LockInfo> = self.get_json("_lock").await.unwrap_or_default();
                     let stale = match &holder {
                         Some(h) => {
                             let age = Utc::now().signed_duration_since(h.started_at);
@@ -226,7 +238,11 @@ impl Output {
                 Err(e) => return Err(out_err(&self.uri, "create _lock", e)),
             }
         }
-        Err(out_err(&self.uri, "create _lock", "lost the race for the lock three times"))
+        Err(out_err(
+            &self.uri,
+            "create _lock",
+            "lost the race for the lock three times",
+        ))
     }
 
     /// Releases the lock if this run holds it.
@@ -260,7 +276,10 @@ impl Output {
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("list manifests", &dir, e))? {
             let entry = entry.map_err(|e| Error::io("list manifests", &dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(d) = name.strip_prefix("as_of=").and_then(|n| n.strip_suffix(".json")) {
+            if let Some(d) = name
+                .strip_prefix("as_of=")
+                .and_then(|n| n.strip_suffix(".json"))
+            {
                 if let Ok(d) = NaiveDate::parse_from_str(d, "%Y-%m-%d") {
                     out.push(d);
                 }
@@ -272,7 +291,8 @@ impl Output {
 
     /// Reads the manifest of a snapshot.
     pub async fn manifest(&self, as_of: NaiveDate) -> Result<Option<Manifest>> {
-        self.get_json(&format!("_manifest/as_of={as_of}.json")).await
+        self.get_json(&format!("_manifest/as_of={as_of}.json"))
+            .await
     }
 
     /// The published snapshot with the greatest as_of below `as_of`.
@@ -293,7 +313,10 @@ impl Output {
         only: &std::collections::BTreeSet<String>,
     ) -> Result<BTreeMap<String, TableEntry>> {
         let mut entries = BTreeMap::new();
-        for o in outputs.iter().filter(|o| o.publish && only.contains(&o.name)) {
+        for o in outputs
+            .iter()
+            .filter(|o| o.publish && only.contains(&o.name))
+        {
             let rel = format!("{}/as_of={as_of}", o.name);
             let dir = self.staging_dir(run_id).join(&rel);
             std::fs::create_dir_all(&dir).map_err(|e| Error::io("create staging", &dir, e))?;
@@ -303,9 +326,7 @@ impl Output {
             if o.rows == 0 {
                 write_empty_parquet(&dir.join("part-0.parquet"), schema.clone())?;
             } else {
-                let df = ctx
-                    .read_batches(batches)
-                    .map_err(|e| stage_err(o, e))?;
+                let df = ctx.read_batches(batches).map_err(|e| stage_err(o, e))?;
                 let url = format!("{}/", dir.display());
                 let written = df
                     .write_parquet(
@@ -332,12 +353,17 @@ impl Output {
                     ));
                 }
             }
-            std::fs::write(dir.join("_SUCCESS"), b"").map_err(|e| Error::io("write _SUCCESS", &dir, e))?;
+            std::fs::write(dir.join("_SUCCESS"), b"")
+                .map_err(|e| Error::io("write _SUCCESS", &dir, e))?;
             let mut files = Vec::new();
             list_parquet(&dir, &dir, &mut files)?;
             files.sort();
             if files.is_empty() {
-                return Err(out_err(&self.uri, format!("write table {}", o.name), "no file written"));
+                return Err(out_err(
+                    &self.uri,
+                    format!("write table {}", o.name),
+                    "no file written",
+                ));
             }
             entries.insert(
                 o.name.clone(),
@@ -372,7 +398,11 @@ impl Output {
         let as_of = manifest.as_of;
         let manifest_path = format!("_manifest/as_of={as_of}.json");
         // Replacing a snapshot: it stops existing until the new manifest lands.
-        match self.store.delete(&ObjPath::from(manifest_path.as_str())).await {
+        match self
+            .store
+            .delete(&ObjPath::from(manifest_path.as_str()))
+            .await
+        {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(out_err(&self.uri, format!("remove old {manifest_path}"), e)),
         }
@@ -384,12 +414,15 @@ impl Output {
             let target = self.root.join(&rel);
             let aside = aside_root.join(name);
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io("create table directory", parent, e))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io("create table directory", parent, e))?;
             }
-            std::fs::create_dir_all(&aside_root).map_err(|e| Error::io("create staging", &aside_root, e))?;
+            std::fs::create_dir_all(&aside_root)
+                .map_err(|e| Error::io("create staging", &aside_root, e))?;
             let had_old = target.exists();
             if had_old {
-                std::fs::rename(&target, &aside).map_err(|e| Error::io("move old table aside", &target, e))?;
+                std::fs::rename(&target, &aside)
+                    .map_err(|e| Error::io("move old table aside", &target, e))?;
             }
             if let Err(e) = std::fs::rename(&new, &target) {
                 if had_old {
@@ -398,8 +431,10 @@ impl Output {
                 return Err(Error::io("move table into place", &target, e));
             }
         }
-        self.put_json_atomic(&manifest_path, manifest, run_id).await?;
-        let latest: Option<serde_json::Value> = self.get_json("_manifest/latest.json").await.unwrap_or(None);
+        self.put_json_atomic(&manifest_path, manifest, run_id)
+            .await?;
+        let latest: Option<serde_json::Value> =
+            self.get_json("_manifest/latest.json").await.unwrap_or(None);
         let latest_date = latest
             .as_ref()
             .and_then(|v| v.get("as_of"))
@@ -411,7 +446,8 @@ impl Output {
                 "manifest": manifest_path,
                 "run_id": run_id,
             });
-            self.put_json_atomic("_manifest/latest.json", &body, run_id).await?;
+            self.put_json_atomic("_manifest/latest.json", &body, run_id)
+                .await?;
         }
         // We hold the lock: no other run is live, so all staging is debris now.
         let all = self.root.join("_staging");
@@ -506,7 +542,8 @@ fn stringify_partitions(o: &ModelOutput) -> Result<(SchemaRef, Vec<RecordBatch>)
                 cols.push(b.column(i).clone());
             }
         }
-        batches.push(RecordBatch::try_new(schema.clone(), cols).map_err(|e| stage_err(o, e.into()))?);
+        batches
+            .push(RecordBatch::try_new(schema.clone(), cols).map_err(|e| stage_err(o, e.into()))?);
     }
     Ok((schema, batches))
 }

@@ -48,7 +48,16 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
         started_at,
     };
     output.acquire_lock(&me, settings.lock_timeout).await?;
-    let result = run_locked(settings, &output, &run_id, started_at, clock, models, publish_only).await;
+    let result = run_locked(
+        settings,
+        &output,
+        &run_id,
+        started_at,
+        clock,
+        models,
+        publish_only,
+    )
+    .await;
     if result.is_err() {
         output.remove_staging(&run_id);
     }

@@ -52,7 +52,9 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
         )));
     }
     let disk = match &settings.temp_dir {
-        Some(dir) => DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
+        Some(dir) => {
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![dir.clone()]))
+        }
         None => DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory),
     };
     let runtime = runtime

@@ -9,19 +9,21 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, TimeZone, Utc};
+use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemTable;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::functions_aggregate::expr_fn::{count, max};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{cast, col, lit, Expr, ExprFunctionExt, SortExpr};
 use datafusion::prelude::{DataFrame, SessionContext};
-use datafusion::arrow::array::Array;
 use futures::TryStreamExt;
-use std::ops::Not;
 use serde::{Deserialize, Serialize};
+use std::ops::Not;
 
 use crate::config::{InputSpec, Settings};
 use crate::error::{Error, Result};
@@ -97,10 +99,13 @@ pub fn orders_schema() -> SchemaRef {
 
 /// Registers `orders`, `customers` and `marketing_spend`; decides `as_of`.
 pub async fn register_sources(ctx: &SessionContext, settings: &Settings) -> Result<Sources> {
-    let orders_spec = settings.inputs.get("orders").ok_or_else(|| Error::ConfigValue {
-        key: "input.orders".into(),
-        message: "the orders input is required".into(),
-    })?;
+    let orders_spec = settings
+        .inputs
+        .get("orders")
+        .ok_or_else(|| Error::ConfigValue {
+            key: "input.orders".into(),
+            message: "the orders input is required".into(),
+        })?;
     let (raw, files) = read_parquet_input(ctx, orders_spec).await?;
     let (mapped, present) = map_columns(raw, orders_spec, settings)?;
     let (orders, stats, as_of) =
@@ -158,7 +163,8 @@ async fn read_parquet_input(ctx: &SessionContext, spec: &InputSpec) -> Result<(D
             uri.push('/');
         }
     }
-    let url = ListingTableUrl::parse(&uri).map_err(|e| input_err(spec, format!("invalid uri: {e}")))?;
+    let url =
+        ListingTableUrl::parse(&uri).map_err(|e| input_err(spec, format!("invalid uri: {e}")))?;
     let state = ctx.state();
     let store = ctx
         .runtime_env()
@@ -172,16 +178,22 @@ async fn read_parquet_input(ctx: &SessionContext, spec: &InputSpec) -> Result<(D
         .await
         .map_err(|e| input_err(spec, format!("cannot list files: {e}")))?;
     if files.is_empty() {
-        return Err(input_err(spec, "the input is empty: no .parquet files found"));
+        return Err(input_err(
+            spec,
+            "the input is empty: no .parquet files found",
+        ));
     }
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet");
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let partitions = options
         .infer_partitions(&state, &url)
         .await
         .map_err(|e| input_err(spec, format!("cannot infer hive partitions: {e}")))?;
     let options = options.with_table_partition_cols(
-        partitions.into_iter().map(|p| (p, DataType::Utf8)).collect(),
+        partitions
+            .into_iter()
+            .map(|p| (p, DataType::Utf8))
+            .collect(),
     );
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
@@ -246,7 +258,9 @@ fn map_columns(
         let column = Expr::Column(Column::new_unqualified(source));
         let expr = match (&target, &source_type) {
             (DataType::Timestamp(..), _) => cast(column, ts_type()),
-            (DataType::Date32, DataType::Timestamp(..)) => cast(cast(column, ts_type()), DataType::Date32),
+            (DataType::Date32, DataType::Timestamp(..)) => {
+                cast(cast(column, ts_type()), DataType::Date32)
+            }
             _ => cast(column, target.clone()),
         };
         exprs.push(expr.alias(canonical));
@@ -256,7 +270,12 @@ fn map_columns(
         .map_err(|e| input_err(spec, format!("cannot map columns: {e}")))?;
     if spec.name == "orders" {
         let order_date = local_date(col("order_ts"), settings);
-        let mut cols: Vec<Expr> = df.schema().columns().into_iter().map(Expr::Column).collect();
+        let mut cols: Vec<Expr> = df
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
         cols.insert(3, order_date.alias("order_date"));
         df = df
             .select(cols)
@@ -291,10 +310,19 @@ fn check_castable(
         other => other,
     };
     let ok = match to {
-        DataType::Utf8 => base.is_integer() || matches!(base, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        DataType::Utf8 => {
+            base.is_integer()
+                || matches!(
+                    base,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                )
+        }
         DataType::Float64 | DataType::Int64 => base.is_numeric(),
         DataType::Timestamp(..) | DataType::Date32 => {
-            matches!(base, DataType::Timestamp(..) | DataType::Date32 | DataType::Date64)
+            matches!(
+                base,
+                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+            )
         }
         DataType::Boolean => matches!(base, DataType::Boolean) || base.is_integer(),
         _ => true,
@@ -324,14 +352,17 @@ async fn finish_orders(
     let has_status = present.contains("status");
     let dropped: Expr = if has_status && !spec.drop_status.is_empty() {
         let list: Vec<Expr> = spec.drop_status.iter().map(|s| lit(s.clone())).collect();
-        col("status").is_not_null().and(
-            datafusion::functions::string::expr_fn::lower(col("status")).in_list(list, false),
-        )
+        col("status")
+            .is_not_null()
+            .and(datafusion::functions::string::expr_fn::lower(col("status")).in_list(list, false))
     } else {
         lit(false)
     };
     let now_us = Utc::now().timestamp_micros();
-    let now = lit(ScalarValue::TimestampMicrosecond(Some(now_us), Some("UTC".into())));
+    let now = lit(ScalarValue::TimestampMicrosecond(
+        Some(now_us),
+        Some("UTC".into()),
+    ));
 
     // One scan for the counts and the default as_of.
     let stats = mapped
@@ -340,16 +371,37 @@ async fn finish_orders(
             vec![],
             vec![
                 count(lit(1)).alias("rows"),
-                count(lit(1)).filter(dropped.clone()).build().map_err(err)?.alias("dropped"),
                 count(lit(1))
-                    .filter(col("customer_id").is_null().or(col("customer_id").eq(lit(""))))
+                    .filter(dropped.clone())
+                    .build()
+                    .map_err(err)?
+                    .alias("dropped"),
+                count(lit(1))
+                    .filter(
+                        col("customer_id")
+                            .is_null()
+                            .or(col("customer_id").eq(lit(""))),
+                    )
                     .build()
                     .map_err(err)?
                     .alias("null_customer"),
-                count(lit(1)).filter(col("order_ts").is_null()).build().map_err(err)?.alias("null_ts"),
-                count(lit(1)).filter(col("order_ts").gt(now.clone())).build().map_err(err)?.alias("future"),
+                count(lit(1))
+                    .filter(col("order_ts").is_null())
+                    .build()
+                    .map_err(err)?
+                    .alias("null_ts"),
+                count(lit(1))
+                    .filter(col("order_ts").gt(now.clone()))
+                    .build()
+                    .map_err(err)?
+                    .alias("future"),
                 max(col("order_date"))
-                    .filter(dropped.clone().not().and(col("order_ts").lt_eq(now.clone())))
+                    .filter(
+                        dropped
+                            .clone()
+                            .not()
+                            .and(col("order_ts").lt_eq(now.clone())),
+                    )
                     .build()
                     .map_err(err)?
                     .alias("latest"),
@@ -359,7 +411,9 @@ async fn finish_orders(
         .collect()
         .await
         .map_err(err)?;
-    let batch = stats.first().ok_or_else(|| input_err(spec, "no statistics"))?;
+    let batch = stats
+        .first()
+        .ok_or_else(|| input_err(spec, "no statistics"))?;
     let int = |i: usize| -> u64 {
         batch
             .column(i)
@@ -368,12 +422,21 @@ async fn finish_orders(
             .map(|a| a.value(0) as u64)
             .unwrap_or(0)
     };
-    let (rows, dropped_n, null_customer, null_ts, future) = (int(0), int(1), int(2), int(3), int(4));
+    let (rows, dropped_n, null_customer, null_ts, future) =
+        (int(0), int(1), int(2), int(3), int(4));
     if rows == 0 {
-        return Err(input_err(spec, "the input is empty: the Parquet files hold no rows"));
+        return Err(input_err(
+            spec,
+            "the input is empty: the Parquet files hold no rows",
+        ));
     }
     let mut failures = Vec::new();
-    let source_of = |c: &str| spec.columns.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let source_of = |c: &str| {
+        spec.columns
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| c.to_string())
+    };
     if null_customer > 0 {
         failures.push(format!(
             "input gate null_customer_id: {null_customer} row(s) of {} have a NULL or empty customer_id (source column `{}`)",
@@ -411,13 +474,20 @@ async fn finish_orders(
         Some(d) => d,
         None => {
             let days = latest.ok_or_else(|| {
-                input_err(spec, "the input is empty: every row was dropped by drop_status")
+                input_err(
+                    spec,
+                    "the input is empty: every row was dropped by drop_status",
+                )
             })?;
-            NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + chrono::Duration::days(days as i64)
+            NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
+                + chrono::Duration::days(days as i64)
         }
     };
     let cutoff = cutoff_micros(as_of, settings);
-    let cutoff_lit = lit(ScalarValue::TimestampMicrosecond(Some(cutoff), Some("UTC".into())));
+    let cutoff_lit = lit(ScalarValue::TimestampMicrosecond(
+        Some(cutoff),
+        Some("UTC".into()),
+    ));
 
     let kept = mapped.filter(dropped.not()).map_err(err)?;
     let after = kept
@@ -495,4 +565,3 @@ pub fn cutoff_micros(as_of: NaiveDate, settings: &Settings) -> i64 {
             .unwrap_or_else(|| Utc.from_utc_datetime(&midnight).timestamp_micros()),
     }
 }
-

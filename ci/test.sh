@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what the tests need (a Python venv with
+# DuckDB for the independent cross-check), checks formatting and lints, runs the Rust tests,
+# then recomputes the core tables of the demo run with DuckDB and compares them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# A cargo target dir outside the clone is reused when present (CI keeps it warm).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+VENV="${SEGFLOW_TEST_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "== cargo test"
+cargo test --no-fail-fast
+
+echo "== independent DuckDB check of the demo run"
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+"$CARGO_TARGET_DIR/debug/segflow" --log-format json run \
+    --config fixtures/demo/segflow.toml --as-of 2026-11-21 --output "$OUT" 2>/dev/null
+"$VENV/bin/python" ci/duckdb_check.py --orders fixtures/demo/orders --out "$OUT" --as-of 2026-11-21

@@ -1,0 +1,656 @@
+//! End-to-end tests of the `segflow` binary: golden outputs on a hand-computed fixture, the
+//! demo run, idempotent re-runs, atomic publish on failure, locking, migration, and every
+//! bad-input error message. One test binary; each test gets its own temp directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+const DEMO_AS_OF: &str = "2026-11-21";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn segflow(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_segflow"))
+        .args(["--log-format", "json"])
+        .args(args)
+        .env_remove("SEGFLOW_CONFIG")
+        .output()
+        .expect("segflow runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The error line segflow printed (logs are JSON lines; the error is plain text).
+fn error_line(r: &Run) -> String {
+    r.stderr
+        .lines()
+        .filter(|l| !l.starts_with('{'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Writes a config into `dir` that reads the demo data with the demo mapping.
+fn demo_config(dir: &Path, extra: &str) -> PathBuf {
+    let demo = repo().join("fixtures/demo");
+    let text = std::fs::read_to_string(demo.join("segflow.toml")).unwrap();
+    let text = text
+        .replace(
+            "uri = \"orders\"",
+            &format!("uri = \"{}\"", demo.join("orders").display()),
+        )
+        .replace(
+            "uri = \"customers.parquet\"",
+            &format!("uri = \"{}\"", demo.join("customers.parquet").display()),
+        )
+        .replace(
+            "uri = \"marketing_spend.parquet\"",
+            &format!(
+                "uri = \"{}\"",
+                demo.join("marketing_spend.parquet").display()
+            ),
+        )
+        .replace("uri = \"../../out\"", "uri = \"out\"");
+    let path = dir.join("segflow.toml");
+    std::fs::write(&path, format!("{text}\n{extra}")).unwrap();
+    path
+}
+
+fn run_ok(config: &Path, extra: &[&str]) -> Run {
+    let mut args = vec!["run", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let r = segflow(&args);
+    assert_eq!(r.code, 0, "segflow failed:\n{}", r.stderr);
+    r
+}
+
+fn manifest(out: &Path, as_of: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join(format!("_manifest/as_of={as_of}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Reads a published table back (as any hive reader would) into rows of display strings.
+async fn read_table(out: &Path, model: &str, as_of: &str) -> Vec<BTreeMap<String, Option<String>>> {
+    let m = manifest(out, as_of);
+    let entry = &m["tables"][model];
+    assert!(entry.is_object(), "table {model} missing from manifest");
+    let dir = out.join(format!("{model}/as_of={as_of}/"));
+    let parts: Vec<(String, DataType)> = if entry["rows"].as_u64() == Some(0) {
+        vec![]
+    } else {
+        entry["partition_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p.as_str().unwrap().to_string(), DataType::Utf8))
+            .collect()
+    };
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_parquet(
+            format!("{}/", dir.display()),
+            ParquetReadOptions::default().table_partition_cols(parts),
+        )
+        .await
+        .unwrap();
+    let batches = df.collect().await.unwrap();
+    let mut rows = Vec::new();
+    let opts = FormatOptions::default();
+    for b in &batches {
+        let formatters: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            let mut row = BTreeMap::new();
+            for (j, f) in b.schema().fields().iter().enumerate() {
+                let v = if b.column(j).is_null(i) {
+                    None
+                } else {
+                    Some(formatters[j].value(i).to_string())
+                };
+                row.insert(f.name().clone(), v);
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+fn sorted_dump(rows: &[BTreeMap<String, Option<String>>]) -> Vec<String> {
+    let mut v: Vec<String> = rows.iter().map(|r| format!("{r:?}")).collect();
+    v.sort();
+    v
+}
+
+fn same_value(expected: &str, actual: Option<&str>) -> bool {
+    match (expected, actual) {
+        ("NULL", None) => true,
+        ("NULL", Some(_)) | (_, None) => false,
+        (e, Some(a)) if e == a => true,
+        (e, Some(a)) => match (e.parse::<f64>(), a.parse::<f64>()) {
+            (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1e-3),
+            _ => false,
+        },
+    }
+}
+
+/// Compares a published table with a hand-computed CSV (columns in the CSV only).
+async fn assert_matches_csv(out: &Path, model: &str, as_of: &str, csv: &Path) {
+    let text = std::fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let expected: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let actual = read_table(out, model, as_of).await;
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "{model}: expected {} rows, got {}",
+        expected.len(),
+        actual.len()
+    );
+    let mut unmatched: Vec<&BTreeMap<String, Option<String>>> = actual.iter().collect();
+    for e in &expected {
+        let pos = unmatched.iter().position(|a| {
+            header.iter().zip(e.iter()).all(|(h, v)| {
+                same_value(
+                    v,
+                    a.get(*h)
+                        .unwrap_or_else(|| panic!("{model}: no column {h}"))
+                        .as_deref(),
+                )
+            })
+        });
+        match pos {
+            Some(p) => {
+                unmatched.remove(p);
+            }
+            None => {
+                // Show the row with the same key for a useful diff.
+                let key = e[0];
+                let near: Vec<_> = actual
+                    .iter()
+                    .filter(|a| a.get(header[0]).and_then(|v| v.as_deref()) == Some(key))
+                    .collect();
+                panic!("{model}: no row matches expected {e:?}\nheader {header:?}\nrows with the same key: {near:#?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn golden_fixture_matches_hand_computed_rows_for_every_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = repo().join("fixtures/golden");
+    let config = tmp.path().join("segflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"as_of = "2026-03-15"
+[input.orders]
+uri = "{g}/orders.parquet"
+[input.customers]
+uri = "{g}/customers.parquet"
+[input.marketing_spend]
+uri = "{g}/marketing_spend.parquet"
+[output]
+uri = "out"
+[params]
+min_segment_customers = 2
+"#,
+            g = g.display()
+        ),
+    )
+    .unwrap();
+    run_ok(&config, &[]);
+    let out = tmp.path().join("out");
+    for model in [
+        "customer_facts",
+        "rfm",
+        "lifecycle",
+        "cohort_retention",
+        "customer_affinity",
+        "product_value",
+        "channel_value",
+        "segment_summary",
+    ] {
+        assert_matches_csv(
+            &out,
+            model,
+            "2026-03-15",
+            &g.join(format!("expected/{model}.csv")),
+        )
+        .await;
+    }
+    assert!(read_table(&out, "segment_migration", "2026-03-15")
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
+async fn demo_run_publishes_every_table_and_rerun_is_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let r = run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    assert!(
+        r.stdout.contains("published as_of=2026-11-21"),
+        "{}",
+        r.stdout
+    );
+    let out = tmp.path().join("out");
+    let m = manifest(&out, DEMO_AS_OF);
+    let expected_rows = [
+        ("customer_facts", 2940u64),
+        ("rfm", 2940),
+        ("lifecycle", 2940),
+        ("customer_affinity", 2940),
+        ("cohort_retention", 666),
+    ];
+    let mut first = BTreeMap::new();
+    for model in [
+        "customer_facts",
+        "rfm",
+        "lifecycle",
+        "cohort_retention",
+        "customer_affinity",
+        "product_value",
+        "channel_value",
+        "segment_summary",
+        "segment_migration",
+    ] {
+        let rows = read_table(&out, model, DEMO_AS_OF).await;
+        assert_eq!(
+            rows.len() as u64,
+            m["tables"][model]["rows"].as_u64().unwrap(),
+            "{model}"
+        );
+        assert!(out
+            .join(format!("{model}/as_of={DEMO_AS_OF}/_SUCCESS"))
+            .exists());
+        first.insert(model, sorted_dump(&rows));
+    }
+    for (model, n) in expected_rows {
+        assert_eq!(first[model].len() as u64, n, "{model}");
+    }
+    // Internal models are never written.
+    assert!(!out.join("purchase_orders").exists());
+    assert!(m["models"]["purchase_orders"]["duration_ms"].is_u64());
+    assert_eq!(m["datafusion_version"], "55.2.0");
+    assert_eq!(m["input"]["rows_dropped_status"], 526);
+
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    for (model, rows) in &first {
+        assert_eq!(
+            &sorted_dump(&read_table(&out, model, DEMO_AS_OF).await),
+            rows,
+            "{model} changed on re-run"
+        );
+    }
+    assert!(!out.join("_staging").exists());
+    assert!(!out.join("_lock").exists());
+}
+
+fn snapshot_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(
+                    p.strip_prefix(root).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[tokio::test]
+async fn failing_model_exits_2_and_leaves_previous_snapshot_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let config = demo_config(tmp.path(), "[models]\npaths = [\"models\"]\n");
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    let out = tmp.path().join("out");
+    let before = snapshot_files(&out);
+
+    std::fs::write(
+        models.join("zz_late_failure.sql"),
+        "select count(*) / (count(*) - count(*)) as broken from segment_summary",
+    )
+    .unwrap();
+    let r = segflow(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--as-of",
+        DEMO_AS_OF,
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let err = error_line(&r);
+    assert!(
+        err.contains("zz_late_failure.sql") && err.to_lowercase().contains("divide by zero"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot_files(&out),
+        before,
+        "a failed run changed the published output"
+    );
+
+    std::fs::remove_file(models.join("zz_late_failure.sql")).unwrap();
+    // Debris of a killed run: a staging dir and a lock of a process that is gone.
+    std::fs::create_dir_all(out.join("_staging/dead-run/rfm")).unwrap();
+    std::fs::write(
+        out.join("_lock"),
+        format!(
+            r#"{{"run_id":"dead-run","host":"{}","pid":999999999,"started_at":"2026-11-23T00:00:00Z"}}"#,
+            segflow::publish::host_name()
+        ),
+    )
+    .unwrap();
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    assert!(!out.join("_staging").exists(), "staging debris left behind");
+    assert_eq!(read_table(&out, "rfm", DEMO_AS_OF).await.len(), 2940);
+}
+
+#[test]
+fn live_lock_makes_a_second_run_exit_2_naming_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let lock = format!(
+        r#"{{"run_id":"nightly-42","host":"{}","pid":{},"started_at":"{}"}}"#,
+        segflow::publish::host_name(),
+        std::process::id(),
+        chrono::Utc::now().to_rfc3339()
+    );
+    std::fs::write(out.join("_lock"), &lock).unwrap();
+    let r = segflow(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(r.code, 2);
+    let err = error_line(&r);
+    assert!(
+        err.contains("locked") && err.contains("nightly-42"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("_lock")).unwrap(),
+        lock,
+        "lock of a live run was touched"
+    );
+}
+
+#[tokio::test]
+async fn two_snapshots_give_a_migration_that_sums_to_customers_in_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    run_ok(&config, &["--as-of", "2026-08-31"]);
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    let out = tmp.path().join("out");
+    let ids = |rows: Vec<BTreeMap<String, Option<String>>>| -> std::collections::BTreeSet<String> {
+        rows.into_iter()
+            .map(|r| r["customer_id"].clone().unwrap())
+            .collect()
+    };
+    let before = ids(read_table(&out, "customer_facts", "2026-08-31").await);
+    let after = ids(read_table(&out, "customer_facts", DEMO_AS_OF).await);
+    let both = before.intersection(&after).count() as u64;
+    let migration = read_table(&out, "segment_migration", DEMO_AS_OF).await;
+    assert!(!migration.is_empty());
+    for seg in ["rfm", "lifecycle"] {
+        let total: u64 = migration
+            .iter()
+            .filter(|r| r["segmentation"].as_deref() == Some(seg))
+            .map(|r| r["customers"].as_deref().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(total, both, "{seg}");
+    }
+    // Stability is known once a previous snapshot exists.
+    let summary = read_table(&out, "segment_summary", DEMO_AS_OF).await;
+    assert!(summary.iter().all(|r| r["stability"].is_some()));
+    let latest = std::fs::read_to_string(out.join("_manifest/latest.json")).unwrap();
+    assert!(latest.contains(DEMO_AS_OF));
+    // Back-filling an older date does not move latest.json.
+    run_ok(&config, &["--as-of", "2026-01-31"]);
+    assert!(std::fs::read_to_string(out.join("_manifest/latest.json"))
+        .unwrap()
+        .contains(DEMO_AS_OF));
+}
+
+#[test]
+fn init_scaffolds_a_project_that_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    let r = segflow(&["init", dir.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(dir.join("models/rfm.sql").exists());
+    let r = run_ok(&dir.join("segflow.toml"), &[]);
+    assert!(
+        r.stdout.contains("published as_of=2026-11-21"),
+        "{}",
+        r.stdout
+    );
+    assert!(dir.join("out/rfm").exists());
+    assert_eq!(segflow(&["init", dir.to_str().unwrap()]).code, 2);
+}
+
+/// Runs with a broken setup and returns (exit code, error text).
+fn failing(setup: impl FnOnce(&Path) -> PathBuf) -> (i32, String, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path());
+    let r = segflow(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--as-of",
+        DEMO_AS_OF,
+    ]);
+    let out = tmp.path().join("out");
+    let published = out.join("_manifest").exists();
+    assert!(!published, "a failed run published something");
+    let path = tmp.keep();
+    (r.code, error_line(&r), path)
+}
+
+fn with_model(dir: &Path, name: &str, sql: &str) -> PathBuf {
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join(name), sql).unwrap();
+    demo_config(dir, "[models]\npaths = [\"models\"]\n")
+}
+
+#[test]
+fn unknown_config_key_is_named() {
+    let (code, err, _) = failing(|d| demo_config(d, "[runtime]\nmemroy_limit = \"4g\"\n"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("memroy_limit") && err.contains("segflow.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_datafusion_key_is_named() {
+    let (code, err, _) = failing(|d| {
+        let c = demo_config(d, "");
+        let text = std::fs::read_to_string(&c).unwrap();
+        std::fs::write(
+            &c,
+            text.replace(
+                "\"execution.target_partitions\"",
+                "\"execution.no_such_key\"",
+            ),
+        )
+        .unwrap();
+        c
+    });
+    assert_eq!(code, 2);
+    assert!(err.contains("execution.no_such_key"), "{err}");
+}
+
+#[test]
+fn missing_input_path_is_named() {
+    let (code, err, _) = failing(|d| {
+        let c = demo_config(d, "");
+        let text = std::fs::read_to_string(&c).unwrap();
+        let orders = repo().join("fixtures/demo/orders").display().to_string();
+        std::fs::write(&c, text.replace(&orders, "/nonexistent/orders")).unwrap();
+        c
+    });
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("/nonexistent/orders") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_mapped_column_names_source_and_canonical_column() {
+    let (code, err, _) = failing(|d| {
+        let c = demo_config(d, "");
+        let text = std::fs::read_to_string(&c).unwrap();
+        std::fs::write(&c, text.replace("\"created_at\"", "\"created_on\"")).unwrap();
+        c
+    });
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("created_on") && err.contains("order_ts"),
+        "{err}"
+    );
+}
+
+#[test]
+fn model_cycle_names_the_chain() {
+    let (code, err, _) = failing(|d| {
+        with_model(d, "cyc_a.sql", "select * from cyc_b");
+        with_model(d, "cyc_b.sql", "select * from cyc_a")
+    });
+    assert_eq!(code, 2);
+    assert!(err.contains("cyc_a -> cyc_b -> cyc_a"), "{err}");
+}
+
+#[test]
+fn unknown_table_names_the_table_and_the_file() {
+    let (code, err, _) =
+        failing(|d| with_model(d, "uses_missing.sql", "select * from custmer_facts"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("custmer_facts") && err.contains("uses_missing.sql"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ddl_and_dml_in_a_model_are_rejected_naming_the_file() {
+    for (file, sql, kind) in [
+        ("make_table.sql", "create table t as select 1", "CREATE"),
+        ("add_rows.sql", "insert into t values (1)", "INSERT"),
+        ("export.sql", "copy (select 1) to '/tmp/x.parquet'", "COPY"),
+        (
+            "settings.sql",
+            "set datafusion.execution.batch_size = 1",
+            "SET",
+        ),
+    ] {
+        let (code, err, _) = failing(|d| with_model(d, file, sql));
+        assert_eq!(code, 2, "{file}");
+        assert!(err.contains(file) && err.contains(kind), "{file}: {err}");
+    }
+}
+
+#[test]
+fn unparsable_front_matter_names_file_and_line() {
+    let (code, err, _) = failing(|d| {
+        with_model(
+            d,
+            "bad_header.sql",
+            "/*---\ndescription = \"ok\"\ngrain = [\"customer_id\"\npublish = true\n---*/\nselect 1 as x",
+        )
+    });
+    assert_eq!(code, 2);
+    assert!(err.contains("bad_header.sql:4"), "{err}");
+}
+
+#[test]
+fn sql_error_points_at_file_line_and_column() {
+    let (code, err, _) = failing(|d| {
+        with_model(d, "typo.sql", "/*---\ndescription = \"x\"\n---*/\nselect\n  customer_id,\n  revenu\nfrom customer_facts")
+    });
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("typo.sql:6:3") && err.contains("revenu"),
+        "{err}"
+    );
+}
+
+#[test]
+fn failed_model_check_exits_1_and_publishes_nothing() {
+    let (code, err, _) = failing(|d| {
+        with_model(
+            d,
+            "checked.sql",
+            "/*---\n[checks]\nunique = [\"acquisition_channel\"]\n---*/\nselect customer_id, acquisition_channel from customer_facts",
+        )
+    });
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("checked.sql") && err.contains("unique(acquisition_channel)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn undefined_parameter_is_named() {
+    let (code, err, _) = failing(|d| {
+        with_model(
+            d,
+            "param.sql",
+            "select * from customer_facts where tenure_days > $min_tenure",
+        )
+    });
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("$min_tenure") && err.contains("param.sql"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_input_fails_naming_the_uri() {
+    let (code, err, _) = failing(|d| {
+        let empty = d.join("empty_orders");
+        std::fs::create_dir_all(&empty).unwrap();
+        let c = demo_config(d, "");
+        let text = std::fs::read_to_string(&c).unwrap();
+        let orders = repo().join("fixtures/demo/orders").display().to_string();
+        std::fs::write(&c, text.replace(&orders, &empty.display().to_string())).unwrap();
+        c
+    });
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("empty_orders") && err.contains("empty"),
+        "{err}"
+    );
+}
