@@ -27,39 +27,8 @@ unique   = ["dimension, value"]
 not_null = ["dimension", "value", "customers"]
 accepted_values = { dimension = ["channel", "country", "device"] }
 ---*/
-with members as (
-    select 'channel' as dimension, acquisition_channel as value, customer_id, cohort_month, orders,
-           revenue, revenue_90d, margin_90d, revenue_180d, margin_180d, revenue_365d, margin_365d
-    from customer_facts
-    union all
-    select 'country', acquisition_country, customer_id, cohort_month, orders,
-           revenue, revenue_90d, margin_90d, revenue_180d, margin_180d, revenue_365d, margin_365d
-    from customer_facts
-    union all
-    select 'device', acquisition_device, customer_id, cohort_month, orders,
-           revenue, revenue_90d, margin_90d, revenue_180d, margin_180d, revenue_365d, margin_365d
-    from customer_facts
-),
-
-value_stats as (
-    select
-        dimension,
-        value,
-        count(*) as customers,
-        cast(count(*) filter (where orders >= 2) as double) / count(*) as repeat_rate,
-        cast(sum(cast(revenue as decimal(38, 6))) as double) as revenue,
-        cast(sum(cast(revenue as decimal(38, 6))) as double) / count(*) as avg_revenue_per_customer,
-        count(revenue_90d) as customers_90d,
-        cast(sum(cast(revenue_90d as decimal(38, 6))) as double) / nullif(count(revenue_90d), 0) as avg_revenue_90d,
-        cast(sum(cast(margin_90d as decimal(38, 6))) as double) / nullif(count(margin_90d), 0) as avg_margin_90d,
-        count(revenue_180d) as customers_180d,
-        cast(sum(cast(revenue_180d as decimal(38, 6))) as double) / nullif(count(revenue_180d), 0) as avg_revenue_180d,
-        cast(sum(cast(margin_180d as decimal(38, 6))) as double) / nullif(count(margin_180d), 0) as avg_margin_180d,
-        count(revenue_365d) as customers_365d,
-        cast(sum(cast(revenue_365d as decimal(38, 6))) as double) / nullif(count(revenue_365d), 0) as avg_revenue_365d,
-        cast(sum(cast(margin_365d as decimal(38, 6))) as double) / nullif(count(margin_365d), 0) as avg_margin_365d
-    from members
-    group by dimension, value
+with value_stats as (
+    select * from acquisition_value where dimension in ('channel', 'country', 'device')
 ),
 
 spend_months as (

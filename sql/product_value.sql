@@ -24,19 +24,10 @@ not_null = ["first_category", "customers"]
 expression = ["repeat_rate between 0 and 1"]
 ---*/
 select
-    first_category,
-    count(*) as customers,
-    cast(count(*) filter (where orders >= 2) as double) / count(*) as repeat_rate,
-    cast(sum(cast(revenue as decimal(38, 6))) as double) as revenue,
-    cast(sum(cast(revenue as decimal(38, 6))) as double) / count(*) as avg_revenue_per_customer,
-    count(revenue_90d) as customers_90d,
-    cast(sum(cast(revenue_90d as decimal(38, 6))) as double) / nullif(count(revenue_90d), 0) as avg_revenue_90d,
-    cast(sum(cast(margin_90d as decimal(38, 6))) as double) / nullif(count(margin_90d), 0) as avg_margin_90d,
-    count(revenue_180d) as customers_180d,
-    cast(sum(cast(revenue_180d as decimal(38, 6))) as double) / nullif(count(revenue_180d), 0) as avg_revenue_180d,
-    cast(sum(cast(margin_180d as decimal(38, 6))) as double) / nullif(count(margin_180d), 0) as avg_margin_180d,
-    count(revenue_365d) as customers_365d,
-    cast(sum(cast(revenue_365d as decimal(38, 6))) as double) / nullif(count(revenue_365d), 0) as avg_revenue_365d,
-    cast(sum(cast(margin_365d as decimal(38, 6))) as double) / nullif(count(margin_365d), 0) as avg_margin_365d
-from customer_facts
-group by first_category
+    value as first_category,
+    customers, repeat_rate, revenue, avg_revenue_per_customer,
+    customers_90d, avg_revenue_90d, avg_margin_90d,
+    customers_180d, avg_revenue_180d, avg_margin_180d,
+    customers_365d, avg_revenue_365d, avg_margin_365d
+from acquisition_value
+where dimension = 'first_category'

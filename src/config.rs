@@ -16,39 +16,6 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// Names of the inputs segflow understands, with the canonical columns each may map.
-pub const INPUTS: &[(&str, &[&str])] = &[
-    (
-        "orders",
-        &[
-            "customer_id",
-            "order_id",
-            "order_ts",
-            "revenue",
-            "quantity",
-            "cost",
-            "product_id",
-            "category",
-            "channel",
-            "country",
-            "region",
-            "device",
-            "status",
-        ],
-    ),
-    (
-        "customers",
-        &[
-            "customer_id",
-            "signup_ts",
-            "birth_year",
-            "gender",
-            "email_opt_in",
-        ],
-    ),
-    ("marketing_spend", &["month", "channel", "spend"]),
-];
-
 /// The config file as written by users.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,7 +179,7 @@ impl Settings {
 
         let mut inputs = BTreeMap::new();
         for (name, input) in &file.input {
-            let Some((_, allowed)) = INPUTS.iter().find(|(n, _)| n == name) else {
+            let Some(allowed) = crate::sources::canonical_column_names(name) else {
                 return Err(Error::ConfigValue {
                     key: format!("input.{name}"),
                     message: format!(

@@ -79,12 +79,22 @@ fn canonical_columns(input: &str) -> Vec<(&'static str, DataType, bool)> {
             ("gender", DataType::Utf8, false),
             ("email_opt_in", DataType::Boolean, false),
         ],
-        _ => vec![
+        "marketing_spend" => vec![
             ("month", DataType::Date32, true),
             ("channel", DataType::Utf8, true),
             ("spend", DataType::Float64, true),
         ],
+        _ => vec![],
     }
+}
+
+/// The canonical column names of an input, or None for an unknown input name.
+pub fn canonical_column_names(input: &str) -> Option<Vec<&'static str>> {
+    let names: Vec<&'static str> = canonical_columns(input)
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    (!names.is_empty()).then_some(names)
 }
 
 /// The schema of the `orders` view (canonical columns plus `order_date`).

@@ -456,8 +456,8 @@ fn init_scaffolds_a_project_that_runs() {
     assert_eq!(segflow(&["init", dir.to_str().unwrap()]).code, 2);
 }
 
-/// Runs with a broken setup and returns (exit code, error text).
-fn failing(setup: impl FnOnce(&Path) -> PathBuf) -> (i32, String, PathBuf) {
+/// Runs with a broken setup; checks nothing was published; returns (exit code, error text).
+fn failing(setup: impl FnOnce(&Path) -> PathBuf) -> (i32, String) {
     let tmp = tempfile::tempdir().unwrap();
     let config = setup(tmp.path());
     let r = segflow(&[
@@ -467,11 +467,11 @@ fn failing(setup: impl FnOnce(&Path) -> PathBuf) -> (i32, String, PathBuf) {
         "--as-of",
         DEMO_AS_OF,
     ]);
-    let out = tmp.path().join("out");
-    let published = out.join("_manifest").exists();
-    assert!(!published, "a failed run published something");
-    let path = tmp.keep();
-    (r.code, error_line(&r), path)
+    assert!(
+        !tmp.path().join("out/_manifest").exists(),
+        "a failed run published something"
+    );
+    (r.code, error_line(&r))
 }
 
 fn with_model(dir: &Path, name: &str, sql: &str) -> PathBuf {
@@ -481,9 +481,18 @@ fn with_model(dir: &Path, name: &str, sql: &str) -> PathBuf {
     demo_config(dir, "[models]\npaths = [\"models\"]\n")
 }
 
+/// A run with one extra model file exits with `code` and an error containing every needle.
+fn assert_model_fails(file: &str, sql: &str, code: i32, needles: &[&str]) {
+    let (actual, err) = failing(|d| with_model(d, file, sql));
+    assert_eq!(actual, code, "{file}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{file}: `{n}` missing from: {err}");
+    }
+}
+
 #[test]
 fn unknown_config_key_is_named() {
-    let (code, err, _) = failing(|d| demo_config(d, "[runtime]\nmemroy_limit = \"4g\"\n"));
+    let (code, err) = failing(|d| demo_config(d, "[runtime]\nmemroy_limit = \"4g\"\n"));
     assert_eq!(code, 2);
     assert!(
         err.contains("memroy_limit") && err.contains("segflow.toml"),
@@ -493,7 +502,7 @@ fn unknown_config_key_is_named() {
 
 #[test]
 fn unknown_datafusion_key_is_named() {
-    let (code, err, _) = failing(|d| {
+    let (code, err) = failing(|d| {
         let c = demo_config(d, "");
         let text = std::fs::read_to_string(&c).unwrap();
         std::fs::write(
@@ -512,7 +521,7 @@ fn unknown_datafusion_key_is_named() {
 
 #[test]
 fn missing_input_path_is_named() {
-    let (code, err, _) = failing(|d| {
+    let (code, err) = failing(|d| {
         let c = demo_config(d, "");
         let text = std::fs::read_to_string(&c).unwrap();
         let orders = repo().join("fixtures/demo/orders").display().to_string();
@@ -528,7 +537,7 @@ fn missing_input_path_is_named() {
 
 #[test]
 fn missing_mapped_column_names_source_and_canonical_column() {
-    let (code, err, _) = failing(|d| {
+    let (code, err) = failing(|d| {
         let c = demo_config(d, "");
         let text = std::fs::read_to_string(&c).unwrap();
         std::fs::write(&c, text.replace("\"created_at\"", "\"created_on\"")).unwrap();
@@ -543,7 +552,7 @@ fn missing_mapped_column_names_source_and_canonical_column() {
 
 #[test]
 fn model_cycle_names_the_chain() {
-    let (code, err, _) = failing(|d| {
+    let (code, err) = failing(|d| {
         with_model(d, "cyc_a.sql", "select * from cyc_b");
         with_model(d, "cyc_b.sql", "select * from cyc_a")
     });
@@ -553,12 +562,11 @@ fn model_cycle_names_the_chain() {
 
 #[test]
 fn unknown_table_names_the_table_and_the_file() {
-    let (code, err, _) =
-        failing(|d| with_model(d, "uses_missing.sql", "select * from custmer_facts"));
-    assert_eq!(code, 2);
-    assert!(
-        err.contains("custmer_facts") && err.contains("uses_missing.sql"),
-        "{err}"
+    assert_model_fails(
+        "uses_missing.sql",
+        "select * from custmer_facts",
+        2,
+        &["custmer_facts", "uses_missing.sql"],
     );
 }
 
@@ -574,72 +582,43 @@ fn ddl_and_dml_in_a_model_are_rejected_naming_the_file() {
             "SET",
         ),
     ] {
-        let (code, err, _) = failing(|d| with_model(d, file, sql));
-        assert_eq!(code, 2, "{file}");
-        assert!(err.contains(file) && err.contains(kind), "{file}: {err}");
+        assert_model_fails(file, sql, 2, &[file, kind]);
     }
 }
 
 #[test]
 fn unparsable_front_matter_names_file_and_line() {
-    let (code, err, _) = failing(|d| {
-        with_model(
-            d,
-            "bad_header.sql",
-            "/*---\ndescription = \"ok\"\ngrain = [\"customer_id\"\npublish = true\n---*/\nselect 1 as x",
-        )
-    });
-    assert_eq!(code, 2);
-    assert!(err.contains("bad_header.sql:4"), "{err}");
+    let sql = "/*---\ndescription = \"ok\"\ngrain = [\"customer_id\"\npublish = true\n---*/\nselect 1 as x";
+    assert_model_fails("bad_header.sql", sql, 2, &["bad_header.sql:4"]);
 }
 
 #[test]
 fn sql_error_points_at_file_line_and_column() {
-    let (code, err, _) = failing(|d| {
-        with_model(d, "typo.sql", "/*---\ndescription = \"x\"\n---*/\nselect\n  customer_id,\n  revenu\nfrom customer_facts")
-    });
-    assert_eq!(code, 2);
-    assert!(
-        err.contains("typo.sql:6:3") && err.contains("revenu"),
-        "{err}"
-    );
+    let sql =
+        "/*---\ndescription = \"x\"\n---*/\nselect\n  customer_id,\n  revenu\nfrom customer_facts";
+    assert_model_fails("typo.sql", sql, 2, &["typo.sql:6:3", "revenu"]);
 }
 
 #[test]
 fn failed_model_check_exits_1_and_publishes_nothing() {
-    let (code, err, _) = failing(|d| {
-        with_model(
-            d,
-            "checked.sql",
-            "/*---\n[checks]\nunique = [\"acquisition_channel\"]\n---*/\nselect customer_id, acquisition_channel from customer_facts",
-        )
-    });
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("checked.sql") && err.contains("unique(acquisition_channel)"),
-        "{err}"
+    let sql = "/*---\n[checks]\nunique = [\"acquisition_channel\"]\n---*/\nselect customer_id, acquisition_channel from customer_facts";
+    assert_model_fails(
+        "checked.sql",
+        sql,
+        1,
+        &["checked.sql", "unique(acquisition_channel)"],
     );
 }
 
 #[test]
 fn undefined_parameter_is_named() {
-    let (code, err, _) = failing(|d| {
-        with_model(
-            d,
-            "param.sql",
-            "select * from customer_facts where tenure_days > $min_tenure",
-        )
-    });
-    assert_eq!(code, 2);
-    assert!(
-        err.contains("$min_tenure") && err.contains("param.sql"),
-        "{err}"
-    );
+    let sql = "select * from customer_facts where tenure_days > $min_tenure";
+    assert_model_fails("param.sql", sql, 2, &["$min_tenure", "param.sql"]);
 }
 
 #[test]
 fn empty_input_fails_naming_the_uri() {
-    let (code, err, _) = failing(|d| {
+    let (code, err) = failing(|d| {
         let empty = d.join("empty_orders");
         std::fs::create_dir_all(&empty).unwrap();
         let c = demo_config(d, "");
@@ -652,5 +631,41 @@ fn empty_input_fails_naming_the_uri() {
     assert!(
         err.contains("empty_orders") && err.contains("empty"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn timezone_moves_day_boundaries_and_the_as_of_cutoff() {
+    // c08 ordered at 2026-03-16 00:30 UTC: after as_of in UTC, but 2026-03-15 20:30 in New York.
+    let orders_of_c08 = |tz: &'static str| async move {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("segflow.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "as_of = \"2026-03-15\"\n[input.orders]\nuri = \"{}\"\n[output]\nuri = \"out\"\n[runtime]\ntimezone = \"{tz}\"\n",
+                repo().join("fixtures/golden/orders.parquet").display()
+            ),
+        )
+        .unwrap();
+        run_ok(&config, &[]);
+        let rows = read_table(&tmp.path().join("out"), "customer_facts", "2026-03-15").await;
+        let c08 = rows
+            .into_iter()
+            .find(|r| r["customer_id"].as_deref() == Some("c08"))
+            .unwrap();
+        (
+            c08["orders"].clone().unwrap(),
+            c08["last_order_date"].clone().unwrap(),
+            c08["recency_days"].clone().unwrap(),
+        )
+    };
+    assert_eq!(
+        orders_of_c08("UTC").await,
+        ("1".into(), "2026-03-15".into(), "0".into())
+    );
+    assert_eq!(
+        orders_of_c08("America/New_York").await,
+        ("2".into(), "2026-03-15".into(), "0".into())
     );
 }
