@@ -38,11 +38,8 @@ pub struct ModelOutput {
     pub partition_by: Vec<String>,
 }
 
-/// Supplies the previous published snapshot of a model, if any.
-pub trait PreviousTables {
-    /// A table over the previous snapshot of `model`, or None when there is none.
-    fn previous_table(&self, model: &str) -> Option<Arc<dyn TableProvider>>;
-}
+/// Tables over the previous published snapshot, by model name (absent: no snapshot).
+pub type PreviousTables = BTreeMap<String, Arc<dyn TableProvider>>;
 
 /// Resolves a model's parameters: `$as_of`, front-matter defaults, config overrides.
 pub fn model_params(
@@ -151,7 +148,7 @@ pub async fn run_models(
     models: &[Model],
     as_of: NaiveDate,
     config_params: &BTreeMap<String, ScalarValue>,
-    previous: &dyn PreviousTables,
+    previous: &PreviousTables,
 ) -> Result<Vec<ModelOutput>> {
     let previous_schema = Arc::new(MemorySchemaProvider::new());
     ctx.catalog("datafusion")
@@ -170,8 +167,8 @@ pub async fn run_models(
             if previous_schema.table_exist(dep) {
                 continue;
             }
-            let table: Arc<dyn TableProvider> = match previous.previous_table(dep) {
-                Some(t) => t,
+            let table: Arc<dyn TableProvider> = match previous.get(dep) {
+                Some(t) => t.clone(),
                 None => {
                     let Some(current) = outputs.iter().find(|o| &o.name == dep) else {
                         return Err(Error::Model {

@@ -18,7 +18,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::TableProvider;
 use datafusion::config::TableParquetOptions;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -460,15 +459,27 @@ impl Output {
     }
 }
 
-impl PreviousTables for (SessionContext, PathBuf, Option<Manifest>) {
-    fn previous_table(&self, model: &str) -> Option<Arc<dyn TableProvider>> {
-        let (ctx, root, manifest) = self;
-        let entry = manifest.as_ref()?.tables.get(model)?;
-        if entry.rows == 0 {
-            return None;
-        }
-        let dir = format!("{}/", root.join(&entry.path).display());
-        let url = ListingTableUrl::parse(&dir).ok()?;
+/// Opens the tables of a published snapshot that models read as `previous.<model>`.
+/// Zero-row tables are left out: the engine gives them the current schema instead.
+pub async fn previous_tables(
+    ctx: &SessionContext,
+    output: &Output,
+    manifest: Option<&Manifest>,
+    models: &std::collections::BTreeSet<String>,
+) -> Result<PreviousTables> {
+    let mut tables = PreviousTables::new();
+    let Some(manifest) = manifest else {
+        return Ok(tables);
+    };
+    for model in models {
+        let Some(entry) = manifest.tables.get(model).filter(|e| e.rows > 0) else {
+            continue;
+        };
+        let dir = format!("{}/", output.root.join(&entry.path).display());
+        let err = |e: datafusion::error::DataFusionError| {
+            out_err(&output.uri, format!("open previous snapshot {dir}"), e)
+        };
+        let url = ListingTableUrl::parse(&dir).map_err(err)?;
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")
             .with_table_partition_cols(
@@ -478,15 +489,17 @@ impl PreviousTables for (SessionContext, PathBuf, Option<Manifest>) {
                     .map(|p| (p.clone(), DataType::Utf8))
                     .collect(),
             );
-        let state = ctx.state();
-        let config = futures::executor::block_on(
-            ListingTableConfig::new(url)
-                .with_listing_options(options)
-                .infer_schema(&state),
-        )
-        .ok()?;
-        Some(Arc::new(ListingTable::try_new(config).ok()?))
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .infer_schema(&ctx.state())
+            .await
+            .map_err(err)?;
+        tables.insert(
+            model.clone(),
+            Arc::new(ListingTable::try_new(config).map_err(err)?),
+        );
     }
+    Ok(tables)
 }
 
 fn stage_err(o: &ModelOutput, e: datafusion::error::DataFusionError) -> Error {

@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::engine::{run_checks, run_models};
 use crate::error::{Error, Result};
 use crate::models::{discover_models, order_models, select_models, ModelSources};
-use crate::publish::{host_name, LockInfo, Manifest, ModelTiming, Output};
+use crate::publish::{host_name, previous_tables, LockInfo, Manifest, ModelTiming, Output};
 use crate::session::build_session;
 use crate::sources::register_sources;
 
@@ -83,7 +83,11 @@ async fn run_locked(
     if let Some(p) = &previous {
         info!(previous_as_of = %p.as_of, "previous snapshot found");
     }
-    let previous_tables = (ctx.clone(), output.root().to_path_buf(), previous);
+    let wanted = models
+        .iter()
+        .flat_map(|m| m.previous_deps.iter().cloned())
+        .collect();
+    let previous_tables = previous_tables(&ctx, output, previous.as_ref(), &wanted).await?;
     let outputs = run_models(&ctx, &models, as_of, &settings.params, &previous_tables).await?;
 
     let failures = run_checks(&ctx, &models).await?;

@@ -669,3 +669,36 @@ async fn timezone_moves_day_boundaries_and_the_as_of_cutoff() {
         ("2".into(), "2026-03-15".into(), "0".into())
     );
 }
+
+#[tokio::test]
+async fn select_republishes_one_table_and_keeps_the_rest_of_the_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    let out = tmp.path().join("out");
+    let before = manifest(&out, DEMO_AS_OF);
+    run_ok(&config, &["--as-of", DEMO_AS_OF, "--select", "lifecycle"]);
+    let after = manifest(&out, DEMO_AS_OF);
+    assert_ne!(before["run_id"], after["run_id"]);
+    assert_eq!(
+        after["tables"].as_object().unwrap().len(),
+        before["tables"].as_object().unwrap().len()
+    );
+    assert_eq!(after["tables"]["rfm"], before["tables"]["rfm"]);
+    assert_eq!(after["models"]["lifecycle"]["published"], true);
+    assert_eq!(after["models"]["customer_facts"]["published"], false);
+    assert!(
+        after["models"].get("rfm").is_none(),
+        "rfm is not needed by lifecycle"
+    );
+    assert_eq!(read_table(&out, "rfm", DEMO_AS_OF).await.len(), 2940);
+    let r = segflow(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--select",
+        "no_such_model",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(error_line(&r).contains("no_such_model"));
+}
