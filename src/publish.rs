@@ -204,34 +204,62 @@ impl Output {
             match put {
                 Ok(_) => return Ok(()),
                 Err(object_store::Error::AlreadyExists { .. }) => {
-                    // An unreadable lock (not JSON) names no holder and is treated as stale.
                     let holder: Option<LockInfo> = self.get_json("_lock").await.unwrap_or_default();
                     let stale = match &holder {
                         Some(h) => {
                             let age = Utc::now().signed_duration_since(h.started_at);
-                            (h.host == me.host && !process_alive(h.pid))
+                            let same_host = h.host == me.host;
+                            // Same pid as ours under another run id: a restarted container.
+                            (same_host && (h.pid == me.pid || !process_alive(h.pid)))
                                 || age.to_std().map(|a| a > timeout).unwrap_or(false)
                         }
-                        None => true,
+                        // Unreadable: judge by the file's age alone.
+                        None => match self.store.head(&path).await {
+                            Ok(meta) => Utc::now()
+                                .signed_duration_since(meta.last_modified)
+                                .to_std()
+                                .map(|a| a > timeout)
+                                .unwrap_or(false),
+                            Err(_) => false,
+                        },
                     };
                     if !stale {
-                        let holder = holder.map(|h| h.to_string()).unwrap_or_default();
+                        let holder = holder
+                            .map(|h| h.to_string())
+                            .unwrap_or_else(|| "an unreadable _lock file".into());
                         return Err(Error::Locked {
                             uri: self.uri.clone(),
                             holder,
                         });
                     }
+                    // Take over by renaming the lock aside, then check it is the one judged
+                    // stale (another run may have taken over and locked in between).
+                    let aside = ObjPath::from(format!("_lock.takeover-{}", me.run_id));
+                    match self.store.rename(&path, &aside).await {
+                        Ok(()) => {}
+                        Err(object_store::Error::NotFound { .. }) => continue,
+                        Err(e) => return Err(out_err(&self.uri, "take over stale _lock", e)),
+                    }
+                    let taken: Option<LockInfo> = match self.store.get(&aside).await {
+                        Ok(r) => r
+                            .bytes()
+                            .await
+                            .ok()
+                            .and_then(|b| serde_json::from_slice(&b).ok()),
+                        Err(_) => None,
+                    };
+                    if taken.as_ref().map(|t| &t.run_id) != holder.as_ref().map(|h| &h.run_id) {
+                        // Not the stale lock: put it back and report its holder.
+                        let _ = self.store.rename_if_not_exists(&aside, &path).await;
+                        return Err(Error::Locked {
+                            uri: self.uri.clone(),
+                            holder: taken.map(|t| t.to_string()).unwrap_or_default(),
+                        });
+                    }
+                    let _ = self.store.delete(&aside).await;
                     if let Some(h) = &holder {
                         warn!(holder = %h, "taking over a stale output lock");
-                        let dir = self.staging_dir(&h.run_id);
-                        if dir.exists() {
-                            std::fs::remove_dir_all(&dir)
-                                .map_err(|e| Error::io("remove stale staging", &dir, e))?;
-                        }
-                    }
-                    match self.store.delete(&path).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(out_err(&self.uri, "remove stale lock", e)),
+                        self.recover_dead_run(h).await?;
                     }
                 }
                 Err(e) => return Err(out_err(&self.uri, "create _lock", e)),
@@ -263,6 +291,8 @@ impl Output {
                 warn!(dir = %dir.display(), error = %e, "cannot remove staging");
             }
         }
+        // The parent goes too once no run uses it.
+        let _ = std::fs::remove_dir(self.root.join("_staging"));
     }
 
     /// Published snapshot dates, from the manifests.
@@ -392,46 +422,45 @@ impl Output {
         Ok(entries)
     }
 
+    /// Fails unless this run still holds the lock (a run outliving `lock_timeout` may
+    /// have been taken over; it must not publish then).
+    async fn check_lock_owner(&self, run_id: &str) -> Result<()> {
+        match self.get_json::<LockInfo>("_lock").await {
+            Ok(Some(h)) if h.run_id == run_id => Ok(()),
+            Ok(Some(h)) => Err(Error::Locked {
+                uri: self.uri.clone(),
+                holder: format!("this run's lock was taken over by {h}"),
+            }),
+            _ => Err(Error::Locked {
+                uri: self.uri.clone(),
+                holder: "this run's lock disappeared".into(),
+            }),
+        }
+    }
+
     /// Moves staged tables into place and writes the manifest; the commit point.
+    /// On failure every swap is undone, so the snapshot being replaced stays whole.
     pub async fn commit(&self, run_id: &str, manifest: &Manifest, staged: &[String]) -> Result<()> {
+        self.check_lock_owner(run_id).await?;
         let as_of = manifest.as_of;
         let manifest_path = format!("_manifest/as_of={as_of}.json");
-        // Replacing a snapshot: it stops existing until the new manifest lands.
-        match self
-            .store
-            .delete(&ObjPath::from(manifest_path.as_str()))
-            .await
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(out_err(&self.uri, format!("remove old {manifest_path}"), e)),
-        }
         let staging = self.staging_dir(run_id);
-        let aside_root = staging.join("_old");
-        for name in staged {
-            let rel = format!("{name}/as_of={as_of}");
-            let new = staging.join(&rel);
-            let target = self.root.join(&rel);
-            let aside = aside_root.join(name);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::io("create table directory", parent, e))?;
-            }
-            std::fs::create_dir_all(&aside_root)
-                .map_err(|e| Error::io("create staging", &aside_root, e))?;
-            let had_old = target.exists();
-            if had_old {
-                std::fs::rename(&target, &aside)
-                    .map_err(|e| Error::io("move old table aside", &target, e))?;
-            }
-            if let Err(e) = std::fs::rename(&new, &target) {
-                if had_old {
-                    let _ = std::fs::rename(&aside, &target);
-                }
-                return Err(Error::io("move table into place", &target, e));
-            }
+        // Journal for a run that takes over after this one is killed mid-commit.
+        let journal = staging.join("commit.json");
+        std::fs::write(
+            &journal,
+            serde_json::json!({ "as_of": as_of.to_string() }).to_string(),
+        )
+        .map_err(|e| Error::io("write commit journal", &journal, e))?;
+        let mut swapped: Vec<String> = Vec::new();
+        let mut result = self.swap_tables(run_id, as_of, staged, &mut swapped);
+        if result.is_ok() {
+            result = self.put_json_atomic(&manifest_path, manifest, run_id).await;
         }
-        self.put_json_atomic(&manifest_path, manifest, run_id)
-            .await?;
+        if let Err(e) = result {
+            self.roll_back(run_id, as_of, &swapped);
+            return Err(e);
+        }
         let latest: Option<serde_json::Value> =
             self.get_json("_manifest/latest.json").await.unwrap_or(None);
         let latest_date = latest
@@ -445,15 +474,108 @@ impl Output {
                 "manifest": manifest_path,
                 "run_id": run_id,
             });
-            self.put_json_atomic("_manifest/latest.json", &body, run_id)
-                .await?;
-        }
-        // We hold the lock: no other run is live, so all staging is debris now.
-        let all = self.root.join("_staging");
-        if all.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&all) {
-                warn!(dir = %all.display(), error = %e, "cannot remove staging");
+            // The snapshot is published; a stale pointer is worth a warning, not a failure.
+            if let Err(e) = self
+                .put_json_atomic("_manifest/latest.json", &body, run_id)
+                .await
+            {
+                warn!(error = %e, "cannot update _manifest/latest.json");
             }
+        }
+        self.remove_staging(run_id);
+        Ok(())
+    }
+
+    /// Swaps each staged table in: old aside (into this run's `_old/`), new in.
+    fn swap_tables(
+        &self,
+        run_id: &str,
+        as_of: NaiveDate,
+        staged: &[String],
+        swapped: &mut Vec<String>,
+    ) -> Result<()> {
+        let staging = self.staging_dir(run_id);
+        let aside_root = staging.join("_old");
+        std::fs::create_dir_all(&aside_root)
+            .map_err(|e| Error::io("create staging", &aside_root, e))?;
+        for name in staged {
+            let rel = format!("{name}/as_of={as_of}");
+            let target = self.root.join(&rel);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io("create table directory", parent, e))?;
+            }
+            if target.exists() {
+                std::fs::rename(&target, aside_root.join(name))
+                    .map_err(|e| Error::io("move old table aside", &target, e))?;
+            }
+            swapped.push(name.clone());
+            std::fs::rename(staging.join(&rel), &target)
+                .map_err(|e| Error::io("move table into place", &target, e))?;
+        }
+        Ok(())
+    }
+
+    /// Undoes swaps: tables set aside in `_old/` go back; tables that had no old version
+    /// and were moved in by this run (`swapped`) are removed.
+    fn roll_back(&self, run_id: &str, as_of: NaiveDate, swapped: &[String]) {
+        let aside_root = self.staging_dir(run_id).join("_old");
+        let mut names: Vec<String> = swapped.to_vec();
+        if let Ok(entries) = std::fs::read_dir(&aside_root) {
+            names.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+        names.sort();
+        names.dedup();
+        for name in names {
+            let target = self.root.join(format!("{name}/as_of={as_of}"));
+            let aside = aside_root.join(&name);
+            let has_old = aside.exists();
+            if !has_old && !swapped.contains(&name) {
+                continue;
+            }
+            if target.exists() {
+                if let Err(e) = std::fs::remove_dir_all(&target) {
+                    warn!(dir = %target.display(), error = %e, "roll back: cannot remove new table");
+                    continue;
+                }
+            }
+            if has_old {
+                if let Err(e) = std::fs::rename(&aside, &target) {
+                    warn!(dir = %target.display(), error = %e, "roll back: cannot restore old table");
+                }
+            }
+        }
+    }
+
+    /// Cleans up after a dead run: if it was killed mid-commit before its manifest landed,
+    /// its swaps are undone; then its staging is removed.
+    async fn recover_dead_run(&self, dead: &LockInfo) -> Result<()> {
+        let staging = self.staging_dir(&dead.run_id);
+        if let Ok(text) = std::fs::read_to_string(staging.join("commit.json")) {
+            let as_of = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("as_of").and_then(|d| d.as_str()).map(str::to_string))
+                .and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok());
+            if let Some(as_of) = as_of {
+                let committed = self
+                    .manifest(as_of)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| m.run_id == dead.run_id);
+                if !committed {
+                    warn!(run = %dead.run_id, %as_of, "rolling back a run killed mid-commit");
+                    self.roll_back(&dead.run_id, as_of, &[]);
+                }
+            }
+        }
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .map_err(|e| Error::io("remove stale staging", &staging, e))?;
         }
         Ok(())
     }

@@ -767,3 +767,34 @@ fn killed_runs_never_damage_the_published_snapshot() {
     assert!(!out.join("_lock").exists());
     assert_manifest_complete(&out, DEMO_AS_OF);
 }
+
+#[test]
+fn a_commit_that_fails_halfway_rolls_back_every_swapped_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let out = tmp.path().join("out");
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    // The last table to be swapped in cannot be: its folder is in the way as a plain file.
+    std::fs::remove_dir_all(out.join("segment_summary")).unwrap();
+    std::fs::write(out.join("segment_summary"), "in the way").unwrap();
+    let before = snapshot_files(&out);
+    let r = segflow(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--as-of",
+        DEMO_AS_OF,
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        error_line(&r).contains("segment_summary"),
+        "{}",
+        error_line(&r)
+    );
+    assert_eq!(
+        snapshot_files(&out),
+        before,
+        "a failed commit changed the published tables"
+    );
+    assert!(!out.join("_staging").exists() && !out.join("_lock").exists());
+}
