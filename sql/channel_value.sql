@@ -32,10 +32,11 @@ with value_stats as (
 ),
 
 spend_months as (
-    select channel, month, sum(cast(spend as decimal(38, 6))) as spend
+    select channel, cast(date_trunc('month', month) as date) as month,
+           sum(cast(spend as decimal(38, 6))) as spend
     from marketing_spend
     where month <= $as_of and channel is not null
-    group by channel, month
+    group by 1, 2
 ),
 
 spend_totals as (
@@ -47,7 +48,7 @@ acquired as (
     from spend_months s
     left join customer_facts c
       on c.acquisition_channel = s.channel
-     and c.cohort_month = cast(date_trunc('month', s.month) as date)
+     and c.cohort_month = s.month
     group by s.channel
 )
 

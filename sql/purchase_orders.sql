@@ -22,9 +22,9 @@ select
     order_id,
     min(order_ts)   as purchase_ts,
     min(order_date) as purchase_date,
-    min(coalesce(channel, 'unknown')) as channel,
-    min(coalesce(country, 'unknown')) as country,
-    min(coalesce(device, 'unknown'))  as device,
+    coalesce(min(channel), 'unknown') as channel,
+    coalesce(min(country), 'unknown') as country,
+    coalesce(min(device), 'unknown')  as device,
     first_value(coalesce(category, 'unknown')
         order by revenue desc, coalesce(category, 'unknown') asc) as top_category
 from orders

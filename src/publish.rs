@@ -353,7 +353,25 @@ impl Output {
             let mut options = TableParquetOptions::default();
             options.global.compression = Some("zstd(3)".into());
             if o.rows == 0 {
-                write_empty_parquet(&dir.join("part-0.parquet"), schema.clone())?;
+                // One zero-row file carrying the schema. A partitioned table puts it under
+                // `col=/` (the NULL partition) without the partition columns, as the
+                // partitioned writer would, so hive readers see one consistent layout.
+                let mut file_dir = dir.clone();
+                for p in &o.partition_by {
+                    file_dir.push(format!("{p}="));
+                }
+                std::fs::create_dir_all(&file_dir)
+                    .map_err(|e| Error::io("create staging", &file_dir, e))?;
+                let fields: Vec<Field> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| !o.partition_by.contains(f.name()))
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                write_empty_parquet(
+                    &file_dir.join("part-0.parquet"),
+                    Arc::new(Schema::new(fields)),
+                )?;
             } else {
                 let df = ctx.read_batches(batches).map_err(|e| stage_err(o, e))?;
                 let url = format!("{}/", dir.display());

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use chrono::{NaiveDate, TimeZone, Utc};
+use chrono::{NaiveDate, Utc};
 use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemTable;
@@ -228,6 +228,7 @@ fn map_columns(
     let available: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let mut exprs: Vec<Expr> = Vec::new();
     let mut present = BTreeSet::new();
+    let mut order_date: Option<Expr> = None;
     for (canonical, target, required) in canonical_columns(&spec.name) {
         let mapped = spec.columns.get(canonical);
         let source = mapped.map(String::as_str).unwrap_or(canonical);
@@ -267,30 +268,43 @@ fn map_columns(
         check_castable(spec, canonical, source, &source_type, &target)?;
         let column = Expr::Column(Column::new_unqualified(source));
         let expr = match (&target, &source_type) {
+            // A date is a local calendar day: its midnight in the configured time zone.
+            (DataType::Timestamp(..), DataType::Date32 | DataType::Date64) => {
+                match settings.timezone {
+                    Some(tz) => cast(
+                        cast(
+                            cast(column, DataType::Timestamp(TimeUnit::Microsecond, None)),
+                            DataType::Timestamp(TimeUnit::Microsecond, Some(tz.name().into())),
+                        ),
+                        ts_type(),
+                    ),
+                    None => cast(column, ts_type()),
+                }
+            }
             (DataType::Timestamp(..), _) => cast(column, ts_type()),
             (DataType::Date32, DataType::Timestamp(..)) => {
                 cast(cast(column, ts_type()), DataType::Date32)
             }
             _ => cast(column, target.clone()),
         };
+        if spec.name == "orders" && canonical == "order_ts" {
+            // A date source is already the local calendar day.
+            order_date = Some(match source_type {
+                DataType::Date32 | DataType::Date64 => cast(
+                    Expr::Column(Column::new_unqualified(source)),
+                    DataType::Date32,
+                ),
+                _ => local_date(expr.clone(), settings),
+            });
+        }
         exprs.push(expr.alias(canonical));
     }
-    let mut df = raw
+    if let Some(order_date) = order_date {
+        exprs.insert(3, order_date.alias("order_date"));
+    }
+    let df = raw
         .select(exprs)
         .map_err(|e| input_err(spec, format!("cannot map columns: {e}")))?;
-    if spec.name == "orders" {
-        let order_date = local_date(col("order_ts"), settings);
-        let mut cols: Vec<Expr> = df
-            .schema()
-            .columns()
-            .into_iter()
-            .map(Expr::Column)
-            .collect();
-        cols.insert(3, order_date.alias("order_date"));
-        df = df
-            .select(cols)
-            .map_err(|e| input_err(spec, format!("cannot derive order_date: {e}")))?;
-    }
     Ok((df, present))
 }
 
@@ -493,21 +507,22 @@ async fn finish_orders(
                 + chrono::Duration::days(days as i64)
         }
     };
-    let cutoff = cutoff_micros(as_of, settings);
-    let cutoff_lit = lit(ScalarValue::TimestampMicrosecond(
-        Some(cutoff),
-        Some("UTC".into()),
-    ));
+    // Visible rows: local order date <= as_of, i.e. order_ts before the next local midnight.
+    let as_of_lit = lit(ScalarValue::Date32(Some(crate::config::date_to_days(
+        as_of,
+    ))));
 
     let kept = mapped.filter(dropped.not()).map_err(err)?;
     let after = kept
         .clone()
-        .filter(col("order_ts").gt_eq(cutoff_lit.clone()))
+        .filter(col("order_date").gt(as_of_lit.clone()))
         .map_err(err)?
         .count()
         .await
         .map_err(err)? as u64;
-    let mut visible = kept.filter(col("order_ts").lt(cutoff_lit)).map_err(err)?;
+    let mut visible = kept
+        .filter(col("order_date").lt_eq(as_of_lit))
+        .map_err(err)?;
 
     if !present.contains("order_id") {
         visible = synthetic_order_ids(visible).map_err(err)?;
@@ -560,18 +575,4 @@ fn synthetic_order_ids(df: DataFrame) -> datafusion::error::Result<DataFrame> {
         })
         .collect();
     df.select(cols)
-}
-
-/// First instant (UTC micros) of the day after `as_of`, in the configured time zone.
-pub fn cutoff_micros(as_of: NaiveDate, settings: &Settings) -> i64 {
-    let next = as_of.succ_opt().unwrap_or(as_of);
-    let midnight = next.and_hms_opt(0, 0, 0).expect("valid midnight");
-    match settings.timezone {
-        None => Utc.from_utc_datetime(&midnight).timestamp_micros(),
-        Some(tz) => tz
-            .from_local_datetime(&midnight)
-            .earliest()
-            .map(|t| t.timestamp_micros())
-            .unwrap_or_else(|| Utc.from_utc_datetime(&midnight).timestamp_micros()),
-    }
 }

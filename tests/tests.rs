@@ -798,3 +798,83 @@ fn a_commit_that_fails_halfway_rolls_back_every_swapped_table() {
     );
     assert!(!out.join("_staging").exists() && !out.join("_lock").exists());
 }
+
+/// Writes a minimal orders file: customer_id, a Date32 order_ts, revenue — nothing else.
+fn write_minimal_orders(path: &Path, rows: &[(&str, &str, f64)]) {
+    use datafusion::arrow::array::{Date32Array, Float64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+    let days: Vec<i32> = rows
+        .iter()
+        .map(|(_, d, _)| {
+            (chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap() - epoch).num_days() as i32
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("order_ts", DataType::Date32, false),
+        Field::new("revenue", DataType::Float64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Date32Array::from(days)),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[tokio::test]
+async fn minimal_input_with_dates_runs_every_model_in_a_non_utc_time_zone() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_minimal_orders(
+        &tmp.path().join("orders.parquet"),
+        &[
+            ("a", "2026-03-10", 10.0),
+            ("a", "2026-03-16", 20.0),
+            ("b", "2026-03-15", 30.0),
+        ],
+    );
+    let config = tmp.path().join("segflow.toml");
+    std::fs::write(
+        &config,
+        "as_of = \"2026-03-15\"\n[input.orders]\nuri = \"orders.parquet\"\n[output]\nuri = \"out\"\n[runtime]\ntimezone = \"America/New_York\"\n",
+    )
+    .unwrap();
+    run_ok(&config, &[]);
+    let out = tmp.path().join("out");
+    let m = manifest(&out, "2026-03-15");
+    assert_eq!(
+        m["input"]["rows_after_as_of"], 1,
+        "the 2026-03-16 row is after as_of in any zone"
+    );
+    let facts = read_table(&out, "customer_facts", "2026-03-15").await;
+    let a = facts
+        .iter()
+        .find(|r| r["customer_id"].as_deref() == Some("a"))
+        .unwrap();
+    assert_eq!(
+        a["last_order_date"].as_deref(),
+        Some("2026-03-10"),
+        "dates are local days"
+    );
+    assert_eq!(a["acquisition_channel"].as_deref(), Some("unknown"));
+    assert_eq!(a["margin"], None);
+    // A table whose result is empty is still published with its schema.
+    assert!(read_table(&out, "segment_migration", "2026-03-15")
+        .await
+        .is_empty());
+}
