@@ -55,7 +55,22 @@ pub fn model_params(
         );
     }
     for (k, v) in config_params {
-        values.insert(k.to_lowercase(), v.clone());
+        let key = k.to_lowercase();
+        // An override takes the type of the model's default (env values are untyped text).
+        let value = match values.get(&key) {
+            Some(default) if default.data_type() != v.data_type() => v
+                .cast_to(&default.data_type())
+                .map_err(|_| Error::ConfigValue {
+                    key: format!("params.{k}"),
+                    message: format!(
+                        "`{v}` cannot be used as {} (the type of the default in {})",
+                        default.data_type(),
+                        model.file
+                    ),
+                })?,
+            _ => v.clone(),
+        };
+        values.insert(key, value);
     }
     values.insert(
         "as_of".into(),

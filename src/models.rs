@@ -416,7 +416,11 @@ pub fn type_placeholders(statement: &mut DFStatement, values: &BTreeMap<String, 
                 if let sqlast::Value::Placeholder(p) = &v.value {
                     let name = p.trim_start_matches(['$', ':', '@']).to_lowercase();
                     if let Some(data_type) = values.get(&name).and_then(sql_type_of) {
-                        let inner = expr.clone();
+                        // Parameter names are case-insensitive, like SQL identifiers.
+                        let mut inner = expr.clone();
+                        if let SqlExpr::Value(v) = &mut inner {
+                            v.value = sqlast::Value::Placeholder(format!("${name}"));
+                        }
                         *expr = SqlExpr::Cast {
                             kind: CastKind::Cast,
                             expr: Box::new(inner),

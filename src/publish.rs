@@ -426,11 +426,7 @@ impl Output {
                         .iter()
                         .map(|f| ColumnEntry {
                             name: f.name().clone(),
-                            data_type: if o.partition_by.contains(f.name()) {
-                                DataType::Utf8.to_string()
-                            } else {
-                                f.data_type().to_string()
-                            },
+                            data_type: published_type(o, f).to_string(),
                         })
                         .collect(),
                 },
@@ -650,26 +646,29 @@ fn stage_err(o: &ModelOutput, e: datafusion::error::DataFusionError) -> Error {
     }
 }
 
-/// Partition columns are published as strings (NULL int/date/bool would otherwise become
-/// 0 / 1970-01-01 / false in the path). A value containing `=` is rejected: DataFusion does
-/// not escape it and hive readers would misparse the path.
-fn stringify_partitions(o: &ModelOutput) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    if o.partition_by.is_empty() {
-        return Ok((o.schema.clone(), o.batches.clone()));
+/// The type a column is published with: partition columns are strings (a NULL
+/// int/date/bool would otherwise become 0 / 1970-01-01 / false in the path), and string
+/// views are plain Utf8, so column types stay stable for readers.
+fn published_type(o: &ModelOutput, field: &Field) -> DataType {
+    if o.partition_by.contains(field.name()) {
+        return DataType::Utf8;
     }
+    match field.data_type() {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        other => other.clone(),
+    }
+}
+
+/// Casts the batches to their published types. A partition value containing `=` is
+/// rejected: DataFusion does not escape it and hive readers would misparse the path.
+fn stringify_partitions(o: &ModelOutput) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let fields: Vec<Field> = o
         .schema
         .fields()
         .iter()
-        .map(|f| {
-            if o.partition_by.contains(f.name()) {
-                Field::new(f.name(), DataType::Utf8, true)
-            } else {
-                f.as_ref().clone()
-            }
-        })
+        .map(|f| Field::new(f.name(), published_type(o, f), f.is_nullable()))
         .collect();
-    let schema = Arc::new(Schema::new(fields));
+    let schema = Arc::new(Schema::new(fields.clone()));
     let mut batches = Vec::new();
     for b in &o.batches {
         let mut cols: Vec<ArrayRef> = Vec::new();
@@ -691,6 +690,10 @@ fn stringify_partitions(o: &ModelOutput) -> Result<(SchemaRef, Vec<RecordBatch>)
                     }
                 }
                 cols.push(c);
+            } else if fields[i].data_type() != f.data_type() {
+                cols.push(
+                    cast(b.column(i), fields[i].data_type()).map_err(|e| stage_err(o, e.into()))?,
+                );
             } else {
                 cols.push(b.column(i).clone());
             }

@@ -537,11 +537,12 @@ async fn finish_orders(
     Ok((visible, stats, as_of))
 }
 
-/// Every source row is its own order: number rows by all their values, so identical rows
-/// (real duplicate orders) get distinct ids and the result does not depend on scan order.
+/// Every source row is its own order: number each customer's rows by all their values
+/// (time first), so identical rows (real duplicate orders) get distinct ids, the ids do not
+/// depend on scan order, earlier orders keep their ids as history grows, and the numbering
+/// runs in parallel per customer. Ids look like `<customer_id>#000000001`.
 fn synthetic_order_ids(df: DataFrame) -> datafusion::error::Result<DataFrame> {
     let sort: Vec<SortExpr> = [
-        "customer_id",
         "order_ts",
         "revenue",
         "quantity",
@@ -557,7 +558,11 @@ fn synthetic_order_ids(df: DataFrame) -> datafusion::error::Result<DataFrame> {
     .iter()
     .map(|c| col(*c).sort(true, true))
     .collect();
-    let rn = row_number().order_by(sort).build()?.alias("_row");
+    let rn = row_number()
+        .partition_by(vec![col("customer_id")])
+        .order_by(sort)
+        .build()?
+        .alias("_row");
     let df = df.window(vec![rn])?;
     let cols: Vec<Expr> = orders_schema()
         .fields()
@@ -565,8 +570,13 @@ fn synthetic_order_ids(df: DataFrame) -> datafusion::error::Result<DataFrame> {
         .map(|f| {
             if f.name() == "order_id" {
                 datafusion::functions::string::expr_fn::concat(vec![
-                    lit("row-"),
-                    cast(col("_row"), DataType::Utf8),
+                    col("customer_id"),
+                    lit("#"),
+                    datafusion::functions::unicode::expr_fn::lpad(vec![
+                        cast(col("_row"), DataType::Utf8),
+                        lit(9i64),
+                        lit("0"),
+                    ]),
                 ])
                 .alias("order_id")
             } else {

@@ -878,3 +878,49 @@ async fn minimal_input_with_dates_runs_every_model_in_a_non_utc_time_zone() {
         .await
         .is_empty());
 }
+
+#[tokio::test]
+async fn parameters_are_case_insensitive_and_env_overrides_take_the_default_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = with_model(
+        tmp.path(),
+        "long_tenure.sql",
+        "/*---\n[params]\nmin_tenure = 10\nlabel = \"x\"\n---*/\nselect customer_id, $Label as label from customer_facts where tenure_days > $MIN_TENURE",
+    );
+    let run = |env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_segflow"))
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--as-of",
+                DEMO_AS_OF,
+            ])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let out = tmp.path().join("out");
+    run(&[]);
+    let all = read_table(&out, "long_tenure", DEMO_AS_OF).await.len();
+    run(&[
+        ("SEGFLOW_PARAM_MIN_TENURE", "700"),
+        ("SEGFLOW_PARAM_LABEL", "7"),
+    ]);
+    let rows = read_table(&out, "long_tenure", DEMO_AS_OF).await;
+    assert!(
+        !rows.is_empty() && rows.len() < all,
+        "{} of {all}",
+        rows.len()
+    );
+    assert_eq!(rows[0]["label"].as_deref(), Some("7"));
+    let m = manifest(&out, DEMO_AS_OF);
+    assert_eq!(m["tables"]["long_tenure"]["columns"][1]["type"], "Utf8");
+}
