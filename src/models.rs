@@ -543,10 +543,17 @@ pub fn select_models(
     let deps: BTreeMap<String, BTreeSet<String>> = models
         .iter()
         .map(|m| {
-            (
-                m.name.clone(),
-                m.deps.union(&m.previous_deps).cloned().collect(),
-            )
+            // Models a relationships check reads must be computed too.
+            let checked = m
+                .header
+                .checks
+                .relationships
+                .values()
+                .filter_map(|t| t.split_once('.').map(|(model, _)| model.to_string()))
+                .filter(|t| names.contains(t));
+            let mut deps: BTreeSet<String> = m.deps.union(&m.previous_deps).cloned().collect();
+            deps.extend(checked);
+            (m.name.clone(), deps)
         })
         .collect();
     let mut todo: Vec<String> = wanted.iter().cloned().collect();
