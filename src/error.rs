@@ -24,16 +24,9 @@ pub enum Error {
     /// A config value (from file, env var or flag) is invalid.
     #[error("invalid config value for `{key}`: {message}")]
     ConfigValue { key: String, message: String },
-    /// An input could not be found or read.
+    /// An input could not be found or read, or a mapped column is missing or ill-typed.
     #[error("input `{input}` ({uri}): {message}")]
     Input {
-        input: String,
-        uri: String,
-        message: String,
-    },
-    /// A mapped source column does not exist or has an unusable type.
-    #[error("input `{input}` ({uri}): {message}")]
-    Column {
         input: String,
         uri: String,
         message: String,

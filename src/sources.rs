@@ -235,25 +235,23 @@ fn map_columns(
         let field = schema.fields().iter().find(|f| f.name() == source);
         let Some(field) = field else {
             if let Some(m) = mapped {
-                return Err(Error::Column {
-                    input: spec.name.clone(),
-                    uri: spec.uri.clone(),
-                    message: format!(
+                return Err(input_err(
+                    spec,
+                    format!(
                         "source column `{m}` (mapped to canonical column `{canonical}`) does not exist; available columns: {}",
                         available.join(", ")
                     ),
-                });
+                ));
             }
             if required {
-                return Err(Error::Column {
-                    input: spec.name.clone(),
-                    uri: spec.uri.clone(),
-                    message: format!(
+                return Err(input_err(
+                    spec,
+                    format!(
                         "required column `{canonical}` not found; map it with [input.{}.columns] {canonical} = \"<source column>\" (available columns: {})",
                         spec.name,
                         available.join(", ")
                     ),
-                });
+                ));
             }
             let default = if canonical == "quantity" {
                 lit(ScalarValue::Int64(Some(1)))
@@ -354,13 +352,12 @@ fn check_castable(
     if ok {
         Ok(())
     } else {
-        Err(Error::Column {
-            input: spec.name.clone(),
-            uri: spec.uri.clone(),
-            message: format!(
+        Err(input_err(
+            spec,
+            format!(
                 "source column `{source}` (canonical `{canonical}`) has type {from}, which cannot be used as {to}"
             ),
-        })
+        ))
     }
 }
 
@@ -388,7 +385,17 @@ async fn finish_orders(
         Some("UTC".into()),
     ));
 
-    // One scan for the counts and the default as_of.
+    // One scan for the counts, the gates and the default as_of. With the default as_of
+    // (the latest kept date, future rows having failed the gate) no kept row is after it.
+    let after_as_of = match settings.as_of {
+        Some(d) => dropped
+            .clone()
+            .not()
+            .and(col("order_date").gt(lit(ScalarValue::Date32(Some(
+                crate::config::date_to_days(d),
+            ))))),
+        None => lit(false),
+    };
     let stats = mapped
         .clone()
         .aggregate(
@@ -429,6 +436,11 @@ async fn finish_orders(
                     .build()
                     .map_err(err)?
                     .alias("latest"),
+                count(lit(1))
+                    .filter(after_as_of)
+                    .build()
+                    .map_err(err)?
+                    .alias("after_as_of"),
             ],
         )
         .map_err(err)?
@@ -446,8 +458,8 @@ async fn finish_orders(
             .map(|a| a.value(0) as u64)
             .unwrap_or(0)
     };
-    let (rows, dropped_n, null_customer, null_ts, future) =
-        (int(0), int(1), int(2), int(3), int(4));
+    let (rows, dropped_n, null_customer, null_ts, future, after) =
+        (int(0), int(1), int(2), int(3), int(4), int(6));
     if rows == 0 {
         return Err(input_err(
             spec,
@@ -512,16 +524,8 @@ async fn finish_orders(
         as_of,
     ))));
 
-    let kept = mapped.filter(dropped.not()).map_err(err)?;
-    let after = kept
-        .clone()
-        .filter(col("order_date").gt(as_of_lit.clone()))
-        .map_err(err)?
-        .count()
-        .await
-        .map_err(err)? as u64;
-    let mut visible = kept
-        .filter(col("order_date").lt_eq(as_of_lit))
+    let mut visible = mapped
+        .filter(dropped.not().and(col("order_date").lt_eq(as_of_lit)))
         .map_err(err)?;
 
     if !present.contains("order_id") {

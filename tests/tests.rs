@@ -71,6 +71,19 @@ fn demo_config(dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
+/// The demo config with one piece of text replaced.
+fn demo_config_with(dir: &Path, from: &str, to: &str) -> PathBuf {
+    let c = demo_config(dir, "");
+    let text = std::fs::read_to_string(&c).unwrap();
+    assert!(text.contains(from), "`{from}` not in the demo config");
+    std::fs::write(&c, text.replace(from, to)).unwrap();
+    c
+}
+
+fn demo_orders() -> String {
+    repo().join("fixtures/demo/orders").display().to_string()
+}
+
 fn run_ok(config: &Path, extra: &[&str]) -> Run {
     let mut args = vec!["run", "--config", config.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -503,17 +516,11 @@ fn unknown_config_key_is_named() {
 #[test]
 fn unknown_datafusion_key_is_named() {
     let (code, err) = failing(|d| {
-        let c = demo_config(d, "");
-        let text = std::fs::read_to_string(&c).unwrap();
-        std::fs::write(
-            &c,
-            text.replace(
-                "\"execution.target_partitions\"",
-                "\"execution.no_such_key\"",
-            ),
+        demo_config_with(
+            d,
+            "\"execution.target_partitions\"",
+            "\"execution.no_such_key\"",
         )
-        .unwrap();
-        c
     });
     assert_eq!(code, 2);
     assert!(err.contains("execution.no_such_key"), "{err}");
@@ -521,13 +528,7 @@ fn unknown_datafusion_key_is_named() {
 
 #[test]
 fn missing_input_path_is_named() {
-    let (code, err) = failing(|d| {
-        let c = demo_config(d, "");
-        let text = std::fs::read_to_string(&c).unwrap();
-        let orders = repo().join("fixtures/demo/orders").display().to_string();
-        std::fs::write(&c, text.replace(&orders, "/nonexistent/orders")).unwrap();
-        c
-    });
+    let (code, err) = failing(|d| demo_config_with(d, &demo_orders(), "/nonexistent/orders"));
     assert_eq!(code, 2);
     assert!(
         err.contains("/nonexistent/orders") && err.contains("does not exist"),
@@ -537,12 +538,7 @@ fn missing_input_path_is_named() {
 
 #[test]
 fn missing_mapped_column_names_source_and_canonical_column() {
-    let (code, err) = failing(|d| {
-        let c = demo_config(d, "");
-        let text = std::fs::read_to_string(&c).unwrap();
-        std::fs::write(&c, text.replace("\"created_at\"", "\"created_on\"")).unwrap();
-        c
-    });
+    let (code, err) = failing(|d| demo_config_with(d, "\"created_at\"", "\"created_on\""));
     assert_eq!(code, 2);
     assert!(
         err.contains("created_on") && err.contains("order_ts"),
@@ -621,11 +617,7 @@ fn empty_input_fails_naming_the_uri() {
     let (code, err) = failing(|d| {
         let empty = d.join("empty_orders");
         std::fs::create_dir_all(&empty).unwrap();
-        let c = demo_config(d, "");
-        let text = std::fs::read_to_string(&c).unwrap();
-        let orders = repo().join("fixtures/demo/orders").display().to_string();
-        std::fs::write(&c, text.replace(&orders, &empty.display().to_string())).unwrap();
-        c
+        demo_config_with(d, &demo_orders(), &empty.display().to_string())
     });
     assert_eq!(code, 2);
     assert!(
