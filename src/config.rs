@@ -41,6 +41,96 @@ pub struct ConfigFile {
     /// DataFusion config keys passed through to `ConfigOptions::set`.
     #[serde(default)]
     pub datafusion: BTreeMap<String, toml::Value>,
+    /// Object-store settings.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `[storage.s3]`: overrides on top of the standard `AWS_*` environment.
+    #[serde(default)]
+    pub s3: S3Config,
+}
+
+/// `[storage.s3]`: every key is optional; a key that is set overrides what
+/// `AmazonS3Builder::from_env()` read from the environment, an unset key leaves it alone.
+/// Credentials are deliberately not accepted here: they come from the environment (or web
+/// identity, container or instance credentials), never from a file that gets committed.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL of an S3-compatible store (MinIO, Ceph, R2), e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    /// AWS region, e.g. `eu-central-1`.
+    pub region: Option<String>,
+    /// Allow plain `http://` endpoints.
+    pub allow_http: Option<bool>,
+    /// Virtual-hosted-style requests (`bucket.host`) instead of path style (`host/bucket`).
+    pub virtual_hosted_style: Option<bool>,
+    /// Maximum retries of a failed request (default 10).
+    pub max_retries: Option<usize>,
+    /// Give up retrying a request after this long, e.g. `"3m"` (default 3 minutes).
+    pub retry_timeout: Option<String>,
+    /// First retry backoff, e.g. `"100ms"`.
+    pub backoff_initial: Option<String>,
+    /// Longest retry backoff, e.g. `"15s"`.
+    pub backoff_max: Option<String>,
+    /// Backoff growth factor (default 2).
+    pub backoff_base: Option<f64>,
+    /// TCP connect timeout, e.g. `"5s"`.
+    pub connect_timeout: Option<String>,
+    /// Whole-request timeout, e.g. `"30s"`.
+    pub request_timeout: Option<String>,
+}
+
+/// `[storage.s3]` with durations parsed.
+#[derive(Debug, Default, Clone)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: Option<bool>,
+    pub virtual_hosted_style: Option<bool>,
+    pub max_retries: Option<usize>,
+    pub retry_timeout: Option<Duration>,
+    pub backoff_initial: Option<Duration>,
+    pub backoff_max: Option<Duration>,
+    pub backoff_base: Option<f64>,
+    pub connect_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+}
+
+impl S3Config {
+    fn resolve(&self) -> Result<S3Settings> {
+        let d = |key: &str, v: &Option<String>| -> Result<Option<Duration>> {
+            v.as_deref()
+                .map(|s| parse_duration(&format!("storage.s3.{key}"), s))
+                .transpose()
+        };
+        if let Some(b) = self.backoff_base {
+            if !(b.is_finite() && b >= 1.0) {
+                return Err(Error::ConfigValue {
+                    key: "storage.s3.backoff_base".into(),
+                    message: format!("expected a number >= 1, found {b}"),
+                });
+            }
+        }
+        Ok(S3Settings {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            allow_http: self.allow_http,
+            virtual_hosted_style: self.virtual_hosted_style,
+            max_retries: self.max_retries,
+            retry_timeout: d("retry_timeout", &self.retry_timeout)?,
+            backoff_initial: d("backoff_initial", &self.backoff_initial)?,
+            backoff_max: d("backoff_max", &self.backoff_max)?,
+            backoff_base: self.backoff_base,
+            connect_timeout: d("connect_timeout", &self.connect_timeout)?,
+            request_timeout: d("request_timeout", &self.request_timeout)?,
+        })
+    }
 }
 
 /// One input table.
@@ -61,10 +151,12 @@ pub struct InputConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
-    /// Output root (local path).
+    /// Output root: a local path, `file://`, `s3://`, `gs://` or `az://` URL.
     pub uri: Option<String>,
-    /// Age after which another run's lock is considered stale, e.g. `"6h"`.
+    /// How long after its last heartbeat another run's lock is stale, e.g. `"10m"`.
     pub lock_timeout: Option<String>,
+    /// Published snapshots to keep (oldest deleted first); default: all.
+    pub keep_snapshots: Option<usize>,
 }
 
 /// `[models]`
@@ -137,6 +229,8 @@ pub struct Settings {
     pub temp_dir: Option<PathBuf>,
     pub datafusion: Vec<(String, String)>,
     pub lock_timeout: Duration,
+    pub keep_snapshots: Option<usize>,
+    pub s3: S3Settings,
     pub select: Vec<String>,
     /// SHA-256 of the config file bytes and the effective overrides.
     pub config_hash: String,
@@ -265,8 +359,18 @@ impl Settings {
         }
         let lock_timeout = match &file.output.lock_timeout {
             Some(s) => parse_duration("output.lock_timeout", s)?,
-            None => Duration::from_secs(6 * 3600),
+            None => Duration::from_secs(10 * 60),
         };
+        if file.output.keep_snapshots == Some(0) {
+            return Err(Error::ConfigValue {
+                key: "output.keep_snapshots".into(),
+                message: format!(
+                    "must be at least 1 (omit it to keep every snapshot) in {}",
+                    path.display()
+                ),
+            });
+        }
+        let s3 = file.storage.s3.resolve()?;
 
         // Environment overrides.
         let mut hash_extra = String::new();
@@ -278,7 +382,7 @@ impl Settings {
                 "MEMORY_LIMIT" => memory_limit = Some(parse_size(key, value)?),
                 "TIMEZONE" => timezone = Some(parse_tz(key, value)?),
                 // Read by the CLI itself.
-                "CONFIG" | "LOG_FORMAT" | "LOG" => continue,
+                "CONFIG" | "LOG_FORMAT" | "LOG" | "FAILPOINTS" => continue,
                 _ if name.starts_with("PARAM_") => {
                     let param = name["PARAM_".len()..].to_lowercase();
                     params.insert(param, env_to_scalar(value));
@@ -350,6 +454,8 @@ impl Settings {
             temp_dir,
             datafusion,
             lock_timeout,
+            keep_snapshots: file.output.keep_snapshots,
+            s3,
             select: overrides.select.clone(),
             config_hash,
         })
@@ -436,19 +542,20 @@ pub fn parse_size(key: &str, s: &str) -> Result<usize> {
     }
 }
 
-/// Parses durations like `90s`, `30m`, `6h`, `2d`.
+/// Parses durations like `250ms`, `90s`, `30m`, `6h`, `2d`.
 pub fn parse_duration(key: &str, s: &str) -> Result<Duration> {
     let t = s.trim();
     let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let secs: Option<u64> = match unit.trim() {
-        "s" | "" => Some(1),
-        "m" => Some(60),
-        "h" => Some(3600),
-        "d" => Some(86400),
+    let millis: Option<u64> = match unit.trim() {
+        "ms" => Some(1),
+        "s" | "" => Some(1000),
+        "m" => Some(60_000),
+        "h" => Some(3_600_000),
+        "d" => Some(86_400_000),
         _ => None,
     };
-    match (num.parse::<u64>(), secs) {
-        (Ok(n), Some(m)) => Ok(Duration::from_secs(n * m)),
+    match (num.parse::<u64>(), millis) {
+        (Ok(n), Some(m)) => Ok(Duration::from_millis(n.saturating_mul(m))),
         _ => Err(Error::ConfigValue {
             key: key.into(),
             message: format!("expected a duration like 30m or 6h, found `{s}`"),

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, Int64Array};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemTable, MemorySchemaProvider, SchemaProvider, TableProvider};
 use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
@@ -23,23 +22,55 @@ use tracing::{info, warn};
 
 use crate::config::{date_to_days, toml_to_scalar};
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::models::{parse_statement, type_placeholders, Model, Severity, PREVIOUS_SCHEMA};
+use crate::publish::stage::{conform, open_dir, open_staged, StageError, StagedTable, Staging};
+use crate::publish::{Manifest, Output};
+use crate::storage::redact;
 
-/// The computed result of one model.
+/// The computed result of one model, staged as Parquet.
 #[derive(Debug, Clone)]
 pub struct ModelOutput {
     pub name: String,
     pub file: String,
+    /// The schema models downstream see (and `previous.<name>` has).
     pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
     pub rows: u64,
     pub duration: Duration,
     pub publish: bool,
     pub partition_by: Vec<String>,
+    pub staged: StagedTable,
 }
 
-/// Tables over the previous published snapshot, by model name (absent: no snapshot).
-pub type PreviousTables = BTreeMap<String, Arc<dyn TableProvider>>;
+/// The previous published snapshot, read as `previous.<model>`.
+pub struct Previous<'a> {
+    pub output: &'a Output,
+    pub manifest: Option<&'a Manifest>,
+}
+
+impl Previous<'_> {
+    /// The previous snapshot of `model`, with exactly the schema `target` of the model's
+    /// current result: columns by name, in its order and types (a column the old snapshot
+    /// lacks is NULL); an empty table of that schema when there is no previous snapshot.
+    async fn table(
+        &self,
+        ctx: &SessionContext,
+        model: &str,
+        target: &SchemaRef,
+    ) -> std::result::Result<Arc<dyn TableProvider>, DataFusionError> {
+        match self
+            .manifest
+            .and_then(|m| m.tables.get(model))
+            .filter(|e| e.rows > 0)
+        {
+            Some(entry) => {
+                let df = open_dir(ctx, &self.output.loc, &entry.path, &entry.partition_by).await?;
+                Ok(conform(df, target, &entry.partition_by)?.into_view())
+            }
+            None => Ok(Arc::new(MemTable::try_new(target.clone(), vec![vec![]])?)),
+        }
+    }
+}
 
 /// Resolves a model's parameters: `$as_of`, front-matter defaults, config overrides.
 pub fn model_params(
@@ -157,13 +188,15 @@ pub async fn plan_model(
     }
 }
 
-/// Runs every model in order; returns their outputs (internal models included).
+/// Runs every model in order, writing each once to staging and registering the staged
+/// table for the models downstream; returns their outputs (internal models included).
 pub async fn run_models(
     ctx: &SessionContext,
     models: &[Model],
     as_of: NaiveDate,
     config_params: &BTreeMap<String, ScalarValue>,
-    previous: &PreviousTables,
+    previous: &Previous<'_>,
+    staging: &Staging,
 ) -> Result<Vec<ModelOutput>> {
     let previous_schema = Arc::new(MemorySchemaProvider::new());
     ctx.catalog("datafusion")
@@ -182,33 +215,32 @@ pub async fn run_models(
             if previous_schema.table_exist(dep) {
                 continue;
             }
-            let table: Arc<dyn TableProvider> = match previous.get(dep) {
-                Some(t) => t.clone(),
-                None => {
-                    let Some(current) = outputs.iter().find(|o| &o.name == dep) else {
-                        return Err(Error::Model {
-                            file: model.file.clone(),
-                            model: model.name.clone(),
-                            message: format!(
-                                "`{PREVIOUS_SCHEMA}.{dep}` has no previous snapshot and no schema to give an empty table"
-                            ),
-                        });
-                    };
-                    Arc::new(
-                        MemTable::try_new(current.schema.clone(), vec![vec![]])
-                            .map_err(|e| model_error(model, e))?,
-                    )
-                }
+            let Some(current) = outputs.iter().find(|o| &o.name == dep) else {
+                return Err(Error::Model {
+                    file: model.file.clone(),
+                    model: model.name.clone(),
+                    message: format!(
+                        "`{PREVIOUS_SCHEMA}.{dep}` needs model `{dep}` to run first, to know its schema"
+                    ),
+                });
             };
+            let table = previous
+                .table(ctx, dep, &current.schema)
+                .await
+                .map_err(|e| Error::Output {
+                    uri: previous.output.loc.uri.clone(),
+                    operation: format!("open the previous snapshot of {dep}"),
+                    message: redact(&e.strip_backtrace()),
+                })?;
             previous_schema
                 .register_table(dep.clone(), table)
                 .map_err(|e| model_error(model, e))?;
         }
         let params = model_params(model, as_of, config_params)?;
         let df = plan_model(ctx, model, &params).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let planned = df.schema().as_arrow().clone();
         for p in &model.header.partition_by {
-            if schema.field_with_name(p).is_err() {
+            if planned.field_with_name(p).is_err() {
                 return Err(Error::ModelFile {
                     file: model.file.clone(),
                     message: format!(
@@ -218,26 +250,50 @@ pub async fn run_models(
                 });
             }
         }
-        let batches = df.collect().await.map_err(|e| model_error(model, e))?;
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let table = MemTable::try_new(schema.clone(), vec![batches.clone()])
+        let staged = staging
+            .write_table(df, &model.name, model.header.publish, &model.header.partition_by)
+            .await
+            .map_err(|e| stage_error(model, e))?;
+        let (table, schema) = open_staged(ctx, &staged, &staging.out.loc, &planned)
+            .await
             .map_err(|e| model_error(model, e))?;
-        ctx.register_table(model.name.as_str(), Arc::new(table))
+        ctx.register_table(model.name.as_str(), table)
             .map_err(|e| model_error(model, e))?;
         let duration = started.elapsed();
-        info!(model = %model.name, rows, duration_ms = duration.as_millis() as u64, "model computed");
+        info!(model = %model.name, rows = staged.rows, duration_ms = duration.as_millis() as u64, "model computed");
         outputs.push(ModelOutput {
             name: model.name.clone(),
             file: model.file.clone(),
             schema,
-            batches,
-            rows,
+            rows: staged.rows,
             duration,
             publish: model.header.publish,
             partition_by: model.header.partition_by.clone(),
+            staged,
         });
+        failpoint::hit("staging").await;
     }
     Ok(outputs)
+}
+
+/// A staging failure as a model error naming the file.
+fn stage_error(model: &Model, e: StageError) -> Error {
+    match e {
+        StageError::Engine(e) => {
+            let mut err = model_error(model, e);
+            if let Error::Model { message, .. } = &mut err {
+                *message = redact(&format!("cannot write table: {message}"));
+            }
+            err
+        }
+        StageError::PartitionValue { column, value } => Error::Model {
+            file: model.file.clone(),
+            model: model.name.clone(),
+            message: format!(
+                "partition column `{column}` has the value `{value}`, which contains `=` and cannot be a hive partition value"
+            ),
+        },
+    }
 }
 
 fn quote_ident(s: &str) -> String {

@@ -65,6 +65,9 @@ pub enum Error {
         operation: String,
         message: String,
     },
+    /// SIGTERM or SIGINT stopped the run before it committed.
+    #[error("interrupted by {signal}: nothing was published (staging removed, lock released)")]
+    Interrupted { signal: &'static str },
     /// Filesystem error with the path that failed.
     #[error("{operation} {path}: {source}")]
     Io {

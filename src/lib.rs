@@ -4,16 +4,18 @@
 //!
 //! The flow of a run: [`config`] → [`session`] → [`sources`] (the canonical `orders`
 //! view) → [`models`] (discover, header, graph) → [`engine`] (plan, execute, check) →
-//! [`publish`] (stage, swap, manifest).
+//! [`publish`] (lock, stage, commit, recover), all I/O through [`storage`].
 
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod failpoint;
 pub mod init;
 pub mod models;
 pub mod publish;
 pub mod run;
 pub mod session;
 pub mod sources;
+pub mod storage;
 
 pub use error::{Error, Result};

@@ -71,9 +71,10 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    // Logs never carry credentials: everything written is redacted.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| segflow::storage::RedactingWriter(std::io::stderr()));
     if json {
         builder.json().init();
     } else {
@@ -94,7 +95,7 @@ fn main() -> ExitCode {
     match runtime.block_on(main_inner(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", segflow::storage::redact(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }
@@ -118,29 +119,22 @@ async fn main_inner(command: Command) -> Result<(), segflow::Error> {
             )?;
             let summary = segflow::run::run(&settings).await?;
             let m = &summary.manifest;
+            let loc = &summary.output.loc;
             println!(
                 "published as_of={} to {} ({} tables, {} ms)",
                 m.as_of,
-                summary.output_root.display(),
+                loc.uri,
                 m.tables.len(),
                 m.duration_ms
             );
             for (name, t) in &m.tables {
                 if m.models.get(name).is_some_and(|x| x.published) {
-                    println!(
-                        "  {:<20} {:>8} rows  {}",
-                        name,
-                        t.rows,
-                        summary.output_root.join(&t.path).display()
-                    );
+                    println!("  {:<20} {:>8} rows  {}", name, t.rows, loc.display(&t.path));
                 }
             }
             println!(
                 "  manifest: {}",
-                summary
-                    .output_root
-                    .join(format!("_manifest/as_of={}.json", m.as_of))
-                    .display()
+                loc.display(&segflow::publish::manifest_rel(m.as_of))
             );
             Ok(())
         }

@@ -1,16 +1,26 @@
-//! `segflow run`: discover → plan and run → check → stage → publish, as separate steps.
+//! `segflow run`: discover → lock → recover → session → sources → models (staged) → checks
+//! → commit → retention, as separate steps.
+//!
+//! SIGTERM and SIGINT stop the run before the commit: its staging is removed, the lock
+//! released, and the error says nothing was published. A signal that arrives during the
+//! commit (a few object copies or renames and one manifest write) lets the commit finish,
+//! so a snapshot is never left half-replaced by a signal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
-use tracing::info;
+use chrono::{DateTime, Utc};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::engine::{run_checks, run_models};
+use crate::engine::{run_checks, run_models, Previous};
 use crate::error::{Error, Result};
-use crate::models::{discover_models, order_models, select_models, ModelSources};
-use crate::publish::{host_name, previous_tables, LockInfo, Manifest, ModelTiming, Output};
+use crate::failpoint;
+use crate::models::{discover_models, order_models, select_models, Model, ModelSources};
+use crate::publish::stage::Staging;
+use crate::publish::{LockInfo, Manifest, ModelTiming, Output, TableEntry};
 use crate::session::build_session;
 use crate::sources::register_sources;
 
@@ -18,11 +28,43 @@ use crate::sources::register_sources;
 #[derive(Debug)]
 pub struct RunSummary {
     pub manifest: Manifest,
-    pub output_root: std::path::PathBuf,
+    pub output: Output,
+}
+
+/// A run's staged result, ready to commit.
+struct Prepared {
+    manifest: Manifest,
+    /// Staged files of each table to publish, relative to its staging directory.
+    staged: BTreeMap<String, Vec<String>>,
+}
+
+/// Resolves when SIGTERM or SIGINT arrives; installed before the run starts, so a signal
+/// never kills the process without clean-up.
+struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn install() -> Result<Shutdown> {
+        let io = |e| Error::io("install signal handler", "SIGTERM/SIGINT", e);
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate()).map_err(io)?,
+            int: signal(SignalKind::interrupt()).map_err(io)?,
+        })
+    }
+
+    async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 /// Runs the whole job: exit 0 only when everything is published.
 pub async fn run(settings: &Settings) -> Result<RunSummary> {
+    let mut shutdown = Shutdown::install()?;
     let started_at = Utc::now();
     let clock = Instant::now();
     let run_id = format!(
@@ -40,42 +82,58 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
     let (models, publish_only) = select_models(models, &settings.select)?;
     info!(models = models.len(), "models discovered");
 
-    let output = Output::open(&settings.output)?;
-    let me = LockInfo {
-        run_id: run_id.clone(),
-        host: host_name(),
-        pid: std::process::id(),
-        started_at,
+    let output = Output::open(&settings.output, &settings.s3)?;
+    let me = LockInfo::new(&run_id, started_at);
+    let lock = tokio::select! {
+        l = output.acquire_lock(&me, settings.lock_timeout) => Arc::new(l?),
+        s = shutdown.wait() => return Err(Error::Interrupted { signal: s }),
     };
-    output.acquire_lock(&me, settings.lock_timeout).await?;
-    let result = run_locked(
-        settings,
-        &output,
-        &run_id,
-        started_at,
-        clock,
-        models,
-        publish_only,
-    )
-    .await;
+    let heartbeat = lock.keep_alive(settings.lock_timeout);
+    let prepared = tokio::select! {
+        p = prepare(settings, &output, &run_id, started_at, clock, &models, &publish_only) => p,
+        s = shutdown.wait() => Err(Error::Interrupted { signal: s }),
+    };
+    let result = match prepared {
+        Ok(p) => output
+            .commit(&lock, &p.manifest, &p.staged)
+            .await
+            .map(|()| p.manifest),
+        Err(e) => Err(e),
+    };
     if result.is_err() {
-        output.remove_staging(&run_id);
+        output.remove_staging(&run_id).await;
     }
-    output.release_lock(&run_id).await;
-    result
+    if let (Ok(m), Some(keep)) = (&result, settings.keep_snapshots) {
+        // The snapshot is published; a failed clean-up of old ones is retried next run.
+        if let Err(e) = output.apply_retention(keep).await {
+            warn!(error = %e, "cannot delete old snapshots");
+        }
+        info!(as_of = %m.as_of, keep, "retention applied");
+    }
+    drop(heartbeat);
+    lock.release().await;
+    result.map(|manifest| RunSummary { manifest, output })
 }
 
-async fn run_locked(
+async fn prepare(
     settings: &Settings,
     output: &Output,
     run_id: &str,
-    started_at: chrono::DateTime<Utc>,
+    started_at: DateTime<Utc>,
     clock: Instant,
-    models: Vec<crate::models::Model>,
-    publish_only: std::collections::BTreeSet<String>,
-) -> Result<RunSummary> {
+    models: &[Model],
+    publish_only: &BTreeSet<String>,
+) -> Result<Prepared> {
+    output.recover(run_id).await?;
+    failpoint::hit("after_lock").await;
     let ctx = build_session(settings)?;
-    let sources = register_sources(&ctx, settings).await?;
+    output.loc.register(&ctx);
+    let (sources, staging) = register_sources(&ctx, settings, |as_of| Staging {
+        out: output.clone(),
+        run_id: run_id.to_string(),
+        as_of,
+    })
+    .await?;
     let as_of = sources.as_of;
     info!(%as_of, rows = sources.orders.rows_visible, "inputs registered");
 
@@ -83,14 +141,20 @@ async fn run_locked(
     if let Some(p) = &previous {
         info!(previous_as_of = %p.as_of, "previous snapshot found");
     }
-    let wanted = models
-        .iter()
-        .flat_map(|m| m.previous_deps.iter().cloned())
-        .collect();
-    let previous_tables = previous_tables(&ctx, output, previous.as_ref(), &wanted).await?;
-    let outputs = run_models(&ctx, &models, as_of, &settings.params, &previous_tables).await?;
+    let outputs = run_models(
+        &ctx,
+        models,
+        as_of,
+        &settings.params,
+        &Previous {
+            output,
+            manifest: previous.as_ref(),
+        },
+        &staging,
+    )
+    .await?;
 
-    let failures = run_checks(&ctx, &models).await?;
+    let failures = run_checks(&ctx, models).await?;
     if !failures.is_empty() {
         return Err(Error::ChecksFailed {
             count: failures.len(),
@@ -98,10 +162,31 @@ async fn run_locked(
         });
     }
 
-    let tables = output
-        .stage_tables(&ctx, &outputs, run_id, as_of, &publish_only)
-        .await?;
-    let staged: Vec<String> = tables.keys().cloned().collect();
+    let mut tables = BTreeMap::new();
+    let mut staged = BTreeMap::new();
+    for o in outputs
+        .iter()
+        .filter(|o| o.publish && publish_only.contains(&o.name))
+    {
+        let path = format!("{}/as_of={as_of}", o.name);
+        tables.insert(
+            o.name.clone(),
+            TableEntry {
+                path,
+                rows: o.rows,
+                files: o
+                    .staged
+                    .files
+                    .iter()
+                    .map(|f| output.published_file(run_id, &o.name, as_of, f))
+                    .collect(),
+                partition_by: o.partition_by.clone(),
+                duration_ms: o.duration.as_millis() as u64,
+                columns: o.staged.columns.clone(),
+            },
+        );
+        staged.insert(o.name.clone(), o.staged.files.clone());
+    }
 
     // A partial (--select) run keeps the other tables of the snapshot it replaces.
     let mut all_tables = BTreeMap::new();
@@ -136,10 +221,5 @@ async fn run_locked(
             .collect(),
         tables: all_tables,
     };
-    output.commit(run_id, &manifest, &staged).await?;
-    info!(%as_of, tables = staged.len(), "snapshot published");
-    Ok(RunSummary {
-        manifest,
-        output_root: output.root().to_path_buf(),
-    })
+    Ok(Prepared { manifest, staged })
 }

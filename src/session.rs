@@ -1,4 +1,4 @@
-//! Session setup in one place: engine config, memory pool, spill directory.
+//! Session setup in one place: engine config, memory pool, spill directory, object stores.
 //!
 //! Every command (run, init's demo, tests) builds its DataFusion session through
 //! [`build_session`], so a new object store, UDF or config layer is added once.
@@ -14,6 +14,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::storage::Location;
 
 /// Builds the DataFusion session for a run.
 ///
@@ -27,6 +28,10 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
         let options = config.options_mut();
         options.sql_parser.collect_spans = true;
         options.execution.time_zone = Some("UTC".to_string());
+        if settings.memory_limit.is_some() {
+            // DataFusion's hash join does not spill: under a limit, sort-merge joins do.
+            options.optimizer.prefer_hash_join = false;
+        }
     }
     for (key, value) in &settings.datafusion {
         let full = if key.starts_with("datafusion.") {
@@ -67,5 +72,18 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
         .with_runtime_env(runtime)
         .with_default_features()
         .build();
-    Ok(SessionContext::new_with_state(state))
+    let ctx = SessionContext::new_with_state(state);
+    // Object stores by URL: every input and the output.
+    for input in settings.inputs.values() {
+        if input.uri.contains("://") {
+            Location::resolve(&input.uri, &settings.s3)
+                .map_err(|e| Error::Input {
+                    input: input.name.clone(),
+                    uri: input.uri.clone(),
+                    message: e.to_string(),
+                })?
+                .register(&ctx);
+        }
+    }
+    Ok(ctx)
 }

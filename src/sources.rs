@@ -27,6 +27,10 @@ use std::ops::Not;
 
 use crate::config::{InputSpec, Settings};
 use crate::error::{Error, Result};
+use crate::publish::stage::{open_staged, StageError, Staging};
+use crate::storage::{redact, Location};
+use object_store::ObjectStoreExt;
+use tracing::info;
 
 /// What the orders input held, for the manifest and the default as_of.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,8 +111,14 @@ pub fn orders_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Registers `orders`, `customers` and `marketing_spend`; decides `as_of`.
-pub async fn register_sources(ctx: &SessionContext, settings: &Settings) -> Result<Sources> {
+/// Registers `orders`, `customers` and `marketing_spend`; decides `as_of`. The canonical
+/// `orders` (casts, status filter, as_of cut-off, synthetic order ids) is computed once and
+/// staged as Parquet; every model reads the staged table.
+pub async fn register_sources(
+    ctx: &SessionContext,
+    settings: &Settings,
+    staging: impl FnOnce(NaiveDate) -> Staging,
+) -> Result<(Sources, Staging)> {
     let orders_spec = settings
         .inputs
         .get("orders")
@@ -116,17 +126,30 @@ pub async fn register_sources(ctx: &SessionContext, settings: &Settings) -> Resu
             key: "input.orders".into(),
             message: "the orders input is required".into(),
         })?;
-    let (raw, files) = read_parquet_input(ctx, orders_spec).await?;
+    let (raw, files) = read_parquet_input(ctx, orders_spec, settings).await?;
     let (mapped, present) = map_columns(raw, orders_spec, settings)?;
     let (orders, stats, as_of) =
         finish_orders(mapped, &present, orders_spec, settings, files).await?;
-    ctx.register_table("orders", orders.into_view())
+    let staging = staging(as_of);
+    let planned = orders.schema().as_arrow().clone();
+    let staged = staging
+        .write_table(orders, "orders", false, &[])
+        .await
+        .map_err(|e| match e {
+            StageError::Engine(e) => input_err(orders_spec, redact(&e.strip_backtrace())),
+            StageError::PartitionValue { .. } => input_err(orders_spec, "unexpected partition"),
+        })?;
+    let (table, _) = open_staged(ctx, &staged, &staging.out.loc, &planned)
+        .await
+        .map_err(|e| input_err(orders_spec, redact(&e.strip_backtrace())))?;
+    ctx.register_table("orders", table)
         .map_err(|e| Error::engine("register orders", e))?;
+    info!(rows = staged.rows, "canonical orders staged");
 
     for name in ["customers", "marketing_spend"] {
         let table = match settings.inputs.get(name) {
             Some(spec) => {
-                let (raw, _) = read_parquet_input(ctx, spec).await?;
+                let (raw, _) = read_parquet_input(ctx, spec, settings).await?;
                 map_columns(raw, spec, settings)?.0.into_view()
             }
             None => {
@@ -145,10 +168,13 @@ pub async fn register_sources(ctx: &SessionContext, settings: &Settings) -> Resu
         ctx.register_table(name, table)
             .map_err(|e| Error::engine(format!("register {name}"), e))?;
     }
-    Ok(Sources {
-        as_of,
-        orders: stats,
-    })
+    Ok((
+        Sources {
+            as_of,
+            orders: stats,
+        },
+        staging,
+    ))
 }
 
 fn input_err(spec: &InputSpec, message: impl Into<String>) -> Error {
@@ -161,7 +187,11 @@ fn input_err(spec: &InputSpec, message: impl Into<String>) -> Error {
 
 /// Lists the Parquet files of an input and opens them as one table (hive partition
 /// columns become Utf8 columns).
-async fn read_parquet_input(ctx: &SessionContext, spec: &InputSpec) -> Result<(DataFrame, usize)> {
+async fn read_parquet_input(
+    ctx: &SessionContext,
+    spec: &InputSpec,
+    settings: &Settings,
+) -> Result<(DataFrame, usize)> {
     let is_glob = spec.uri.contains(['*', '?', '[']);
     let mut uri = spec.uri.clone();
     if !uri.contains("://") {
@@ -171,6 +201,20 @@ async fn read_parquet_input(ctx: &SessionContext, spec: &InputSpec) -> Result<(D
         }
         if path.is_dir() && !uri.ends_with('/') {
             uri.push('/');
+        }
+    } else if !is_glob && !uri.ends_with('/') {
+        // An object store has no directories: a uri that is not an object is a prefix.
+        let loc = Location::resolve(&uri, &settings.s3)
+            .map_err(|e| input_err(spec, e.to_string()))?;
+        match loc.store.head(&loc.prefix).await {
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => uri.push('/'),
+            Err(e) => {
+                return Err(input_err(
+                    spec,
+                    format!("cannot read: {}", redact(&e.to_string())),
+                ))
+            }
         }
     }
     let url =
@@ -183,10 +227,10 @@ async fn read_parquet_input(ctx: &SessionContext, spec: &InputSpec) -> Result<(D
     let files: Vec<_> = url
         .list_all_files(&state, store.as_ref(), "parquet")
         .await
-        .map_err(|e| input_err(spec, format!("cannot list files: {e}")))?
+        .map_err(|e| input_err(spec, redact(&format!("cannot list files: {e}"))))?
         .try_collect()
         .await
-        .map_err(|e| input_err(spec, format!("cannot list files: {e}")))?;
+        .map_err(|e| input_err(spec, redact(&format!("cannot list files: {e}"))))?;
     if files.is_empty() {
         return Err(input_err(
             spec,
@@ -198,7 +242,7 @@ async fn read_parquet_input(ctx: &SessionContext, spec: &InputSpec) -> Result<(D
     let partitions = options
         .infer_partitions(&state, &url)
         .await
-        .map_err(|e| input_err(spec, format!("cannot infer hive partitions: {e}")))?;
+        .map_err(|e| input_err(spec, redact(&format!("cannot infer hive partitions: {e}"))))?;
     let options = options.with_table_partition_cols(
         partitions
             .into_iter()
@@ -209,7 +253,7 @@ async fn read_parquet_input(ctx: &SessionContext, spec: &InputSpec) -> Result<(D
         .with_listing_options(options)
         .infer_schema(&state)
         .await
-        .map_err(|e| input_err(spec, format!("cannot read Parquet schema: {e}")))?;
+        .map_err(|e| input_err(spec, redact(&format!("cannot read Parquet schema: {e}"))))?;
     let table = ListingTable::try_new(config).map_err(|e| input_err(spec, format!("{e}")))?;
     let df = ctx
         .read_table(Arc::new(table))

@@ -10,6 +10,9 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
+mod crash;
+mod s3;
+
 const DEMO_AS_OF: &str = "2026-11-21";
 
 fn repo() -> PathBuf {
@@ -23,10 +26,16 @@ struct Run {
 }
 
 fn segflow(args: &[&str]) -> Run {
+    segflow_env(args, &[])
+}
+
+/// Runs segflow with extra environment variables.
+fn segflow_env(args: &[&str], env: &[(String, String)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_segflow"))
         .args(["--log-format", "json"])
         .args(args)
         .env_remove("SEGFLOW_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .expect("segflow runs");
     Run {
@@ -693,71 +702,6 @@ async fn select_republishes_one_table_and_keeps_the_rest_of_the_snapshot() {
     ]);
     assert_eq!(r.code, 2);
     assert!(error_line(&r).contains("no_such_model"));
-}
-
-/// Every file a manifest lists exists (readers that honour the manifest see whole tables).
-fn assert_manifest_complete(out: &Path, as_of: &str) {
-    let m = manifest(out, as_of);
-    for (model, t) in m["tables"].as_object().unwrap() {
-        for f in t["files"].as_array().unwrap() {
-            assert!(
-                out.join(f.as_str().unwrap()).exists(),
-                "{model}: {f} listed but missing"
-            );
-        }
-    }
-}
-
-#[test]
-fn killed_runs_never_damage_the_published_snapshot() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = demo_config(tmp.path(), "");
-    let out = tmp.path().join("out");
-    run_ok(&config, &["--as-of", "2026-06-30"]);
-    let published = snapshot_files(&out.join("rfm"));
-    let published_manifest = manifest(&out, "2026-06-30");
-    // SIGKILL at different points of a run for the next date: planning, models, publish.
-    for delay_ms in [200u64, 700, 1200, 1700, 2200, 2700] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_segflow"))
-            .args([
-                "--log-format",
-                "json",
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-            ])
-            .args(["--as-of", DEMO_AS_OF])
-            .stderr(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_eq!(manifest(&out, "2026-06-30"), published_manifest);
-        assert_manifest_complete(&out, "2026-06-30");
-        let rfm_now = snapshot_files(&out.join("rfm"));
-        let old: BTreeMap<_, _> = rfm_now
-            .iter()
-            .filter(|(k, _)| k.starts_with("as_of=2026-06-30"))
-            .collect();
-        assert_eq!(
-            old,
-            published.iter().collect::<BTreeMap<_, _>>(),
-            "killed after {delay_ms} ms"
-        );
-        if out
-            .join(format!("_manifest/as_of={DEMO_AS_OF}.json"))
-            .exists()
-        {
-            assert_manifest_complete(&out, DEMO_AS_OF);
-        }
-    }
-    // The next run takes over the dead run's lock and leaves no debris.
-    run_ok(&config, &["--as-of", DEMO_AS_OF]);
-    assert!(!out.join("_staging").exists());
-    assert!(!out.join("_lock").exists());
-    assert_manifest_complete(&out, DEMO_AS_OF);
 }
 
 #[test]

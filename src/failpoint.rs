@@ -1,0 +1,49 @@
+//! Failpoints: named moments of a run where tests stop the process deterministically.
+//!
+//! `SEGFLOW_FAILPOINTS="name=action,..."` (a testing aid; unset in production, where each
+//! point costs one lookup in an empty list). Actions:
+//! - `kill`: the process sends itself SIGKILL at that moment (a crash, no clean-up);
+//! - `pause:PATH`: creates PATH, then waits until PATH is removed (tests start a second run
+//!   or send a signal while the first one is held exactly there).
+//!
+//! Points, in run order: `after_lock`, `staging` (the first model staged), `before_commit`,
+//! `mid_commit` (one table copied or swapped in), `before_manifest`, `after_manifest`
+//! (the snapshot is committed; replaced files and staging not yet removed).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn points() -> &'static [(String, String)] {
+    static POINTS: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    POINTS.get_or_init(|| {
+        std::env::var("SEGFLOW_FAILPOINTS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|p| p.split_once('='))
+            .map(|(n, a)| (n.trim().to_string(), a.trim().to_string()))
+            .collect()
+    })
+}
+
+/// Passes the failpoint `name`: does nothing unless a test armed it.
+pub async fn hit(name: &str) {
+    for (point, action) in points() {
+        if point != name {
+            continue;
+        }
+        if action == "kill" {
+            tracing::warn!(failpoint = name, "failpoint: killing the process");
+            // SAFETY: raising a signal in our own process has no memory-safety effects.
+            unsafe {
+                libc::raise(libc::SIGKILL);
+            }
+        } else if let Some(path) = action.strip_prefix("pause:") {
+            tracing::warn!(failpoint = name, "failpoint: paused until {path} is removed");
+            if std::fs::write(path, std::process::id().to_string()).is_ok() {
+                while std::path::Path::new(path).exists() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The run manifest: the commit record of a snapshot (it exists iff the snapshot does).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::sources::InputStats;
+
+/// One published table in the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableEntry {
+    /// Directory relative to the output root, e.g. `rfm/as_of=2026-11-21`.
+    pub path: String,
+    pub rows: u64,
+    /// Data files relative to the output root.
+    pub files: Vec<String>,
+    pub partition_by: Vec<String>,
+    pub duration_ms: u64,
+    pub columns: Vec<ColumnEntry>,
+}
+
+/// A column name and its Arrow type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColumnEntry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+/// The run manifest: the snapshot exists iff its manifest does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub run_id: String,
+    pub as_of: NaiveDate,
+    pub segflow_version: String,
+    pub datafusion_version: String,
+    pub config_hash: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub input: Option<InputStats>,
+    pub models: BTreeMap<String, ModelTiming>,
+    pub tables: BTreeMap<String, TableEntry>,
+}
+
+impl Manifest {
+    /// Whether `rel` (a path relative to the output root) belongs to this snapshot: a data
+    /// file it lists or the `_SUCCESS` marker of one of its tables.
+    pub fn owns(&self, rel: &str) -> bool {
+        self.tables.values().any(|t| {
+            rel.strip_prefix(t.path.as_str())
+                .is_some_and(|rest| rest == "/_SUCCESS")
+                || t.files.iter().any(|f| f == rel)
+        })
+    }
+}
+
+/// Timing of every model, published or internal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelTiming {
+    pub rows: u64,
+    pub duration_ms: u64,
+    pub published: bool,
+}

@@ -1,0 +1,212 @@
+//! Crash recovery, run by every run right after it takes the lock: whatever a killed run
+//! left behind is rolled back or removed, so that afterwards no table file exists that no
+//! manifest lists, and no staging.
+//!
+//! 1. Each `_staging/<run_id>/` of another run: on local disk, a run killed mid-commit
+//!    (journal present, its manifest not written) has its swaps undone; then it is removed.
+//! 2. Leftover manifest temp files (`_manifest/.tmp-*`) are removed.
+//! 3. Every file under `<model>/as_of=D/` that the manifest of `D` does not list (and is not
+//!    the `_SUCCESS` of one of its tables) is deleted: copies of a run killed before its
+//!    manifest, files of a replaced snapshot whose deletion was cut short, local temp files.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use object_store::ObjectStoreExt;
+use tracing::warn;
+
+use super::{staging_rel, Manifest, Output};
+use crate::error::{Error, Result};
+use crate::storage::retrying;
+
+/// `model/as_of=D/...` → D.
+fn snapshot_date(rel: &str) -> Option<NaiveDate> {
+    let mut parts = rel.split('/');
+    let model = parts.next()?;
+    if model.is_empty() || model.starts_with('_') {
+        return None;
+    }
+    let d = parts.next()?.strip_prefix("as_of=")?;
+    parts.next()?;
+    NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()
+}
+
+impl Output {
+    /// Recovers after dead runs (see the module docs). `me` is this run's id.
+    pub async fn recover(&self, me: &str) -> Result<()> {
+        self.recover_staging(me).await?;
+        let mut manifests: BTreeMap<NaiveDate, Option<Manifest>> = BTreeMap::new();
+        let mut removed = 0usize;
+        for rel in self.all_files().await? {
+            let debris = rel.starts_with("_manifest/.tmp-")
+                || (rel.starts_with("_lock.") && !rel.ends_with(me));
+            if debris {
+                self.delete_file(&rel).await?;
+                continue;
+            }
+            let Some(as_of) = snapshot_date(&rel) else {
+                continue;
+            };
+            if !manifests.contains_key(&as_of) {
+                manifests.insert(as_of, self.manifest(as_of).await?);
+            }
+            let owned = manifests
+                .get(&as_of)
+                .and_then(|m| m.as_ref())
+                .is_some_and(|m| m.owns(&rel));
+            if !owned {
+                self.delete_file(&rel).await?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            warn!(files = removed, "removed table files no manifest lists (a killed run)");
+        }
+        if let Some(root) = &self.loc.local {
+            remove_empty_dirs(root, true);
+        }
+        Ok(())
+    }
+
+    async fn recover_staging(&self, me: &str) -> Result<()> {
+        let dead: Vec<String> = match &self.loc.local {
+            Some(root) => match std::fs::read_dir(root.join("_staging")) {
+                Ok(entries) => entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect(),
+                Err(_) => vec![],
+            },
+            None => {
+                let listed = self
+                    .loc
+                    .list("_staging")
+                    .await
+                    .map_err(|e| self.err("list _staging", e))?;
+                let mut ids: Vec<String> = listed
+                    .iter()
+                    .filter_map(|m| self.loc.rel(&m.location))
+                    .filter_map(|r| r.split('/').nth(1).map(str::to_string))
+                    .collect();
+                ids.dedup();
+                ids
+            }
+        };
+        for run in dead.into_iter().filter(|r| r != me) {
+            if let Some(root) = &self.loc.local {
+                let journal = root.join(staging_rel(&run)).join("commit.json");
+                if let Ok(text) = std::fs::read_to_string(&journal) {
+                    let as_of = serde_json::from_str::<serde_json::Value>(&text)
+                        .ok()
+                        .and_then(|v| v.get("as_of").and_then(|d| d.as_str()).map(str::to_string))
+                        .and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok());
+                    if let Some(as_of) = as_of {
+                        let committed = self
+                            .manifest(as_of)
+                            .await
+                            .ok()
+                            .flatten()
+                            .is_some_and(|m| m.run_id == run);
+                        if !committed {
+                            warn!(%run, %as_of, "rolling back a run killed mid-commit");
+                            self.roll_back(&run, as_of, &[]);
+                        }
+                    }
+                }
+            }
+            warn!(%run, "removing the staging of a dead run");
+            self.delete_prefix(&staging_rel(&run)).await?;
+        }
+        Ok(())
+    }
+
+    /// Every file below the root, relative to it. On local disk this walks the directory
+    /// itself: `LocalFileSystem` hides the `<name>#<n>` files of interrupted writes.
+    async fn all_files(&self) -> Result<Vec<String>> {
+        if let Some(root) = &self.loc.local {
+            let mut out = Vec::new();
+            walk(root, root, &mut out)?;
+            return Ok(out);
+        }
+        let listed = self
+            .loc
+            .list("")
+            .await
+            .map_err(|e| self.err("list the output", e))?;
+        Ok(listed
+            .iter()
+            .filter_map(|m| self.loc.rel(&m.location))
+            .collect())
+    }
+
+    /// Deletes one file; a missing file is fine.
+    pub(crate) async fn delete_file(&self, rel: &str) -> Result<()> {
+        if let Some(root) = &self.loc.local {
+            let p = root.join(rel);
+            return match std::fs::remove_file(&p) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io("remove", &p, e)),
+            };
+        }
+        let path = self.loc.path(rel);
+        match retrying("delete", || self.loc.store.delete(&path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(format!("delete {rel}"), e)),
+        }
+    }
+}
+
+fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let p = entry.path();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir {
+            walk(root, &p, out)?;
+        } else if let Ok(rel) = p.strip_prefix(root) {
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Removes empty directories below `dir` (never `dir` itself when `keep` is set), e.g. the
+/// partition folders of deleted files.
+fn remove_empty_dirs(dir: &std::path::Path, keep: bool) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut empty = true;
+    for entry in entries.flatten() {
+        let p = entry.path();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if !(is_dir && remove_empty_dirs(&p, false)) {
+            empty = false;
+        }
+    }
+    if empty && !keep {
+        return std::fs::remove_dir(dir).is_ok();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_table_files_belong_to_snapshots() {
+        let d = NaiveDate::from_ymd_opt(2026, 11, 21);
+        assert_eq!(snapshot_date("rfm/as_of=2026-11-21/segment=Lost/x.parquet"), d);
+        assert_eq!(snapshot_date("rfm/as_of=2026-11-21/_SUCCESS"), d);
+        assert_eq!(snapshot_date("_staging/r/rfm/as_of=2026-11-21/x.parquet"), None);
+        assert_eq!(snapshot_date("_manifest/as_of=2026-11-21.json"), None);
+        assert_eq!(snapshot_date("notes.txt"), None);
+    }
+}

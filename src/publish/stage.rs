@@ -1,0 +1,336 @@
+//! Staging: every model (and the canonical `orders`) is written once, streaming, as Parquet
+//! under `_staging/<run_id>/`, and read back from there by the models downstream, the
+//! checks and the commit. Nothing is held in memory outside DataFusion's memory pool.
+//!
+//! Published models go to `_staging/<run_id>/<model>/as_of=D/` in their published form
+//! (zstd; strings as Utf8; partition columns as strings, hive-partitioned), internal ones
+//! (`publish = false`, `orders`) to `_staging/<run_id>/_internal/<name>/`, never published.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::{Array, Int64Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::common::{Column, ScalarValue};
+use datafusion::config::TableParquetOptions;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{cast, lit, Expr};
+use datafusion::prelude::{DataFrame, SessionContext};
+use object_store::{ObjectStoreExt, PutPayload};
+
+use super::{staging_rel, ColumnEntry, Output};
+use crate::storage::{retrying, Location};
+
+/// Where a run stages its tables.
+#[derive(Clone, Debug)]
+pub struct Staging {
+    pub out: Output,
+    pub run_id: String,
+    pub as_of: NaiveDate,
+}
+
+/// A table written to staging.
+#[derive(Debug, Clone)]
+pub struct StagedTable {
+    /// Directory relative to the output root.
+    pub rel: String,
+    pub rows: u64,
+    /// Data files relative to `rel`, sorted.
+    pub files: Vec<String>,
+    /// Published columns and types.
+    pub columns: Vec<ColumnEntry>,
+    pub partition_by: Vec<String>,
+}
+
+/// Why staging a table failed: the engine, or a partition value that cannot be a path.
+#[derive(Debug)]
+pub enum StageError {
+    Engine(DataFusionError),
+    PartitionValue { column: String, value: String },
+}
+
+impl From<DataFusionError> for StageError {
+    fn from(e: DataFusionError) -> Self {
+        StageError::Engine(e)
+    }
+}
+
+impl From<object_store::Error> for StageError {
+    fn from(e: object_store::Error) -> Self {
+        StageError::Engine(DataFusionError::ObjectStore(Box::new(e)))
+    }
+}
+
+impl Staging {
+    /// The staging directory of a table, relative to the output root.
+    pub fn table_rel(&self, name: &str, publish: bool) -> String {
+        let root = staging_rel(&self.run_id);
+        if publish {
+            format!("{root}/{name}/as_of={}", self.as_of)
+        } else {
+            format!("{root}/_internal/{name}")
+        }
+    }
+
+    /// Writes `df` once, streaming, to the table's staging directory and returns what
+    /// was written. Published tables get their published types and a `_SUCCESS`.
+    pub async fn write_table(
+        &self,
+        df: DataFrame,
+        name: &str,
+        publish: bool,
+        partition_by: &[String],
+    ) -> Result<StagedTable, StageError> {
+        let loc = &self.out.loc;
+        let rel = self.table_rel(name, publish);
+        let df = published_form(df, partition_by, publish)?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut options = TableParquetOptions::default();
+        // Published tables: zstd for readers; internal ones: fast to write and read back.
+        options.global.compression = Some(if publish { "zstd(3)" } else { "lz4_raw" }.into());
+        let written = df
+            .write_parquet(
+                &loc.dir_url(&rel),
+                DataFrameWriteOptions::new().with_partition_by(partition_by.to_vec()),
+                Some(options),
+            )
+            .await?;
+        let rows = written
+            .first()
+            .filter(|b| b.num_columns() > 0 && b.num_rows() > 0)
+            .and_then(|b| {
+                let c = b.column(0);
+                c.as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .map(|a| a.value(0))
+                    .or_else(|| {
+                        c.as_any()
+                            .downcast_ref::<Int64Array>()
+                            .map(|a| a.value(0) as u64)
+                    })
+            })
+            .unwrap_or(0);
+        if rows == 0 {
+            // DataFusion writes no file for an empty result; readers need one carrying the
+            // schema. A partitioned table puts it under `col=/` without the partition
+            // columns, as the partitioned writer would.
+            let mut file = rel.clone();
+            for p in partition_by {
+                file.push_str(&format!("/{p}="));
+            }
+            file.push_str("/part-0.parquet");
+            let fields: Vec<Field> = schema
+                .fields()
+                .iter()
+                .filter(|f| !partition_by.contains(f.name()))
+                .map(|f| f.as_ref().clone())
+                .collect();
+            let bytes = empty_parquet(Arc::new(Schema::new(fields)))?;
+            let path = loc.path(&file);
+            let payload = PutPayload::from(bytes);
+            retrying("put", || loc.store.put(&path, payload.clone())).await?;
+        }
+        let mut files = Vec::new();
+        for meta in loc.list(&rel).await? {
+            let Some(full) = loc.rel(&meta.location) else {
+                continue;
+            };
+            let Some(file) = full.strip_prefix(&format!("{rel}/")) else {
+                continue;
+            };
+            if !file.ends_with(".parquet") {
+                continue;
+            }
+            check_partition_path(file)?;
+            files.push(file.to_string());
+        }
+        files.sort();
+        if files.is_empty() {
+            return Err(StageError::Engine(DataFusionError::Execution(format!(
+                "no file was written under {}",
+                loc.display(&rel)
+            ))));
+        }
+        if publish {
+            let marker = loc.path(&format!("{rel}/_SUCCESS"));
+            retrying("put", || loc.store.put(&marker, PutPayload::new())).await?;
+        }
+        Ok(StagedTable {
+            rel,
+            rows,
+            files,
+            columns: schema
+                .fields()
+                .iter()
+                .map(|f| ColumnEntry {
+                    name: f.name().clone(),
+                    data_type: f.data_type().to_string(),
+                })
+                .collect(),
+            partition_by: partition_by.to_vec(),
+        })
+    }
+}
+
+/// Casts to the published types: partition columns to strings (a NULL int/date/bool would
+/// otherwise become 0 / 1970-01-01 / false in the path) and, for published tables, string
+/// views to Utf8 so column types stay stable for readers.
+fn published_form(df: DataFrame, partition_by: &[String], publish: bool) -> DfResult<DataFrame> {
+    let mut changed = false;
+    let exprs: Vec<Expr> = df
+        .schema()
+        .iter()
+        .map(|(q, f)| {
+            let c = Expr::Column(Column::from((q, f)));
+            let target = if partition_by.contains(f.name()) {
+                DataType::Utf8
+            } else if publish && matches!(f.data_type(), DataType::Utf8View | DataType::LargeUtf8)
+            {
+                DataType::Utf8
+            } else {
+                return c;
+            };
+            if f.data_type() == &target {
+                return c;
+            }
+            changed = true;
+            cast(c, target).alias(f.name())
+        })
+        .collect();
+    if changed {
+        df.select(exprs)
+    } else {
+        Ok(df)
+    }
+}
+
+/// A partition directory `col=value` whose value holds `=` breaks hive readers.
+fn check_partition_path(file: &str) -> Result<(), StageError> {
+    let parts: Vec<&str> = file.split('/').collect();
+    for dir in &parts[..parts.len().saturating_sub(1)] {
+        if let Some((column, value)) = dir.split_once('=') {
+            if value.contains('=') {
+                return Err(StageError::PartitionValue {
+                    column: column.to_string(),
+                    value: value.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A zero-row Parquet file carrying `schema`.
+fn empty_parquet(schema: SchemaRef) -> DfResult<Vec<u8>> {
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .build();
+    let mut buf = Vec::new();
+    let writer = ArrowWriter::try_new(&mut buf, schema, Some(props))?;
+    writer.close()?;
+    Ok(buf)
+}
+
+/// Opens a hive-partitioned Parquet directory (partition columns as strings).
+pub async fn open_dir(
+    ctx: &SessionContext,
+    loc: &Location,
+    rel: &str,
+    partition_by: &[String],
+) -> DfResult<DataFrame> {
+    let url = ListingTableUrl::parse(loc.dir_url(rel))?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(
+            partition_by
+                .iter()
+                .map(|p| (p.clone(), DataType::Utf8))
+                .collect(),
+        );
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await?;
+    ctx.read_table(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// Projects `df` onto `target`: columns by name in the target's order and types. Partition
+/// columns read back as strings get NULL for the empty value (how a NULL is written) and
+/// their target type; a column `df` lacks becomes a typed NULL.
+pub fn conform(df: DataFrame, target: &Schema, partition_by: &[String]) -> DfResult<DataFrame> {
+    let exprs: Vec<Expr> = target
+        .fields()
+        .iter()
+        .map(|f| {
+            let Some((q, have)) = df
+                .schema()
+                .iter()
+                .find(|(_, h)| h.name() == f.name())
+            else {
+                return ScalarValue::try_from(f.data_type()).map(|v| lit(v).alias(f.name()));
+            };
+            let mut e = Expr::Column(Column::from((q, have)));
+            if partition_by.contains(f.name()) {
+                e = datafusion::functions::core::expr_fn::nullif(e, lit(""));
+            }
+            if have.data_type() != f.data_type() || partition_by.contains(f.name()) {
+                e = cast(e, f.data_type().clone());
+            }
+            Ok(e.alias(f.name()))
+        })
+        .collect::<DfResult<_>>()?;
+    df.select(exprs)
+}
+
+/// The staged table as models downstream see it: the model's columns in its order, with
+/// partition columns back in their planned types.
+pub async fn open_staged(
+    ctx: &SessionContext,
+    staged: &StagedTable,
+    loc: &Location,
+    planned: &Schema,
+) -> DfResult<(Arc<dyn TableProvider>, SchemaRef)> {
+    let df = open_dir(ctx, loc, &staged.rel, &staged.partition_by).await?;
+    let target = Schema::new(
+        planned
+            .fields()
+            .iter()
+            .map(|f| {
+                if staged.partition_by.contains(f.name()) {
+                    return Ok(f.as_ref().clone().with_nullable(true));
+                }
+                let read = df.schema().field_with_unqualified_name(f.name())?;
+                Ok(Field::new(f.name(), read.data_type().clone(), true))
+            })
+            .collect::<DfResult<Vec<_>>>()?,
+    );
+    let df = conform(df, &target, &staged.partition_by)?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    Ok((df.into_view(), schema))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_equals_sign_in_a_partition_value_is_caught() {
+        assert!(check_partition_path("segment=Loyal/x.parquet").is_ok());
+        assert!(check_partition_path("a=1/b=%2F/x.parquet").is_ok());
+        match check_partition_path("segment=a=b/x.parquet") {
+            Err(StageError::PartitionValue { column, value }) => {
+                assert_eq!((column.as_str(), value.as_str()), ("segment", "a=b"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Crash, signal and retention tests, shared by local disk and S3: a run is stopped at an
+//! exact step with a failpoint (`SEGFLOW_FAILPOINTS`: SIGKILL itself, or pause until a file
+//! is removed), never by sleeping and hoping; "nothing changed" compares whole trees.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Every file of an output, by path relative to its root.
+pub type Tree = BTreeMap<String, Vec<u8>>;
+
+/// `model/as_of=D/...` → D (a table file); None for `_manifest`, `_staging`, `_lock`.
+fn table_date(rel: &str) -> Option<&str> {
+    let mut parts = rel.split('/');
+    let model = parts.next()?;
+    if model.starts_with('_') {
+        return None;
+    }
+    parts.next()?.strip_prefix("as_of=")
+}
+
+fn manifests(tree: &Tree) -> BTreeMap<String, serde_json::Value> {
+    tree.iter()
+        .filter_map(|(k, v)| {
+            let d = k.strip_prefix("_manifest/as_of=")?.strip_suffix(".json")?;
+            Some((d.to_string(), serde_json::from_slice(v).unwrap()))
+        })
+        .collect()
+}
+
+/// Every file a manifest lists exists (readers that honour the manifest see whole tables).
+pub fn assert_manifests_complete(tree: &Tree) {
+    for (d, m) in manifests(tree) {
+        for (model, t) in m["tables"].as_object().unwrap() {
+            for f in t["files"].as_array().unwrap() {
+                assert!(
+                    tree.contains_key(f.as_str().unwrap()),
+                    "{d} {model}: {f} listed but missing"
+                );
+            }
+        }
+    }
+}
+
+/// After a successful run: manifests complete, no table file that no manifest lists, no
+/// staging, no lock.
+pub fn assert_consistent(tree: &Tree) {
+    assert_manifests_complete(tree);
+    let ms = manifests(tree);
+    for rel in tree.keys() {
+        assert!(!rel.starts_with("_staging/"), "staging left: {rel}");
+        assert!(!rel.starts_with("_lock"), "lock left: {rel}");
+        let Some(d) = table_date(rel) else { continue };
+        let owned = ms.get(d).is_some_and(|m| {
+            m["tables"].as_object().unwrap().values().any(|t| {
+                rel == &format!("{}/_SUCCESS", t["path"].as_str().unwrap())
+                    || t["files"].as_array().unwrap().iter().any(|f| f == rel.as_str())
+            })
+        });
+        assert!(owned, "{rel} is listed by no manifest");
+    }
+}
+
+/// The files of one snapshot: its manifest and, with `all_files`, every file under its
+/// table folders (what a glob reader sees); otherwise the files its manifest lists and
+/// their `_SUCCESS` (what a reader that honours the manifest sees).
+fn snapshot(tree: &Tree, as_of: &str, all_files: bool) -> Tree {
+    let manifest = format!("_manifest/as_of={as_of}.json");
+    let listed = manifests(tree).remove(as_of);
+    let owned = |k: &str| {
+        listed.as_ref().is_some_and(|m| {
+            m["tables"].as_object().unwrap().values().any(|t| {
+                k == format!("{}/_SUCCESS", t["path"].as_str().unwrap())
+                    || t["files"].as_array().unwrap().iter().any(|f| f == k)
+            })
+        })
+    };
+    tree.iter()
+        .filter(|(k, _)| {
+            k.as_str() == manifest
+                || (table_date(k) == Some(as_of) && (all_files || owned(k.as_str())))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Each table folder of snapshot `as_of` holds either exactly its files of `before` or
+/// none of them.
+fn assert_no_mix(before: &Tree, after: &Tree, as_of: &str) {
+    let m = &manifests(before)[as_of];
+    for t in m["tables"].as_object().unwrap().values() {
+        let dir = format!("{}/", t["path"].as_str().unwrap());
+        let files = |tree: &Tree| -> Tree {
+            tree.iter()
+                .filter(|(k, _)| k.starts_with(&dir) && k.ends_with(".parquet"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let (old, now) = (files(before), files(after));
+        let kept = now.iter().filter(|(k, v)| old.get(*k) == Some(v)).count();
+        assert!(
+            now == old || kept == 0,
+            "{dir} mixes old and new files: {:?}",
+            now.keys().collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Asserts two trees are equal, naming the paths that differ (not dumping bytes).
+pub fn assert_same_tree(after: &Tree, before: &Tree, what: &str) {
+    let differ: Vec<&String> = after
+        .keys()
+        .chain(before.keys())
+        .filter(|k| after.get(*k) != before.get(*k))
+        .collect();
+    assert!(differ.is_empty(), "{what}: these paths differ: {differ:?}");
+}
+
+fn run_with(config: &Path, env: &[(String, String)], as_of: &str, failpoints: &str) -> Run {
+    let mut env = env.to_vec();
+    if !failpoints.is_empty() {
+        env.push(("SEGFLOW_FAILPOINTS".into(), failpoints.into()));
+    }
+    segflow_env(
+        &["run", "--config", config.to_str().unwrap(), "--as-of", as_of],
+        &env,
+    )
+}
+
+/// SIGKILL at each step of a run (staging, mid-commit, before and after the manifest), for
+/// a new as_of and for replacing a published one: the published snapshots stay whole, and
+/// the next run succeeds and leaves no unlisted file and no staging.
+/// `all_files`: the table folders must be untouched too (local disk, where glob readers
+/// never see a mix); on object storage the manifest-listed files must be.
+pub fn kill_at_every_step(
+    config: &Path,
+    env: &[(String, String)],
+    tree: &dyn Fn() -> Tree,
+    all_files: bool,
+) {
+    const BASE: &str = "2026-06-30";
+    let r = run_with(config, env, BASE, "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let new_dates = ["2026-07-31", "2026-08-31", "2026-09-30", "2026-10-31"];
+    for (point, new) in ["staging", "mid_commit", "before_manifest", "after_manifest"]
+        .into_iter()
+        .zip(new_dates)
+    {
+        for as_of in [new, BASE] {
+            let before = tree();
+            let r = run_with(config, env, as_of, &format!("{point}=kill"));
+            assert_eq!(r.code, -1, "not killed at {point}: {}", r.stderr);
+            let after = tree();
+            if point != "after_manifest" {
+                // Not committed: every published snapshot is exactly as it was.
+                for d in manifests(&before).keys() {
+                    if all_files && d == as_of {
+                        // Local disk swaps table folders: mid-commit each folder of the
+                        // snapshot being replaced is wholly old or wholly new, never a mix.
+                        assert_no_mix(&before, &after, d);
+                        continue;
+                    }
+                    assert_same_tree(
+                        &snapshot(&after, d, all_files),
+                        &snapshot(&before, d, all_files),
+                        &format!("snapshot {d} changed by a run killed at {point} ({as_of})"),
+                    );
+                }
+                assert!(!manifests(&after).contains_key(new) || as_of != new);
+            } else {
+                assert!(manifests(&after).contains_key(as_of), "{point} {as_of}");
+                assert_manifests_complete(&after);
+            }
+            let r = run_with(config, env, as_of, "");
+            assert_eq!(r.code, 0, "recovery after {point}: {}", r.stderr);
+            assert_consistent(&tree());
+        }
+    }
+}
+
+/// Starts a run that pauses at `point` until the returned file is removed.
+pub fn paused_run(
+    config: &Path,
+    env: &[(String, String)],
+    point: &str,
+    dir: &Path,
+) -> (Child, PathBuf) {
+    let flag = dir.join(format!("paused-{point}"));
+    let child = Command::new(env!("CARGO_BIN_EXE_segflow"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .args(["--as-of", DEMO_AS_OF])
+        .env_remove("SEGFLOW_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("SEGFLOW_FAILPOINTS", format!("{point}=pause:{}", flag.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !flag.exists() {
+        assert!(start.elapsed() < Duration::from_secs(180), "never reached {point}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, flag)
+}
+
+/// Holds a run mid-staging, sends SIGTERM: exit 2 saying nothing was published.
+pub fn sigterm_while_paused(config: &Path, env: &[(String, String)], dir: &Path) {
+    let (child, _flag) = paused_run(config, env, "staging", dir);
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGTERM") && stderr.contains("nothing was published"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn local_sigkill_at_every_publish_step_keeps_the_snapshot_and_the_next_run_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let out = tmp.path().join("out");
+    kill_at_every_step(&config, &[], &|| snapshot_files(&out), true);
+}
+
+#[test]
+fn local_sigterm_mid_run_exits_2_releases_the_lock_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    run_ok(&config, &["--as-of", "2026-06-30"]);
+    let out = tmp.path().join("out");
+    let before = snapshot_files(&out);
+    sigterm_while_paused(&config, &[], tmp.path());
+    assert_same_tree(&snapshot_files(&out), &before, "a stopped run changed the output");
+}
+
+#[test]
+fn keep_snapshots_deletes_the_oldest_whole_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config_with(tmp.path(), "uri = \"out\"", "uri = \"out\"\nkeep_snapshots = 2");
+    let out = tmp.path().join("out");
+    for d in ["2026-08-31", "2026-09-30", "2026-10-31"] {
+        run_ok(&config, &["--as-of", d]);
+    }
+    let tree = snapshot_files(&out);
+    let dates: Vec<String> = manifests(&tree).keys().cloned().collect();
+    assert_eq!(dates, ["2026-09-30", "2026-10-31"]);
+    assert!(
+        tree.keys().all(|k| table_date(k) != Some("2026-08-31")),
+        "files of the deleted snapshot remain"
+    );
+    assert!(!out.join("rfm/as_of=2026-08-31").exists());
+    assert_consistent(&tree);
+}
+
+#[test]
+fn previous_model_has_the_model_schema_with_and_without_a_previous_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    // lifecycle is partitioned by stage: the column that comes back from a path.
+    std::fs::write(
+        models.join("prev_lifecycle.sql"),
+        "select * from previous.lifecycle",
+    )
+    .unwrap();
+    let config = demo_config(tmp.path(), "[models]\npaths = [\"models\"]\n");
+    let out = tmp.path().join("out");
+    for (d, rows) in [("2026-09-30", 0), ("2026-10-31", 1)] {
+        run_ok(&config, &["--as-of", d]);
+        let m = manifest(&out, d);
+        assert_eq!(
+            m["tables"]["prev_lifecycle"]["columns"], m["tables"]["lifecycle"]["columns"],
+            "as_of {d}"
+        );
+        let n = m["tables"]["prev_lifecycle"]["rows"].as_u64().unwrap();
+        assert_eq!(n > 0, rows > 0, "as_of {d}: {n} rows");
+    }
+    // The rows of previous.lifecycle are the rows published for 2026-09-30.
+    assert_eq!(
+        manifest(&out, "2026-10-31")["tables"]["prev_lifecycle"]["rows"],
+        manifest(&out, "2026-09-30")["tables"]["lifecycle"]["rows"]
+    );
+}

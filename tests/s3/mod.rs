@@ -1,0 +1,432 @@
+//! S3 tests against a real S3-compatible server: moto's standalone server from the test
+//! venv (`ci/test.sh` installs it), one per test on a free loopback port, and the loopback
+//! fault proxy `ci/faultproxy.py` between segflow and moto where a test needs failures.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use super::*;
+use crate::crash::{assert_consistent, assert_same_tree, kill_at_every_step, paused_run, Tree};
+
+pub const KEY_ID: &str = "segflow-test-key-id-7f3a9";
+pub const SECRET: &str = "segflow-test-secret-Q8xZ2vK4mN7pL1";
+
+/// The test venv's Python (`SEGFLOW_TEST_PYTHON`, else `.venv/bin/python`).
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("SEGFLOW_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} not found: run ci/test.sh once (it creates the venv with moto[server])",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited at start: {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A moto S3 server on loopback, stopped on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    pub fn start(env: &[(&str, &str)]) -> Moto {
+        let port = free_port();
+        let mut child = Command::new(python())
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto starts");
+        wait_for_port(port, &mut child, "moto");
+        Moto {
+            child,
+            port,
+            rt: tokio::runtime::Runtime::new().unwrap(),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket (moto accepts the unsigned request).
+    pub fn create_bucket(&self, bucket: &str) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
+    }
+
+    /// The environment segflow needs to reach this server (no [storage.s3] needed).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), KEY_ID.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET.into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ENDPOINT_URL".into(), self.endpoint()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            // No instance-metadata lookups on this machine.
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+
+    pub fn store(&self, bucket: &str) -> AmazonS3 {
+        AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_access_key_id(KEY_ID)
+            .with_secret_access_key(SECRET)
+            .build()
+            .unwrap()
+    }
+
+    /// Uploads a local directory (recursively) under `prefix`.
+    pub fn upload_dir(&self, bucket: &str, dir: &Path, prefix: &str) {
+        let store = self.store(bucket);
+        for (rel, bytes) in snapshot_files(dir) {
+            self.rt
+                .block_on(store.put(
+                    &ObjPath::from(format!("{prefix}/{rel}")),
+                    PutPayload::from(bytes),
+                ))
+                .unwrap();
+        }
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
+        self.rt
+            .block_on(self.store(bucket).put(&ObjPath::from(key), PutPayload::from(bytes)))
+            .unwrap();
+    }
+
+    /// Every object under `prefix`, by path relative to it.
+    pub fn tree(&self, bucket: &str, prefix: &str) -> Tree {
+        let store = self.store(bucket);
+        self.rt.block_on(async {
+            let listed: Vec<_> = store
+                .list(Some(&ObjPath::from(prefix)))
+                .try_collect()
+                .await
+                .unwrap();
+            let mut out = BTreeMap::new();
+            for m in listed {
+                let bytes = store.get(&m.location).await.unwrap().bytes().await.unwrap();
+                let rel = m.location.as_ref()[prefix.len() + 1..].to_string();
+                out.insert(rel, bytes.to_vec());
+            }
+            out
+        })
+    }
+
+    /// Copies the objects under `prefix` into a local directory (to read tables back).
+    pub fn download(&self, bucket: &str, prefix: &str, to: &Path) {
+        for (rel, bytes) in self.tree(bucket, prefix) {
+            let p = to.join(&rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+    }
+}
+
+/// The demo config with orders read from `s3://bucket/input/orders` and the output at
+/// `s3://bucket/out`, plus `extra` config text.
+fn s3_config(dir: &Path, extra: &str) -> PathBuf {
+    let c = demo_config(dir, extra);
+    let text = std::fs::read_to_string(&c).unwrap();
+    let text = text
+        .replace(
+            &format!("uri = \"{}\"", demo_orders()),
+            "uri = \"s3://bucket/input/orders\"",
+        )
+        .replace("uri = \"out\"", "uri = \"s3://bucket/out\"");
+    assert!(text.contains("s3://bucket/input/orders") && text.contains("s3://bucket/out"));
+    std::fs::write(&c, text).unwrap();
+    c
+}
+
+fn moto_with_demo() -> Moto {
+    let moto = Moto::start(&[]);
+    moto.create_bucket("bucket");
+    moto.upload_dir("bucket", &repo().join("fixtures/demo/orders"), "input/orders");
+    moto
+}
+
+fn run_env(config: &Path, env: &[(String, String)], extra: &[&str]) -> Run {
+    let mut args = vec!["run", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    segflow_env(&args, env)
+}
+
+#[test]
+fn s3_round_trip_equals_the_local_run_and_a_rerun_leaves_one_snapshot() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    run_ok(&demo_config(local.path(), ""), &["--as-of", DEMO_AS_OF]);
+    let config = s3_config(tmp.path(), "");
+    for round in 0..2 {
+        let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
+        assert_eq!(r.code, 0, "round {round}: {}", r.stderr);
+        assert!(r.stdout.contains("s3://bucket/out/rfm/as_of=2026-11-21"), "{}", r.stdout);
+    }
+    let tree = moto.tree("bucket", "out");
+    assert_consistent(&tree);
+    // Exactly one snapshot's files: what the manifest lists plus each table's _SUCCESS.
+    let m: serde_json::Value =
+        serde_json::from_slice(&tree[&format!("_manifest/as_of={DEMO_AS_OF}.json")]).unwrap();
+    let mut expected: Vec<String> = vec![];
+    for t in m["tables"].as_object().unwrap().values() {
+        expected.push(format!("{}/_SUCCESS", t["path"].as_str().unwrap()));
+        for f in t["files"].as_array().unwrap() {
+            expected.push(f.as_str().unwrap().to_string());
+        }
+    }
+    expected.sort();
+    let actual: Vec<String> = tree
+        .keys()
+        .filter(|k| !k.starts_with('_'))
+        .cloned()
+        .collect();
+    assert_eq!(actual, expected);
+    assert!(!tree.contains_key("_lock"));
+
+    let down = tmp.path().join("down");
+    moto.download("bucket", "out", &down);
+    let local_out = local.path().join("out");
+    for model in m["tables"].as_object().unwrap().keys() {
+        assert_eq!(
+            sorted_dump(&moto.rt.block_on(read_table(&down, model, DEMO_AS_OF))),
+            sorted_dump(&moto.rt.block_on(read_table(&local_out, model, DEMO_AS_OF))),
+            "{model} differs between S3 and local"
+        );
+    }
+}
+
+#[test]
+fn s3_sigkill_at_every_publish_step_keeps_the_snapshot_and_the_next_run_cleans_up() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = s3_config(tmp.path(), "");
+    kill_at_every_step(&config, &moto.env(), &|| moto.tree("bucket", "out"), false);
+}
+
+#[test]
+fn two_runs_on_one_s3_output_exactly_one_publishes_the_other_names_the_holder() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = s3_config(tmp.path(), "");
+    let (first, flag) = paused_run(&config, &moto.env(), "after_lock", tmp.path());
+    let second = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
+    assert_eq!(second.code, 2, "{}", second.stderr);
+    let err = error_line(&second);
+    assert!(
+        err.contains("locked") && err.contains(&format!("pid {}", first.id())),
+        "{err}"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let tree = moto.tree("bucket", "out");
+    assert_consistent(&tree);
+    let manifests: Vec<&String> = tree.keys().filter(|k| k.starts_with("_manifest/as_of=")).collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+}
+
+fn lock_json(host: &str, started: chrono::DateTime<chrono::Utc>, beat: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+    format!(
+        r#"{{"run_id":"nightly-elsewhere","host":"{host}","pid":4242,"started_at":"{}","heartbeat_at":"{}"}}"#,
+        started.to_rfc3339(),
+        beat.to_rfc3339()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn an_s3_lock_with_an_old_heartbeat_is_taken_over_a_fresh_one_is_not() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = s3_config(tmp.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("uri = \"s3://bucket/out\"", "uri = \"s3://bucket/out\"\nlock_timeout = \"10m\""),
+    )
+    .unwrap();
+    let now = chrono::Utc::now();
+    // Started five hours ago, still beating: a long run, never taken over.
+    let live = lock_json("other-host", now - chrono::Duration::hours(5), now);
+    moto.put("bucket", "out/_lock", live.clone());
+    let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(error_line(&r).contains("nightly-elsewhere"), "{}", error_line(&r));
+    assert_eq!(moto.tree("bucket", "out")["_lock"], live);
+    // Its heartbeat stopped 11 minutes ago: dead, taken over.
+    moto.put(
+        "bucket",
+        "out/_lock",
+        lock_json("other-host", now - chrono::Duration::hours(5), now - chrono::Duration::minutes(11)),
+    );
+    let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let tree = moto.tree("bucket", "out");
+    assert!(!tree.contains_key("_lock"));
+    assert_consistent(&tree);
+}
+
+/// Starts `ci/faultproxy.py` in front of moto; returns it and its port.
+fn fault_proxy(moto: &Moto, rate: &str, dir: &Path) -> (Child, u16, PathBuf) {
+    let port_file = dir.join(format!("proxy-port-{rate}"));
+    let stats = dir.join(format!("proxy-stats-{rate}.json"));
+    let mut child = Command::new(python())
+        .arg(repo().join("ci/faultproxy.py"))
+        .args(["--upstream", &format!("127.0.0.1:{}", moto.port)])
+        .args(["--fail-rate", rate, "--seed", "7", "--faults", "503,reset,slow"])
+        .args(["--slow-seconds", "5"])
+        .arg("--port-file")
+        .arg(&port_file)
+        .arg("--stats-file")
+        .arg(&stats)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let port = loop {
+        if let Ok(p) = std::fs::read_to_string(&port_file) {
+            if let Ok(p) = p.trim().parse::<u16>() {
+                break p;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "proxy did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    wait_for_port(port, &mut child, "fault proxy");
+    (child, port, stats)
+}
+
+#[test]
+fn s3_requests_failing_ten_percent_succeed_through_retries_all_failing_exits_2() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut proxy, port, stats) = fault_proxy(&moto, "0.1", tmp.path());
+    let storage = format!(
+        "[storage.s3]\nendpoint = \"http://127.0.0.1:{port}\"\nallow_http = true\nrequest_timeout = \"2s\"\nbackoff_initial = \"20ms\"\nbackoff_max = \"200ms\"\n"
+    );
+    let config = s3_config(tmp.path(), &storage);
+    let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert!(s["fault_total"].as_u64().unwrap() > 0, "no fault injected: {s}");
+    let tree = moto.tree("bucket", "out");
+    assert_consistent(&tree);
+    let down = tmp.path().join("down");
+    moto.download("bucket", "out", &down);
+    assert_eq!(moto.rt.block_on(read_table(&down, "rfm", DEMO_AS_OF)).len(), 2940);
+
+    // Every request fails: exit 2 naming the operation and the URL, nothing published.
+    let before = moto.tree("bucket", "out");
+    let (mut proxy, port, _) = fault_proxy(&moto, "1.0", tmp.path());
+    let dir = tmp.path().join("all-fail");
+    std::fs::create_dir_all(&dir).unwrap();
+    let storage = format!(
+        "[storage.s3]\nendpoint = \"http://127.0.0.1:{port}\"\nallow_http = true\nrequest_timeout = \"1s\"\nmax_retries = 2\nretry_timeout = \"3s\"\nbackoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\n"
+    );
+    let config = s3_config(&dir, &storage);
+    let r = run_env(&config, &moto.env(), &["--as-of", "2026-11-20"]);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let err = error_line(&r);
+    assert!(err.contains("s3://bucket/out") && err.contains("failed"), "{err}");
+    assert_same_tree(&moto.tree("bucket", "out"), &before, "a failed run changed the output");
+}
+
+#[test]
+fn wrong_secret_and_missing_bucket_exit_2_naming_the_bucket_and_never_the_secret() {
+    // One unauthenticated call (the bucket), then moto checks credentials: ours are unknown.
+    let moto = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
+    moto.create_bucket("guarded-bucket");
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config_with(tmp.path(), "uri = \"out\"", "uri = \"s3://guarded-bucket/out\"");
+    let mut env = moto.env();
+    env.push(("SEGFLOW_LOG".into(), "trace".into()));
+    let r = run_env(&config, &env, &["--as-of", DEMO_AS_OF]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(error_line(&r).contains("guarded-bucket"), "{}", error_line(&r));
+    for secret in [SECRET, KEY_ID] {
+        assert!(!r.stderr.contains(secret) && !r.stdout.contains(secret), "secret leaked");
+    }
+
+    let moto = Moto::start(&[]);
+    let dir = tmp.path().join("missing");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = demo_config_with(&dir, "uri = \"out\"", "uri = \"s3://no-such-bucket/out\"");
+    let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(error_line(&r).contains("no-such-bucket"), "{}", error_line(&r));
+    assert!(!r.stderr.contains(SECRET));
+}
+
+#[test]
+fn sigterm_mid_run_on_s3_exits_2_releases_the_lock_and_publishes_nothing() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = s3_config(tmp.path(), "");
+    let r = run_env(&config, &moto.env(), &["--as-of", "2026-06-30"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let before = moto.tree("bucket", "out");
+    crate::crash::sigterm_while_paused(&config, &moto.env(), tmp.path());
+    assert_same_tree(&moto.tree("bucket", "out"), &before, "a stopped run changed the output");
+}
