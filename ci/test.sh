@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (a Python venv with
-# DuckDB for the independent cross-check), checks formatting and lints, runs the Rust tests,
-# then recomputes the core tables of the demo run with DuckDB and compares them.
+# DuckDB for the independent cross-check and moto's S3 server, which the S3 tests start on
+# loopback), checks formatting and lints, runs the Rust tests, then recomputes the core
+# tables of the demo run with DuckDB and compares them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
+# The S3 tests start moto and the fault proxy with this interpreter.
+export SEGFLOW_TEST_PYTHON="$(cd "$VENV" && pwd)/bin/python"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -251,7 +251,12 @@ pub async fn run_models(
             }
         }
         let staged = staging
-            .write_table(df, &model.name, model.header.publish, &model.header.partition_by)
+            .write_table(
+                df,
+                &model.name,
+                model.header.publish,
+                &model.header.partition_by,
+            )
             .await
             .map_err(|e| stage_error(model, e))?;
         let (table, schema) = open_staged(ctx, &staged, &staging.out.loc, &planned)

@@ -38,7 +38,10 @@ pub async fn hit(name: &str) {
                 libc::raise(libc::SIGKILL);
             }
         } else if let Some(path) = action.strip_prefix("pause:") {
-            tracing::warn!(failpoint = name, "failpoint: paused until {path} is removed");
+            tracing::warn!(
+                failpoint = name,
+                "failpoint: paused until {path} is removed"
+            );
             if std::fs::write(path, std::process::id().to_string()).is_ok() {
                 while std::path::Path::new(path).exists() {
                     tokio::time::sleep(Duration::from_millis(20)).await;

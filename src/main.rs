@@ -129,7 +129,12 @@ async fn main_inner(command: Command) -> Result<(), segflow::Error> {
             );
             for (name, t) in &m.tables {
                 if m.models.get(name).is_some_and(|x| x.published) {
-                    println!("  {:<20} {:>8} rows  {}", name, t.rows, loc.display(&t.path));
+                    println!(
+                        "  {:<20} {:>8} rows  {}",
+                        name,
+                        t.rows,
+                        loc.display(&t.path)
+                    );
                 }
             }
             println!(

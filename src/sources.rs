@@ -204,8 +204,8 @@ async fn read_parquet_input(
         }
     } else if !is_glob && !uri.ends_with('/') {
         // An object store has no directories: a uri that is not an object is a prefix.
-        let loc = Location::resolve(&uri, &settings.s3)
-            .map_err(|e| input_err(spec, e.to_string()))?;
+        let loc =
+            Location::resolve(&uri, &settings.s3).map_err(|e| input_err(spec, e.to_string()))?;
         match loc.store.head(&loc.prefix).await {
             Ok(_) => {}
             Err(object_store::Error::NotFound { .. }) => uri.push('/'),

@@ -89,8 +89,8 @@ impl Location {
                 )))
             }
         };
-        let base = Url::parse(&format!("{}://{bucket}/", url.scheme()))
-            .map_err(|e| bad(e.to_string()))?;
+        let base =
+            Url::parse(&format!("{}://{bucket}/", url.scheme())).map_err(|e| bad(e.to_string()))?;
         let prefix = ObjPath::from_url_path(url.path())
             .map_err(|e| bad(format!("invalid path in URL: {e}")))?;
         Ok(Location {
@@ -143,8 +143,12 @@ impl Location {
 
     /// The path of a store object relative to the root, if it is below it.
     pub fn rel(&self, p: &ObjPath) -> Option<String> {
-        p.prefix_match(&self.prefix)
-            .map(|parts| parts.map(|x| x.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+        p.prefix_match(&self.prefix).map(|parts| {
+            parts
+                .map(|x| x.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
     }
 
     /// Every object below `rel`.
@@ -192,7 +196,10 @@ fn s3_builder(bucket: &str, s3: &S3Settings) -> AmazonS3Builder {
         b = b.with_virtual_hosted_style_request(v);
     }
     if let Some(t) = s3.connect_timeout {
-        b = b.with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), ms(t));
+        b = b.with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            ms(t),
+        );
     }
     if let Some(t) = s3.request_timeout {
         b = b.with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), ms(t));
@@ -343,6 +350,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(loc.prefix.as_ref(), "some/prefix");
-        assert_eq!(loc.dir_url("m/as_of=2026-01-01"), "s3://bucket/some/prefix/m/as_of=2026-01-01/");
+        assert_eq!(
+            loc.dir_url("m/as_of=2026-01-01"),
+            "s3://bucket/some/prefix/m/as_of=2026-01-01/"
+        );
     }
 }

@@ -108,7 +108,10 @@ impl Output {
                 let from_dir = format!("{}/{name}/as_of={as_of}", staging_rel(run_id));
                 for f in files {
                     let to = self.published_file(run_id, name, as_of, f);
-                    let (src, dst) = (self.loc.path(&format!("{from_dir}/{f}")), self.loc.path(&to));
+                    let (src, dst) = (
+                        self.loc.path(&format!("{from_dir}/{f}")),
+                        self.loc.path(&to),
+                    );
                     retrying("copy", || self.loc.store.copy(&src, &dst))
                         .await
                         .map_err(|e| self.err(format!("copy {name} into place ({to})"), e))?;

@@ -254,7 +254,10 @@ impl Output {
 impl OutputLock {
     /// This run's id.
     pub fn run_id(&self) -> String {
-        self.info.lock().map(|i| i.run_id.clone()).unwrap_or_default()
+        self.info
+            .lock()
+            .map(|i| i.run_id.clone())
+            .unwrap_or_default()
     }
 
     /// Refreshes the heartbeat; fails if the lock is no longer this run's. Also the
@@ -285,8 +288,7 @@ impl OutputLock {
                 None => return Err(lost("the lock disappeared".into())),
             }
             let tmp = root.join(format!("_lock.heartbeat-{}", info.run_id));
-            let bytes = serde_json::to_vec_pretty(&info)
-                .map_err(|e| out.err("encode _lock", e))?;
+            let bytes = serde_json::to_vec_pretty(&info).map_err(|e| out.err("encode _lock", e))?;
             std::fs::write(&tmp, bytes).map_err(|e| Error::io("write", &tmp, e))?;
             std::fs::rename(&tmp, root.join(LOCK))
                 .map_err(|e| Error::io("refresh lock", root.join(LOCK), e))?;

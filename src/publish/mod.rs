@@ -101,8 +101,8 @@ impl Output {
         value: &T,
         run_id: &str,
     ) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(value)
-            .map_err(|e| self.err(format!("encode {rel}"), e))?;
+        let bytes =
+            serde_json::to_vec_pretty(value).map_err(|e| self.err(format!("encode {rel}"), e))?;
         if self.loc.local.is_none() {
             return self
                 .loc
@@ -203,7 +203,13 @@ impl Output {
 
     /// The published snapshot with the greatest as_of below `as_of`.
     pub async fn previous_snapshot(&self, as_of: NaiveDate) -> Result<Option<Manifest>> {
-        match self.snapshots().await?.into_iter().filter(|d| *d < as_of).max() {
+        match self
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|d| *d < as_of)
+            .max()
+        {
             Some(d) => self.manifest(d).await,
             None => Ok(None),
         }

@@ -47,20 +47,23 @@ impl Output {
             let Some(as_of) = snapshot_date(&rel) else {
                 continue;
             };
-            if !manifests.contains_key(&as_of) {
-                manifests.insert(as_of, self.manifest(as_of).await?);
-            }
-            let owned = manifests
-                .get(&as_of)
-                .and_then(|m| m.as_ref())
-                .is_some_and(|m| m.owns(&rel));
+            let manifest = match manifests.entry(as_of) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(self.manifest(as_of).await?)
+                }
+            };
+            let owned = manifest.as_ref().is_some_and(|m| m.owns(&rel));
             if !owned {
                 self.delete_file(&rel).await?;
                 removed += 1;
             }
         }
         if removed > 0 {
-            warn!(files = removed, "removed table files no manifest lists (a killed run)");
+            warn!(
+                files = removed,
+                "removed table files no manifest lists (a killed run)"
+            );
         }
         if let Some(root) = &self.loc.local {
             remove_empty_dirs(root, true);
@@ -203,9 +206,15 @@ mod tests {
     #[test]
     fn only_table_files_belong_to_snapshots() {
         let d = NaiveDate::from_ymd_opt(2026, 11, 21);
-        assert_eq!(snapshot_date("rfm/as_of=2026-11-21/segment=Lost/x.parquet"), d);
+        assert_eq!(
+            snapshot_date("rfm/as_of=2026-11-21/segment=Lost/x.parquet"),
+            d
+        );
         assert_eq!(snapshot_date("rfm/as_of=2026-11-21/_SUCCESS"), d);
-        assert_eq!(snapshot_date("_staging/r/rfm/as_of=2026-11-21/x.parquet"), None);
+        assert_eq!(
+            snapshot_date("_staging/r/rfm/as_of=2026-11-21/x.parquet"),
+            None
+        );
         assert_eq!(snapshot_date("_manifest/as_of=2026-11-21.json"), None);
         assert_eq!(snapshot_date("notes.txt"), None);
     }

@@ -188,14 +188,12 @@ fn published_form(df: DataFrame, partition_by: &[String], publish: bool) -> DfRe
         .iter()
         .map(|(q, f)| {
             let c = Expr::Column(Column::from((q, f)));
-            let target = if partition_by.contains(f.name()) {
-                DataType::Utf8
-            } else if publish && matches!(f.data_type(), DataType::Utf8View | DataType::LargeUtf8)
-            {
-                DataType::Utf8
-            } else {
+            let to_string = partition_by.contains(f.name())
+                || (publish && matches!(f.data_type(), DataType::Utf8View | DataType::LargeUtf8));
+            if !to_string {
                 return c;
-            };
+            }
+            let target = DataType::Utf8;
             if f.data_type() == &target {
                 return c;
             }
@@ -271,11 +269,7 @@ pub fn conform(df: DataFrame, target: &Schema, partition_by: &[String]) -> DfRes
         .fields()
         .iter()
         .map(|f| {
-            let Some((q, have)) = df
-                .schema()
-                .iter()
-                .find(|(_, h)| h.name() == f.name())
-            else {
+            let Some((q, have)) = df.schema().iter().find(|(_, h)| h.name() == f.name()) else {
                 return ScalarValue::try_from(f.data_type()).map(|v| lit(v).alias(f.name()));
             };
             let mut e = Expr::Column(Column::from((q, have)));

@@ -57,7 +57,11 @@ pub fn assert_consistent(tree: &Tree) {
         let owned = ms.get(d).is_some_and(|m| {
             m["tables"].as_object().unwrap().values().any(|t| {
                 rel == &format!("{}/_SUCCESS", t["path"].as_str().unwrap())
-                    || t["files"].as_array().unwrap().iter().any(|f| f == rel.as_str())
+                    || t["files"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|f| f == rel.as_str())
             })
         });
         assert!(owned, "{rel} is listed by no manifest");
@@ -125,7 +129,13 @@ fn run_with(config: &Path, env: &[(String, String)], as_of: &str, failpoints: &s
         env.push(("SEGFLOW_FAILPOINTS".into(), failpoints.into()));
     }
     segflow_env(
-        &["run", "--config", config.to_str().unwrap(), "--as-of", as_of],
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--as-of",
+            as_of,
+        ],
         &env,
     )
 }
@@ -195,14 +205,20 @@ pub fn paused_run(
         .args(["--as-of", DEMO_AS_OF])
         .env_remove("SEGFLOW_CONFIG")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("SEGFLOW_FAILPOINTS", format!("{point}=pause:{}", flag.display()))
+        .env(
+            "SEGFLOW_FAILPOINTS",
+            format!("{point}=pause:{}", flag.display()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let start = Instant::now();
     while !flag.exists() {
-        assert!(start.elapsed() < Duration::from_secs(180), "never reached {point}");
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "never reached {point}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     (child, flag)
@@ -240,13 +256,21 @@ fn local_sigterm_mid_run_exits_2_releases_the_lock_and_publishes_nothing() {
     let out = tmp.path().join("out");
     let before = snapshot_files(&out);
     sigterm_while_paused(&config, &[], tmp.path());
-    assert_same_tree(&snapshot_files(&out), &before, "a stopped run changed the output");
+    assert_same_tree(
+        &snapshot_files(&out),
+        &before,
+        "a stopped run changed the output",
+    );
 }
 
 #[test]
 fn keep_snapshots_deletes_the_oldest_whole_snapshots() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = demo_config_with(tmp.path(), "uri = \"out\"", "uri = \"out\"\nkeep_snapshots = 2");
+    let config = demo_config_with(
+        tmp.path(),
+        "uri = \"out\"",
+        "uri = \"out\"\nkeep_snapshots = 2",
+    );
     let out = tmp.path().join("out");
     for d in ["2026-08-31", "2026-09-30", "2026-10-31"] {
         run_ok(&config, &["--as-of", d]);
@@ -290,4 +314,75 @@ fn previous_model_has_the_model_schema_with_and_without_a_previous_snapshot() {
         manifest(&out, "2026-10-31")["tables"]["prev_lifecycle"]["rows"],
         manifest(&out, "2026-09-30")["tables"]["lifecycle"]["rows"]
     );
+}
+
+/// A run held mid-staging past `lock_timeout` keeps its lock fresh by heartbeats, so a
+/// second run judges it alive (exit 2 naming it) instead of taking it over.
+pub fn heartbeat_keeps_a_long_run_locked(
+    config: &Path,
+    env: &[(String, String)],
+    dir: &Path,
+    read_lock: &dyn Fn() -> serde_json::Value,
+) {
+    let (child, flag) = paused_run(config, env, "staging", dir);
+    let beat = |l: &serde_json::Value| l["heartbeat_at"].as_str().unwrap().to_string();
+    let first = read_lock();
+    // Wait for two more heartbeats: the lock is older than lock_timeout (2 s) by then only
+    // if nobody refreshed it.
+    let mut seen = vec![beat(&first)];
+    let start = Instant::now();
+    while seen.len() < 3 {
+        let now = beat(&read_lock());
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no heartbeat: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = segflow_env(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--as-of",
+            DEMO_AS_OF,
+        ],
+        env,
+    );
+    assert_eq!(second.code, 2, "{}", second.stderr);
+    assert!(
+        error_line(&second).contains(&format!("pid {}", child.id())),
+        "{}",
+        error_line(&second)
+    );
+    std::fs::remove_file(&flag).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn local_heartbeat_keeps_a_long_run_from_being_taken_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config_with(
+        tmp.path(),
+        "uri = \"out\"",
+        "uri = \"out\"\nlock_timeout = \"2s\"",
+    );
+    let lock = tmp.path().join("out/_lock");
+    heartbeat_keeps_a_long_run_locked(&config, &[], tmp.path(), &|| {
+        // The lock is replaced by rename: read until a whole file is seen.
+        loop {
+            if let Ok(v) = serde_json::from_slice(&std::fs::read(&lock).unwrap_or_default()) {
+                return v;
+            }
+        }
+    });
 }

@@ -73,7 +73,14 @@ impl Moto {
     pub fn start(env: &[(&str, &str)]) -> Moto {
         let port = free_port();
         let mut child = Command::new(python())
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -145,7 +152,10 @@ impl Moto {
 
     pub fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
         self.rt
-            .block_on(self.store(bucket).put(&ObjPath::from(key), PutPayload::from(bytes)))
+            .block_on(
+                self.store(bucket)
+                    .put(&ObjPath::from(key), PutPayload::from(bytes)),
+            )
             .unwrap();
     }
 
@@ -194,10 +204,27 @@ fn s3_config(dir: &Path, extra: &str) -> PathBuf {
     c
 }
 
+/// [`s3_config`] with `[output] lock_timeout` set.
+fn s3_config_with_lock_timeout(dir: &Path, timeout: &str) -> PathBuf {
+    let config = s3_config(dir, "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let out = "uri = \"s3://bucket/out\"";
+    std::fs::write(
+        &config,
+        text.replace(out, &format!("{out}\nlock_timeout = \"{timeout}\"")),
+    )
+    .unwrap();
+    config
+}
+
 fn moto_with_demo() -> Moto {
     let moto = Moto::start(&[]);
     moto.create_bucket("bucket");
-    moto.upload_dir("bucket", &repo().join("fixtures/demo/orders"), "input/orders");
+    moto.upload_dir(
+        "bucket",
+        &repo().join("fixtures/demo/orders"),
+        "input/orders",
+    );
     moto
 }
 
@@ -217,7 +244,11 @@ fn s3_round_trip_equals_the_local_run_and_a_rerun_leaves_one_snapshot() {
     for round in 0..2 {
         let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
         assert_eq!(r.code, 0, "round {round}: {}", r.stderr);
-        assert!(r.stdout.contains("s3://bucket/out/rfm/as_of=2026-11-21"), "{}", r.stdout);
+        assert!(
+            r.stdout.contains("s3://bucket/out/rfm/as_of=2026-11-21"),
+            "{}",
+            r.stdout
+        );
     }
     let tree = moto.tree("bucket", "out");
     assert_consistent(&tree);
@@ -275,14 +306,26 @@ fn two_runs_on_one_s3_output_exactly_one_publishes_the_other_names_the_holder() 
     );
     std::fs::remove_file(&flag).unwrap();
     let out = first.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tree = moto.tree("bucket", "out");
     assert_consistent(&tree);
-    let manifests: Vec<&String> = tree.keys().filter(|k| k.starts_with("_manifest/as_of=")).collect();
+    let manifests: Vec<&String> = tree
+        .keys()
+        .filter(|k| k.starts_with("_manifest/as_of="))
+        .collect();
     assert_eq!(manifests.len(), 1, "{manifests:?}");
 }
 
-fn lock_json(host: &str, started: chrono::DateTime<chrono::Utc>, beat: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+fn lock_json(
+    host: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    beat: chrono::DateTime<chrono::Utc>,
+) -> Vec<u8> {
     format!(
         r#"{{"run_id":"nightly-elsewhere","host":"{host}","pid":4242,"started_at":"{}","heartbeat_at":"{}"}}"#,
         started.to_rfc3339(),
@@ -295,26 +338,28 @@ fn lock_json(host: &str, started: chrono::DateTime<chrono::Utc>, beat: chrono::D
 fn an_s3_lock_with_an_old_heartbeat_is_taken_over_a_fresh_one_is_not() {
     let moto = moto_with_demo();
     let tmp = tempfile::tempdir().unwrap();
-    let config = s3_config(tmp.path(), "");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("uri = \"s3://bucket/out\"", "uri = \"s3://bucket/out\"\nlock_timeout = \"10m\""),
-    )
-    .unwrap();
+    let config = s3_config_with_lock_timeout(tmp.path(), "10m");
     let now = chrono::Utc::now();
     // Started five hours ago, still beating: a long run, never taken over.
     let live = lock_json("other-host", now - chrono::Duration::hours(5), now);
     moto.put("bucket", "out/_lock", live.clone());
     let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(error_line(&r).contains("nightly-elsewhere"), "{}", error_line(&r));
+    assert!(
+        error_line(&r).contains("nightly-elsewhere"),
+        "{}",
+        error_line(&r)
+    );
     assert_eq!(moto.tree("bucket", "out")["_lock"], live);
     // Its heartbeat stopped 11 minutes ago: dead, taken over.
     moto.put(
         "bucket",
         "out/_lock",
-        lock_json("other-host", now - chrono::Duration::hours(5), now - chrono::Duration::minutes(11)),
+        lock_json(
+            "other-host",
+            now - chrono::Duration::hours(5),
+            now - chrono::Duration::minutes(11),
+        ),
     );
     let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -330,7 +375,14 @@ fn fault_proxy(moto: &Moto, rate: &str, dir: &Path) -> (Child, u16, PathBuf) {
     let mut child = Command::new(python())
         .arg(repo().join("ci/faultproxy.py"))
         .args(["--upstream", &format!("127.0.0.1:{}", moto.port)])
-        .args(["--fail-rate", rate, "--seed", "7", "--faults", "503,reset,slow"])
+        .args([
+            "--fail-rate",
+            rate,
+            "--seed",
+            "7",
+            "--faults",
+            "503,reset,slow",
+        ])
         .args(["--slow-seconds", "5"])
         .arg("--port-file")
         .arg(&port_file)
@@ -347,7 +399,10 @@ fn fault_proxy(moto: &Moto, rate: &str, dir: &Path) -> (Child, u16, PathBuf) {
                 break p;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "proxy did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "proxy did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     wait_for_port(port, &mut child, "fault proxy");
@@ -368,12 +423,18 @@ fn s3_requests_failing_ten_percent_succeed_through_retries_all_failing_exits_2()
     let _ = proxy.wait();
     assert_eq!(r.code, 0, "{}", r.stderr);
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
-    assert!(s["fault_total"].as_u64().unwrap() > 0, "no fault injected: {s}");
+    assert!(
+        s["fault_total"].as_u64().unwrap() > 0,
+        "no fault injected: {s}"
+    );
     let tree = moto.tree("bucket", "out");
     assert_consistent(&tree);
     let down = tmp.path().join("down");
     moto.download("bucket", "out", &down);
-    assert_eq!(moto.rt.block_on(read_table(&down, "rfm", DEMO_AS_OF)).len(), 2940);
+    assert_eq!(
+        moto.rt.block_on(read_table(&down, "rfm", DEMO_AS_OF)).len(),
+        2940
+    );
 
     // Every request fails: exit 2 naming the operation and the URL, nothing published.
     let before = moto.tree("bucket", "out");
@@ -389,8 +450,15 @@ fn s3_requests_failing_ten_percent_succeed_through_retries_all_failing_exits_2()
     let _ = proxy.wait();
     assert_eq!(r.code, 2, "{}", r.stderr);
     let err = error_line(&r);
-    assert!(err.contains("s3://bucket/out") && err.contains("failed"), "{err}");
-    assert_same_tree(&moto.tree("bucket", "out"), &before, "a failed run changed the output");
+    assert!(
+        err.contains("s3://bucket/out") && err.contains("failed"),
+        "{err}"
+    );
+    assert_same_tree(
+        &moto.tree("bucket", "out"),
+        &before,
+        "a failed run changed the output",
+    );
 }
 
 #[test]
@@ -399,14 +467,25 @@ fn wrong_secret_and_missing_bucket_exit_2_naming_the_bucket_and_never_the_secret
     let moto = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
     moto.create_bucket("guarded-bucket");
     let tmp = tempfile::tempdir().unwrap();
-    let config = demo_config_with(tmp.path(), "uri = \"out\"", "uri = \"s3://guarded-bucket/out\"");
+    let config = demo_config_with(
+        tmp.path(),
+        "uri = \"out\"",
+        "uri = \"s3://guarded-bucket/out\"",
+    );
     let mut env = moto.env();
     env.push(("SEGFLOW_LOG".into(), "trace".into()));
     let r = run_env(&config, &env, &["--as-of", DEMO_AS_OF]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(error_line(&r).contains("guarded-bucket"), "{}", error_line(&r));
+    assert!(
+        error_line(&r).contains("guarded-bucket"),
+        "{}",
+        error_line(&r)
+    );
     for secret in [SECRET, KEY_ID] {
-        assert!(!r.stderr.contains(secret) && !r.stdout.contains(secret), "secret leaked");
+        assert!(
+            !r.stderr.contains(secret) && !r.stdout.contains(secret),
+            "secret leaked"
+        );
     }
 
     let moto = Moto::start(&[]);
@@ -415,7 +494,11 @@ fn wrong_secret_and_missing_bucket_exit_2_naming_the_bucket_and_never_the_secret
     let config = demo_config_with(&dir, "uri = \"out\"", "uri = \"s3://no-such-bucket/out\"");
     let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(error_line(&r).contains("no-such-bucket"), "{}", error_line(&r));
+    assert!(
+        error_line(&r).contains("no-such-bucket"),
+        "{}",
+        error_line(&r)
+    );
     assert!(!r.stderr.contains(SECRET));
 }
 
@@ -428,5 +511,51 @@ fn sigterm_mid_run_on_s3_exits_2_releases_the_lock_and_publishes_nothing() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let before = moto.tree("bucket", "out");
     crate::crash::sigterm_while_paused(&config, &moto.env(), tmp.path());
-    assert_same_tree(&moto.tree("bucket", "out"), &before, "a stopped run changed the output");
+    assert_same_tree(
+        &moto.tree("bucket", "out"),
+        &before,
+        "a stopped run changed the output",
+    );
+}
+
+#[test]
+fn s3_heartbeat_keeps_a_long_run_from_being_taken_over() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = s3_config_with_lock_timeout(tmp.path(), "2s");
+    crate::crash::heartbeat_keeps_a_long_run_locked(&config, &moto.env(), tmp.path(), &|| {
+        serde_json::from_slice(&moto.tree("bucket", "out")["_lock"]).unwrap()
+    });
+}
+
+#[test]
+fn s3_inputs_may_be_a_file_a_prefix_or_a_glob() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = s3_config(tmp.path(), "");
+    let local = tmp.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    run_ok(&demo_config(&local, ""), &["--as-of", DEMO_AS_OF]);
+    let all_rows = manifest(&local.join("out"), DEMO_AS_OF)["input"]["rows_read"].clone();
+    let file = "s3://bucket/input/orders/year=2026/part-0.parquet";
+    for (uri, files) in [
+        ("s3://bucket/input/orders", 4),
+        ("s3://bucket/input/orders/year=*/*.parquet", 4),
+        (file, 1),
+    ] {
+        let out = tmp.path().join(format!("out-{files}-{}", uri.len()));
+        let mut env = moto.env();
+        env.push(("SEGFLOW_INPUT_ORDERS_URI".into(), uri.into()));
+        let r = run_env(
+            &config,
+            &env,
+            &["--as-of", DEMO_AS_OF, "--output", out.to_str().unwrap()],
+        );
+        assert_eq!(r.code, 0, "{uri}: {}", r.stderr);
+        let m = manifest(&out, DEMO_AS_OF);
+        assert_eq!(m["input"]["files"], files, "{uri}");
+        if files == 4 {
+            assert_eq!(m["input"]["rows_read"], all_rows, "{uri}");
+        }
+    }
 }

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Memory check (a script, not a test): a release build of segflow over a large generated
+# order history (ci/gen_orders.py, default 12.5 M lines / 800 k customers), once with
+# `memory_limit = "1g"` and once without a limit; prints wall time and peak RSS of each.
+#
+#   ci/memory_check.sh [DATA_DIR] [LINES]
+#
+# DATA_DIR is generated when it does not exist (default /tmp/segflow-orders-12m).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
+DATA="${1:-/tmp/segflow-orders-12m}"
+LINES="${2:-12500000}"
+VENV="${SEGFLOW_TEST_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
+if [ ! -d "$DATA" ]; then
+    "$VENV/bin/python" ci/gen_orders.py --out "$DATA" --lines "$LINES"
+fi
+cargo build --release --quiet
+BIN="$CARGO_TARGET_DIR/release/segflow"
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+demo="$(pwd)/fixtures/demo"
+for limit in 1g none; do
+    cfg="$WORK/segflow-$limit.toml"
+    sed -e "s|^uri = \"orders\"|uri = \"$DATA\"|" \
+        -e "s|^uri = \"customers.parquet\"|uri = \"$demo/customers.parquet\"|" \
+        -e "s|^uri = \"marketing_spend.parquet\"|uri = \"$demo/marketing_spend.parquet\"|" \
+        -e "s|^uri = \"../../out\"|uri = \"$WORK/out-$limit\"|" \
+        fixtures/demo/segflow.toml > "$cfg"
+    if [ "$limit" != none ]; then
+        printf '\n[runtime]\nmemory_limit = "%s"\ntemp_dir = "%s"\n' "$limit" "$WORK" >> "$cfg"
+    fi
+    /usr/bin/time -v "$BIN" --log-format json run --config "$cfg" --as-of 2026-11-21 \
+        > "$WORK/stdout-$limit" 2> "$WORK/stderr-$limit" || {
+        tail -5 "$WORK/stderr-$limit"; exit 1; }
+    rss_kb=$(grep "Maximum resident set size" "$WORK/stderr-$limit" | awk '{print $NF}')
+    wall=$(grep "Elapsed (wall clock)" "$WORK/stderr-$limit" | awk '{print $NF}')
+    printf 'memory_limit=%-5s wall=%s peak_rss=%.2f GiB\n' "$limit" "$wall" \
+        "$(echo "$rss_kb / 1048576" | bc -l)"
+    grep -o '"model computed","model":"[a-z_]*","rows":[0-9]*,"duration_ms":[0-9]*' \
+        "$WORK/stderr-$limit" | sed 's/"model computed",/  /' || true
+done
