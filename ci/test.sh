@@ -16,7 +16,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
 # The S3 tests start moto and the fault proxy with this interpreter.
-export SEGFLOW_TEST_PYTHON="$(cd "$VENV" && pwd)/bin/python"
+export TEST_VENV_PYTHON="$(cd "$VENV" && pwd)/bin/python"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

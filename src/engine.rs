@@ -2,7 +2,8 @@
 //!
 //! Each model's SQL is planned from its parsed AST with `$name` parameters typed and bound
 //! by DataFusion (never pasted into the text), checked to be a read-only query, executed
-//! once, and registered as a table for the models downstream. Planning errors carry
+//! once, streaming its result to staging Parquet, and the staged table is registered for
+//! the models downstream (no result is held in memory). Planning errors carry
 //! `file:line:col` from DataFusion's diagnostics.
 
 use std::collections::BTreeMap;

@@ -1,7 +1,8 @@
 //! Failpoints: named moments of a run where tests stop the process deterministically.
 //!
 //! `SEGFLOW_FAILPOINTS="name=action,..."` (a testing aid; unset in production, where each
-//! point costs one lookup in an empty list). Actions:
+//! point costs one lookup in an empty list). Each point fires once per process, the first
+//! time the run passes it. Actions:
 //! - `kill`: the process sends itself SIGKILL at that moment (a crash, no clean-up);
 //! - `pause:PATH`: creates PATH, then waits until PATH is removed (tests start a second run
 //!   or send a signal while the first one is held exactly there).
@@ -10,7 +11,7 @@
 //! `mid_commit` (one table copied or swapped in), `before_manifest`, `after_manifest`
 //! (the snapshot is committed; replaced files and staging not yet removed).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 fn points() -> &'static [(String, String)] {
@@ -25,11 +26,16 @@ fn points() -> &'static [(String, String)] {
     })
 }
 
-/// Passes the failpoint `name`: does nothing unless a test armed it.
+/// Passes the failpoint `name`: does nothing unless a test armed it (and only once).
 pub async fn hit(name: &str) {
+    static FIRED: Mutex<Vec<String>> = Mutex::new(Vec::new());
     for (point, action) in points() {
         if point != name {
             continue;
+        }
+        match FIRED.lock() {
+            Ok(mut fired) if !fired.contains(point) => fired.push(point.clone()),
+            _ => return,
         }
         if action == "kill" {
             tracing::warn!(failpoint = name, "failpoint: killing the process");

