@@ -278,6 +278,7 @@ pub async fn run_models(
             staged,
         });
         failpoint::hit("staging").await;
+        crate::memory::release_freed();
     }
     Ok(outputs)
 }

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod failpoint;
 pub mod init;
+pub mod memory;
 pub mod models;
 pub mod publish;
 pub mod run;
