@@ -12,13 +12,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use datafusion::prelude::SessionContext;
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::{BackoffConfig, ClientConfigKey, ObjectMeta, ObjectStore, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientConfigKey, CopyOptions, GetOptions, GetResult, ListResult,
+    MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, RetryConfig,
+};
 use url::Url;
 
 use crate::config::S3Settings;
@@ -66,18 +71,18 @@ impl Location {
             .ok_or_else(|| bad("the URL names no bucket".into()))?
             .to_string();
         let store: Arc<dyn ObjectStore> = match url.scheme() {
-            "s3" | "s3a" => Arc::new(
+            "s3" | "s3a" => RetryingStore::wrap(
                 s3_builder(&bucket, s3)
                     .build()
                     .map_err(|e| bad(redact(&e.to_string())))?,
             ),
-            "gs" => Arc::new(
+            "gs" => RetryingStore::wrap(
                 GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(&bucket)
                     .build()
                     .map_err(|e| bad(redact(&e.to_string())))?,
             ),
-            "az" | "abfs" | "abfss" => Arc::new(
+            "az" | "abfs" | "abfss" => RetryingStore::wrap(
                 MicrosoftAzureBuilder::from_env()
                     .with_container_name(&bucket)
                     .build()
@@ -153,8 +158,7 @@ impl Location {
 
     /// Every object below `rel`.
     pub async fn list(&self, rel: &str) -> object_store::Result<Vec<ObjectMeta>> {
-        let prefix = self.path(rel);
-        retrying("list", || self.store.list(Some(&prefix)).try_collect()).await
+        self.store.list(Some(&self.path(rel))).try_collect().await
     }
 
     /// A message-ready name of `rel` below this location.
@@ -239,6 +243,92 @@ where
             }
             r => return r,
         }
+    }
+}
+
+/// A remote store whose listings are retried as a whole. object_store retries a listing
+/// request, but not a response body cut short, and DataFusion lists every table it reads:
+/// without this one cut listing would fail a model. Everything else is passed through.
+#[derive(Debug)]
+struct RetryingStore(Arc<dyn ObjectStore>);
+
+impl RetryingStore {
+    fn wrap(store: impl ObjectStore) -> Arc<dyn ObjectStore> {
+        Arc::new(RetryingStore(Arc::new(store)))
+    }
+}
+
+impl std::fmt::Display for RetryingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for RetryingStore {
+    async fn put_opts(
+        &self,
+        location: &ObjPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.0.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjPath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.0.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjPath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.0.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<ObjPath>>,
+    ) -> BoxStream<'static, object_store::Result<ObjPath>> {
+        self.0.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&ObjPath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let inner = self.0.clone();
+        let prefix = prefix.cloned();
+        futures::stream::once(async move {
+            retrying("list", || {
+                inner.list(prefix.as_ref()).try_collect::<Vec<_>>()
+            })
+            .await
+        })
+        .map_ok(|metas| futures::stream::iter(metas.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjPath>,
+    ) -> object_store::Result<ListResult> {
+        retrying("list", || self.0.list_with_delimiter(prefix)).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &ObjPath,
+        to: &ObjPath,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.0.copy_opts(from, to, options).await
     }
 }
 
