@@ -13,7 +13,7 @@ use segflow::config::{Overrides, Settings};
 const EXIT_HELP: &str = "Exit codes:
   0  everything published
   1  model checks or input gates failed (nothing published)
-  2  the run stopped: config, SQL, I/O, lock held, empty input (nothing published)";
+  2  the run stopped: config, SQL, I/O, lock held, empty input, SIGTERM/SIGINT (nothing published)";
 
 #[derive(Parser)]
 #[command(name = "segflow", version, about = "Customer segment, cohort and lifetime-value tables from order history", after_help = EXIT_HELP)]
@@ -49,7 +49,7 @@ enum Command {
         /// Snapshot date (YYYY-MM-DD); default: config, else the latest order date.
         #[arg(long)]
         as_of: Option<String>,
-        /// Output root, overriding [output] uri.
+        /// Output root (local path or s3://, gs://, az:// URL), overriding [output] uri.
         #[arg(long)]
         output: Option<String>,
         /// Publish only these models (their inputs are computed, not published).
