@@ -28,7 +28,7 @@ use std::ops::Not;
 use crate::config::{InputSpec, Settings};
 use crate::error::{Error, Result};
 use crate::publish::stage::{open_staged, StageError, Staging};
-use crate::storage::{redact, Location};
+use crate::storage::redact;
 use object_store::ObjectStoreExt;
 use tracing::info;
 
@@ -126,7 +126,7 @@ pub async fn register_sources(
             key: "input.orders".into(),
             message: "the orders input is required".into(),
         })?;
-    let (raw, files) = read_parquet_input(ctx, orders_spec, settings).await?;
+    let (raw, files) = read_parquet_input(ctx, orders_spec).await?;
     let (mapped, present) = map_columns(raw, orders_spec, settings)?;
     let (orders, stats, as_of) =
         finish_orders(mapped, &present, orders_spec, settings, files).await?;
@@ -150,7 +150,7 @@ pub async fn register_sources(
     for name in ["customers", "marketing_spend"] {
         let table = match settings.inputs.get(name) {
             Some(spec) => {
-                let (raw, _) = read_parquet_input(ctx, spec, settings).await?;
+                let (raw, _) = read_parquet_input(ctx, spec).await?;
                 map_columns(raw, spec, settings)?.0.into_view()
             }
             None => {
@@ -188,11 +188,7 @@ fn input_err(spec: &InputSpec, message: impl Into<String>) -> Error {
 
 /// Lists the Parquet files of an input and opens them as one table (hive partition
 /// columns become Utf8 columns).
-async fn read_parquet_input(
-    ctx: &SessionContext,
-    spec: &InputSpec,
-    settings: &Settings,
-) -> Result<(DataFrame, usize)> {
+async fn read_parquet_input(ctx: &SessionContext, spec: &InputSpec) -> Result<(DataFrame, usize)> {
     let is_glob = spec.uri.contains(['*', '?', '[']);
     let mut uri = spec.uri.clone();
     if !uri.contains("://") {
@@ -205,9 +201,14 @@ async fn read_parquet_input(
         }
     } else if !is_glob && !uri.ends_with('/') {
         // An object store has no directories: a uri that is not an object is a prefix.
-        let loc =
-            Location::resolve(&uri, &settings.s3).map_err(|e| input_err(spec, e.to_string()))?;
-        match loc.store.head(&loc.prefix).await {
+        // The store is the one the session registered for this uri.
+        let url = ListingTableUrl::parse(&uri)
+            .map_err(|e| input_err(spec, format!("invalid uri: {e}")))?;
+        let store = ctx
+            .runtime_env()
+            .object_store(&url)
+            .map_err(|e| input_err(spec, format!("no object store for this uri: {e}")))?;
+        match store.head(url.prefix()).await {
             Ok(_) => {}
             Err(object_store::Error::NotFound { .. }) => uri.push('/'),
             Err(e) => {
