@@ -19,21 +19,15 @@ with spend as (
     from orders
     where revenue >= 0
     group by 1, 2
-),
-
-ranked as (
-    select
-        customer_id, category, revenue,
-        row_number() over (partition by customer_id order by revenue desc, category asc) as rank,
-        sum(revenue) over (partition by customer_id) as total,
-        count(*) over (partition by customer_id) as categories
-    from spend
 )
 
+-- The top category is the one with the largest spend (arg_max breaks ties by the smallest
+-- name), so its spend is the largest spend.
 select
     customer_id,
-    category as top_category,
-    case when total > 0 then cast(revenue as double) / cast(total as double) end as top_category_share,
-    categories as categories_bought
-from ranked
-where rank = 1
+    arg_max(category, revenue) as top_category,
+    case when sum(revenue) > 0 then cast(max(revenue) as double) / cast(sum(revenue) as double) end
+        as top_category_share,
+    count(*) as categories_bought
+from spend
+group by customer_id

@@ -33,80 +33,67 @@ unique   = ["customer_id"]
 not_null = ["customer_id", "first_order_ts", "orders", "revenue", "acquisition_channel"]
 expression = ["orders >= 1", "purchase_days <= orders", "recency_days <= tenure_days", "recency_days >= 0"]
 ---*/
-with ranked as (
+-- One pass over the orders and one over the customer days; the first and latest order are
+-- the smallest and largest (purchase_ts, order_id), as arg_min / arg_max pick them.
+with by_orders as (
     select
-        po.*,
-        row_number() over (partition by customer_id order by purchase_ts asc, order_id asc)   as first_rank,
-        row_number() over (partition by customer_id order by purchase_ts desc, order_id desc) as last_rank
-    from purchase_orders po
+        customer_id,
+        min(purchase_ts)   as first_order_ts,
+        max(purchase_ts)   as last_order_ts,
+        min(purchase_date) as first_order_date,
+        max(purchase_date) as last_order_date,
+        count(*)           as orders,
+        arg_min(channel, purchase_ts, order_id)      as acquisition_channel,
+        arg_min(country, purchase_ts, order_id)      as acquisition_country,
+        arg_min(device, purchase_ts, order_id)       as acquisition_device,
+        arg_min(top_category, purchase_ts, order_id) as first_category,
+        arg_max(top_category, purchase_ts, order_id) as last_category
+    from purchase_orders
+    group by customer_id
 ),
 
-firsts as (
-    select customer_id, purchase_ts as first_order_ts, purchase_date as first_order_date,
-           channel, country, device, top_category as first_category
-    from ranked where first_rank = 1
-),
-
-lasts as (
-    select customer_id, purchase_ts as last_order_ts, purchase_date as last_order_date,
-           top_category as last_category
-    from ranked where last_rank = 1
-),
-
-order_counts as (
-    select customer_id, count(*) as orders from purchase_orders group by customer_id
-),
-
-day_counts as (
-    select customer_id, count(*) as purchase_days
-    from customer_days where is_purchase group by customer_id
-),
-
-money as (
+by_days as (
     select
         d.customer_id,
+        count(*) filter (where d.is_purchase) as purchase_days,
         sum(d.revenue) as revenue,
         sum(d.margin)  as margin,
-        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 90  then d.revenue end) as revenue_90d,
-        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 180 then d.revenue end) as revenue_180d,
-        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 365 then d.revenue end) as revenue_365d,
-        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 90  then d.margin end)  as margin_90d,
-        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 180 then d.margin end)  as margin_180d,
-        sum(case when cast(d.order_date as int) - cast(f.first_order_date as int) <= 365 then d.margin end)  as margin_365d
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 90  then d.revenue end) as revenue_90d,
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 180 then d.revenue end) as revenue_180d,
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 365 then d.revenue end) as revenue_365d,
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 90  then d.margin end)  as margin_90d,
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 180 then d.margin end)  as margin_180d,
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 365 then d.margin end)  as margin_365d
     from customer_days d
-    join firsts f on f.customer_id = d.customer_id
+    join by_orders o on o.customer_id = d.customer_id
     group by d.customer_id
 ),
 
 final as (
     select
-        f.customer_id,
-        f.first_order_ts,
-        l.last_order_ts,
-        f.first_order_date,
-        l.last_order_date,
-        cast(date_trunc('month', f.first_order_date) as date) as cohort_month,
+        o.customer_id,
+        o.first_order_ts,
+        o.last_order_ts,
+        o.first_order_date,
+        o.last_order_date,
+        cast(date_trunc('month', o.first_order_date) as date) as cohort_month,
         o.orders,
-        dc.purchase_days,
+        m.purchase_days,
         cast(m.revenue as double) as revenue,
         cast(m.margin as double)  as margin,
         cast(m.revenue as double) / o.orders as aov,
-        cast(cast($as_of as int) - cast(l.last_order_date as int) as bigint)  as recency_days,
-        cast(cast($as_of as int) - cast(f.first_order_date as int) as bigint) as tenure_days,
-        f.channel  as acquisition_channel,
-        f.country  as acquisition_country,
-        f.device   as acquisition_device,
-        f.first_category,
-        l.last_category,
+        cast(cast($as_of as int) - cast(o.last_order_date as int) as bigint)  as recency_days,
+        cast(cast($as_of as int) - cast(o.first_order_date as int) as bigint) as tenure_days,
+        o.acquisition_channel,
+        o.acquisition_country,
+        o.acquisition_device,
+        o.first_category,
+        o.last_category,
         m.revenue_90d, m.revenue_180d, m.revenue_365d,
         m.margin_90d, m.margin_180d, m.margin_365d
-    from firsts f
-    join lasts l        on l.customer_id = f.customer_id
-    join order_counts o on o.customer_id = f.customer_id
-    join day_counts dc  on dc.customer_id = f.customer_id
-    join money m        on m.customer_id = f.customer_id
+    from by_orders o
+    join by_days m on m.customer_id = o.customer_id
 )
-
 select
     customer_id, first_order_ts, last_order_ts, first_order_date, last_order_date, cohort_month,
     orders, purchase_days, revenue, margin, aov, recency_days, tenure_days,

@@ -25,8 +25,7 @@ select
     coalesce(min(channel), 'unknown') as channel,
     coalesce(min(country), 'unknown') as country,
     coalesce(min(device), 'unknown')  as device,
-    first_value(coalesce(category, 'unknown')
-        order by revenue desc, coalesce(category, 'unknown') asc) as top_category
+    arg_max(coalesce(category, 'unknown'), revenue) as top_category
 from orders
 where revenue >= 0
 group by customer_id, order_id

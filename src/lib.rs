@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod failpoint;
+pub mod functions;
 pub mod init;
 pub mod memory;
 pub mod models;
