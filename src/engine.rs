@@ -17,6 +17,7 @@ use datafusion::catalog::{MemTable, MemorySchemaProvider, SchemaProvider, TableP
 use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
 use tracing::{info, warn};
@@ -156,9 +157,17 @@ pub async fn plan_model(
     model: &Model,
     params: &BTreeMap<String, ScalarValue>,
 ) -> Result<DataFrame> {
+    plan_model_with(ctx.state(), model, params).await
+}
+
+/// [`plan_model`] in a given session state (e.g. with other optimizer settings).
+async fn plan_model_with(
+    state: SessionState,
+    model: &Model,
+    params: &BTreeMap<String, ScalarValue>,
+) -> Result<DataFrame> {
     let mut statement = parse_statement(&model.file, &model.sql)?;
     type_placeholders(&mut statement, params);
-    let state = ctx.state();
     let plan = state
         .statement_to_plan(statement)
         .await
@@ -251,7 +260,7 @@ pub async fn run_models(
                 });
             }
         }
-        let staged = staging
+        let staged = match staging
             .write_table(
                 df,
                 &model.name,
@@ -259,7 +268,31 @@ pub async fn run_models(
                 &model.header.partition_by,
             )
             .await
-            .map_err(|e| stage_error(model, e))?;
+        {
+            Err(StageError::Engine(e)) if out_of_memory_in_hash_join(ctx, &e) => {
+                // Hash joins are fast but keep their build side in memory; sort-merge joins
+                // spill. Rerun the model with them, from a clean staging directory.
+                warn!(model = %model.name, error = %redact(&e.strip_backtrace()),
+                    "model ran out of memory with hash joins; rerunning it with sort-merge joins, which spill");
+                staging
+                    .out
+                    .delete_prefix(&staging.table_rel(&model.name, model.header.publish))
+                    .await?;
+                let mut state = ctx.state();
+                state.config_mut().options_mut().optimizer.prefer_hash_join = false;
+                let df = plan_model_with(state, model, &params).await?;
+                staging
+                    .write_table(
+                        df,
+                        &model.name,
+                        model.header.publish,
+                        &model.header.partition_by,
+                    )
+                    .await
+            }
+            other => other,
+        }
+        .map_err(|e| stage_error(model, e))?;
         let (table, schema) = open_staged(ctx, &staged, &staging.out.loc, &planned)
             .await
             .map_err(|e| model_error(model, e))?;
@@ -281,6 +314,13 @@ pub async fn run_models(
         crate::memory::release_freed();
     }
     Ok(outputs)
+}
+
+/// True when the memory pool refused an allocation while the session prefers hash joins,
+/// whose build sides cannot spill (a sort-merge plan may fit where they did not).
+fn out_of_memory_in_hash_join(ctx: &SessionContext, e: &DataFusionError) -> bool {
+    ctx.state().config().options().optimizer.prefer_hash_join
+        && matches!(e.find_root(), DataFusionError::ResourcesExhausted(_))
 }
 
 /// A staging failure as a model error naming the file.

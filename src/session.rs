@@ -28,10 +28,6 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
         let options = config.options_mut();
         options.sql_parser.collect_spans = true;
         options.execution.time_zone = Some("UTC".to_string());
-        if settings.memory_limit.is_some() {
-            // DataFusion's hash join does not spill: under a limit, sort-merge joins do.
-            options.optimizer.prefer_hash_join = false;
-        }
     }
     for (key, value) in &settings.datafusion {
         let full = if key.starts_with("datafusion.") {

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::publish::stage::{open_staged, StageError, Staging};
 use crate::storage::redact;
 use object_store::ObjectStoreExt;
-use tracing::info;
+use tracing::{debug, info};
 
 /// What the orders input held, for the manifest and the default as_of.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -512,6 +512,7 @@ async fn finish_orders(
     let batch = stats
         .first()
         .ok_or_else(|| input_err(spec, "no statistics"))?;
+    debug!(input = %spec.name, "input gates scanned");
     let int = |i: usize| -> u64 {
         batch
             .column(i)
