@@ -430,6 +430,150 @@ mod tests {
         assert_eq!(query(4, sql).await, expected);
     }
 
+    fn values_at(
+        ts: &datafusion::arrow::array::TimestampMicrosecondArray,
+        i: usize,
+    ) -> Option<i64> {
+        use datafusion::arrow::array::Array;
+        ts.is_valid(i).then(|| ts.value(i))
+    }
+
+    #[tokio::test]
+    async fn local_date_equals_a_cast_through_the_zoned_timestamp_across_dst_changes() {
+        use datafusion::arrow::array::{Array, Date32Array, TimestampMicrosecondArray};
+        use datafusion::arrow::compute::cast;
+        use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        use datafusion::arrow::record_batch::RecordBatch;
+        use datafusion::prelude::col;
+        use std::sync::Arc;
+        // every 7 minutes and 13 seconds over 2023-2024 (DST changes both ways), plus
+        // timestamps before 1970 and a NULL
+        let mut values: Vec<Option<i64>> = (0..150_000i64)
+            .map(|i| Some(1_672_531_200_000_000 + i * 433_000_000))
+            .collect();
+        values.extend([
+            Some(-1),
+            Some(-86_400_000_001),
+            Some(-2_208_988_800_000_000),
+            None,
+        ]);
+        let ts = TimestampMicrosecondArray::from(values).with_timezone("UTC");
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(
+                "ts",
+                ts.data_type().clone(),
+                true,
+            )])),
+            vec![Arc::new(ts.clone())],
+        )
+        .expect("batch");
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        for tz in [
+            None,
+            Some(chrono_tz::Europe::Berlin),
+            Some(chrono_tz::America::New_York),
+            Some(chrono_tz::Australia::Lord_Howe),
+            Some(chrono_tz::Asia::Kathmandu),
+            Some(chrono_tz::Pacific::Chatham),
+        ] {
+            let zone = tz.map_or("UTC".to_string(), |t| t.name().to_string());
+            let expected = cast(
+                &cast(
+                    &ts,
+                    &DataType::Timestamp(TimeUnit::Microsecond, Some(zone.clone().into())),
+                )
+                .expect("zoned"),
+                &DataType::Date32,
+            )
+            .expect("date");
+            let got = ctx
+                .read_batch(batch.clone())
+                .expect("read")
+                .select(vec![super::local_date(col("ts"), tz).alias("d")])
+                .expect("select")
+                .collect()
+                .await
+                .expect("run");
+            let got: Vec<Option<i32>> = got
+                .iter()
+                .flat_map(|b| {
+                    let a = b
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<Date32Array>()
+                        .expect("date32");
+                    (0..a.len())
+                        .map(|i| a.is_valid(i).then(|| a.value(i)))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let expected = expected
+                .as_any()
+                .downcast_ref::<Date32Array>()
+                .expect("date32");
+            let expected: Vec<Option<i32>> = (0..expected.len())
+                .map(|i| expected.is_valid(i).then(|| expected.value(i)))
+                .collect();
+            let diff: Vec<_> = got
+                .iter()
+                .zip(&expected)
+                .enumerate()
+                .filter(|(_, (g, e))| g != e)
+                .take(3)
+                .map(|(i, (g, e))| (values_at(&ts, i), *g, *e))
+                .collect();
+            assert!(diff.is_empty(), "{zone}: (ts, got, expected) {diff:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn utc_timestamp_equals_the_cast_to_a_utc_timestamp_for_naive_and_zoned_input() {
+        use datafusion::arrow::array::{
+            Array, ArrayRef, TimestampMillisecondArray, TimestampNanosecondArray,
+        };
+        use datafusion::arrow::compute::cast;
+        use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        use datafusion::arrow::record_batch::RecordBatch;
+        use datafusion::prelude::col;
+        use std::sync::Arc;
+        let ms: Vec<Option<i64>> = vec![Some(1_700_000_000_123), Some(-1), None, Some(0)];
+        let inputs: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMillisecondArray::from(ms.clone())),
+            Arc::new(
+                TimestampNanosecondArray::from(
+                    ms.iter()
+                        .map(|v| v.map(|x| x * 1_000_000 + 7))
+                        .collect::<Vec<_>>(),
+                )
+                .with_timezone("Europe/Berlin"),
+            ),
+        ];
+        let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        for input in inputs {
+            let expected = cast(&input, &utc).expect("cast");
+            let batch = RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new(
+                    "ts",
+                    input.data_type().clone(),
+                    true,
+                )])),
+                vec![input],
+            )
+            .expect("batch");
+            let got = ctx
+                .read_batch(batch)
+                .expect("read")
+                .select(vec![super::utc_timestamp(col("ts")).alias("t")])
+                .expect("select")
+                .collect()
+                .await
+                .expect("run");
+            assert_eq!(got[0].column(0).as_ref(), expected.as_ref());
+            assert_eq!(got[0].column(0).data_type(), &utc);
+        }
+    }
+
     #[tokio::test]
     async fn arg_max_with_one_argument_is_a_plan_error_naming_the_function() {
         let ctx = SessionContext::new();
@@ -439,5 +583,182 @@ mod tests {
             .await
             .expect_err("one argument");
         assert!(err.to_string().contains("arg_max(value, key"), "{err}");
+    }
+}
+
+/// The calendar date of UTC timestamps in a time zone (UTC when `None`), as an expression
+/// for the input mapping. Exact like a cast through a zoned timestamp, but each offset is
+/// looked up once per quarter hour of UTC time instead of once per row: a quarter hour
+/// whose two ends have the same offset has it throughout (time zones change offset months
+/// apart); one with a change inside is converted row by row.
+pub fn local_date(
+    ts: datafusion::prelude::Expr,
+    tz: Option<chrono_tz::Tz>,
+) -> datafusion::prelude::Expr {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(LocalDate::new(tz)).call(vec![ts])
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct LocalDate {
+    tz: Option<chrono_tz::Tz>,
+    signature: Signature,
+}
+
+impl LocalDate {
+    fn new(tz: Option<chrono_tz::Tz>) -> Self {
+        Self {
+            tz,
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+const QUARTER_HOUR_US: i64 = 900 * 1_000_000;
+const DAY_US: i64 = 86_400 * 1_000_000;
+
+/// UTC offset (seconds) of `tz` at `utc_us` microseconds.
+fn offset_at(tz: chrono_tz::Tz, utc_us: i64) -> Option<i64> {
+    use chrono::{Offset, TimeZone};
+    let t = chrono::DateTime::from_timestamp_micros(utc_us)?;
+    Some(
+        tz.offset_from_utc_datetime(&t.naive_utc())
+            .fix()
+            .local_minus_utc() as i64,
+    )
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for LocalDate {
+    fn name(&self) -> &str {
+        "segflow_local_date"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Date32)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::array::{Date32Array, TimestampMicrosecondArray};
+        use datafusion::arrow::datatypes::TimeUnit;
+        use datafusion::logical_expr::ColumnarValue;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(input) = arrays.first() else {
+            return exec_err!("segflow_local_date takes one argument");
+        };
+        let micros = datafusion::arrow::compute::cast(
+            input,
+            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        )?;
+        let Some(micros) = micros.as_any().downcast_ref::<TimestampMicrosecondArray>() else {
+            return exec_err!("segflow_local_date: not a timestamp");
+        };
+        let days: Date32Array = match self.tz {
+            None => micros.unary(|us| us.div_euclid(DAY_US) as i32),
+            Some(tz) => {
+                // (quarter hour, its offset when constant over it)
+                let mut memo: Option<(i64, Option<i64>)> = None;
+                let mut cache: std::collections::HashMap<i64, Option<i64>> =
+                    std::collections::HashMap::new();
+                let mut out = Vec::with_capacity(micros.len());
+                for us in micros.iter() {
+                    let Some(us) = us else {
+                        out.push(None);
+                        continue;
+                    };
+                    let quarter = us.div_euclid(QUARTER_HOUR_US);
+                    let constant = match memo {
+                        Some((q, off)) if q == quarter => off,
+                        _ => {
+                            let off = *cache.entry(quarter).or_insert_with(|| {
+                                let start = offset_at(tz, quarter * QUARTER_HOUR_US);
+                                let end = offset_at(tz, (quarter + 1) * QUARTER_HOUR_US - 1);
+                                if start == end {
+                                    start
+                                } else {
+                                    None
+                                }
+                            });
+                            memo = Some((quarter, off));
+                            off
+                        }
+                    };
+                    let offset = match constant {
+                        Some(o) => Some(o),
+                        None => offset_at(tz, us),
+                    };
+                    out.push(offset.map(|o| (us + o * 1_000_000).div_euclid(DAY_US) as i32));
+                }
+                Date32Array::from(out)
+            }
+        };
+        Ok(ColumnarValue::Array(Arc::new(days)))
+    }
+}
+
+/// A timestamp column as `Timestamp(Microsecond, "UTC")`, a naive one read as UTC wall time.
+/// The same values as `CAST(ts AS TIMESTAMP WITH TIME ZONE 'UTC')`, whose kernel converts
+/// every naive value through the time zone database; here only the unit changes.
+pub fn utc_timestamp(ts: datafusion::prelude::Expr) -> datafusion::prelude::Expr {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(UtcTimestamp {
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+    .call(vec![ts])
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct UtcTimestamp {
+    signature: Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for UtcTimestamp {
+    fn name(&self) -> &str {
+        "segflow_utc_timestamp"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Timestamp(
+            datafusion::arrow::datatypes::TimeUnit::Microsecond,
+            Some("UTC".into()),
+        ))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::array::TimestampMicrosecondArray;
+        use datafusion::arrow::datatypes::TimeUnit;
+        use datafusion::logical_expr::ColumnarValue;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(input) = arrays.first() else {
+            return exec_err!("segflow_utc_timestamp takes one argument");
+        };
+        let naive = match input.data_type() {
+            DataType::Timestamp(_, Some(_)) => datafusion::arrow::compute::cast(
+                input,
+                &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            )?,
+            DataType::Timestamp(_, None) => datafusion::arrow::compute::cast(
+                input,
+                &DataType::Timestamp(TimeUnit::Microsecond, None),
+            )?,
+            other => return exec_err!("segflow_utc_timestamp: {other} is not a timestamp"),
+        };
+        let Some(micros) = naive.as_any().downcast_ref::<TimestampMicrosecondArray>() else {
+            return exec_err!("segflow_utc_timestamp: cast failed");
+        };
+        Ok(ColumnarValue::Array(Arc::new(
+            micros.clone().with_timezone("UTC"),
+        )))
     }
 }

@@ -341,6 +341,9 @@ fn map_columns(
                     None => cast(column, ts_type()),
                 }
             }
+            (DataType::Timestamp(..), DataType::Timestamp(..)) => {
+                crate::functions::utc_timestamp(column)
+            }
             (DataType::Timestamp(..), _) => cast(column, ts_type()),
             (DataType::Date32, DataType::Timestamp(..)) => {
                 cast(cast(column, ts_type()), DataType::Date32)
@@ -370,16 +373,7 @@ fn map_columns(
 
 /// The calendar date of a UTC timestamp in the configured time zone.
 fn local_date(ts: Expr, settings: &Settings) -> Expr {
-    match settings.timezone {
-        None => cast(ts, DataType::Date32),
-        Some(tz) => cast(
-            cast(
-                ts,
-                DataType::Timestamp(TimeUnit::Microsecond, Some(tz.name().into())),
-            ),
-            DataType::Date32,
-        ),
-    }
+    crate::functions::local_date(ts, settings.timezone)
 }
 
 fn check_castable(
