@@ -31,8 +31,12 @@ Dialect differences from the segflow (DataFusion) SQL, adapted here:
   literals (`DATE '2026-11-21'`, integers from the models' [params] defaults).
 * `cast(<date> as int)` (days since the epoch in DataFusion) is not allowed in DuckDB:
   date differences are written `d1 - d2` (DATE - DATE = BIGINT days).
-* `first_value(x order by ...)` as an aggregate (purchase_orders.top_category) is
-  `first(x order by ...)` in DuckDB (same tie-breaking: revenue desc, category asc).
+* segflow's `arg_min(v, k1, ..., kn)` / `arg_max(v, k1, ..., kn)` (the v of the smallest /
+  largest key tuple, ties to the smallest v) have no multi-key, tie-breaking form in DuckDB:
+  `arg_min(v, k1, ..., kn)` becomes DuckDB's `arg_min(v, (k1, ..., kn, v))` (a STRUCT key
+  with v as the last tie-breaker: same row) and `arg_max(v, k1, ..., kn)` becomes the ordered
+  aggregate `first(v order by k1 desc, ..., kn desc, v asc)` (DuckDB's arg_max would break
+  a tie by the largest v, and a string cannot be negated).
 * Integer division: `(5 * w) / n` is integer division on BIGINT in DataFusion, but `/`
   always returns DOUBLE in DuckDB; rfm uses `//`.
 * `(values ...)` columns are column1..column8 in DataFusion and col0..col7 in DuckDB;
@@ -117,8 +121,6 @@ FRONT_MATTER = re.compile(r"^\s*/\*---\n(.*?)\n---\*/", re.S)
 REWRITES = [
     # cast(<date> as int) (days since the epoch) -> a DATE difference.
     (re.compile(r"cast\(([^()]+?) as int\)"), r"((\1) - DATE '1970-01-01')"),
-    # first_value(x order by ...) as an aggregate -> first(x order by ...).
-    (re.compile(r"\bfirst_value\("), "first("),
     # Integer division of the RFM scores.
     (re.compile(r"\) / p\.n\b"), ") // p.n"),
     # (values ...) columns are column1.. in DataFusion, col0.. in DuckDB.
@@ -136,7 +138,45 @@ def model_sql(name: str) -> tuple[str, dict]:
     sql = text[m.end():] if m else text
     for pattern, replacement in REWRITES:
         sql = pattern.sub(replacement, sql)
-    return sql, header.get("params", {})
+    return rewrite_arg_min_max(sql), header.get("params", {})
+
+
+def split_args(text: str) -> list[str]:
+    """Top-level comma-separated arguments of a call's argument text."""
+    args, depth, start, quoted = [], 0, 0, False
+    for i, c in enumerate(text):
+        if c == "'":
+            quoted = not quoted
+        elif not quoted and c == "(":
+            depth += 1
+        elif not quoted and c == ")":
+            depth -= 1
+        elif not quoted and c == "," and depth == 0:
+            args.append(text[start:i].strip())
+            start = i + 1
+    args.append(text[start:].strip())
+    return args
+
+
+def rewrite_arg_min_max(sql: str) -> str:
+    """segflow's arg_min/arg_max(v, k1, ..., kn) in DuckDB terms (see the top)."""
+    call = re.compile(r"\barg_(min|max)\(")
+    out, pos = [], 0
+    while (m := call.search(sql, pos)) is not None:
+        depth, end = 1, m.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(sql[end], 0)
+            end += 1
+        v, *keys = split_args(sql[m.end():end - 1])
+        if not keys:
+            raise ValueError(f"arg_{m.group(1)} needs a value and a key: {sql[m.start():end]}")
+        if m.group(1) == "min":
+            new = f"arg_min({v}, ({', '.join(keys + [v])}))"
+        else:
+            new = f"first({v} order by {', '.join(k + ' desc' for k in keys)}, {v} asc)"
+        out.append(sql[pos:m.start()] + new)
+        pos = end
+    return "".join(out) + sql[pos:]
 
 
 # (model, materialized as a table because later models read it, published)
