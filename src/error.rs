@@ -68,6 +68,21 @@ pub enum Error {
     /// SIGTERM or SIGINT stopped the run before it committed.
     #[error("interrupted by {signal}: nothing was published (staging removed, lock released)")]
     Interrupted { signal: &'static str },
+    /// A command-line flag has a bad value, or values that do not fit together.
+    #[error("{flag}: {message}")]
+    Argument { flag: &'static str, message: String },
+    /// `segflow generate` writes only into an empty location.
+    #[error(
+        "output {uri} is not empty (it holds {found}): generate writes only into an empty location"
+    )]
+    OutputNotEmpty { uri: String, found: String },
+    /// `segflow generate` stopped (an error, SIGTERM or SIGINT) and removed what it had written.
+    #[error("generate into {uri} stopped: {reason}; {cleanup}")]
+    GenerateStopped {
+        uri: String,
+        reason: String,
+        cleanup: String,
+    },
     /// Filesystem error with the path that failed.
     #[error("{operation} {path}: {source}")]
     Io {

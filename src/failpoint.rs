@@ -9,7 +9,8 @@
 //!
 //! Points, in run order: `after_lock`, `staging` (the first model staged), `before_commit`,
 //! `mid_commit` (one table copied or swapped in), `before_manifest`, `after_manifest`
-//! (the snapshot is committed; replaced files and staging not yet removed).
+//! (the snapshot is committed; replaced files and staging not yet removed). `segflow
+//! generate` has `generate_file_written` (the first month's file is complete).
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;

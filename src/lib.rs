@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod failpoint;
 pub mod functions;
+pub mod generate;
 pub mod init;
 pub mod memory;
 pub mod models;

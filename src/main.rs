@@ -1,4 +1,5 @@
-//! The `segflow` command line: `run` publishes a snapshot, `init` scaffolds a project.
+//! The `segflow` command line: `run` publishes a snapshot, `init` scaffolds a project,
+//! `generate` writes a synthetic order history for tests and benchmarks.
 //!
 //! Exit codes: 0 = published; 1 = the data or models were checked and failed (model
 //! checks, input gates); 2 = the run was stopped (config, SQL, I/O, lock held, empty input).
@@ -14,6 +15,16 @@ const EXIT_HELP: &str = "Exit codes:
   0  everything published
   1  model checks or input gates failed (nothing published)
   2  the run stopped: config, SQL, I/O, lock held, empty input, SIGTERM/SIGINT (nothing published)";
+
+const GENERATE_HELP: &str =
+    "Writes <out>/month=YYYY-MM/part-0.parquet (zstd) in the demo's source schema
+(fixtures/demo/segflow.toml reads it unchanged); order_no is SO-<client_id>-<kkkk>, k
+numbering a customer's orders from 0000 (the first order). The same --seed gives
+byte-identical files.
+
+Exit codes:
+  0  everything written
+  2  stopped: a bad flag, a non-empty --out, I/O, SIGTERM/SIGINT (what was written is removed)";
 
 #[derive(Parser)]
 #[command(name = "segflow", version, about = "Customer segment, cohort and lifetime-value tables from order history", after_help = EXIT_HELP)]
@@ -60,6 +71,32 @@ enum Command {
     Init {
         /// Directory to create (must not exist or be empty).
         dir: PathBuf,
+    },
+    /// Write a deterministic synthetic order history (hive-partitioned Parquet by month).
+    #[command(after_help = GENERATE_HELP)]
+    Generate {
+        /// Output root (local path or s3://, gs://, az:// URL); must not hold any object.
+        #[arg(long)]
+        out: String,
+        /// Order lines to write (the count lands within about 0.5 % of it).
+        #[arg(long, default_value_t = segflow::generate::DEFAULT_LINES)]
+        lines: u64,
+        /// Customers [default: lines / 15.625]; each orders at least once.
+        #[arg(long)]
+        customers: Option<u64>,
+        /// Months of history (1..=600), ending with the month of --end.
+        #[arg(long, default_value_t = segflow::generate::DEFAULT_MONTHS)]
+        months: u32,
+        /// Last day of history (YYYY-MM-DD).
+        #[arg(long, default_value = segflow::generate::DEFAULT_END)]
+        end: String,
+        /// Random seed: the same seed gives byte-identical files.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Worker threads, one month each [default: 2, at most the CPUs]; the files do not
+        /// depend on it.
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -142,6 +179,51 @@ async fn main_inner(command: Command) -> Result<(), segflow::Error> {
                 "  manifest: {}",
                 loc.display(&segflow::publish::manifest_rel(m.as_of))
             );
+            Ok(())
+        }
+        Command::Generate {
+            out,
+            lines,
+            customers,
+            months,
+            end,
+            seed,
+            threads,
+        } => {
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+            });
+            let s = segflow::generate::generate(&segflow::generate::GenerateOptions {
+                out,
+                lines,
+                customers,
+                months,
+                end,
+                seed,
+                threads,
+                progress: std::io::stderr().is_terminal(),
+            })
+            .await?;
+            println!("out:       {}", s.uri);
+            println!(
+                "lines:     {} (target {}, {:+.2} %)",
+                s.lines,
+                s.target_lines,
+                s.deviation_percent()
+            );
+            println!("orders:    {}", s.orders);
+            println!("customers: {}", s.customers);
+            println!(
+                "months:    {} ({} .. {}, month=YYYY-MM partitions)",
+                s.months, s.first_month, s.last_month
+            );
+            println!("files:     {}", s.files);
+            println!(
+                "bytes:     {} ({:.1} MiB)",
+                s.bytes,
+                s.bytes as f64 / (1024.0 * 1024.0)
+            );
+            println!("seconds:   {:.1}", s.seconds);
             Ok(())
         }
         Command::Init { dir } => {

@@ -39,14 +39,14 @@ struct Prepared {
 }
 
 /// Resolves when SIGTERM or SIGINT arrives; installed before the run starts, so a signal
-/// never kills the process without clean-up.
-struct Shutdown {
+/// never kills the process without clean-up (`generate` uses it too).
+pub(crate) struct Shutdown {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Shutdown {
-    fn install() -> Result<Shutdown> {
+    pub(crate) fn install() -> Result<Shutdown> {
         let io = |e| Error::io("install signal handler", "SIGTERM/SIGINT", e);
         Ok(Shutdown {
             term: signal(SignalKind::terminate()).map_err(io)?,
@@ -54,7 +54,7 @@ impl Shutdown {
         })
     }
 
-    async fn wait(&mut self) -> &'static str {
+    pub(crate) async fn wait(&mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `segflow` binary: golden outputs on a hand-computed fixture, the
 //! demo run, idempotent re-runs, atomic publish on failure, locking, migration, and every
-//! bad-input error message. One test binary; each test gets its own temp directory.
+//! bad-input error message, and `segflow generate`. One test binary; each test gets its own
+//! temp directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 mod crash;
+mod generate;
 mod s3;
 
 const DEMO_AS_OF: &str = "2026-11-21";

@@ -560,3 +560,59 @@ fn s3_inputs_may_be_a_file_a_prefix_or_a_glob() {
         }
     }
 }
+
+#[test]
+fn s3_generate_writes_the_same_files_as_local_and_refuses_a_non_empty_prefix() {
+    let moto = Moto::start(&[]);
+    moto.create_bucket("bucket");
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("orders");
+    // One month of about 10 MiB: the upload goes multipart (8 MiB parts).
+    let args = [
+        "--lines",
+        "900000",
+        "--customers",
+        "120000",
+        "--months",
+        "1",
+    ];
+    let gen = |out: &str, env: &[(String, String)]| {
+        let mut all = vec!["generate", "--out", out];
+        all.extend_from_slice(&args);
+        segflow_env(&all, env)
+    };
+    let r = gen(local.to_str().unwrap(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = gen("s3://bucket/gen", &moto.env());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let written = moto.tree("bucket", "gen");
+    assert!(written["month=2026-11/part-0.parquet"].len() > 8 * 1024 * 1024);
+    assert_same_tree(&written, &snapshot_files(&local), "S3 and local differ");
+
+    let r = gen("s3://bucket/gen", &moto.env());
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let err = error_line(&r);
+    assert!(
+        err.contains("s3://bucket/gen") && err.contains("not empty"),
+        "{err}"
+    );
+    assert_same_tree(
+        &moto.tree("bucket", "gen"),
+        &written,
+        "a refused generate changed the output",
+    );
+}
+
+#[test]
+fn s3_generate_sigint_deletes_every_object_it_wrote() {
+    let moto = Moto::start(&[]);
+    moto.create_bucket("bucket");
+    moto.put("bucket", "other/keep.txt", b"kept".to_vec());
+    let tmp = tempfile::tempdir().unwrap();
+    crate::generate::sigint_while_paused("s3://bucket/gen", &moto.env(), tmp.path(), &|| {
+        moto.tree("bucket", "gen")
+            .contains_key("month=2023-12/part-0.parquet")
+    });
+    assert!(moto.tree("bucket", "gen").is_empty());
+    assert_eq!(moto.tree("bucket", "other").len(), 1);
+}
