@@ -3,9 +3,9 @@
 #
 #   ci/bench.sh [--sizes "1000000 10000000"] [--runs 3] [--with-100m]
 #
-# For each size (order lines), ci/gen_orders.py generates the data once into
-# ${SEGFLOW_BENCH_DATA:-$HOME/.cache/segflow-bench}/lines-N (reused when present). Then
-# segflow (release build; built only when the binary is missing) with the demo's column
+# For each size (order lines), `segflow generate --lines N` writes the data once into
+# ${SEGFLOW_BENCH_DATA:-$HOME/.cache/segflow-bench}/generated-N (reused when present). Then
+# segflow (release build, brought up to date first) with the demo's column
 # mapping (fixtures/demo/segflow.toml: target_partitions 2, plus memory_limit = "4g") and
 # ci/bench_duckdb.py (DuckDB, 2 threads, memory_limit 4GB, the same 7 published tables in
 # plain SQL) run interleaved, --runs times each, under /usr/bin/time -v. Printed per size:
@@ -55,10 +55,8 @@ fi
 if ! "$PY" -c 'import duckdb, pyarrow' 2>/dev/null; then
     "$PY" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
 fi
-if [ ! -x "$BIN" ]; then
-    echo "building $BIN ..." >&2
-    cargo build --release --quiet
-fi
+echo "building $BIN (release; ~40 min from scratch, seconds when up to date) ..." >&2
+cargo build --release --quiet
 grep -q '"execution.target_partitions" = "2"' fixtures/demo/segflow.toml ||
     { echo "fixtures/demo/segflow.toml no longer sets target_partitions = 2" >&2; exit 1; }
 
@@ -70,11 +68,11 @@ mkdir -p "$DATA_ROOT"
 
 # Data for N lines, generated once (into a temp name, renamed when complete).
 data_dir() {
-    local n="$1" dir="$DATA_ROOT/lines-$1"
+    local n="$1" dir="$DATA_ROOT/generated-$1"
     if [ ! -d "$dir" ]; then
         echo "generating $n lines into $dir ..." >&2
         rm -rf "$dir.tmp"
-        "$PY" ci/gen_orders.py --out "$dir.tmp" --lines "$n" >&2
+        "$BIN" generate --lines "$n" --out "$dir.tmp" >&2
         mv "$dir.tmp" "$dir"
     fi
     echo "$dir"

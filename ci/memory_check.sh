@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Memory check (a script, not a test): a release build of segflow over a large generated
-# order history (ci/gen_orders.py, default 12.5 M lines / 800 k customers), once with
+# order history (`segflow generate`, default 12.5 M lines / 800 k customers), once with
 # `memory_limit = "1g"` and once without a limit; prints wall time and peak RSS of each.
 #
 #   ci/memory_check.sh [DATA_DIR] [LINES]
@@ -16,11 +16,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
-if [ ! -d "$DATA" ]; then
-    "$VENV/bin/python" ci/gen_orders.py --out "$DATA" --lines "$LINES"
-fi
 cargo build --release --quiet
 BIN="$CARGO_TARGET_DIR/release/segflow"
+if [ ! -d "$DATA" ]; then
+    "$BIN" generate --out "$DATA" --lines "$LINES"
+fi
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

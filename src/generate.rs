@@ -1,8 +1,7 @@
 //! `segflow generate`: a deterministic synthetic order history for scale tests and
 //! benchmarks, written as hive-partitioned Parquet in the demo's source schema.
 //!
-//! A port of `ci/gen_orders.py` (same constants, weights and probabilities) that needs
-//! neither Python nor DuckDB and runs in bounded memory at any size. The output is
+//! It needs neither Python nor DuckDB and runs in bounded memory at any size. The output is
 //! `<out>/month=YYYY-MM/part-0.parquet`, one file per month of `created_at` (the month lives
 //! only in the folder name), with the column names and types of `fixtures/demo/orders`, so
 //! `fixtures/demo/segflow.toml`'s mapping reads it unchanged.

@@ -341,6 +341,9 @@ fn map_columns(
                     None => cast(column, ts_type()),
                 }
             }
+            // Strings stay views: the staged table is read back as views anyway, and the
+            // cast copied every string of every line.
+            (DataType::Utf8, DataType::Utf8View) => column,
             (DataType::Timestamp(..), DataType::Timestamp(..)) => {
                 crate::functions::utc_timestamp(column)
             }
