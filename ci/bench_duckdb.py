@@ -37,6 +37,8 @@ Dialect differences from the segflow (DataFusion) SQL, adapted here:
   with v as the last tie-breaker: same row) and `arg_max(v, k1, ..., kn)` becomes the ordered
   aggregate `first(v order by k1 desc, ..., kn desc, v asc)` (DuckDB's arg_max would break
   a tie by the largest v, and a string cannot be negated).
+* `named_struct('a', x, 'b', y)` is `struct_pack(a := x, b := y)` in DuckDB; `s['a']` reads a
+  field in both.
 * Integer division: `(5 * w) / n` is integer division on BIGINT in DataFusion, but `/`
   always returns DOUBLE in DuckDB; rfm uses `//`.
 * `(values ...)` columns are column1..column8 in DataFusion and col0..col7 in DuckDB;
@@ -138,7 +140,7 @@ def model_sql(name: str) -> tuple[str, dict]:
     sql = text[m.end():] if m else text
     for pattern, replacement in REWRITES:
         sql = pattern.sub(replacement, sql)
-    return rewrite_arg_min_max(sql), header.get("params", {})
+    return rewrite_arg_min_max(rewrite_named_struct(sql)), header.get("params", {})
 
 
 def split_args(text: str) -> list[str]:
@@ -156,6 +158,22 @@ def split_args(text: str) -> list[str]:
             start = i + 1
     args.append(text[start:].strip())
     return args
+
+
+def rewrite_named_struct(sql: str) -> str:
+    """named_struct('a', x, 'b', y) (DataFusion) -> struct_pack(a := x, b := y) (DuckDB)."""
+    call = re.compile(r"\bnamed_struct\(")
+    out, pos = [], 0
+    while (m := call.search(sql, pos)) is not None:
+        depth, end = 1, m.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(sql[end], 0)
+            end += 1
+        args = split_args(sql[m.end():end - 1])
+        pairs = [f"{args[i].strip(chr(39))} := {args[i + 1]}" for i in range(0, len(args), 2)]
+        out.append(sql[pos:m.start()] + f"struct_pack({', '.join(pairs)})")
+        pos = end
+    return "".join(out) + sql[pos:]
 
 
 def rewrite_arg_min_max(sql: str) -> str:

@@ -43,10 +43,9 @@ with by_orders as (
         min(purchase_date) as first_order_date,
         max(purchase_date) as last_order_date,
         count(*)           as orders,
-        arg_min(channel, purchase_ts, order_id)      as acquisition_channel,
-        arg_min(country, purchase_ts, order_id)      as acquisition_country,
-        arg_min(device, purchase_ts, order_id)       as acquisition_device,
-        arg_min(top_category, purchase_ts, order_id) as first_category,
+        arg_min(named_struct('channel', channel, 'country', country, 'device', device,
+                             'category', top_category),
+                purchase_ts, order_id)                 as first_order,
         arg_max(top_category, purchase_ts, order_id) as last_category
     from purchase_orders
     group by customer_id
@@ -84,10 +83,10 @@ final as (
         cast(m.revenue as double) / o.orders as aov,
         cast(cast($as_of as int) - cast(o.last_order_date as int) as bigint)  as recency_days,
         cast(cast($as_of as int) - cast(o.first_order_date as int) as bigint) as tenure_days,
-        o.acquisition_channel,
-        o.acquisition_country,
-        o.acquisition_device,
-        o.first_category,
+        o.first_order['channel']  as acquisition_channel,
+        o.first_order['country']  as acquisition_country,
+        o.first_order['device']   as acquisition_device,
+        o.first_order['category'] as first_category,
         o.last_category,
         m.revenue_90d, m.revenue_180d, m.revenue_365d,
         m.margin_90d, m.margin_180d, m.margin_365d
