@@ -160,41 +160,38 @@ def split_args(text: str) -> list[str]:
     return args
 
 
-def rewrite_named_struct(sql: str) -> str:
-    """named_struct('a', x, 'b', y) (DataFusion) -> struct_pack(a := x, b := y) (DuckDB)."""
-    call = re.compile(r"\bnamed_struct\(")
+def rewrite_calls(sql: str, name: str, rewrite) -> str:
+    """Replaces every call `name(args)` by `rewrite(args)` (args split at top-level commas)."""
+    call = re.compile(rf"\b{name}\(")
     out, pos = [], 0
     while (m := call.search(sql, pos)) is not None:
         depth, end = 1, m.end()
         while depth:
             depth += {"(": 1, ")": -1}.get(sql[end], 0)
             end += 1
-        args = split_args(sql[m.end():end - 1])
-        pairs = [f"{args[i].strip(chr(39))} := {args[i + 1]}" for i in range(0, len(args), 2)]
-        out.append(sql[pos:m.start()] + f"struct_pack({', '.join(pairs)})")
+        out.append(sql[pos:m.start()] + rewrite(split_args(sql[m.end():end - 1])))
         pos = end
     return "".join(out) + sql[pos:]
+
+
+def rewrite_named_struct(sql: str) -> str:
+    """named_struct('a', x, 'b', y) (DataFusion) -> struct_pack(a := x, b := y) (DuckDB)."""
+    def pack(args):
+        pairs = [f"{args[i].strip(chr(39))} := {args[i + 1]}" for i in range(0, len(args), 2)]
+        return f"struct_pack({', '.join(pairs)})"
+    return rewrite_calls(sql, "named_struct", pack)
 
 
 def rewrite_arg_min_max(sql: str) -> str:
     """segflow's arg_min/arg_max(v, k1, ..., kn) in DuckDB terms (see the top)."""
-    call = re.compile(r"\barg_(min|max)\(")
-    out, pos = [], 0
-    while (m := call.search(sql, pos)) is not None:
-        depth, end = 1, m.end()
-        while depth:
-            depth += {"(": 1, ")": -1}.get(sql[end], 0)
-            end += 1
-        v, *keys = split_args(sql[m.end():end - 1])
-        if not keys:
-            raise ValueError(f"arg_{m.group(1)} needs a value and a key: {sql[m.start():end]}")
-        if m.group(1) == "min":
-            new = f"arg_min({v}, ({', '.join(keys + [v])}))"
-        else:
-            new = f"first({v} order by {', '.join(k + ' desc' for k in keys)}, {v} asc)"
-        out.append(sql[pos:m.start()] + new)
-        pos = end
-    return "".join(out) + sql[pos:]
+    def arg_min(args):
+        v, *keys = args
+        return f"arg_min({v}, ({', '.join(keys + [v])}))"
+
+    def arg_max(args):
+        v, *keys = args
+        return f"first({v} order by {', '.join(k + ' desc' for k in keys)}, {v} asc)"
+    return rewrite_calls(rewrite_calls(sql, "arg_min", arg_min), "arg_max", arg_max)
 
 
 # (model, materialized as a table because later models read it, published)
