@@ -29,13 +29,40 @@ population as (
     select count(*) as n from facts
 ),
 
+-- W (customers with a strictly worse value) = rank - 1, from the count of each distinct
+-- value and a running sum over those values (small sorts instead of three sorts of every
+-- customer).
+r_worse as (
+    select recency_days,
+           coalesce(sum(n) over (order by recency_days desc
+                                 rows between unbounded preceding and 1 preceding), 0) as w
+    from (select recency_days, count(*) as n from facts group by recency_days)
+),
+
+f_worse as (
+    select frequency,
+           coalesce(sum(n) over (order by frequency asc
+                                 rows between unbounded preceding and 1 preceding), 0) as w
+    from (select frequency, count(*) as n from facts group by frequency)
+),
+
+m_worse as (
+    select monetary,
+           coalesce(sum(n) over (order by monetary asc
+                                 rows between unbounded preceding and 1 preceding), 0) as w
+    from (select monetary, count(*) as n from facts group by monetary)
+),
+
 worse as (
     select
-        customer_id, recency_days, frequency, monetary,
-        cast(rank() over (order by recency_days desc) as bigint) - 1 as r_worse,
-        cast(rank() over (order by frequency asc) as bigint) - 1     as f_worse,
-        cast(rank() over (order by monetary asc) as bigint) - 1      as m_worse
-    from facts
+        f.customer_id, f.recency_days, f.frequency, f.monetary,
+        r.w as r_worse,
+        fw.w as f_worse,
+        m.w as m_worse
+    from facts f
+    join r_worse r  on r.recency_days = f.recency_days
+    join f_worse fw on fw.frequency = f.frequency
+    join m_worse m  on m.monetary = f.monetary
 ),
 
 scored as (
