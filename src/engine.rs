@@ -260,15 +260,15 @@ pub async fn run_models(
                 });
             }
         }
-        let staged = match staging
-            .write_table(
+        let stage = |df: DataFrame| {
+            staging.write_table(
                 df,
                 &model.name,
                 model.header.publish,
                 &model.header.partition_by,
             )
-            .await
-        {
+        };
+        let staged = match stage(df).await {
             Err(StageError::Engine(e)) if out_of_memory_in_hash_join(ctx, &e) => {
                 // Hash joins are fast but keep their build side in memory; sort-merge joins
                 // spill. Rerun the model with them, from a clean staging directory.
@@ -280,15 +280,7 @@ pub async fn run_models(
                     .await?;
                 let mut state = ctx.state();
                 state.config_mut().options_mut().optimizer.prefer_hash_join = false;
-                let df = plan_model_with(state, model, &params).await?;
-                staging
-                    .write_table(
-                        df,
-                        &model.name,
-                        model.header.publish,
-                        &model.header.partition_by,
-                    )
-                    .await
+                stage(plan_model_with(state, model, &params).await?).await
             }
             other => other,
         }

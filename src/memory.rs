@@ -17,7 +17,7 @@ const PURGE_DELAY_MS: std::os::raw::c_long = 10;
 /// Makes mimalloc return freed pages at once instead of after a second (peak RSS of a 10 M-line
 /// run: 2.5 GiB with the default delay, 1.9 GiB with 10 ms) and caps
 /// glibc's malloc arenas (C libraries). Call once, before worker threads start.
-pub fn limit_arenas() {
+pub fn tune_allocators() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: setting an option only changes allocator tuning.
         unsafe {
