@@ -303,7 +303,6 @@ pub async fn run_models(
             staged,
         });
         failpoint::hit("staging").await;
-        crate::memory::release_freed();
     }
     Ok(outputs)
 }

@@ -65,6 +65,7 @@ impl Shutdown {
 /// Runs the whole job: exit 0 only when everything is published.
 pub async fn run(settings: &Settings) -> Result<RunSummary> {
     let mut shutdown = Shutdown::install()?;
+    let _governor = crate::memory::Governor::start(settings.memory_limit);
     let started_at = Utc::now();
     let clock = Instant::now();
     let run_id = format!(

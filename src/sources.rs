@@ -145,7 +145,6 @@ pub async fn register_sources(
     ctx.register_table("orders", table)
         .map_err(|e| Error::engine("register orders", e))?;
     info!(rows = staged.rows, "canonical orders staged");
-    crate::memory::release_freed();
 
     for name in ["customers", "marketing_spend"] {
         let table = match settings.inputs.get(name) {
