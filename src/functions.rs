@@ -30,8 +30,11 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
+use crate::minmax::ByteSlots;
+
 /// Registers segflow's functions on a session.
 pub fn register(ctx: &SessionContext) {
+    crate::minmax::register(ctx);
     ctx.register_udaf(AggregateUDF::from(ArgBest::new(Direction::Min)));
     ctx.register_udaf(AggregateUDF::from(ArgBest::new(Direction::Max)));
 }
@@ -163,8 +166,7 @@ struct State {
     converter: RowConverter,
     keys: usize,
     value_type: DataType,
-    best: Vec<Option<Vec<u8>>>,
-    bytes: usize,
+    best: ByteSlots,
 }
 
 impl State {
@@ -173,8 +175,7 @@ impl State {
             converter: RowConverter::new(fields)?,
             keys,
             value_type,
-            best: Vec::new(),
-            bytes: 0,
+            best: ByteSlots::default(),
         })
     }
 
@@ -191,30 +192,21 @@ impl State {
             && filter.is_none_or(|f| f.is_valid(row) && f.value(row))
     }
 
-    fn offer(&mut self, group: usize, candidate: &[u8]) {
-        match &mut self.best[group] {
-            Some(current) if current.as_slice() <= candidate => {}
-            Some(current) => {
-                self.bytes = self.bytes + candidate.len() - current.len();
-                current.clear();
-                current.extend_from_slice(candidate);
-            }
-            slot @ None => {
-                self.bytes += candidate.len();
-                *slot = Some(candidate.to_vec());
-            }
-        }
+    fn offer(&mut self, group: usize, candidate: &[u8]) -> Result<()> {
+        self.best
+            .offer(group, candidate, |new, current| new < current)
     }
 
-    fn take(&mut self, emit_to: EmitTo) -> Vec<Option<Vec<u8>>> {
-        let taken = emit_to.take_needed(&mut self.best);
-        self.bytes -= taken.iter().flatten().map(Vec::len).sum::<usize>();
-        taken
+    /// The encoded best rows of the emitted groups (NULL where a group had no eligible row).
+    fn take(&mut self, emit_to: EmitTo) -> BinaryArray {
+        let mut builder = BinaryBuilder::with_capacity(self.best.len(), 0);
+        self.best.emit(emit_to, |v| builder.append_option(v));
+        builder.finish()
     }
 
     /// Decodes the values of `encoded` (NULL where a group had no eligible row).
-    fn values(&self, encoded: &[Option<Vec<u8>>]) -> Result<ArrayRef> {
-        if encoded.iter().all(Option::is_none) {
+    fn values(&self, encoded: &BinaryArray) -> Result<ArrayRef> {
+        if encoded.null_count() == encoded.len() {
             return Ok(new_null_array(&self.value_type, encoded.len()));
         }
         let parser = self.converter.parser();
@@ -228,24 +220,13 @@ impl State {
         let indices: UInt32Array = encoded
             .iter()
             .map(|e| {
-                e.as_ref().map(|_| {
+                e.map(|_| {
                     next += 1;
                     next - 1
                 })
             })
             .collect();
         Ok(take(decoded.as_ref(), &indices, None)?)
-    }
-
-    fn binary(encoded: &[Option<Vec<u8>>]) -> ArrayRef {
-        let mut builder = BinaryBuilder::with_capacity(
-            encoded.len(),
-            encoded.iter().flatten().map(Vec::len).sum(),
-        );
-        for e in encoded {
-            builder.append_option(e.as_deref());
-        }
-        Arc::new(builder.finish())
     }
 }
 
@@ -257,11 +238,11 @@ impl GroupsAccumulator for State {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.best.resize(total_num_groups, None);
+        self.best.resize(total_num_groups);
         let rows = self.encode(values)?;
         for (row, &group) in group_indices.iter().enumerate() {
             if self.eligible(values, opt_filter, row) {
-                self.offer(group, rows.row(row).data());
+                self.offer(group, rows.row(row).data())?;
             }
         }
         Ok(())
@@ -273,13 +254,13 @@ impl GroupsAccumulator for State {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.best.resize(total_num_groups, None);
+        self.best.resize(total_num_groups);
         let Some(states) = values.first().and_then(|v| v.as_binary_opt::<i32>()) else {
             return exec_err!("arg_min/arg_max: partial state is not Binary");
         };
         for (row, &group) in group_indices.iter().enumerate() {
             if states.is_valid(row) {
-                self.offer(group, states.value(row));
+                self.offer(group, states.value(row))?;
             }
         }
         Ok(())
@@ -291,8 +272,7 @@ impl GroupsAccumulator for State {
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let taken = self.take(emit_to);
-        Ok(vec![Self::binary(&taken)])
+        Ok(vec![Arc::new(self.take(emit_to))])
     }
 
     fn convert_to_state(
@@ -311,9 +291,7 @@ impl GroupsAccumulator for State {
     }
 
     fn size(&self) -> usize {
-        self.converter.size()
-            + self.best.capacity() * std::mem::size_of::<Option<Vec<u8>>>()
-            + self.bytes
+        self.converter.size() + self.best.size()
     }
 }
 
@@ -323,6 +301,18 @@ struct OneGroup(State);
 impl std::fmt::Debug for OneGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ArgBest").finish_non_exhaustive()
+    }
+}
+
+impl OneGroup {
+    /// The encoded best row so far (evaluating does not consume it: windows evaluate often).
+    fn current(&mut self) -> Option<Vec<u8>> {
+        self.0.best.resize(1);
+        self.0.best.get(0).map(<[u8]>::to_vec)
+    }
+
+    fn current_array(&mut self) -> BinaryArray {
+        BinaryArray::from(vec![self.current().as_deref()])
     }
 }
 
@@ -338,16 +328,13 @@ impl Accumulator for OneGroup {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        if self.0.best.is_empty() {
-            self.0.best.push(None);
-        }
-        let values = self.0.values(&self.0.best)?;
+        let current = self.current_array();
+        let values = self.0.values(&current)?;
         ScalarValue::try_from_array(values.as_ref(), 0)
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let best = self.0.best.first().cloned().flatten();
-        Ok(vec![ScalarValue::Binary(best)])
+        Ok(vec![ScalarValue::Binary(self.current())])
     }
 
     fn size(&self) -> usize {

@@ -14,6 +14,7 @@ pub mod functions;
 pub mod generate;
 pub mod init;
 pub mod memory;
+pub mod minmax;
 pub mod models;
 pub mod publish;
 pub mod run;
