@@ -14,10 +14,12 @@ use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, Int64Array};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{MemTable, MemorySchemaProvider, SchemaProvider, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
 use tracing::{info, warn};
@@ -196,6 +198,91 @@ async fn plan_model_with(
         df.with_param_values(ParamValues::Map(used))
             .map_err(|e| model_error(model, e))
     }
+}
+
+/// The columns of `orders` the models read. Each model is planned, not run, against empty
+/// tables: `orders` with `orders_schema`, every model upstream with the schema it planned to,
+/// and the live `customers` and `marketing_spend` of `ctx`; the optimizer projects each scan
+/// of `orders` down to the columns the model needs. Staging then writes only those.
+/// A model that fails to plan fails here, before any data is read.
+pub async fn orders_columns_used(
+    ctx: &SessionContext,
+    settings: &crate::config::Settings,
+    orders_schema: SchemaRef,
+    models: &[Model],
+    as_of: NaiveDate,
+) -> Result<std::collections::BTreeSet<String>> {
+    let planner = crate::session::build_session(settings)?;
+    let empty =
+        |schema: SchemaRef| -> std::result::Result<Arc<dyn TableProvider>, DataFusionError> {
+            Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
+        };
+    let register = |name: &str, table: Arc<dyn TableProvider>| {
+        planner
+            .register_table(name, table)
+            .map_err(|e| Error::engine(format!("register {name} for planning"), e))
+    };
+    for name in ["customers", "marketing_spend"] {
+        let table = ctx
+            .table_provider(name)
+            .await
+            .map_err(|e| Error::engine(format!("open {name}"), e))?;
+        register(name, table)?;
+    }
+    register(
+        "orders",
+        empty(orders_schema).map_err(|e| Error::engine("empty orders", e))?,
+    )?;
+    let previous = Arc::new(MemorySchemaProvider::new());
+    planner
+        .catalog("datafusion")
+        .ok_or_else(|| {
+            Error::engine(
+                "catalog",
+                DataFusionError::Internal("no default catalog".into()),
+            )
+        })?
+        .register_schema(PREVIOUS_SCHEMA, previous.clone())
+        .map_err(|e| Error::engine("register previous schema", e))?;
+
+    let mut used = std::collections::BTreeSet::new();
+    let mut planned: BTreeMap<String, SchemaRef> = BTreeMap::new();
+    for model in models {
+        for dep in &model.previous_deps {
+            if let (false, Some(schema)) = (previous.table_exist(dep), planned.get(dep)) {
+                let table = empty(schema.clone()).map_err(|e| model_error(model, e))?;
+                previous
+                    .register_table(dep.clone(), table)
+                    .map_err(|e| model_error(model, e))?;
+            }
+        }
+        let params = model_params(model, as_of, &settings.params)?;
+        let df = plan_model(&planner, model, &params).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let plan = df
+            .into_optimized_plan()
+            .map_err(|e| model_error(model, e))?;
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                if scan.table_name.table() == "orders" && scan.table_name.schema().is_none() {
+                    used.extend(
+                        scan.projected_schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().clone()),
+                    );
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(|e| model_error(model, e))?;
+        register(
+            &model.name,
+            empty(schema.clone()).map_err(|e| model_error(model, e))?,
+        )?;
+        planned.insert(model.name.clone(), schema);
+    }
+    Ok(used)
 }
 
 /// Runs every model in order, writing each once to staging and registering the staged

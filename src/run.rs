@@ -129,7 +129,7 @@ async fn prepare(
     failpoint::hit("after_lock").await;
     let ctx = build_session(settings)?;
     output.loc.register(&ctx);
-    let (sources, staging) = register_sources(&ctx, settings, |as_of| Staging {
+    let (sources, staging) = register_sources(&ctx, settings, models, |as_of| Staging {
         out: output.clone(),
         run_id: run_id.to_string(),
         as_of,

@@ -9,24 +9,28 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
-use datafusion::arrow::array::Array;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemTable;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::functions_aggregate::expr_fn::{count, max};
 use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::{cast, col, lit, Expr, ExprFunctionExt, SortExpr};
+use datafusion::logical_expr::{
+    cast, col, lit, ColumnarValue, Expr, ExprFunctionExt, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, SortExpr, Volatility,
+};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::ops::Not;
 
 use crate::config::{InputSpec, Settings};
+use crate::engine::orders_columns_used;
 use crate::error::{Error, Result};
+use crate::models::Model;
 use crate::publish::stage::{open_staged, StageError, Staging};
 use crate::storage::redact;
 use object_store::ObjectStoreExt;
@@ -117,35 +121,9 @@ pub fn orders_schema() -> SchemaRef {
 pub async fn register_sources(
     ctx: &SessionContext,
     settings: &Settings,
+    models: &[Model],
     staging: impl FnOnce(NaiveDate) -> Staging,
 ) -> Result<(Sources, Staging)> {
-    let orders_spec = settings
-        .inputs
-        .get("orders")
-        .ok_or_else(|| Error::ConfigValue {
-            key: "input.orders".into(),
-            message: "the orders input is required".into(),
-        })?;
-    let (raw, files) = read_parquet_input(ctx, orders_spec).await?;
-    let (mapped, present) = map_columns(raw, orders_spec, settings)?;
-    let (orders, stats, as_of) =
-        finish_orders(mapped, &present, orders_spec, settings, files).await?;
-    let staging = staging(as_of);
-    let planned = orders.schema().as_arrow().clone();
-    let staged = staging
-        .write_table(orders, "orders", false, &[])
-        .await
-        .map_err(|e| match e {
-            StageError::Engine(e) => input_err(orders_spec, redact(&e.strip_backtrace())),
-            StageError::PartitionValue { .. } => input_err(orders_spec, "unexpected partition"),
-        })?;
-    let (table, _) = open_staged(ctx, &staged, &staging.out.loc, &planned)
-        .await
-        .map_err(|e| input_err(orders_spec, redact(&e.strip_backtrace())))?;
-    ctx.register_table("orders", table)
-        .map_err(|e| Error::engine("register orders", e))?;
-    info!(rows = staged.rows, "canonical orders staged");
-
     for name in ["customers", "marketing_spend"] {
         let table = match settings.inputs.get(name) {
             Some(spec) => {
@@ -168,6 +146,54 @@ pub async fn register_sources(
         ctx.register_table(name, table)
             .map_err(|e| Error::engine(format!("register {name}"), e))?;
     }
+    let orders_spec = settings
+        .inputs
+        .get("orders")
+        .ok_or_else(|| Error::ConfigValue {
+            key: "input.orders".into(),
+            message: "the orders input is required".into(),
+        })?;
+    let (raw, files) = read_parquet_input(ctx, orders_spec).await?;
+    let (mapped, present) = map_columns(raw, orders_spec, settings)?;
+    let (orders, tally) = visible_orders(mapped, &present, orders_spec, settings)?;
+    // The default as_of is known after the pass; which columns the models read does not
+    // depend on it.
+    let planning_as_of = settings.as_of.unwrap_or_else(|| Utc::now().date_naive());
+    let mut staging = staging(planning_as_of);
+    // Only the columns some model reads are staged (a quarter fewer bytes for the built-in
+    // library); at least one, so the table has a schema.
+    let schema: SchemaRef = Arc::new(orders.schema().as_arrow().clone());
+    let used = orders_columns_used(ctx, settings, schema.clone(), models, planning_as_of).await?;
+    let keep: Vec<&str> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| used.contains(*n))
+        .collect();
+    debug!(columns = ?keep, "orders columns the models read");
+    let orders = match keep.len() {
+        n if n == schema.fields().len() => Ok(orders),
+        0 => orders.select_columns(&["customer_id"]),
+        _ => orders.select_columns(&keep),
+    }
+    .map_err(|e| input_err(orders_spec, e.to_string()))?;
+    let planned = orders.schema().as_arrow().clone();
+    let staged = staging
+        .write_table(orders, "orders", false, &[])
+        .await
+        .map_err(|e| match e {
+            StageError::Engine(e) => input_err(orders_spec, redact(&e.strip_backtrace())),
+            StageError::PartitionValue { .. } => input_err(orders_spec, "unexpected partition"),
+        })?;
+    let (stats, as_of) = settle_gates(&tally, orders_spec, settings, files)?;
+    staging.as_of = as_of;
+    let (table, _) = open_staged(ctx, &staged, &staging.out.loc, &planned)
+        .await
+        .map_err(|e| input_err(orders_spec, redact(&e.strip_backtrace())))?;
+    ctx.register_table("orders", table)
+        .map_err(|e| Error::engine("register orders", e))?;
+    info!(rows = staged.rows, "canonical orders staged");
+
     Ok((
         Sources {
             as_of,
@@ -419,14 +445,15 @@ fn check_castable(
     }
 }
 
-/// Applies status dropping, the synthetic order id, the as_of cut-off; computes stats.
-async fn finish_orders(
+/// The rows of `orders` the models see (status dropping, the as_of cut-off, synthetic order
+/// ids), with a [`GateTally`] that counts, as the staging pass streams every source row
+/// through it, what the gates and the manifest need. One scan of the source does both.
+fn visible_orders(
     mapped: DataFrame,
     present: &BTreeSet<&'static str>,
     spec: &InputSpec,
     settings: &Settings,
-    files: usize,
-) -> Result<(DataFrame, InputStats, NaiveDate)> {
+) -> Result<(DataFrame, Arc<GateTally>)> {
     let err = |e: datafusion::error::DataFusionError| input_err(spec, e.to_string());
     let has_status = present.contains("status");
     let dropped: Expr = if has_status && !spec.drop_status.is_empty() {
@@ -437,89 +464,59 @@ async fn finish_orders(
     } else {
         lit(false)
     };
-    let now_us = Utc::now().timestamp_micros();
     let now = lit(ScalarValue::TimestampMicrosecond(
-        Some(now_us),
+        Some(Utc::now().timestamp_micros()),
         Some("UTC".into()),
     ));
+    // Visible: local order date <= as_of. With the default as_of (the latest kept date,
+    // rows in the future having failed their gate) every kept row with a date.
+    let (keep, after_as_of) = match settings.as_of {
+        Some(d) => {
+            let as_of = lit(ScalarValue::Date32(Some(crate::config::date_to_days(d))));
+            (
+                dropped
+                    .clone()
+                    .not()
+                    .and(col("order_date").lt_eq(as_of.clone())),
+                dropped.clone().not().and(col("order_date").gt(as_of)),
+            )
+        }
+        None => (
+            dropped.clone().not().and(col("order_date").is_not_null()),
+            lit(false),
+        ),
+    };
+    let tally = Arc::new(GateTally::default());
+    let args = vec![
+        keep,
+        dropped.clone(),
+        col("customer_id")
+            .is_null()
+            .or(col("customer_id").eq(lit(""))),
+        col("order_ts").is_null(),
+        col("order_ts").gt(now.clone()),
+        after_as_of,
+        dropped.not().and(col("order_ts").lt_eq(now)),
+        col("order_date"),
+    ];
+    let predicate = ScalarUDF::new_from_shared_impl(tally.clone()).call(args);
+    let mut visible = mapped.filter(predicate).map_err(err)?;
+    if !present.contains("order_id") {
+        visible = synthetic_order_ids(visible).map_err(err)?;
+    }
+    Ok((visible, tally))
+}
 
-    // One scan for the counts, the gates and the default as_of. With the default as_of
-    // (the latest kept date, future rows having failed the gate) no kept row is after it.
-    let after_as_of = match settings.as_of {
-        Some(d) => dropped
-            .clone()
-            .not()
-            .and(col("order_date").gt(lit(ScalarValue::Date32(Some(
-                crate::config::date_to_days(d),
-            ))))),
-        None => lit(false),
-    };
-    let stats = mapped
-        .clone()
-        .aggregate(
-            vec![],
-            vec![
-                count(lit(1)).alias("rows"),
-                count(lit(1))
-                    .filter(dropped.clone())
-                    .build()
-                    .map_err(err)?
-                    .alias("dropped"),
-                count(lit(1))
-                    .filter(
-                        col("customer_id")
-                            .is_null()
-                            .or(col("customer_id").eq(lit(""))),
-                    )
-                    .build()
-                    .map_err(err)?
-                    .alias("null_customer"),
-                count(lit(1))
-                    .filter(col("order_ts").is_null())
-                    .build()
-                    .map_err(err)?
-                    .alias("null_ts"),
-                count(lit(1))
-                    .filter(col("order_ts").gt(now.clone()))
-                    .build()
-                    .map_err(err)?
-                    .alias("future"),
-                max(col("order_date"))
-                    .filter(
-                        dropped
-                            .clone()
-                            .not()
-                            .and(col("order_ts").lt_eq(now.clone())),
-                    )
-                    .build()
-                    .map_err(err)?
-                    .alias("latest"),
-                count(lit(1))
-                    .filter(after_as_of)
-                    .build()
-                    .map_err(err)?
-                    .alias("after_as_of"),
-            ],
-        )
-        .map_err(err)?
-        .collect()
-        .await
-        .map_err(err)?;
-    let batch = stats
-        .first()
-        .ok_or_else(|| input_err(spec, "no statistics"))?;
-    debug!(input = %spec.name, "input gates scanned");
-    let int = |i: usize| -> u64 {
-        batch
-            .column(i)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            .map(|a| a.value(0) as u64)
-            .unwrap_or(0)
-    };
-    let (rows, dropped_n, null_customer, null_ts, future, after) =
-        (int(0), int(1), int(2), int(3), int(4), int(6));
-    if rows == 0 {
+/// After the staging pass: the gates (a failure lists each), the default as_of and the
+/// input statistics, from what the [`GateTally`] counted.
+fn settle_gates(
+    tally: &GateTally,
+    spec: &InputSpec,
+    settings: &Settings,
+    files: usize,
+) -> Result<(InputStats, NaiveDate)> {
+    let counts = tally.counts();
+    if counts.rows == 0 {
         return Err(input_err(
             spec,
             "the input is empty: the Parquet files hold no rows",
@@ -532,23 +529,26 @@ async fn finish_orders(
             .cloned()
             .unwrap_or_else(|| c.to_string())
     };
-    if null_customer > 0 {
+    if counts.null_customer > 0 {
         failures.push(format!(
-            "input gate null_customer_id: {null_customer} row(s) of {} have a NULL or empty customer_id (source column `{}`)",
+            "input gate null_customer_id: {} row(s) of {} have a NULL or empty customer_id (source column `{}`)",
+            counts.null_customer,
             spec.uri,
             source_of("customer_id")
         ));
     }
-    if null_ts > 0 {
+    if counts.null_ts > 0 {
         failures.push(format!(
-            "input gate null_order_ts: {null_ts} row(s) of {} have a NULL order_ts (source column `{}`)",
+            "input gate null_order_ts: {} row(s) of {} have a NULL order_ts (source column `{}`)",
+            counts.null_ts,
             spec.uri,
             source_of("order_ts")
         ));
     }
-    if future > 0 {
+    if counts.future > 0 {
         failures.push(format!(
-            "input gate future_order_ts: {future} row(s) of {} have an order_ts (source column `{}`) later than the current time",
+            "input gate future_order_ts: {} row(s) of {} have an order_ts (source column `{}`) later than the current time",
+            counts.future,
             spec.uri,
             source_of("order_ts")
         ));
@@ -559,16 +559,10 @@ async fn finish_orders(
             details: failures.join("\n"),
         });
     }
-    let latest = batch
-        .column(5)
-        .as_any()
-        .downcast_ref::<datafusion::arrow::array::Date32Array>()
-        .filter(|a| !a.is_null(0))
-        .map(|a| a.value(0));
     let as_of = match settings.as_of {
         Some(d) => d,
         None => {
-            let days = latest.ok_or_else(|| {
+            let days = counts.latest.ok_or_else(|| {
                 input_err(
                     spec,
                     "the input is empty: every row was dropped by drop_status",
@@ -578,26 +572,133 @@ async fn finish_orders(
                 + chrono::Duration::days(days as i64)
         }
     };
-    // Visible rows: local order date <= as_of, i.e. order_ts before the next local midnight.
-    let as_of_lit = lit(ScalarValue::Date32(Some(crate::config::date_to_days(
-        as_of,
-    ))));
-
-    let mut visible = mapped
-        .filter(dropped.not().and(col("order_date").lt_eq(as_of_lit)))
-        .map_err(err)?;
-
-    if !present.contains("order_id") {
-        visible = synthetic_order_ids(visible).map_err(err)?;
-    }
     let stats = InputStats {
         files,
-        rows_read: rows,
-        rows_dropped_status: dropped_n,
-        rows_after_as_of: after,
-        rows_visible: rows - dropped_n - after,
+        rows_read: counts.rows,
+        rows_dropped_status: counts.dropped,
+        rows_after_as_of: counts.after_as_of,
+        rows_visible: counts.rows - counts.dropped - counts.after_as_of,
     };
-    Ok((visible, stats, as_of))
+    Ok((stats, as_of))
+}
+
+/// What the staging pass counted over every source row of `orders`.
+#[derive(Debug, Default, Clone, Copy)]
+struct GateCounts {
+    rows: u64,
+    dropped: u64,
+    null_customer: u64,
+    null_ts: u64,
+    future: u64,
+    after_as_of: u64,
+    /// Latest order date (days since the epoch) of a kept row not in the future.
+    latest: Option<i32>,
+}
+
+/// `segflow_gate_tally(keep, dropped, null_customer, null_ts, future, after_as_of,
+/// latest_ok, order_date)`: the filter of the staging pass. It returns `keep` (NULL as
+/// false) and adds each batch's counts to its total, so the gates need no scan of their
+/// own. Volatile, so the optimizer neither folds nor moves it; a filter evaluates it once
+/// per row.
+#[derive(Debug, Default)]
+pub(crate) struct GateTally {
+    counts: std::sync::Mutex<GateCounts>,
+}
+
+impl GateTally {
+    fn counts(&self) -> GateCounts {
+        match self.counts.lock() {
+            Ok(c) => *c,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+}
+
+impl PartialEq for GateTally {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for GateTally {}
+
+impl std::hash::Hash for GateTally {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(self, state);
+    }
+}
+
+fn gate_tally_signature() -> &'static Signature {
+    static SIGNATURE: std::sync::OnceLock<Signature> = std::sync::OnceLock::new();
+    SIGNATURE.get_or_init(|| Signature::any(8, Volatility::Volatile))
+}
+
+impl ScalarUDFImpl for GateTally {
+    fn name(&self) -> &str {
+        "segflow_gate_tally"
+    }
+
+    fn signature(&self) -> &Signature {
+        gate_tally_signature()
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let flag = |i: usize| -> datafusion::error::Result<&BooleanArray> {
+            arrays[i].as_boolean_opt().ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal(format!(
+                    "segflow_gate_tally: argument {i} is {}, not Boolean",
+                    arrays[i].data_type()
+                ))
+            })
+        };
+        let (keep, latest_ok) = (flag(0)?, flag(6)?);
+        let dates = arrays[7].as_primitive_opt::<Date32Type>().ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal(
+                "segflow_gate_tally: order_date is not Date32".into(),
+            )
+        })?;
+        let mut latest: Option<i32> = None;
+        for i in 0..rows {
+            if latest_ok.is_valid(i) && latest_ok.value(i) && dates.is_valid(i) {
+                let d = dates.value(i);
+                latest = Some(latest.map_or(d, |l| l.max(d)));
+            }
+        }
+        let batch = GateCounts {
+            rows: rows as u64,
+            dropped: flag(1)?.true_count() as u64,
+            null_customer: flag(2)?.true_count() as u64,
+            null_ts: flag(3)?.true_count() as u64,
+            future: flag(4)?.true_count() as u64,
+            after_as_of: flag(5)?.true_count() as u64,
+            latest,
+        };
+        {
+            let mut total = match self.counts.lock() {
+                Ok(c) => c,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            total.rows += batch.rows;
+            total.dropped += batch.dropped;
+            total.null_customer += batch.null_customer;
+            total.null_ts += batch.null_ts;
+            total.future += batch.future;
+            total.after_as_of += batch.after_as_of;
+            total.latest = total.latest.max(batch.latest);
+        }
+        // NULL keeps nothing: a filter drops NULL rows, but say so explicitly.
+        let kept: BooleanArray = keep.iter().map(|k| Some(k == Some(true))).collect();
+        Ok(ColumnarValue::Array(Arc::new(kept)))
+    }
 }
 
 /// Every source row is its own order: number each customer's rows by all their values

@@ -893,3 +893,190 @@ async fn reruns_are_bit_identical_at_one_and_eight_partitions() {
         );
     }
 }
+
+/// Staging writes only the `orders` columns some model reads: a model reading columns the
+/// built-in library never touches (quantity, product_id, status) still gets them, with the
+/// values of the source, and `select *` sees every canonical column.
+#[tokio::test]
+async fn models_reading_order_columns_the_library_does_not_get_them_from_the_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = with_model(
+        tmp.path(),
+        "qty_by_status.sql",
+        "select status, sum(quantity) as qty, count(distinct product_id) as skus \
+         from orders group by status",
+    );
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    let out = tmp.path().join("out");
+    let got = sorted_dump(&read_table(&out, "qty_by_status", DEMO_AS_OF).await);
+
+    // The same figures straight from the source files: cancelled lines dropped (the demo's
+    // drop_status), nothing after as_of (UTC days).
+    let ctx = SessionContext::new();
+    ctx.register_parquet(
+        "src",
+        format!("{}/", demo_orders()),
+        ParquetReadOptions::default(),
+    )
+    .await
+    .unwrap();
+    let expected = ctx
+        .sql(&format!(
+            "select order_status as status, sum(qty) as qty, count(distinct sku) as skus from src \
+             where (order_status is null or lower(order_status) <> 'cancelled') \
+               and cast(created_at as date) <= date '{DEMO_AS_OF}' \
+             group by order_status"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut want = Vec::new();
+    for b in &expected {
+        let opts = FormatOptions::default();
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+            .collect();
+        for i in 0..b.num_rows() {
+            let mut row = BTreeMap::new();
+            for (j, f) in b.schema().fields().iter().enumerate() {
+                let v = (!b.column(j).is_null(i)).then(|| cols[j].value(i).to_string());
+                row.insert(f.name().clone(), v);
+            }
+            want.push(row);
+        }
+    }
+    assert!(want.len() >= 2, "the demo has several statuses: {want:?}");
+    assert_eq!(got, sorted_dump(&want));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let config = with_model(tmp.path(), "all_lines.sql", "select * from orders");
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    let out = tmp.path().join("out");
+    let rows = read_table(&out, "all_lines", DEMO_AS_OF).await;
+    let m = manifest(&out, DEMO_AS_OF);
+    assert_eq!(
+        rows.len() as u64,
+        m["input"]["rows_visible"].as_u64().unwrap()
+    );
+    let columns: Vec<&String> = rows[0].keys().collect();
+    let mut canonical = vec![
+        "customer_id",
+        "order_id",
+        "order_ts",
+        "order_date",
+        "revenue",
+        "quantity",
+        "cost",
+        "product_id",
+        "category",
+        "channel",
+        "country",
+        "region",
+        "device",
+        "status",
+    ];
+    canonical.sort();
+    assert_eq!(columns, canonical);
+}
+
+/// Order lines with optional customer ids and dates (NULL where `None`).
+fn write_orders_with_nulls(path: &Path, rows: &[(Option<&str>, Option<&str>, f64)]) {
+    use datafusion::arrow::array::{Date32Array, Float64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+    let days: Vec<Option<i32>> = rows
+        .iter()
+        .map(|(_, d, _)| {
+            d.map(|d| {
+                (chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap() - epoch).num_days()
+                    as i32
+            })
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("customer_id", DataType::Utf8, true),
+        Field::new("order_ts", DataType::Date32, true),
+        Field::new("revenue", DataType::Float64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Date32Array::from(days)),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[tokio::test]
+async fn input_gates_count_bad_rows_name_the_source_column_and_publish_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_orders_with_nulls(
+        &tmp.path().join("orders.parquet"),
+        &[
+            (Some("a"), Some("2026-03-10"), 10.0),
+            (None, Some("2026-03-11"), 5.0),
+            (Some(""), Some("2026-03-12"), 5.0),
+            (Some("b"), None, 7.0),
+            (Some("c"), Some("2999-01-01"), 9.0),
+        ],
+    );
+    let config = tmp.path().join("segflow.toml");
+    std::fs::write(
+        &config,
+        "[input.orders]\nuri = \"orders.parquet\"\n[output]\nuri = \"out\"\n",
+    )
+    .unwrap();
+    let r = segflow(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for needle in [
+        "null_customer_id: 2 row(s)",
+        "null_order_ts: 1 row(s)",
+        "future_order_ts: 1 row(s)",
+        "source column `customer_id`",
+        "source column `order_ts`",
+        "orders.parquet",
+    ] {
+        assert!(r.stderr.contains(needle), "`{needle}` missing: {}", r.stderr);
+    }
+    let out = tmp.path().join("out");
+    let published: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        published.iter().all(|n| n.to_string_lossy().starts_with('_')
+            && n.to_string_lossy() != "_manifest"),
+        "a failed run published {published:?}"
+    );
+
+    // Without bad rows and without as_of, the snapshot is as of the latest order date.
+    write_orders_with_nulls(
+        &tmp.path().join("orders.parquet"),
+        &[
+            (Some("a"), Some("2026-03-10"), 10.0),
+            (Some("b"), Some("2026-03-14"), 7.0),
+            (Some("a"), Some("2026-03-12"), 1.0),
+        ],
+    );
+    run_ok(&config, &[]);
+    let m = manifest(&out, "2026-03-14");
+    assert_eq!(m["input"]["rows_read"], 3);
+    assert_eq!(m["input"]["rows_visible"], 3);
+    assert_eq!(m["input"]["rows_after_as_of"], 0);
+}
