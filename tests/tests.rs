@@ -1053,15 +1053,20 @@ async fn input_gates_count_bad_rows_name_the_source_column_and_publish_nothing()
         "source column `order_ts`",
         "orders.parquet",
     ] {
-        assert!(r.stderr.contains(needle), "`{needle}` missing: {}", r.stderr);
+        assert!(
+            r.stderr.contains(needle),
+            "`{needle}` missing: {}",
+            r.stderr
+        );
     }
     let out = tmp.path().join("out");
     let published: Vec<_> = std::fs::read_dir(&out)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(
-        published.iter().all(|n| n.to_string_lossy().starts_with('_')
-            && n.to_string_lossy() != "_manifest"),
+        published
+            .iter()
+            .all(|n| n.to_string_lossy().starts_with('_') && n.to_string_lossy() != "_manifest"),
         "a failed run published {published:?}"
     );
 
