@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
 use datafusion::arrow::array::{Array, AsArray, BooleanArray};
-use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
 use datafusion::catalog::MemTable;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -25,7 +27,6 @@ use datafusion::logical_expr::{
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use std::ops::Not;
 
 use crate::config::{InputSpec, Settings};
 use crate::engine::orders_columns_used;
@@ -455,49 +456,24 @@ fn visible_orders(
     settings: &Settings,
 ) -> Result<(DataFrame, Arc<GateTally>)> {
     let err = |e: datafusion::error::DataFusionError| input_err(spec, e.to_string());
-    let has_status = present.contains("status");
-    let dropped: Expr = if has_status && !spec.drop_status.is_empty() {
-        let list: Vec<Expr> = spec.drop_status.iter().map(|s| lit(s.clone())).collect();
+    let status = if present.contains("status") {
         col("status")
-            .is_not_null()
-            .and(datafusion::functions::string::expr_fn::lower(col("status")).in_list(list, false))
     } else {
-        lit(false)
+        lit(ScalarValue::Utf8(None))
     };
-    let now = lit(ScalarValue::TimestampMicrosecond(
-        Some(Utc::now().timestamp_micros()),
-        Some("UTC".into()),
-    ));
-    // Visible: local order date <= as_of. With the default as_of (the latest kept date,
-    // rows in the future having failed their gate) every kept row with a date.
-    let (keep, after_as_of) = match settings.as_of {
-        Some(d) => {
-            let as_of = lit(ScalarValue::Date32(Some(crate::config::date_to_days(d))));
-            (
-                dropped
-                    .clone()
-                    .not()
-                    .and(col("order_date").lt_eq(as_of.clone())),
-                dropped.clone().not().and(col("order_date").gt(as_of)),
-            )
-        }
-        None => (
-            dropped.clone().not().and(col("order_date").is_not_null()),
-            lit(false),
-        ),
-    };
-    let tally = Arc::new(GateTally::default());
+    let tally = Arc::new(GateTally {
+        drop_status: spec.drop_status.iter().map(|s| s.to_lowercase()).collect(),
+        as_of: settings.as_of.map(crate::config::date_to_days),
+        now_us: Utc::now().timestamp_micros(),
+        counts: Default::default(),
+    });
     let args = vec![
-        keep,
-        dropped.clone(),
         col("customer_id")
             .is_null()
             .or(col("customer_id").eq(lit(""))),
-        col("order_ts").is_null(),
-        col("order_ts").gt(now.clone()),
-        after_as_of,
-        dropped.not().and(col("order_ts").lt_eq(now)),
+        col("order_ts"),
         col("order_date"),
+        status,
     ];
     let predicate = ScalarUDF::new_from_shared_impl(tally.clone()).call(args);
     let mut visible = mapped.filter(predicate).map_err(err)?;
@@ -595,13 +571,20 @@ struct GateCounts {
     latest: Option<i32>,
 }
 
-/// `segflow_gate_tally(keep, dropped, null_customer, null_ts, future, after_as_of,
-/// latest_ok, order_date)`: the filter of the staging pass. It returns `keep` (NULL as
-/// false) and adds each batch's counts to its total, so the gates need no scan of their
+/// `segflow_gate_tally(null_customer, order_ts, order_date, status)`: the filter of the
+/// staging pass. A row is kept when its status is not one of `drop_status` (compared
+/// lower-cased) and its local date is on or before `as_of` (any date with the default
+/// as_of); each batch's counts are added to the total, so the gates need no scan of their
 /// own. Volatile, so the optimizer neither folds nor moves it; a filter evaluates it once
 /// per row.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct GateTally {
+    /// Lower-cased statuses to drop.
+    drop_status: Vec<String>,
+    /// The explicit as_of (days since the epoch).
+    as_of: Option<i32>,
+    /// The wall clock at the start of the run (µs since the epoch, UTC).
+    now_us: i64,
     counts: std::sync::Mutex<GateCounts>,
 }
 
@@ -610,6 +593,18 @@ impl GateTally {
         match self.counts.lock() {
             Ok(c) => *c,
             Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// `lower(status) IN drop_status` without lower-casing every value: ASCII values are
+    /// compared ignoring ASCII case (the same for them), others lower-cased.
+    fn dropped(&self, status: Option<&str>) -> bool {
+        let Some(s) = status else { return false };
+        if s.is_ascii() {
+            self.drop_status.iter().any(|d| s.eq_ignore_ascii_case(d))
+        } else {
+            let lower = s.to_lowercase();
+            self.drop_status.contains(&lower)
         }
     }
 }
@@ -630,7 +625,11 @@ impl std::hash::Hash for GateTally {
 
 fn gate_tally_signature() -> &'static Signature {
     static SIGNATURE: std::sync::OnceLock<Signature> = std::sync::OnceLock::new();
-    SIGNATURE.get_or_init(|| Signature::any(8, Volatility::Volatile))
+    SIGNATURE.get_or_init(|| Signature::any(4, Volatility::Volatile))
+}
+
+fn tally_err(message: String) -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::Internal(format!("segflow_gate_tally: {message}"))
 }
 
 impl ScalarUDFImpl for GateTally {
@@ -652,36 +651,60 @@ impl ScalarUDFImpl for GateTally {
     ) -> datafusion::error::Result<ColumnarValue> {
         let rows = args.number_rows;
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let flag = |i: usize| -> datafusion::error::Result<&BooleanArray> {
-            arrays[i].as_boolean_opt().ok_or_else(|| {
-                datafusion::error::DataFusionError::Internal(format!(
-                    "segflow_gate_tally: argument {i} is {}, not Boolean",
-                    arrays[i].data_type()
-                ))
-            })
-        };
-        let (keep, latest_ok) = (flag(0)?, flag(6)?);
-        let dates = arrays[7].as_primitive_opt::<Date32Type>().ok_or_else(|| {
-            datafusion::error::DataFusionError::Internal(
-                "segflow_gate_tally: order_date is not Date32".into(),
-            )
-        })?;
-        let mut latest: Option<i32> = None;
-        for i in 0..rows {
-            if latest_ok.is_valid(i) && latest_ok.value(i) && dates.is_valid(i) {
-                let d = dates.value(i);
-                latest = Some(latest.map_or(d, |l| l.max(d)));
+        let null_customer = arrays[0]
+            .as_boolean_opt()
+            .ok_or_else(|| tally_err(format!("customer flag is {}", arrays[0].data_type())))?;
+        let ts = arrays[1]
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| tally_err(format!("order_ts is {}", arrays[1].data_type())))?;
+        let dates = arrays[2]
+            .as_primitive_opt::<Date32Type>()
+            .ok_or_else(|| tally_err(format!("order_date is {}", arrays[2].data_type())))?;
+        let status = &arrays[3];
+        let status_at = |i: usize| -> Option<&str> {
+            if status.is_null(i) {
+                return None;
             }
-        }
-        let batch = GateCounts {
-            rows: rows as u64,
-            dropped: flag(1)?.true_count() as u64,
-            null_customer: flag(2)?.true_count() as u64,
-            null_ts: flag(3)?.true_count() as u64,
-            future: flag(4)?.true_count() as u64,
-            after_as_of: flag(5)?.true_count() as u64,
-            latest,
+            match status.data_type() {
+                DataType::Utf8 => Some(status.as_string::<i32>().value(i)),
+                DataType::LargeUtf8 => Some(status.as_string::<i64>().value(i)),
+                DataType::Utf8View => Some(status.as_string_view().value(i)),
+                _ => None,
+            }
         };
+        if !matches!(
+            status.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
+        ) {
+            return Err(tally_err(format!("status is {}", status.data_type())));
+        }
+        let check_status = !self.drop_status.is_empty();
+        let mut batch = GateCounts {
+            rows: rows as u64,
+            null_customer: null_customer.true_count() as u64,
+            ..GateCounts::default()
+        };
+        let mut keep = datafusion::arrow::array::BooleanBufferBuilder::new(rows);
+        for i in 0..rows {
+            let dropped = check_status && self.dropped(status_at(i));
+            let t = ts.is_valid(i).then(|| ts.value(i));
+            let d = dates.is_valid(i).then(|| dates.value(i));
+            batch.dropped += u64::from(dropped);
+            batch.null_ts += u64::from(t.is_none());
+            batch.future += u64::from(t.is_some_and(|t| t > self.now_us));
+            if !dropped && t.is_some_and(|t| t <= self.now_us) {
+                batch.latest = batch.latest.max(d);
+            }
+            let visible = match (self.as_of, d) {
+                (_, None) => false,
+                (Some(as_of), Some(d)) if d > as_of => {
+                    batch.after_as_of += u64::from(!dropped);
+                    false
+                }
+                _ => true,
+            };
+            keep.append(visible && !dropped);
+        }
         {
             let mut total = match self.counts.lock() {
                 Ok(c) => c,
@@ -695,9 +718,10 @@ impl ScalarUDFImpl for GateTally {
             total.after_as_of += batch.after_as_of;
             total.latest = total.latest.max(batch.latest);
         }
-        // NULL keeps nothing: a filter drops NULL rows, but say so explicitly.
-        let kept: BooleanArray = keep.iter().map(|k| Some(k == Some(true))).collect();
-        Ok(ColumnarValue::Array(Arc::new(kept)))
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
+            keep.finish(),
+            None,
+        ))))
     }
 }
 
@@ -749,4 +773,40 @@ fn synthetic_order_ids(df: DataFrame) -> datafusion::error::Result<DataFrame> {
         })
         .collect();
     df.select(cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_statuses_compare_like_lower_in_list_for_ascii_and_other_text() {
+        let tally = GateTally {
+            drop_status: ["Cancelled", "ÄNDERUNG", "test"]
+                .iter()
+                .map(|s| s.to_lowercase())
+                .collect(),
+            as_of: None,
+            now_us: 0,
+            counts: Default::default(),
+        };
+        for (status, dropped) in [
+            (Some("cancelled"), true),
+            (Some("CANCELLED"), true),
+            (Some("cAnCeLlEd"), true),
+            (Some("cancelled "), false),
+            (Some("Änderung"), true),
+            (Some("änderung"), true),
+            (Some("anderung"), false),
+            (Some("TEST"), true),
+            (Some(""), false),
+            (None, false),
+        ] {
+            let lower_in_list = status
+                .map(|s| tally.drop_status.contains(&s.to_lowercase()))
+                .unwrap_or(false);
+            assert_eq!(tally.dropped(status), dropped, "{status:?}");
+            assert_eq!(lower_in_list, dropped, "{status:?}");
+        }
+    }
 }
