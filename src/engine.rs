@@ -452,11 +452,18 @@ pub async fn run_checks(ctx: &SessionContext, models: &[Model]) -> Result<Vec<St
         let t = quote_ident(&model.name);
         let mut queries: Vec<(String, String)> = Vec::new();
         for cols in &checks.unique {
-            let list: Vec<String> = cols.split(',').map(|c| quote_ident(c.trim())).collect();
-            let list = list.join(", ");
+            // Rows with a NULL key take no part, as in dbt and SQL's UNIQUE (`not_null`
+            // is the check for those).
+            let keys: Vec<String> = cols.split(',').map(|c| quote_ident(c.trim())).collect();
+            let present = keys
+                .iter()
+                .map(|k| format!("{k} is not null"))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            let list = keys.join(", ");
             queries.push((
                 format!("unique({cols}): {{n}} duplicated value(s)"),
-                format!("select count(*) from (select {list} from {t} group by {list} having count(*) > 1)"),
+                format!("select count(*) from (select {list} from {t} where {present} group by {list} having count(*) > 1)"),
             ));
         }
         for c in &checks.not_null {

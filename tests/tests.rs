@@ -1085,3 +1085,24 @@ async fn input_gates_count_bad_rows_name_the_source_column_and_publish_nothing()
     assert_eq!(m["input"]["rows_visible"], 3);
     assert_eq!(m["input"]["rows_after_as_of"], 0);
 }
+
+#[test]
+fn unique_check_ignores_null_keys_and_still_catches_duplicates() {
+    // Two rows with a NULL key and one with 'x': unique passes (NULL keys take no part).
+    let tmp = tempfile::tempdir().unwrap();
+    let config = with_model(
+        tmp.path(),
+        "keys.sql",
+        "/*---\n[checks]\nunique = [\"k\", \"k, j\"]\n---*/\n\
+         select * from (values (cast(null as varchar), 1), (cast(null as varchar), 1), ('x', 1)) as t(k, j)",
+    );
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    // Two rows with 'x': a duplicate.
+    assert_model_fails(
+        "keys.sql",
+        "/*---\n[checks]\nunique = [\"k\"]\n---*/\n\
+         select * from (values (cast(null as varchar)), ('x'), ('x')) as t(k)",
+        1,
+        &["keys.sql", "unique(k): 1 duplicated value(s)"],
+    );
+}
