@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::scalar::ScalarValue;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -223,7 +224,7 @@ pub struct Settings {
     pub output: String,
     pub model_paths: Vec<PathBuf>,
     pub builtin_models: bool,
-    pub params: BTreeMap<String, ScalarValue>,
+    pub params: BTreeMap<String, ParamValue>,
     pub memory_limit: Option<usize>,
     pub timezone: Option<chrono_tz::Tz>,
     pub temp_dir: Option<PathBuf>,
@@ -326,7 +327,10 @@ impl Settings {
             .collect();
         let mut params = BTreeMap::new();
         for (k, v) in &file.params {
-            params.insert(k.clone(), toml_to_scalar(&format!("params.{k}"), v)?);
+            params.insert(
+                k.clone(),
+                ParamValue::Typed(toml_to_scalar(&format!("params.{k}"), v)?),
+            );
         }
         let mut memory_limit = match &file.runtime.memory_limit {
             Some(s) => Some(parse_size("runtime.memory_limit", s)?),
@@ -385,7 +389,7 @@ impl Settings {
                 "CONFIG" | "LOG_FORMAT" | "LOG" | "FAILPOINTS" => continue,
                 _ if name.starts_with("PARAM_") => {
                     let param = name["PARAM_".len()..].to_lowercase();
-                    params.insert(param, env_to_scalar(value));
+                    params.insert(param, ParamValue::Text(value.clone()));
                 }
                 _ if name.starts_with("INPUT_") && name.ends_with("_URI") => {
                     let input = name["INPUT_".len()..name.len() - "_URI".len()].to_lowercase();
@@ -593,6 +597,63 @@ pub fn toml_to_scalar(key: &str, v: &toml::Value) -> Result<ScalarValue> {
 }
 
 /// Env values are typed by their look: integer, float, boolean, date, else string.
+/// A `[params]` override: typed in the config file, text from `SEGFLOW_PARAM_<NAME>`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamValue {
+    Typed(ScalarValue),
+    /// Read as the type of the model's default (`007` stays text for a text default; `60.5`
+    /// is refused for an integer one); without a default, as the first of integer, float,
+    /// boolean, date that fits, else text.
+    Text(String),
+}
+
+impl ParamValue {
+    /// The value as a parameter of type `target` (the model's default), or why not.
+    pub fn as_type(&self, target: &DataType) -> std::result::Result<ScalarValue, String> {
+        match self {
+            ParamValue::Typed(v) if v.data_type() == *target => Ok(v.clone()),
+            ParamValue::Typed(v) => v
+                .cast_to(target)
+                .map_err(|_| format!("`{v}` cannot be used as {target}")),
+            ParamValue::Text(s) => {
+                let bad = || format!("`{s}` is not a valid {target}");
+                match target {
+                    DataType::Int64 => s
+                        .trim()
+                        .parse::<i64>()
+                        .map(|i| ScalarValue::Int64(Some(i)))
+                        .map_err(|_| bad()),
+                    DataType::Float64 => s
+                        .trim()
+                        .parse::<f64>()
+                        .map(|f| ScalarValue::Float64(Some(f)))
+                        .map_err(|_| bad()),
+                    DataType::Boolean => s
+                        .trim()
+                        .parse::<bool>()
+                        .map(|b| ScalarValue::Boolean(Some(b)))
+                        .map_err(|_| bad()),
+                    DataType::Date32 => NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+                        .map(|d| ScalarValue::Date32(Some(date_to_days(d))))
+                        .map_err(|_| bad()),
+                    DataType::Utf8 => Ok(ScalarValue::Utf8(Some(s.clone()))),
+                    _ => ScalarValue::Utf8(Some(s.clone()))
+                        .cast_to(target)
+                        .map_err(|_| bad()),
+                }
+            }
+        }
+    }
+
+    /// The value when the model has no default for it.
+    pub fn inferred(&self) -> ScalarValue {
+        match self {
+            ParamValue::Typed(v) => v.clone(),
+            ParamValue::Text(s) => env_to_scalar(s),
+        }
+    }
+}
+
 fn env_to_scalar(s: &str) -> ScalarValue {
     if let Ok(i) = s.parse::<i64>() {
         ScalarValue::Int64(Some(i))

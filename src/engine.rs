@@ -24,7 +24,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
 use tracing::{info, warn};
 
-use crate::config::{date_to_days, toml_to_scalar};
+use crate::config::{date_to_days, toml_to_scalar, ParamValue};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::models::{parse_statement, type_placeholders, Model, Severity, PREVIOUS_SCHEMA};
@@ -80,7 +80,7 @@ impl Previous<'_> {
 pub fn model_params(
     model: &Model,
     as_of: NaiveDate,
-    config_params: &BTreeMap<String, ScalarValue>,
+    config_params: &BTreeMap<String, ParamValue>,
 ) -> Result<BTreeMap<String, ScalarValue>> {
     let mut values = BTreeMap::new();
     for (k, v) in &model.header.params {
@@ -91,19 +91,16 @@ pub fn model_params(
     }
     for (k, v) in config_params {
         let key = k.to_lowercase();
-        // An override takes the type of the model's default (env values are untyped text).
+        // An override takes the type of the model's default.
         let value = match values.get(&key) {
-            Some(default) if default.data_type() != v.data_type() => v
-                .cast_to(&default.data_type())
-                .map_err(|_| Error::ConfigValue {
-                    key: format!("params.{k}"),
-                    message: format!(
-                        "`{v}` cannot be used as {} (the type of the default in {})",
-                        default.data_type(),
-                        model.file
-                    ),
-                })?,
-            _ => v.clone(),
+            Some(default) => {
+                v.as_type(&default.data_type())
+                    .map_err(|message| Error::ConfigValue {
+                        key: format!("params.{k}"),
+                        message: format!("{message} (the type of the default in {})", model.file),
+                    })?
+            }
+            None => v.inferred(),
         };
         values.insert(key, value);
     }
@@ -291,7 +288,7 @@ pub async fn run_models(
     ctx: &SessionContext,
     models: &[Model],
     as_of: NaiveDate,
-    config_params: &BTreeMap<String, ScalarValue>,
+    config_params: &BTreeMap<String, ParamValue>,
     previous: &Previous<'_>,
     staging: &Staging,
 ) -> Result<Vec<ModelOutput>> {

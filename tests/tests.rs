@@ -850,7 +850,7 @@ async fn parameters_are_case_insensitive_and_env_overrides_take_the_default_type
     let all = read_table(&out, "long_tenure", DEMO_AS_OF).await.len();
     run(&[
         ("SEGFLOW_PARAM_MIN_TENURE", "700"),
-        ("SEGFLOW_PARAM_LABEL", "7"),
+        ("SEGFLOW_PARAM_LABEL", "007"),
     ]);
     let rows = read_table(&out, "long_tenure", DEMO_AS_OF).await;
     assert!(
@@ -858,9 +858,34 @@ async fn parameters_are_case_insensitive_and_env_overrides_take_the_default_type
         "{} of {all}",
         rows.len()
     );
-    assert_eq!(rows[0]["label"].as_deref(), Some("7"));
+    assert_eq!(
+        rows[0]["label"].as_deref(),
+        Some("007"),
+        "text keeps its text"
+    );
     let m = manifest(&out, DEMO_AS_OF);
     assert_eq!(m["tables"]["long_tenure"]["columns"][1]["type"], "Utf8");
+
+    // A value that does not fit the default's type is refused, never truncated.
+    let r = segflow_env(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--as-of",
+            DEMO_AS_OF,
+        ],
+        &[("SEGFLOW_PARAM_MIN_TENURE".to_string(), "60.5".to_string())],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let err = error_line(&r);
+    for needle in [
+        "params.min_tenure",
+        "`60.5` is not a valid Int64",
+        "long_tenure.sql",
+    ] {
+        assert!(err.contains(needle), "`{needle}` missing: {err}");
+    }
 }
 
 #[tokio::test]
