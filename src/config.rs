@@ -240,9 +240,24 @@ pub struct Settings {
 impl Settings {
     /// Loads the config file, then applies `SEGFLOW_*` environment variables, then flags.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Settings> {
-        let env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("SEGFLOW_"))
-            .collect();
+        // Only SEGFLOW_* variables are read; one that is not UTF-8 is an error naming it
+        // (other variables may hold any bytes).
+        let mut env: Vec<(String, String)> = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let name = key.to_string_lossy();
+            if !name.starts_with("SEGFLOW_") {
+                continue;
+            }
+            match (key.to_str(), value.into_string()) {
+                (Some(k), Ok(v)) => env.push((k.to_string(), v)),
+                _ => {
+                    return Err(Error::ConfigValue {
+                        key: name.into_owned(),
+                        message: "the environment variable is not valid UTF-8".into(),
+                    })
+                }
+            }
+        }
         Self::load_with_env(path, overrides, &env)
     }
 
@@ -392,6 +407,12 @@ impl Settings {
                     params.insert(param, ParamValue::Text(value.clone()));
                 }
                 _ if name.starts_with("INPUT_") && name.ends_with("_URI") => {
+                    if name.len() <= "INPUT_".len() + "_URI".len() {
+                        return Err(Error::ConfigValue {
+                            key: key.clone(),
+                            message: "names no input: use SEGFLOW_INPUT_<NAME>_URI, e.g. SEGFLOW_INPUT_ORDERS_URI".into(),
+                        });
+                    }
                     let input = name["INPUT_".len()..name.len() - "_URI".len()].to_lowercase();
                     match inputs.get_mut(&input) {
                         Some(spec) => spec.uri = resolve_uri(value, &cwd),

@@ -1131,3 +1131,50 @@ fn unique_check_ignores_null_keys_and_still_catches_duplicates() {
         &["keys.sql", "unique(k): 1 duplicated value(s)"],
     );
 }
+
+#[test]
+fn environment_mistakes_exit_2_naming_the_variable_without_panicking() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let run = |key: &str, value: &OsStr| {
+        let out = Command::new(env!("CARGO_BIN_EXE_segflow"))
+            .args([
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--as-of",
+                DEMO_AS_OF,
+            ])
+            .env_remove("SEGFLOW_CONFIG")
+            .env(key, value)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run("SEGFLOW_PARAM_LABEL", OsStr::from_bytes(b"caf\xe9"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("SEGFLOW_PARAM_LABEL") && err.contains("not valid UTF-8"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let (code, err) = run("SEGFLOW_INPUT_URI", OsStr::new("/tmp/x"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("SEGFLOW_INPUT_URI") && err.contains("SEGFLOW_INPUT_<NAME>_URI"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !tmp.path().join("out/_manifest").exists(),
+        "nothing is published"
+    );
+    // Variables outside SEGFLOW_* may hold any bytes.
+    let (code, err) = run("SOME_OTHER_TOOL_SETTING", OsStr::from_bytes(b"\xff\xfe"));
+    assert_eq!(code, 0, "{err}");
+}
