@@ -549,41 +549,54 @@ pub fn parse_size(key: &str, s: &str) -> Result<usize> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(digits_end);
-    let unit = unit.trim();
-    let mult: f64 = match unit {
-        "" | "b" => 1.0,
-        "k" | "kb" | "kib" => 1024.0,
-        "m" | "mb" | "mib" => 1024.0 * 1024.0,
-        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => f64::NAN,
-    };
-    match num.parse::<f64>() {
-        Ok(n) if mult.is_finite() && n > 0.0 => Ok((n * mult) as usize),
-        _ => Err(Error::ConfigValue {
-            key: key.into(),
-            message: format!("expected a size like 512m or 4g, found `{s}`"),
-        }),
-    }
-}
-
-/// Parses durations like `250ms`, `90s`, `30m`, `6h`, `2d`.
-pub fn parse_duration(key: &str, s: &str) -> Result<Duration> {
-    let t = s.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let millis: Option<u64> = match unit.trim() {
-        "ms" => Some(1),
-        "s" | "" => Some(1000),
-        "m" => Some(60_000),
-        "h" => Some(3_600_000),
-        "d" => Some(86_400_000),
+    let shift: Option<u32> = match unit.trim() {
+        "" | "b" => Some(0),
+        "k" | "kb" | "kib" => Some(10),
+        "m" | "mb" | "mib" => Some(20),
+        "g" | "gb" | "gib" => Some(30),
+        "t" | "tb" | "tib" => Some(40),
         _ => None,
     };
-    match (num.parse::<u64>(), millis) {
-        (Ok(n), Some(m)) => Ok(Duration::from_millis(n.saturating_mul(m))),
-        _ => Err(Error::ConfigValue {
+    let bad = |message: String| Error::ConfigValue {
+        key: key.into(),
+        message,
+    };
+    let (Some(shift), Ok(n)) = (shift, num.parse::<f64>()) else {
+        return Err(bad(format!("expected a size like 512m or 4g, found `{s}`")));
+    };
+    // Units are binary (4g = 4 GiB); anything past 1 PiB is a typo, not a memory size.
+    let bytes = n * (1u64 << shift) as f64;
+    if bytes.is_nan() || bytes < 1.0 {
+        return Err(bad(format!(
+            "expected a size of at least 1 byte, found `{s}`"
+        )));
+    }
+    if bytes > (1u64 << 50) as f64 {
+        return Err(bad(format!("`{s}` is larger than 1 PiB")));
+    }
+    Ok(bytes as usize)
+}
+
+/// Parses durations like `250ms`, `90s`, `30m`, `6h`, `2d` (humantime's units; a bare number
+/// is seconds). Anything past 100 years is refused rather than saturated.
+pub fn parse_duration(key: &str, s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let parsed = if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        t.parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|e| e.to_string())
+    } else {
+        humantime::parse_duration(t).map_err(|e| e.to_string())
+    };
+    match parsed {
+        Ok(d) if d <= Duration::from_secs(100 * 365 * 86_400) => Ok(d),
+        Ok(_) => Err(Error::ConfigValue {
             key: key.into(),
-            message: format!("expected a duration like 30m or 6h, found `{s}`"),
+            message: format!("`{s}` is longer than 100 years"),
+        }),
+        Err(e) => Err(Error::ConfigValue {
+            key: key.into(),
+            message: format!("expected a duration like 30m or 6h, found `{s}` ({e})"),
         }),
     }
 }
@@ -697,6 +710,31 @@ pub fn date_to_days(d: NaiveDate) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enormous_or_empty_sizes_and_durations_are_errors_not_saturated() {
+        assert_eq!(parse_size("k", "4g").unwrap(), 4 << 30);
+        assert_eq!(parse_size("k", "1.5m").unwrap(), 3 << 19);
+        assert!(parse_size("k", "99999999999999t").is_err());
+        assert!(parse_size("k", "0").is_err());
+        assert!(parse_size("k", "4x").is_err());
+        assert_eq!(parse_duration("k", "90").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("k", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_duration("k", "2d").unwrap(),
+            Duration::from_secs(2 * 86_400)
+        );
+        assert_eq!(
+            parse_duration("k", "1h 30m").unwrap(),
+            Duration::from_secs(5_400)
+        );
+        assert!(parse_duration("k", "99999999999999999d").is_err());
+        assert!(parse_duration("k", "18446744073709551615").is_err());
+        assert!(parse_duration("k", "soon").is_err());
+    }
 
     #[test]
     fn sizes_use_binary_units() {

@@ -1178,3 +1178,33 @@ fn environment_mistakes_exit_2_naming_the_variable_without_panicking() {
     let (code, err) = run("SOME_OTHER_TOOL_SETTING", OsStr::from_bytes(b"\xff\xfe"));
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn enormous_sizes_and_durations_exit_2_naming_the_key() {
+    for (extra, key) in [
+        (
+            "[runtime]\nmemory_limit = \"99999999999999t\"\n",
+            "runtime.memory_limit",
+        ),
+        (
+            "[output]\nlock_timeout = \"99999999999999999d\"\n",
+            "output.lock_timeout",
+        ),
+    ] {
+        let (code, err) = failing(|d| {
+            let c = demo_config(d, "");
+            let text = std::fs::read_to_string(&c).unwrap();
+            // The demo config has an [output] table already: add the key there.
+            let text = if extra.starts_with("[output]") {
+                text.replace("[output]\n", extra)
+            } else {
+                format!("{text}\n{extra}")
+            };
+            std::fs::write(&c, text).unwrap();
+            c
+        });
+        assert_eq!(code, 2, "{key}: {err}");
+        assert!(err.contains(key), "{key}: {err}");
+        assert!(!err.contains("panicked"), "{key}: {err}");
+    }
+}
