@@ -197,6 +197,21 @@ async fn plan_model_with(
     }
 }
 
+/// Registers the empty `previous` schema, where `previous.<model>` tables go.
+fn register_previous_schema(ctx: &SessionContext) -> Result<Arc<MemorySchemaProvider>> {
+    let schema = Arc::new(MemorySchemaProvider::new());
+    ctx.catalog("datafusion")
+        .ok_or_else(|| {
+            Error::engine(
+                "catalog",
+                DataFusionError::Internal("no default catalog".into()),
+            )
+        })?
+        .register_schema(PREVIOUS_SCHEMA, schema.clone())
+        .map_err(|e| Error::engine("register previous schema", e))?;
+    Ok(schema)
+}
+
 /// The columns of `orders` the models read. Each model is planned, not run, against empty
 /// tables: `orders` with `orders_schema`, every model upstream with the schema it planned to,
 /// and the live `customers` and `marketing_spend` of `ctx`; the optimizer projects each scan
@@ -230,17 +245,7 @@ pub async fn orders_columns_used(
         "orders",
         empty(orders_schema).map_err(|e| Error::engine("empty orders", e))?,
     )?;
-    let previous = Arc::new(MemorySchemaProvider::new());
-    planner
-        .catalog("datafusion")
-        .ok_or_else(|| {
-            Error::engine(
-                "catalog",
-                DataFusionError::Internal("no default catalog".into()),
-            )
-        })?
-        .register_schema(PREVIOUS_SCHEMA, previous.clone())
-        .map_err(|e| Error::engine("register previous schema", e))?;
+    let previous = register_previous_schema(&planner)?;
 
     let mut used = std::collections::BTreeSet::new();
     let mut planned: BTreeMap<String, SchemaRef> = BTreeMap::new();
@@ -292,16 +297,7 @@ pub async fn run_models(
     previous: &Previous<'_>,
     staging: &Staging,
 ) -> Result<Vec<ModelOutput>> {
-    let previous_schema = Arc::new(MemorySchemaProvider::new());
-    ctx.catalog("datafusion")
-        .ok_or_else(|| {
-            Error::engine(
-                "catalog",
-                DataFusionError::Internal("no default catalog".into()),
-            )
-        })?
-        .register_schema(PREVIOUS_SCHEMA, previous_schema.clone())
-        .map_err(|e| Error::engine("register previous schema", e))?;
+    let previous_schema = register_previous_schema(ctx)?;
     let mut outputs: Vec<ModelOutput> = Vec::new();
     for model in models {
         let started = Instant::now();

@@ -343,7 +343,7 @@ impl Accumulator for OneGroup {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -363,6 +363,11 @@ mod tests {
         )
         .await
         .expect("view");
+        pretty(&ctx, sql).await
+    }
+
+    /// Runs `sql` and formats the result as a table.
+    pub(crate) async fn pretty(ctx: &SessionContext, sql: &str) -> String {
         let batches = ctx
             .sql(sql)
             .await

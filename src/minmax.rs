@@ -480,19 +480,7 @@ impl GroupsAccumulator for BytesMinMax {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::prelude::SessionConfig;
-
-    async fn run(ctx: &SessionContext, sql: &str) -> String {
-        let batches = ctx
-            .sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        pretty_format_batches(&batches).expect("format").to_string()
-    }
 
     /// Deterministic pseudo-random strings with NULLs, over many groups.
     fn table_sql(rows: usize) -> String {
@@ -537,7 +525,7 @@ mod tests {
             .collect()
             .await
             .expect("create");
-        run(&ctx, sql).await
+        crate::functions::tests::pretty(&ctx, sql).await
     }
 
     #[tokio::test]

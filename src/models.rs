@@ -156,7 +156,7 @@ pub fn discover_models(sources: &ModelSources) -> Result<Vec<Model>> {
         }
         let mut found: BTreeMap<String, String> = BTreeMap::new();
         let mut files = Vec::new();
-        walk_sql(root, &mut files)?;
+        walk_sql(root, &mut files, &mut Vec::new())?;
         files.sort();
         for path in files {
             let file = path.display().to_string();
@@ -194,7 +194,21 @@ fn collect_builtin(dir: &'static Dir<'static>, out: &mut Vec<(String, String)>) 
     }
 }
 
-fn walk_sql(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Collects the `.sql` files under `dir` (skipping `tests/` folders), following symlinked
+/// folders; `ancestors` holds the resolved folders being walked, so a symlink leading back
+/// to one of them is an error naming it instead of an endless walk.
+fn walk_sql(dir: &Path, out: &mut Vec<PathBuf>, ancestors: &mut Vec<PathBuf>) -> Result<()> {
+    let real = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve model folder", dir, e))?;
+    if let Some(first) = ancestors.iter().find(|a| **a == real) {
+        return Err(Error::ModelFile {
+            file: dir.display().to_string(),
+            message: format!(
+                "symlink loop: this folder is {}, which contains it",
+                first.display()
+            ),
+        });
+    }
+    ancestors.push(real);
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list model folder", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list model folder", dir, e))?;
@@ -203,11 +217,12 @@ fn walk_sql(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             if path.file_name().and_then(|n| n.to_str()) == Some("tests") {
                 continue;
             }
-            walk_sql(&path, out)?;
+            walk_sql(&path, out, ancestors)?;
         } else if path.extension().and_then(|e| e.to_str()) == Some("sql") {
             out.push(path);
         }
     }
+    ancestors.pop();
     Ok(())
 }
 

@@ -739,40 +739,11 @@ fn a_commit_that_fails_halfway_rolls_back_every_swapped_table() {
 
 /// Writes a minimal orders file: customer_id, a Date32 order_ts, revenue — nothing else.
 fn write_minimal_orders(path: &Path, rows: &[(&str, &str, f64)]) {
-    use datafusion::arrow::array::{Date32Array, Float64Array, StringArray};
-    use datafusion::arrow::datatypes::{Field, Schema};
-    use datafusion::arrow::record_batch::RecordBatch;
-    use std::sync::Arc;
-    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
-    let days: Vec<i32> = rows
+    let rows: Vec<_> = rows
         .iter()
-        .map(|(_, d, _)| {
-            (chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap() - epoch).num_days() as i32
-        })
+        .map(|(c, d, r)| (Some(*c), Some(*d), *r))
         .collect();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("customer_id", DataType::Utf8, false),
-        Field::new("order_ts", DataType::Date32, false),
-        Field::new("revenue", DataType::Float64, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(StringArray::from(
-                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-            )),
-            Arc::new(Date32Array::from(days)),
-            Arc::new(Float64Array::from(
-                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
-            )),
-        ],
-    )
-    .unwrap();
-    let mut w =
-        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
-            .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_orders_with_nulls(path, &rows);
 }
 
 #[tokio::test]
@@ -1207,4 +1178,18 @@ fn enormous_sizes_and_durations_exit_2_naming_the_key() {
         assert!(err.contains(key), "{key}: {err}");
         assert!(!err.contains("panicked"), "{key}: {err}");
     }
+}
+
+#[test]
+fn symlink_loop_under_a_model_folder_exits_2_naming_it() {
+    let (code, err) = failing(|d| {
+        let c = with_model(d, "ok.sql", "select 1 as x");
+        std::os::unix::fs::symlink(d.join("models"), d.join("models/again")).unwrap();
+        c
+    });
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("symlink loop") && err.contains("models/again"),
+        "{err}"
+    );
 }
