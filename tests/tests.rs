@@ -132,10 +132,16 @@ async fn read_table(out: &Path, model: &str, as_of: &str) -> Vec<BTreeMap<String
         )
         .await
         .unwrap();
-    let batches = df.collect().await.unwrap();
+    display_rows(&df.collect().await.unwrap())
+}
+
+/// Rows of display strings (NULL as `None`), by column name.
+fn display_rows(
+    batches: &[datafusion::arrow::record_batch::RecordBatch],
+) -> Vec<BTreeMap<String, Option<String>>> {
     let mut rows = Vec::new();
     let opts = FormatOptions::default();
-    for b in &batches {
+    for b in batches {
         let formatters: Vec<_> = b
             .columns()
             .iter()
@@ -144,11 +150,7 @@ async fn read_table(out: &Path, model: &str, as_of: &str) -> Vec<BTreeMap<String
         for i in 0..b.num_rows() {
             let mut row = BTreeMap::new();
             for (j, f) in b.schema().fields().iter().enumerate() {
-                let v = if b.column(j).is_null(i) {
-                    None
-                } else {
-                    Some(formatters[j].value(i).to_string())
-                };
+                let v = (!b.column(j).is_null(i)).then(|| formatters[j].value(i).to_string());
                 row.insert(f.name().clone(), v);
             }
             rows.push(row);
@@ -928,23 +930,7 @@ async fn models_reading_order_columns_the_library_does_not_get_them_from_the_sou
         .collect()
         .await
         .unwrap();
-    let mut want = Vec::new();
-    for b in &expected {
-        let opts = FormatOptions::default();
-        let cols: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
-            .collect();
-        for i in 0..b.num_rows() {
-            let mut row = BTreeMap::new();
-            for (j, f) in b.schema().fields().iter().enumerate() {
-                let v = (!b.column(j).is_null(i)).then(|| cols[j].value(i).to_string());
-                row.insert(f.name().clone(), v);
-            }
-            want.push(row);
-        }
-    }
+    let want = display_rows(&expected);
     assert!(want.len() >= 2, "the demo has several statuses: {want:?}");
     assert_eq!(got, sorted_dump(&want));
 
