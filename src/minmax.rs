@@ -64,12 +64,9 @@ impl ByteSlots {
 
     /// Stores `value` for `group` (values of 4 GiB or more are refused).
     pub(crate) fn set(&mut self, group: usize, value: &[u8]) -> Result<()> {
-        let Ok(len) = u32::try_from(value.len()) else {
+        let Some(len) = u32::try_from(value.len()).ok().filter(|l| *l != NONE) else {
             return internal_err!("a value of {} bytes is too large to aggregate", value.len());
         };
-        if len == NONE {
-            return internal_err!("a value of {} bytes is too large to aggregate", value.len());
-        }
         let (_, old) = self.slots[group];
         if old != NONE {
             self.live -= old as usize;

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
-use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
 };
@@ -571,6 +571,18 @@ struct GateCounts {
     latest: Option<i32>,
 }
 
+impl GateCounts {
+    fn add(&mut self, other: &GateCounts) {
+        self.rows += other.rows;
+        self.dropped += other.dropped;
+        self.null_customer += other.null_customer;
+        self.null_ts += other.null_ts;
+        self.future += other.future;
+        self.after_as_of += other.after_as_of;
+        self.latest = self.latest.max(other.latest);
+    }
+}
+
 /// `segflow_gate_tally(null_customer, order_ts, order_date, status)`: the filter of the
 /// staging pass. A row is kept when its status is not one of `drop_status` (compared
 /// lower-cased) and its local date is on or before `as_of` (any date with the default
@@ -590,10 +602,46 @@ pub(crate) struct GateTally {
 
 impl GateTally {
     fn counts(&self) -> GateCounts {
-        match self.counts.lock() {
-            Ok(c) => *c,
-            Err(poisoned) => *poisoned.into_inner(),
+        *self.total()
+    }
+
+    /// The running total (a panic elsewhere cannot leave it half-updated: `add` does not
+    /// fail).
+    fn total(&self) -> std::sync::MutexGuard<'_, GateCounts> {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Per row of `status`: is it one of `drop_status`? (No status column or no
+    /// `drop_status`: none is.)
+    fn dropped_flags(
+        &self,
+        status: &ArrayRef,
+        rows: usize,
+    ) -> datafusion::error::Result<Vec<bool>> {
+        if self.drop_status.is_empty() {
+            return Ok(vec![false; rows]);
         }
+        Ok(match status.data_type() {
+            DataType::Null => vec![false; rows],
+            DataType::Utf8 => status
+                .as_string::<i32>()
+                .iter()
+                .map(|s| self.dropped(s))
+                .collect(),
+            DataType::LargeUtf8 => status
+                .as_string::<i64>()
+                .iter()
+                .map(|s| self.dropped(s))
+                .collect(),
+            DataType::Utf8View => status
+                .as_string_view()
+                .iter()
+                .map(|s| self.dropped(s))
+                .collect(),
+            other => return Err(tally_err(format!("status is {other}"))),
+        })
     }
 
     /// `lower(status) IN drop_status` without lower-casing every value: ASCII values are
@@ -660,33 +708,14 @@ impl ScalarUDFImpl for GateTally {
         let dates = arrays[2]
             .as_primitive_opt::<Date32Type>()
             .ok_or_else(|| tally_err(format!("order_date is {}", arrays[2].data_type())))?;
-        let status = &arrays[3];
-        let status_at = |i: usize| -> Option<&str> {
-            if status.is_null(i) {
-                return None;
-            }
-            match status.data_type() {
-                DataType::Utf8 => Some(status.as_string::<i32>().value(i)),
-                DataType::LargeUtf8 => Some(status.as_string::<i64>().value(i)),
-                DataType::Utf8View => Some(status.as_string_view().value(i)),
-                _ => None,
-            }
-        };
-        if !matches!(
-            status.data_type(),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
-        ) {
-            return Err(tally_err(format!("status is {}", status.data_type())));
-        }
-        let check_status = !self.drop_status.is_empty();
+        let dropped = self.dropped_flags(&arrays[3], rows)?;
         let mut batch = GateCounts {
             rows: rows as u64,
             null_customer: null_customer.true_count() as u64,
             ..GateCounts::default()
         };
         let mut keep = datafusion::arrow::array::BooleanBufferBuilder::new(rows);
-        for i in 0..rows {
-            let dropped = check_status && self.dropped(status_at(i));
+        for (i, &dropped) in dropped.iter().enumerate() {
             let t = ts.is_valid(i).then(|| ts.value(i));
             let d = dates.is_valid(i).then(|| dates.value(i));
             batch.dropped += u64::from(dropped);
@@ -705,19 +734,7 @@ impl ScalarUDFImpl for GateTally {
             };
             keep.append(visible && !dropped);
         }
-        {
-            let mut total = match self.counts.lock() {
-                Ok(c) => c,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            total.rows += batch.rows;
-            total.dropped += batch.dropped;
-            total.null_customer += batch.null_customer;
-            total.null_ts += batch.null_ts;
-            total.future += batch.future;
-            total.after_as_of += batch.after_as_of;
-            total.latest = total.latest.max(batch.latest);
-        }
+        self.total().add(&batch);
         Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
             keep.finish(),
             None,
