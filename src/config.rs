@@ -45,6 +45,72 @@ pub struct ConfigFile {
     /// Object-store settings.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Input gate policies.
+    #[serde(default)]
+    pub gates: GatesConfig,
+}
+
+/// What a gate does with the rows it catches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// The run fails (exit 1) naming the gate, the column and the count.
+    Fail,
+    /// The rows are left out and published under `_rejected/as_of=D/` with the gate's name.
+    Drop,
+    /// The rows are counted and logged; the run goes on.
+    Warn,
+}
+
+/// `[gates]`: a policy per gate, and the opt-in freshness gate.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct GatesConfig {
+    pub null_customer_id: Option<Policy>,
+    pub null_order_ts: Option<Policy>,
+    pub future_order_ts: Option<Policy>,
+    pub invalid_revenue: Option<Policy>,
+    pub negative_revenue: Option<Policy>,
+    /// Fail when the latest order is more than this many days before as_of.
+    pub max_input_age_days: Option<u32>,
+}
+
+/// The gates of a run, defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Gates {
+    pub null_customer_id: Policy,
+    pub null_order_ts: Policy,
+    pub future_order_ts: Policy,
+    pub invalid_revenue: Policy,
+    pub negative_revenue: Policy,
+    pub max_input_age_days: Option<u32>,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates {
+            null_customer_id: Policy::Fail,
+            null_order_ts: Policy::Fail,
+            future_order_ts: Policy::Fail,
+            invalid_revenue: Policy::Fail,
+            negative_revenue: Policy::Warn,
+            max_input_age_days: None,
+        }
+    }
+}
+
+impl GatesConfig {
+    fn resolve(&self) -> Gates {
+        let d = Gates::default();
+        Gates {
+            null_customer_id: self.null_customer_id.unwrap_or(d.null_customer_id),
+            null_order_ts: self.null_order_ts.unwrap_or(d.null_order_ts),
+            future_order_ts: self.future_order_ts.unwrap_or(d.future_order_ts),
+            invalid_revenue: self.invalid_revenue.unwrap_or(d.invalid_revenue),
+            negative_revenue: self.negative_revenue.unwrap_or(d.negative_revenue),
+            max_input_age_days: self.max_input_age_days,
+        }
+    }
 }
 
 /// `[storage]`
@@ -146,6 +212,10 @@ pub struct InputConfig {
     /// Status values whose lines are dropped (orders only; default `["cancelled"]`).
     #[serde(default)]
     pub drop_status: Option<Vec<String>>,
+    /// Status values of return lines, whose revenue may be negative (orders only; default
+    /// `["returned", "refunded"]`).
+    #[serde(default)]
+    pub return_status: Option<Vec<String>>,
 }
 
 /// `[output]`
@@ -213,6 +283,8 @@ pub struct InputSpec {
     pub uri: String,
     pub columns: BTreeMap<String, String>,
     pub drop_status: Vec<String>,
+    /// Lower-cased statuses of return lines.
+    pub return_status: Vec<String>,
 }
 
 /// The fully resolved settings of one run.
@@ -233,6 +305,8 @@ pub struct Settings {
     pub keep_snapshots: Option<usize>,
     pub s3: S3Settings,
     pub select: Vec<String>,
+    /// Input gate policies.
+    pub gates: Gates,
     /// SHA-256 of the config file bytes and the effective overrides.
     pub config_hash: String,
 }
@@ -310,11 +384,16 @@ impl Settings {
                     });
                 }
             }
-            if input.drop_status.is_some() && name != "orders" {
-                return Err(Error::ConfigValue {
-                    key: format!("input.{name}.drop_status"),
-                    message: "drop_status applies to the orders input only".into(),
-                });
+            for (key, set) in [
+                ("drop_status", input.drop_status.is_some()),
+                ("return_status", input.return_status.is_some()),
+            ] {
+                if set && name != "orders" {
+                    return Err(Error::ConfigValue {
+                        key: format!("input.{name}.{key}"),
+                        message: format!("{key} applies to the orders input only"),
+                    });
+                }
             }
             inputs.insert(
                 name.clone(),
@@ -326,6 +405,13 @@ impl Settings {
                         .drop_status
                         .clone()
                         .unwrap_or_else(|| vec!["cancelled".to_string()])
+                        .into_iter()
+                        .map(|s| s.to_lowercase())
+                        .collect(),
+                    return_status: input
+                        .return_status
+                        .clone()
+                        .unwrap_or_else(|| vec!["returned".to_string(), "refunded".to_string()])
                         .into_iter()
                         .map(|s| s.to_lowercase())
                         .collect(),
@@ -482,6 +568,7 @@ impl Settings {
             keep_snapshots: file.output.keep_snapshots,
             s3,
             select: overrides.select.clone(),
+            gates: file.gates.resolve(),
             config_hash,
         })
     }

@@ -27,7 +27,9 @@ use tracing::{info, warn};
 use crate::config::{date_to_days, toml_to_scalar, ParamValue};
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::models::{parse_statement, type_placeholders, Model, Severity, PREVIOUS_SCHEMA};
+use crate::models::{
+    parse_statement, type_placeholders, DataTest, Model, Severity, INPUT_TABLES, PREVIOUS_SCHEMA,
+};
 use crate::publish::stage::{conform, open_dir, open_staged, StageError, StagedTable, Staging};
 use crate::publish::{Manifest, Output};
 use crate::storage::redact;
@@ -142,6 +144,22 @@ pub fn model_error(model: &Model, e: DataFusionError) -> Error {
         for h in &d.helps {
             message.push_str(&format!(" (help: {})", h.message));
         }
+        // DataFusion's "Did you mean" suggestion lives in the error text, not the diagnostic.
+        let full = e.strip_backtrace();
+        if let Some(i) = full.find("Did you mean") {
+            let hint = full[i..]
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches('.');
+            if !message.contains(hint) {
+                message.push_str(&format!(" (help: {hint}?)").replace("??", "?"));
+            }
+        } else if let Some(i) = full.find("Valid fields are ") {
+            let valid = full[i + "Valid fields are ".len()..].trim_end_matches('.');
+            message.push_str(&format!(" (valid fields: {valid})"));
+        }
+        tracing::debug!(error = %full, "planning error");
     }
     Error::Model {
         file,
@@ -212,79 +230,150 @@ fn register_previous_schema(ctx: &SessionContext) -> Result<Arc<MemorySchemaProv
     Ok(schema)
 }
 
-/// The columns of `orders` the models read. Each model is planned, not run, against empty
-/// tables: `orders` with `orders_schema`, every model upstream with the schema it planned to,
-/// and the live `customers` and `marketing_spend` of `ctx`; the optimizer projects each scan
-/// of `orders` down to the columns the model needs. Staging then writes only those.
-/// A model that fails to plan fails here, before any data is read.
-pub async fn orders_columns_used(
+/// What planning every model against empty tables found (no data read).
+pub struct PlanReport {
+    /// The planning session: the inputs (`orders` empty), and each model that planned as an
+    /// empty table of its schema, so checks and data tests can be planned against it too.
+    pub planner: SessionContext,
+    /// Each planned model's output schema.
+    pub schemas: BTreeMap<String, SchemaRef>,
+    /// The columns of `orders` the models read.
+    pub orders_columns: std::collections::BTreeSet<String>,
+    /// Models that failed to plan, with why.
+    pub failures: Vec<(String, Error)>,
+    /// Models not planned because a model they read failed: (model, the failed one).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Plans every model, in order, against empty tables: `orders` with `orders_schema`, every
+/// model upstream with the schema it planned to, and the live `customers` and
+/// `marketing_spend` of `ctx`. The optimizer projects each scan of `orders` down to the
+/// columns the model needs; staging writes only those. With `keep_going` false the first
+/// model that fails to plan is the error (a run stops before reading data); with it true
+/// (`segflow check`) every failure is collected and the models reading a failed one are
+/// skipped.
+pub async fn plan_models(
     ctx: &SessionContext,
     settings: &crate::config::Settings,
     orders_schema: SchemaRef,
     models: &[Model],
     as_of: NaiveDate,
-) -> Result<std::collections::BTreeSet<String>> {
+    keep_going: bool,
+) -> Result<PlanReport> {
     let planner = crate::session::build_session(settings)?;
-    let empty =
-        |schema: SchemaRef| -> std::result::Result<Arc<dyn TableProvider>, DataFusionError> {
-            Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
-        };
-    let register = |name: &str, table: Arc<dyn TableProvider>| {
-        planner
-            .register_table(name, table)
-            .map_err(|e| Error::engine(format!("register {name} for planning"), e))
-    };
     for name in ["customers", "marketing_spend"] {
         let table = ctx
             .table_provider(name)
             .await
             .map_err(|e| Error::engine(format!("open {name}"), e))?;
-        register(name, table)?;
+        planner
+            .register_table(name, table)
+            .map_err(|e| Error::engine(format!("register {name} for planning"), e))?;
     }
-    register(
-        "orders",
-        empty(orders_schema).map_err(|e| Error::engine("empty orders", e))?,
-    )?;
+    planner
+        .register_table(
+            "orders",
+            empty_table(orders_schema).map_err(|e| Error::engine("empty orders", e))?,
+        )
+        .map_err(|e| Error::engine("register orders for planning", e))?;
     let previous = register_previous_schema(&planner)?;
 
-    let mut used = std::collections::BTreeSet::new();
-    let mut planned: BTreeMap<String, SchemaRef> = BTreeMap::new();
+    let mut report = PlanReport {
+        planner,
+        schemas: BTreeMap::new(),
+        orders_columns: Default::default(),
+        failures: Vec::new(),
+        skipped: Vec::new(),
+    };
     for model in models {
-        for dep in &model.previous_deps {
-            if let (false, Some(schema)) = (previous.table_exist(dep), planned.get(dep)) {
-                let table = empty(schema.clone()).map_err(|e| model_error(model, e))?;
-                previous
-                    .register_table(dep.clone(), table)
+        let broken = model
+            .deps
+            .iter()
+            .chain(model.previous_deps.iter())
+            .find(|d| !report.schemas.contains_key(*d) && *d != &model.name);
+        if let Some(dep) = broken {
+            report.skipped.push((model.name.clone(), dep.clone()));
+            continue;
+        }
+        match plan_empty(&report, &previous, model, settings, as_of).await {
+            Ok((schema, columns)) => {
+                report.orders_columns.extend(columns);
+                report
+                    .planner
+                    .register_table(
+                        model.name.as_str(),
+                        empty_table(schema.clone()).map_err(|e| model_error(model, e))?,
+                    )
                     .map_err(|e| model_error(model, e))?;
+                report.schemas.insert(model.name.clone(), schema);
+            }
+            Err(e) if keep_going => report.failures.push((model.name.clone(), e)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(report)
+}
+
+fn empty_table(schema: SchemaRef) -> std::result::Result<Arc<dyn TableProvider>, DataFusionError> {
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
+}
+
+/// Plans one model in the planning session: its output schema and the `orders` columns it
+/// reads.
+async fn plan_empty(
+    report: &PlanReport,
+    previous: &MemorySchemaProvider,
+    model: &Model,
+    settings: &crate::config::Settings,
+    as_of: NaiveDate,
+) -> Result<(SchemaRef, Vec<String>)> {
+    for dep in &model.previous_deps {
+        if let (false, Some(schema)) = (previous.table_exist(dep), report.schemas.get(dep)) {
+            let table = empty_table(schema.clone()).map_err(|e| model_error(model, e))?;
+            previous
+                .register_table(dep.clone(), table)
+                .map_err(|e| model_error(model, e))?;
+        }
+    }
+    let params = model_params(model, as_of, &settings.params)?;
+    let df = plan_model(&report.planner, model, &params).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    check_partition_by(model, &schema)?;
+    let plan = df
+        .into_optimized_plan()
+        .map_err(|e| model_error(model, e))?;
+    let mut used = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if scan.table_name.table() == "orders" && scan.table_name.schema().is_none() {
+                used.extend(
+                    scan.projected_schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone()),
+                );
             }
         }
-        let params = model_params(model, as_of, &settings.params)?;
-        let df = plan_model(&planner, model, &params).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let plan = df
-            .into_optimized_plan()
-            .map_err(|e| model_error(model, e))?;
-        plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node {
-                if scan.table_name.table() == "orders" && scan.table_name.schema().is_none() {
-                    used.extend(
-                        scan.projected_schema
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().clone()),
-                    );
-                }
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })
-        .map_err(|e| model_error(model, e))?;
-        register(
-            &model.name,
-            empty(schema.clone()).map_err(|e| model_error(model, e))?,
-        )?;
-        planned.insert(model.name.clone(), schema);
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(|e| model_error(model, e))?;
+    Ok((schema, used))
+}
+
+/// Every `partition_by` column must be a column of the model.
+fn check_partition_by(model: &Model, schema: &SchemaRef) -> Result<()> {
+    for p in &model.header.partition_by {
+        if schema.field_with_name(p).is_err() {
+            return Err(Error::ModelFile {
+                file: model.file.clone(),
+                message: format!(
+                    "partition_by column `{p}` is not a column of model `{}`",
+                    model.name
+                ),
+            });
+        }
     }
-    Ok(used)
+    Ok(())
 }
 
 /// Runs every model in order, writing each once to staging and registering the staged
@@ -297,6 +386,25 @@ pub async fn run_models(
     previous: &Previous<'_>,
     staging: &Staging,
 ) -> Result<Vec<ModelOutput>> {
+    Ok(
+        run_models_until(ctx, models, as_of, config_params, previous, staging, None)
+            .await?
+            .0,
+    )
+}
+
+/// [`run_models`], stopping at the model named `until` (if any): it is planned over the
+/// staged tables upstream, with its parameters bound and `previous.*` registered, and
+/// returned unexecuted (for `segflow explain`).
+pub async fn run_models_until(
+    ctx: &SessionContext,
+    models: &[Model],
+    as_of: NaiveDate,
+    config_params: &BTreeMap<String, ParamValue>,
+    previous: &Previous<'_>,
+    staging: &Staging,
+    until: Option<&str>,
+) -> Result<(Vec<ModelOutput>, Option<DataFrame>)> {
     let previous_schema = register_previous_schema(ctx)?;
     let mut outputs: Vec<ModelOutput> = Vec::new();
     for model in models {
@@ -328,18 +436,11 @@ pub async fn run_models(
         }
         let params = model_params(model, as_of, config_params)?;
         let df = plan_model(ctx, model, &params).await?;
-        let planned = df.schema().as_arrow().clone();
-        for p in &model.header.partition_by {
-            if planned.field_with_name(p).is_err() {
-                return Err(Error::ModelFile {
-                    file: model.file.clone(),
-                    message: format!(
-                        "partition_by column `{p}` is not a column of model `{}`",
-                        model.name
-                    ),
-                });
-            }
+        if until == Some(model.name.as_str()) {
+            return Ok((outputs, Some(df)));
         }
+        let planned = df.schema().as_arrow().clone();
+        check_partition_by(model, &Arc::new(planned.clone()))?;
         let stage = |df: DataFrame| {
             staging.write_table(
                 df,
@@ -384,7 +485,7 @@ pub async fn run_models(
         });
         failpoint::hit("staging").await;
     }
-    Ok(outputs)
+    Ok((outputs, None))
 }
 
 /// True when the memory pool refused an allocation while the session prefers hash joins,
@@ -436,6 +537,66 @@ async fn count_query(ctx: &SessionContext, sql: &str) -> std::result::Result<i64
         .unwrap_or(0))
 }
 
+/// The count queries of a model's declared checks (except `row_count`): (label with `{n}`
+/// for the count, SQL counting the offending rows).
+pub fn check_queries(model: &Model) -> Vec<(String, String)> {
+    let checks = &model.header.checks;
+    let t = quote_ident(&model.name);
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for cols in &checks.unique {
+        // Rows with a NULL key take no part, as in dbt and SQL's UNIQUE (`not_null`
+        // is the check for those).
+        let keys: Vec<String> = cols.split(',').map(|c| quote_ident(c.trim())).collect();
+        let present = keys
+            .iter()
+            .map(|k| format!("{k} is not null"))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let list = keys.join(", ");
+        queries.push((
+            format!("unique({cols}): {{n}} duplicated value(s)"),
+            format!("select count(*) from (select {list} from {t} where {present} group by {list} having count(*) > 1)"),
+        ));
+    }
+    for c in &checks.not_null {
+        queries.push((
+            format!("not_null({c}): {{n}} NULL row(s)"),
+            format!("select count(*) from {t} where {} is null", quote_ident(c)),
+        ));
+    }
+    for (c, values) in &checks.accepted_values {
+        let list: Vec<String> = values.iter().map(|v| quote_str(v)).collect();
+        queries.push((
+            format!("accepted_values({c}): {{n}} row(s) outside [{}]", values.join(", ")),
+            format!(
+                "select count(*) from {t} where {c} is not null and cast({c} as varchar) not in ({})",
+                list.join(", "),
+                c = quote_ident(c)
+            ),
+        ));
+    }
+    for e in &checks.expression {
+        queries.push((
+            format!("expression({e}): {{n}} row(s) violate it"),
+            format!("select count(*) from {t} where not coalesce(({e}), false)"),
+        ));
+    }
+    for (c, target) in &checks.relationships {
+        // A target that is not `model.column` fails to plan and is reported as such.
+        let (tm, tc) = target.split_once('.').unwrap_or((target, ""));
+        queries.push((
+            format!("relationships({c} -> {target}): {{n}} value(s) missing from {target}"),
+            format!(
+                "select count(*) from {t} a where a.{c} is not null and not exists (select 1 from {tm} b where b.{tc} = a.{c})",
+                c = quote_ident(c),
+                tm = quote_ident(tm),
+                tc = quote_ident(tc)
+            ),
+        ));
+    }
+    queries
+}
+
 /// Runs every model's declared checks against its computed table. Returns the failures of
 /// severity `error`; failures of severity `warn` are logged.
 pub async fn run_checks(ctx: &SessionContext, models: &[Model]) -> Result<Vec<String>> {
@@ -443,62 +604,7 @@ pub async fn run_checks(ctx: &SessionContext, models: &[Model]) -> Result<Vec<St
     for model in models {
         let checks = &model.header.checks;
         let t = quote_ident(&model.name);
-        let mut queries: Vec<(String, String)> = Vec::new();
-        for cols in &checks.unique {
-            // Rows with a NULL key take no part, as in dbt and SQL's UNIQUE (`not_null`
-            // is the check for those).
-            let keys: Vec<String> = cols.split(',').map(|c| quote_ident(c.trim())).collect();
-            let present = keys
-                .iter()
-                .map(|k| format!("{k} is not null"))
-                .collect::<Vec<_>>()
-                .join(" and ");
-            let list = keys.join(", ");
-            queries.push((
-                format!("unique({cols}): {{n}} duplicated value(s)"),
-                format!("select count(*) from (select {list} from {t} where {present} group by {list} having count(*) > 1)"),
-            ));
-        }
-        for c in &checks.not_null {
-            queries.push((
-                format!("not_null({c}): {{n}} NULL row(s)"),
-                format!("select count(*) from {t} where {} is null", quote_ident(c)),
-            ));
-        }
-        for (c, values) in &checks.accepted_values {
-            let list: Vec<String> = values.iter().map(|v| quote_str(v)).collect();
-            queries.push((
-                format!("accepted_values({c}): {{n}} row(s) outside [{}]", values.join(", ")),
-                format!(
-                    "select count(*) from {t} where {c} is not null and cast({c} as varchar) not in ({})",
-                    list.join(", "),
-                    c = quote_ident(c)
-                ),
-            ));
-        }
-        for e in &checks.expression {
-            queries.push((
-                format!("expression({e}): {{n}} row(s) violate it"),
-                format!("select count(*) from {t} where not coalesce(({e}), false)"),
-            ));
-        }
-        for (c, target) in &checks.relationships {
-            let Some((tm, tc)) = target.split_once('.') else {
-                return Err(Error::ModelFile {
-                    file: model.file.clone(),
-                    message: format!("relationships.{c} must be `model.column`, found `{target}`"),
-                });
-            };
-            queries.push((
-                format!("relationships({c} -> {target}): {{n}} value(s) missing from {target}"),
-                format!(
-                    "select count(*) from {t} a where a.{c} is not null and not exists (select 1 from {tm} b where b.{tc} = a.{c})",
-                    c = quote_ident(c),
-                    tm = quote_ident(tm),
-                    tc = quote_ident(tc)
-                ),
-            ));
-        }
+        let queries = check_queries(model);
         let mut found = Vec::new();
         for (label, sql) in queries {
             let n = count_query(ctx, &sql).await.map_err(|e| Error::Model {
@@ -536,4 +642,140 @@ pub async fn run_checks(ctx: &SessionContext, models: &[Model]) -> Result<Vec<St
         }
     }
     Ok(failures)
+}
+
+/// The data tests whose tables all exist in this run (a `--select` run skips the others),
+/// or the error naming a test that reads a table that is neither an input nor a model.
+pub fn runnable_tests<'t>(
+    tests: &'t [DataTest],
+    all_models: &std::collections::BTreeSet<String>,
+    computed: &std::collections::BTreeSet<String>,
+) -> Result<Vec<&'t DataTest>> {
+    let mut runnable = Vec::new();
+    for t in tests {
+        let m = &t.model;
+        let tables = m.deps.iter().chain(m.previous_deps.iter());
+        if let Some(unknown) = tables.clone().find(|d| !all_models.contains(*d)) {
+            let mut known: Vec<String> = INPUT_TABLES.iter().map(|s| s.to_string()).collect();
+            known.extend(all_models.iter().cloned());
+            return Err(Error::UnknownTable {
+                file: m.file.clone(),
+                model: m.name.clone(),
+                table: unknown.clone(),
+                known: known.join(", "),
+            });
+        }
+        match tables.clone().find(|d| !computed.contains(*d)) {
+            Some(missing) => {
+                info!(test = %m.name, table = %missing, "data test skipped: its table is not computed in this run")
+            }
+            None => runnable.push(t),
+        }
+    }
+    Ok(runnable)
+}
+
+/// Runs the data tests after the models: a test fails when its query returns rows. Returns
+/// the failures of severity `error` (the test, the count and up to 5 sample rows); those of
+/// severity `warn` are logged.
+pub async fn run_data_tests(
+    ctx: &SessionContext,
+    tests: &[&DataTest],
+    as_of: NaiveDate,
+    config_params: &BTreeMap<String, ParamValue>,
+) -> Result<Vec<String>> {
+    const SAMPLE: usize = 5;
+    let mut failures = Vec::new();
+    for t in tests {
+        let m = &t.model;
+        let params = model_params(m, as_of, config_params)?;
+        let df = plan_model(ctx, m, &params).await?;
+        let count = df.clone().count().await.map_err(|e| model_error(m, e))?;
+        if count == 0 {
+            info!(test = %m.name, "data test passed");
+            continue;
+        }
+        let sample = df
+            .limit(0, Some(SAMPLE))
+            .map_err(|e| model_error(m, e))?
+            .collect()
+            .await
+            .map_err(|e| model_error(m, e))?;
+        let table = datafusion::arrow::util::pretty::pretty_format_batches(&sample)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|e| format!("(rows cannot be shown: {e})"));
+        let line = format!(
+            "{}: data test `{}` returned {count} row(s){}:\n{table}",
+            m.file,
+            m.name,
+            if count > SAMPLE {
+                format!(", the first {SAMPLE}")
+            } else {
+                String::new()
+            }
+        );
+        match t.severity {
+            Severity::Warn => warn!("{line}"),
+            Severity::Error => failures.push(line),
+        }
+    }
+    Ok(failures)
+}
+
+/// The `[params]` overrides (config file or `SEGFLOW_PARAM_*`) that no model or data test
+/// uses or declares: (where it was set, name) — a typo that would otherwise pass silently.
+pub fn unused_params<'m>(
+    params: &BTreeMap<String, ParamValue>,
+    models: impl IntoIterator<Item = &'m Model>,
+) -> Vec<(String, String)> {
+    let mut known: std::collections::BTreeSet<String> = ["as_of".to_string()].into();
+    for m in models {
+        known.extend(m.params_used.iter().cloned());
+        known.extend(m.header.params.keys().map(|k| k.to_lowercase()));
+    }
+    params
+        .iter()
+        .filter(|(k, _)| !known.contains(&k.to_lowercase()))
+        .map(|(k, v)| {
+            let source = match v {
+                ParamValue::Text(_) => format!("SEGFLOW_PARAM_{}", k.to_uppercase()),
+                ParamValue::Typed(_) => format!("params.{k}"),
+            };
+            (source, k.clone())
+        })
+        .collect()
+}
+
+/// [`unused_params`] as the error a run stops with.
+pub fn reject_unused_params<'m>(
+    params: &BTreeMap<String, ParamValue>,
+    models: impl IntoIterator<Item = &'m Model> + Clone,
+) -> Result<()> {
+    let unused = unused_params(params, models.clone());
+    let Some((source, name)) = unused.first() else {
+        return Ok(());
+    };
+    let mut known: std::collections::BTreeSet<String> = Default::default();
+    for m in models {
+        known.extend(m.params_used.iter().map(|p| format!("${p}")));
+    }
+    Err(Error::ConfigValue {
+        key: source.clone(),
+        message: format!(
+            "no model or data test uses the parameter `${name}`{} (parameters used: {})",
+            if unused.len() > 1 {
+                format!(
+                    " (nor {})",
+                    unused[1..]
+                        .iter()
+                        .map(|(s, _)| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                String::new()
+            },
+            known.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    })
 }

@@ -6,13 +6,16 @@
 //! view) → [`models`] (discover, header, graph) → [`engine`] (plan, execute, check) →
 //! [`publish`] (lock, stage, commit, recover), all I/O through [`storage`].
 
+pub mod check;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod failpoint;
 pub mod functions;
+pub mod gates;
 pub mod generate;
 pub mod init;
+pub mod inspect;
 pub mod memory;
 pub mod minmax;
 pub mod models;

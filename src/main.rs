@@ -16,6 +16,11 @@ const EXIT_HELP: &str = "Exit codes:
   1  model checks or input gates failed (nothing published)
   2  the run stopped: config, SQL, I/O, lock held, empty input, SIGTERM/SIGINT (nothing published)";
 
+const CHECK_HELP: &str = "Exit codes:
+  0  no errors (warnings may be printed)
+  1  errors in models, data tests, checks or params (each printed as file:line:col)
+  2  the check could not run: config, inputs, I/O";
+
 const GENERATE_HELP: &str =
     "Writes <out>/month=YYYY-MM/part-0.parquet (zstd) in the demo's source schema
 (fixtures/demo/segflow.toml reads it unchanged); order_no is SO-<client_id>-<kkkk>, k
@@ -66,6 +71,47 @@ enum Command {
         /// Publish only these models (their inputs are computed, not published).
         #[arg(long, num_args = 1..)]
         select: Vec<String>,
+    },
+    /// Parse and plan every model, check and data test against the input schemas (reads no
+    /// data, takes no lock, writes nothing); report every problem.
+    #[command(after_help = CHECK_HELP)]
+    Check {
+        /// Config file.
+        #[arg(long, default_value = "segflow.toml", env = "SEGFLOW_CONFIG")]
+        config: PathBuf,
+    },
+    /// List the models: kind, grain, partitioning, what each reads, whether the newest
+    /// snapshot publishes it, description.
+    List {
+        /// Config file.
+        #[arg(long, default_value = "segflow.toml", env = "SEGFLOW_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run one model and what it reads, and print its first rows (nothing published, no
+    /// lock; staged in a temp dir).
+    Preview {
+        /// The model.
+        model: String,
+        /// Config file.
+        #[arg(long, default_value = "segflow.toml", env = "SEGFLOW_CONFIG")]
+        config: PathBuf,
+        /// Rows to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Snapshot date (YYYY-MM-DD); default: config, else the latest order date.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+    /// Print a model's logical and physical plan (computing what it reads in a temp dir).
+    Explain {
+        /// The model.
+        model: String,
+        /// Config file.
+        #[arg(long, default_value = "segflow.toml", env = "SEGFLOW_CONFIG")]
+        config: PathBuf,
+        /// Execute the model and show the plan with its metrics.
+        #[arg(long)]
+        analyze: bool,
     },
     /// Create a project: config, a copy of the built-in models, demo data.
     Init {
@@ -136,7 +182,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(main_inner(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", segflow::storage::redact(&e.to_string()));
             ExitCode::from(e.exit_code())
@@ -144,8 +190,59 @@ fn main() -> ExitCode {
     }
 }
 
-async fn main_inner(command: Command) -> Result<(), segflow::Error> {
+async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
     match command {
+        Command::List { config } => {
+            let settings = Settings::load(&config, &Overrides::default())?;
+            print!("{}", segflow::inspect::list(&settings).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Preview {
+            model,
+            config,
+            limit,
+            as_of,
+        } => {
+            let settings = Settings::load(
+                &config,
+                &Overrides {
+                    as_of,
+                    ..Overrides::default()
+                },
+            )?;
+            let mut shutdown = segflow::run::Shutdown::install()?;
+            let text = tokio::select! {
+                t = segflow::inspect::preview(&settings, &model, limit, settings.as_of) => t?,
+                s = shutdown.wait() => return Err(segflow::Error::Interrupted { signal: s }),
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            model,
+            config,
+            analyze,
+        } => {
+            let settings = Settings::load(&config, &Overrides::default())?;
+            let mut shutdown = segflow::run::Shutdown::install()?;
+            let text = tokio::select! {
+                t = segflow::inspect::explain(&settings, &model, analyze) => t?,
+                s = shutdown.wait() => return Err(segflow::Error::Interrupted { signal: s }),
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let settings = Settings::load(&config, &Overrides::default())?;
+            let report = segflow::check::check(&settings).await?;
+            let cwd = std::env::current_dir().unwrap_or_default();
+            print!("{}", report.render(&cwd));
+            Ok(if report.errors() > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Run {
             config,
             as_of,
@@ -184,7 +281,7 @@ async fn main_inner(command: Command) -> Result<(), segflow::Error> {
                 "  manifest: {}",
                 loc.display(&segflow::publish::manifest_rel(m.as_of))
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Generate {
             out,
@@ -229,7 +326,7 @@ async fn main_inner(command: Command) -> Result<(), segflow::Error> {
                 s.bytes as f64 / (1024.0 * 1024.0)
             );
             println!("seconds:   {:.1}", s.seconds);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Init { dir } => {
             segflow::init::init_project(&dir)?;
@@ -238,7 +335,7 @@ async fn main_inner(command: Command) -> Result<(), segflow::Error> {
                 dir.display(),
                 dir.join("segflow.toml").display()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -134,16 +134,115 @@ pub struct ModelSources {
 
 /// Finds every model: the built-in library (unless disabled), then each path in order,
 /// later ones overriding same-named models. `*.sql` under a `tests/` subfolder are data
-/// tests, not models.
+/// tests, not models. The first broken model file is the error.
 pub fn discover_models(sources: &ModelSources) -> Result<Vec<Model>> {
-    let mut by_name: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let (models, mut broken) = discover_models_lenient(sources)?;
+    match broken.is_empty() {
+        true => Ok(models),
+        false => Err(broken.remove(0)),
+    }
+}
+
+/// [`discover_models`] that keeps going: the models that parse, and an error for each file
+/// that does not (for `segflow check`, which reports them all). A model folder that cannot
+/// be read is still the error.
+pub fn discover_models_lenient(sources: &ModelSources) -> Result<(Vec<Model>, Vec<Error>)> {
+    let files = sql_files(sources, false)?;
+    let mut models = Vec::new();
+    let mut broken = Vec::new();
+    for f in files {
+        match f.and_then(|(name, file, sql)| parse_model(&name, &file, sql)) {
+            Ok(m) => models.push(m),
+            Err(e) => broken.push(e),
+        }
+    }
+    Ok((models, broken))
+}
+
+/// A data test: a query over the models and inputs under a `tests/` folder beside the
+/// models; any row it returns is a failure.
+#[derive(Debug, Clone)]
+pub struct DataTest {
+    /// The test as a model (its name is the file stem; `header` holds its description and
+    /// parameter defaults), so it is planned and bound like one.
+    pub model: Model,
+    pub severity: Severity,
+}
+
+/// Front matter of a data test.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestHeader {
+    #[serde(default)]
+    description: String,
+    /// `error` (default: the run fails with exit 1, nothing published) or `warn`.
+    #[serde(default)]
+    severity: Severity,
+    #[serde(default)]
+    params: BTreeMap<String, toml::Value>,
+}
+
+/// Finds the data tests: `*.sql` under every `tests/` folder of the model paths (and of the
+/// built-in library when it runs), later paths overriding same-named tests.
+pub fn discover_tests(sources: &ModelSources) -> Result<Vec<DataTest>> {
+    let (tests, mut broken) = discover_tests_lenient(sources)?;
+    match broken.is_empty() {
+        true => Ok(tests),
+        false => Err(broken.remove(0)),
+    }
+}
+
+/// [`discover_tests`] that keeps going (for `segflow check`).
+pub fn discover_tests_lenient(sources: &ModelSources) -> Result<(Vec<DataTest>, Vec<Error>)> {
+    let mut tests = Vec::new();
+    let mut broken = Vec::new();
+    for f in sql_files(sources, true)? {
+        match f.and_then(|(name, file, sql)| parse_test(&name, &file, sql)) {
+            Ok(t) => tests.push(t),
+            Err(e) => broken.push(e),
+        }
+    }
+    Ok((tests, broken))
+}
+
+fn parse_test(name: &str, file: &str, sql: String) -> Result<DataTest> {
+    let header: TestHeader = parse_front_matter(file, &sql)?;
+    let model = parse_model_with(
+        name,
+        file,
+        sql,
+        Header {
+            description: header.description,
+            publish: false,
+            params: header.params,
+            ..Header::default()
+        },
+    )?;
+    Ok(DataTest {
+        model,
+        severity: header.severity,
+    })
+}
+
+/// (name, file as shown, text) of every model file (`tests` false) or data test file
+/// (`tests` true), later sources overriding same-named ones; a file whose name is not a
+/// valid model name, or a name defined twice in one folder, is an error of that file.
+type SqlFile = Result<(String, String, String)>;
+
+fn sql_files(sources: &ModelSources, tests: bool) -> Result<Vec<SqlFile>> {
+    let mut by_name: BTreeMap<String, SqlFile> = BTreeMap::new();
+    let mut broken = Vec::new();
     if sources.builtin {
         let mut files = Vec::new();
-        collect_builtin(&BUILTIN_MODELS, &mut files);
+        collect_builtin(&BUILTIN_MODELS, &mut files, tests, false);
         for (rel, text) in files {
             let file = format!("sql/{rel}");
-            let name = model_name(Path::new(&rel), &file)?;
-            by_name.insert(name, (file, text));
+            match model_name(Path::new(&rel), &file) {
+                Ok(name) => {
+                    by_name.insert(name.clone(), Ok((name, file, text)));
+                }
+                Err(e) => broken.push(Err(e)),
+            }
         }
     }
     for root in &sources.paths {
@@ -156,48 +255,72 @@ pub fn discover_models(sources: &ModelSources) -> Result<Vec<Model>> {
         }
         let mut found: BTreeMap<String, String> = BTreeMap::new();
         let mut files = Vec::new();
-        walk_sql(root, &mut files, &mut Vec::new())?;
+        walk_sql(root, &mut files, &mut Vec::new(), tests, false)?;
         files.sort();
         for path in files {
             let file = path.display().to_string();
-            let name = model_name(&path, &file)?;
+            let name = match model_name(&path, &file) {
+                Ok(n) => n,
+                Err(e) => {
+                    broken.push(Err(e));
+                    continue;
+                }
+            };
             if let Some(other) = found.insert(name.clone(), file.clone()) {
-                return Err(Error::ModelFile {
+                broken.push(Err(Error::ModelFile {
                     file,
-                    message: format!("model `{name}` is also defined by {other}"),
-                });
+                    message: format!(
+                        "{} `{name}` is also defined by {other}",
+                        if tests { "data test" } else { "model" }
+                    ),
+                }));
+                continue;
             }
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| Error::io("read model", &path, e))?;
-            by_name.insert(name, (file, text));
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::io("read model", &path, e))
+                .map(|text| (name.clone(), file, text));
+            by_name.insert(name, text);
         }
     }
-    by_name
-        .into_iter()
-        .map(|(name, (file, sql))| parse_model(&name, &file, sql))
-        .collect()
+    broken.extend(by_name.into_values());
+    Ok(broken)
 }
 
-fn collect_builtin(dir: &'static Dir<'static>, out: &mut Vec<(String, String)>) {
-    for f in dir.files() {
-        let p = f.path();
-        if p.extension().and_then(|e| e.to_str()) == Some("sql") {
-            if let Some(text) = f.contents_utf8() {
-                out.push((p.to_string_lossy().into_owned(), text.to_string()));
+fn collect_builtin(
+    dir: &'static Dir<'static>,
+    out: &mut Vec<(String, String)>,
+    tests: bool,
+    inside: bool,
+) {
+    if inside == tests {
+        for f in dir.files() {
+            let p = f.path();
+            if p.extension().and_then(|e| e.to_str()) == Some("sql") {
+                if let Some(text) = f.contents_utf8() {
+                    out.push((p.to_string_lossy().into_owned(), text.to_string()));
+                }
             }
         }
     }
     for d in dir.dirs() {
-        if d.path().file_name().and_then(|n| n.to_str()) != Some("tests") {
-            collect_builtin(d, out);
+        let is_tests = d.path().file_name().and_then(|n| n.to_str()) == Some("tests");
+        if tests || !is_tests {
+            collect_builtin(d, out, tests, inside || is_tests);
         }
     }
 }
 
-/// Collects the `.sql` files under `dir` (skipping `tests/` folders), following symlinked
-/// folders; `ancestors` holds the resolved folders being walked, so a symlink leading back
-/// to one of them is an error naming it instead of an endless walk.
-fn walk_sql(dir: &Path, out: &mut Vec<PathBuf>, ancestors: &mut Vec<PathBuf>) -> Result<()> {
+/// Collects the `.sql` files under `dir`: outside `tests/` folders (`tests` false) or
+/// inside them (`tests` true); `inside` says whether `dir` is within a `tests/` folder.
+/// Symlinked folders are followed; `ancestors` holds the resolved folders being walked, so a
+/// symlink leading back to one of them is an error naming it instead of an endless walk.
+fn walk_sql(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    ancestors: &mut Vec<PathBuf>,
+    tests: bool,
+    inside: bool,
+) -> Result<()> {
     let real = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve model folder", dir, e))?;
     if let Some(first) = ancestors.iter().find(|a| **a == real) {
         return Err(Error::ModelFile {
@@ -214,11 +337,11 @@ fn walk_sql(dir: &Path, out: &mut Vec<PathBuf>, ancestors: &mut Vec<PathBuf>) ->
         let entry = entry.map_err(|e| Error::io("list model folder", dir, e))?;
         let path = entry.path();
         if path.is_dir() {
-            if path.file_name().and_then(|n| n.to_str()) == Some("tests") {
-                continue;
+            let is_tests = path.file_name().and_then(|n| n.to_str()) == Some("tests");
+            if tests || !is_tests {
+                walk_sql(&path, out, ancestors, tests, inside || is_tests)?;
             }
-            walk_sql(&path, out, ancestors)?;
-        } else if path.extension().and_then(|e| e.to_str()) == Some("sql") {
+        } else if inside == tests && path.extension().and_then(|e| e.to_str()) == Some("sql") {
             out.push(path);
         }
     }
@@ -265,6 +388,10 @@ fn model_name(path: &Path, file: &str) -> Result<String> {
 /// Splits off and parses the front matter; finds tables and parameters used.
 pub fn parse_model(name: &str, file: &str, sql: String) -> Result<Model> {
     let header = parse_front_matter(file, &sql)?;
+    parse_model_with(name, file, sql, header)
+}
+
+fn parse_model_with(name: &str, file: &str, sql: String, header: Header) -> Result<Model> {
     let statement = parse_statement(file, &sql)?;
     let (tables, _ctes) =
         resolve_table_references(&statement, true).map_err(|e| Error::ModelFile {
@@ -309,10 +436,7 @@ pub fn parse_statement(file: &str, sql: &str) -> Result<DFStatement> {
     let mut statements = DFParserBuilder::new(sql)
         .build()
         .and_then(|mut p| p.parse_statements())
-        .map_err(|e| Error::ModelFile {
-            file: file.into(),
-            message: format!("SQL syntax error: {e}"),
-        })?;
+        .map_err(|e| syntax_error(file, sql, e))?;
     if statements.len() != 1 {
         return Err(Error::ModelFile {
             file: file.into(),
@@ -344,6 +468,44 @@ pub fn parse_statement(file: &str, sql: &str) -> Result<DFStatement> {
     Ok(statement)
 }
 
+/// A parser error as `file:line:col: SQL syntax error: ...` (the end of the file when the
+/// text ended too early).
+fn syntax_error(file: &str, sql: &str, e: datafusion::error::DataFusionError) -> Error {
+    use datafusion::sql::sqlparser::parser::ParserError;
+    let text = match e.find_root() {
+        datafusion::error::DataFusionError::SQL(p, _) => match p.as_ref() {
+            ParserError::ParserError(s) | ParserError::TokenizerError(s) => s.clone(),
+            other => other.to_string(),
+        },
+        other => other.strip_backtrace(),
+    };
+    let (message, at) = match text.rsplit_once(" at Line: ") {
+        Some((message, at)) => {
+            let mut parts = at.split(", Column: ");
+            let line = parts.next().and_then(|l| l.trim().parse::<usize>().ok());
+            let col = parts.next().and_then(|c| c.trim().parse::<usize>().ok());
+            (message.to_string(), line.zip(col))
+        }
+        None => (text.clone(), None),
+    };
+    let at = at.or_else(|| {
+        // Ran off the end: point just past the last character.
+        text.contains("EOF").then(|| {
+            let last = sql.trim_end();
+            let line = last.matches('\n').count() + 1;
+            let col = last.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            (line, col)
+        })
+    });
+    Error::ModelFile {
+        file: match at {
+            Some((line, col)) => format!("{file}:{line}:{col}"),
+            None => file.into(),
+        },
+        message: format!("SQL syntax error: {message}"),
+    }
+}
+
 fn statement_kind(s: &SqlStatement) -> String {
     let text = s.to_string();
     let words: Vec<&str> = text.split_whitespace().take(2).collect();
@@ -361,12 +523,12 @@ fn statement_kind(s: &SqlStatement) -> String {
 }
 
 /// Locates the `/*--- ... ---*/` block and parses it as TOML; errors carry file:line.
-fn parse_front_matter(file: &str, sql: &str) -> Result<Header> {
+fn parse_front_matter<H: serde::de::DeserializeOwned>(file: &str, sql: &str) -> Result<H> {
     let trimmed = sql.trim_start();
     if !trimmed.starts_with("/*---") {
-        return Ok(Header {
-            publish: true,
-            ..Header::default()
+        return toml::from_str("").map_err(|e| Error::ModelFile {
+            file: file.into(),
+            message: format!("invalid front matter: {}", e.message()),
         });
     }
     let start = sql.len() - trimmed.len() + "/*---".len();
@@ -378,7 +540,7 @@ fn parse_front_matter(file: &str, sql: &str) -> Result<Header> {
         });
     };
     let body = &sql[start..start + len];
-    toml::from_str::<Header>(body).map_err(|e| {
+    toml::from_str::<H>(body).map_err(|e| {
         let offset = e.span().map(|s| s.start).unwrap_or(0);
         let line = line_of(sql, start + offset);
         Error::ModelFile {

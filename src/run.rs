@@ -15,12 +15,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::engine::{run_checks, run_models, Previous};
+use crate::engine::{
+    reject_unused_params, run_checks, run_data_tests, run_models, runnable_tests, Previous,
+};
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::models::{discover_models, order_models, select_models, Model, ModelSources};
+use crate::models::{
+    discover_models, discover_tests, order_models, select_models, DataTest, Model, ModelSources,
+};
 use crate::publish::stage::Staging;
-use crate::publish::{LockInfo, Manifest, ModelTiming, Output, TableEntry};
+use crate::publish::{LockInfo, Manifest, ModelTiming, Output, RejectedEntry, TableEntry};
 use crate::session::build_session;
 use crate::sources::register_sources;
 
@@ -40,13 +44,13 @@ struct Prepared {
 
 /// Resolves when SIGTERM or SIGINT arrives; installed before the run starts, so a signal
 /// never kills the process without clean-up (`generate` uses it too).
-pub(crate) struct Shutdown {
+pub struct Shutdown {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Shutdown {
-    pub(crate) fn install() -> Result<Shutdown> {
+    pub fn install() -> Result<Shutdown> {
         let io = |e| Error::io("install signal handler", "SIGTERM/SIGINT", e);
         Ok(Shutdown {
             term: signal(SignalKind::terminate()).map_err(io)?,
@@ -54,7 +58,7 @@ impl Shutdown {
         })
     }
 
-    pub(crate) async fn wait(&mut self) -> &'static str {
+    pub async fn wait(&mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
@@ -80,7 +84,18 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
         paths: settings.model_paths.clone(),
     })?;
     let models = order_models(models)?;
+    let tests = discover_tests(&ModelSources {
+        builtin: settings.builtin_models,
+        paths: settings.model_paths.clone(),
+    })?;
+    reject_unused_params(
+        &settings.params,
+        models.iter().chain(tests.iter().map(|t| &t.model)),
+    )?;
+    let all_models: BTreeSet<String> = models.iter().map(|m| m.name.clone()).collect();
     let (models, publish_only) = select_models(models, &settings.select)?;
+    let computed: BTreeSet<String> = models.iter().map(|m| m.name.clone()).collect();
+    let tests = runnable_tests(&tests, &all_models, &computed)?;
     info!(models = models.len(), "models discovered");
 
     let output = Output::open(&settings.output, &settings.s3)?;
@@ -90,8 +105,13 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
         s = shutdown.wait() => return Err(Error::Interrupted { signal: s }),
     };
     let heartbeat = lock.keep_alive(settings.lock_timeout);
+    let selected = Selected {
+        models: &models,
+        tests: &tests,
+        publish_only: &publish_only,
+    };
     let prepared = tokio::select! {
-        p = prepare(settings, &output, &run_id, started_at, clock, &models, &publish_only) => p,
+        p = prepare(settings, &output, &run_id, started_at, clock, &selected) => p,
         s = shutdown.wait() => Err(Error::Interrupted { signal: s }),
     };
     let result = match prepared {
@@ -116,15 +136,28 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
     result.map(|manifest| RunSummary { manifest, output })
 }
 
+/// What a run computes: the models in order, the data tests that can run, the models to
+/// publish.
+#[derive(Clone, Copy)]
+struct Selected<'a> {
+    models: &'a [Model],
+    tests: &'a [&'a DataTest],
+    publish_only: &'a BTreeSet<String>,
+}
+
 async fn prepare(
     settings: &Settings,
     output: &Output,
     run_id: &str,
     started_at: DateTime<Utc>,
     clock: Instant,
-    models: &[Model],
-    publish_only: &BTreeSet<String>,
+    selected: &Selected<'_>,
 ) -> Result<Prepared> {
+    let Selected {
+        models,
+        tests,
+        publish_only,
+    } = *selected;
     output.recover(run_id).await?;
     failpoint::hit("after_lock").await;
     let ctx = build_session(settings)?;
@@ -155,7 +188,8 @@ async fn prepare(
     )
     .await?;
 
-    let failures = run_checks(&ctx, models).await?;
+    let mut failures = run_checks(&ctx, models).await?;
+    failures.extend(run_data_tests(&ctx, tests, as_of, &settings.params).await?);
     if !failures.is_empty() {
         return Err(Error::ChecksFailed {
             count: failures.len(),
@@ -189,6 +223,23 @@ async fn prepare(
         staged.insert(o.name.clone(), o.staged.files.clone());
     }
 
+    let rejected = match &sources.rejected {
+        Some(r) => {
+            let name = crate::sources::REJECTED;
+            staged.insert(name.to_string(), r.files.clone());
+            Some(RejectedEntry {
+                path: format!("{name}/as_of={as_of}"),
+                rows: r.rows,
+                files: r
+                    .files
+                    .iter()
+                    .map(|f| output.published_file(run_id, name, as_of, f))
+                    .collect(),
+            })
+        }
+        None => None,
+    };
+
     // A partial (--select) run keeps the other tables of the snapshot it replaces.
     let mut all_tables = BTreeMap::new();
     if !settings.select.is_empty() {
@@ -221,6 +272,7 @@ async fn prepare(
             })
             .collect(),
         tables: all_tables,
+        rejected,
     };
     Ok(Prepared { manifest, staged })
 }

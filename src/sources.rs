@@ -5,14 +5,11 @@
 //! type, optional columns the source lacks become typed NULLs, cancelled order lines are
 //! dropped and rows after `as_of` are invisible. No `order_id` means one order per source row.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
-use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
-};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemTable;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -20,22 +17,23 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::{
-    cast, col, lit, ColumnarValue, Expr, ExprFunctionExt, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, SortExpr, Volatility,
-};
+use datafusion::logical_expr::{cast, col, lit, Expr, ExprFunctionExt, ScalarUDF, SortExpr};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{InputSpec, Settings};
-use crate::engine::orders_columns_used;
+use crate::config::{InputSpec, Policy, Settings};
+use crate::engine::plan_models;
 use crate::error::{Error, Result};
+use crate::gates::{Gate, GateCounts, GateReason, GateRules, GateStat, GateTally};
 use crate::models::Model;
-use crate::publish::stage::{open_staged, StageError, Staging};
+use crate::publish::stage::{open_staged, StageError, StagedTable, Staging};
 use crate::storage::redact;
 use object_store::ObjectStoreExt;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+
+/// The folder (a table name in staging) of the rows the gates left out.
+pub const REJECTED: &str = "_rejected";
 
 /// What the orders input held, for the manifest and the default as_of.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +48,12 @@ pub struct InputStats {
     pub rows_after_as_of: u64,
     /// Rows the models see.
     pub rows_visible: u64,
+    /// Rows a gate with policy `drop` left out (published under `_rejected/`).
+    #[serde(default)]
+    pub rows_rejected: u64,
+    /// Rows each input gate caught, and its policy.
+    #[serde(default)]
+    pub gates: BTreeMap<String, GateStat>,
 }
 
 /// The result of registering inputs.
@@ -57,6 +61,19 @@ pub struct InputStats {
 pub struct Sources {
     pub as_of: NaiveDate,
     pub orders: InputStats,
+    /// The rows gates dropped, staged as `_rejected` (None when no row was dropped).
+    pub rejected: Option<StagedTable>,
+}
+
+/// The orders input opened: the rows the models see (not yet staged), the mapped source
+/// (for the rejected rows), the tally of the gates.
+struct OrdersSource<'s> {
+    visible: DataFrame,
+    mapped: DataFrame,
+    present: BTreeSet<&'static str>,
+    tally: Arc<GateTally>,
+    files: usize,
+    spec: &'s InputSpec,
 }
 
 fn ts_type() -> DataType {
@@ -116,15 +133,12 @@ pub fn orders_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Registers `orders`, `customers` and `marketing_spend`; decides `as_of`. The canonical
-/// `orders` (casts, status filter, as_of cut-off, synthetic order ids) is computed once and
-/// staged as Parquet; every model reads the staged table.
-pub async fn register_sources(
+/// Registers `customers` and `marketing_spend` and opens the `orders` source: the rows the
+/// models see (not yet staged), the tally of the gates, the number of files.
+async fn open_sources<'s>(
     ctx: &SessionContext,
-    settings: &Settings,
-    models: &[Model],
-    staging: impl FnOnce(NaiveDate) -> Staging,
-) -> Result<(Sources, Staging)> {
+    settings: &'s Settings,
+) -> Result<OrdersSource<'s>> {
     for name in ["customers", "marketing_spend"] {
         let table = match settings.inputs.get(name) {
             Some(spec) => {
@@ -156,7 +170,35 @@ pub async fn register_sources(
         })?;
     let (raw, files) = read_parquet_input(ctx, orders_spec).await?;
     let (mapped, present) = map_columns(raw, orders_spec, settings)?;
-    let (orders, tally) = visible_orders(mapped, &present, orders_spec, settings)?;
+    let (visible, tally) = visible_orders(mapped.clone(), &present, orders_spec, settings)?;
+    Ok(OrdersSource {
+        visible,
+        mapped,
+        present,
+        tally,
+        files,
+        spec: orders_spec,
+    })
+}
+
+/// Registers `customers` and `marketing_spend` and returns the schema `orders` has in a
+/// run, reading only the inputs' Parquet footers (for `segflow check`).
+pub async fn input_schemas(ctx: &SessionContext, settings: &Settings) -> Result<SchemaRef> {
+    let source = open_sources(ctx, settings).await?;
+    Ok(Arc::new(source.visible.schema().as_arrow().clone()))
+}
+
+/// Registers `orders`, `customers` and `marketing_spend`; decides `as_of`. The canonical
+/// `orders` (casts, status filter, as_of cut-off, synthetic order ids) is computed once and
+/// staged as Parquet; every model reads the staged table.
+pub async fn register_sources(
+    ctx: &SessionContext,
+    settings: &Settings,
+    models: &[Model],
+    staging: impl FnOnce(NaiveDate) -> Staging,
+) -> Result<(Sources, Staging)> {
+    let source = open_sources(ctx, settings).await?;
+    let (orders, orders_spec) = (source.visible, source.spec);
     // The default as_of is known after the pass; which columns the models read does not
     // depend on it.
     let planning_as_of = settings.as_of.unwrap_or_else(|| Utc::now().date_naive());
@@ -164,7 +206,9 @@ pub async fn register_sources(
     // Only the columns some model reads are staged (a quarter fewer bytes for the built-in
     // library); at least one, so the table has a schema.
     let schema: SchemaRef = Arc::new(orders.schema().as_arrow().clone());
-    let used = orders_columns_used(ctx, settings, schema.clone(), models, planning_as_of).await?;
+    let used = plan_models(ctx, settings, schema.clone(), models, planning_as_of, false)
+        .await?
+        .orders_columns;
     let keep: Vec<&str> = schema
         .fields()
         .iter()
@@ -186,8 +230,36 @@ pub async fn register_sources(
             StageError::Engine(e) => input_err(orders_spec, redact(&e.strip_backtrace())),
             StageError::PartitionValue { .. } => input_err(orders_spec, "unexpected partition"),
         })?;
-    let (stats, as_of) = settle_gates(&tally, orders_spec, settings, files)?;
+    let counts = source.tally.counts();
+    let (stats, as_of) = settle_gates(&counts, orders_spec, settings, source.files)?;
     staging.as_of = as_of;
+    let rejected = match counts.rejected {
+        0 => None,
+        _ => {
+            let rows = rejected_rows(source.mapped, &source.present, &source.tally.rules)
+                .map_err(|e| input_err(orders_spec, e.to_string()))?;
+            let staged = staging
+                .write_table(rows, REJECTED, true, &[])
+                .await
+                .map_err(|e| match e {
+                    StageError::Engine(e) => input_err(
+                        orders_spec,
+                        redact(&format!(
+                            "cannot write the rejected rows: {}",
+                            e.strip_backtrace()
+                        )),
+                    ),
+                    StageError::PartitionValue { .. } => {
+                        input_err(orders_spec, "unexpected partition")
+                    }
+                })?;
+            info!(
+                rows = staged.rows,
+                "rows left out by the gates staged under {REJECTED}"
+            );
+            Some(staged)
+        }
+    };
     let (table, _) = open_staged(ctx, &staged, &staging.out.loc, &planned)
         .await
         .map_err(|e| input_err(orders_spec, redact(&e.strip_backtrace())))?;
@@ -199,6 +271,7 @@ pub async fn register_sources(
         Sources {
             as_of,
             orders: stats,
+            rejected,
         },
         staging,
     ))
@@ -446,9 +519,10 @@ fn check_castable(
     }
 }
 
-/// The rows of `orders` the models see (status dropping, the as_of cut-off, synthetic order
-/// ids), with a [`GateTally`] that counts, as the staging pass streams every source row
-/// through it, what the gates and the manifest need. One scan of the source does both.
+/// The rows of `orders` the models see (status dropping, the as_of cut-off, the gates,
+/// synthetic order ids), with the [`GateTally`] that counts, as the staging pass streams
+/// every source row through it, what the gates and the manifest need. One scan of the source
+/// does both.
 fn visible_orders(
     mapped: DataFrame,
     present: &BTreeSet<&'static str>,
@@ -456,26 +530,15 @@ fn visible_orders(
     settings: &Settings,
 ) -> Result<(DataFrame, Arc<GateTally>)> {
     let err = |e: datafusion::error::DataFusionError| input_err(spec, e.to_string());
-    let status = if present.contains("status") {
-        col("status")
-    } else {
-        lit(ScalarValue::Utf8(None))
-    };
-    let tally = Arc::new(GateTally {
-        drop_status: spec.drop_status.iter().map(|s| s.to_lowercase()).collect(),
+    let tally = Arc::new(GateTally::new(GateRules {
+        drop_status: spec.drop_status.clone(),
+        return_status: spec.return_status.clone(),
+        status_mapped: present.contains("status"),
         as_of: settings.as_of.map(crate::config::date_to_days),
         now_us: Utc::now().timestamp_micros(),
-        counts: Default::default(),
-    });
-    let args = vec![
-        col("customer_id")
-            .is_null()
-            .or(col("customer_id").eq(lit(""))),
-        col("order_ts"),
-        col("order_date"),
-        status,
-    ];
-    let predicate = ScalarUDF::new_from_shared_impl(tally.clone()).call(args);
+        gates: settings.gates,
+    }));
+    let predicate = ScalarUDF::new_from_shared_impl(tally.clone()).call(gate_args(present));
     let mut visible = mapped.filter(predicate).map_err(err)?;
     if !present.contains("order_id") {
         visible = synthetic_order_ids(visible).map_err(err)?;
@@ -483,51 +546,103 @@ fn visible_orders(
     Ok((visible, tally))
 }
 
-/// After the staging pass: the gates (a failure lists each), the default as_of and the
-/// input statistics, from what the [`GateTally`] counted.
+/// The arguments of the gate functions: the NULL-or-empty customer flag, order_ts,
+/// order_date, status (NULL when not mapped), revenue.
+fn gate_args(present: &BTreeSet<&'static str>) -> Vec<Expr> {
+    let status = if present.contains("status") {
+        col("status")
+    } else {
+        lit(ScalarValue::Utf8(None))
+    };
+    vec![
+        col("customer_id")
+            .is_null()
+            .or(col("customer_id").eq(lit(""))),
+        col("order_ts"),
+        col("order_date"),
+        status,
+        col("revenue"),
+    ]
+}
+
+/// The source rows a `drop` policy left out, with the gate's name in column `gate`: a
+/// second pass over the source, run only when some row was dropped.
+fn rejected_rows(
+    mapped: DataFrame,
+    present: &BTreeSet<&'static str>,
+    rules: &GateRules,
+) -> datafusion::error::Result<DataFrame> {
+    let reason = ScalarUDF::new_from_impl(GateReason::new(rules)).call(gate_args(present));
+    let mut columns: Vec<Expr> = mapped
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| col(f.name().as_str()))
+        .collect();
+    columns.push(reason.alias("gate"));
+    mapped.select(columns)?.filter(col("gate").is_not_null())
+}
+
+/// After the staging pass: the gates (a failure lists each, warnings are logged), the
+/// default as_of, the freshness gate and the input statistics, from what the [`GateTally`]
+/// counted.
 fn settle_gates(
-    tally: &GateTally,
+    counts: &GateCounts,
     spec: &InputSpec,
     settings: &Settings,
     files: usize,
 ) -> Result<(InputStats, NaiveDate)> {
-    let counts = tally.counts();
     if counts.rows == 0 {
         return Err(input_err(
             spec,
             "the input is empty: the Parquet files hold no rows",
         ));
     }
-    let mut failures = Vec::new();
     let source_of = |c: &str| {
         spec.columns
             .get(c)
             .cloned()
             .unwrap_or_else(|| c.to_string())
     };
-    if counts.null_customer > 0 {
-        failures.push(format!(
-            "input gate null_customer_id: {} row(s) of {} have a NULL or empty customer_id (source column `{}`)",
-            counts.null_customer,
-            spec.uri,
-            source_of("customer_id")
-        ));
-    }
-    if counts.null_ts > 0 {
-        failures.push(format!(
-            "input gate null_order_ts: {} row(s) of {} have a NULL order_ts (source column `{}`)",
-            counts.null_ts,
-            spec.uri,
-            source_of("order_ts")
-        ));
-    }
-    if counts.future > 0 {
-        failures.push(format!(
-            "input gate future_order_ts: {} row(s) of {} have an order_ts (source column `{}`) later than the current time",
-            counts.future,
-            spec.uri,
-            source_of("order_ts")
-        ));
+    let mut failures = Vec::new();
+    for (gate, caught) in Gate::ALL.iter().zip(counts.caught) {
+        if caught == 0 {
+            continue;
+        }
+        let what = match gate {
+            Gate::NullCustomerId => format!(
+                "have a NULL or empty customer_id (source column `{}`)",
+                source_of("customer_id")
+            ),
+            Gate::NullOrderTs => format!(
+                "have a NULL order_ts (source column `{}`)",
+                source_of("order_ts")
+            ),
+            Gate::FutureOrderTs => format!(
+                "have an order_ts (source column `{}`) later than the current time",
+                source_of("order_ts")
+            ),
+            Gate::InvalidRevenue => format!(
+                "have a NULL, NaN or infinite revenue (source column `{}`)",
+                source_of("revenue")
+            ),
+            Gate::NegativeRevenue => format!(
+                "have a negative revenue (source column `{}`) and a status (source column `{}`) that is not a return status ({})",
+                source_of("revenue"),
+                source_of("status"),
+                spec.return_status.join(", ")
+            ),
+        };
+        let line = format!(
+            "input gate {}: {caught} row(s) of {} {what}",
+            gate.name(),
+            spec.uri
+        );
+        match gate.policy(&settings.gates) {
+            Policy::Fail => failures.push(line),
+            Policy::Warn => warn!("{line} (policy warn: kept)"),
+            Policy::Drop => warn!("{line} (policy drop: left out, written to _rejected)"),
+        }
     }
     if !failures.is_empty() {
         return Err(Error::ChecksFailed {
@@ -535,6 +650,7 @@ fn settle_gates(
             details: failures.join("\n"),
         });
     }
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
     let as_of = match settings.as_of {
         Some(d) => d,
         None => {
@@ -544,202 +660,40 @@ fn settle_gates(
                     "the input is empty: every row was dropped by drop_status",
                 )
             })?;
-            NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
-                + chrono::Duration::days(days as i64)
+            epoch + chrono::Duration::days(days as i64)
         }
     };
+    let Some(latest) = counts.latest_visible else {
+        return Err(input_err(
+            spec,
+            format!(
+                "the input is empty: no row up to as_of {as_of} passes drop_status and the gates"
+            ),
+        ));
+    };
+    let latest = epoch + chrono::Duration::days(latest as i64);
+    if let Some(max_age) = settings.gates.max_input_age_days {
+        let age = (as_of - latest).num_days();
+        if age > i64::from(max_age) {
+            return Err(Error::ChecksFailed {
+                count: 1,
+                details: format!(
+                    "input gate max_input_age_days: the latest order in {} is from {latest}, {age} day(s) before as_of {as_of} (at most {max_age} allowed): is the export stalled?",
+                    spec.uri
+                ),
+            });
+        }
+    }
     let stats = InputStats {
         files,
         rows_read: counts.rows,
         rows_dropped_status: counts.dropped,
         rows_after_as_of: counts.after_as_of,
-        rows_visible: counts.rows - counts.dropped - counts.after_as_of,
+        rows_visible: counts.visible,
+        rows_rejected: counts.rejected,
+        gates: counts.stats(&settings.gates),
     };
     Ok((stats, as_of))
-}
-
-/// What the staging pass counted over every source row of `orders`.
-#[derive(Debug, Default, Clone, Copy)]
-struct GateCounts {
-    rows: u64,
-    dropped: u64,
-    null_customer: u64,
-    null_ts: u64,
-    future: u64,
-    after_as_of: u64,
-    /// Latest order date (days since the epoch) of a kept row not in the future.
-    latest: Option<i32>,
-}
-
-impl GateCounts {
-    fn add(&mut self, other: &GateCounts) {
-        self.rows += other.rows;
-        self.dropped += other.dropped;
-        self.null_customer += other.null_customer;
-        self.null_ts += other.null_ts;
-        self.future += other.future;
-        self.after_as_of += other.after_as_of;
-        self.latest = self.latest.max(other.latest);
-    }
-}
-
-/// `segflow_gate_tally(null_customer, order_ts, order_date, status)`: the filter of the
-/// staging pass. A row is kept when its status is not one of `drop_status` (compared
-/// lower-cased) and its local date is on or before `as_of` (any date with the default
-/// as_of); each batch's counts are added to the total, so the gates need no scan of their
-/// own. Volatile, so the optimizer neither folds nor moves it; a filter evaluates it once
-/// per row.
-#[derive(Debug)]
-pub(crate) struct GateTally {
-    /// Lower-cased statuses to drop.
-    drop_status: Vec<String>,
-    /// The explicit as_of (days since the epoch).
-    as_of: Option<i32>,
-    /// The wall clock at the start of the run (µs since the epoch, UTC).
-    now_us: i64,
-    counts: std::sync::Mutex<GateCounts>,
-}
-
-impl GateTally {
-    fn counts(&self) -> GateCounts {
-        *self.total()
-    }
-
-    /// The running total (a panic elsewhere cannot leave it half-updated: `add` does not
-    /// fail).
-    fn total(&self) -> std::sync::MutexGuard<'_, GateCounts> {
-        self.counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Per row of `status`: is it one of `drop_status`? (No status column or no
-    /// `drop_status`: none is.)
-    fn dropped_flags(
-        &self,
-        status: &ArrayRef,
-        rows: usize,
-    ) -> datafusion::error::Result<Vec<bool>> {
-        if self.drop_status.is_empty() {
-            return Ok(vec![false; rows]);
-        }
-        Ok(match status.data_type() {
-            DataType::Null => vec![false; rows],
-            DataType::Utf8 => status
-                .as_string::<i32>()
-                .iter()
-                .map(|s| self.dropped(s))
-                .collect(),
-            DataType::LargeUtf8 => status
-                .as_string::<i64>()
-                .iter()
-                .map(|s| self.dropped(s))
-                .collect(),
-            DataType::Utf8View => status
-                .as_string_view()
-                .iter()
-                .map(|s| self.dropped(s))
-                .collect(),
-            other => return Err(tally_err(format!("status is {other}"))),
-        })
-    }
-
-    /// `lower(status) IN drop_status` without lower-casing every value: ASCII values are
-    /// compared ignoring ASCII case (the same for them), others lower-cased.
-    fn dropped(&self, status: Option<&str>) -> bool {
-        let Some(s) = status else { return false };
-        if s.is_ascii() {
-            self.drop_status.iter().any(|d| s.eq_ignore_ascii_case(d))
-        } else {
-            let lower = s.to_lowercase();
-            self.drop_status.contains(&lower)
-        }
-    }
-}
-
-impl PartialEq for GateTally {
-    fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self, other)
-    }
-}
-
-impl Eq for GateTally {}
-
-impl std::hash::Hash for GateTally {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        std::ptr::hash(self, state);
-    }
-}
-
-fn gate_tally_signature() -> &'static Signature {
-    static SIGNATURE: std::sync::OnceLock<Signature> = std::sync::OnceLock::new();
-    SIGNATURE.get_or_init(|| Signature::any(4, Volatility::Volatile))
-}
-
-fn tally_err(message: String) -> datafusion::error::DataFusionError {
-    datafusion::error::DataFusionError::Internal(format!("segflow_gate_tally: {message}"))
-}
-
-impl ScalarUDFImpl for GateTally {
-    fn name(&self) -> &str {
-        "segflow_gate_tally"
-    }
-
-    fn signature(&self) -> &Signature {
-        gate_tally_signature()
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Boolean)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        let rows = args.number_rows;
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let null_customer = arrays[0]
-            .as_boolean_opt()
-            .ok_or_else(|| tally_err(format!("customer flag is {}", arrays[0].data_type())))?;
-        let ts = arrays[1]
-            .as_primitive_opt::<TimestampMicrosecondType>()
-            .ok_or_else(|| tally_err(format!("order_ts is {}", arrays[1].data_type())))?;
-        let dates = arrays[2]
-            .as_primitive_opt::<Date32Type>()
-            .ok_or_else(|| tally_err(format!("order_date is {}", arrays[2].data_type())))?;
-        let dropped = self.dropped_flags(&arrays[3], rows)?;
-        let mut batch = GateCounts {
-            rows: rows as u64,
-            null_customer: null_customer.true_count() as u64,
-            ..GateCounts::default()
-        };
-        let mut keep = datafusion::arrow::array::BooleanBufferBuilder::new(rows);
-        for (i, &dropped) in dropped.iter().enumerate() {
-            let t = ts.is_valid(i).then(|| ts.value(i));
-            let d = dates.is_valid(i).then(|| dates.value(i));
-            batch.dropped += u64::from(dropped);
-            batch.null_ts += u64::from(t.is_none());
-            batch.future += u64::from(t.is_some_and(|t| t > self.now_us));
-            if !dropped && t.is_some_and(|t| t <= self.now_us) {
-                batch.latest = batch.latest.max(d);
-            }
-            let visible = match (self.as_of, d) {
-                (_, None) => false,
-                (Some(as_of), Some(d)) if d > as_of => {
-                    batch.after_as_of += u64::from(!dropped);
-                    false
-                }
-                _ => true,
-            };
-            keep.append(visible && !dropped);
-        }
-        self.total().add(&batch);
-        Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
-            keep.finish(),
-            None,
-        ))))
-    }
 }
 
 /// Every source row is its own order: number each customer's rows by all their values
@@ -790,40 +744,4 @@ fn synthetic_order_ids(df: DataFrame) -> datafusion::error::Result<DataFrame> {
         })
         .collect();
     df.select(cols)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dropped_statuses_compare_like_lower_in_list_for_ascii_and_other_text() {
-        let tally = GateTally {
-            drop_status: ["Cancelled", "ÄNDERUNG", "test"]
-                .iter()
-                .map(|s| s.to_lowercase())
-                .collect(),
-            as_of: None,
-            now_us: 0,
-            counts: Default::default(),
-        };
-        for (status, dropped) in [
-            (Some("cancelled"), true),
-            (Some("CANCELLED"), true),
-            (Some("cAnCeLlEd"), true),
-            (Some("cancelled "), false),
-            (Some("Änderung"), true),
-            (Some("änderung"), true),
-            (Some("anderung"), false),
-            (Some("TEST"), true),
-            (Some(""), false),
-            (None, false),
-        ] {
-            let lower_in_list = status
-                .map(|s| tally.drop_status.contains(&s.to_lowercase()))
-                .unwrap_or(false);
-            assert_eq!(tally.dropped(status), dropped, "{status:?}");
-            assert_eq!(lower_in_list, dropped, "{status:?}");
-        }
-    }
 }

@@ -11,7 +11,9 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
+mod analyst;
 mod crash;
+mod gates;
 mod generate;
 mod s3;
 

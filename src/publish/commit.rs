@@ -56,10 +56,19 @@ impl Output {
         }
         failpoint::hit("after_manifest").await;
         self.update_latest(as_of, run_id).await;
+        if let (Some(root), None) = (&self.loc.local, &manifest.rejected) {
+            // Rejected rows of the snapshot this one replaced (this run rejected none).
+            let dir = root.join(format!("{}/as_of={as_of}", crate::sources::REJECTED));
+            if dir.exists() {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    warn!(dir = %dir.display(), error = %e, "cannot delete replaced rejected rows");
+                }
+            }
+        }
         if let Some(old) = replaced.filter(|_| self.loc.local.is_none()) {
             // Files of the replaced snapshot that the new manifest does not list.
-            for t in old.tables.values() {
-                for f in t.files.iter().filter(|f| !manifest.owns(f)) {
+            for (_, files) in old.dirs() {
+                for f in files.iter().filter(|f| !manifest.owns(f)) {
                     // Left over on failure: the next run's recovery deletes it.
                     if let Err(e) = self.delete_file(f).await {
                         warn!(file = %f, error = %e, "cannot delete a replaced file");
@@ -264,7 +273,7 @@ impl Output {
                 continue;
             };
             self.delete_file(&manifest_rel(as_of)).await?;
-            let dirs: BTreeSet<&String> = old.tables.values().map(|t| &t.path).collect();
+            let dirs: BTreeSet<&str> = old.dirs().map(|(path, _)| path).collect();
             for dir in dirs {
                 self.delete_prefix(dir).await?;
             }

@@ -42,17 +42,43 @@ pub struct Manifest {
     pub input: Option<InputStats>,
     pub models: BTreeMap<String, ModelTiming>,
     pub tables: BTreeMap<String, TableEntry>,
+    /// The rows input gates with policy `drop` left out, under `_rejected/as_of=D/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<RejectedEntry>,
+}
+
+/// The rejected rows of a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RejectedEntry {
+    /// `_rejected/as_of=D`.
+    pub path: String,
+    pub rows: u64,
+    /// Data files relative to the output root.
+    pub files: Vec<String>,
 }
 
 impl Manifest {
     /// Whether `rel` (a path relative to the output root) belongs to this snapshot: a data
     /// file it lists or the `_SUCCESS` marker of one of its tables.
     pub fn owns(&self, rel: &str) -> bool {
-        self.tables.values().any(|t| {
-            rel.strip_prefix(t.path.as_str())
+        self.dirs().any(|(path, files)| {
+            rel.strip_prefix(path)
                 .is_some_and(|rest| rest == "/_SUCCESS")
-                || t.files.iter().any(|f| f == rel)
+                || files.iter().any(|f| f == rel)
         })
+    }
+
+    /// Every directory the snapshot publishes (tables, then the rejected rows) with its
+    /// files.
+    pub fn dirs(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.tables
+            .values()
+            .map(|t| (t.path.as_str(), t.files.as_slice()))
+            .chain(
+                self.rejected
+                    .iter()
+                    .map(|r| (r.path.as_str(), r.files.as_slice())),
+            )
     }
 }
 

@@ -5,7 +5,8 @@
 //! 1. Each `_staging/<run_id>/` of another run: on local disk, a run killed mid-commit
 //!    (journal present, its manifest not written) has its swaps undone; then it is removed.
 //! 2. Leftover manifest temp files (`_manifest/.tmp-*`) are removed.
-//! 3. Every file under `<model>/as_of=D/` that the manifest of `D` does not list (and is not
+//! 3. Every file under `<model>/as_of=D/` (and `_rejected/as_of=D/`) that the manifest of
+//!    `D` does not list (and is not
 //!    the `_SUCCESS` of one of its tables) is deleted: copies of a run killed before its
 //!    manifest, files of a replaced snapshot whose deletion was cut short, local temp files.
 
@@ -23,7 +24,7 @@ use crate::storage::retrying;
 fn snapshot_date(rel: &str) -> Option<NaiveDate> {
     let mut parts = rel.split('/');
     let model = parts.next()?;
-    if model.is_empty() || model.starts_with('_') {
+    if model.is_empty() || (model.starts_with('_') && model != crate::sources::REJECTED) {
         return None;
     }
     let d = parts.next()?.strip_prefix("as_of=")?;
@@ -216,6 +217,7 @@ mod tests {
             None
         );
         assert_eq!(snapshot_date("_manifest/as_of=2026-11-21.json"), None);
+        assert_eq!(snapshot_date("_rejected/as_of=2026-11-21/x.parquet"), d);
         assert_eq!(snapshot_date("notes.txt"), None);
     }
 }

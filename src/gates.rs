@@ -1,0 +1,441 @@
+//! Input gates: bad order lines caught while the staging pass streams the source.
+//!
+//! Every source row goes through one filter, [`GateTally`], which decides whether the models
+//! see it and counts what the manifest and the gates need, so the gates cost no scan of their
+//! own. Rows of a dropped status and, with an explicit as_of, rows after it are counted,
+//! never gated. Each gate has a policy ([`Policy`]): `fail` fails the run (exit 1), `drop`
+//! leaves the rows out and publishes them under `_rejected/as_of=D/` with the gate's name (a
+//! second pass over the source, [`GateReason`], only when some row was dropped), `warn`
+//! counts and logs them. Rows with a NULL or future order_ts never reach the models: they
+//! have no day, or one after the snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, StringArray,
+};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, TimestampMicrosecondType};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Gates, Policy};
+
+/// The row gates, in the order a row is judged (a row caught by several is rejected under
+/// the first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Gate {
+    NullCustomerId,
+    NullOrderTs,
+    FutureOrderTs,
+    InvalidRevenue,
+    NegativeRevenue,
+}
+
+impl Gate {
+    pub const ALL: [Gate; 5] = [
+        Gate::NullCustomerId,
+        Gate::NullOrderTs,
+        Gate::FutureOrderTs,
+        Gate::InvalidRevenue,
+        Gate::NegativeRevenue,
+    ];
+
+    /// The gate's name in `[gates]`, messages, the manifest and `_rejected`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Gate::NullCustomerId => "null_customer_id",
+            Gate::NullOrderTs => "null_order_ts",
+            Gate::FutureOrderTs => "future_order_ts",
+            Gate::InvalidRevenue => "invalid_revenue",
+            Gate::NegativeRevenue => "negative_revenue",
+        }
+    }
+
+    pub fn policy(self, gates: &Gates) -> Policy {
+        match self {
+            Gate::NullCustomerId => gates.null_customer_id,
+            Gate::NullOrderTs => gates.null_order_ts,
+            Gate::FutureOrderTs => gates.future_order_ts,
+            Gate::InvalidRevenue => gates.invalid_revenue,
+            Gate::NegativeRevenue => gates.negative_revenue,
+        }
+    }
+}
+
+/// One gate's outcome in the manifest.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GateStat {
+    /// Rows the gate caught.
+    pub rows: u64,
+    pub policy: Policy,
+}
+
+/// What the staging pass counted over every source row of `orders`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GateCounts {
+    pub rows: u64,
+    /// Lines of a `drop_status`.
+    pub dropped: u64,
+    /// Rows after an explicit as_of.
+    pub after_as_of: u64,
+    /// Rows each gate caught (by [`Gate::ALL`] position).
+    pub caught: [u64; 5],
+    /// Rows left out by a `drop` policy.
+    pub rejected: u64,
+    /// Rows the models see.
+    pub visible: u64,
+    /// Latest order date (days since the epoch) of a kept row not in the future: the
+    /// default as_of.
+    pub latest: Option<i32>,
+    /// Latest order date of a row the models see (the freshness gate).
+    pub latest_visible: Option<i32>,
+}
+
+impl GateCounts {
+    fn add(&mut self, other: &GateCounts) {
+        self.rows += other.rows;
+        self.dropped += other.dropped;
+        self.after_as_of += other.after_as_of;
+        for (a, b) in self.caught.iter_mut().zip(other.caught) {
+            *a += b;
+        }
+        self.rejected += other.rejected;
+        self.visible += other.visible;
+        self.latest = self.latest.max(other.latest);
+        self.latest_visible = self.latest_visible.max(other.latest_visible);
+    }
+
+    /// Per gate: rows caught and its policy (every gate, caught or not).
+    pub fn stats(&self, gates: &Gates) -> BTreeMap<String, GateStat> {
+        Gate::ALL
+            .iter()
+            .zip(self.caught)
+            .map(|(g, rows)| {
+                (
+                    g.name().to_string(),
+                    GateStat {
+                        rows,
+                        policy: g.policy(gates),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// How rows are judged: the run's statuses, as_of, clock and policies.
+#[derive(Debug, Clone)]
+pub struct GateRules {
+    /// Lower-cased statuses to drop.
+    pub drop_status: Vec<String>,
+    /// Lower-cased statuses of return lines (negative revenue is expected there).
+    pub return_status: Vec<String>,
+    /// Whether the source maps a status column (the negative_revenue gate needs it).
+    pub status_mapped: bool,
+    /// The explicit as_of (days since the epoch).
+    pub as_of: Option<i32>,
+    /// The wall clock at the start of the run (µs since the epoch, UTC).
+    pub now_us: i64,
+    pub gates: Gates,
+}
+
+/// One batch judged: the counts, whether each row is kept, and the gate that rejected it.
+struct Judged {
+    counts: GateCounts,
+    keep: Vec<bool>,
+    rejected_by: Vec<Option<Gate>>,
+}
+
+fn udf_err(name: &str, message: String) -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::Internal(format!("{name}: {message}"))
+}
+
+impl GateRules {
+    /// `s` lower-cased is one of `list`, without lower-casing every value: ASCII values are
+    /// compared ignoring ASCII case (the same for them), others lower-cased.
+    fn listed(list: &[String], s: Option<&str>) -> bool {
+        let Some(s) = s else { return false };
+        if s.is_ascii() {
+            list.iter().any(|d| s.eq_ignore_ascii_case(d))
+        } else {
+            list.contains(&s.to_lowercase())
+        }
+    }
+
+    /// Per row of `status`: (one of drop_status, one of return_status).
+    fn status_flags(
+        &self,
+        status: &ArrayRef,
+        rows: usize,
+    ) -> datafusion::error::Result<Vec<(bool, bool)>> {
+        let flags = |s: Option<&str>| {
+            (
+                Self::listed(&self.drop_status, s),
+                Self::listed(&self.return_status, s),
+            )
+        };
+        Ok(match status.data_type() {
+            DataType::Null => vec![(false, false); rows],
+            DataType::Utf8 => status.as_string::<i32>().iter().map(flags).collect(),
+            DataType::LargeUtf8 => status.as_string::<i64>().iter().map(flags).collect(),
+            DataType::Utf8View => status.as_string_view().iter().map(flags).collect(),
+            other => return Err(udf_err("segflow_gates", format!("status is {other}"))),
+        })
+    }
+
+    /// Judges one batch. Arguments: the NULL-or-empty customer flag, order_ts (UTC µs),
+    /// order_date, status, revenue.
+    fn judge(&self, arrays: &[ArrayRef], rows: usize) -> datafusion::error::Result<Judged> {
+        let err = |what: &str, a: &ArrayRef| {
+            udf_err("segflow_gates", format!("{what} is {}", a.data_type()))
+        };
+        let null_customer = arrays[0]
+            .as_boolean_opt()
+            .ok_or_else(|| err("customer flag", &arrays[0]))?;
+        let ts = arrays[1]
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| err("order_ts", &arrays[1]))?;
+        let dates = arrays[2]
+            .as_primitive_opt::<Date32Type>()
+            .ok_or_else(|| err("order_date", &arrays[2]))?;
+        let status = self.status_flags(&arrays[3], rows)?;
+        let revenue = arrays[4]
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| err("revenue", &arrays[4]))?;
+        let mut counts = GateCounts {
+            rows: rows as u64,
+            ..GateCounts::default()
+        };
+        let mut keep = Vec::with_capacity(rows);
+        let mut rejected_by = Vec::with_capacity(rows);
+        for (i, &(dropped, returned)) in status.iter().enumerate() {
+            let t = ts.is_valid(i).then(|| ts.value(i));
+            let d = dates.is_valid(i).then(|| dates.value(i));
+            let future = t.is_some_and(|t| t > self.now_us);
+            if !dropped && t.is_some() && !future {
+                counts.latest = counts.latest.max(d);
+            }
+            let after = matches!((self.as_of, d), (Some(a), Some(d)) if d > a);
+            if dropped || after {
+                counts.dropped += u64::from(dropped);
+                counts.after_as_of += u64::from(after && !dropped);
+                keep.push(false);
+                rejected_by.push(None);
+                continue;
+            }
+            // A row the run uses: the gates judge it.
+            let r = revenue.is_valid(i).then(|| revenue.value(i));
+            let caught = [
+                null_customer.is_valid(i) && null_customer.value(i),
+                t.is_none(),
+                future,
+                r.is_none_or(|r| !r.is_finite()),
+                self.status_mapped && !returned && r.is_some_and(|r| r < 0.0),
+            ];
+            let mut rejected = None;
+            for (n, (&hit, gate)) in caught.iter().zip(Gate::ALL).enumerate() {
+                if hit {
+                    counts.caught[n] += 1;
+                    if rejected.is_none() && gate.policy(&self.gates) == Policy::Drop {
+                        rejected = Some(gate);
+                    }
+                }
+            }
+            let visible = rejected.is_none() && t.is_some() && !future;
+            counts.rejected += u64::from(rejected.is_some());
+            counts.visible += u64::from(visible);
+            if visible {
+                counts.latest_visible = counts.latest_visible.max(d);
+            }
+            keep.push(visible);
+            rejected_by.push(rejected);
+        }
+        Ok(Judged {
+            counts,
+            keep,
+            rejected_by,
+        })
+    }
+}
+
+fn gate_signature() -> &'static Signature {
+    static SIGNATURE: std::sync::OnceLock<Signature> = std::sync::OnceLock::new();
+    SIGNATURE.get_or_init(|| Signature::any(5, Volatility::Volatile))
+}
+
+/// `segflow_gate_tally(null_customer, order_ts, order_date, status, revenue)`: the filter
+/// of the staging pass. True for the rows the models see; each batch's counts are added to
+/// the total. Volatile, so the optimizer neither folds nor moves it; a filter evaluates it
+/// once per row.
+#[derive(Debug)]
+pub struct GateTally {
+    pub rules: GateRules,
+    counts: std::sync::Mutex<GateCounts>,
+}
+
+impl GateTally {
+    pub fn new(rules: GateRules) -> Self {
+        GateTally {
+            rules,
+            counts: Default::default(),
+        }
+    }
+
+    pub fn counts(&self) -> GateCounts {
+        *self.total()
+    }
+
+    /// The running total (a panic elsewhere cannot leave it half-updated: `add` does not
+    /// fail).
+    fn total(&self) -> std::sync::MutexGuard<'_, GateCounts> {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl PartialEq for GateTally {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for GateTally {}
+
+impl std::hash::Hash for GateTally {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(self, state);
+    }
+}
+
+impl ScalarUDFImpl for GateTally {
+    fn name(&self) -> &str {
+        "segflow_gate_tally"
+    }
+
+    fn signature(&self) -> &Signature {
+        gate_signature()
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let judged = self.rules.judge(&arrays, rows)?;
+        self.total().add(&judged.counts);
+        let mut keep = BooleanBufferBuilder::new(rows);
+        for k in judged.keep {
+            keep.append(k);
+        }
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
+            keep.finish(),
+            None,
+        ))))
+    }
+}
+
+/// `segflow_gate_reason(...)` (the arguments of [`GateTally`]): the name of the gate whose
+/// `drop` policy leaves the row out, NULL for every other row. The `_rejected` pass filters
+/// on it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct GateReason {
+    drop_status: Vec<String>,
+    return_status: Vec<String>,
+    status_mapped: bool,
+    as_of: Option<i32>,
+    now_us: i64,
+    gates: Gates,
+}
+
+impl GateReason {
+    pub fn new(rules: &GateRules) -> Self {
+        GateReason {
+            drop_status: rules.drop_status.clone(),
+            return_status: rules.return_status.clone(),
+            status_mapped: rules.status_mapped,
+            as_of: rules.as_of,
+            now_us: rules.now_us,
+            gates: rules.gates,
+        }
+    }
+
+    fn rules(&self) -> GateRules {
+        GateRules {
+            drop_status: self.drop_status.clone(),
+            return_status: self.return_status.clone(),
+            status_mapped: self.status_mapped,
+            as_of: self.as_of,
+            now_us: self.now_us,
+            gates: self.gates,
+        }
+    }
+}
+
+impl ScalarUDFImpl for GateReason {
+    fn name(&self) -> &str {
+        "segflow_gate_reason"
+    }
+
+    fn signature(&self) -> &Signature {
+        gate_signature()
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let judged = self.rules().judge(&arrays, rows)?;
+        let reasons: StringArray = judged
+            .rejected_by
+            .iter()
+            .map(|g| g.map(Gate::name))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(reasons)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_compare_like_lower_in_list_for_ascii_and_other_text() {
+        let list: Vec<String> = ["Cancelled", "ÄNDERUNG", "test"]
+            .iter()
+            .map(|s| s.to_lowercase())
+            .collect();
+        for (status, listed) in [
+            (Some("cancelled"), true),
+            (Some("CANCELLED"), true),
+            (Some("cAnCeLlEd"), true),
+            (Some("cancelled "), false),
+            (Some("Änderung"), true),
+            (Some("änderung"), true),
+            (Some("anderung"), false),
+            (Some("TEST"), true),
+            (Some(""), false),
+            (None, false),
+        ] {
+            let lower_in_list = status
+                .map(|s| list.contains(&s.to_lowercase()))
+                .unwrap_or(false);
+            assert_eq!(GateRules::listed(&list, status), listed, "{status:?}");
+            assert_eq!(lower_in_list, listed, "{status:?}");
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The analyst's commands besides `check`: `list` (the models and what they read),
+//! `preview` (a model's first rows) and `explain` (its plans). None takes the lock or
+//! writes under the output: `preview` and `explain` stage what they compute in a private
+//! local temp dir, removed when they finish (also on error or Ctrl-C).
+
+use std::collections::BTreeSet;
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::{DataFrame, SessionContext};
+
+use crate::config::Settings;
+use crate::engine::{run_models_until, Previous};
+use crate::error::{Error, Result};
+use crate::models::{discover_models, order_models, Model, ModelSources};
+use crate::publish::stage::Staging;
+use crate::publish::{Manifest, Output};
+use crate::session::build_session;
+use crate::sources::register_sources;
+use crate::storage::{redact, Location};
+
+/// The models in run order.
+fn ordered_models(settings: &Settings) -> Result<Vec<Model>> {
+    order_models(discover_models(&ModelSources {
+        builtin: settings.builtin_models,
+        paths: settings.model_paths.clone(),
+    })?)
+}
+
+/// The output, read only: None when nothing was ever published there (a local folder that
+/// does not exist is not created).
+fn existing_output(settings: &Settings) -> Result<Option<Output>> {
+    let loc = Location::resolve(&settings.output, &settings.s3)?;
+    if loc.local.as_ref().is_some_and(|p| !p.exists()) {
+        return Ok(None);
+    }
+    Ok(Some(Output { loc }))
+}
+
+/// The newest published snapshot's manifest, if any.
+async fn latest_manifest(output: Option<&Output>) -> Result<Option<Manifest>> {
+    let Some(output) = output else {
+        return Ok(None);
+    };
+    match output.snapshots().await?.into_iter().max() {
+        Some(d) => output.manifest(d).await,
+        None => Ok(None),
+    }
+}
+
+/// `segflow list`: every model with its kind, grain, partitioning, what it reads, whether
+/// the newest snapshot publishes it, and its description.
+pub async fn list(settings: &Settings) -> Result<String> {
+    let models = ordered_models(settings)?;
+    let output = existing_output(settings)?;
+    let latest = latest_manifest(output.as_ref()).await?;
+    let header = [
+        "MODEL",
+        "KIND",
+        "GRAIN",
+        "PARTITION BY",
+        "READS",
+        "PUBLISHED",
+        "DESCRIPTION",
+    ];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for m in &models {
+        let mut reads: Vec<String> = m.inputs.iter().cloned().collect();
+        reads.extend(m.deps.iter().cloned());
+        reads.extend(m.previous_deps.iter().map(|d| format!("previous.{d}")));
+        let published = match &latest {
+            Some(l) if l.tables.contains_key(&m.name) => format!("as_of={}", l.as_of),
+            _ if !m.header.publish => "never (internal)".into(),
+            _ => "not yet".into(),
+        };
+        let or_dash = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        rows.push(vec![
+            m.name.clone(),
+            if m.header.publish {
+                "table"
+            } else {
+                "internal"
+            }
+            .into(),
+            or_dash(&m.header.grain),
+            or_dash(&m.header.partition_by),
+            or_dash(&reads),
+            published,
+            m.header.description.clone(),
+        ]);
+    }
+    let mut text = align(&header, &rows);
+    text.push_str(&match (&latest, &output) {
+        (Some(l), _) => format!(
+            "{} model(s); newest snapshot as_of={} at {}\n",
+            models.len(),
+            l.as_of,
+            settings.output
+        ),
+        _ => format!(
+            "{} model(s); no snapshot published at {} yet\n",
+            models.len(),
+            settings.output
+        ),
+    });
+    Ok(text)
+}
+
+/// Columns padded to the widest cell (the last column is not padded).
+fn align(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        let mut s = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i == last {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// A scratch run: the models `target` needs, staged into a private temp dir.
+struct Scratch {
+    _dir: tempfile::TempDir,
+    ctx: SessionContext,
+    as_of: NaiveDate,
+    /// Rows of the staged target (when it was computed).
+    rows: Option<u64>,
+    /// The target planned over the staged tables upstream (when not computed).
+    planned: Option<DataFrame>,
+}
+
+/// Computes what `target` reads (and `target` itself unless `plan_only`) into a temp dir
+/// under `[runtime] temp_dir` (else the system's), with the previous snapshot of the real
+/// output readable as `previous.*`.
+async fn scratch_run(
+    settings: &Settings,
+    target: &str,
+    as_of: Option<NaiveDate>,
+    plan_only: bool,
+) -> Result<Scratch> {
+    let models = ordered_models(settings)?;
+    if !models.iter().any(|m| m.name == target) {
+        return Err(Error::Argument {
+            flag: "MODEL",
+            message: format!(
+                "no model named `{target}` (models: {})",
+                models
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    // The target and everything it reads, in run order.
+    let mut needed: BTreeSet<String> = [target.to_string()].into();
+    for m in models.iter().rev() {
+        if needed.contains(&m.name) {
+            needed.extend(m.deps.iter().chain(m.previous_deps.iter()).cloned());
+        }
+    }
+    let models: Vec<Model> = models
+        .into_iter()
+        .filter(|m| needed.contains(&m.name))
+        .collect();
+
+    let mut settings = settings.clone();
+    if as_of.is_some() {
+        settings.as_of = as_of;
+    }
+    let base = settings.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base).map_err(|e| Error::io("create temp dir", &base, e))?;
+    let dir = tempfile::Builder::new()
+        .prefix("segflow-scratch-")
+        .tempdir_in(&base)
+        .map_err(|e| Error::io("create temp dir", &base, e))?;
+    let scratch = Output::open(&dir.path().display().to_string(), &settings.s3)?;
+    let ctx = build_session(&settings)?;
+    let run_id = format!("scratch-{}", std::process::id());
+    let (sources, staging) = register_sources(&ctx, &settings, &models, |as_of| Staging {
+        out: scratch.clone(),
+        run_id: run_id.clone(),
+        as_of,
+    })
+    .await?;
+    let real = existing_output(&settings)?;
+    let previous_manifest = match &real {
+        Some(o) => o.previous_snapshot(sources.as_of).await?,
+        None => None,
+    };
+    let previous = Previous {
+        output: real.as_ref().unwrap_or(&scratch),
+        manifest: previous_manifest.as_ref(),
+    };
+    let (outputs, planned) = run_models_until(
+        &ctx,
+        &models,
+        sources.as_of,
+        &settings.params,
+        &previous,
+        &staging,
+        plan_only.then_some(target),
+    )
+    .await?;
+    let rows = outputs.iter().find(|o| o.name == target).map(|o| o.rows);
+    Ok(Scratch {
+        _dir: dir,
+        ctx,
+        as_of: sources.as_of,
+        rows,
+        planned,
+    })
+}
+
+/// `segflow preview`: runs `model` and what it reads, and shows its first `limit` rows as
+/// an aligned table.
+pub async fn preview(
+    settings: &Settings,
+    model: &str,
+    limit: usize,
+    as_of: Option<NaiveDate>,
+) -> Result<String> {
+    let scratch = scratch_run(settings, model, as_of, false).await?;
+    let engine =
+        |e: datafusion::error::DataFusionError| Error::engine(format!("preview {model}"), e);
+    let batches: Vec<RecordBatch> = scratch
+        .ctx
+        .table(model)
+        .await
+        .map_err(engine)?
+        .limit(0, Some(limit))
+        .map_err(engine)?
+        .collect()
+        .await
+        .map_err(engine)?;
+    let shown: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let table = pretty_format_batches(&batches)
+        .map_err(|e| engine(e.into()))?
+        .to_string();
+    Ok(format!(
+        "{table}\n{model} as_of={}: {} row(s), {shown} shown (nothing published)\n",
+        scratch.as_of,
+        scratch.rows.unwrap_or(0)
+    ))
+}
+
+/// `segflow explain`: the logical and physical plan of `model` over the staged tables it
+/// reads; with `analyze`, the model is executed and the plan shows its metrics.
+pub async fn explain(settings: &Settings, model: &str, analyze: bool) -> Result<String> {
+    let scratch = scratch_run(settings, model, None, true).await?;
+    let df = scratch.planned.ok_or_else(|| Error::Argument {
+        flag: "MODEL",
+        message: format!("model `{model}` was not planned"),
+    })?;
+    let engine = |e: datafusion::error::DataFusionError| Error::Model {
+        file: String::new(),
+        model: model.to_string(),
+        message: redact(&e.strip_backtrace()),
+    };
+    let batches = df
+        .explain(false, analyze)
+        .map_err(engine)?
+        .collect()
+        .await
+        .map_err(engine)?;
+    let mut out = String::new();
+    for b in &batches {
+        let (Some(kind), Some(plan)) = (
+            b.column(0).as_any().downcast_ref::<StringArray>(),
+            b.column(1).as_any().downcast_ref::<StringArray>(),
+        ) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            if kind.is_valid(i) && plan.is_valid(i) {
+                out.push_str(&format!("== {} ==\n{}\n\n", kind.value(i), plan.value(i)));
+            }
+        }
+    }
+    Ok(out)
+}

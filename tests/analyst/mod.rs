@@ -1,0 +1,429 @@
+//! The analyst loop: `check`, `list`, `preview`, `explain`, data tests and parameter typos.
+//! Expected texts are written by hand from the model files and the demo's fixtures.
+
+use std::path::Path;
+
+use super::*;
+
+/// A project on the demo data with extra model files (path relative to `models/`).
+fn project(dir: &Path, files: &[(&str, &str)], extra_config: &str) -> PathBuf {
+    for (rel, text) in files {
+        let path = dir.join("models").join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    demo_config(
+        dir,
+        &format!("[models]\npaths = [\"models\"]\n{extra_config}"),
+    )
+}
+
+fn check(config: &Path, env: &[(String, String)]) -> Run {
+    segflow_env(&["check", "--config", config.to_str().unwrap()], env)
+}
+
+#[test]
+fn check_on_the_demo_project_is_clean_and_touches_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let r = check(&config, &[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stdout,
+        "checked 13 model(s) and 0 data test(s): 0 error(s), 0 warning(s)\n"
+    );
+    assert!(!tmp.path().join("out").exists(), "check created the output");
+
+    // With a published snapshot: the whole output tree is unchanged, no lock was taken.
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    let before = snapshot_files(&tmp.path().join("out"));
+    assert_eq!(check(&config, &[]).code, 0);
+    assert_eq!(snapshot_files(&tmp.path().join("out")), before);
+}
+
+#[test]
+fn check_reports_every_broken_model_at_its_line_with_a_caret_and_exits_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project(
+        tmp.path(),
+        &[
+            (
+                "typo_column.sql",
+                "/*---\ndescription = \"x\"\n---*/\nselect customer_id,\n       revenu\nfrom orders\n",
+            ),
+            (
+                "typo_function.sql",
+                "select customer_id, sumx(revenue) as r\nfrom orders group by 1\n",
+            ),
+            (
+                "cut_short.sql",
+                "select customer_id, sum(revenue) as r\nfrom orders group by 1 having\n",
+            ),
+            (
+                "unknown_table.sql",
+                "select *\nfrom typo_column join orderz using (customer_id)\n",
+            ),
+            (
+                "header.sql",
+                concat!(
+                    "/*---\n",
+                    "grain = [\"customer_id\", \"day\"]\n",
+                    "[columns]\n",
+                    "customer_id = \"c\"\n",
+                    "spend = \"s\"\n",
+                    "[checks]\n",
+                    "not_null = [\"revenue\"]\n",
+                    "expression = [\"r > 0 and nope\"]\n",
+                    "---*/\n",
+                    "select customer_id, sum(revenue) as r from orders group by 1\n",
+                ),
+            ),
+            (
+                "tests/bad_test.sql",
+                "select * from header\nwhere r < 0 and x = 1\n",
+            ),
+        ],
+        "[params]\nmin_revenu = 4\n",
+    );
+    let m = tmp.path().join("models");
+    let m = m.display();
+    let r = check(&config, &[("SEGFLOW_PARAM_ACTIV_DAYS".into(), "30".into())]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    // Every finding, sorted by file and line; columns counted by hand in the files above.
+    let expected = format!(
+        "\
+{m}/cut_short.sql:2:30: error: SQL syntax error: Expected: an expression, found: EOF
+ 2 | from orders group by 1 having
+   |                              ^
+{m}/header.sql:2:26: error: grain names column `day`, which model `header` does not output (columns: customer_id, r)
+ 2 | grain = [\"customer_id\", \"day\"]
+   |                          ^
+{m}/header.sql:3:2: warning: column `r` of model `header` is not documented in [columns]
+ 3 | [columns]
+   |  ^
+{m}/header.sql:5:1: error: [columns] names column `spend`, which model `header` does not output (columns: customer_id, r)
+ 5 | spend = \"s\"
+   | ^
+{m}/header.sql:7:14: error: [checks] not_null names column `revenue`, which model `header` does not output (columns: customer_id, r)
+ 7 | not_null = [\"revenue\"]
+   |              ^
+{m}/header.sql:8:16: error: check expression(r > 0 and nope) cannot run: Schema error: No field named nope. Valid fields are header.customer_id, header.r.
+ 8 | expression = [\"r > 0 and nope\"]
+   |                ^
+{m}/tests/bad_test.sql:2:17: error: column 'x' not found (valid fields: header.customer_id, header.r)
+ 2 | where r < 0 and x = 1
+   |                 ^
+{m}/typo_column.sql:5:8: error: column 'revenu' not found (help: Did you mean 'orders.revenue'?)
+ 5 |        revenu
+   |        ^
+{m}/typo_function.sql:1:21: error: Invalid function 'sumx' (help: Did you mean 'sum'?)
+ 1 | select customer_id, sumx(revenue) as r
+   |                     ^
+{m}/unknown_table.sql:2:23: error: unknown table `orderz` (known: orders, customers, marketing_spend, acquisition_value, channel_value, cohort_retention, customer_affinity, customer_days, customer_facts, header, lifecycle, product_value, purchase_orders, rfm, rfm_segments, segment_migration, segment_summary, typo_column, typo_function, unknown_table)
+ 2 | from typo_column join orderz using (customer_id)
+   |                       ^
+{c}:44:1: error: params.min_revenu: no model or data test uses the parameter `$min_revenu`
+ 44 | min_revenu = 4
+    | ^
+environment: error: SEGFLOW_PARAM_ACTIV_DAYS: no model or data test uses the parameter `$activ_days`
+checked 18 model(s) and 1 data test(s): 11 error(s), 1 warning(s)
+",
+        c = config.display()
+    );
+    assert_eq!(r.stdout, expected);
+    assert!(!tmp.path().join("out").exists(), "check created the output");
+}
+
+#[test]
+fn check_that_cannot_read_its_input_exits_2_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config_with(
+        tmp.path(),
+        &format!("uri = \"{}\"", demo_orders()),
+        "uri = \"no_such_folder\"",
+    );
+    let r = check(&config, &[]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(error_line(&r).contains("no_such_folder"), "{}", r.stderr);
+}
+
+#[test]
+fn a_parameter_no_model_uses_stops_the_run_naming_it() {
+    let (code, err) = failing(|d| demo_config(d, "[params]\nactive_dayz = 30\n"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("`params.active_dayz`")
+            && err.contains("no model or data test uses the parameter `$active_dayz`"),
+        "{err}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let r = segflow_env(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--as-of",
+            DEMO_AS_OF,
+        ],
+        &[("SEGFLOW_PARAM_CHURN_DAYZ".into(), "200".into())],
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        error_line(&r).contains("SEGFLOW_PARAM_CHURN_DAYZ"),
+        "{}",
+        r.stderr
+    );
+    assert!(!tmp.path().join("out/_manifest").exists());
+}
+
+/// A data test that finds rows: exit 1, the test, the count and 5 sample rows named, the
+/// published snapshot unchanged; with severity "warn" the run publishes.
+#[test]
+fn a_failing_data_test_names_count_and_samples_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project(tmp.path(), &[], "");
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    let before = snapshot_files(&tmp.path().join("out"));
+
+    // rfm_segments (sql/rfm_segments.sql) holds 11 rules with priorities 1..11.
+    let test =
+        "select priority, segment from rfm_segments where priority >= $from order by priority";
+    std::fs::create_dir_all(tmp.path().join("models/tests")).unwrap();
+    let file = tmp.path().join("models/tests/late_rules.sql");
+    std::fs::write(
+        &file,
+        format!(
+            "/*---\ndescription = \"rules after the fourth\"\n[params]\nfrom = 5\n---*/\n{test}\n"
+        ),
+    )
+    .unwrap();
+    let r = segflow(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--as-of",
+        DEMO_AS_OF,
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let err = error_line(&r);
+    assert!(
+        err.contains(&format!(
+            "{}: data test `late_rules` returned 7 row(s), the first 5:",
+            file.display()
+        )),
+        "{err}"
+    );
+    for p in 5..=9 {
+        assert!(
+            err.contains(&format!("| {p:<8} |")),
+            "priority {p} missing: {err}"
+        );
+    }
+    assert!(!err.contains("| 10 "), "{err}");
+    assert_eq!(
+        snapshot_files(&tmp.path().join("out")),
+        before,
+        "a failed run changed the output"
+    );
+
+    // The parameter can be set like a model's; no rows = pass.
+    let r = segflow_env(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--as-of",
+            DEMO_AS_OF,
+        ],
+        &[("SEGFLOW_PARAM_FROM".into(), "12".into())],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // Severity warn: logged, published.
+    std::fs::write(
+        &file,
+        format!("/*---\nseverity = \"warn\"\n[params]\nfrom = 5\n---*/\n{test}\n"),
+    )
+    .unwrap();
+    let r = segflow(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--as-of",
+        DEMO_AS_OF,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("data test `late_rules` returned 7 row(s)"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn list_shows_kind_grain_partitioning_reads_and_what_is_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let list = || segflow(&["list", "--config", config.to_str().unwrap()]);
+    let r = list();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = |stdout: &str, model: &str| -> Vec<String> {
+        let l = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{model} ")))
+            .unwrap_or_else(|| panic!("{model} not listed:\n{stdout}"))
+            .to_string();
+        l.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    assert!(r.stdout.starts_with("MODEL "), "{}", r.stdout);
+    // Values from the front matter and SQL of sql/rfm.sql and sql/purchase_orders.sql.
+    let rfm = line(&r.stdout, "rfm");
+    assert_eq!(
+        rfm[..6],
+        [
+            "rfm",
+            "table",
+            "customer_id",
+            "segment",
+            "customer_facts, rfm_segments",
+            "not yet"
+        ]
+    );
+    assert!(
+        rfm[6].starts_with("RFM scores and named segment."),
+        "{rfm:?}"
+    );
+    let po = line(&r.stdout, "purchase_orders");
+    assert_eq!(
+        po[..6],
+        [
+            "purchase_orders",
+            "internal",
+            "customer_id, order_id",
+            "-",
+            "orders",
+            "never (internal)"
+        ]
+    );
+    assert!(
+        r.stdout.ends_with(&format!(
+            "\n13 model(s); no snapshot published at {} yet\n",
+            tmp.path().join("out").display()
+        )),
+        "{}",
+        r.stdout
+    );
+    assert!(!tmp.path().join("out").exists(), "list created the output");
+
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    let r = list();
+    assert_eq!(line(&r.stdout, "rfm")[5], format!("as_of={DEMO_AS_OF}"));
+    assert!(
+        r.stdout
+            .contains(&format!("13 model(s); newest snapshot as_of={DEMO_AS_OF}")),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn preview_prints_the_first_rows_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let temp = tmp.path().join("scratch");
+    let config = demo_config(
+        tmp.path(),
+        &format!("[runtime]\ntemp_dir = \"{}\"\n", temp.display()),
+    );
+    let r = segflow(&[
+        "preview",
+        "rfm_segments",
+        "--config",
+        config.to_str().unwrap(),
+        "--limit",
+        "2",
+        "--as-of",
+        DEMO_AS_OF,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The first two rules of sql/rfm_segments.sql.
+    assert_eq!(
+        r.stdout,
+        "\
++----------+-----------+-------+-------+-------+-------+-------+-------+
+| priority | segment   | r_min | r_max | f_min | f_max | m_min | m_max |
++----------+-----------+-------+-------+-------+-------+-------+-------+
+| 1        | Champions | 4     | 5     | 4     | 5     | 4     | 5     |
+| 2        | Loyal     | 3     | 5     | 4     | 5     | 1     | 5     |
++----------+-----------+-------+-------+-------+-------+-------+-------+
+rfm_segments as_of=2026-11-21: 11 row(s), 2 shown (nothing published)
+"
+    );
+    assert!(
+        !tmp.path().join("out").exists(),
+        "preview created the output"
+    );
+    let left: Vec<_> = std::fs::read_dir(&temp).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "preview left files in its temp dir: {left:?}"
+    );
+
+    let r = segflow(&[
+        "preview",
+        "rfm_segmentz",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(
+        error_line(&r).contains("no model named `rfm_segmentz`"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn explain_prints_the_plans_and_analyze_adds_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let r = segflow(&[
+        "explain",
+        "customer_affinity",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for needle in [
+        "== logical_plan ==",
+        "== physical_plan ==",
+        "Aggregate: groupBy=[[spend.customer_id]]",
+        "AggregateExec",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "`{needle}` missing:\n{}",
+            r.stdout
+        );
+    }
+    assert!(!r.stdout.contains("output_rows="), "{}", r.stdout);
+    let r = segflow(&[
+        "explain",
+        "customer_affinity",
+        "--analyze",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("output_rows="), "{}", r.stdout);
+    assert!(
+        !tmp.path().join("out").exists(),
+        "explain created the output"
+    );
+}
