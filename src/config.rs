@@ -71,6 +71,7 @@ pub struct GatesConfig {
     pub future_order_ts: Option<Policy>,
     pub invalid_revenue: Option<Policy>,
     pub negative_revenue: Option<Policy>,
+    pub duplicate_lines: Option<Policy>,
     /// Fail when the latest order is more than this many days before as_of.
     pub max_input_age_days: Option<u32>,
 }
@@ -83,6 +84,7 @@ pub struct Gates {
     pub future_order_ts: Policy,
     pub invalid_revenue: Policy,
     pub negative_revenue: Policy,
+    pub duplicate_lines: Policy,
     pub max_input_age_days: Option<u32>,
 }
 
@@ -94,6 +96,7 @@ impl Default for Gates {
             future_order_ts: Policy::Fail,
             invalid_revenue: Policy::Fail,
             negative_revenue: Policy::Warn,
+            duplicate_lines: Policy::Warn,
             max_input_age_days: None,
         }
     }
@@ -108,6 +111,7 @@ impl GatesConfig {
             future_order_ts: self.future_order_ts.unwrap_or(d.future_order_ts),
             invalid_revenue: self.invalid_revenue.unwrap_or(d.invalid_revenue),
             negative_revenue: self.negative_revenue.unwrap_or(d.negative_revenue),
+            duplicate_lines: self.duplicate_lines.unwrap_or(d.duplicate_lines),
             max_input_age_days: self.max_input_age_days,
         }
     }

@@ -409,6 +409,66 @@ impl ScalarUDFImpl for GateReason {
     }
 }
 
+/// `segflow_line_hash(seed, c1, c2, ...)`: a 64-bit hash of a row's values (and which of
+/// them are NULL), as Int64. Two calls with different seeds give a 128-bit fingerprint: lines
+/// with equal fingerprints are treated as identical in every column (the chance that two
+/// different lines among 10^9 share one is below 10^-20).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct LineHash;
+
+/// The name of the gate for lines identical in every mapped column.
+pub const DUPLICATE_LINES: &str = "duplicate_lines";
+
+impl ScalarUDFImpl for LineHash {
+    fn name(&self) -> &str {
+        "segflow_line_hash"
+    }
+
+    fn signature(&self) -> &Signature {
+        static SIGNATURE: std::sync::OnceLock<Signature> = std::sync::OnceLock::new();
+        SIGNATURE.get_or_init(|| Signature::variadic_any(Volatility::Immutable))
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Int64)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        use datafusion::arrow::array::{Int64Array, UInt64Array};
+        use datafusion::common::hash_utils::{create_hashes, RandomState};
+        let rows = args.number_rows;
+        let seed = match args.args.first() {
+            Some(ColumnarValue::Scalar(datafusion::scalar::ScalarValue::Int64(Some(s)))) => *s,
+            _ => {
+                return Err(udf_err(
+                    "segflow_line_hash",
+                    "the seed must be an Int64 literal".into(),
+                ))
+            }
+        };
+        let arrays = ColumnarValue::values_to_arrays(&args.args[1..])?;
+        // Which values are NULL, so NULLs in different columns never hash alike.
+        let mut pattern = vec![0u64; rows];
+        for (c, a) in arrays.iter().enumerate() {
+            if let Some(nulls) = a.logical_nulls() {
+                for i in (0..rows).filter(|i| nulls.is_null(*i)) {
+                    pattern[i] |= 1 << (c % 64);
+                }
+            }
+        }
+        let mut all: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(pattern))];
+        all.extend(arrays);
+        let mut hashes = vec![0u64; rows];
+        create_hashes(&all, &RandomState::with_seed(seed as u64), &mut hashes)?;
+        Ok(ColumnarValue::Array(Arc::new(
+            Int64Array::from_iter_values(hashes.into_iter().map(|h| h as i64)),
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

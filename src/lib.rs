@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod config;
+pub mod docs;
 pub mod engine;
 pub mod error;
 pub mod failpoint;

@@ -113,6 +113,15 @@ enum Command {
         #[arg(long)]
         analyze: bool,
     },
+    /// Write a browsable catalog of the models (one static HTML page, no network needed).
+    Docs {
+        /// Directory to write index.html into (created when missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Config file.
+        #[arg(long, default_value = "segflow.toml", env = "SEGFLOW_CONFIG")]
+        config: PathBuf,
+    },
     /// Create a project: config, a copy of the built-in models, demo data.
     Init {
         /// Directory to create (must not exist or be empty).
@@ -230,6 +239,12 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
                 s = shutdown.wait() => return Err(segflow::Error::Interrupted { signal: s }),
             };
             print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Docs { out, config } => {
+            let settings = Settings::load(&config, &Overrides::default())?;
+            let path = segflow::docs::write_docs(&settings, &out).await?;
+            println!("wrote {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {

@@ -25,9 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::{InputSpec, Policy, Settings};
 use crate::engine::plan_models;
 use crate::error::{Error, Result};
-use crate::gates::{Gate, GateCounts, GateReason, GateRules, GateStat, GateTally};
+use crate::gates::{
+    Gate, GateCounts, GateReason, GateRules, GateStat, GateTally, LineHash, DUPLICATE_LINES,
+};
 use crate::models::Model;
-use crate::publish::stage::{open_staged, StageError, StagedTable, Staging};
+use crate::publish::stage::{open_dir, open_staged, StageError, StagedTable, Staging};
 use crate::storage::redact;
 use object_store::ObjectStoreExt;
 use tracing::{debug, info, warn};
@@ -72,7 +74,7 @@ struct OrdersSource<'s> {
     mapped: DataFrame,
     present: BTreeSet<&'static str>,
     tally: Arc<GateTally>,
-    files: usize,
+    files: InputFiles,
     spec: &'s InputSpec,
 }
 
@@ -216,28 +218,102 @@ pub async fn register_sources(
         .filter(|n| used.contains(*n))
         .collect();
     debug!(columns = ?keep, "orders columns the models read");
-    let orders = match keep.len() {
-        n if n == schema.fields().len() => Ok(orders),
-        0 => orders.select_columns(&["customer_id"]),
-        _ => orders.select_columns(&keep),
+    let keep: Vec<&str> = match keep.len() {
+        0 => vec!["customer_id"],
+        _ => keep,
+    };
+    let planned = orders
+        .clone()
+        .select_columns(&keep)
+        .map_err(|e| input_err(orders_spec, e.to_string()))?
+        .schema()
+        .as_arrow()
+        .clone();
+    // With order ids mapped, each line's fingerprint is staged too, for the duplicate gate.
+    let fingerprint = source.present.contains("order_id");
+    let mut columns: Vec<Expr> = keep.iter().map(|c| col(*c)).collect();
+    if fingerprint {
+        columns.extend(line_fingerprint(&source.present));
     }
-    .map_err(|e| input_err(orders_spec, e.to_string()))?;
-    let planned = orders.schema().as_arrow().clone();
-    let staged = staging
-        .write_table(orders, "orders", false, &[])
-        .await
-        .map_err(|e| match e {
-            StageError::Engine(e) => input_err(orders_spec, redact(&e.strip_backtrace())),
-            StageError::PartitionValue { .. } => input_err(orders_spec, "unexpected partition"),
-        })?;
+    let orders = orders
+        .select(columns)
+        .map_err(|e| input_err(orders_spec, e.to_string()))?;
+    let staged = match staging.write_table(orders, "orders", false, &[]).await {
+        Ok(s) => s,
+        Err(StageError::Engine(e)) => {
+            return Err(source
+                .files
+                .read_error(orders_spec, "cannot read", &e)
+                .await)
+        }
+        Err(StageError::PartitionValue { .. }) => {
+            return Err(input_err(orders_spec, "unexpected partition"))
+        }
+    };
     let counts = source.tally.counts();
-    let (stats, as_of) = settle_gates(&counts, orders_spec, settings, source.files)?;
+    let engine = |e: datafusion::error::DataFusionError| {
+        input_err(orders_spec, redact(&e.strip_backtrace()))
+    };
+    debug!(rows = staged.rows, "orders staged");
+    let duplicates = match fingerprint {
+        true => {
+            let d = Duplicates::count(ctx, &staged, &staging.out.loc)
+                .await
+                .map_err(engine)?;
+            debug!(extra = d.extra, "duplicate lines counted");
+            Some(d)
+        }
+        false => None,
+    };
+    let (mut stats, as_of) = settle_gates(
+        &counts,
+        duplicates.as_ref(),
+        orders_spec,
+        settings,
+        source.files.len(),
+    )?;
     staging.as_of = as_of;
-    let rejected = match counts.rejected {
-        0 => None,
+    let drop_duplicates = duplicates
+        .as_ref()
+        .filter(|d| d.extra > 0 && settings.gates.duplicate_lines == Policy::Drop);
+    let mut staged = staged;
+    if let Some(d) = drop_duplicates {
+        // Models see one copy of each duplicated line.
+        let deduped = d
+            .deduplicated(ctx, &staged, &staging.out.loc, &planned)
+            .await
+            .map_err(engine)?;
+        staged = staging
+            .write_table(deduped, "orders_deduplicated", false, &[])
+            .await
+            .map_err(|e| match e {
+                StageError::Engine(e) => engine(e),
+                StageError::PartitionValue { .. } => input_err(orders_spec, "unexpected partition"),
+            })?;
+        stats.rows_visible -= d.extra;
+        stats.rows_rejected += d.extra;
+    }
+    let rejected = match (counts.rejected, drop_duplicates) {
+        (0, None) => None,
         _ => {
-            let rows = rejected_rows(source.mapped, &source.present, &source.tally.rules)
-                .map_err(|e| input_err(orders_spec, e.to_string()))?;
+            let mut rows = match counts.rejected {
+                0 => None,
+                _ => Some(
+                    rejected_rows(source.mapped.clone(), &source.present, &source.tally.rules)
+                        .map_err(engine)?,
+                ),
+            };
+            if let Some(d) = drop_duplicates {
+                let copies = d
+                    .extra_copies(ctx, source.mapped, &source.present, &source.tally.rules)
+                    .await
+                    .map_err(engine)?;
+                rows = Some(match rows {
+                    Some(r) => r.union(copies).map_err(engine)?,
+                    None => copies,
+                });
+            }
+            let rows = rows.ok_or_else(|| input_err(orders_spec, "no rejected rows"))?;
             let staged = staging
                 .write_table(rows, REJECTED, true, &[])
                 .await
@@ -287,7 +363,10 @@ fn input_err(spec: &InputSpec, message: impl Into<String>) -> Error {
 
 /// Lists the Parquet files of an input and opens them as one table (hive partition
 /// columns become Utf8 columns).
-async fn read_parquet_input(ctx: &SessionContext, spec: &InputSpec) -> Result<(DataFrame, usize)> {
+async fn read_parquet_input(
+    ctx: &SessionContext,
+    spec: &InputSpec,
+) -> Result<(DataFrame, InputFiles)> {
     let is_glob = spec.uri.contains(['*', '?', '[']);
     let mut uri = spec.uri.clone();
     if !uri.contains("://") {
@@ -349,16 +428,107 @@ async fn read_parquet_input(ctx: &SessionContext, spec: &InputSpec) -> Result<(D
             .map(|p| (p, DataType::Utf8))
             .collect(),
     );
-    let config = ListingTableConfig::new(url)
+    let input = InputFiles {
+        base: url.object_store().as_str().to_string(),
+        store,
+        files,
+    };
+    let config = match ListingTableConfig::new(url)
         .with_listing_options(options)
         .infer_schema(&state)
         .await
-        .map_err(|e| input_err(spec, redact(&format!("cannot read Parquet schema: {e}"))))?;
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(input
+                .read_error(spec, "cannot read Parquet schema", &e)
+                .await)
+        }
+    };
     let table = ListingTable::try_new(config).map_err(|e| input_err(spec, format!("{e}")))?;
     let df = ctx
         .read_table(Arc::new(table))
         .map_err(|e| input_err(spec, format!("{e}")))?;
-    Ok((df, files.len()))
+    Ok((df, input))
+}
+
+/// The Parquet files of an input, to name the one that cannot be read.
+pub(crate) struct InputFiles {
+    /// `file:///` or `s3://bucket/`: the store's URL, which the file paths follow.
+    base: String,
+    store: Arc<dyn object_store::ObjectStore>,
+    files: Vec<object_store::ObjectMeta>,
+}
+
+impl InputFiles {
+    /// The error for a failed read of the input: when the failure came from reading Parquet
+    /// (not, say, memory), every file is read whole, in order, and the first that fails is
+    /// named by its path; otherwise the input's uri is.
+    async fn read_error(
+        &self,
+        spec: &InputSpec,
+        doing: &str,
+        e: &datafusion::error::DataFusionError,
+    ) -> Error {
+        use datafusion::error::DataFusionError as D;
+        let from_files = matches!(
+            e.find_root(),
+            D::ParquetError(_)
+                | D::ArrowError(..)
+                | D::IoError(_)
+                | D::ObjectStore(_)
+                | D::External(_)
+        );
+        if from_files {
+            if let Some((path, why)) = self.first_unreadable().await {
+                return input_err(
+                    spec,
+                    redact(&format!(
+                        "{doing}: the file {path} is corrupt or truncated: {why}"
+                    )),
+                );
+            }
+        }
+        input_err(spec, redact(&format!("{doing}: {}", e.strip_backtrace())))
+    }
+
+    /// Reads each file whole (one at a time: this runs only after a read failed) and
+    /// returns the first that fails, with why.
+    async fn first_unreadable(&self) -> Option<(String, String)> {
+        use object_store::ObjectStoreExt;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        for f in &self.files {
+            let read = async {
+                let bytes = self
+                    .store
+                    .get(&f.location)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .bytes()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .and_then(|b| b.build())
+                    .map_err(|e| e.to_string())?;
+                for batch in reader {
+                    batch.map_err(|e| e.to_string())?;
+                }
+                Ok::<(), String>(())
+            };
+            if let Err(why) = read.await {
+                let base = match self.base.as_str() {
+                    "file:///" => "/",
+                    other => other,
+                };
+                return Some((format!("{base}{}", f.location), why));
+            }
+        }
+        None
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.files.len()
+    }
 }
 
 /// A listing URL. DataFusion splits globs off local paths only; for an object-store URL
@@ -565,6 +735,190 @@ fn gate_args(present: &BTreeSet<&'static str>) -> Vec<Expr> {
     ]
 }
 
+/// The line fingerprint (two 64-bit hashes of every mapped column, `_line_a`, `_line_b`).
+fn line_fingerprint(present: &BTreeSet<&'static str>) -> Vec<Expr> {
+    let hash = |seed: i64, name: &str| {
+        let mut args = vec![lit(seed)];
+        args.extend(present.iter().map(|c| col(*c)));
+        ScalarUDF::new_from_impl(LineHash).call(args).alias(name)
+    };
+    vec![hash(0x5e9f, "_line_a"), hash(0x10e5, "_line_b")]
+}
+
+/// Lines identical in every mapped column (equal fingerprints) among the staged orders.
+struct Duplicates {
+    /// Copies beyond the first of each duplicated line.
+    extra: u64,
+    /// Duplicated lines (groups of identical copies).
+    groups: u64,
+    /// The fingerprints of the duplicated lines.
+    keys: Vec<datafusion::arrow::array::RecordBatch>,
+}
+
+impl Duplicates {
+    /// Groups the staged lines by `_line_a` alone (a fast single-integer aggregation),
+    /// keeping those with copies; a group whose `_line_b` values differ (two different lines
+    /// sharing one 64-bit hash, vanishingly rare) is regrouped by both halves.
+    async fn count(
+        ctx: &SessionContext,
+        staged: &StagedTable,
+        loc: &crate::storage::Location,
+    ) -> datafusion::error::Result<Duplicates> {
+        use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch};
+        use datafusion::arrow::datatypes::Int64Type;
+        use datafusion::functions_aggregate::expr_fn::{count, max, min};
+        let lines = open_dir(ctx, loc, &staged.rel, &[]).await?;
+        let candidates = lines
+            .clone()
+            .aggregate(
+                vec![col("_line_a")],
+                vec![
+                    count(lit(1)).alias("_copies"),
+                    min(col("_line_b")).alias("_b_min"),
+                    max(col("_line_b")).alias("_b_max"),
+                ],
+            )?
+            .filter(col("_copies").gt(lit(1i64)))?
+            .collect()
+            .await?;
+        let mut found: Vec<(i64, i64, i64)> = Vec::new();
+        let mut mixed: Vec<Expr> = Vec::new();
+        for batch in &candidates {
+            let column = |i: usize| batch.column(i).as_primitive::<Int64Type>();
+            let (a, copies, b_min, b_max) = (column(0), column(1), column(2), column(3));
+            for i in 0..batch.num_rows() {
+                if b_min.value(i) == b_max.value(i) {
+                    found.push((a.value(i), b_min.value(i), copies.value(i)));
+                } else {
+                    mixed.push(lit(a.value(i)));
+                }
+            }
+        }
+        if !mixed.is_empty() {
+            let regrouped = lines
+                .filter(col("_line_a").in_list(mixed, false))?
+                .aggregate(
+                    vec![col("_line_a"), col("_line_b")],
+                    vec![count(lit(1)).alias("_copies")],
+                )?
+                .filter(col("_copies").gt(lit(1i64)))?
+                .collect()
+                .await?;
+            for batch in &regrouped {
+                let column = |i: usize| batch.column(i).as_primitive::<Int64Type>();
+                let (a, b, copies) = (column(0), column(1), column(2));
+                for i in 0..batch.num_rows() {
+                    found.push((a.value(i), b.value(i), copies.value(i)));
+                }
+            }
+        }
+        let extra = found.iter().map(|(_, _, c)| (*c - 1) as u64).sum();
+        let groups = found.len() as u64;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("_line_a", DataType::Int64, false),
+            Field::new("_line_b", DataType::Int64, false),
+        ]));
+        let keys = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(found.iter().map(|f| f.0))),
+                Arc::new(Int64Array::from_iter_values(found.iter().map(|f| f.1))),
+            ],
+        )?;
+        Ok(Duplicates {
+            extra,
+            groups,
+            keys: vec![keys],
+        })
+    }
+
+    fn keys(&self, ctx: &SessionContext) -> datafusion::error::Result<DataFrame> {
+        let schema = match self.keys.first() {
+            Some(b) => b.schema(),
+            None => {
+                return datafusion::common::internal_err!("no duplicated lines");
+            }
+        };
+        ctx.read_table(Arc::new(MemTable::try_new(
+            schema,
+            vec![self.keys.clone()],
+        )?))?
+        .select(vec![
+            col("_line_a").alias("_dup_a"),
+            col("_line_b").alias("_dup_b"),
+        ])
+    }
+
+    /// The staged orders with one copy of each duplicated line, in the `planned` columns.
+    async fn deduplicated(
+        &self,
+        ctx: &SessionContext,
+        staged: &StagedTable,
+        loc: &crate::storage::Location,
+        planned: &Schema,
+    ) -> datafusion::error::Result<DataFrame> {
+        use datafusion::common::JoinType;
+        let lines = open_dir(ctx, loc, &staged.rel, &[]).await?;
+        let names: Vec<&str> = planned.fields().iter().map(|f| f.name().as_str()).collect();
+        let on = ["_line_a", "_line_b"];
+        let keys = ["_dup_a", "_dup_b"];
+        let single = lines
+            .clone()
+            .join(self.keys(ctx)?, JoinType::LeftAnti, &on, &keys, None)?
+            .select_columns(&names)?;
+        let mut with_keys = names.clone();
+        with_keys.extend(on);
+        let one_copy = lines
+            .join(self.keys(ctx)?, JoinType::LeftSemi, &on, &keys, None)?
+            .select_columns(&with_keys)?
+            .distinct()?
+            .select_columns(&names)?;
+        single.union(one_copy)
+    }
+
+    /// The source rows beyond the first copy of each duplicated line the run uses, in the
+    /// columns of the rejected rows, gate `duplicate_lines`.
+    async fn extra_copies(
+        &self,
+        ctx: &SessionContext,
+        mapped: DataFrame,
+        present: &BTreeSet<&'static str>,
+        rules: &GateRules,
+    ) -> datafusion::error::Result<DataFrame> {
+        use datafusion::common::JoinType;
+        let names: Vec<String> = mapped
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        // The rows the run uses, judged again (the counts of this pass are not kept).
+        let used = ScalarUDF::new_from_shared_impl(Arc::new(GateTally::new(rules.clone())))
+            .call(gate_args(present));
+        let mut columns: Vec<Expr> = names.iter().map(|n| col(n.as_str())).collect();
+        columns.extend(line_fingerprint(present));
+        let copy = row_number()
+            .partition_by(vec![col("_line_a"), col("_line_b")])
+            .build()?
+            .alias("_copy");
+        let mut out: Vec<Expr> = names.iter().map(|n| col(n.as_str())).collect();
+        out.push(lit(crate::gates::DUPLICATE_LINES).alias("gate"));
+        mapped
+            .filter(used)?
+            .select(columns)?
+            .join(
+                self.keys(ctx)?,
+                JoinType::LeftSemi,
+                &["_line_a", "_line_b"],
+                &["_dup_a", "_dup_b"],
+                None,
+            )?
+            .window(vec![copy])?
+            .filter(col("_copy").gt(lit(1u64)))?
+            .select(out)
+    }
+}
+
 /// The source rows a `drop` policy left out, with the gate's name in column `gate`: a
 /// second pass over the source, run only when some row was dropped.
 fn rejected_rows(
@@ -588,6 +942,7 @@ fn rejected_rows(
 /// counted.
 fn settle_gates(
     counts: &GateCounts,
+    duplicates: Option<&Duplicates>,
     spec: &InputSpec,
     settings: &Settings,
     files: usize,
@@ -630,7 +985,10 @@ fn settle_gates(
                 "have a negative revenue (source column `{}`) and a status (source column `{}`) that is not a return status ({})",
                 source_of("revenue"),
                 source_of("status"),
-                spec.return_status.join(", ")
+                match spec.return_status.is_empty() {
+                    true => "return_status is empty".to_string(),
+                    false => spec.return_status.join(", "),
+                }
             ),
         };
         let line = format!(
@@ -642,6 +1000,19 @@ fn settle_gates(
             Policy::Fail => failures.push(line),
             Policy::Warn => warn!("{line} (policy warn: kept)"),
             Policy::Drop => warn!("{line} (policy drop: left out, written to _rejected)"),
+        }
+    }
+    if let Some(d) = duplicates.filter(|d| d.extra > 0) {
+        let line = format!(
+            "input gate {DUPLICATE_LINES}: {} line(s) of {} repeat another line in every mapped column ({} line(s) duplicated)",
+            d.extra, spec.uri, d.groups
+        );
+        match settings.gates.duplicate_lines {
+            Policy::Fail => failures.push(line),
+            Policy::Warn => warn!("{line} (policy warn: kept)"),
+            Policy::Drop => {
+                warn!("{line} (policy drop: one copy kept, the others written to _rejected)")
+            }
         }
     }
     if !failures.is_empty() {
@@ -693,6 +1064,16 @@ fn settle_gates(
         rows_rejected: counts.rejected,
         gates: counts.stats(&settings.gates),
     };
+    let mut stats = stats;
+    if let Some(d) = duplicates {
+        stats.gates.insert(
+            DUPLICATE_LINES.to_string(),
+            GateStat {
+                rows: d.extra,
+                policy: settings.gates.duplicate_lines,
+            },
+        );
+    }
     Ok((stats, as_of))
 }
 
@@ -744,4 +1125,80 @@ fn synthetic_order_ids(df: DataFrame) -> datafusion::error::Result<DataFrame> {
         })
         .collect();
     df.select(cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+
+    /// Two different lines sharing the first 64-bit half of their fingerprint are told
+    /// apart by the second half; copies count beyond the first of each line.
+    #[tokio::test]
+    async fn duplicates_are_counted_per_full_fingerprint_even_when_one_half_collides() {
+        let dir = tempfile::tempdir().unwrap();
+        let rel = "_staging/t/_internal/orders";
+        let folder = dir.path().join(rel);
+        std::fs::create_dir_all(&folder).unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("_line_a", DataType::Int64, false),
+            Field::new("_line_b", DataType::Int64, false),
+        ]));
+        let (a, b): (Vec<i64>, Vec<i64>) = [
+            (1, 10),
+            (1, 10),
+            (1, 11),
+            (2, 20),
+            (3, 30),
+            (3, 30),
+            (3, 30),
+        ]
+        .into_iter()
+        .unzip();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(a)), Arc::new(Int64Array::from(b))],
+        )
+        .unwrap();
+        let file = std::fs::File::create(folder.join("part-0.parquet")).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let loc = crate::storage::Location::resolve(
+            &dir.path().display().to_string(),
+            &Default::default(),
+        )
+        .unwrap();
+        let staged = StagedTable {
+            rel: rel.into(),
+            rows: 7,
+            files: vec!["part-0.parquet".into()],
+            columns: vec![],
+            partition_by: vec![],
+        };
+        let d = Duplicates::count(&SessionContext::new(), &staged, &loc)
+            .await
+            .unwrap();
+        // (1, 10) twice: one extra; (3, 30) three times: two extra; (1, 11) and (2, 20) once.
+        assert_eq!((d.extra, d.groups), (3, 2));
+        let mut keys: Vec<(i64, i64)> = Vec::new();
+        for k in &d.keys {
+            let col = |i: usize| {
+                k.column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .clone()
+            };
+            keys.extend(
+                col(0)
+                    .values()
+                    .iter()
+                    .copied()
+                    .zip(col(1).values().iter().copied()),
+            );
+        }
+        keys.sort();
+        assert_eq!(keys, vec![(1, 10), (3, 30)]);
+    }
 }

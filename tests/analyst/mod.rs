@@ -427,3 +427,52 @@ fn explain_prints_the_plans_and_analyze_adds_metrics() {
         "explain created the output"
     );
 }
+
+#[test]
+fn docs_writes_one_self_contained_page_with_models_columns_checks_and_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project(
+        tmp.path(),
+        &[(
+            "tests/no_negative_aov.sql",
+            "/*---\ndescription = \"AOV is never negative.\"\n---*/\nselect * from customer_facts where aov < 0\n",
+        )],
+        "",
+    );
+    let docs = tmp.path().join("site");
+    let r = segflow(&[
+        "docs",
+        "--out",
+        docs.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let page = std::fs::read_to_string(docs.join("index.html")).unwrap();
+    // Every built-in model (the files of sql/) has a section.
+    for entry in std::fs::read_dir(repo().join("sql")).unwrap() {
+        let name = entry
+            .unwrap()
+            .path()
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            page.contains(&format!("<h3 id=\"{name}\">")),
+            "{name} missing"
+        );
+    }
+    // From sql/customer_facts.sql: a column's doc and type (cast as bigint), its checks.
+    assert!(page.contains(
+        "<tr><td><code>recency_days</code></td><td>Int64</td><td>as_of minus the last purchase date, in days.</td></tr>"
+    ));
+    assert!(page.contains("<li><code>unique(customer_id)</code></li>"));
+    assert!(page.contains("<li><code>expression(orders &gt;= 1)</code></li>"));
+    // The graph, the data test, and nothing fetched from anywhere.
+    assert!(page.contains("<svg") && page.contains("<a href=\"#purchase_orders\">"));
+    assert!(page.contains("<h3>no_negative_aov</h3><p>AOV is never negative.</p>"));
+    assert!(!page.contains("<script") && !page.contains("src=") && !page.contains("https://"));
+    assert_eq!(page.matches("http://").count(), 1, "only the SVG namespace");
+    assert!(!tmp.path().join("out").exists(), "docs created the output");
+}

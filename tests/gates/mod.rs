@@ -349,3 +349,234 @@ fn an_unknown_gate_or_policy_is_named() {
     assert_eq!(r.code, 2);
     assert!(error_line(&r).contains("skip"), "{}", r.stderr);
 }
+
+/// Copies the demo's orders (four yearly files) and damages one of them with `damage`.
+fn demo_orders_with_one_damaged(dir: &Path, damage: impl FnOnce(&Path)) -> (PathBuf, PathBuf) {
+    let orders = dir.join("orders");
+    for year in ["2023", "2024", "2025", "2026"] {
+        let d = orders.join(format!("year={year}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(
+            Path::new(&demo_orders()).join(format!("year={year}/part-0.parquet")),
+            d.join("part-0.parquet"),
+        )
+        .unwrap();
+    }
+    let bad = orders.join("year=2025/part-0.parquet");
+    damage(&bad);
+    let config = demo_config_with(
+        dir,
+        &format!("uri = \"{}\"", demo_orders()),
+        &format!("uri = \"{}\"", orders.display()),
+    );
+    (config, bad)
+}
+
+#[test]
+fn a_truncated_or_corrupt_parquet_file_among_many_is_named_by_its_path() {
+    // Cut in half: the footer is gone.
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, bad) = demo_orders_with_one_damaged(tmp.path(), |f| {
+        let bytes = std::fs::read(f).unwrap();
+        std::fs::write(f, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    let r = run(&config, &["--as-of", DEMO_AS_OF]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let err = error_line(&r);
+    assert!(
+        err.contains(&format!(
+            "the file {} is corrupt or truncated",
+            bad.display()
+        )),
+        "{err}"
+    );
+    assert!(!tmp.path().join("out/_manifest").exists());
+
+    // Footer intact, data pages overwritten: found when the rows are read.
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, bad) = demo_orders_with_one_damaged(tmp.path(), |f| {
+        let mut bytes = std::fs::read(f).unwrap();
+        for b in bytes.iter_mut().skip(4).take(2000) {
+            *b = 0xAB;
+        }
+        std::fs::write(f, &bytes).unwrap();
+    });
+    let r = run(&config, &["--as-of", DEMO_AS_OF]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let err = error_line(&r);
+    assert!(
+        err.contains(&format!(
+            "the file {} is corrupt or truncated",
+            bad.display()
+        )),
+        "{err}"
+    );
+}
+
+/// Lines (customer_id, order id, order_ts, revenue) in a column named `order_column`.
+fn write_order_lines(path: &Path, order_column: &str, rows: &[(&str, &str, &str, f64)]) {
+    use datafusion::arrow::array::{Float64Array, StringArray, TimestampMicrosecondArray};
+    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("customer_id", DataType::Utf8, true),
+        Field::new(order_column, DataType::Utf8, true),
+        Field::new(
+            "order_ts",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
+        Field::new("revenue", DataType::Float64, true),
+    ]));
+    let ts = |t: &str| {
+        chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M")
+            .unwrap()
+            .and_utc()
+            .timestamp_micros()
+    };
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(TimestampMicrosecondArray::from(
+                rows.iter().map(|r| ts(r.2)).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// a's first line three times (two extra copies), b's once more (one extra): 3 extra lines
+/// in 2 duplicated lines; a's 5.0 line and b's o3 line differ in one column each.
+const DUPLICATED: &[(&str, &str, &str, f64)] = &[
+    ("a", "o1", "2026-03-10 10:00", 10.0),
+    ("a", "o1", "2026-03-10 10:00", 10.0),
+    ("a", "o1", "2026-03-10 10:00", 5.0),
+    ("a", "o1", "2026-03-10 10:00", 10.0),
+    ("b", "o2", "2026-03-12 09:00", 7.0),
+    ("b", "o3", "2026-03-12 09:00", 7.0),
+    ("b", "o2", "2026-03-12 09:00", 7.0),
+];
+
+#[tokio::test]
+async fn duplicate_lines_fail_warn_or_drop_to_one_copy_when_order_ids_are_mapped() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_order_lines(&tmp.path().join("orders.parquet"), "order_id", DUPLICATED);
+    let out = tmp.path().join("out");
+
+    let r = run(&config(tmp.path(), "duplicate_lines = \"fail\""), &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        error_line(&r).contains("input gate duplicate_lines: 3 line(s) of")
+            && error_line(&r)
+                .contains("repeat another line in every mapped column (2 line(s) duplicated)"),
+        "{}",
+        r.stderr
+    );
+
+    // warn (the default): logged, every copy kept.
+    let r = run(&config(tmp.path(), ""), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("input gate duplicate_lines: 3 line(s)"),
+        "{}",
+        r.stderr
+    );
+    let m = manifest(&out, "2026-03-12");
+    assert_eq!(m["input"]["gates"]["duplicate_lines"]["rows"], 3);
+    assert_eq!(m["input"]["rows_visible"], 7);
+    assert_eq!(
+        revenue_by_customer(&out, "2026-03-12").await,
+        BTreeMap::from([("a".into(), "35.0".into()), ("b".into(), "21.0".into())])
+    );
+
+    // drop: one copy of each kept, the extra copies under _rejected.
+    let r = run(&config(tmp.path(), "duplicate_lines = \"drop\""), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = manifest(&out, "2026-03-12");
+    assert_eq!(m["input"]["rows_visible"], 4);
+    assert_eq!(m["input"]["rows_rejected"], 3);
+    assert_eq!(
+        revenue_by_customer(&out, "2026-03-12").await,
+        BTreeMap::from([("a".into(), "15.0".into()), ("b".into(), "14.0".into())])
+    );
+    let ctx = SessionContext::new();
+    let rows = display_rows(
+        &ctx.read_parquet(
+            format!("{}/", out.join("_rejected/as_of=2026-03-12").display()),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap(),
+    );
+    let mut copies: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["customer_id"].clone().unwrap(),
+                r["order_id"].clone().unwrap(),
+                r["gate"].clone().unwrap(),
+            )
+        })
+        .collect();
+    copies.sort();
+    let c = |a: &str, o: &str| (a.to_string(), o.to_string(), "duplicate_lines".to_string());
+    assert_eq!(copies, vec![c("a", "o1"), c("a", "o1"), c("b", "o2")]);
+
+    // Without order ids every source row is its own order: no duplicate gate.
+    write_order_lines(&tmp.path().join("orders.parquet"), "order_no", DUPLICATED);
+    let r = run(&config(tmp.path(), "duplicate_lines = \"fail\""), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(manifest(&out, "2026-03-12")["input"]["gates"]
+        .get("duplicate_lines")
+        .is_none());
+}
+
+/// `warn` keeps rows as they are: the built-in models' own checks and exact sums then stop
+/// the run naming the model, so nothing wrong is published.
+#[test]
+fn warned_rows_the_built_in_models_cannot_take_stop_the_run_naming_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_lines(&tmp.path().join("orders.parquet"), BAD);
+    let keep_customers = config(
+        tmp.path(),
+        "null_customer_id = \"warn\"\nnull_order_ts = \"drop\"\nfuture_order_ts = \"drop\"\ninvalid_revenue = \"drop\"",
+    );
+    let r = run(&keep_customers, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        error_line(&r).contains("sql/purchase_orders.sql: model `purchase_orders` check not_null(customer_id): 1 NULL row(s)"),
+        "{}",
+        r.stderr
+    );
+    let keep_nan = config(
+        tmp.path(),
+        "null_customer_id = \"drop\"\nnull_order_ts = \"drop\"\nfuture_order_ts = \"drop\"\ninvalid_revenue = \"warn\"",
+    );
+    let r = run(&keep_nan, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        error_line(&r).contains("sql/customer_days.sql: model `customer_days` failed")
+            && error_line(&r).contains("NaN"),
+        "{}",
+        r.stderr
+    );
+    assert!(!tmp.path().join("out/_manifest").exists());
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Benchmark (a script, not a test): how long `segflow check` takes — the analyst's feedback
+# loop — on the bundled demo project and on a generated 10 M-line order history.
+#
+#   ci/check_bench.sh [--lines 10000000] [--runs 5]
+#
+# `check` plans every model, check and data test against the input schemas (Parquet footers
+# only, never the rows), so its time should not grow with the data: the target is under 2 s
+# for both. Release build (brought up to date first); the generated data is shared with
+# ci/bench.sh (${SEGFLOW_BENCH_DATA:-$HOME/.cache/segflow-bench}/generated-N). Prints the
+# median and the range of the wall times.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO="$(pwd)"
+LINES=10000000
+RUNS=5
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --lines) LINES="$2"; shift 2 ;;
+        --runs) RUNS="$2"; shift 2 ;;
+        *) echo "unknown argument: $1 (use --lines N, --runs N)" >&2; exit 2 ;;
+    esac
+done
+[[ "$LINES" =~ ^[1-9][0-9]*$ ]] || { echo "--lines must be a positive integer" >&2; exit 2; }
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
+for v in $(compgen -e | grep '^SEGFLOW_' || true); do unset "$v"; done
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
+BIN="$CARGO_TARGET_DIR/release/segflow"
+echo "building $BIN (release; ~40 min from scratch, seconds when up to date) ..." >&2
+cargo build --release --quiet
+
+DATA_ROOT="${SEGFLOW_BENCH_DATA:-$HOME/.cache/segflow-bench}"
+DATA="$DATA_ROOT/generated-$LINES"
+if [ ! -d "$DATA" ]; then
+    echo "generating $LINES lines into $DATA ..." >&2
+    mkdir -p "$DATA_ROOT"
+    rm -rf "$DATA.tmp"
+    "$BIN" generate --lines "$LINES" --out "$DATA.tmp" >&2
+    mv "$DATA.tmp" "$DATA"
+fi
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/segflow-check-bench.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+# The demo config with the generated data as its orders input (same source schema).
+sed -e "s#^uri = \"orders\"#uri = \"$DATA\"#" \
+    -e "s#\"customers.parquet\"#\"$REPO/fixtures/demo/customers.parquet\"#" \
+    -e "s#\"marketing_spend.parquet\"#\"$REPO/fixtures/demo/marketing_spend.parquet\"#" \
+    -e "s#^uri = \"../../out\"#uri = \"$WORK/out\"#" \
+    fixtures/demo/segflow.toml > "$WORK/big.toml"
+
+measure() {
+    local label="$1" config="$2" times=()
+    for _ in $(seq "$RUNS"); do
+        local start end
+        start=$(date +%s%N)
+        "$BIN" --log-format json check --config "$config" > "$WORK/check.out" 2>/dev/null ||
+            { echo "segflow check failed on $label:" >&2; cat "$WORK/check.out" >&2; exit 1; }
+        end=$(date +%s%N)
+        times+=("$(awk -v ns="$((end - start))" 'BEGIN { printf "%.3f", ns / 1e9 }')")
+    done
+    printf '%s\n' "${times[@]}" | sort -n | awk -v label="$label" -v runs="$RUNS" '
+        { t[NR] = $1 }
+        END {
+            median = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2
+            verdict = (median < 2.0) ? "under 2 s" : "OVER 2 s"
+            printf "%-34s median %.3f s  (%.3f..%.3f, %d runs)  %s\n", label, median, t[1], t[NR], runs, verdict
+        }'
+    tail -1 "$WORK/check.out"
+}
+
+echo "segflow check, release build, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
+measure "demo project (fixtures/demo)" fixtures/demo/segflow.toml
+measure "$(printf "%'d" "$LINES") generated lines ($(du -sh "$DATA" | cut -f1))" "$WORK/big.toml"
