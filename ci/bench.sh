@@ -4,7 +4,7 @@
 #   ci/bench.sh [--sizes "1000000 10000000"] [--runs 3] [--with-100m]
 #
 # For each size (order lines), `segflow generate --lines N` writes the data once into
-# ${SEGFLOW_BENCH_DATA:-$HOME/.cache/segflow-bench}/generated-N (reused when present). Then
+# ${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}/generated-N (reused when present). Then
 # segflow (release build, brought up to date first) with the demo's column
 # mapping (fixtures/demo/segflow.toml: target_partitions 2, plus memory_limit = "4g") and
 # ci/bench_duckdb.py (DuckDB, 2 threads, memory_limit 4GB, the same 7 published tables in
@@ -42,8 +42,8 @@ done
 AS_OF=2026-11-21
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
 BIN="$CARGO_TARGET_DIR/release/segflow"
-DATA_ROOT="${SEGFLOW_BENCH_DATA:-$HOME/.cache/segflow-bench}"
-VENV="${SEGFLOW_TEST_VENV:-.venv}"
+DATA_ROOT="${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}"
+VENV="${TEST_VENV:-.venv}"
 PY="$VENV/bin/python"
 DEMO="$REPO/fixtures/demo"
 # segflow rejects unknown SEGFLOW_* variables (and known ones would change the run).

@@ -7,7 +7,7 @@
 # `check` plans every model, check and data test against the input schemas (Parquet footers
 # only, never the rows), so its time should not grow with the data: the target is under 2 s
 # for both. Release build (brought up to date first); the generated data is shared with
-# ci/bench.sh (${SEGFLOW_BENCH_DATA:-$HOME/.cache/segflow-bench}/generated-N). Prints the
+# ci/bench.sh (${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}/generated-N). Prints the
 # median and the range of the wall times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ BIN="$CARGO_TARGET_DIR/release/segflow"
 echo "building $BIN (release; ~40 min from scratch, seconds when up to date) ..." >&2
 cargo build --release --quiet
 
-DATA_ROOT="${SEGFLOW_BENCH_DATA:-$HOME/.cache/segflow-bench}"
+DATA_ROOT="${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}"
 DATA="$DATA_ROOT/generated-$LINES"
 if [ ! -d "$DATA" ]; then
     echo "generating $LINES lines into $DATA ..." >&2

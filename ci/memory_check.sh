@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
 DATA="${1:-/tmp/segflow-orders-12m}"
 LINES="${2:-12500000}"
-VENV="${SEGFLOW_TEST_VENV:-.venv}"
+VENV="${TEST_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi

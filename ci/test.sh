@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
 mkdir -p "$CARGO_TARGET_DIR"
 
-VENV="${SEGFLOW_TEST_VENV:-.venv}"
+VENV="${TEST_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
