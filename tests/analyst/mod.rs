@@ -476,3 +476,60 @@ fn docs_writes_one_self_contained_page_with_models_columns_checks_and_graph() {
     assert_eq!(page.matches("http://").count(), 1, "only the SVG namespace");
     assert!(!tmp.path().join("out").exists(), "docs created the output");
 }
+
+/// Each check kind, violated by a model over the 11 segment rules of sql/rfm_segments.sql
+/// (counts read off that file): exit 1, the file, the check and the count named, and the
+/// published snapshot byte-for-byte unchanged.
+#[test]
+fn every_check_kind_that_fails_names_the_check_and_count_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project(tmp.path(), &[], "");
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    let out = tmp.path().join("out");
+    let before = snapshot_files(&out);
+    let cases = [
+        // r_min is 4, 3, 1, 1, 4, 5, 4, 3, 3, 2, 1: 4, 3 and 1 repeat.
+        ("unique = [\"r_min\"]", "select * from rfm_segments", "unique(r_min): 3 duplicated value(s)"),
+        (
+            "not_null = [\"segment\"]",
+            "select priority, case when priority > 9 then null else segment end as segment from rfm_segments",
+            "not_null(segment): 2 NULL row(s)",
+        ),
+        // m_min is 4 for Champions and Can't Lose, 1 elsewhere.
+        ("accepted_values = { m_min = [\"1\"] }", "select * from rfm_segments", "accepted_values(m_min): 2 row(s) outside [1]"),
+        ("row_count = { max = 10 }", "select * from rfm_segments", "row_count: 11 row(s), expected ..10"),
+        // r_max is 5, 5, 2, 2, 5, 5, 4, 3, 3, 2, 1: six below 4.
+        ("expression = [\"r_max >= 4\"]", "select * from rfm_segments", "expression(r_max >= 4): 6 row(s) violate it"),
+        (
+            "relationships = { segment = \"champions_only.segment\" }",
+            "select * from rfm_segments",
+            "relationships(segment -> champions_only.segment): 10 value(s) missing from champions_only.segment",
+        ),
+    ];
+    std::fs::write(
+        tmp.path().join("models/champions_only.sql"),
+        "select 'Champions' as segment",
+    )
+    .unwrap();
+    for (check, sql, expected) in cases {
+        let file = tmp.path().join("models/rules.sql");
+        std::fs::write(&file, format!("/*---\n[checks]\n{check}\n---*/\n{sql}\n")).unwrap();
+        let r = segflow(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--as-of",
+            DEMO_AS_OF,
+        ]);
+        assert_eq!(r.code, 1, "{check}: {}", r.stderr);
+        let err = error_line(&r);
+        assert!(
+            err.contains(&format!(
+                "{}: model `rules` check {expected}",
+                file.display()
+            )),
+            "{check}: {err}"
+        );
+        assert_eq!(snapshot_files(&out), before, "{check}: the output changed");
+    }
+}
