@@ -127,7 +127,7 @@ impl GateCounts {
 }
 
 /// How rows are judged: the run's statuses, as_of, clock and policies.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GateRules {
     /// Lower-cased statuses to drop.
     pub drop_status: Vec<String>,
@@ -347,38 +347,7 @@ impl ScalarUDFImpl for GateTally {
 /// `drop` policy leaves the row out, NULL for every other row. The `_rejected` pass filters
 /// on it.
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub struct GateReason {
-    drop_status: Vec<String>,
-    return_status: Vec<String>,
-    status_mapped: bool,
-    as_of: Option<i32>,
-    now_us: i64,
-    gates: Gates,
-}
-
-impl GateReason {
-    pub fn new(rules: &GateRules) -> Self {
-        GateReason {
-            drop_status: rules.drop_status.clone(),
-            return_status: rules.return_status.clone(),
-            status_mapped: rules.status_mapped,
-            as_of: rules.as_of,
-            now_us: rules.now_us,
-            gates: rules.gates,
-        }
-    }
-
-    fn rules(&self) -> GateRules {
-        GateRules {
-            drop_status: self.drop_status.clone(),
-            return_status: self.return_status.clone(),
-            status_mapped: self.status_mapped,
-            as_of: self.as_of,
-            now_us: self.now_us,
-            gates: self.gates,
-        }
-    }
-}
+pub struct GateReason(pub GateRules);
 
 impl ScalarUDFImpl for GateReason {
     fn name(&self) -> &str {
@@ -399,7 +368,7 @@ impl ScalarUDFImpl for GateReason {
     ) -> datafusion::error::Result<ColumnarValue> {
         let rows = args.number_rows;
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let judged = self.rules().judge(&arrays, rows)?;
+        let judged = self.0.judge(&arrays, rows)?;
         let reasons: StringArray = judged
             .rejected_by
             .iter()

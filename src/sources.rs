@@ -926,7 +926,7 @@ fn rejected_rows(
     present: &BTreeSet<&'static str>,
     rules: &GateRules,
 ) -> datafusion::error::Result<DataFrame> {
-    let reason = ScalarUDF::new_from_impl(GateReason::new(rules)).call(gate_args(present));
+    let reason = ScalarUDF::new_from_impl(GateReason(rules.clone())).call(gate_args(present));
     let mut columns: Vec<Expr> = mapped
         .schema()
         .fields()

@@ -97,6 +97,17 @@ fn demo_orders() -> String {
     repo().join("fixtures/demo/orders").display().to_string()
 }
 
+/// `segflow run --config <config> --as-of <as_of>`.
+fn run_at(config: &Path, as_of: &str) -> Run {
+    segflow(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--as-of",
+        as_of,
+    ])
+}
+
 fn run_ok(config: &Path, extra: &[&str]) -> Run {
     let mut args = vec!["run", "--config", config.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -1001,10 +1012,18 @@ fn write_orders_with_nulls(path: &Path, rows: &[(Option<&str>, Option<&str>, f64
         ],
     )
     .unwrap();
-    let mut w =
-        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
-            .unwrap();
-    w.write(&batch).unwrap();
+    write_parquet(path, &batch);
+}
+
+/// Writes one batch as a Parquet file.
+fn write_parquet(path: &Path, batch: &datafusion::arrow::record_batch::RecordBatch) {
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(path).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(batch).unwrap();
     w.close().unwrap();
 }
 

@@ -199,13 +199,7 @@ fn a_failing_data_test_names_count_and_samples_and_publishes_nothing() {
         ),
     )
     .unwrap();
-    let r = segflow(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--as-of",
-        DEMO_AS_OF,
-    ]);
+    let r = run_at(&config, DEMO_AS_OF);
     assert_eq!(r.code, 1, "{}", r.stderr);
     let err = error_line(&r);
     assert!(
@@ -247,13 +241,7 @@ fn a_failing_data_test_names_count_and_samples_and_publishes_nothing() {
         format!("/*---\nseverity = \"warn\"\n[params]\nfrom = 5\n---*/\n{test}\n"),
     )
     .unwrap();
-    let r = segflow(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--as-of",
-        DEMO_AS_OF,
-    ]);
+    let r = run_at(&config, DEMO_AS_OF);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr
@@ -514,13 +502,7 @@ fn every_check_kind_that_fails_names_the_check_and_count_and_changes_nothing() {
     for (check, sql, expected) in cases {
         let file = tmp.path().join("models/rules.sql");
         std::fs::write(&file, format!("/*---\n[checks]\n{check}\n---*/\n{sql}\n")).unwrap();
-        let r = segflow(&[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--as-of",
-            DEMO_AS_OF,
-        ]);
+        let r = run_at(&config, DEMO_AS_OF);
         assert_eq!(r.code, 1, "{check}: {}", r.stderr);
         let err = error_line(&r);
         assert!(

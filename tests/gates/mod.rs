@@ -83,11 +83,18 @@ fn write_lines(path: &Path, rows: &[Line]) {
         ],
     )
     .unwrap();
-    let mut w =
-        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
-            .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_parquet(path, &batch);
+}
+
+/// The rows published under `_rejected/as_of=<as_of>/`.
+async fn rejected_rows(out: &Path, as_of: &str) -> Vec<BTreeMap<String, Option<String>>> {
+    let ctx = SessionContext::new();
+    let dir = out.join(format!("_rejected/as_of={as_of}"));
+    let df = ctx
+        .read_parquet(format!("{}/", dir.display()), ParquetReadOptions::default())
+        .await
+        .unwrap();
+    display_rows(&df.collect().await.unwrap())
 }
 
 fn config(dir: &Path, gates: &str) -> PathBuf {
@@ -209,18 +216,7 @@ async fn dropped_rows_are_left_out_and_published_under_rejected_with_the_gate() 
         "rejected rows listed as a table"
     );
 
-    let ctx = SessionContext::new();
-    let rows = display_rows(
-        &ctx.read_parquet(
-            format!("{}/", out.join("_rejected/as_of=2026-03-20").display()),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap(),
-    );
+    let rows = rejected_rows(&out, "2026-03-20").await;
     let mut caught: Vec<(Option<String>, String)> = rows
         .iter()
         .map(|r| (r["customer_id"].clone(), r["gate"].clone().unwrap()))
@@ -453,11 +449,7 @@ fn write_order_lines(path: &Path, order_column: &str, rows: &[(&str, &str, &str,
         ],
     )
     .unwrap();
-    let mut w =
-        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None)
-            .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_parquet(path, &batch);
 }
 
 /// a's first line three times (two extra copies), b's once more (one extra): 3 extra lines
@@ -514,18 +506,7 @@ async fn duplicate_lines_fail_warn_or_drop_to_one_copy_when_order_ids_are_mapped
         revenue_by_customer(&out, "2026-03-12").await,
         BTreeMap::from([("a".into(), "15.0".into()), ("b".into(), "14.0".into())])
     );
-    let ctx = SessionContext::new();
-    let rows = display_rows(
-        &ctx.read_parquet(
-            format!("{}/", out.join("_rejected/as_of=2026-03-12").display()),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap(),
-    );
+    let rows = rejected_rows(&out, "2026-03-12").await;
     let mut copies: Vec<(String, String, String)> = rows
         .iter()
         .map(|r| {
