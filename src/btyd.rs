@@ -1,0 +1,706 @@
+//! Buy-till-you-die numerics: the BG/NBD model of purchase counts (Fader, Hardie & Lee 2005)
+//! and the Gamma-Gamma model of spend (Fader & Hardie 2013) — log-likelihoods, maximum
+//! likelihood fits and per-customer predictions.
+//!
+//! Everything is computed in log space (`ln Γ` instead of Γ); parameters are fitted as their
+//! logarithms so they stay positive; a fit reports whether it converged and never hides a
+//! failure. Customers come as weighted tuples (identical `(x, t_x, T)` summaries counted
+//! once), sorted before fitting, so the result does not depend on the order they arrived in.
+
+/// `ln Γ(x)` for x > 0 (Lanczos, g = 7, n = 9; relative error below 1e-15 on the range the
+/// models use), with the recurrence for small x.
+pub fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection: Γ(x) Γ(1 - x) = π / sin(πx).
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut sum = C[0];
+    for (i, c) in C.iter().enumerate().skip(1) {
+        sum += c / (x + i as f64);
+    }
+    let t = x + G + 0.5;
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
+}
+
+/// The Gauss hypergeometric function 2F1(a, b; c; z) for a, b, c > 0 and 0 <= z < 1, by its
+/// series (every term positive); None when it has not converged after a million terms.
+pub fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> Option<f64> {
+    if !(0.0..1.0).contains(&z) {
+        return None;
+    }
+    let mut term = 1.0;
+    let mut sum = 1.0;
+    for n in 0..1_000_000u32 {
+        let n = f64::from(n);
+        term *= (a + n) * (b + n) / ((c + n) * (n + 1.0)) * z;
+        sum += term;
+        if term.abs() <= sum.abs() * 1e-17 {
+            return Some(sum);
+        }
+    }
+    None
+}
+
+/// `ln(e^x + e^y)` without overflow.
+fn log_add_exp(x: f64, y: f64) -> f64 {
+    let m = x.max(y);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + ((x - m).exp() + (y - m).exp()).ln()
+}
+
+/// BG/NBD parameters: purchase rates Gamma(r, alpha), drop-out probabilities Beta(a, b).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BgNbd {
+    pub r: f64,
+    pub alpha: f64,
+    pub a: f64,
+    pub b: f64,
+}
+
+/// A customer's summary: `x` repeat purchases (purchase days - 1), the last at `t_x` after
+/// the first, observed for `t` since the first (same time unit throughout).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rfm {
+    pub x: f64,
+    pub t_x: f64,
+    pub t: f64,
+}
+
+impl BgNbd {
+    /// The log-likelihood of one customer (FHL 2005, eq. 6).
+    pub fn ln_likelihood(&self, c: &Rfm) -> f64 {
+        let BgNbd { r, alpha, a, b } = *self;
+        let x = c.x;
+        let a1 = ln_gamma(r + x) - ln_gamma(r) + r * alpha.ln();
+        let a2 = ln_gamma(a + b) + ln_gamma(b + x) - ln_gamma(b) - ln_gamma(a + b + x);
+        let a3 = -(r + x) * (alpha + c.t).ln();
+        let a4 = if x > 0.0 {
+            a.ln() - (b + x - 1.0).ln() - (r + x) * (alpha + c.t_x).ln()
+        } else {
+            f64::NEG_INFINITY
+        };
+        a1 + a2 + log_add_exp(a3, a4)
+    }
+
+    /// P(alive | x, t_x, T): 1 for a customer without repeat purchases.
+    pub fn p_alive(&self, c: &Rfm) -> f64 {
+        if c.x == 0.0 {
+            return 1.0;
+        }
+        let BgNbd { r, alpha, a, b } = *self;
+        let ln_odds_dead =
+            (r + c.x) * ((alpha + c.t) / (alpha + c.t_x)).ln() + (a / (b + c.x - 1.0)).ln();
+        1.0 / (1.0 + ln_odds_dead.exp())
+    }
+
+    /// Expected purchases in the next `horizon` (FHL 2005, eq. 10); None when the
+    /// hypergeometric series does not converge.
+    pub fn expected_purchases(&self, c: &Rfm, horizon: f64) -> Option<f64> {
+        let BgNbd { r, alpha, a, b } = *self;
+        let x = c.x;
+        let z = horizon / (alpha + c.t + horizon);
+        let f = hyp2f1(r + x, b + x, a + b + x - 1.0, z)?;
+        let first = (a + b + x - 1.0) / (a - 1.0);
+        let second =
+            1.0 - (f.ln() + (r + x) * ((alpha + c.t) / (alpha + c.t + horizon)).ln()).exp();
+        let denominator = if x > 0.0 {
+            1.0 + (a / (b + x - 1.0)) * ((alpha + c.t) / (alpha + c.t_x)).powf(r + x)
+        } else {
+            1.0
+        };
+        Some(first * second / denominator)
+    }
+}
+
+/// Gamma-Gamma parameters: spend per transaction Gamma(p, nu), nu ~ Gamma(q, v).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GammaGamma {
+    pub p: f64,
+    pub q: f64,
+    pub v: f64,
+}
+
+impl GammaGamma {
+    /// The log-likelihood of a customer with `x` > 0 repeat purchases of mean value `m` > 0.
+    pub fn ln_likelihood(&self, x: f64, m: f64) -> f64 {
+        let GammaGamma { p, q, v } = *self;
+        ln_gamma(p * x + q) - ln_gamma(p * x) - ln_gamma(q)
+            + q * v.ln()
+            + (p * x - 1.0) * m.ln()
+            + (p * x) * x.ln()
+            - (p * x + q) * (x * m + v).ln()
+    }
+
+    /// The population mean spend per transaction, `p v / (q - 1)` (infinite for q <= 1).
+    pub fn population_mean(&self) -> f64 {
+        if self.q <= 1.0 {
+            return f64::INFINITY;
+        }
+        self.p * self.v / (self.q - 1.0)
+    }
+
+    /// Expected average spend of a customer with `x` repeat purchases of mean `m`: a weighted
+    /// mean of the population mean and the customer's (the population mean for x = 0).
+    pub fn expected_spend(&self, x: f64, m: f64) -> f64 {
+        let GammaGamma { p, q, .. } = *self;
+        let weight = p * x / (p * x + q - 1.0);
+        (1.0 - weight) * self.population_mean() + weight * m
+    }
+}
+
+/// How a fit ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fit<P> {
+    pub params: P,
+    /// The summed log-likelihood at `params` (without the penalty).
+    pub ln_likelihood: f64,
+    pub iterations: u32,
+    pub converged: bool,
+}
+
+/// Minimises `f` by Nelder-Mead from `start`: (point, value, iterations, converged).
+/// Converged when the simplex's values agree to 1e-12 (relative) and its points to 1e-10.
+fn nelder_mead(
+    f: impl Fn(&[f64]) -> f64,
+    start: &[f64],
+    max_iterations: u32,
+) -> (Vec<f64>, f64, u32, bool) {
+    let n = start.len();
+    let mut simplex: Vec<Vec<f64>> = vec![start.to_vec()];
+    for i in 0..n {
+        let mut p = start.to_vec();
+        p[i] += 0.5;
+        simplex.push(p);
+    }
+    let mut values: Vec<f64> = simplex.iter().map(|p| f(p)).collect();
+    let mut iterations = 0;
+    loop {
+        // Order best to worst (NaN last).
+        let mut order: Vec<usize> = (0..=n).collect();
+        order.sort_by(|&i, &j| values[i].total_cmp(&values[j]));
+        simplex = order.iter().map(|&i| simplex[i].clone()).collect();
+        values = order.iter().map(|&i| values[i]).collect();
+        let spread = (values[n] - values[0]).abs();
+        let size = simplex[1..]
+            .iter()
+            .flat_map(|p| p.iter().zip(&simplex[0]).map(|(a, b)| (a - b).abs()))
+            .fold(0.0, f64::max);
+        if spread <= 1e-12 * (1.0 + values[0].abs()) && size <= 1e-10 {
+            return (simplex[0].clone(), values[0], iterations, true);
+        }
+        if iterations >= max_iterations || !values[0].is_finite() {
+            return (simplex[0].clone(), values[0], iterations, false);
+        }
+        iterations += 1;
+        let centroid: Vec<f64> = (0..n)
+            .map(|k| simplex[..n].iter().map(|p| p[k]).sum::<f64>() / n as f64)
+            .collect();
+        let towards = |t: f64| -> Vec<f64> {
+            centroid
+                .iter()
+                .zip(&simplex[n])
+                .map(|(c, w)| c + t * (w - c))
+                .collect()
+        };
+        let reflected = towards(-1.0);
+        let fr = f(&reflected);
+        if fr < values[0] {
+            let expanded = towards(-2.0);
+            let fe = f(&expanded);
+            if fe < fr {
+                simplex[n] = expanded;
+                values[n] = fe;
+            } else {
+                simplex[n] = reflected;
+                values[n] = fr;
+            }
+        } else if fr < values[n - 1] {
+            simplex[n] = reflected;
+            values[n] = fr;
+        } else {
+            let (contracted, fc) = if fr < values[n] {
+                let c = towards(-0.5);
+                let v = f(&c);
+                (c, v)
+            } else {
+                let c = towards(0.5);
+                let v = f(&c);
+                (c, v)
+            };
+            if fc < values[n].min(fr) {
+                simplex[n] = contracted;
+                values[n] = fc;
+            } else {
+                // Shrink towards the best point.
+                for i in 1..=n {
+                    simplex[i] = simplex[i]
+                        .iter()
+                        .zip(&simplex[0])
+                        .map(|(p, b)| b + 0.5 * (p - b))
+                        .collect();
+                    values[i] = f(&simplex[i]);
+                }
+            }
+        }
+    }
+}
+
+/// Sorts weighted tuples so a fit sees them in one order whatever order they came in.
+fn canonical<T: Copy>(mut data: Vec<(T, f64)>, key: impl Fn(&T) -> Vec<f64>) -> Vec<(T, f64)> {
+    data.sort_by(|a, b| {
+        key(&a.0)
+            .iter()
+            .zip(key(&b.0).iter())
+            .map(|(x, y)| x.total_cmp(y))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    data
+}
+
+/// Fits BG/NBD by maximum likelihood to weighted customers (weight = how many customers
+/// share the summary), with an optional L2 penalty on the parameters (as lifetimes'
+/// `penalizer_coef`: `penalty * (r² + alpha² + a² + b²)` per customer).
+pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
+    let data = canonical(customers, |c| vec![c.x, c.t_x, c.t]);
+    let weight: f64 = data.iter().map(|(_, w)| w).sum();
+    let params = |p: &[f64]| BgNbd {
+        r: p[0].exp(),
+        alpha: p[1].exp(),
+        a: p[2].exp(),
+        b: p[3].exp(),
+    };
+    // The ln Γ terms depend on x only: summed once per distinct x (data is sorted by x),
+    // so an evaluation costs a few logarithms per customer.
+    let mut by_x: Vec<(f64, f64)> = Vec::new();
+    for (c, w) in &data {
+        match by_x.last_mut() {
+            Some((x, total)) if *x == c.x => *total += w,
+            _ => by_x.push((c.x, *w)),
+        }
+    }
+    let ll = |m: &BgNbd| -> f64 {
+        let BgNbd { r, alpha, a, b } = *m;
+        let gammas: f64 = by_x
+            .iter()
+            .map(|(x, w)| {
+                w * (ln_gamma(r + x) - ln_gamma(r)
+                    + r * alpha.ln()
+                    + ln_gamma(a + b)
+                    + ln_gamma(b + x)
+                    - ln_gamma(b)
+                    - ln_gamma(a + b + x))
+            })
+            .sum();
+        let rest: f64 = data
+            .iter()
+            .map(|(c, w)| {
+                let a3 = -(r + c.x) * (alpha + c.t).ln();
+                let a4 = if c.x > 0.0 {
+                    a.ln() - (b + c.x - 1.0).ln() - (r + c.x) * (alpha + c.t_x).ln()
+                } else {
+                    f64::NEG_INFINITY
+                };
+                w * log_add_exp(a3, a4)
+            })
+            .sum();
+        gammas + rest
+    };
+    let objective = |p: &[f64]| {
+        let m = params(p);
+        let pen = penalty * weight * (m.r.powi(2) + m.alpha.powi(2) + m.a.powi(2) + m.b.powi(2));
+        let v = -ll(&m) + pen;
+        if v.is_nan() {
+            f64::INFINITY
+        } else {
+            v
+        }
+    };
+    let (best, _, iterations, converged) = nelder_mead(objective, &[0.0; 4], 20_000);
+    let m = params(&best);
+    Fit {
+        params: m,
+        ln_likelihood: ll(&m),
+        iterations,
+        converged,
+    }
+}
+
+/// Fits Gamma-Gamma to weighted `(x, m)` pairs; pairs with x <= 0 or m <= 0 (refunds) take no
+/// part.
+pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<GammaGamma> {
+    let data = canonical(
+        customers
+            .into_iter()
+            .filter(|((x, m), _)| *x > 0.0 && *m > 0.0)
+            .collect(),
+        |(x, m)| vec![*x, *m],
+    );
+    let weight: f64 = data.iter().map(|(_, w)| w).sum();
+    let params = |p: &[f64]| GammaGamma {
+        p: p[0].exp(),
+        q: p[1].exp(),
+        v: p[2].exp(),
+    };
+    let ll = |g: &GammaGamma| -> f64 {
+        data.iter()
+            .map(|((x, m), w)| w * g.ln_likelihood(*x, *m))
+            .sum()
+    };
+    let objective = |p: &[f64]| {
+        let g = params(p);
+        let v = -ll(&g) + penalty * weight * (g.p.powi(2) + g.q.powi(2) + g.v.powi(2));
+        if v.is_nan() {
+            f64::INFINITY
+        } else {
+            v
+        }
+    };
+    let (best, _, iterations, converged) = nelder_mead(objective, &[0.0; 3], 20_000);
+    let g = params(&best);
+    Fit {
+        params: g,
+        ln_likelihood: ll(&g),
+        iterations,
+        converged,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fixtures/cdnow/summary.csv: (x, t_x, T in weeks, mean repeat spend).
+    fn cdnow() -> Vec<(Rfm, f64)> {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cdnow/summary.csv"),
+        )
+        .unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let v: Vec<f64> = l.split(',').skip(1).map(|s| s.parse().unwrap()).collect();
+                (
+                    Rfm {
+                        x: v[0],
+                        t_x: v[1],
+                        t: v[2],
+                    },
+                    v[3],
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ln_gamma_matches_factorials_and_half_integers() {
+        let mut f = 1.0f64;
+        for n in 1..30 {
+            assert!(
+                (ln_gamma(n as f64) - f.ln()).abs() < 1e-12 * f.ln().max(1.0),
+                "{n}"
+            );
+            f *= n as f64;
+        }
+        let sqrt_pi = std::f64::consts::PI.sqrt();
+        assert!((ln_gamma(0.5) - sqrt_pi.ln()).abs() < 1e-14);
+        assert!((ln_gamma(2.5) - (0.75 * sqrt_pi).ln()).abs() < 1e-14);
+        assert!((ln_gamma(0.1) - 2.252_712_651_734_206).abs() < 1e-13);
+    }
+
+    #[test]
+    fn hyp2f1_matches_closed_forms() {
+        // 2F1(1, 1; 2; z) = -ln(1 - z) / z; 2F1(a, b; b; z) = (1 - z)^-a.
+        for z in [0.1, 0.5, 0.9, 0.99] {
+            let got = hyp2f1(1.0, 1.0, 2.0, z).unwrap();
+            assert!((got - (-(1.0 - z).ln() / z)).abs() < 1e-12 * got, "{z}");
+            let got = hyp2f1(0.7, 3.2, 3.2, z).unwrap();
+            assert!((got - (1.0 - z).powf(-0.7)).abs() < 1e-12 * got, "{z}");
+        }
+        assert_eq!(hyp2f1(1.0, 1.0, 2.0, 1.0), None);
+    }
+
+    /// Fader, Hardie & Lee (2005): r = 0.243, alpha = 4.414, a = 0.793, b = 2.426,
+    /// LL = -9582.4, each to the last published digit.
+    #[test]
+    fn bgnbd_fit_on_cdnow_matches_the_published_estimates() {
+        let customers: Vec<(Rfm, f64)> = cdnow().into_iter().map(|(c, _)| (c, 1.0)).collect();
+        let fit = fit_bgnbd(customers, 0.0);
+        assert!(fit.converged, "{fit:?}");
+        let BgNbd { r, alpha, a, b } = fit.params;
+        let near = |got: f64, want: f64, unit: f64| (got - want).abs() <= unit;
+        assert!(near(r, 0.243, 0.001), "r = {r}");
+        assert!(near(alpha, 4.414, 0.001), "alpha = {alpha}");
+        assert!(near(a, 0.793, 0.001), "a = {a}");
+        assert!(near(b, 2.426, 0.001), "b = {b}");
+        assert!(
+            near(fit.ln_likelihood, -9582.4, 0.1),
+            "LL = {}",
+            fit.ln_likelihood
+        );
+    }
+
+    #[test]
+    fn the_fitted_log_likelihood_is_the_sum_over_customers() {
+        let customers: Vec<(Rfm, f64)> = cdnow().into_iter().map(|(c, _)| (c, 1.0)).collect();
+        let fit = fit_bgnbd(customers.clone(), 0.0);
+        let direct: f64 = customers
+            .iter()
+            .map(|(c, _)| fit.params.ln_likelihood(c))
+            .sum();
+        assert!((fit.ln_likelihood - direct).abs() < 1e-8 * direct.abs());
+    }
+
+    /// A small deterministic generator for simulations (splitmix64).
+    struct Rng(u64);
+
+    impl Rng {
+        fn uniform(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        }
+
+        fn normal(&mut self) -> f64 {
+            let (u, v) = (self.uniform(), self.uniform());
+            (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+        }
+
+        /// Gamma(shape, scale 1), Marsaglia & Tsang.
+        fn gamma(&mut self, shape: f64) -> f64 {
+            if shape < 1.0 {
+                return self.gamma(shape + 1.0) * self.uniform().powf(1.0 / shape);
+            }
+            let d = shape - 1.0 / 3.0;
+            let c = 1.0 / (9.0 * d).sqrt();
+            loop {
+                let x = self.normal();
+                let v = (1.0 + c * x).powi(3);
+                if v > 0.0 && self.uniform().ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+                    return d * v;
+                }
+            }
+        }
+    }
+
+    /// Data simulated from the BG/NBD and Gamma-Gamma processes with known parameters
+    /// (120 k customers, observed 20..60 weeks): the fits recover them.
+    #[test]
+    fn fits_recover_the_parameters_of_simulated_customers() {
+        let truth = BgNbd {
+            r: 0.5,
+            alpha: 6.0,
+            a: 0.9,
+            b: 3.0,
+        };
+        let spend = GammaGamma {
+            p: 5.0,
+            q: 4.0,
+            v: 20.0,
+        };
+        let mut rng = Rng(42);
+        let mut rfm = Vec::new();
+        let mut monetary = Vec::new();
+        for _ in 0..120_000 {
+            let t = 20.0 + 40.0 * rng.uniform();
+            let lambda = rng.gamma(truth.r) / truth.alpha;
+            let ga = rng.gamma(truth.a);
+            let p = ga / (ga + rng.gamma(truth.b));
+            let nu = rng.gamma(spend.q) / spend.v;
+            let (mut now, mut x, mut t_x, mut total) = (0.0, 0.0, 0.0, 0.0);
+            loop {
+                now += -rng.uniform().ln() / lambda;
+                if now > t {
+                    break;
+                }
+                x += 1.0;
+                t_x = now;
+                total += rng.gamma(spend.p) / nu;
+                if rng.uniform() < p {
+                    break;
+                }
+            }
+            rfm.push((Rfm { x, t_x, t }, 1.0));
+            if x > 0.0 {
+                monetary.push(((x, total / x), 1.0));
+            }
+        }
+        let fit = fit_bgnbd(rfm, 0.0);
+        assert!(fit.converged, "{fit:?}");
+        let got = fit.params;
+        for (name, g, want) in [
+            ("r", got.r, truth.r),
+            ("alpha", got.alpha, truth.alpha),
+            ("a", got.a, truth.a),
+            ("b", got.b, truth.b),
+        ] {
+            assert!(
+                (g - want).abs() <= 0.05 * want,
+                "{name} = {g}, truth {want}"
+            );
+        }
+        let fit = fit_gamma_gamma(monetary, 0.0);
+        assert!(fit.converged, "{fit:?}");
+        let got = fit.params;
+        for (name, g, want) in [
+            ("p", got.p, spend.p),
+            ("q", got.q, spend.q),
+            ("v", got.v, spend.v),
+        ] {
+            assert!(
+                (g - want).abs() <= 0.05 * want,
+                "{name} = {g}, truth {want}"
+            );
+        }
+    }
+
+    /// Weights stand for repeated customers, and the input order does not matter.
+    #[test]
+    fn bgnbd_fit_is_the_same_with_weights_and_in_any_order() {
+        let customers: Vec<(Rfm, f64)> = cdnow().into_iter().map(|(c, _)| (c, 1.0)).collect();
+        let mut compressed: Vec<(Rfm, f64)> = Vec::new();
+        for (c, _) in &customers {
+            match compressed.iter_mut().find(|(k, _)| k == c) {
+                Some((_, w)) => *w += 1.0,
+                None => compressed.push((*c, 1.0)),
+            }
+        }
+        assert!(compressed.len() < customers.len());
+        let mut reversed = customers.clone();
+        reversed.reverse();
+        let a = fit_bgnbd(customers, 0.0);
+        let b = fit_bgnbd(reversed, 0.0);
+        assert_eq!(a, b, "order changed the fit");
+        let c = fit_bgnbd(compressed, 0.0);
+        for (x, y) in [
+            (a.params.r, c.params.r),
+            (a.params.alpha, c.params.alpha),
+            (a.params.a, c.params.a),
+            (a.params.b, c.params.b),
+        ] {
+            assert!((x - y).abs() < 1e-6 * x, "{x} vs {y}");
+        }
+    }
+
+    /// Fader & Hardie (2013): p = 6.25, q = 3.74, v = 15.44 over the 946 customers with
+    /// repeat purchases.
+    #[test]
+    fn gamma_gamma_fit_on_cdnow_matches_the_published_estimates() {
+        let pairs: Vec<((f64, f64), f64)> =
+            cdnow().into_iter().map(|(c, m)| ((c.x, m), 1.0)).collect();
+        let fit = fit_gamma_gamma(pairs, 0.0);
+        assert!(fit.converged, "{fit:?}");
+        let GammaGamma { p, q, v } = fit.params;
+        assert!((p - 6.25).abs() <= 0.01, "p = {p}");
+        assert!((q - 3.74).abs() <= 0.01, "q = {q}");
+        assert!((v - 15.44).abs() <= 0.01, "v = {v}");
+    }
+
+    /// lifetimes 0.11.3 at the published parameters: P(alive), expected purchases in 39 and
+    /// 52 weeks, expected average spend; equal to 1e-6 relative.
+    #[test]
+    fn predictions_equal_lifetimes_at_the_same_parameters() {
+        let m = BgNbd {
+            r: 0.243,
+            alpha: 4.414,
+            a: 0.793,
+            b: 2.426,
+        };
+        let cases = [
+            (
+                0.0,
+                0.0,
+                38.86,
+                1.0,
+                0.19509805201125396,
+                0.2520730222824504,
+            ),
+            (
+                2.0,
+                30.43,
+                38.86,
+                0.72657857,
+                1.226028174767135,
+                1.5587208064320972,
+            ),
+            (
+                1.0,
+                1.71,
+                38.86,
+                0.21210099,
+                0.20318698707975183,
+                0.25982346486862234,
+            ),
+            (
+                7.0,
+                29.43,
+                32.0,
+                0.86213389,
+                5.15188029825833,
+                6.441330022711442,
+            ),
+            (
+                14.0,
+                35.0,
+                38.0,
+                0.87249005,
+                8.900730970255625,
+                11.149283809289795,
+            ),
+            (
+                30.0,
+                37.5,
+                38.5,
+                0.95103717,
+                20.154664825128364,
+                25.19667857558711,
+            ),
+        ];
+        let close = |got: f64, want: f64, tol: f64| (got - want).abs() <= tol * want.abs();
+        for (x, t_x, t, alive, e39, e52) in cases {
+            let c = Rfm { x, t_x, t };
+            // lifetimes printed P(alive) to 8 digits.
+            assert!(
+                close(m.p_alive(&c), alive, 1e-7),
+                "{c:?}: {}",
+                m.p_alive(&c)
+            );
+            let got = m.expected_purchases(&c, 39.0).unwrap();
+            assert!(close(got, e39, 1e-6), "{c:?}: {got}");
+            let got = m.expected_purchases(&c, 52.0).unwrap();
+            assert!(close(got, e52, 1e-6), "{c:?}: {got}");
+        }
+        let g = GammaGamma {
+            p: 6.25,
+            q: 3.74,
+            v: 15.44,
+        };
+        for (x, mean, want) in [
+            (1.0, 20.0, 24.6384872080089),
+            (2.0, 30.43, 31.291010498687665),
+            (6.0, 50.0, 48.99353876739563),
+            (10.0, 12.5, 13.4541692213366),
+        ] {
+            let got = g.expected_spend(x, mean);
+            assert!(close(got, want, 1e-9), "({x}, {mean}): {got}");
+        }
+    }
+}
