@@ -35,6 +35,7 @@ use crate::minmax::ByteSlots;
 /// Registers segflow's functions on a session.
 pub fn register(ctx: &SessionContext) {
     crate::minmax::register(ctx);
+    crate::btyd::register(ctx);
     ctx.register_udaf(AggregateUDF::from(ArgBest::new(Direction::Min)));
     ctx.register_udaf(AggregateUDF::from(ArgBest::new(Direction::Max)));
 }
