@@ -115,13 +115,21 @@ impl BgNbd {
         let x = c.x;
         let a1 = ln_gamma(r + x) - ln_gamma(r) + r * alpha.ln();
         let a2 = ln_gamma(a + b) + ln_gamma(b + x) - ln_gamma(b) - ln_gamma(a + b + x);
-        let a3 = -(r + x) * (alpha + c.t).ln();
-        let a4 = if x > 0.0 {
-            a.ln() - (b + x - 1.0).ln() - (r + x) * (alpha + c.t_x).ln()
+        let (a3, a4) = self.ln_alive_terms(c);
+        a1 + a2 + log_add_exp(a3, a4)
+    }
+
+    /// The two terms of a customer's likelihood that depend on t_x and T (FHL 2005's A3 and
+    /// A4; A4 is -inf without repeat purchases): still alive at T, or dropped out after t_x.
+    fn ln_alive_terms(&self, c: &Rfm) -> (f64, f64) {
+        let BgNbd { r, alpha, a, b } = *self;
+        let a3 = -(r + c.x) * (alpha + c.t).ln();
+        let a4 = if c.x > 0.0 {
+            a.ln() - (b + c.x - 1.0).ln() - (r + c.x) * (alpha + c.t_x).ln()
         } else {
             f64::NEG_INFINITY
         };
-        a1 + a2 + log_add_exp(a3, a4)
+        (a3, a4)
     }
 
     /// P(alive | x, t_x, T): 1 for a customer without repeat purchases.
@@ -337,12 +345,7 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
         let rest: f64 = data
             .iter()
             .map(|(c, w)| {
-                let a3 = -(r + c.x) * (alpha + c.t).ln();
-                let a4 = if c.x > 0.0 {
-                    a.ln() - (b + c.x - 1.0).ln() - (r + c.x) * (alpha + c.t_x).ln()
-                } else {
-                    f64::NEG_INFINITY
-                };
+                let (a3, a4) = m.ln_alive_terms(c);
                 w * log_add_exp(a3, a4)
             })
             .sum();
@@ -370,14 +373,10 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
             g[3] += w * (digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x));
         }
         for (c, w) in &data {
-            let a3 = -(r + c.x) * (alpha + c.t).ln();
-            let (w3, w4) = if c.x > 0.0 {
-                let a4 = a.ln() - (b + c.x - 1.0).ln() - (r + c.x) * (alpha + c.t_x).ln();
-                let w3 = 1.0 / (1.0 + (a4 - a3).exp());
-                (w3, 1.0 - w3)
-            } else {
-                (1.0, 0.0)
-            };
+            // The weights of the two terms in the customer's likelihood.
+            let (a3, a4) = m.ln_alive_terms(c);
+            let w3 = 1.0 / (1.0 + (a4 - a3).exp());
+            let w4 = 1.0 - w3;
             g[0] -= w * (w3 * (alpha + c.t).ln() + w4 * (alpha + c.t_x).ln());
             g[1] -= w * (r + c.x) * (w3 / (alpha + c.t) + w4 / (alpha + c.t_x));
             if c.x > 0.0 {
