@@ -43,6 +43,9 @@ Dialect differences from the segflow (DataFusion) SQL, adapted here:
   always returns DOUBLE in DuckDB; rfm uses `//`.
 * `(values ...)` columns are column1..column8 in DataFusion and col0..col7 in DuckDB;
   rfm_segments names them with a table alias `t(column1, ..., column8)`.
+* The clv model needs segflow's BG/NBD and Gamma-Gamma functions: segment_summary's
+  `clv` segmentation (the `union all select 'clv', ...` lines) is removed, so DuckDB's
+  segment_summary has every row of segflow's but those.
 * `previous.<model>` (the previous snapshot) is an empty table of the same schema, as in
   a first segflow run: segment_summary.stability is NULL.
 * Exact money sums are unchanged: `sum(cast(x as decimal(38, 6)))` is DECIMAL(38,6) in
@@ -123,6 +126,8 @@ FRONT_MATTER = re.compile(r"^\s*/\*---\n(.*?)\n---\*/", re.S)
 REWRITES = [
     # cast(<date> as int) (days since the epoch) -> a DATE difference.
     (re.compile(r"cast\(([^()]+?) as int\)"), r"((\1) - DATE '1970-01-01')"),
+    # No BG/NBD in DuckDB: segment_summary's clv segmentation is left out.
+    (re.compile(r"\n\s*union all select 'clv', clv_segment, customer_id from (previous\.)?clv\b"), ""),
     # Integer division of the RFM scores.
     (re.compile(r"\) / p\.n\b"), ") // p.n"),
     # (values ...) columns are column1.. in DataFusion, col0.. in DuckDB.

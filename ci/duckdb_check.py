@@ -157,12 +157,13 @@ def build_expected(con, orders_dir, as_of):
                 count(DISTINCT x.order_date) FILTER (WHERE x.is_purchase) AS purchase_days,
                 sum(x.rev_d) AS rev_d,
                 sum(x.mar_d) AS mar_d,
-                sum(x.rev_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) <= 90)  AS rev90,
-                sum(x.rev_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) <= 180) AS rev180,
-                sum(x.rev_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) <= 365) AS rev365,
-                sum(x.mar_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) <= 90)  AS mar90,
-                sum(x.mar_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) <= 180) AS mar180,
-                sum(x.mar_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) <= 365) AS mar365
+                sum(x.rev_d) FILTER (WHERE x.order_date > fl.first_order_date) AS repeat_rev,
+                sum(x.rev_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) BETWEEN 0 AND 90)  AS rev90,
+                sum(x.rev_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) BETWEEN 0 AND 180) AS rev180,
+                sum(x.rev_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) BETWEEN 0 AND 365) AS rev365,
+                sum(x.mar_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) BETWEEN 0 AND 90)  AS mar90,
+                sum(x.mar_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) BETWEEN 0 AND 180) AS mar180,
+                sum(x.mar_d) FILTER (WHERE date_diff('day', fl.first_order_date, x.order_date) BETWEEN 0 AND 365) AS mar365
             FROM lines x JOIN first_last fl USING (customer_id)
             GROUP BY x.customer_id
         ),
@@ -191,6 +192,7 @@ def build_expected(con, orders_dir, as_of):
             b.acquisition_device,
             fc.cat AS first_category,
             lc.cat AS last_category,
+            coalesce(CAST(b.repeat_rev AS DOUBLE), 0) AS repeat_revenue,
             CASE WHEN b.tenure_days < 90  THEN NULL ELSE CAST(b.rev90  AS DOUBLE) END AS revenue_90d,
             CASE WHEN b.tenure_days < 180 THEN NULL ELSE CAST(b.rev180 AS DOUBLE) END AS revenue_180d,
             CASE WHEN b.tenure_days < 365 THEN NULL ELSE CAST(b.rev365 AS DOUBLE) END AS revenue_365d,
@@ -322,7 +324,7 @@ SPECS = {
         ("orders", "int"), ("purchase_days", "int"), ("revenue", "float"), ("margin", "float"),
         ("aov", "float"), ("recency_days", "int"), ("tenure_days", "int"),
         ("acquisition_channel", "str"), ("acquisition_country", "str"), ("acquisition_device", "str"),
-        ("first_category", "str"), ("last_category", "str"),
+        ("first_category", "str"), ("last_category", "str"), ("repeat_revenue", "float"),
         ("revenue_90d", "float"), ("revenue_180d", "float"), ("revenue_365d", "float"),
         ("margin_90d", "float"), ("margin_180d", "float"), ("margin_365d", "float"),
     ]),

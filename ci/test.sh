@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh clone: installs what the tests need (a Python venv with
 # DuckDB for the independent cross-check and moto's S3 server, which the S3 tests start on
 # loopback), checks formatting and lints, runs the Rust tests, then recomputes the core
-# tables of the demo run with DuckDB and compares them.
+# tables of the demo run with DuckDB and the CLV models with lifetimes, and compares them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,3 +33,7 @@ trap 'rm -rf "$OUT"' EXIT
 "$CARGO_TARGET_DIR/debug/segflow" --log-format json run \
     --config fixtures/demo/segflow.toml --as-of 2026-11-21 --output "$OUT" 2>/dev/null
 "$VENV/bin/python" ci/duckdb_check.py --orders fixtures/demo/orders --out "$OUT" --as-of 2026-11-21
+
+echo "== independent lifetimes check of the CLV models (demo run and the CDNOW sample)"
+"$VENV/bin/python" ci/clv_check.py --segflow "$CARGO_TARGET_DIR/debug/segflow" \
+    --out "$OUT" --as-of 2026-11-21 --work "$OUT/_cdnow"

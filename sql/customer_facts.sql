@@ -21,10 +21,11 @@ acquisition_country = "Country of the first purchase order."
 acquisition_device  = "Device of the first purchase order."
 first_category      = "Category of the first order's highest-revenue line."
 last_category       = "Category of the latest order's highest-revenue line."
-revenue_90d         = "Revenue of lines at most 90 days after the first purchase date; NULL while tenure_days < 90."
+repeat_revenue      = "Net revenue of the days after the first purchase date, refunds included: what repeat purchases brought (the BTYD monetary value times frequency)."
+revenue_90d         = "Revenue of lines at most 90 days after the first purchase date (refunds dated before it are outside every window); NULL while tenure_days < 90."
 revenue_180d        = "Same for 180 days."
 revenue_365d        = "Same for 365 days."
-margin_90d          = "Margin of lines at most 90 days after the first purchase date; NULL while tenure_days < 90."
+margin_90d          = "Margin of lines at most 90 days after the first purchase date (refunds dated before it are outside); NULL while tenure_days < 90."
 margin_180d         = "Same for 180 days."
 margin_365d         = "Same for 365 days."
 
@@ -57,12 +58,13 @@ by_days as (
         count(*) filter (where d.is_purchase) as purchase_days,
         sum(d.revenue) as revenue,
         sum(d.margin)  as margin,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 90  then d.revenue end) as revenue_90d,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 180 then d.revenue end) as revenue_180d,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 365 then d.revenue end) as revenue_365d,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 90  then d.margin end)  as margin_90d,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 180 then d.margin end)  as margin_180d,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) <= 365 then d.margin end)  as margin_365d
+        sum(case when d.order_date > o.first_order_date then d.revenue end) as repeat_revenue,
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 90  then d.revenue end) as revenue_90d,
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 180 then d.revenue end) as revenue_180d,
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 365 then d.revenue end) as revenue_365d,
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 90  then d.margin end)  as margin_90d,
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 180 then d.margin end)  as margin_180d,
+        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 365 then d.margin end)  as margin_365d
     from customer_days d
     join by_orders o on o.customer_id = d.customer_id
     group by d.customer_id
@@ -88,6 +90,7 @@ final as (
         o.first_order['device']   as acquisition_device,
         o.first_order['category'] as first_category,
         o.last_category,
+        cast(coalesce(m.repeat_revenue, 0) as double) as repeat_revenue,
         m.revenue_90d, m.revenue_180d, m.revenue_365d,
         m.margin_90d, m.margin_180d, m.margin_365d
     from by_orders o
@@ -97,6 +100,7 @@ select
     customer_id, first_order_ts, last_order_ts, first_order_date, last_order_date, cohort_month,
     orders, purchase_days, revenue, margin, aov, recency_days, tenure_days,
     acquisition_channel, acquisition_country, acquisition_device, first_category, last_category,
+    repeat_revenue,
     case when tenure_days >= 90  then cast(revenue_90d as double)  end as revenue_90d,
     case when tenure_days >= 180 then cast(revenue_180d as double) end as revenue_180d,
     case when tenure_days >= 365 then cast(revenue_365d as double) end as revenue_365d,

@@ -1,9 +1,9 @@
 /*---
-description = "How customers moved between segments since the previous published snapshot. One row per segmentation (rfm, lifecycle), from_segment and to_segment, over customers present in both snapshots. Empty when there is no previous snapshot."
+description = "How customers moved between segments since the previous published snapshot. One row per segmentation (rfm, lifecycle, clv), from_segment and to_segment, over customers present in both snapshots. Empty when there is no previous snapshot."
 grain = ["segmentation", "from_segment", "to_segment"]
 
 [columns]
-segmentation = "rfm or lifecycle."
+segmentation = "rfm, lifecycle or clv (value band x churn risk)."
 from_segment = "Segment in the previous snapshot."
 to_segment   = "Segment in this snapshot."
 customers    = "Customers that moved from from_segment to to_segment (equal = stayed)."
@@ -12,16 +12,18 @@ revenue      = "Their net revenue to date in this snapshot."
 [checks]
 unique   = ["segmentation, from_segment, to_segment"]
 not_null = ["segmentation", "from_segment", "to_segment", "customers"]
-accepted_values = { segmentation = ["rfm", "lifecycle"] }
+accepted_values = { segmentation = ["rfm", "lifecycle", "clv"] }
 ---*/
 with current_members as (
     select 'rfm' as segmentation, segment, customer_id from rfm
     union all select 'lifecycle', stage, customer_id from lifecycle
+    union all select 'clv', clv_segment, customer_id from clv
 ),
 
 previous_members as (
     select 'rfm' as segmentation, segment, customer_id from previous.rfm
     union all select 'lifecycle', stage, customer_id from previous.lifecycle
+    union all select 'clv', clv_segment, customer_id from previous.clv
 )
 
 select

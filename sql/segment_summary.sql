@@ -1,13 +1,13 @@
 /*---
-description = "The segment scorecard for dashboards. One row per segmentation (rfm, lifecycle, channel, country, device) and segment: size, share, revenue, margin, order behaviour, reachability, stability against the previous snapshot, and an over-segmentation flag."
+description = "The segment scorecard for dashboards. One row per segmentation (rfm, lifecycle, clv, channel, country, device, and age_band, gender, email_opt_in when the customers input has them) and segment: size, share, revenue, margin, order behaviour, reachability, stability against the previous snapshot, and an over-segmentation flag."
 grain = ["segmentation", "segment"]
 
 [params]
 min_segment_customers = 20
 
 [columns]
-segmentation        = "rfm, lifecycle, channel, country or device."
-segment             = "Segment name (RFM segment, lifecycle stage, or acquisition channel/country/device)."
+segmentation        = "rfm, lifecycle, clv (value band x churn risk), channel, country, device (acquisition), age_band, gender, email_opt_in (demographic, from the customers input; a segmentation whose column is empty there is left out)."
+segment             = "Segment name: RFM segment, lifecycle stage, clv_segment, acquisition channel/country/device, age band in years at as_of (under 25, 25-34, .., 65+), gender as given (lower-cased), opted in / not opted in; unknown when missing."
 customers           = "Customers in the segment."
 share               = "customers / all customers (shares of one segmentation sum to 1)."
 revenue             = "Net revenue of the segment's customers to date."
@@ -17,25 +17,75 @@ aov                 = "revenue / orders of the segment."
 orders_per_customer = "orders / customers."
 repeat_rate         = "Share of the segment's customers with 2 or more orders."
 reachable_share     = "Share of the segment's customers with customers.email_opt_in = true; NULL without that input."
-stability           = "Share of the segment's customers that were in the same segment in the previous snapshot; NULL without one."
+stability           = "Share of the segment's customers that were in the same segment in the previous snapshot; NULL without one, and for demographic segmentations (their history is not kept)."
 below_min_size      = "True when customers < $min_segment_customers: too small to act on."
 
 [checks]
 unique   = ["segmentation, segment"]
 not_null = ["segmentation", "segment", "customers", "share"]
-accepted_values = { segmentation = ["rfm", "lifecycle", "channel", "country", "device"] }
+accepted_values = { segmentation = ["rfm", "lifecycle", "clv", "channel", "country", "device", "age_band", "gender", "email_opt_in"] }
 ---*/
-with members as (
+with attributes as (
+    select
+        customer_id,
+        max(birth_year)           as birth_year,
+        min(lower(trim(gender)))  as gender,
+        bool_or(email_opt_in)     as opted_in
+    from customers
+    group by customer_id
+),
+
+known as (
+    select
+        count(birth_year) > 0   as birth_year,
+        count(gender) > 0       as gender,
+        count(email_opt_in) > 0 as email_opt_in
+    from customers
+),
+
+-- One join of the customers to their attributes for the three demographic segmentations;
+-- a segmentation whose column the customers input leaves empty is left out.
+demographic_members as (
+    select
+        s.segmentation,
+        case s.segmentation
+            when 'age_band' then
+                case
+                    when a.birth_year is null then 'unknown'
+                    when extract(year from $as_of) - a.birth_year < 25 then 'under 25'
+                    when extract(year from $as_of) - a.birth_year < 35 then '25-34'
+                    when extract(year from $as_of) - a.birth_year < 45 then '35-44'
+                    when extract(year from $as_of) - a.birth_year < 55 then '45-54'
+                    when extract(year from $as_of) - a.birth_year < 65 then '55-64'
+                    else '65+'
+                end
+            when 'gender' then coalesce(nullif(a.gender, ''), 'unknown')
+            else case a.opted_in when true then 'opted in' when false then 'not opted in' else 'unknown' end
+        end as segment,
+        f.customer_id
+    from customer_facts f
+    left join attributes a on a.customer_id = f.customer_id
+    cross join (select 'age_band' as segmentation union all select 'gender' union all select 'email_opt_in') as s
+    cross join known k
+    where (s.segmentation = 'age_band' and k.birth_year)
+       or (s.segmentation = 'gender' and k.gender)
+       or (s.segmentation = 'email_opt_in' and k.email_opt_in)
+),
+
+members as (
     select 'rfm' as segmentation, segment, customer_id from rfm
     union all select 'lifecycle', stage, customer_id from lifecycle
+    union all select 'clv', clv_segment, customer_id from clv
     union all select 'channel', acquisition_channel, customer_id from customer_facts
     union all select 'country', acquisition_country, customer_id from customer_facts
     union all select 'device',  acquisition_device,  customer_id from customer_facts
+    union all select segmentation, segment, customer_id from demographic_members
 ),
 
 previous_members as (
     select 'rfm' as segmentation, segment, customer_id from previous.rfm
     union all select 'lifecycle', stage, customer_id from previous.lifecycle
+    union all select 'clv', clv_segment, customer_id from previous.clv
     union all select 'channel', acquisition_channel, customer_id from previous.customer_facts
     union all select 'country', acquisition_country, customer_id from previous.customer_facts
     union all select 'device',  acquisition_device,  customer_id from previous.customer_facts
@@ -43,15 +93,6 @@ previous_members as (
 
 has_previous as (
     select count(*) > 0 as yes from previous.customer_facts
-),
-
-opt_in_known as (
-    select count(email_opt_in) > 0 as yes from customers
-),
-
-opt_in as (
-    select customer_id, bool_or(email_opt_in) as opted_in
-    from customers where email_opt_in is not null group by customer_id
 ),
 
 totals as (
@@ -66,7 +107,7 @@ joined as (
         p.segment as previous_segment
     from members m
     join customer_facts f on f.customer_id = m.customer_id
-    left join opt_in o on o.customer_id = m.customer_id
+    left join attributes o on o.customer_id = m.customer_id
     left join previous_members p
       on p.segmentation = m.segmentation and p.customer_id = m.customer_id
 ),
@@ -97,10 +138,11 @@ select
     cast(s.revenue as double) / s.orders as aov,
     cast(s.orders as double) / s.customers as orders_per_customer,
     cast(s.repeaters as double) / s.customers as repeat_rate,
-    case when k.yes then cast(s.reachable as double) / s.customers end as reachable_share,
-    case when h.yes then cast(s.stayed as double) / s.customers end as stability,
+    case when k.email_opt_in then cast(s.reachable as double) / s.customers end as reachable_share,
+    case when h.yes and s.segmentation not in ('age_band', 'gender', 'email_opt_in')
+         then cast(s.stayed as double) / s.customers end as stability,
     s.customers < $min_segment_customers as below_min_size
 from stats s
 cross join totals t
 cross join has_previous h
-cross join opt_in_known k
+cross join known k

@@ -65,20 +65,41 @@ pub fn digamma(mut x: f64) -> f64 {
 /// The Gauss hypergeometric function 2F1(a, b; c; z) for a, b, c > 0 and 0 <= z < 1, by its
 /// series (every term positive); None when it has not converged after a million terms.
 pub fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> Option<f64> {
-    if !(0.0..1.0).contains(&z) {
-        return None;
-    }
-    let mut term = 1.0;
-    let mut sum = 1.0;
-    for n in 0..1_000_000u32 {
-        let n = f64::from(n);
-        term *= (a + n) * (b + n) / ((c + n) * (n + 1.0)) * z;
-        sum += term;
-        if term.abs() <= sum.abs() * 1e-17 {
-            return Some(sum);
+    let mut sum = [0.0];
+    hyp2f1_at(a, b, c, &[z], &mut sum).then_some(sum[0])
+}
+
+/// 2F1(a, b; c; z) for each of `zs` into `sums`, the series summed side by side (they share
+/// every coefficient but the power of z); false when one is out of range or has not
+/// converged after a million terms.
+fn hyp2f1_at(a: f64, b: f64, c: f64, zs: &[f64], sums: &mut [f64]) -> bool {
+    const LANES: usize = 16;
+    for (zs, sums) in zs.chunks(LANES).zip(sums.chunks_mut(LANES)) {
+        if zs.iter().any(|z| !(0.0..1.0).contains(z)) {
+            return false;
+        }
+        let mut terms = [1.0f64; LANES];
+        sums.fill(1.0);
+        let mut converged = false;
+        for n in 0..1_000_000u32 {
+            let n = f64::from(n);
+            let ratio = (a + n) * (b + n) / ((c + n) * (n + 1.0));
+            let mut all = true;
+            for ((term, sum), z) in terms.iter_mut().zip(sums.iter_mut()).zip(zs) {
+                *term *= ratio * z;
+                *sum += *term;
+                all &= term.abs() <= sum.abs() * 1e-17;
+            }
+            if all {
+                converged = true;
+                break;
+            }
+        }
+        if !converged {
+            return false;
         }
     }
-    None
+    true
 }
 
 /// `ln(e^x + e^y)` without overflow.
@@ -146,19 +167,58 @@ impl BgNbd {
     /// Expected purchases in the next `horizon` (FHL 2005, eq. 10); None when the
     /// hypergeometric series does not converge.
     pub fn expected_purchases(&self, c: &Rfm, horizon: f64) -> Option<f64> {
+        let mut out = [0.0];
+        self.expected_purchases_at(c, &[horizon], &mut out)
+            .then_some(out[0])
+    }
+
+    /// Expected purchases up to each of `horizons` into `out`, the hypergeometric series of
+    /// all of them summed in one pass (they share every coefficient but the power of z);
+    /// false when a series does not converge.
+    pub fn expected_purchases_at(&self, c: &Rfm, horizons: &[f64], out: &mut [f64]) -> bool {
         let BgNbd { r, alpha, a, b } = *self;
         let x = c.x;
-        let z = horizon / (alpha + c.t + horizon);
-        let f = hyp2f1(r + x, b + x, a + b + x - 1.0, z)?;
+        let zs: Vec<f64> = horizons.iter().map(|h| h / (alpha + c.t + h)).collect();
+        if !hyp2f1_at(r + x, b + x, a + b + x - 1.0, &zs, out) {
+            return false;
+        }
         let first = (a + b + x - 1.0) / (a - 1.0);
-        let second =
-            1.0 - (f.ln() + (r + x) * ((alpha + c.t) / (alpha + c.t + horizon)).ln()).exp();
         let denominator = if x > 0.0 {
             1.0 + (a / (b + x - 1.0)) * ((alpha + c.t) / (alpha + c.t_x)).powf(r + x)
         } else {
             1.0
         };
-        Some(first * second / denominator)
+        for (e, h) in out.iter_mut().zip(horizons) {
+            let second = 1.0 - (e.ln() + (r + x) * ((alpha + c.t) / (alpha + c.t + h)).ln()).exp();
+            *e = first * second / denominator;
+        }
+        true
+    }
+
+    /// Discounted value of the purchases expected over `periods` equal periods of
+    /// `period` each, every purchase worth `spend`, period k's purchases discounted by
+    /// `(1 + rate)^k` (lifetimes' `customer_lifetime_value`, whose period is a month of 30
+    /// days); None when the hypergeometric series does not converge.
+    pub fn discounted_value(
+        &self,
+        c: &Rfm,
+        spend: f64,
+        periods: u32,
+        period: f64,
+        rate: f64,
+    ) -> Option<f64> {
+        let horizons: Vec<f64> = (1..=periods).map(|k| f64::from(k) * period).collect();
+        let mut upto = vec![0.0; horizons.len()];
+        if !self.expected_purchases_at(c, &horizons, &mut upto) {
+            return None;
+        }
+        let mut value = 0.0;
+        let mut before = 0.0;
+        for (k, e) in upto.iter().enumerate() {
+            value += spend * (e - before) / (1.0 + rate).powi(k as i32 + 1);
+            before = *e;
+        }
+        Some(value)
     }
 }
 
@@ -391,12 +451,23 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
     };
     let (best, iterations, converged) = minimise(&objective, &gradient, 4);
     let m = params(&best);
+    // Four parameters need four distinct summaries, and without a repeat purchase a and b
+    // do not enter the likelihood at all.
+    let identified = data.len() >= 4 && data.iter().any(|(c, _)| c.x > 0.0);
     Fit {
         params: m,
         ln_likelihood: ll(&m),
         iterations,
-        converged,
+        converged: converged && identified && within_bounds(&best),
     }
+}
+
+/// Whether every log-parameter of a fit lies within ln(1e-10)..ln(1e10). Beyond, the
+/// likelihood kept rising towards a boundary (a degenerate sample: the maximum is not
+/// finite), and predictions at such parameters mean nothing.
+fn within_bounds(log_params: &[f64]) -> bool {
+    let bound = 10.0 * std::f64::consts::LN_10;
+    log_params.iter().all(|p| p.abs() <= bound)
 }
 
 /// Minimises `f` from the origin by BFGS with the analytic `gradient` (tens of evaluations
@@ -546,11 +617,13 @@ pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<G
     };
     let (best, iterations, converged) = minimise(&objective, &gradient, 3);
     let g = params(&best);
+    // Three parameters need three distinct (frequency, monetary) summaries.
+    let identified = data.len() >= 3;
     Fit {
         params: g,
         ln_likelihood: ll(&g),
         iterations,
-        converged,
+        converged: converged && identified && within_bounds(&best),
     }
 }
 
@@ -559,6 +632,9 @@ pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<G
 /// - `bgnbd_p_alive(r, alpha, a, b, frequency, recency, t)`
 /// - `bgnbd_expected_purchases(r, alpha, a, b, frequency, recency, t, horizon)`
 /// - `gamma_gamma_expected_spend(p, q, v, frequency, monetary)`
+/// - `bgnbd_clv(r, alpha, a, b, frequency, recency, t, spend, horizon, periods, rate)`: the
+///   value of the purchases expected within `horizon`, split into `periods` equal periods,
+///   each purchase worth `spend`, period k discounted by `(1 + rate)^k`
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Prediction {
     kind: PredictionKind,
@@ -570,6 +646,7 @@ enum PredictionKind {
     PAlive,
     ExpectedPurchases,
     ExpectedSpend,
+    Clv,
 }
 
 impl PredictionKind {
@@ -578,6 +655,7 @@ impl PredictionKind {
             PredictionKind::PAlive => 7,
             PredictionKind::ExpectedPurchases => 8,
             PredictionKind::ExpectedSpend => 5,
+            PredictionKind::Clv => 11,
         }
     }
 }
@@ -588,6 +666,7 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
         PredictionKind::PAlive,
         PredictionKind::ExpectedPurchases,
         PredictionKind::ExpectedSpend,
+        PredictionKind::Clv,
     ] {
         ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
             Prediction {
@@ -613,6 +692,7 @@ impl ScalarUDFImpl for Prediction {
             PredictionKind::PAlive => "bgnbd_p_alive",
             PredictionKind::ExpectedPurchases => "bgnbd_expected_purchases",
             PredictionKind::ExpectedSpend => "gamma_gamma_expected_spend",
+            PredictionKind::Clv => "bgnbd_clv",
         }
     }
 
@@ -652,38 +732,38 @@ impl ScalarUDFImpl for Prediction {
             for (v, c) in row.iter_mut().zip(&columns) {
                 *v = c.value(i);
             }
+            // BG/NBD parameters and the customer: the first seven arguments of the
+            // bgnbd_* functions.
+            let bgnbd = || {
+                (
+                    BgNbd {
+                        r: row[0],
+                        alpha: row[1],
+                        a: row[2],
+                        b: row[3],
+                    },
+                    Rfm {
+                        x: row[4],
+                        t_x: row[5],
+                        t: row[6],
+                    },
+                )
+            };
+            let diverged = |m: &BgNbd, c: &Rfm, horizon: f64| {
+                datafusion::error::DataFusionError::Execution(format!(
+                    "{}: the hypergeometric series does not converge for {c:?}, horizon {horizon} with {m:?}",
+                    self.name()
+                ))
+            };
             let value = match self.kind {
                 PredictionKind::PAlive => {
-                    let m = BgNbd {
-                        r: row[0],
-                        alpha: row[1],
-                        a: row[2],
-                        b: row[3],
-                    };
-                    m.p_alive(&Rfm {
-                        x: row[4],
-                        t_x: row[5],
-                        t: row[6],
-                    })
+                    let (m, c) = bgnbd();
+                    m.p_alive(&c)
                 }
                 PredictionKind::ExpectedPurchases => {
-                    let m = BgNbd {
-                        r: row[0],
-                        alpha: row[1],
-                        a: row[2],
-                        b: row[3],
-                    };
-                    let c = Rfm {
-                        x: row[4],
-                        t_x: row[5],
-                        t: row[6],
-                    };
-                    m.expected_purchases(&c, row[7]).ok_or_else(|| {
-                        datafusion::error::DataFusionError::Execution(format!(
-                            "bgnbd_expected_purchases: the hypergeometric series does not converge for {c:?}, horizon {} with {m:?}",
-                            row[7]
-                        ))
-                    })?
+                    let (m, c) = bgnbd();
+                    m.expected_purchases(&c, row[7])
+                        .ok_or_else(|| diverged(&m, &c, row[7]))?
                 }
                 PredictionKind::ExpectedSpend => GammaGamma {
                     p: row[0],
@@ -691,6 +771,22 @@ impl ScalarUDFImpl for Prediction {
                     v: row[2],
                 }
                 .expected_spend(row[3], row[4]),
+                PredictionKind::Clv => {
+                    let (m, c) = bgnbd();
+                    let (spend, horizon, periods, rate) = (row[7], row[8], row[9], row[10]);
+                    if !((1.0..=100_000.0).contains(&periods) && periods.fract() == 0.0) {
+                        return datafusion::common::exec_err!(
+                            "bgnbd_clv: periods must be a whole number from 1 to 100000, got {periods}"
+                        );
+                    }
+                    if !(horizon >= 0.0 && horizon.is_finite() && rate > -1.0) {
+                        return datafusion::common::exec_err!(
+                            "bgnbd_clv: horizon must be >= 0 and the discount rate > -1, got horizon {horizon}, rate {rate}"
+                        );
+                    }
+                    m.discounted_value(&c, spend, periods as u32, horizon / periods, rate)
+                        .ok_or_else(|| diverged(&m, &c, horizon))?
+                }
             };
             out.append_value(value);
         }
@@ -830,12 +926,16 @@ impl datafusion::logical_expr::AggregateUDFImpl for FitAggregate {
 struct FitAccumulator {
     kind: FitKind,
     penalty: f64,
-    tuples: std::collections::BTreeMap<Vec<u64>, f64>,
+    /// Keys of up to three values (unused places 0); `+ 0.0` turns -0 into 0.
+    tuples: std::collections::BTreeMap<[u64; 3], f64>,
 }
 
 impl FitAccumulator {
-    fn add(&mut self, values: Vec<f64>, weight: f64) {
-        let key = values.iter().map(|v| v.to_bits()).collect();
+    fn add(&mut self, values: &[f64], weight: f64) {
+        let mut key = [0u64; 3];
+        for (k, v) in key.iter_mut().zip(values) {
+            *k = (v + 0.0).to_bits();
+        }
         *self.tuples.entry(key).or_insert(0.0) += weight;
     }
 }
@@ -863,19 +963,28 @@ impl datafusion::logical_expr::Accumulator for FitAccumulator {
             if columns.iter().any(|c| c.is_null(i)) {
                 continue;
             }
-            let row: Vec<f64> = columns.iter().map(|c| c.value(i)).collect();
-            let bad = row.iter().any(|v| !v.is_finite() || *v < 0.0)
-                || (self.kind == FitKind::BgNbd && row[1] > row[2]);
+            let mut row = [0.0f64; 3];
+            for (v, c) in row.iter_mut().zip(&columns) {
+                *v = c.value(i);
+            }
+            let row = &row[..n];
+            let bad = match self.kind {
+                FitKind::BgNbd => row.iter().any(|v| !v.is_finite() || *v < 0.0) || row[1] > row[2],
+                // Monetary values <= 0 (refunds) are allowed and take no part.
+                FitKind::GammaGamma => row.iter().any(|v| !v.is_finite()) || row[0] < 0.0,
+            };
             if bad {
                 return datafusion::common::exec_err!(
-                    "{}: invalid customer summary {row:?} (values must be finite and >= 0{})",
+                    "{}: invalid customer summary {row:?} ({})",
                     self.kind.name(),
-                    if self.kind == FitKind::BgNbd {
-                        ", recency <= t"
-                    } else {
-                        ""
+                    match self.kind {
+                        FitKind::BgNbd => "values must be finite and >= 0, recency <= t",
+                        FitKind::GammaGamma => "values must be finite, frequency >= 0",
                     }
                 );
+            }
+            if self.kind == FitKind::GammaGamma && (row[0] == 0.0 || row[1] <= 0.0) {
+                continue;
             }
             self.add(row, 1.0);
         }
@@ -899,7 +1008,7 @@ impl datafusion::logical_expr::Accumulator for FitAccumulator {
                 .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
                 .collect();
             for t in numbers.chunks_exact(width) {
-                self.add(t[..width - 1].to_vec(), t[width - 1]);
+                self.add(&t[..width - 1], t[width - 1]);
             }
         }
         Ok(())
@@ -907,8 +1016,9 @@ impl datafusion::logical_expr::Accumulator for FitAccumulator {
 
     fn state(&mut self) -> datafusion::error::Result<Vec<datafusion::scalar::ScalarValue>> {
         let mut blob = Vec::with_capacity(self.tuples.len() * (self.kind.arity() + 1) * 8);
+        let n = self.kind.arity();
         for (key, weight) in &self.tuples {
-            for bits in key {
+            for bits in &key[..n] {
                 blob.extend_from_slice(&f64::from_bits(*bits).to_le_bytes());
             }
             blob.extend_from_slice(&weight.to_le_bytes());
@@ -990,8 +1100,7 @@ impl datafusion::logical_expr::Accumulator for FitAccumulator {
 
     fn size(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.tuples.len()
-                * (std::mem::size_of::<(Vec<u64>, f64)>() + 8 * (self.kind.arity() + 1) + 32)
+            + self.tuples.len() * (std::mem::size_of::<([u64; 3], f64)>() + 32)
     }
 }
 
@@ -1393,6 +1502,19 @@ mod tests {
     }
 
     /// Weights stand for repeated customers, and the input order does not matter.
+    /// Samples that cannot identify the parameters end `converged = false`, never with
+    /// parameters that only look fitted.
+    #[test]
+    fn samples_too_small_or_without_repeat_buyers_do_not_converge() {
+        let c = |x: f64, t_x: f64, t: f64| (Rfm { x, t_x, t }, 1.0);
+        assert!(!fit_bgnbd(vec![c(1.0, 5.0, 10.0), c(0.0, 0.0, 3.0)], 0.0).converged);
+        let one_timers: Vec<_> = (1..200).map(|t| c(0.0, 0.0, f64::from(t))).collect();
+        assert!(!fit_bgnbd(one_timers, 0.0).converged);
+        assert!(!fit_gamma_gamma(vec![((1.0, 20.0), 5.0), ((2.0, 30.0), 1.0)], 0.0).converged);
+        // CDNOW is identified.
+        assert!(fit_bgnbd(cdnow(), 0.0).converged);
+    }
+
     #[test]
     fn bgnbd_fit_is_the_same_with_weights_and_in_any_order() {
         let customers: Vec<(Rfm, f64)> = cdnow().into_iter().map(|(c, _)| (c, 1.0)).collect();
@@ -1433,6 +1555,69 @@ mod tests {
         assert!((p - 6.25).abs() <= 0.01, "p = {p}");
         assert!((q - 3.74).abs() <= 0.01, "q = {q}");
         assert!((v - 15.44).abs() <= 0.01, "v = {v}");
+    }
+
+    /// lifetimes 0.11.3's `customer_lifetime_value` (monthly steps of 4.345 weeks, 1 % per
+    /// step) at the published parameters, through the SQL function: 3 and 12 months.
+    #[tokio::test]
+    async fn discounted_value_equals_lifetimes_customer_lifetime_value() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        crate::functions::register(&ctx);
+        let cases = [
+            (0.0, 0.0, 38.86, 20.0, 1.3748187488389125, 4.752553770661411),
+            (
+                2.0,
+                30.43,
+                38.86,
+                31.291010498687665,
+                14.064652595545347,
+                46.040352658517506,
+            ),
+            (
+                7.0,
+                29.43,
+                32.0,
+                48.99,
+                96.90204000831055,
+                298.32993719615007,
+            ),
+            (
+                14.0,
+                35.0,
+                38.0,
+                13.45,
+                45.69168288777228,
+                141.74314443980816,
+            ),
+        ];
+        for (x, t_x, t, spend, three, twelve) in cases {
+            let sql = format!(
+                "select bgnbd_clv(0.243, 4.414, 0.793, 2.426, {x}, {t_x}, {t}, {spend}, 3 * 4.345, 3, 0.01), \
+                        bgnbd_clv(0.243, 4.414, 0.793, 2.426, {x}, {t_x}, {t}, {spend}, 12 * 4.345, 12, 0.01)"
+            );
+            let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+            for (i, want) in [three, twelve].into_iter().enumerate() {
+                let got = batches[0]
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .unwrap()
+                    .value(0);
+                assert!(
+                    (got - want).abs() <= 1e-6 * want,
+                    "({x}, {t_x}, {t}) {i}: {got}"
+                );
+            }
+        }
+        let bad = ctx
+            .sql("select bgnbd_clv(0.243, 4.414, 0.793, 2.426, 1, 1, 2, 10, 90, 2.5, 0.01)")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("periods must be a whole number"), "{bad}");
     }
 
     /// lifetimes 0.11.3 at the published parameters: P(alive), expected purchases in 39 and

@@ -36,6 +36,8 @@ use crate::minmax::ByteSlots;
 pub fn register(ctx: &SessionContext) {
     crate::minmax::register(ctx);
     crate::btyd::register(ctx);
+    crate::stats::register(ctx);
+    ctx.register_udf(raise_error());
     ctx.register_udaf(AggregateUDF::from(ArgBest::new(Direction::Min)));
     ctx.register_udaf(AggregateUDF::from(ArgBest::new(Direction::Max)));
 }
@@ -754,4 +756,52 @@ impl datafusion::logical_expr::ScalarUDFImpl for UtcTimestamp {
             micros.clone().with_timezone("UTC"),
         )))
     }
+}
+
+/// `raise_error(message)`: fails the query with `message` when a row reaches it, e.g. in
+/// the `else` of a `case` that validates a parameter. Volatile, so the planner never folds
+/// it into a constant (which would fail the query even when no row takes that branch); its
+/// type is NULL, which any other branch's type absorbs.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RaiseError {
+    signature: Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for RaiseError {
+    fn name(&self) -> &str {
+        "raise_error"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Null)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        if args.number_rows == 0 {
+            return Ok(datafusion::logical_expr::ColumnarValue::Scalar(
+                ScalarValue::Null,
+            ));
+        }
+        let message = match args.args.first() {
+            Some(datafusion::logical_expr::ColumnarValue::Scalar(s)) => s.to_string(),
+            Some(datafusion::logical_expr::ColumnarValue::Array(a)) => {
+                ScalarValue::try_from_array(a, 0)?.to_string()
+            }
+            None => String::new(),
+        };
+        exec_err!("{message}")
+    }
+}
+
+pub(crate) fn raise_error() -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(RaiseError {
+        signature: Signature::exact(vec![DataType::Utf8], Volatility::Volatile),
+    })
 }

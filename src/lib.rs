@@ -25,6 +25,7 @@ pub mod publish;
 pub mod run;
 pub mod session;
 pub mod sources;
+pub mod stats;
 pub mod storage;
 
 pub use error::{Error, Result};

@@ -192,11 +192,14 @@ fn same_value(expected: &str, actual: Option<&str>) -> bool {
 
 /// Compares a published table with a hand-computed CSV (columns in the CSV only).
 async fn assert_matches_csv(out: &Path, model: &str, as_of: &str, csv: &Path) {
+    assert_rows_match_csv(read_table(out, model, as_of).await, model, csv);
+}
+
+fn assert_rows_match_csv(actual: Vec<BTreeMap<String, Option<String>>>, model: &str, csv: &Path) {
     let text = std::fs::read_to_string(csv).unwrap();
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let expected: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    let actual = read_table(out, model, as_of).await;
     assert_eq!(
         actual.len(),
         expected.len(),
@@ -267,7 +270,6 @@ min_segment_customers = 2
         "customer_affinity",
         "product_value",
         "channel_value",
-        "segment_summary",
     ] {
         assert_matches_csv(
             &out,
@@ -277,6 +279,16 @@ min_segment_customers = 2
         )
         .await;
     }
+    // The clv segmentation depends on the fitted models: ci/clv_check.py checks it.
+    let mut summary = read_table(&out, "segment_summary", "2026-03-15").await;
+    let clv_rows = summary.len();
+    summary.retain(|r| r.get("segmentation").cloned().flatten().as_deref() != Some("clv"));
+    assert!(clv_rows > summary.len(), "no clv segmentation rows");
+    assert_rows_match_csv(
+        summary,
+        "segment_summary",
+        &g.join("expected/segment_summary.csv"),
+    );
     assert!(read_table(&out, "segment_migration", "2026-03-15")
         .await
         .is_empty());
@@ -300,6 +312,8 @@ async fn demo_run_publishes_every_table_and_rerun_is_identical() {
         ("lifecycle", 2940),
         ("customer_affinity", 2940),
         ("cohort_retention", 666),
+        ("clv", 2940),
+        ("clv_model", 1),
     ];
     let mut first = BTreeMap::new();
     for model in [
@@ -312,6 +326,9 @@ async fn demo_run_publishes_every_table_and_rerun_is_identical() {
         "channel_value",
         "segment_summary",
         "segment_migration",
+        "clv",
+        "clv_model",
+        "clv_backtest",
     ] {
         let rows = read_table(&out, model, DEMO_AS_OF).await;
         assert_eq!(
@@ -458,7 +475,7 @@ async fn two_snapshots_give_a_migration_that_sums_to_customers_in_both() {
     let both = before.intersection(&after).count() as u64;
     let migration = read_table(&out, "segment_migration", DEMO_AS_OF).await;
     assert!(!migration.is_empty());
-    for seg in ["rfm", "lifecycle"] {
+    for seg in ["rfm", "lifecycle", "clv"] {
         let total: u64 = migration
             .iter()
             .filter(|r| r["segmentation"].as_deref() == Some(seg))
@@ -466,9 +483,26 @@ async fn two_snapshots_give_a_migration_that_sums_to_customers_in_both() {
             .sum();
         assert_eq!(total, both, "{seg}");
     }
-    // Stability is known once a previous snapshot exists.
+    // Stability is known once a previous snapshot exists, except for the demographic
+    // segmentations, whose history is not kept.
     let summary = read_table(&out, "segment_summary", DEMO_AS_OF).await;
-    assert!(summary.iter().all(|r| r["stability"].is_some()));
+    let demographic = ["age_band", "gender", "email_opt_in"];
+    for r in &summary {
+        let seg = r["segmentation"].as_deref().unwrap();
+        assert_eq!(
+            r["stability"].is_some(),
+            !demographic.contains(&seg),
+            "{r:?}"
+        );
+    }
+    for seg in demographic.into_iter().chain(["clv"]) {
+        assert!(
+            summary
+                .iter()
+                .any(|r| r["segmentation"].as_deref() == Some(seg)),
+            "no {seg} rows"
+        );
+    }
     let latest = std::fs::read_to_string(out.join("_manifest/latest.json")).unwrap();
     assert!(latest.contains(DEMO_AS_OF));
     // Back-filling an older date does not move latest.json.
@@ -622,6 +656,33 @@ fn sql_error_points_at_file_line_and_column() {
 }
 
 #[test]
+fn unknown_clv_time_unit_exits_2_naming_the_parameter_and_the_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let r = segflow_env(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--as-of",
+            DEMO_AS_OF,
+        ],
+        &[("SEGFLOW_PARAM_TIME_UNIT".into(), "months".into())],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let line = error_line(&r);
+    assert!(
+        line.contains("btyd_summary") && line.contains("time_unit must be days or weeks"),
+        "{line}"
+    );
+    let out = tmp.path().join("out");
+    assert!(
+        !out.exists() || snapshot_files(&out).is_empty(),
+        "nothing published"
+    );
+}
+
+#[test]
 fn failed_model_check_exits_1_and_publishes_nothing() {
     let sql = "/*---\n[checks]\nunique = [\"acquisition_channel\"]\n---*/\nselect customer_id, acquisition_channel from customer_facts";
     assert_model_fails(
@@ -761,25 +822,33 @@ fn write_minimal_orders(path: &Path, rows: &[(&str, &str, f64)]) {
     write_orders_with_nulls(path, &rows);
 }
 
+/// Runs the built-in library over (customer, date, revenue) lines with `as_of` and `extra`
+/// config text; returns the output folder.
+fn run_minimal(dir: &Path, as_of: &str, rows: &[(&str, &str, f64)], extra: &str) -> PathBuf {
+    write_minimal_orders(&dir.join("orders.parquet"), rows);
+    let config = dir.join("segflow.toml");
+    std::fs::write(
+        &config,
+        format!("as_of = \"{as_of}\"\n[input.orders]\nuri = \"orders.parquet\"\n[output]\nuri = \"out\"\n{extra}"),
+    )
+    .unwrap();
+    run_ok(&config, &[]);
+    dir.join("out")
+}
+
 #[tokio::test]
 async fn minimal_input_with_dates_runs_every_model_in_a_non_utc_time_zone() {
     let tmp = tempfile::tempdir().unwrap();
-    write_minimal_orders(
-        &tmp.path().join("orders.parquet"),
+    let out = run_minimal(
+        tmp.path(),
+        "2026-03-15",
         &[
             ("a", "2026-03-10", 10.0),
             ("a", "2026-03-16", 20.0),
             ("b", "2026-03-15", 30.0),
         ],
+        "[runtime]\ntimezone = \"America/New_York\"\n",
     );
-    let config = tmp.path().join("segflow.toml");
-    std::fs::write(
-        &config,
-        "as_of = \"2026-03-15\"\n[input.orders]\nuri = \"orders.parquet\"\n[output]\nuri = \"out\"\n[runtime]\ntimezone = \"America/New_York\"\n",
-    )
-    .unwrap();
-    run_ok(&config, &[]);
-    let out = tmp.path().join("out");
     let m = manifest(&out, "2026-03-15");
     assert_eq!(
         m["input"]["rows_after_as_of"], 1,
@@ -801,6 +870,52 @@ async fn minimal_input_with_dates_runs_every_model_in_a_non_utc_time_zone() {
     assert!(read_table(&out, "segment_migration", "2026-03-15")
         .await
         .is_empty());
+}
+
+/// A refund dated before a customer's first purchase lowers their revenue but lies outside
+/// the value windows after acquisition and outside the BTYD monetary value (values by hand).
+#[tokio::test]
+async fn refunds_before_the_first_purchase_count_in_no_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run_minimal(
+        tmp.path(),
+        "2026-06-15",
+        &[
+            ("a", "2026-01-01", -5.0),
+            ("a", "2026-01-10", 10.0),
+            ("a", "2026-02-01", 20.0),
+            ("b", "2026-03-01", 30.0),
+        ],
+        "",
+    );
+    let facts = read_table(&out, "customer_facts", "2026-06-15").await;
+    let a = facts
+        .iter()
+        .find(|r| r["customer_id"].as_deref() == Some("a"))
+        .unwrap();
+    // first purchase 2026-01-10; tenure 156 days
+    let num = |v: &Option<String>| v.as_deref().map(|s| s.parse::<f64>().unwrap());
+    assert_eq!(num(&a["revenue"]), Some(25.0), "the refund lowers revenue");
+    assert_eq!(
+        num(&a["revenue_90d"]),
+        Some(30.0),
+        "10 + 20 after acquisition; the refund 9 days before is in no window"
+    );
+    assert_eq!(a["revenue_180d"], None, "tenure 156 < 180");
+    assert_eq!(num(&a["repeat_revenue"]), Some(20.0));
+    let clv = read_table(&out, "clv", "2026-06-15").await;
+    let a = clv
+        .iter()
+        .find(|r| r["customer_id"].as_deref() == Some("a"))
+        .unwrap();
+    assert_eq!(num(&a["frequency"]), Some(1.0));
+    assert_eq!(num(&a["recency"]), Some(22.0));
+    assert_eq!(num(&a["t"]), Some(156.0));
+    assert_eq!(
+        num(&a["monetary"]),
+        Some(20.0),
+        "the refund is not a repeat purchase"
+    );
 }
 
 #[tokio::test]

@@ -31,7 +31,7 @@ fn check_on_the_demo_project_is_clean_and_touches_no_output() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert_eq!(
         r.stdout,
-        "checked 13 model(s) and 0 data test(s): 0 error(s), 0 warning(s)\n"
+        "checked 18 model(s) and 0 data test(s): 0 error(s), 0 warning(s)\n"
     );
     assert!(!tmp.path().join("out").exists(), "check created the output");
 
@@ -120,14 +120,14 @@ fn check_reports_every_broken_model_at_its_line_with_a_caret_and_exits_1() {
 {m}/typo_function.sql:1:21: error: Invalid function 'sumx' (help: Did you mean 'sum'?)
  1 | select customer_id, sumx(revenue) as r
    |                     ^
-{m}/unknown_table.sql:2:23: error: unknown table `orderz` (known: orders, customers, marketing_spend, acquisition_value, channel_value, cohort_retention, customer_affinity, customer_days, customer_facts, header, lifecycle, product_value, purchase_orders, rfm, rfm_segments, segment_migration, segment_summary, typo_column, typo_function, unknown_table)
+{m}/unknown_table.sql:2:23: error: unknown table `orderz` (known: orders, customers, marketing_spend, acquisition_value, btyd_summary, channel_value, clv, clv_backtest, clv_holdout_summary, clv_model, cohort_retention, customer_affinity, customer_days, customer_facts, header, lifecycle, product_value, purchase_orders, rfm, rfm_segments, segment_migration, segment_summary, typo_column, typo_function, unknown_table)
  2 | from typo_column join orderz using (customer_id)
    |                       ^
 {c}:44:1: error: params.min_revenu: no model or data test uses the parameter `$min_revenu`
  44 | min_revenu = 4
     | ^
 environment: error: SEGFLOW_PARAM_ACTIV_DAYS: no model or data test uses the parameter `$activ_days`
-checked 18 model(s) and 1 data test(s): 11 error(s), 1 warning(s)
+checked 23 model(s) and 1 data test(s): 11 error(s), 1 warning(s)
 ",
         c = config.display()
     );
@@ -302,7 +302,7 @@ fn list_shows_kind_grain_partitioning_reads_and_what_is_published() {
     );
     assert!(
         r.stdout.ends_with(&format!(
-            "\n13 model(s); no snapshot published at {} yet\n",
+            "\n18 model(s); no snapshot published at {} yet\n",
             tmp.path().join("out").display()
         )),
         "{}",
@@ -315,7 +315,7 @@ fn list_shows_kind_grain_partitioning_reads_and_what_is_published() {
     assert_eq!(line(&r.stdout, "rfm")[5], format!("as_of={DEMO_AS_OF}"));
     assert!(
         r.stdout
-            .contains(&format!("13 model(s); newest snapshot as_of={DEMO_AS_OF}")),
+            .contains(&format!("18 model(s); newest snapshot as_of={DEMO_AS_OF}")),
         "{}",
         r.stdout
     );

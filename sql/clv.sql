@@ -1,0 +1,116 @@
+/*---
+description = "Predictive customer lifetime value at as_of: each customer's BTYD summary, chance of still being a customer (BG/NBD), expected purchases and spend (Gamma-Gamma), discounted value over 90 and 365 days, churn risk and a value x risk segment. One row per customer."
+grain = ["customer_id"]
+partition_by = ["churn_risk"]
+
+[params]
+time_unit        = "days"
+discount_rate    = 0.01
+churn_high_below = 0.3
+churn_low_from   = 0.7
+
+[columns]
+customer_id            = "Customer key."
+frequency              = "Repeat purchase days (distinct purchase days - 1)."
+recency                = "First to last purchase date, in time_unit."
+t                      = "First purchase date to as_of, in time_unit."
+monetary               = "Mean net revenue per repeat purchase day (first purchase excluded; 0 without repeats)."
+p_alive                = "Probability that the customer is still active (BG/NBD); 1 for customers without repeat purchases, as the model has seen no gap to judge by."
+expected_purchases_30d = "Expected purchase days in the 30 calendar days after as_of."
+expected_purchases_90d = "Expected purchase days in the next 90 days."
+expected_purchases_365d = "Expected purchase days in the next 365 days."
+expected_avg_spend     = "Expected spend per future purchase (Gamma-Gamma); the population mean for customers without repeat purchases or whose repeat purchases are worth 0 or less."
+clv_90d                = "Expected net revenue in the next 90 days: 3 periods of 30 days, period k discounted by (1 + discount_rate)^k."
+clv_365d               = "Expected net revenue in the next 365 days: 12 periods of 365/12 days, discounted the same way."
+churn_risk             = "high (p_alive < churn_high_below), medium, or low (p_alive >= churn_low_from); unknown when the BG/NBD fit did not converge (then every prediction is NULL)."
+value_band             = "high (top 20 % of clv_365d), medium (next 30 %) or low; equal values share a band; unknown when a fit did not converge."
+clv_segment            = "value_band and churn_risk together, e.g. 'high value, high risk': the customers to win back first."
+
+[checks]
+unique   = ["customer_id"]
+not_null = ["customer_id", "frequency", "recency", "t", "monetary", "churn_risk", "value_band", "clv_segment"]
+accepted_values = { churn_risk = ["high", "medium", "low", "unknown"], value_band = ["high", "medium", "low", "unknown"] }
+expression = ["p_alive is null or (p_alive >= 0 and p_alive <= 1)", "p_alive is null or (expected_purchases_30d <= expected_purchases_90d and expected_purchases_90d <= expected_purchases_365d)"]
+---*/
+with unit as (
+    select case lower($time_unit) when 'weeks' then 7.0 else 1.0 end as days
+),
+
+-- A fit that did not converge predicts nothing (NULL); clv_model says which one failed.
+model as (
+    select
+        case when bgnbd_converged then r end     as r,
+        case when bgnbd_converged then alpha end as alpha,
+        case when bgnbd_converged then a end     as a,
+        case when bgnbd_converged then b end     as b,
+        case when gamma_gamma_converged then p end as p,
+        case when gamma_gamma_converged then q end as q,
+        case when gamma_gamma_converged then v end as v,
+        case when gamma_gamma_converged then population_mean_spend end as population_mean_spend
+    from clv_model
+),
+
+scored as (
+    select
+        s.customer_id,
+        s.frequency,
+        s.recency,
+        s.t,
+        s.monetary,
+        bgnbd_p_alive(m.r, m.alpha, m.a, m.b, s.frequency, s.recency, s.t) as p_alive,
+        bgnbd_expected_purchases(m.r, m.alpha, m.a, m.b, s.frequency, s.recency, s.t, 30.0 / u.days)  as expected_purchases_30d,
+        bgnbd_expected_purchases(m.r, m.alpha, m.a, m.b, s.frequency, s.recency, s.t, 90.0 / u.days)  as expected_purchases_90d,
+        bgnbd_expected_purchases(m.r, m.alpha, m.a, m.b, s.frequency, s.recency, s.t, 365.0 / u.days) as expected_purchases_365d,
+        case
+            when s.frequency > 0 and s.monetary > 0
+                then gamma_gamma_expected_spend(m.p, m.q, m.v, s.frequency, s.monetary)
+            else m.population_mean_spend
+        end as expected_avg_spend,
+        m.r, m.alpha, m.a, m.b, u.days
+    from btyd_summary s
+    cross join model m
+    cross join unit u
+),
+
+valued as (
+    select
+        customer_id, frequency, recency, t, monetary, p_alive,
+        expected_purchases_30d, expected_purchases_90d, expected_purchases_365d,
+        expected_avg_spend,
+        bgnbd_clv(r, alpha, a, b, frequency, recency, t, expected_avg_spend, 90.0 / days, 3, $discount_rate)   as clv_90d,
+        bgnbd_clv(r, alpha, a, b, frequency, recency, t, expected_avg_spend, 365.0 / days, 12, $discount_rate) as clv_365d
+    from scored
+),
+
+ranked as (
+    select
+        *,
+        -- customers with a strictly lower value / all customers: equal values, equal band
+        cast(rank() over (order by clv_365d) - 1 as double) / count(*) over () as below_share
+    from valued
+)
+
+select
+    customer_id, frequency, recency, t, monetary, p_alive,
+    expected_purchases_30d, expected_purchases_90d, expected_purchases_365d,
+    expected_avg_spend, clv_90d, clv_365d,
+    churn_risk,
+    value_band,
+    concat(value_band, ' value, ', churn_risk, ' risk') as clv_segment
+from (
+    select
+        *,
+        case
+            when p_alive is null then 'unknown'
+            when p_alive < $churn_high_below then 'high'
+            when p_alive >= $churn_low_from  then 'low'
+            else 'medium'
+        end as churn_risk,
+        case
+            when clv_365d is null then 'unknown'
+            when below_share >= 0.8 then 'high'
+            when below_share >= 0.5 then 'medium'
+            else 'low'
+        end as value_band
+    from ranked
+)
