@@ -356,11 +356,11 @@ fn nelder_mead(
 }
 
 /// Sorts weighted tuples so a fit sees them in one order whatever order they came in.
-fn canonical<T: Copy>(mut data: Vec<(T, f64)>, key: impl Fn(&T) -> Vec<f64>) -> Vec<(T, f64)> {
+fn canonical<T: Copy>(mut data: Vec<(T, f64)>, key: impl Fn(&T) -> [f64; 3]) -> Vec<(T, f64)> {
     data.sort_by(|a, b| {
-        key(&a.0)
-            .iter()
-            .zip(key(&b.0).iter())
+        let (ka, kb) = (key(&a.0), key(&b.0));
+        ka.iter()
+            .zip(kb.iter())
             .map(|(x, y)| x.total_cmp(y))
             .find(|o| o.is_ne())
             .unwrap_or(std::cmp::Ordering::Equal)
@@ -372,7 +372,7 @@ fn canonical<T: Copy>(mut data: Vec<(T, f64)>, key: impl Fn(&T) -> Vec<f64>) -> 
 /// share the summary), with an optional L2 penalty on the parameters (as lifetimes'
 /// `penalizer_coef`: `penalty * (r² + alpha² + a² + b²)` per customer).
 pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
-    let data = canonical(customers, |c| vec![c.x, c.t_x, c.t]);
+    let data = canonical(customers, |c| [c.x, c.t_x, c.t]);
     let weight: f64 = data.iter().map(|(_, w)| w).sum();
     let params = |p: &[f64]| BgNbd {
         r: p[0].exp(),
@@ -380,20 +380,67 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
         a: p[2].exp(),
         b: p[3].exp(),
     };
-    // The ln Γ terms depend on x only: summed once per distinct x (data is sorted by x),
-    // so an evaluation costs a few logarithms per customer.
-    let mut by_x: Vec<(f64, f64)> = Vec::new();
-    for (c, w) in &data {
+    // The ln Γ terms depend on x only: summed once per distinct x (data is sorted by x).
+    // The rest needs ln(alpha + T) and ln(alpha + t_x): T and t_x take few distinct values
+    // (whole days or weeks), so an evaluation takes the logarithm of each distinct value
+    // once and a customer costs one exp and one ln_1p.
+    let mut by_x: Vec<(f64, f64, std::ops::Range<usize>)> = Vec::new();
+    for (i, (c, w)) in data.iter().enumerate() {
         match by_x.last_mut() {
-            Some((x, total)) if *x == c.x => *total += w,
-            _ => by_x.push((c.x, *w)),
+            Some((x, total, range)) if *x == c.x => {
+                *total += w;
+                range.end = i + 1;
+            }
+            _ => by_x.push((c.x, *w, i..i + 1)),
         }
     }
+    let mut times: Vec<f64> = data.iter().flat_map(|(c, _)| [c.t, c.t_x]).collect();
+    times.sort_by(f64::total_cmp);
+    times.dedup();
+    let index = |v: f64| times.partition_point(|t| *t < v) as u32;
+    let slots: Vec<(u32, u32)> = data
+        .iter()
+        .map(|(c, _)| (index(c.t), index(c.t_x)))
+        .collect();
+    // Per evaluation: ln(alpha + v) and 1 / (alpha + v) for every distinct time v.
+    let tables = |alpha: f64| -> (Vec<f64>, Vec<f64>) {
+        times
+            .iter()
+            .map(|v| ((alpha + v).ln(), 1.0 / (alpha + v)))
+            .unzip()
+    };
+    // Visits every customer with its weight, r + x, the x-only part of A4 (ln a - ln(b + x
+    // - 1), or None without repeat purchases) and its two time slots.
+    let each = |m: &BgNbd, mut visit: Box<Visit<'_>>| {
+        for (x, _, range) in &by_x {
+            let rx = m.r + x;
+            let cx = (*x > 0.0).then(|| m.a.ln() - (m.b + x - 1.0).ln());
+            for i in range.clone() {
+                let (t, tx) = slots[i];
+                visit(data[i].1, rx, cx, t, tx);
+            }
+        }
+    };
+    // ln(e^A3 + e^A4) and the weight of A4 in it, from A3 and A4.
+    let mix = |a3: f64, a4: Option<f64>| -> (f64, f64) {
+        match a4 {
+            None => (a3, 0.0),
+            Some(a4) => {
+                let e = (-(a4 - a3).abs()).exp();
+                let big = 1.0 / (1.0 + e);
+                if a4 > a3 {
+                    (a4 + e.ln_1p(), big)
+                } else {
+                    (a3 + e.ln_1p(), 1.0 - big)
+                }
+            }
+        }
+    };
     let ll = |m: &BgNbd| -> f64 {
         let BgNbd { r, alpha, a, b } = *m;
         let gammas: f64 = by_x
             .iter()
-            .map(|(x, w)| {
+            .map(|(x, w, _)| {
                 w * (ln_gamma(r + x) - ln_gamma(r)
                     + r * alpha.ln()
                     + ln_gamma(a + b)
@@ -402,13 +449,16 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
                     - ln_gamma(a + b + x))
             })
             .sum();
-        let rest: f64 = data
-            .iter()
-            .map(|(c, w)| {
-                let (a3, a4) = m.ln_alive_terms(c);
-                w * log_add_exp(a3, a4)
-            })
-            .sum();
+        let (logs, _) = tables(alpha);
+        let mut rest = 0.0;
+        each(
+            m,
+            Box::new(|w, rx, cx, t, tx| {
+                let a3 = -rx * logs[t as usize];
+                let a4 = cx.map(|c| c - rx * logs[tx as usize]);
+                rest += w * mix(a3, a4).0;
+            }),
+        );
         gammas + rest
     };
     let objective = |p: &[f64]| {
@@ -426,24 +476,30 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
         let m = params(p);
         let BgNbd { r, alpha, a, b } = m;
         let mut g = [0.0f64; 4];
-        for (x, w) in &by_x {
+        for (x, w, _) in &by_x {
             g[0] += w * (digamma(r + x) - digamma(r) + alpha.ln());
             g[1] += w * r / alpha;
             g[2] += w * (digamma(a + b) - digamma(a + b + x));
             g[3] += w * (digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x));
         }
-        for (c, w) in &data {
-            // The weights of the two terms in the customer's likelihood.
-            let (a3, a4) = m.ln_alive_terms(c);
-            let w3 = 1.0 / (1.0 + (a4 - a3).exp());
-            let w4 = 1.0 - w3;
-            g[0] -= w * (w3 * (alpha + c.t).ln() + w4 * (alpha + c.t_x).ln());
-            g[1] -= w * (r + c.x) * (w3 / (alpha + c.t) + w4 / (alpha + c.t_x));
-            if c.x > 0.0 {
-                g[2] += w * w4 / a;
-                g[3] -= w * w4 / (b + c.x - 1.0);
-            }
-        }
+        let (logs, inverses) = tables(alpha);
+        each(
+            &m,
+            Box::new(|w, rx, cx, t, tx| {
+                let (t, tx) = (t as usize, tx as usize);
+                let a3 = -rx * logs[t];
+                let a4 = cx.map(|c| c - rx * logs[tx]);
+                // The weights of the two terms in the customer's likelihood.
+                let w4 = mix(a3, a4).1;
+                let w3 = 1.0 - w4;
+                g[0] -= w * (w3 * logs[t] + w4 * logs[tx]);
+                g[1] -= w * rx * (w3 * inverses[t] + w4 * inverses[tx]);
+                if cx.is_some() {
+                    g[2] += w * w4 / a;
+                    g[3] -= w * w4 / (rx - r + b - 1.0);
+                }
+            }),
+        );
         let theta = [r, alpha, a, b];
         (0..4)
             .map(|k| -theta[k] * g[k] + 2.0 * penalty * weight * theta[k] * theta[k])
@@ -462,6 +518,10 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
     }
 }
 
+/// A visitor of the customers of a BG/NBD fit: weight, r + x, the x-only part of A4 (None
+/// without repeat purchases), and the slots of T and t_x in the table of distinct times.
+type Visit<'a> = dyn FnMut(f64, f64, Option<f64>, u32, u32) + 'a;
+
 /// Whether every log-parameter of a fit lies within ln(1e-10)..ln(1e10). Beyond, the
 /// likelihood kept rising towards a boundary (a degenerate sample: the maximum is not
 /// finite), and predictions at such parameters mean nothing.
@@ -472,8 +532,8 @@ fn within_bounds(log_params: &[f64]) -> bool {
 
 /// Minimises `f` from the origin by BFGS with the analytic `gradient` (tens of evaluations
 /// instead of Nelder-Mead's thousand); when BFGS stops short, Nelder-Mead continues from
-/// where it stopped. Converged when the gradient is below 1e-9 (relative to f) or the
-/// simplex has collapsed.
+/// where it stopped. Converged when the gradient is below 1e-9 (relative to f), or below
+/// 1e-6 while steps no longer gain more than f's rounding, or the simplex has collapsed.
 fn minimise(
     f: &dyn Fn(&[f64]) -> f64,
     gradient: &dyn Fn(&[f64]) -> Vec<f64>,
@@ -542,6 +602,14 @@ fn bfgs(
             }
         }
         let g_next = gradient(&next);
+        // At the optimum the last steps change f by rounding only: when a step gains no
+        // more than a few ulps and the gradient is small (relative to f), f's precision
+        // is reached.
+        let gain = fx - f_next;
+        let g_max = g_next.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        if gain <= 8.0 * f64::EPSILON * fx.abs() && g_max <= 1e-6 * (1.0 + f_next.abs()) {
+            return (next, iteration + 1, true);
+        }
         let s: Vec<f64> = next.iter().zip(&x).map(|(a, b)| a - b).collect();
         let y: Vec<f64> = g_next.iter().zip(&g).map(|(a, b)| a - b).collect();
         let sy = dot(&s, &y);
@@ -576,7 +644,7 @@ pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<G
             .into_iter()
             .filter(|((x, m), _)| *x > 0.0 && *m > 0.0)
             .collect(),
-        |(x, m)| vec![*x, *m],
+        |(x, m)| [*x, *m, 0.0],
     );
     let weight: f64 = data.iter().map(|(_, w)| w).sum();
     let params = |p: &[f64]| GammaGamma {
@@ -584,9 +652,42 @@ pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<G
         q: p[1].exp(),
         v: p[2].exp(),
     };
+    // Everything but ln(x m + v) depends on x alone: per distinct x (data is sorted by x)
+    // the weight W, the sum S of w ln m, and per evaluation the sums L of w ln(x m + v) and
+    // R of w / (x m + v) over its customers: one logarithm per customer.
+    let mut by_x: Vec<(f64, f64, f64, std::ops::Range<usize>)> = Vec::new();
+    for (i, ((x, m), w)) in data.iter().enumerate() {
+        match by_x.last_mut() {
+            Some((bx, total, logs, range)) if *bx == *x => {
+                *total += w;
+                *logs += w * m.ln();
+                range.end = i + 1;
+            }
+            _ => by_x.push((*x, *w, w * m.ln(), i..i + 1)),
+        }
+    }
+    let sums = |x_range: &std::ops::Range<usize>, v: f64, with_inverse: bool| -> (f64, f64) {
+        let mut l = 0.0;
+        let mut r = 0.0;
+        for ((x, m), w) in &data[x_range.clone()] {
+            let y = x * m + v;
+            l += w * y.ln();
+            if with_inverse {
+                r += w / y;
+            }
+        }
+        (l, r)
+    };
     let ll = |g: &GammaGamma| -> f64 {
-        data.iter()
-            .map(|((x, m), w)| w * g.ln_likelihood(*x, *m))
+        let GammaGamma { p, q, v } = *g;
+        by_x.iter()
+            .map(|(x, w, s, range)| {
+                let px = p * x;
+                let (l, _) = sums(range, v, false);
+                w * (ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q) + q * v.ln() + px * x.ln())
+                    + (px - 1.0) * s
+                    - (px + q) * l
+            })
             .sum()
     };
     let objective = |p: &[f64]| {
@@ -603,12 +704,13 @@ pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<G
         let g = params(p);
         let GammaGamma { p, q, v } = g;
         let mut d = [0.0f64; 3];
-        for ((x, m), w) in &data {
+        for (x, w, s, range) in &by_x {
             let px = p * x;
             let common = digamma(px + q);
-            d[0] += w * x * (common - digamma(px) + m.ln() + x.ln() - (x * m + v).ln());
-            d[1] += w * (common - digamma(q) + v.ln() - (x * m + v).ln());
-            d[2] += w * (q / v - (px + q) / (x * m + v));
+            let (l, r) = sums(range, v, true);
+            d[0] += x * (w * (common - digamma(px) + x.ln()) + s - l);
+            d[1] += w * (common - digamma(q) + v.ln()) - l;
+            d[2] += w * q / v - (px + q) * r;
         }
         let theta = [p, q, v];
         (0..3)
@@ -915,19 +1017,19 @@ impl datafusion::logical_expr::AggregateUDFImpl for FitAggregate {
         Ok(Box::new(FitAccumulator {
             kind: self.kind,
             penalty,
-            tuples: std::collections::BTreeMap::new(),
+            tuples: std::collections::HashMap::new(),
         }))
     }
 }
 
-/// Distinct input tuples (as f64 bits: inputs are finite and >= 0, whose bit order is their
-/// numeric order) with their counts.
+/// Distinct input tuples (as f64 bits) with their counts, hashed; the fit sorts them, so
+/// neither the arrival order nor the map's order changes the result.
 #[derive(Debug)]
 struct FitAccumulator {
     kind: FitKind,
     penalty: f64,
     /// Keys of up to three values (unused places 0); `+ 0.0` turns -0 into 0.
-    tuples: std::collections::BTreeMap<[u64; 3], f64>,
+    tuples: std::collections::HashMap<[u64; 3], f64>,
 }
 
 impl FitAccumulator {

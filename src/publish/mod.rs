@@ -78,16 +78,16 @@ impl Output {
         &self,
         rel: &str,
     ) -> Result<Option<T>> {
-        match self.loc.store.get(&self.loc.path(rel)).await {
-            Ok(r) => {
-                let bytes = r
-                    .bytes()
-                    .await
-                    .map_err(|e| self.err(format!("read {rel}"), e))?;
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| self.err(format!("parse {rel}"), e))
-            }
+        // A body cut short is not retried by object_store: read the whole object again.
+        let path = self.loc.path(rel);
+        let read = crate::storage::retrying("read", || async {
+            self.loc.store.get(&path).await?.bytes().await
+        })
+        .await;
+        match read {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| self.err(format!("parse {rel}"), e)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(format!("read {rel}"), e)),
         }
