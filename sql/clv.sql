@@ -58,28 +58,36 @@ scored as (
         s.t,
         s.monetary,
         bgnbd_p_alive(m.r, m.alpha, m.a, m.b, s.frequency, s.recency, s.t) as p_alive,
-        bgnbd_expected_purchases(m.r, m.alpha, m.a, m.b, s.frequency, s.recency, s.t, 30.0 / u.days)  as expected_purchases_30d,
-        bgnbd_expected_purchases(m.r, m.alpha, m.a, m.b, s.frequency, s.recency, s.t, 90.0 / u.days)  as expected_purchases_90d,
-        bgnbd_expected_purchases(m.r, m.alpha, m.a, m.b, s.frequency, s.recency, s.t, 365.0 / u.days) as expected_purchases_365d,
         case
             when s.frequency > 0 and s.monetary > 0
                 then gamma_gamma_expected_spend(m.p, m.q, m.v, s.frequency, s.monetary)
             else m.population_mean_spend
         end as expected_avg_spend,
         m.r, m.alpha, m.a, m.b, u.days
-    from btyd_summary s
-    cross join model m
+    from model m
     cross join unit u
+    cross join btyd_summary s
+),
+
+-- Expected purchases over 30, 90 and 365 days and the values discounted over 90 days (3
+-- periods of 30 days) and 365 days (12 of 365/12), from one pass of the series per customer.
+forecast as (
+    select
+        *,
+        bgnbd_forecast(r, alpha, a, b, frequency, recency, t, expected_avg_spend, $discount_rate, days) as f
+    from scored
 ),
 
 valued as (
     select
         customer_id, frequency, recency, t, monetary, p_alive,
-        expected_purchases_30d, expected_purchases_90d, expected_purchases_365d,
+        f['expected_purchases_30d']  as expected_purchases_30d,
+        f['expected_purchases_90d']  as expected_purchases_90d,
+        f['expected_purchases_365d'] as expected_purchases_365d,
         expected_avg_spend,
-        bgnbd_clv(r, alpha, a, b, frequency, recency, t, expected_avg_spend, 90.0 / days, 3, $discount_rate)   as clv_90d,
-        bgnbd_clv(r, alpha, a, b, frequency, recency, t, expected_avg_spend, 365.0 / days, 12, $discount_rate) as clv_365d
-    from scored
+        f['clv_90d']  as clv_90d,
+        f['clv_365d'] as clv_365d
+    from forecast
 ),
 
 ranked as (

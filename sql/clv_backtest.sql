@@ -71,9 +71,10 @@ predicted as (
             else m.population_mean_spend
         end as expected_spend,
         cast(s.actual_purchases as double) as actual_purchases,
-        s.actual_revenue
-    from clv_holdout_summary s
-    cross join model m
+        s.actual_revenue,
+        m.r, m.alpha, m.a, m.b, m.p, m.q, m.v, m.converged
+    from model m
+    cross join clv_holdout_summary s
 ),
 
 ranked as (
@@ -101,7 +102,12 @@ scored as (
         cast(sum(cast(actual_revenue as decimal(38, 12))) as double)    as actual_revenue,
         cast(sum(cast(abs(predicted_revenue - actual_revenue) as decimal(38, 12))) as double) / count(*) as revenue_mae,
         cast(sum(cast(predicted_revenue - actual_revenue as decimal(38, 12))) as double) / count(*)      as revenue_bias,
-        rank_correlation(predicted_revenue, actual_revenue) as revenue_rank_correlation
+        rank_correlation(predicted_revenue, actual_revenue) as revenue_rank_correlation,
+        -- the parameters are the same on every row: carried through rather than joined
+        -- again, which would fit the models a second time
+        max(r) as r, max(alpha) as alpha, max(a) as a, max(b) as b,
+        max(p) as p, max(q) as q, max(v) as v,
+        coalesce(bool_and(converged), false) as converged
     from ranked
     group by grouping sets ((decile), ())
 )
@@ -114,7 +120,6 @@ select
     s.customers,
     s.predicted_purchases, s.actual_purchases, s.purchases_mae, s.purchases_bias, s.purchases_rank_correlation,
     s.predicted_revenue, s.actual_revenue, s.revenue_mae, s.revenue_bias, s.revenue_rank_correlation,
-    m.r, m.alpha, m.a, m.b, m.p, m.q, m.v, m.converged,
+    s.r, s.alpha, s.a, s.b, s.p, s.q, s.v, s.converged,
     lower($time_unit) as time_unit
 from scored s
-cross join model m

@@ -74,14 +74,31 @@ scored as (
     from worse w cross join population p
 ),
 
-matched as (
-    select s.customer_id, min(r.priority) as priority
-    from scored s
-    join rfm_segments r
-      on s.r_score between r.r_min and r.r_max
-     and s.f_score between r.f_min and r.f_max
-     and s.m_score between r.m_min and r.m_max
-    group by s.customer_id
+-- The segment depends on the three scores only: resolve the 125 score cells against the
+-- rules once (first matching rule by priority) and join each customer to its cell.
+scores as (
+    select column1 as score from (values (1), (2), (3), (4), (5))
+),
+
+cells as (
+    select r.score as r_score, f.score as f_score, m.score as m_score
+    from scores r cross join scores f cross join scores m
+),
+
+cell_priority as (
+    select c.r_score, c.f_score, c.m_score, min(g.priority) as priority
+    from cells c
+    join rfm_segments g
+      on c.r_score between g.r_min and g.r_max
+     and c.f_score between g.f_min and g.f_max
+     and c.m_score between g.m_min and g.m_max
+    group by c.r_score, c.f_score, c.m_score
+),
+
+cell_segment as (
+    select c.r_score, c.f_score, c.m_score, g.segment
+    from cell_priority c
+    join rfm_segments g on g.priority = c.priority
 )
 
 select
@@ -93,7 +110,7 @@ select
     s.f_score,
     s.m_score,
     concat(cast(s.r_score as varchar), cast(s.f_score as varchar), cast(s.m_score as varchar)) as rfm_score,
-    coalesce(r.segment, 'Other') as segment
+    coalesce(c.segment, 'Other') as segment
 from scored s
-left join matched m on m.customer_id = s.customer_id
-left join rfm_segments r on r.priority = m.priority
+left join cell_segment c
+  on c.r_score = s.r_score and c.f_score = s.f_score and c.m_score = s.m_score

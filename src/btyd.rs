@@ -7,6 +7,7 @@
 //! failure. Customers come as weighted tuples (identical `(x, t_x, T)` summaries counted
 //! once), sorted before fitting, so the result does not depend on the order they arrived in.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Float64Array, Float64Builder};
@@ -73,7 +74,7 @@ pub fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> Option<f64> {
 /// every coefficient but the power of z); false when one is out of range or has not
 /// converged after a million terms.
 fn hyp2f1_at(a: f64, b: f64, c: f64, zs: &[f64], sums: &mut [f64]) -> bool {
-    const LANES: usize = 16;
+    const LANES: usize = 32;
     for (zs, sums) in zs.chunks(LANES).zip(sums.chunks_mut(LANES)) {
         if zs.iter().any(|z| !(0.0..1.0).contains(z)) {
             return false;
@@ -212,14 +213,57 @@ impl BgNbd {
         if !self.expected_purchases_at(c, &horizons, &mut upto) {
             return None;
         }
-        let mut value = 0.0;
-        let mut before = 0.0;
-        for (k, e) in upto.iter().enumerate() {
-            value += spend * (e - before) / (1.0 + rate).powi(k as i32 + 1);
-            before = *e;
-        }
-        Some(value)
+        Some(discount(&upto, spend, rate))
     }
+
+    /// The `clv` table's forecasts in one pass of the hypergeometric series: expected
+    /// purchases in the next 30, 90 and 365 days and the discounted values over 90 days (3
+    /// periods of 30) and 365 days (12 of 365/12), `unit_days` days to the time unit; the
+    /// same numbers as [`BgNbd::expected_purchases`] and [`BgNbd::discounted_value`] give
+    /// one by one (a lane summed further than it needs adds only terms below its last bit).
+    pub fn forecast(&self, c: &Rfm, spend: f64, rate: f64, unit_days: f64) -> Option<Forecast> {
+        let (quarter, year) = (90.0 / unit_days / 3.0, 365.0 / unit_days / 12.0);
+        let mut horizons = [0.0; 18];
+        horizons[0] = 30.0 / unit_days;
+        horizons[1] = 90.0 / unit_days;
+        horizons[2] = 365.0 / unit_days;
+        for k in 0..3 {
+            horizons[3 + k] = (k + 1) as f64 * quarter;
+        }
+        for k in 0..12 {
+            horizons[6 + k] = (k + 1) as f64 * year;
+        }
+        let mut upto = [0.0; 18];
+        if !self.expected_purchases_at(c, &horizons, &mut upto) {
+            return None;
+        }
+        Some(Forecast {
+            expected_purchases: [upto[0], upto[1], upto[2]],
+            clv_90d: discount(&upto[3..6], spend, rate),
+            clv_365d: discount(&upto[6..], spend, rate),
+        })
+    }
+}
+
+/// What [`BgNbd::forecast`] gives.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Forecast {
+    /// In the next 30, 90 and 365 days.
+    pub expected_purchases: [f64; 3],
+    pub clv_90d: f64,
+    pub clv_365d: f64,
+}
+
+/// The value of purchases expected up to the end of each period (`upto`, cumulative), each
+/// worth `spend`, period k's discounted by `(1 + rate)^k`.
+fn discount(upto: &[f64], spend: f64, rate: f64) -> f64 {
+    let mut value = 0.0;
+    let mut before = 0.0;
+    for (k, e) in upto.iter().enumerate() {
+        value += spend * (e - before) / (1.0 + rate).powi(k as i32 + 1);
+        before = *e;
+    }
+    value
 }
 
 /// Gamma-Gamma parameters: spend per transaction Gamma(p, nu), nu ~ Gamma(q, v).
@@ -751,6 +795,9 @@ enum PredictionKind {
     Clv,
 }
 
+/// The most arguments a prediction function takes.
+const MAX_ARITY: usize = 11;
+
 impl PredictionKind {
     fn arity(self) -> usize {
         match self {
@@ -781,6 +828,11 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
             },
         ));
     }
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+        ForecastFunction {
+            signature: Signature::uniform(10, vec![DataType::Float64], Volatility::Immutable),
+        },
+    ));
     for kind in [FitKind::BgNbd, FitKind::GammaGamma] {
         ctx.register_udaf(datafusion::logical_expr::AggregateUDF::new_from_impl(
             FitAggregate::new(kind),
@@ -811,21 +863,18 @@ impl ScalarUDFImpl for Prediction {
         args: ScalarFunctionArgs,
     ) -> datafusion::error::Result<ColumnarValue> {
         let rows = args.number_rows;
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let columns: Vec<&Float64Array> = arrays
-            .iter()
-            .map(|a| {
-                a.as_any().downcast_ref::<Float64Array>().ok_or_else(|| {
-                    datafusion::error::DataFusionError::Internal(format!(
-                        "{}: an argument is {}",
-                        self.name(),
-                        a.data_type()
-                    ))
-                })
-            })
-            .collect::<datafusion::error::Result<_>>()?;
+        let columns = float_columns(self.name(), &args.args)?;
         let mut out = Float64Builder::with_capacity(rows);
         let mut row = vec![0.0; columns.len()];
+        // Rows with the same arguments (customers with the same summary: most of those
+        // without repeat purchases differ only in T) are computed once per batch; the
+        // hypergeometric series behind them is the cost.
+        let memoise = matches!(
+            self.kind,
+            PredictionKind::ExpectedPurchases | PredictionKind::Clv
+        );
+        let mut memo: HashMap<[u64; MAX_ARITY], f64> = HashMap::new();
+        let mut key = [0u64; MAX_ARITY];
         for i in 0..rows {
             if columns.iter().any(|c| c.is_null(i)) {
                 out.append_null();
@@ -833,6 +882,15 @@ impl ScalarUDFImpl for Prediction {
             }
             for (v, c) in row.iter_mut().zip(&columns) {
                 *v = c.value(i);
+            }
+            if memoise {
+                for (k, v) in key.iter_mut().zip(&row) {
+                    *k = v.to_bits();
+                }
+                if let Some(value) = memo.get(&key) {
+                    out.append_value(*value);
+                    continue;
+                }
             }
             // BG/NBD parameters and the customer: the first seven arguments of the
             // bgnbd_* functions.
@@ -890,10 +948,145 @@ impl ScalarUDFImpl for Prediction {
                         .ok_or_else(|| diverged(&m, &c, horizon))?
                 }
             };
+            if memoise {
+                memo.insert(key, value);
+            }
             out.append_value(value);
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
+}
+
+/// `bgnbd_forecast(r, alpha, a, b, frequency, recency, t, spend, rate, unit_days)`: the
+/// `clv` table's forecasts as a struct, from one pass of the series ([`BgNbd::forecast`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ForecastFunction {
+    signature: Signature,
+}
+
+const FORECAST_FIELDS: [&str; 5] = [
+    "expected_purchases_30d",
+    "expected_purchases_90d",
+    "expected_purchases_365d",
+    "clv_90d",
+    "clv_365d",
+];
+
+fn forecast_fields() -> datafusion::arrow::datatypes::Fields {
+    FORECAST_FIELDS
+        .iter()
+        .map(|n| datafusion::arrow::datatypes::Field::new(*n, DataType::Float64, true))
+        .collect()
+}
+
+impl ScalarUDFImpl for ForecastFunction {
+    fn name(&self) -> &str {
+        "bgnbd_forecast"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Struct(forecast_fields()))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        use datafusion::arrow::array::StructArray;
+        let rows = args.number_rows;
+        let columns = float_columns(self.name(), &args.args)?;
+        let mut out: Vec<Float64Builder> = (0..FORECAST_FIELDS.len())
+            .map(|_| Float64Builder::with_capacity(rows))
+            .collect();
+        // Customers with the same summary and spend (most of those without repeat
+        // purchases differ only in T) are computed once per batch.
+        let mut memo: HashMap<[u64; 10], [Option<f64>; 5]> = HashMap::new();
+        let mut key = [0u64; 10];
+        for i in 0..rows {
+            let value = |k: usize| (!columns[k].is_null(i)).then(|| columns[k].value(i));
+            let row: [Option<f64>; 10] = std::array::from_fn(value);
+            for (k, v) in key.iter_mut().zip(&row) {
+                *k = v.map_or(u64::MAX, f64::to_bits);
+            }
+            let fields = match memo.get(&key) {
+                Some(fields) => *fields,
+                None => {
+                    let fields = forecast_row(&row)?;
+                    memo.insert(key, fields);
+                    fields
+                }
+            };
+            for (b, v) in out.iter_mut().zip(fields) {
+                b.append_option(v);
+            }
+        }
+        let arrays = out
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as datafusion::arrow::array::ArrayRef)
+            .collect();
+        let array = StructArray::try_new(forecast_fields(), arrays, None)?;
+        Ok(ColumnarValue::Array(Arc::new(array)))
+    }
+}
+
+/// One row of `bgnbd_forecast`: all NULL when a BG/NBD argument is, the values NULL when
+/// the spend is.
+fn forecast_row(row: &[Option<f64>; 10]) -> datafusion::error::Result<[Option<f64>; 5]> {
+    let (Some(rate), Some(unit_days)) = (row[8], row[9]) else {
+        return Ok([None; 5]);
+    };
+    if !(rate > -1.0 && unit_days > 0.0 && unit_days.is_finite()) {
+        return datafusion::common::exec_err!(
+            "bgnbd_forecast: the discount rate must be > -1 and unit_days > 0, got rate {rate}, unit_days {unit_days}"
+        );
+    }
+    let [Some(r), Some(alpha), Some(a), Some(b), Some(x), Some(t_x), Some(t)] =
+        [row[0], row[1], row[2], row[3], row[4], row[5], row[6]]
+    else {
+        return Ok([None; 5]);
+    };
+    let (m, c) = (BgNbd { r, alpha, a, b }, Rfm { x, t_x, t });
+    // Any spend gives the same purchases; the values are NULL without one.
+    let f = m
+        .forecast(&c, row[7].unwrap_or(0.0), rate, unit_days)
+        .ok_or_else(|| {
+            datafusion::error::DataFusionError::Execution(format!(
+                "bgnbd_forecast: the hypergeometric series does not converge for {c:?} with {m:?}"
+            ))
+        })?;
+    let spent = |v: f64| row[7].map(|_| v);
+    Ok([
+        Some(f.expected_purchases[0]),
+        Some(f.expected_purchases[1]),
+        Some(f.expected_purchases[2]),
+        spent(f.clv_90d),
+        spent(f.clv_365d),
+    ])
+}
+
+/// The arguments of a prediction function as Float64 arrays.
+fn float_columns(
+    name: &str,
+    args: &[ColumnarValue],
+) -> datafusion::error::Result<Vec<Float64Array>> {
+    ColumnarValue::values_to_arrays(args)?
+        .iter()
+        .map(|a| {
+            a.as_any()
+                .downcast_ref::<Float64Array>()
+                .cloned()
+                .ok_or_else(|| {
+                    datafusion::error::DataFusionError::Internal(format!(
+                        "{name}: an argument is {}",
+                        a.data_type()
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Which model an aggregate fits.
@@ -1017,7 +1210,7 @@ impl datafusion::logical_expr::AggregateUDFImpl for FitAggregate {
         Ok(Box::new(FitAccumulator {
             kind: self.kind,
             penalty,
-            tuples: std::collections::HashMap::new(),
+            tuples: HashMap::new(),
         }))
     }
 }
@@ -1029,7 +1222,7 @@ struct FitAccumulator {
     kind: FitKind,
     penalty: f64,
     /// Keys of up to three values (unused places 0); `+ 0.0` turns -0 into 0.
-    tuples: std::collections::HashMap<[u64; 3], f64>,
+    tuples: HashMap<[u64; 3], f64>,
 }
 
 impl FitAccumulator {
@@ -1316,7 +1509,9 @@ mod tests {
             bgnbd_p_alive(0.243, 4.414, 0.793, 2.426, 2, 30.43, 38.86) as alive, \
             bgnbd_expected_purchases(0.243, 4.414, 0.793, 2.426, 2, 30.43, 38.86, 39) as e39, \
             gamma_gamma_expected_spend(6.25, 3.74, 15.44, 2, 30.43) as spend, \
-            bgnbd_p_alive(0.243, 4.414, 0.793, 2.426, null, 30.43, 38.86) as missing";
+            bgnbd_p_alive(0.243, 4.414, 0.793, 2.426, null, 30.43, 38.86) as missing, \
+            bgnbd_forecast(0.243, 4.414, 0.793, 2.426, 2, 30.43, 38.86, null, 0.01, 30.0 / 39)['expected_purchases_30d'] as f39, \
+            bgnbd_forecast(0.243, 4.414, 0.793, 2.426, 2, 30.43, 38.86, null, 0.01, 30.0 / 39)['clv_90d'] as no_spend";
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let value = |i: usize| {
             let c = batches[0]
@@ -1331,6 +1526,9 @@ mod tests {
         assert!(close(value(1), 1.226028174767135), "{:?}", value(1));
         assert!(close(value(2), 31.291010498687665), "{:?}", value(2));
         assert_eq!(value(3), None);
+        // 30 days of 30/39 days each are 39 weeks; without a spend only the values are NULL.
+        assert!(close(value(4), 1.226028174767135), "{:?}", value(4));
+        assert_eq!(value(5), None);
     }
 
     /// The fit aggregates over the CDNOW summary in SQL, split over partitions: the same
@@ -1809,6 +2007,37 @@ mod tests {
         ] {
             let got = g.expected_spend(x, mean);
             assert!(close(got, want, 1e-9), "({x}, {mean}): {got}");
+        }
+    }
+
+    #[test]
+    fn one_pass_forecast_is_bit_equal_to_the_predictions_one_by_one() {
+        let m = BgNbd {
+            r: 0.243,
+            alpha: 4.414,
+            a: 0.793,
+            b: 2.426,
+        };
+        for unit_days in [1.0, 7.0] {
+            for (x, t_x, t) in [
+                (0.0, 0.0, 0.5),
+                (0.0, 0.0, 38.86),
+                (1.0, 1.71, 38.86),
+                (7.0, 29.43, 32.0),
+                (30.0, 37.5, 38.5),
+                (3.0, 2.0, 400.0),
+            ] {
+                let c = Rfm { x, t_x, t };
+                let f = m.forecast(&c, 21.5, 0.01, unit_days).unwrap();
+                for (days, got) in [30.0, 90.0, 365.0].iter().zip(f.expected_purchases) {
+                    let want = m.expected_purchases(&c, days / unit_days).unwrap();
+                    assert_eq!(got.to_bits(), want.to_bits(), "{c:?} {days} days");
+                }
+                let want = m.discounted_value(&c, 21.5, 3, 90.0 / unit_days / 3.0, 0.01);
+                assert_eq!(Some(f.clv_90d.to_bits()), want.map(f64::to_bits), "{c:?}");
+                let want = m.discounted_value(&c, 21.5, 12, 365.0 / unit_days / 12.0, 0.01);
+                assert_eq!(Some(f.clv_365d.to_bits()), want.map(f64::to_bits), "{c:?}");
+            }
         }
     }
 }
