@@ -30,9 +30,23 @@ cargo test --no-fail-fast
 echo "== independent DuckDB check of the demo run"
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
+# The demo config with absolute input paths and OpenLineage events to a file.
+DEMO="$(pwd)/fixtures/demo"
+sed -e "s|^uri = \"orders\"|uri = \"$DEMO/orders\"|" \
+    -e "s|^uri = \"customers.parquet\"|uri = \"$DEMO/customers.parquet\"|" \
+    -e "s|^uri = \"marketing_spend.parquet\"|uri = \"$DEMO/marketing_spend.parquet\"|" \
+    fixtures/demo/segflow.toml > "$OUT/_segflow.toml"
+printf '\n[lineage]\nfile = "%s"\n' "$OUT/_lineage.jsonl" >> "$OUT/_segflow.toml"
 "$CARGO_TARGET_DIR/debug/segflow" --log-format json run \
-    --config fixtures/demo/segflow.toml --as-of 2026-11-21 --output "$OUT" 2>/dev/null
+    --config "$OUT/_segflow.toml" --as-of 2026-11-21 --output "$OUT" \
+    --metrics "$OUT/_segflow.prom" 2>/dev/null
 "$VENV/bin/python" ci/duckdb_check.py --orders fixtures/demo/orders --out "$OUT" --as-of 2026-11-21
+
+echo "== the demo run's metrics file, read by the Prometheus client's parser"
+"$VENV/bin/python" ci/metrics_check.py "$OUT/_segflow.prom" "$OUT" 2026-11-21
+
+echo "== the demo run's OpenLineage events, validated against the OpenLineage JSON schemas"
+"$VENV/bin/python" ci/lineage_check.py "$OUT/_lineage.jsonl"
 
 echo "== independent lifetimes check of the CLV models (demo run and the CDNOW sample)"
 "$VENV/bin/python" ci/clv_check.py --segflow "$CARGO_TARGET_DIR/debug/segflow" \

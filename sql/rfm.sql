@@ -77,7 +77,7 @@ scored as (
 -- The segment depends on the three scores only: resolve the 125 score cells against the
 -- rules once (first matching rule by priority) and join each customer to its cell.
 scores as (
-    select column1 as score from (values (1), (2), (3), (4), (5))
+    select 1 as score union all select 2 union all select 3 union all select 4 union all select 5
 ),
 
 cells as (

@@ -48,6 +48,23 @@ pub struct ConfigFile {
     /// Input gate policies.
     #[serde(default)]
     pub gates: GatesConfig,
+    /// Where OpenLineage run events go.
+    #[serde(default)]
+    pub lineage: Option<LineageConfig>,
+}
+
+/// `[lineage]`: OpenLineage run events to a JSON-lines file and/or POSTed to a URL.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LineageConfig {
+    /// JSON-lines file events are appended to (relative to the config file).
+    pub file: Option<String>,
+    /// `http(s)://` endpoint each event is POSTed to, e.g. Marquez's `/api/v1/lineage`.
+    pub url: Option<String>,
+    /// The job's namespace (default `segflow`).
+    pub namespace: Option<String>,
+    /// The job's name (default `segflow`).
+    pub job: Option<String>,
 }
 
 /// What a gate does with the rows it catches.
@@ -311,6 +328,8 @@ pub struct Settings {
     pub select: Vec<String>,
     /// Input gate policies.
     pub gates: Gates,
+    /// `[lineage]`, when set.
+    pub lineage: Option<crate::lineage::LineageSettings>,
     /// SHA-256 of the config file bytes and the effective overrides.
     pub config_hash: String,
 }
@@ -470,6 +489,48 @@ impl Settings {
             Some(s) => parse_duration("output.lock_timeout", s)?,
             None => Duration::from_secs(10 * 60),
         };
+        let lineage = match &file.lineage {
+            None => None,
+            Some(l) => {
+                let url = match &l.url {
+                    None => None,
+                    Some(u) => match url::Url::parse(u) {
+                        Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+                        _ => {
+                            return Err(Error::ConfigValue {
+                                key: "lineage.url".into(),
+                                message: format!(
+                                    "expected an http:// or https:// URL, found {:?} in {}",
+                                    crate::storage::redact(u),
+                                    path.display()
+                                ),
+                            })
+                        }
+                    },
+                };
+                let file_path = l.file.as_ref().map(|p| absolute(Path::new(p), &base));
+                if url.is_none() && file_path.is_none() {
+                    return Err(Error::ConfigValue {
+                        key: "lineage".into(),
+                        message: format!("set `file`, `url` or both in {}", path.display()),
+                    });
+                }
+                let name = |key: &str, v: &Option<String>| match v.as_deref() {
+                    None => Ok("segflow".to_string()),
+                    Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
+                    Some(_) => Err(Error::ConfigValue {
+                        key: format!("lineage.{key}"),
+                        message: format!("must not be empty in {}", path.display()),
+                    }),
+                };
+                Some(crate::lineage::LineageSettings {
+                    file: file_path,
+                    url,
+                    namespace: name("namespace", &l.namespace)?,
+                    job: name("job", &l.job)?,
+                })
+            }
+        };
         if file.output.keep_snapshots == Some(0) {
             return Err(Error::ConfigValue {
                 key: "output.keep_snapshots".into(),
@@ -573,6 +634,7 @@ impl Settings {
             s3,
             select: overrides.select.clone(),
             gates: file.gates.resolve(),
+            lineage,
             config_hash,
         })
     }

@@ -407,8 +407,10 @@ pub async fn run_models_until(
 ) -> Result<(Vec<ModelOutput>, Option<DataFrame>)> {
     let previous_schema = register_previous_schema(ctx)?;
     let mut outputs: Vec<ModelOutput> = Vec::new();
-    for model in models {
+    for (position, model) in models.iter().enumerate() {
         let started = Instant::now();
+        let progress =
+            crate::progress::ModelProgress::start(&model.name, position + 1, models.len());
         for dep in &model.previous_deps {
             if previous_schema.table_exist(dep) {
                 continue;
@@ -472,6 +474,7 @@ pub async fn run_models_until(
         ctx.register_table(model.name.as_str(), table)
             .map_err(|e| model_error(model, e))?;
         let duration = started.elapsed();
+        progress.finish(&model.name, staged.rows, duration);
         info!(model = %model.name, rows = staged.rows, duration_ms = duration.as_millis() as u64, "model computed");
         outputs.push(ModelOutput {
             name: model.name.clone(),

@@ -71,6 +71,10 @@ enum Command {
         /// Publish only these models (their inputs are computed, not published).
         #[arg(long, num_args = 1..)]
         select: Vec<String>,
+        /// Also write the run's metrics to FILE in the Prometheus text format (for
+        /// node-exporter's textfile collector), whether the run succeeds or fails.
+        #[arg(long, value_name = "FILE")]
+        metrics: Option<PathBuf>,
     },
     /// Parse and plan every model, check and data test against the input schemas (reads no
     /// data, takes no lock, writes nothing); report every problem.
@@ -155,6 +159,29 @@ enum Command {
     },
 }
 
+/// `segflow run`, with OpenLineage START and COMPLETE / FAIL events when `[lineage]` is set.
+async fn run_with_lineage(settings: &Settings) -> Result<segflow::run::RunSummary, segflow::Error> {
+    let Some(config) = settings.lineage.clone() else {
+        return segflow::run::run(settings).await;
+    };
+    let lineage = segflow::lineage::Lineage::new(config, chrono::Utc::now());
+    let inputs = segflow::lineage::input_datasets(settings).await;
+    lineage.start(&inputs).await;
+    let result = segflow::run::run(settings).await;
+    match &result {
+        Ok(summary) => {
+            let outputs = segflow::lineage::output_datasets(&summary.manifest, &summary.output.loc);
+            lineage.complete(&inputs, &outputs).await;
+        }
+        Err(e) => {
+            lineage
+                .fail(&inputs, &segflow::storage::redact(&e.to_string()))
+                .await
+        }
+    }
+    result
+}
+
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SEGFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -183,6 +210,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     segflow::memory::tune_allocators();
     init_logging(cli.log_format);
+    // A progress line per model on a terminal; none off one.
+    segflow::progress::enable(std::io::stderr().is_terminal());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -263,16 +292,37 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             as_of,
             output,
             select,
+            metrics,
         } => {
-            let settings = Settings::load(
+            let started = std::time::Instant::now();
+            if let Some(path) = &metrics {
+                // A metrics file that cannot be written stops the run before it starts.
+                segflow::metrics::check_writable(path)?;
+            }
+            let result = match Settings::load(
                 &config,
                 &Overrides {
                     as_of,
                     output,
                     select,
                 },
-            )?;
-            let summary = segflow::run::run(&settings).await?;
+            ) {
+                Ok(settings) => run_with_lineage(&settings).await,
+                Err(e) => Err(e),
+            };
+            if let Some(path) = &metrics {
+                let outcome = segflow::metrics::RunOutcome {
+                    manifest: result.as_ref().ok().map(|s| &s.manifest),
+                    exit_code: result.as_ref().err().map_or(0, |e| e.exit_code()),
+                    duration: started.elapsed(),
+                    finished_at: chrono::Utc::now(),
+                };
+                if let Err(e) = segflow::metrics::write(path, &segflow::metrics::render(&outcome)) {
+                    // The exit status stays the run's: a published snapshot is published.
+                    eprintln!("error: {e}");
+                }
+            }
+            let summary = result?;
             let m = &summary.manifest;
             let loc = &summary.output.loc;
             println!(

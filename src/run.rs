@@ -215,6 +215,7 @@ async fn prepare(
                     .iter()
                     .map(|f| output.published_file(run_id, &o.name, as_of, f))
                     .collect(),
+                bytes: o.staged.bytes,
                 partition_by: o.partition_by.clone(),
                 duration_ms: o.duration.as_millis() as u64,
                 columns: o.staged.columns.clone(),
@@ -235,6 +236,7 @@ async fn prepare(
                     .iter()
                     .map(|f| output.published_file(run_id, name, as_of, f))
                     .collect(),
+                bytes: r.bytes,
             })
         }
         None => None,

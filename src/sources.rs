@@ -1173,6 +1173,7 @@ mod tests {
             rel: rel.into(),
             rows: 7,
             files: vec!["part-0.parquet".into()],
+            bytes: 0,
             columns: vec![],
             partition_by: vec![],
         };

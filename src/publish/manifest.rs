@@ -15,6 +15,9 @@ pub struct TableEntry {
     pub rows: u64,
     /// Data files relative to the output root.
     pub files: Vec<String>,
+    /// Bytes of the data files.
+    #[serde(default)]
+    pub bytes: u64,
     pub partition_by: Vec<String>,
     pub duration_ms: u64,
     pub columns: Vec<ColumnEntry>,
@@ -55,6 +58,9 @@ pub struct RejectedEntry {
     pub rows: u64,
     /// Data files relative to the output root.
     pub files: Vec<String>,
+    /// Bytes of the data files.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 impl Manifest {

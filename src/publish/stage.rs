@@ -43,6 +43,8 @@ pub struct StagedTable {
     pub rows: u64,
     /// Data files relative to `rel`, sorted.
     pub files: Vec<String>,
+    /// Bytes of those files.
+    pub bytes: u64,
     /// Published columns and types.
     pub columns: Vec<ColumnEntry>,
     pub partition_by: Vec<String>,
@@ -149,6 +151,7 @@ impl Staging {
             retrying("put", || loc.store.put(&path, payload.clone())).await?;
         }
         let mut files = Vec::new();
+        let mut bytes = 0;
         for meta in loc.list(&rel).await? {
             let Some(full) = loc.rel(&meta.location) else {
                 continue;
@@ -161,6 +164,7 @@ impl Staging {
             }
             check_partition_path(file)?;
             files.push(file.to_string());
+            bytes += meta.size;
         }
         files.sort();
         if files.is_empty() {
@@ -177,6 +181,7 @@ impl Staging {
             rel,
             rows,
             files,
+            bytes,
             columns: schema
                 .fields()
                 .iter()
