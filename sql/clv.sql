@@ -90,12 +90,15 @@ valued as (
     from forecast
 ),
 
+-- The customer count from its own aggregate, not `count(*) over ()`: a window over the whole
+-- table keeps every row in memory at once, outside the memory limit.
 ranked as (
     select
-        *,
+        v.*,
         -- customers with a strictly lower value / all customers: equal values, equal band
-        cast(rank() over (order by clv_365d) - 1 as double) / count(*) over () as below_share
-    from valued
+        cast(rank() over (order by v.clv_365d) - 1 as double) / n.customers as below_share
+    from (select count(*) as customers from btyd_summary) n
+    cross join valued v
 )
 
 select

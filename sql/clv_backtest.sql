@@ -77,14 +77,17 @@ predicted as (
     cross join clv_holdout_summary s
 ),
 
+-- The customer count from its own aggregate, not `count(*) over ()` (a window over the
+-- whole table keeps every row in memory at once, outside the memory limit).
 ranked as (
     select
-        *,
-        predicted_purchases * expected_spend as predicted_revenue,
+        p.*,
+        p.predicted_purchases * p.expected_spend as predicted_revenue,
         -- 1 + floor(10 x customers with a strictly lower prediction / customers)
-        cast(1 + floor(10.0 * (rank() over (order by predicted_purchases * expected_spend) - 1)
-                       / count(*) over ()) as bigint) as decile
-    from predicted
+        cast(1 + floor(10.0 * (rank() over (order by p.predicted_purchases * p.expected_spend) - 1)
+                       / n.customers) as bigint) as decile
+    from (select count(*) as customers from clv_holdout_summary) n
+    cross join predicted p
 ),
 
 scored as (

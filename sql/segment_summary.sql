@@ -63,8 +63,8 @@ demographic_members as (
             else case a.opted_in when true then 'opted in' when false then 'not opted in' else 'unknown' end
         end as segment,
         f.customer_id
-    from customer_facts f
-    left join attributes a on a.customer_id = f.customer_id
+    from attributes a
+    right join customer_facts f on a.customer_id = f.customer_id
     cross join (select 'age_band' as segmentation union all select 'gender' union all select 'email_opt_in') as s
     cross join known k
     where (s.segmentation = 'age_band' and k.birth_year)
@@ -99,17 +99,26 @@ totals as (
     select count(*) as customers, sum(cast(revenue as decimal(38, 6))) as revenue from customer_facts
 ),
 
-joined as (
-    select
-        m.segmentation, m.segment, m.customer_id,
-        f.orders, f.revenue, f.margin,
-        coalesce(o.opted_in, false) as opted_in,
-        p.segment as previous_segment
-    from members m
-    join customer_facts f on f.customer_id = m.customer_id
-    left join attributes o on o.customer_id = m.customer_id
-    left join previous_members p
+-- A hash join keeps its left input in memory: the small sides (customer_facts, the
+-- previous members, the attributes) are written on the left and the members (customers x
+-- segmentations) stream through as the right, preserved side.
+with_facts as (
+    select m.segmentation, m.segment, m.customer_id, f.orders, f.revenue, f.margin
+    from customer_facts f
+    join members m on m.customer_id = f.customer_id
+),
+
+with_previous as (
+    select m.*, p.segment as previous_segment
+    from previous_members p
+    right join with_facts m
       on p.segmentation = m.segmentation and p.customer_id = m.customer_id
+),
+
+joined as (
+    select m.*, coalesce(o.opted_in, false) as opted_in
+    from attributes o
+    right join with_previous m on o.customer_id = m.customer_id
 ),
 
 stats as (

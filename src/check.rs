@@ -18,7 +18,9 @@ use chrono::Utc;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::config::Settings;
-use crate::engine::{check_queries, model_params, plan_model, plan_models, unused_params};
+use crate::engine::{
+    check_queries, model_params, plan_model, plan_models, unused_params, CheckQuery,
+};
 use crate::error::{Error, Result};
 use crate::models::{
     discover_models_lenient, discover_tests_lenient, order_models, Model, ModelSources,
@@ -316,7 +318,7 @@ pub async fn check(settings: &Settings) -> Result<CheckReport> {
             report
                 .findings
                 .extend(header_findings(m, schema, &planned.schemas));
-            for (label, sql) in check_queries(m) {
+            for CheckQuery { label, sql, .. } in check_queries(m) {
                 let kind = label.split(':').next().unwrap_or_default().to_string();
                 let (name, args) = kind.split_once('(').unwrap_or((&kind, ""));
                 let args = args.trim_end_matches(')');

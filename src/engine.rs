@@ -540,12 +540,26 @@ async fn count_query(ctx: &SessionContext, sql: &str) -> std::result::Result<i64
         .unwrap_or(0))
 }
 
-/// The count queries of a model's declared checks (except `row_count`): (label with `{n}`
-/// for the count, SQL counting the offending rows).
-pub fn check_queries(model: &Model) -> Vec<(String, String)> {
+/// One declared check (except `row_count`): its label (with `{n}` for the count) and the
+/// SQL counting the offending rows; for a check judged row by row (not_null,
+/// accepted_values, expression) also the predicate of an offending row, so that a model's
+/// row checks can be counted in one scan.
+pub struct CheckQuery {
+    pub label: String,
+    pub sql: String,
+    pub row_predicate: Option<String>,
+}
+
+/// The count queries of a model's declared checks (except `row_count`).
+pub fn check_queries(model: &Model) -> Vec<CheckQuery> {
     let checks = &model.header.checks;
     let t = quote_ident(&model.name);
-    let mut queries: Vec<(String, String)> = Vec::new();
+    let mut queries: Vec<CheckQuery> = Vec::new();
+    let row_check = |label: String, predicate: String| CheckQuery {
+        label,
+        sql: format!("select count(*) from {t} where {predicate}"),
+        row_predicate: Some(predicate),
+    };
     for cols in &checks.unique {
         // Rows with a NULL key take no part, as in dbt and SQL's UNIQUE (`not_null`
         // is the check for those).
@@ -556,48 +570,87 @@ pub fn check_queries(model: &Model) -> Vec<(String, String)> {
             .collect::<Vec<_>>()
             .join(" and ");
         let list = keys.join(", ");
-        queries.push((
-            format!("unique({cols}): {{n}} duplicated value(s)"),
-            format!("select count(*) from (select {list} from {t} where {present} group by {list} having count(*) > 1)"),
-        ));
+        queries.push(CheckQuery {
+            label: format!("unique({cols}): {{n}} duplicated value(s)"),
+            sql: format!("select count(*) from (select {list} from {t} where {present} group by {list} having count(*) > 1)"),
+            row_predicate: None,
+        });
     }
     for c in &checks.not_null {
-        queries.push((
+        queries.push(row_check(
             format!("not_null({c}): {{n}} NULL row(s)"),
-            format!("select count(*) from {t} where {} is null", quote_ident(c)),
+            format!("{} is null", quote_ident(c)),
         ));
     }
     for (c, values) in &checks.accepted_values {
         let list: Vec<String> = values.iter().map(|v| quote_str(v)).collect();
-        queries.push((
-            format!("accepted_values({c}): {{n}} row(s) outside [{}]", values.join(", ")),
+        queries.push(row_check(
             format!(
-                "select count(*) from {t} where {c} is not null and cast({c} as varchar) not in ({})",
+                "accepted_values({c}): {{n}} row(s) outside [{}]",
+                values.join(", ")
+            ),
+            format!(
+                "{c} is not null and cast({c} as varchar) not in ({})",
                 list.join(", "),
                 c = quote_ident(c)
             ),
         ));
     }
     for e in &checks.expression {
-        queries.push((
+        queries.push(row_check(
             format!("expression({e}): {{n}} row(s) violate it"),
-            format!("select count(*) from {t} where not coalesce(({e}), false)"),
+            format!("not coalesce(({e}), false)"),
         ));
     }
     for (c, target) in &checks.relationships {
         // A target that is not `model.column` fails to plan and is reported as such.
         let (tm, tc) = target.split_once('.').unwrap_or((target, ""));
-        queries.push((
-            format!("relationships({c} -> {target}): {{n}} value(s) missing from {target}"),
-            format!(
+        queries.push(CheckQuery {
+            label: format!("relationships({c} -> {target}): {{n}} value(s) missing from {target}"),
+            sql: format!(
                 "select count(*) from {t} a where a.{c} is not null and not exists (select 1 from {tm} b where b.{tc} = a.{c})",
                 c = quote_ident(c),
                 tm = quote_ident(tm),
                 tc = quote_ident(tc)
             ),
-        ));
+            row_predicate: None,
+        });
     }
     queries
+}
+
+/// The counts of a model's row checks from one scan of its table; None when that query
+/// fails (each check is then run alone, to say which one cannot run).
+async fn row_check_counts(
+    ctx: &SessionContext,
+    table: &str,
+    queries: &[CheckQuery],
+) -> Option<Vec<i64>> {
+    let predicates: Vec<&String> = queries
+        .iter()
+        .filter_map(|q| q.row_predicate.as_ref())
+        .collect();
+    if predicates.len() < 2 {
+        return None;
+    }
+    let counts: Vec<String> = predicates
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("count(*) filter (where {p}) as c{i}"))
+        .collect();
+    let sql = format!("select {} from {table}", counts.join(", "));
+    let batches = ctx.sql(&sql).await.ok()?.collect().await.ok()?;
+    let batch = batches.first()?;
+    (0..predicates.len())
+        .map(|i| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .filter(|a| a.len() == 1 && !a.is_null(0))
+                .map(|a| a.value(0))
+        })
+        .collect()
 }
 
 /// Runs every model's declared checks against its computed table. Returns the failures of
@@ -608,8 +661,23 @@ pub async fn run_checks(ctx: &SessionContext, models: &[Model]) -> Result<Vec<St
         let checks = &model.header.checks;
         let t = quote_ident(&model.name);
         let queries = check_queries(model);
+        let mut row_counts = row_check_counts(ctx, &t, &queries)
+            .await
+            .unwrap_or_default()
+            .into_iter();
         let mut found = Vec::new();
-        for (label, sql) in queries {
+        for CheckQuery {
+            label,
+            sql,
+            row_predicate,
+        } in queries
+        {
+            if let Some(n) = row_predicate.and_then(|_| row_counts.next()) {
+                if n > 0 {
+                    found.push(label.replace("{n}", &n.to_string()));
+                }
+                continue;
+            }
             let n = count_query(ctx, &sql).await.map_err(|e| Error::Model {
                 file: model.file.clone(),
                 model: model.name.clone(),

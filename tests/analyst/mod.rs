@@ -469,6 +469,52 @@ fn docs_writes_one_self_contained_page_with_models_columns_checks_and_graph() {
 /// (counts read off that file): exit 1, the file, the check and the count named, and the
 /// published snapshot byte-for-byte unchanged.
 #[test]
+fn row_checks_counted_together_report_each_failure_and_a_check_that_cannot_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = project(tmp.path(), &[], "");
+    let file = tmp.path().join("models/rules.sql");
+    // Three row checks in one model: two fail, one passes; their counts as when run alone.
+    std::fs::write(
+        &file,
+        "/*---\n[checks]\nnot_null = [\"segment\"]\nexpression = [\"r_max >= 4\", \"r_min >= 1\"]\naccepted_values = { m_min = [\"1\"] }\n---*/\nselect * from rfm_segments\n",
+    )
+    .unwrap();
+    let r = run_at(&config, DEMO_AS_OF);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let err = error_line(&r);
+    let prefix = format!("{}: model `rules` check ", file.display());
+    assert!(
+        err.contains(&format!(
+            "{prefix}accepted_values(m_min): 2 row(s) outside [1]"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{prefix}expression(r_max >= 4): 6 row(s) violate it"
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("r_min >= 1") && !err.contains("not_null(segment)"),
+        "{err}"
+    );
+    // One of them cannot run: that one is named.
+    std::fs::write(
+        &file,
+        "/*---\n[checks]\nnot_null = [\"segment\"]\nexpression = [\"r_max >= 4\", \"nope > 1\"]\n---*/\nselect * from rfm_segments\n",
+    )
+    .unwrap();
+    let r = run_at(&config, DEMO_AS_OF);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    let err = error_line(&r);
+    assert!(
+        err.contains("check expression(nope > 1) cannot run"),
+        "{err}"
+    );
+}
+
+#[test]
 fn every_check_kind_that_fails_names_the_check_and_count_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let config = project(tmp.path(), &[], "");
