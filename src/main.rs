@@ -193,7 +193,7 @@ fn init_logging(format: LogFormat) {
     // Logs never carry credentials: everything written is redacted.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| segflow::storage::RedactingWriter(std::io::stderr()));
+        .with_writer(|| segflow::storage::RedactingWriter(segflow::progress::Stderr));
     if json {
         builder.json().init();
     } else {

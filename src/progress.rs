@@ -2,8 +2,8 @@
 //! in the run, its name and the time elapsed, then its rows and duration once it is staged.
 //! Off a terminal (a scheduler, a pipe) nothing is drawn and the logs are as they were.
 //!
-//! Log lines written while a line is drawn go through [`suspend`], which clears the line,
-//! writes the log and draws it again, so logs and progress never tear each other.
+//! Logs are written through [`Stderr`]: while a line is drawn, [`suspend`] clears it, writes
+//! the log and draws it again, so logs and progress never tear each other.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -25,6 +25,20 @@ pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
     match bar {
         Some(bar) => bar.suspend(f),
         None => f(),
+    }
+}
+
+/// Standard error, written around the current progress line (logs go through it).
+pub struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 

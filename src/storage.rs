@@ -401,8 +401,7 @@ pub struct RedactingWriter<W: std::io::Write>(pub W);
 impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        // Around a model's progress line on a terminal, if one is drawn.
-        crate::progress::suspend(|| self.0.write_all(redact(&text).as_bytes()))?;
+        self.0.write_all(redact(&text).as_bytes())?;
         Ok(buf.len())
     }
 
