@@ -83,6 +83,9 @@ pub enum Error {
         reason: String,
         cleanup: String,
     },
+    /// The run report could not be made (a section, a chart or the template).
+    #[error("report: {section}: {message}")]
+    Report { section: String, message: String },
     /// Filesystem error with the path that failed.
     #[error("{operation} {path}: {source}")]
     Io {

@@ -8,8 +8,10 @@
 //!   or send a signal while the first one is held exactly there).
 //!
 //! Points, in run order: `after_lock`, `staging` (the first model staged), `before_commit`,
-//! `mid_commit` (one table copied or swapped in), `before_manifest`, `after_manifest`
-//! (the snapshot is committed; replaced files and staging not yet removed). `segflow
+//! `mid_commit` (one table copied or swapped in), `before_manifest`, `before_report`
+//! (object storage: the manifest is put, the report not yet copied into place),
+//! `after_manifest` (the snapshot is committed, its report in place; replaced files and
+//! staging not yet removed). `segflow
 //! generate` has `generate_file_written` (the first month's file is complete).
 
 use std::sync::{Mutex, OnceLock};

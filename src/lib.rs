@@ -25,6 +25,7 @@ pub mod minmax;
 pub mod models;
 pub mod progress;
 pub mod publish;
+pub mod report;
 pub mod run;
 pub mod session;
 pub mod sources;

@@ -136,6 +136,18 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
     result.map(|manifest| RunSummary { manifest, output })
 }
 
+/// The report's staged files, relative to its staging directory (`index.html`).
+fn report_files(report: &crate::publish::ReportEntry) -> Vec<String> {
+    report
+        .files
+        .iter()
+        .filter_map(|f| {
+            f.strip_prefix(&format!("{}/", report.path))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// What a run computes: the models in order, the data tests that can run, the models to
 /// publish.
 #[derive(Clone, Copy)]
@@ -242,6 +254,7 @@ async fn prepare(
         None => None,
     };
 
+    let staged_names: BTreeSet<String> = tables.keys().cloned().collect();
     // A partial (--select) run keeps the other tables of the snapshot it replaces.
     let mut all_tables = BTreeMap::new();
     if !settings.select.is_empty() {
@@ -250,7 +263,7 @@ async fn prepare(
         }
     }
     all_tables.extend(tables);
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         run_id: run_id.to_string(),
         as_of,
         segflow_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -275,6 +288,14 @@ async fn prepare(
             .collect(),
         tables: all_tables,
         rejected,
+        report: None,
     };
+    // The report reads the snapshot's tables back: what this run staged, and what a
+    // `--select` run keeps of the snapshot it replaces.
+    let report = crate::report::stage(&ctx, output, &manifest, &staged_names).await?;
+    staged.insert(crate::report::REPORT.to_string(), report_files(&report));
+    manifest.report = Some(report);
+    manifest.finished_at = Utc::now();
+    manifest.duration_ms = clock.elapsed().as_millis() as u64;
     Ok(Prepared { manifest, staged })
 }

@@ -15,6 +15,7 @@ mod analyst;
 mod crash;
 mod gates;
 mod generate;
+mod report;
 mod s3;
 
 const DEMO_AS_OF: &str = "2026-11-21";

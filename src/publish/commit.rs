@@ -6,9 +6,11 @@
 //!   a journal (`commit.json`) lets the next run roll back a run killed mid-commit; the
 //!   manifest is replaced by temp + rename. A failed commit undoes every swap.
 //! - Object storage (no rename): staged files are copied into `<model>/as_of=D/` under
-//!   run-unique names (`<run_id>-<file>`), `_SUCCESS` is put, the manifest is put last (one
-//!   put is atomic), then the files of the snapshot it replaced are deleted. A failed
-//!   commit deletes what it copied; a killed one is swept by the next run.
+//!   run-unique names (`<run_id>-<file>`), `_SUCCESS` is put, the manifest is put (one put
+//!   is atomic: the commit point), then the report is copied over `_report/as_of=D/
+//!   index.html` and the files of the snapshot it replaced are deleted. A failed commit
+//!   deletes what it copied; a killed one is swept by the next run, which also puts the
+//!   report of a run killed after its manifest in place.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,13 +21,16 @@ use tracing::{info, warn};
 use super::{manifest_rel, staging_rel, Manifest, Output, OutputLock};
 use crate::error::{Error, Result};
 use crate::failpoint;
+use crate::report::{report_rel, REPORT, REPORT_FILE};
 use crate::storage::retrying;
 
 impl Output {
     /// The published path (relative to the root) of a staged file of table `name`.
     pub fn published_file(&self, run_id: &str, name: &str, as_of: NaiveDate, file: &str) -> String {
         let table = format!("{name}/as_of={as_of}");
-        if self.loc.local.is_some() {
+        if self.loc.local.is_some() || name == REPORT {
+            // The report keeps its name (`index.html`): it is put in place after the
+            // manifest on object storage (see `commit`).
             // Swapped in by directory rename: names stay.
             return format!("{table}/{file}");
         }
@@ -54,6 +59,17 @@ impl Output {
             self.commit_copy(lock, manifest, staged, replaced.as_ref())
                 .await?;
         }
+        let mut keep_staging = false;
+        if self.loc.local.is_none() && staged.contains_key(REPORT) {
+            failpoint::hit("before_report").await;
+            // The report has one fixed name per snapshot, so it is replaced only once the
+            // snapshot is committed; a failure here leaves the staging for the next run's
+            // recovery, which puts it in place (see `recover`).
+            if let Err(e) = self.place_report(run_id, as_of).await {
+                warn!(error = %e, "cannot put the report in place yet; the next run will");
+                keep_staging = true;
+            }
+        }
         failpoint::hit("after_manifest").await;
         self.update_latest(as_of, run_id).await;
         if let (Some(root), None) = (&self.loc.local, &manifest.rejected) {
@@ -76,8 +92,20 @@ impl Output {
                 }
             }
         }
-        self.remove_staging(run_id).await;
+        if !keep_staging {
+            self.remove_staging(run_id).await;
+        }
         Ok(())
+    }
+
+    /// Copies the staged report of `run_id` to `_report/as_of=D/index.html` (object storage).
+    pub(crate) async fn place_report(&self, run_id: &str, as_of: NaiveDate) -> Result<()> {
+        let to = format!("{}/{REPORT_FILE}", report_rel(as_of));
+        let from = format!("{}/{to}", staging_rel(run_id));
+        let (src, dst) = (self.loc.path(&from), self.loc.path(&to));
+        retrying("copy", || self.loc.store.copy(&src, &dst))
+            .await
+            .map_err(|e| self.err(format!("copy the report into place ({to})"), e))
     }
 
     /// `_manifest/latest.json` names the newest snapshot (a backfill never moves it back).
@@ -113,7 +141,7 @@ impl Output {
         let as_of = manifest.as_of;
         let mut created: Vec<String> = Vec::new();
         let result = async {
-            for (name, files) in staged {
+            for (name, files) in staged.iter().filter(|(n, _)| *n != REPORT) {
                 let from_dir = format!("{}/{name}/as_of={as_of}", staging_rel(run_id));
                 for f in files {
                     let to = self.published_file(run_id, name, as_of, f);

@@ -48,6 +48,19 @@ pub struct Manifest {
     /// The rows input gates with policy `drop` left out, under `_rejected/as_of=D/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<RejectedEntry>,
+    /// The run report, `_report/as_of=D/index.html`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportEntry>,
+}
+
+/// The report of a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportEntry {
+    /// `_report/as_of=D`.
+    pub path: String,
+    /// `_report/as_of=D/index.html`, relative to the output root.
+    pub files: Vec<String>,
+    pub bytes: u64,
 }
 
 /// The rejected rows of a snapshot.
@@ -74,14 +87,19 @@ impl Manifest {
         })
     }
 
-    /// Every directory the snapshot publishes (tables, then the rejected rows) with its
-    /// files.
+    /// Every directory the snapshot publishes (tables, then the rejected rows and the
+    /// report) with its files.
     pub fn dirs(&self) -> impl Iterator<Item = (&str, &[String])> {
         self.tables
             .values()
             .map(|t| (t.path.as_str(), t.files.as_slice()))
             .chain(
                 self.rejected
+                    .iter()
+                    .map(|r| (r.path.as_str(), r.files.as_slice())),
+            )
+            .chain(
+                self.report
                     .iter()
                     .map(|r| (r.path.as_str(), r.files.as_slice())),
             )

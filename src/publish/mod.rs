@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::storage::{redact, Location};
 
 pub use lock::{host_name, process_alive, LockInfo, OutputLock};
-pub use manifest::{ColumnEntry, Manifest, ModelTiming, RejectedEntry, TableEntry};
+pub use manifest::{ColumnEntry, Manifest, ModelTiming, RejectedEntry, ReportEntry, TableEntry};
 
 /// The output location of a run.
 #[derive(Clone, Debug)]

@@ -3,9 +3,10 @@
 //! manifest lists, and no staging.
 //!
 //! 1. Each `_staging/<run_id>/` of another run: on local disk, a run killed mid-commit
-//!    (journal present, its manifest not written) has its swaps undone; then it is removed.
+//!    (journal present, its manifest not written) has its swaps undone; on object storage,
+//!    a run killed after its manifest has its report put in place; then it is removed.
 //! 2. Leftover manifest temp files (`_manifest/.tmp-*`) are removed.
-//! 3. Every file under `<model>/as_of=D/` (and `_rejected/as_of=D/`) that the manifest of
+//! 3. Every file under `<model>/as_of=D/` (and `_rejected/`, `_report/as_of=D/`) that the manifest of
 //!    `D` does not list (and is not
 //!    the `_SUCCESS` of one of its tables) is deleted: copies of a run killed before its
 //!    manifest, files of a replaced snapshot whose deletion was cut short, local temp files.
@@ -24,7 +25,8 @@ use crate::storage::retrying;
 fn snapshot_date(rel: &str) -> Option<NaiveDate> {
     let mut parts = rel.split('/');
     let model = parts.next()?;
-    if model.is_empty() || (model.starts_with('_') && model != crate::sources::REJECTED) {
+    let published_dir = model == crate::sources::REJECTED || model == crate::report::REPORT;
+    if model.is_empty() || (model.starts_with('_') && !published_dir) {
         return None;
     }
     let d = parts.next()?.strip_prefix("as_of=")?;
@@ -118,8 +120,40 @@ impl Output {
                     }
                 }
             }
+            if self.loc.local.is_none() {
+                self.finish_report(&run).await?;
+            }
             warn!(%run, "removing the staging of a dead run");
             self.delete_prefix(&staging_rel(&run)).await?;
+        }
+        Ok(())
+    }
+
+    /// Object storage: a run killed after its manifest and before its report was copied
+    /// into place (or whose copy failed) left the report in its staging; put it in place
+    /// if that run's manifest is still the snapshot's.
+    async fn finish_report(&self, run: &str) -> Result<()> {
+        let prefix = format!("{}/{}", staging_rel(run), crate::report::REPORT);
+        let listed = self
+            .loc
+            .list(&prefix)
+            .await
+            .map_err(|e| self.err(format!("list {prefix}"), e))?;
+        for rel in listed.iter().filter_map(|m| self.loc.rel(&m.location)) {
+            let Some(as_of) = rel
+                .strip_prefix(&format!("{}/", staging_rel(run)))
+                .and_then(snapshot_date)
+            else {
+                continue;
+            };
+            let committed = self
+                .manifest(as_of)
+                .await?
+                .is_some_and(|m| m.run_id == run && m.report.is_some());
+            if committed {
+                warn!(%run, %as_of, "putting the report of a run killed after its commit in place");
+                self.place_report(run, as_of).await?;
+            }
         }
         Ok(())
     }
@@ -218,6 +252,7 @@ mod tests {
         );
         assert_eq!(snapshot_date("_manifest/as_of=2026-11-21.json"), None);
         assert_eq!(snapshot_date("_rejected/as_of=2026-11-21/x.parquet"), d);
+        assert_eq!(snapshot_date("_report/as_of=2026-11-21/index.html"), d);
         assert_eq!(snapshot_date("notes.txt"), None);
     }
 }

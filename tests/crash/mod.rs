@@ -12,14 +12,49 @@ use super::*;
 /// Every file of an output, by path relative to its root.
 pub type Tree = BTreeMap<String, Vec<u8>>;
 
-/// `model/as_of=D/...` → D (a table file); None for `_manifest`, `_staging`, `_lock`.
+/// `model/as_of=D/...` → D (a table file, rejected rows, the report); None for
+/// `_manifest`, `_staging`, `_lock`.
 fn table_date(rel: &str) -> Option<&str> {
     let mut parts = rel.split('/');
     let model = parts.next()?;
-    if model.starts_with('_') {
+    if model.starts_with('_') && model != "_report" && model != "_rejected" {
         return None;
     }
     parts.next()?.strip_prefix("as_of=")
+}
+
+/// Every directory a manifest publishes (tables, rejected rows, report) with its files.
+pub fn listed_dirs(m: &serde_json::Value) -> Vec<(String, Vec<String>)> {
+    let entry = |t: &serde_json::Value| {
+        (
+            t["path"].as_str().unwrap().to_string(),
+            t["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap().to_string())
+                .collect(),
+        )
+    };
+    let mut dirs: Vec<_> = m["tables"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(entry)
+        .collect();
+    for key in ["rejected", "report"] {
+        if !m[key].is_null() {
+            dirs.push(entry(&m[key]));
+        }
+    }
+    dirs
+}
+
+/// Whether manifest `m` lists `rel` (a file, or the `_SUCCESS` of one of its directories).
+fn lists(m: &serde_json::Value, rel: &str) -> bool {
+    listed_dirs(m)
+        .iter()
+        .any(|(path, files)| rel == format!("{path}/_SUCCESS") || files.iter().any(|f| f == rel))
 }
 
 fn manifests(tree: &Tree) -> BTreeMap<String, serde_json::Value> {
@@ -34,12 +69,9 @@ fn manifests(tree: &Tree) -> BTreeMap<String, serde_json::Value> {
 /// Every file a manifest lists exists (readers that honour the manifest see whole tables).
 pub fn assert_manifests_complete(tree: &Tree) {
     for (d, m) in manifests(tree) {
-        for (model, t) in m["tables"].as_object().unwrap() {
-            for f in t["files"].as_array().unwrap() {
-                assert!(
-                    tree.contains_key(f.as_str().unwrap()),
-                    "{d} {model}: {f} listed but missing"
-                );
+        for (dir, files) in listed_dirs(&m) {
+            for f in files {
+                assert!(tree.contains_key(&f), "{d} {dir}: {f} listed but missing");
             }
         }
     }
@@ -54,16 +86,7 @@ pub fn assert_consistent(tree: &Tree) {
         assert!(!rel.starts_with("_staging/"), "staging left: {rel}");
         assert!(!rel.starts_with("_lock"), "lock left: {rel}");
         let Some(d) = table_date(rel) else { continue };
-        let owned = ms.get(d).is_some_and(|m| {
-            m["tables"].as_object().unwrap().values().any(|t| {
-                rel == &format!("{}/_SUCCESS", t["path"].as_str().unwrap())
-                    || t["files"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|f| f == rel.as_str())
-            })
-        });
+        let owned = ms.get(d).is_some_and(|m| lists(m, rel));
         assert!(owned, "{rel} is listed by no manifest");
     }
 }
@@ -74,14 +97,7 @@ pub fn assert_consistent(tree: &Tree) {
 fn snapshot(tree: &Tree, as_of: &str, all_files: bool) -> Tree {
     let manifest = format!("_manifest/as_of={as_of}.json");
     let listed = manifests(tree).remove(as_of);
-    let owned = |k: &str| {
-        listed.as_ref().is_some_and(|m| {
-            m["tables"].as_object().unwrap().values().any(|t| {
-                k == format!("{}/_SUCCESS", t["path"].as_str().unwrap())
-                    || t["files"].as_array().unwrap().iter().any(|f| f == k)
-            })
-        })
-    };
+    let owned = |k: &str| listed.as_ref().is_some_and(|m| lists(m, k));
     tree.iter()
         .filter(|(k, _)| {
             k.as_str() == manifest
@@ -283,6 +299,8 @@ fn keep_snapshots_deletes_the_oldest_whole_snapshots() {
         "files of the deleted snapshot remain"
     );
     assert!(!out.join("rfm/as_of=2026-08-31").exists());
+    assert!(!out.join("_report/as_of=2026-08-31").exists());
+    assert!(out.join("_report/as_of=2026-10-31/index.html").exists());
     assert_consistent(&tree);
 }
 

@@ -270,6 +270,13 @@ fn s3_round_trip_equals_the_local_run_and_a_rerun_leaves_one_snapshot() {
         .collect();
     assert_eq!(actual, expected);
     assert!(!tree.contains_key("_lock"));
+    // The report keeps its name on object storage and is the one the manifest lists.
+    let report = format!("_report/as_of={DEMO_AS_OF}/index.html");
+    assert_eq!(m["report"]["files"], serde_json::json!([report]));
+    assert_eq!(m["report"]["bytes"], tree[&report].len());
+    assert!(String::from_utf8_lossy(&tree[&report]).contains(m["run_id"].as_str().unwrap()));
+    let under_report: Vec<&String> = tree.keys().filter(|k| k.starts_with("_report/")).collect();
+    assert_eq!(under_report, vec![&report]);
 
     let down = tmp.path().join("down");
     moto.download("bucket", "out", &down);
@@ -289,6 +296,37 @@ fn s3_sigkill_at_every_publish_step_keeps_the_snapshot_and_the_next_run_cleans_u
     let tmp = tempfile::tempdir().unwrap();
     let config = s3_config(tmp.path(), "");
     kill_at_every_step(&config, &moto.env(), &|| moto.tree("bucket", "out"), false);
+}
+
+#[test]
+fn s3_run_killed_after_its_manifest_before_its_report_gets_the_report_put_by_the_next_run() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = s3_config(tmp.path(), "");
+    let mut env = moto.env();
+    env.push(("SEGFLOW_FAILPOINTS".into(), "before_report=kill".into()));
+    let r = run_env(&config, &env, &["--as-of", "2026-10-31"]);
+    assert_eq!(r.code, -1, "not killed before the report: {}", r.stderr);
+    let tree = moto.tree("bucket", "out");
+    let report = "_report/as_of=2026-10-31/index.html";
+    let m: serde_json::Value =
+        serde_json::from_slice(&tree["_manifest/as_of=2026-10-31.json"]).unwrap();
+    assert!(
+        !tree.contains_key(report),
+        "the report was put before the kill"
+    );
+
+    // The next run (another snapshot) finishes the dead run's commit from its staging.
+    let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let tree = moto.tree("bucket", "out");
+    assert_consistent(&tree);
+    let html = String::from_utf8_lossy(&tree[report]);
+    assert!(
+        html.contains(m["run_id"].as_str().unwrap()),
+        "not the dead run's report"
+    );
+    assert_eq!(m["report"]["bytes"], tree[report].len());
 }
 
 #[test]

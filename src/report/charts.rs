@@ -1,0 +1,469 @@
+//! The report's charts: inline SVG drawn with plotters' SVG backend when the report is
+//! made, so they show without scripts (in mail clients and in print too).
+//!
+//! plotters is built without a font engine: the SVG backend writes `<text>` elements and
+//! the browser lays them out, so label areas are sized from the longest label. Category
+//! labels are placed with the chart's own coordinate mapping (`backend_coord`).
+
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::error::{Error, Result};
+
+/// One palette for the whole report.
+const BAR: RGBColor = RGBColor(37, 99, 235);
+const BAR_2: RGBColor = RGBColor(245, 158, 11);
+const INK: RGBColor = RGBColor(31, 41, 55);
+const MUTED: RGBColor = RGBColor(107, 114, 128);
+const GRID: RGBColor = RGBColor(229, 231, 235);
+const FONT: &str = "sans-serif";
+/// Light to dark blue: cell colours of the heat maps.
+const RAMP: [RGBColor; 5] = [
+    RGBColor(239, 246, 255),
+    RGBColor(191, 219, 254),
+    RGBColor(96, 165, 250),
+    RGBColor(37, 99, 235),
+    RGBColor(30, 58, 138),
+];
+const WIDTH: u32 = 760;
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type Area<'b> = DrawingArea<SVGBackend<'b>, plotters::coord::Shift>;
+
+fn chart_err(chart: &str, e: impl std::fmt::Display) -> Error {
+    Error::Report {
+        section: chart.to_string(),
+        message: format!("cannot draw the chart: {e}"),
+    }
+}
+
+/// Pixels a label of `px` font size needs (browsers lay the text out; this is an estimate).
+fn label_width(labels: &[String], px: u32) -> u32 {
+    let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u32;
+    (longest * px * 6 / 10 + 14).clamp(40, 280)
+}
+
+fn finite_max(values: impl Iterator<Item = f64>) -> f64 {
+    values.filter(|v| v.is_finite()).fold(0.0, f64::max)
+}
+
+fn text_style(px: u32, colour: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
+    TextStyle {
+        font: (FONT, px).into_font(),
+        color: colour.to_backend_color(),
+        pos: Pos::new(h, v),
+    }
+}
+
+/// A colour from the ramp for `t` in [0, 1].
+pub fn ramp(t: f64) -> RGBColor {
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let x = t * (RAMP.len() - 1) as f64;
+    let i = (x.floor() as usize).min(RAMP.len() - 2);
+    let f = x - i as f64;
+    let (a, b) = (RAMP[i], RAMP[i + 1]);
+    let mix = |p: u8, q: u8| (p as f64 + (q as f64 - p as f64) * f).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+/// Writes `labels[i]` left of row `i` (row 0 on top) of a chart with `n` rows.
+fn row_labels(area: &Area<'_>, c: &Chart<'_, '_>, labels: &[String], x: f64) -> Result<(), String> {
+    let n = labels.len();
+    let step = (n / 40).max(1);
+    for (i, label) in labels.iter().enumerate().filter(|(i, _)| i % step == 0) {
+        let (px, py) = c.backend_coord(&(x, (n - i) as f64 - 0.5));
+        area.draw(&Text::new(
+            label.clone(),
+            (px - 6, py),
+            text_style(12, INK, HPos::Right, VPos::Center),
+        ))
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Writes `labels[j]` under column `j` of a chart.
+fn column_labels(
+    area: &Area<'_>,
+    c: &Chart<'_, '_>,
+    labels: &[String],
+    y: f64,
+) -> Result<(), String> {
+    let n = labels.len();
+    let step = (n / 24).max(1);
+    for (j, label) in labels.iter().enumerate().filter(|(j, _)| j % step == 0) {
+        let (px, py) = c.backend_coord(&(j as f64 + 0.5, y));
+        area.draw(&Text::new(
+            label.clone(),
+            (px, py + 6),
+            text_style(11, INK, HPos::Center, VPos::Top),
+        ))
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn legend(area: &Area<'_>, names: &[&str], colours: &[RGBColor]) -> Result<(), String> {
+    let mut x = 12;
+    for (name, colour) in names.iter().zip(colours) {
+        area.draw(&Rectangle::new([(x, 6), (x + 12, 18)], colour.filled()))
+            .map_err(|e| e.to_string())?;
+        area.draw(&Text::new(
+            name.to_string(),
+            (x + 18, 12),
+            text_style(12, INK, HPos::Left, VPos::Center),
+        ))
+        .map_err(|e| e.to_string())?;
+        x += 30 + (name.chars().count() as i32) * 7;
+    }
+    Ok(())
+}
+
+/// One series of a bar chart.
+pub struct Bars<'a> {
+    pub name: &'a str,
+    pub values: Vec<f64>,
+}
+
+/// Horizontal bars: one row per label (the first on top), one bar per series in a row.
+/// `fmt` writes the value axis ticks.
+pub fn bar_chart(
+    chart: &str,
+    labels: &[String],
+    series: &[Bars<'_>],
+    fmt: &dyn Fn(f64) -> String,
+) -> Result<String> {
+    let n = labels.len();
+    let k = series.len().max(1);
+    let top = if k > 1 { 28 } else { 10 };
+    let height = (n as u32) * (10 + 12 * k as u32) + 34 + top;
+    let max = finite_max(series.iter().flat_map(|s| s.values.iter().copied()));
+    let max = if max > 0.0 { max * 1.05 } else { 1.0 };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        let draw = || -> Result<(), String> {
+            root.fill(&WHITE).map_err(|e| e.to_string())?;
+            let mut c = ChartBuilder::on(&root)
+                .margin_top(top)
+                .margin_right(24)
+                .margin_bottom(4)
+                .x_label_area_size(24)
+                .y_label_area_size(label_width(labels, 12))
+                .build_cartesian_2d(0f64..max, 0f64..n as f64)
+                .map_err(|e| e.to_string())?;
+            c.configure_mesh()
+                .disable_y_mesh()
+                .disable_x_mesh()
+                .y_labels(0)
+                .x_labels(6)
+                .x_label_formatter(&|x| fmt(*x))
+                .label_style(text_style(11, INK, HPos::Center, VPos::Top))
+                .axis_style(MUTED)
+                .draw()
+                .map_err(|e| e.to_string())?;
+            let band = 0.8 / k as f64;
+            let colours = [BAR, BAR_2];
+            for (s_i, s) in series.iter().enumerate() {
+                let colour = colours[s_i.min(1)];
+                c.draw_series(s.values.iter().enumerate().map(|(i, v)| {
+                    let row = (n - 1 - i) as f64;
+                    let hi = row + 0.9 - band * s_i as f64;
+                    let v = if v.is_finite() { v.max(0.0) } else { 0.0 };
+                    Rectangle::new([(0.0, hi - band), (v, hi)], colour.filled())
+                }))
+                .map_err(|e| e.to_string())?;
+            }
+            row_labels(&root, &c, labels, 0.0)?;
+            if k > 1 {
+                let names: Vec<&str> = series.iter().map(|s| s.name).collect();
+                legend(&root, &names, &colours)?;
+            }
+            root.present().map_err(|e| e.to_string())
+        };
+        draw().map_err(|e| chart_err(chart, e))?;
+    }
+    Ok(svg)
+}
+
+/// A funnel: bars centred on one axis, widest first, each with its count beside it.
+pub fn funnel(chart: &str, labels: &[String], values: &[f64], text: &[String]) -> Result<String> {
+    let n = labels.len();
+    let height = (n as u32) * 34 + 20;
+    let max = finite_max(values.iter().copied());
+    let max = if max > 0.0 { max } else { 1.0 };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        let draw = || -> Result<(), String> {
+            root.fill(&WHITE).map_err(|e| e.to_string())?;
+            let c = ChartBuilder::on(&root)
+                .margin(10)
+                .margin_right(120)
+                .y_label_area_size(label_width(labels, 12))
+                .build_cartesian_2d(-max / 2.0..max / 2.0, 0f64..n as f64)
+                .map_err(|e| e.to_string())?;
+            let mut c = c;
+            c.draw_series(values.iter().enumerate().map(|(i, v)| {
+                let row = (n - 1 - i) as f64;
+                let w = if v.is_finite() { v.max(0.0) } else { 0.0 } / 2.0;
+                Rectangle::new(
+                    [(-w, row + 0.12), (w, row + 0.88)],
+                    ramp(0.45 + 0.5 * (i as f64 / n.max(1) as f64)).filled(),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
+            for (i, t) in text.iter().enumerate() {
+                let w = values
+                    .get(i)
+                    .copied()
+                    .filter(|v| v.is_finite())
+                    .unwrap_or(0.0)
+                    .max(0.0)
+                    / 2.0;
+                let (px, py) = c.backend_coord(&(w, (n - i) as f64 - 0.5));
+                root.draw(&Text::new(
+                    t.clone(),
+                    (px + 8, py),
+                    text_style(12, INK, HPos::Left, VPos::Center),
+                ))
+                .map_err(|e| e.to_string())?;
+            }
+            row_labels(&root, &c, labels, -max / 2.0)?;
+            root.present().map_err(|e| e.to_string())
+        };
+        draw().map_err(|e| chart_err(chart, e))?;
+    }
+    Ok(svg)
+}
+
+/// One cell of a heat map: column, row (0 on top), colour value, text written in the cell.
+pub struct Cell {
+    pub x: usize,
+    pub y: usize,
+    pub value: f64,
+    pub text: String,
+}
+
+/// A heat map: cells coloured by value between the smallest and largest finite value, with
+/// a colour key; `fmt` writes the key's ends.
+pub fn heat_map(
+    chart: &str,
+    x_labels: &[String],
+    y_labels: &[String],
+    cells: &[Cell],
+    axes: (&str, &str),
+    fmt: &dyn Fn(f64) -> String,
+) -> Result<String> {
+    let (nx, ny) = (x_labels.len().max(1), y_labels.len().max(1));
+    let cell_h: u32 = if ny > 30 { 12 } else { 26 };
+    let height = ny as u32 * cell_h + 86;
+    let finite: Vec<f64> = cells
+        .iter()
+        .map(|c| c.value)
+        .filter(|v| v.is_finite())
+        .collect();
+    let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        let draw = || -> Result<(), String> {
+            root.fill(&WHITE).map_err(|e| e.to_string())?;
+            let mut c = ChartBuilder::on(&root)
+                .margin_top(30)
+                .margin_right(16)
+                .margin_bottom(4)
+                .x_label_area_size(40)
+                .y_label_area_size(label_width(y_labels, 12))
+                .build_cartesian_2d(0f64..nx as f64, 0f64..ny as f64)
+                .map_err(|e| e.to_string())?;
+            c.draw_series(
+                cells
+                    .iter()
+                    .filter(|cell| cell.x < nx && cell.y < ny)
+                    .map(|cell| {
+                        let row = (ny - 1 - cell.y) as f64;
+                        let colour = if cell.value.is_finite() {
+                            ramp((cell.value - lo) / span)
+                        } else {
+                            GRID
+                        };
+                        Rectangle::new(
+                            [(cell.x as f64, row), (cell.x as f64 + 1.0, row + 1.0)],
+                            ShapeStyle::from(colour).filled().stroke_width(0),
+                        )
+                    }),
+            )
+            .map_err(|e| e.to_string())?;
+            // Cell text where the cells are large enough to hold it.
+            if cell_h >= 20 && nx <= 16 {
+                for cell in cells.iter().filter(|cell| cell.x < nx && cell.y < ny) {
+                    let t = if cell.value.is_finite() {
+                        (cell.value - lo) / span
+                    } else {
+                        0.0
+                    };
+                    let ink = if t > 0.55 { WHITE } else { INK };
+                    let (px, py) =
+                        c.backend_coord(&(cell.x as f64 + 0.5, (ny - cell.y) as f64 - 0.5));
+                    root.draw(&Text::new(
+                        cell.text.clone(),
+                        (px, py),
+                        text_style(11, ink, HPos::Center, VPos::Center),
+                    ))
+                    .map_err(|e| e.to_string())?;
+                }
+            }
+            row_labels(&root, &c, y_labels, 0.0)?;
+            column_labels(&root, &c, x_labels, 0.0)?;
+            let (x0, _) = c.backend_coord(&(0.0, 0.0));
+            let (x1, y1) = c.backend_coord(&(nx as f64, 0.0));
+            root.draw(&Text::new(
+                axes.0.to_string(),
+                ((x0 + x1) / 2, y1 + 24),
+                text_style(12, MUTED, HPos::Center, VPos::Top),
+            ))
+            .map_err(|e| e.to_string())?;
+            root.draw(&Text::new(
+                axes.1.to_string(),
+                (x0, 4),
+                text_style(12, MUTED, HPos::Right, VPos::Top),
+            ))
+            .map_err(|e| e.to_string())?;
+            // Colour key, top right: lowest to highest.
+            let key_x = WIDTH as i32 - 16 - 160;
+            for s in 0..20 {
+                let x = key_x + s * 8;
+                root.draw(&Rectangle::new(
+                    [(x, 8), (x + 8, 20)],
+                    ramp(s as f64 / 19.0).filled(),
+                ))
+                .map_err(|e| e.to_string())?;
+            }
+            root.draw(&Text::new(
+                fmt(lo),
+                (key_x - 6, 14),
+                text_style(11, INK, HPos::Right, VPos::Center),
+            ))
+            .map_err(|e| e.to_string())?;
+            root.draw(&Text::new(
+                fmt(hi),
+                (key_x + 166, 14),
+                text_style(11, INK, HPos::Left, VPos::Center),
+            ))
+            .map_err(|e| e.to_string())?;
+            root.present().map_err(|e| e.to_string())
+        };
+        draw().map_err(|e| chart_err(chart, e))?;
+    }
+    Ok(svg)
+}
+
+/// One line of a line chart.
+pub struct Line {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Lines over a shared x axis, coloured from light (first) to dark (last); `fmt` writes the
+/// y ticks. The first and last lines are named in a key.
+pub fn line_chart(
+    chart: &str,
+    lines: &[Line],
+    x_title: &str,
+    fmt: &dyn Fn(f64) -> String,
+) -> Result<String> {
+    let height = 340;
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let x_max = finite_max(lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)));
+    let y_max = finite_max(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
+    let (x_max, y_max) = (x_max.max(1.0), if y_max > 0.0 { y_max * 1.05 } else { 1.0 });
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        let draw = || -> Result<(), String> {
+            root.fill(&WHITE).map_err(|e| e.to_string())?;
+            let mut c = ChartBuilder::on(&root)
+                .margin_top(28)
+                .margin_right(24)
+                .margin_bottom(4)
+                .x_label_area_size(40)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+                .map_err(|e| e.to_string())?;
+            c.configure_mesh()
+                .light_line_style(GRID)
+                .bold_line_style(GRID)
+                .x_labels(12)
+                .y_labels(6)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| fmt(*y))
+                .x_desc(x_title)
+                .label_style(text_style(11, INK, HPos::Center, VPos::Center))
+                .axis_desc_style(text_style(12, MUTED, HPos::Center, VPos::Center))
+                .axis_style(MUTED)
+                .draw()
+                .map_err(|e| e.to_string())?;
+            let n = lines.len().max(2) - 1;
+            let colour = |i: usize| ramp(0.2 + 0.8 * i as f64 / n as f64);
+            for (i, line) in lines.iter().enumerate() {
+                let points: Vec<(f64, f64)> = line.points.iter().filter(finite).copied().collect();
+                c.draw_series(LineSeries::new(points, colour(i).stroke_width(2)))
+                    .map_err(|e| e.to_string())?;
+            }
+            if let (Some(first), Some(last)) = (lines.first(), lines.last()) {
+                legend(
+                    &root,
+                    &[first.name.as_str(), last.name.as_str()],
+                    &[colour(0), colour(lines.len().saturating_sub(1))],
+                )?;
+            }
+            root.present().map_err(|e| e.to_string())
+        };
+        draw().map_err(|e| chart_err(chart, e))?;
+    }
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bar_chart_is_one_svg_with_a_bar_per_value_and_its_labels() {
+        let labels = vec!["Champions".to_string(), "Lost".to_string()];
+        let svg = bar_chart(
+            "t",
+            &labels,
+            &[Bars {
+                name: "customers",
+                values: vec![3.0, 1.0],
+            }],
+            &|v| format!("{v:.0}"),
+        )
+        .unwrap();
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert_eq!(svg.matches("<svg").count(), 1);
+        assert!(
+            svg.contains(">Champions<") && svg.contains(">Lost<"),
+            "{svg}"
+        );
+        // Two bars in the bar colour.
+        assert_eq!(svg.matches("fill=\"#2563EB\"").count(), 2, "{svg}");
+    }
+
+    #[test]
+    fn the_ramp_runs_from_light_to_dark() {
+        assert_eq!(ramp(0.0), RAMP[0]);
+        assert_eq!(ramp(1.0), RAMP[4]);
+        assert_eq!(ramp(f64::NAN), RAMP[0]);
+    }
+}
