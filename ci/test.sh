@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (a Python venv with
 # DuckDB for the independent cross-check and moto's S3 server, which the S3 tests start on
-# loopback), checks formatting and lints, runs the Rust tests, then recomputes the core
-# tables of the demo run with DuckDB and the CLV models with lifetimes, and compares them.
+# loopback; Debian's Chromium for the report), checks formatting and lints, runs the Rust
+# tests, then recomputes the core tables of the demo run with DuckDB and the CLV models with
+# lifetimes, and loads the demo report in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # A cargo target dir outside the clone is reused when present (CI keeps it warm).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
 mkdir -p "$CARGO_TARGET_DIR"
+
+# The report test loads the demo report in Debian's Chromium.
+if ! command -v chromium > /dev/null; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get install -y -q chromium > /dev/null \
+        || { $SUDO apt-get update -q > /dev/null && $SUDO apt-get install -y -q chromium > /dev/null; }
+fi
 
 VENV="${TEST_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
@@ -47,6 +56,11 @@ echo "== the demo run's metrics file, read by the Prometheus client's parser"
 
 echo "== the demo run's OpenLineage events, validated against the OpenLineage JSON schemas"
 "$VENV/bin/python" ci/lineage_check.py "$OUT/_lineage.jsonl"
+
+echo "== the demo run's report in headless Chromium, its numbers against the tables"
+# The screenshot is kept as the CI artifact.
+ARTIFACTS="$(pwd)/test-output"
+"$VENV/bin/python" ci/report_check.py "$OUT" 2026-11-21 "$ARTIFACTS"
 
 echo "== independent lifetimes check of the CLV models (demo run and the CDNOW sample)"
 "$VENV/bin/python" ci/clv_check.py --segflow "$CARGO_TARGET_DIR/debug/segflow" \

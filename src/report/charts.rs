@@ -49,8 +49,9 @@ fn finite_max(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 fn text_style(px: u32, colour: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
+    // plotters' SVG backend writes font-size as the size / 1.24.
     TextStyle {
-        font: (FONT, px).into_font(),
+        font: (FONT, f64::from(px) * 1.24).into_font(),
         color: colour.to_backend_color(),
         pos: Pos::new(h, v),
     }
@@ -87,23 +88,28 @@ fn row_labels(area: &Area<'_>, c: &Chart<'_, '_>, labels: &[String], x: f64) -> 
     Ok(())
 }
 
-/// Writes `labels[j]` under column `j` of a chart.
+/// Writes `labels[j]` under column `j` of a chart; `rotate`d labels read upwards, for
+/// labels wider than their column.
 fn column_labels(
     area: &Area<'_>,
     c: &Chart<'_, '_>,
     labels: &[String],
     y: f64,
+    rotate: bool,
 ) -> Result<(), String> {
     let n = labels.len();
     let step = (n / 24).max(1);
     for (j, label) in labels.iter().enumerate().filter(|(j, _)| j % step == 0) {
         let (px, py) = c.backend_coord(&(j as f64 + 0.5, y));
-        area.draw(&Text::new(
-            label.clone(),
-            (px, py + 6),
-            text_style(11, INK, HPos::Center, VPos::Top),
-        ))
-        .map_err(|e| e.to_string())?;
+        let style = if rotate {
+            let mut s = text_style(11, INK, HPos::Right, VPos::Center);
+            s.font = s.font.transform(FontTransform::Rotate270);
+            s
+        } else {
+            text_style(11, INK, HPos::Center, VPos::Top)
+        };
+        area.draw(&Text::new(label.clone(), (px, py + 6), style))
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -262,7 +268,15 @@ pub fn heat_map(
 ) -> Result<String> {
     let (nx, ny) = (x_labels.len().max(1), y_labels.len().max(1));
     let cell_h: u32 = if ny > 30 { 12 } else { 26 };
-    let height = ny as u32 * cell_h + 86;
+    let y_area = label_width(y_labels, 12);
+    let cell_w = (WIDTH - y_area - 16) / nx as u32;
+    let rotate = label_width(x_labels, 11) > cell_w;
+    let x_area = if rotate {
+        label_width(x_labels, 10) + 20
+    } else {
+        40
+    };
+    let height = ny as u32 * cell_h + 46 + x_area;
     let finite: Vec<f64> = cells
         .iter()
         .map(|c| c.value)
@@ -281,8 +295,8 @@ pub fn heat_map(
                 .margin_top(30)
                 .margin_right(16)
                 .margin_bottom(4)
-                .x_label_area_size(40)
-                .y_label_area_size(label_width(y_labels, 12))
+                .x_label_area_size(x_area)
+                .y_label_area_size(y_area)
                 .build_cartesian_2d(0f64..nx as f64, 0f64..ny as f64)
                 .map_err(|e| e.to_string())?;
             c.draw_series(
@@ -323,23 +337,23 @@ pub fn heat_map(
                 }
             }
             row_labels(&root, &c, y_labels, 0.0)?;
-            column_labels(&root, &c, x_labels, 0.0)?;
+            column_labels(&root, &c, x_labels, 0.0, rotate)?;
             let (x0, _) = c.backend_coord(&(0.0, 0.0));
             let (x1, y1) = c.backend_coord(&(nx as f64, 0.0));
             root.draw(&Text::new(
                 axes.0.to_string(),
-                ((x0 + x1) / 2, y1 + 24),
+                ((x0 + x1) / 2, y1 + x_area as i32 - 16),
                 text_style(12, MUTED, HPos::Center, VPos::Top),
             ))
             .map_err(|e| e.to_string())?;
             root.draw(&Text::new(
                 axes.1.to_string(),
-                (x0, 4),
-                text_style(12, MUTED, HPos::Right, VPos::Top),
+                (4, 8),
+                text_style(12, MUTED, HPos::Left, VPos::Top),
             ))
             .map_err(|e| e.to_string())?;
             // Colour key, top right: lowest to highest.
-            let key_x = WIDTH as i32 - 16 - 160;
+            let key_x = WIDTH as i32 - 100 - 160;
             for s in 0..20 {
                 let x = key_x + s * 8;
                 root.draw(&Rectangle::new(
@@ -400,7 +414,7 @@ pub fn line_chart(
                 .build_cartesian_2d(0f64..x_max, 0f64..y_max)
                 .map_err(|e| e.to_string())?;
             c.configure_mesh()
-                .light_line_style(GRID)
+                .light_line_style(TRANSPARENT)
                 .bold_line_style(GRID)
                 .x_labels(12)
                 .y_labels(6)
@@ -452,10 +466,16 @@ mod tests {
         .unwrap();
         assert!(svg.starts_with("<svg"), "{svg}");
         assert_eq!(svg.matches("<svg").count(), 1);
+        let texts: Vec<&str> = svg
+            .split("<text")
+            .skip(1)
+            .map(|t| t[t.find('>').unwrap() + 1..t.find("</text>").unwrap()].trim())
+            .collect();
         assert!(
-            svg.contains(">Champions<") && svg.contains(">Lost<"),
-            "{svg}"
+            texts.contains(&"Champions") && texts.contains(&"Lost"),
+            "{texts:?}"
         );
+        assert!(svg.contains("font-size=\"12\""), "{svg}");
         // Two bars in the bar colour.
         assert_eq!(svg.matches("fill=\"#2563EB\"").count(), 2, "{svg}");
     }
