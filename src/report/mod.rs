@@ -312,6 +312,24 @@ struct Page {
 // ---------------------------------------------------------------------------------------
 // Sections
 
+/// A category as shown: its name, or `(none)` for NULL.
+fn name_of(s: &Option<String>) -> String {
+    s.clone().unwrap_or_else(|| "(none)".to_string())
+}
+
+/// Row order of a value table: by `value` descending, then by name; with the shown names.
+fn by_value_desc(value: &[Option<f64>], names: &[Option<String>]) -> (Vec<usize>, Vec<String>) {
+    let mut idx: Vec<usize> = (0..value.len()).collect();
+    idx.sort_by(|&a, &b| {
+        value[b]
+            .unwrap_or(f64::MIN)
+            .total_cmp(&value[a].unwrap_or(f64::MIN))
+            .then_with(|| names[a].cmp(&names[b]))
+    });
+    let labels = idx.iter().map(|&i| name_of(&names[i])).collect();
+    (idx, labels)
+}
+
 fn segmentation_rank(s: &str) -> (usize, String) {
     let i = SEGMENTATIONS
         .iter()
@@ -588,10 +606,7 @@ async fn lifecycle(tables: &Tables) -> Result<Option<Section>> {
         stage_rank(sa).cmp(&stage_rank(sb)).then(sa.cmp(sb))
     });
     let total: i64 = customers.iter().flatten().sum();
-    let labels: Vec<String> = idx
-        .iter()
-        .map(|&i| stage[i].clone().unwrap_or_else(|| "(none)".to_string()))
-        .collect();
+    let labels: Vec<String> = idx.iter().map(|&i| name_of(&stage[i])).collect();
     let values: Vec<f64> = idx
         .iter()
         .map(|&i| customers[i].unwrap_or(0) as f64)
@@ -810,17 +825,7 @@ async fn product_value(tables: &Tables) -> Result<Option<Section>> {
     let value = f.f64s("avg_revenue_per_customer")?;
     let v365 = f.f64s("avg_revenue_365d")?;
     let m365 = f.f64s("avg_margin_365d")?;
-    let mut idx: Vec<usize> = (0..f.len()).collect();
-    idx.sort_by(|&a, &b| {
-        value[b]
-            .unwrap_or(f64::MIN)
-            .total_cmp(&value[a].unwrap_or(f64::MIN))
-            .then_with(|| category[a].cmp(&category[b]))
-    });
-    let labels: Vec<String> = idx
-        .iter()
-        .map(|&i| category[i].clone().unwrap_or_else(|| "(none)".to_string()))
-        .collect();
+    let (idx, labels) = by_value_desc(&value, &category);
     let mut section = Section::new(
         "products",
         "Products that bring customers",
@@ -903,17 +908,7 @@ async fn channel_value(tables: &Tables) -> Result<Option<Section>> {
     let spend = f.f64s("spend")?;
     let cac = f.f64s("cac")?;
     let ltv_cac = f.f64s("ltv_cac")?;
-    let mut idx: Vec<usize> = (0..f.len()).collect();
-    idx.sort_by(|&a, &b| {
-        value[b]
-            .unwrap_or(f64::MIN)
-            .total_cmp(&value[a].unwrap_or(f64::MIN))
-            .then_with(|| channel[a].cmp(&channel[b]))
-    });
-    let labels: Vec<String> = idx
-        .iter()
-        .map(|&i| channel[i].clone().unwrap_or_else(|| "(none)".to_string()))
-        .collect();
+    let (idx, labels) = by_value_desc(&value, &channel);
     let with_spend = idx.iter().any(|&i| cac[i].is_some());
     let mut section = Section::new(
         "channels",
@@ -996,7 +991,7 @@ async fn channel_value(tables: &Tables) -> Result<Option<Section>> {
                     Value::f("avg_revenue_365d", v365[i], fmt_money),
                 ];
                 if with_spend {
-                    cells.push(Value::f("spend", spent_value(&spend, i), fmt_money));
+                    cells.push(Value::f("spend", spend[i], fmt_money));
                     cells.push(Value::f("cac", cac[i], fmt_money));
                     cells.push(Value::f("ltv_cac", ltv_cac[i], fmt_ratio));
                 }
@@ -1011,10 +1006,6 @@ async fn channel_value(tables: &Tables) -> Result<Option<Section>> {
         open: true,
     });
     Ok(Some(section))
-}
-
-fn spent_value(spend: &[Option<f64>], i: usize) -> Option<f64> {
-    spend.get(i).copied().flatten()
 }
 
 async fn migration(tables: &Tables) -> Result<Option<Section>> {
@@ -1040,7 +1031,7 @@ async fn migration(tables: &Tables) -> Result<Option<Section>> {
     let from = f.strs("from_segment")?;
     let to = f.strs("to_segment")?;
     let customers = f.i64s("customers")?;
-    let label = |s: &Option<String>| s.clone().unwrap_or_else(|| "(none)".to_string());
+    let label = name_of;
     let mut groups: BTreeMap<(usize, String), Vec<usize>> = BTreeMap::new();
     for (i, s) in segmentation.iter().enumerate() {
         groups
@@ -1230,10 +1221,7 @@ async fn clv(tables: &Tables) -> Result<Option<Section>> {
         )
     };
     idx.sort_by_key(|&i| rank(&risk[i]));
-    let labels: Vec<String> = idx
-        .iter()
-        .map(|&i| risk[i].clone().unwrap_or_else(|| "(none)".to_string()))
-        .collect();
+    let labels: Vec<String> = idx.iter().map(|&i| name_of(&risk[i])).collect();
     if !idx.is_empty() {
         section.figure(
             "churn_risk",
