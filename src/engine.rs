@@ -6,7 +6,7 @@
 //! the models downstream (no result is held in memory). Planning errors carry
 //! `file:line:col` from DataFusion's diagnostics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{date_to_days, toml_to_scalar, ParamValue};
 use crate::error::{Error, Result};
@@ -46,6 +46,29 @@ pub struct ModelOutput {
     pub publish: bool,
     pub partition_by: Vec<String>,
     pub staged: StagedTable,
+    /// Column sets the model's plan makes unique (see [`unique_keys`]).
+    pub unique_keys: Vec<BTreeSet<String>>,
+}
+
+/// The column sets whose values are unique in every result of `df`'s plan, as DataFusion's
+/// functional dependencies establish them: the keys of a final GROUP BY or DISTINCT, carried
+/// through projections, filters, sorts and window functions (not through joins, unions or
+/// grouping sets). A `unique` check over a superset of such a key cannot fail, so the run
+/// does not spend a query on it.
+pub fn unique_keys(df: &DataFrame) -> Vec<BTreeSet<String>> {
+    let schema = df.schema();
+    schema
+        .functional_dependencies()
+        .iter()
+        .filter(|d| d.mode == datafusion::common::Dependency::Single)
+        .filter(|d| !d.source_indices.is_empty())
+        .filter_map(|d| {
+            d.source_indices
+                .iter()
+                .map(|&i| (i < schema.fields().len()).then(|| schema.field(i).name().clone()))
+                .collect::<Option<BTreeSet<String>>>()
+        })
+        .collect()
 }
 
 /// The previous published snapshot, read as `previous.<model>`.
@@ -442,6 +465,7 @@ pub async fn run_models_until(
             return Ok((outputs, Some(df)));
         }
         let planned = df.schema().as_arrow().clone();
+        let unique_keys = unique_keys(&df);
         check_partition_by(model, &Arc::new(planned.clone()))?;
         let stage = |df: DataFrame| {
             staging.write_table(
@@ -485,6 +509,7 @@ pub async fn run_models_until(
             publish: model.header.publish,
             partition_by: model.header.partition_by.clone(),
             staged,
+            unique_keys,
         });
         failpoint::hit("staging").await;
     }
@@ -548,6 +573,8 @@ pub struct CheckQuery {
     pub label: String,
     pub sql: String,
     pub row_predicate: Option<String>,
+    /// The columns of a `unique` check.
+    pub unique: Option<BTreeSet<String>>,
 }
 
 /// The count queries of a model's declared checks (except `row_count`).
@@ -559,6 +586,7 @@ pub fn check_queries(model: &Model) -> Vec<CheckQuery> {
         label,
         sql: format!("select count(*) from {t} where {predicate}"),
         row_predicate: Some(predicate),
+        unique: None,
     };
     for cols in &checks.unique {
         // Rows with a NULL key take no part, as in dbt and SQL's UNIQUE (`not_null`
@@ -574,6 +602,7 @@ pub fn check_queries(model: &Model) -> Vec<CheckQuery> {
             label: format!("unique({cols}): {{n}} duplicated value(s)"),
             sql: format!("select count(*) from (select {list} from {t} where {present} group by {list} having count(*) > 1)"),
             row_predicate: None,
+            unique: Some(cols.split(',').map(|c| c.trim().to_string()).collect()),
         });
     }
     for c in &checks.not_null {
@@ -614,6 +643,7 @@ pub fn check_queries(model: &Model) -> Vec<CheckQuery> {
                 tc = quote_ident(tc)
             ),
             row_predicate: None,
+            unique: None,
         });
     }
     queries
@@ -654,13 +684,33 @@ async fn row_check_counts(
 }
 
 /// Runs every model's declared checks against its computed table. Returns the failures of
-/// severity `error`; failures of severity `warn` are logged.
-pub async fn run_checks(ctx: &SessionContext, models: &[Model]) -> Result<Vec<String>> {
+/// severity `error`; failures of severity `warn` are logged. A `unique` check that one of
+/// the model's [`unique_keys`] implies (in `outputs`) holds by construction and is skipped.
+pub async fn run_checks(
+    ctx: &SessionContext,
+    models: &[Model],
+    outputs: &[ModelOutput],
+) -> Result<Vec<String>> {
     let mut failures = Vec::new();
     for model in models {
         let checks = &model.header.checks;
         let t = quote_ident(&model.name);
-        let queries = check_queries(model);
+        let keys: &[BTreeSet<String>] = outputs
+            .iter()
+            .find(|o| o.name == model.name)
+            .map(|o| o.unique_keys.as_slice())
+            .unwrap_or_default();
+        let queries: Vec<CheckQuery> = check_queries(model)
+            .into_iter()
+            .filter(|q| {
+                let Some(cols) = &q.unique else { return true };
+                let proven = keys.iter().any(|k| k.is_subset(cols));
+                if proven {
+                    debug!(model = %model.name, columns = ?cols, "unique check holds by the model's GROUP BY; not queried");
+                }
+                !proven
+            })
+            .collect();
         let mut row_counts = row_check_counts(ctx, &t, &queries)
             .await
             .unwrap_or_default()
@@ -670,6 +720,7 @@ pub async fn run_checks(ctx: &SessionContext, models: &[Model]) -> Result<Vec<St
             label,
             sql,
             row_predicate,
+            ..
         } in queries
         {
             if let Some(n) = row_predicate.and_then(|_| row_counts.next()) {
@@ -849,4 +900,77 @@ pub fn reject_unused_params<'m>(
             known.into_iter().collect::<Vec<_>>().join(", ")
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    async fn keys(sql: &str) -> Vec<Vec<String>> {
+        let ctx = SessionContext::new();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "a", "b"])),
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+            ],
+        )
+        .unwrap();
+        ctx.register_batch("t", batch.clone()).unwrap();
+        ctx.register_batch("u", batch).unwrap();
+        let df = ctx.sql(sql).await.unwrap();
+        unique_keys(&df)
+            .into_iter()
+            .map(|k| k.into_iter().collect())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn group_by_keys_are_unique_unions_joins_rollups_and_functions_of_keys_are_not() {
+        let k = |s: &[&str]| vec![s.iter().map(|c| c.to_string()).collect::<Vec<_>>()];
+        assert_eq!(
+            keys("select k, sum(v) s from t group by k").await,
+            k(&["k"])
+        );
+        assert_eq!(
+            keys("select k as c, count(*) n from t group by k").await,
+            k(&["c"])
+        );
+        assert_eq!(
+            keys("select k, v from t group by k, v").await,
+            k(&["k", "v"])
+        );
+        assert_eq!(
+            keys(
+                "select k, n from (select k, count(*) n from t group by k) where n > 1 order by n"
+            )
+            .await,
+            k(&["k"])
+        );
+        let none: Vec<Vec<String>> = vec![];
+        assert_eq!(keys("select k, v from t").await, none);
+        assert_eq!(
+            keys("select k from t group by k union all select k from u group by k").await,
+            none
+        );
+        assert_eq!(
+            keys("select a.k from (select k from t group by k) a join u on a.k = u.k").await,
+            none
+        );
+        assert_eq!(
+            keys("select k, sum(v) from t group by rollup(k)").await,
+            none
+        );
+        assert_eq!(
+            keys("select upper(k) as k from (select k from t group by k)").await,
+            none
+        );
+    }
 }

@@ -200,7 +200,7 @@ async fn prepare(
     )
     .await?;
 
-    let mut failures = run_checks(&ctx, models).await?;
+    let mut failures = run_checks(&ctx, models, &outputs).await?;
     failures.extend(run_data_tests(&ctx, tests, as_of, &settings.params).await?);
     if !failures.is_empty() {
         return Err(Error::ChecksFailed {

@@ -524,6 +524,18 @@ fn every_check_kind_that_fails_names_the_check_and_count_and_changes_nothing() {
     let cases = [
         // r_min is 4, 3, 1, 1, 4, 5, 4, 3, 3, 2, 1: 4, 3 and 1 repeat.
         ("unique = [\"r_min\"]", "select * from rfm_segments", "unique(r_min): 3 duplicated value(s)"),
+        // GROUP BY results that are not unique: a unique check is skipped only when the
+        // plan proves it, never for a union or a join of grouped results.
+        (
+            "unique = [\"r_min\"]",
+            "select r_min from rfm_segments group by r_min union all select r_min from rfm_segments where r_min = 4 group by r_min",
+            "unique(r_min): 1 duplicated value(s)",
+        ),
+        (
+            "unique = [\"r_min\"]",
+            "select a.r_min from (select r_min from rfm_segments group by r_min) a join rfm_segments b on a.r_min = b.r_min",
+            "unique(r_min): 3 duplicated value(s)",
+        ),
         (
             "not_null = [\"segment\"]",
             "select priority, case when priority > 9 then null else segment end as segment from rfm_segments",
