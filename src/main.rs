@@ -342,6 +342,9 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
                     );
                 }
             }
+            if let Some(file) = m.report.as_ref().and_then(|r| r.files.first()) {
+                println!("  report:   {}", loc.display(file));
+            }
             println!(
                 "  manifest: {}",
                 loc.display(&segflow::publish::manifest_rel(m.as_of))

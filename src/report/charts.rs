@@ -177,7 +177,7 @@ pub fn bar_chart(
             let colours = [BAR, BAR_2];
             for (s_i, s) in series.iter().enumerate() {
                 let colour = colours[s_i.min(1)];
-                c.draw_series(s.values.iter().enumerate().map(|(i, v)| {
+                c.draw_series(s.values.iter().take(n).enumerate().map(|(i, v)| {
                     let row = (n - 1 - i) as f64;
                     let hi = row + 0.9 - band * s_i as f64;
                     let v = if v.is_finite() { v.max(0.0) } else { 0.0 };
@@ -215,7 +215,7 @@ pub fn funnel(chart: &str, labels: &[String], values: &[f64], text: &[String]) -
                 .build_cartesian_2d(-max / 2.0..max / 2.0, 0f64..n as f64)
                 .map_err(|e| e.to_string())?;
             let mut c = c;
-            c.draw_series(values.iter().enumerate().map(|(i, v)| {
+            c.draw_series(values.iter().take(n).enumerate().map(|(i, v)| {
                 let row = (n - 1 - i) as f64;
                 let w = if v.is_finite() { v.max(0.0) } else { 0.0 } / 2.0;
                 Rectangle::new(
@@ -224,7 +224,7 @@ pub fn funnel(chart: &str, labels: &[String], values: &[f64], text: &[String]) -
                 )
             }))
             .map_err(|e| e.to_string())?;
-            for (i, t) in text.iter().enumerate() {
+            for (i, t) in text.iter().take(n).enumerate() {
                 let w = values
                     .get(i)
                     .copied()
@@ -478,6 +478,45 @@ mod tests {
         assert!(svg.contains("font-size=\"12\""), "{svg}");
         // Two bars in the bar colour.
         assert_eq!(svg.matches("fill=\"#2563EB\"").count(), 2, "{svg}");
+    }
+
+    #[test]
+    fn charts_of_empty_or_odd_data_still_draw() {
+        let fmt = |v: f64| format!("{v}");
+        let none: Vec<String> = vec![];
+        let one = vec!["a".to_string()];
+        bar_chart("t", &none, &[], &fmt).unwrap();
+        bar_chart(
+            "t",
+            &one,
+            &[Bars {
+                name: "x",
+                values: vec![f64::NAN, 2.0],
+            }],
+            &fmt,
+        )
+        .unwrap();
+        funnel("t", &none, &[], &[]).unwrap();
+        funnel("t", &one, &[-1.0], &["x".to_string()]).unwrap();
+        heat_map("t", &none, &none, &[], ("x", "y"), &fmt).unwrap();
+        let cells = [Cell {
+            x: 3,
+            y: 0,
+            value: f64::INFINITY,
+            text: "out of range".to_string(),
+        }];
+        heat_map("t", &one, &one, &cells, ("x", "y"), &fmt).unwrap();
+        line_chart("t", &[], "x", &fmt).unwrap();
+        line_chart(
+            "t",
+            &[Line {
+                name: "l".to_string(),
+                points: vec![(0.0, f64::NAN), (1.0, 1.0)],
+            }],
+            "x",
+            &fmt,
+        )
+        .unwrap();
     }
 
     #[test]

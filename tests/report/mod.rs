@@ -70,10 +70,16 @@ fn num(v: &str) -> f64 {
 async fn the_demo_report_is_committed_with_its_snapshot_and_shows_the_tables_numbers() {
     let tmp = tempfile::tempdir().unwrap();
     let config = demo_config(tmp.path(), "");
-    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    let r = run_ok(&config, &["--as-of", DEMO_AS_OF]);
     let out = tmp.path().join("out");
     let m = manifest(&out, DEMO_AS_OF);
     let file = format!("_report/as_of={DEMO_AS_OF}/index.html");
+    assert!(
+        r.stdout
+            .contains(&format!("  report:   {}", out.join(&file).display())),
+        "{}",
+        r.stdout
+    );
     assert_eq!(m["report"]["path"], format!("_report/as_of={DEMO_AS_OF}"));
     assert_eq!(m["report"]["files"], serde_json::json!([file]));
     let html = report(&out, DEMO_AS_OF);
