@@ -412,6 +412,31 @@ fn canonical<T: Copy>(mut data: Vec<(T, f64)>, key: impl Fn(&T) -> [f64; 3]) -> 
     data
 }
 
+/// Customers above which a fit sums its likelihood in two halves on two threads.
+const PARALLEL_FIT: usize = 20_000;
+
+/// `f(0)` and `f(1)`, the two halves of a sum, on two threads when `parallel`. Callers add
+/// the halves in a fixed order, so a fit's result does not depend on the threads (or on
+/// `parallel`).
+fn halves<T: Send>(parallel: bool, f: impl Fn(usize) -> T + Sync) -> [T; 2] {
+    if !parallel {
+        return [f(0), f(1)];
+    }
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| f(1));
+        let first = f(0);
+        let second = second
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        [first, second]
+    })
+}
+
+/// The two halves of `0..n` a fit sums over (rows sorted by x, so each half groups by x).
+fn split(n: usize) -> [std::ops::Range<usize>; 2] {
+    [0..n / 2, n / 2..n]
+}
+
 /// Fits BG/NBD by maximum likelihood (BFGS on the analytic gradient) to weighted customers (weight = how many customers
 /// share the summary), with an optional L2 penalty on the parameters (as lifetimes'
 /// `penalizer_coef`: `penalty * (r² + alpha² + a² + b²)` per customer).
@@ -428,16 +453,22 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
     // The rest needs ln(alpha + T) and ln(alpha + t_x): T and t_x take few distinct values
     // (whole days or weeks), so an evaluation takes the logarithm of each distinct value
     // once and a customer costs one exp and one ln_1p.
-    let mut by_x: Vec<(f64, f64, std::ops::Range<usize>)> = Vec::new();
-    for (i, (c, w)) in data.iter().enumerate() {
-        match by_x.last_mut() {
-            Some((x, total, range)) if *x == c.x => {
-                *total += w;
-                range.end = i + 1;
+    // Per half of the customers (see `halves`): (x, total weight, rows) per distinct x.
+    let parallel = data.len() >= PARALLEL_FIT;
+    let parts: [Vec<(f64, f64, std::ops::Range<usize>)>; 2] = split(data.len()).map(|half| {
+        let mut by_x: Vec<(f64, f64, std::ops::Range<usize>)> = Vec::new();
+        for i in half {
+            let (c, w) = &data[i];
+            match by_x.last_mut() {
+                Some((x, total, range)) if *x == c.x => {
+                    *total += w;
+                    range.end = i + 1;
+                }
+                _ => by_x.push((c.x, *w, i..i + 1)),
             }
-            _ => by_x.push((c.x, *w, i..i + 1)),
         }
-    }
+        by_x
+    });
     let mut times: Vec<f64> = data.iter().flat_map(|(c, _)| [c.t, c.t_x]).collect();
     times.sort_by(f64::total_cmp);
     times.dedup();
@@ -455,16 +486,17 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
     };
     // Visits every customer with its weight, r + x, the x-only part of A4 (ln a - ln(b + x
     // - 1), or None without repeat purchases) and its two time slots.
-    let each = |m: &BgNbd, mut visit: Box<Visit<'_>>| {
-        for (x, _, range) in &by_x {
-            let rx = m.r + x;
-            let cx = (*x > 0.0).then(|| m.a.ln() - (m.b + x - 1.0).ln());
-            for i in range.clone() {
-                let (t, tx) = slots[i];
-                visit(data[i].1, rx, cx, t, tx);
+    let each =
+        |m: &BgNbd, by_x: &[(f64, f64, std::ops::Range<usize>)], mut visit: Box<Visit<'_>>| {
+            for (x, _, range) in by_x {
+                let rx = m.r + x;
+                let cx = (*x > 0.0).then(|| m.a.ln() - (m.b + x - 1.0).ln());
+                for i in range.clone() {
+                    let (t, tx) = slots[i];
+                    visit(data[i].1, rx, cx, t, tx);
+                }
             }
-        }
-    };
+        };
     // ln(e^A3 + e^A4) and the weight of A4 in it, from A3 and A4.
     let mix = |a3: f64, a4: Option<f64>| -> (f64, f64) {
         match a4 {
@@ -482,28 +514,32 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
     };
     let ll = |m: &BgNbd| -> f64 {
         let BgNbd { r, alpha, a, b } = *m;
-        let gammas: f64 = by_x
-            .iter()
-            .map(|(x, w, _)| {
-                w * (ln_gamma(r + x) - ln_gamma(r)
-                    + r * alpha.ln()
-                    + ln_gamma(a + b)
-                    + ln_gamma(b + x)
-                    - ln_gamma(b)
-                    - ln_gamma(a + b + x))
-            })
-            .sum();
         let (logs, _) = tables(alpha);
-        let mut rest = 0.0;
-        each(
-            m,
-            Box::new(|w, rx, cx, t, tx| {
-                let a3 = -rx * logs[t as usize];
-                let a4 = cx.map(|c| c - rx * logs[tx as usize]);
-                rest += w * mix(a3, a4).0;
-            }),
-        );
-        gammas + rest
+        let [first, second] = halves(parallel, |k| {
+            let gammas: f64 = parts[k]
+                .iter()
+                .map(|(x, w, _)| {
+                    w * (ln_gamma(r + x) - ln_gamma(r)
+                        + r * alpha.ln()
+                        + ln_gamma(a + b)
+                        + ln_gamma(b + x)
+                        - ln_gamma(b)
+                        - ln_gamma(a + b + x))
+                })
+                .sum();
+            let mut rest = 0.0;
+            each(
+                m,
+                &parts[k],
+                Box::new(|w, rx, cx, t, tx| {
+                    let a3 = -rx * logs[t as usize];
+                    let a4 = cx.map(|c| c - rx * logs[tx as usize]);
+                    rest += w * mix(a3, a4).0;
+                }),
+            );
+            gammas + rest
+        });
+        first + second
     };
     let objective = |p: &[f64]| {
         let m = params(p);
@@ -519,31 +555,36 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
     let gradient = |p: &[f64]| -> Vec<f64> {
         let m = params(p);
         let BgNbd { r, alpha, a, b } = m;
-        let mut g = [0.0f64; 4];
-        for (x, w, _) in &by_x {
-            g[0] += w * (digamma(r + x) - digamma(r) + alpha.ln());
-            g[1] += w * r / alpha;
-            g[2] += w * (digamma(a + b) - digamma(a + b + x));
-            g[3] += w * (digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x));
-        }
         let (logs, inverses) = tables(alpha);
-        each(
-            &m,
-            Box::new(|w, rx, cx, t, tx| {
-                let (t, tx) = (t as usize, tx as usize);
-                let a3 = -rx * logs[t];
-                let a4 = cx.map(|c| c - rx * logs[tx]);
-                // The weights of the two terms in the customer's likelihood.
-                let w4 = mix(a3, a4).1;
-                let w3 = 1.0 - w4;
-                g[0] -= w * (w3 * logs[t] + w4 * logs[tx]);
-                g[1] -= w * rx * (w3 * inverses[t] + w4 * inverses[tx]);
-                if cx.is_some() {
-                    g[2] += w * w4 / a;
-                    g[3] -= w * w4 / (rx - r + b - 1.0);
-                }
-            }),
-        );
+        let [first, second] = halves(parallel, |k| {
+            let mut g = [0.0f64; 4];
+            for (x, w, _) in &parts[k] {
+                g[0] += w * (digamma(r + x) - digamma(r) + alpha.ln());
+                g[1] += w * r / alpha;
+                g[2] += w * (digamma(a + b) - digamma(a + b + x));
+                g[3] += w * (digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x));
+            }
+            each(
+                &m,
+                &parts[k],
+                Box::new(|w, rx, cx, t, tx| {
+                    let (t, tx) = (t as usize, tx as usize);
+                    let a3 = -rx * logs[t];
+                    let a4 = cx.map(|c| c - rx * logs[tx]);
+                    // The weights of the two terms in the customer's likelihood.
+                    let w4 = mix(a3, a4).1;
+                    let w3 = 1.0 - w4;
+                    g[0] -= w * (w3 * logs[t] + w4 * logs[tx]);
+                    g[1] -= w * rx * (w3 * inverses[t] + w4 * inverses[tx]);
+                    if cx.is_some() {
+                        g[2] += w * w4 / a;
+                        g[3] -= w * w4 / (rx - r + b - 1.0);
+                    }
+                }),
+            );
+            g
+        });
+        let g: [f64; 4] = std::array::from_fn(|k| first[k] + second[k]);
         let theta = [r, alpha, a, b];
         (0..4)
             .map(|k| -theta[k] * g[k] + 2.0 * penalty * weight * theta[k] * theta[k])
@@ -680,6 +721,10 @@ fn bfgs(
     (x, max_iterations, false)
 }
 
+/// Repeat buyers of one frequency x in a Gamma-Gamma fit: x, their total weight, the sum of
+/// w ln m, their rows.
+type GgGroup = (f64, f64, f64, std::ops::Range<usize>);
+
 /// Fits Gamma-Gamma (BFGS on the analytic gradient) to weighted `(x, m)` pairs; pairs with x <= 0 or m <= 0 (refunds) take no
 /// part.
 pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<GammaGamma> {
@@ -699,17 +744,23 @@ pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<G
     // Everything but ln(x m + v) depends on x alone: per distinct x (data is sorted by x)
     // the weight W, the sum S of w ln m, and per evaluation the sums L of w ln(x m + v) and
     // R of w / (x m + v) over its customers: one logarithm per customer.
-    let mut by_x: Vec<(f64, f64, f64, std::ops::Range<usize>)> = Vec::new();
-    for (i, ((x, m), w)) in data.iter().enumerate() {
-        match by_x.last_mut() {
-            Some((bx, total, logs, range)) if *bx == *x => {
-                *total += w;
-                *logs += w * m.ln();
-                range.end = i + 1;
+    // Per half of the customers (see `halves`).
+    let parallel = data.len() >= PARALLEL_FIT;
+    let parts: [Vec<GgGroup>; 2] = split(data.len()).map(|half| {
+        let mut by_x: Vec<GgGroup> = Vec::new();
+        for i in half {
+            let ((x, m), w) = &data[i];
+            match by_x.last_mut() {
+                Some((bx, total, logs, range)) if *bx == *x => {
+                    *total += w;
+                    *logs += w * m.ln();
+                    range.end = i + 1;
+                }
+                _ => by_x.push((*x, *w, w * m.ln(), i..i + 1)),
             }
-            _ => by_x.push((*x, *w, w * m.ln(), i..i + 1)),
         }
-    }
+        by_x
+    });
     let sums = |x_range: &std::ops::Range<usize>, v: f64, with_inverse: bool| -> (f64, f64) {
         let mut l = 0.0;
         let mut r = 0.0;
@@ -724,15 +775,19 @@ pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<G
     };
     let ll = |g: &GammaGamma| -> f64 {
         let GammaGamma { p, q, v } = *g;
-        by_x.iter()
-            .map(|(x, w, s, range)| {
-                let px = p * x;
-                let (l, _) = sums(range, v, false);
-                w * (ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q) + q * v.ln() + px * x.ln())
-                    + (px - 1.0) * s
-                    - (px + q) * l
-            })
-            .sum()
+        let [first, second] = halves(parallel, |k| {
+            parts[k]
+                .iter()
+                .map(|(x, w, s, range)| {
+                    let px = p * x;
+                    let (l, _) = sums(range, v, false);
+                    w * (ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q) + q * v.ln() + px * x.ln())
+                        + (px - 1.0) * s
+                        - (px + q) * l
+                })
+                .sum::<f64>()
+        });
+        first + second
     };
     let objective = |p: &[f64]| {
         let g = params(p);
@@ -747,15 +802,19 @@ pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<G
     let gradient = |p: &[f64]| -> Vec<f64> {
         let g = params(p);
         let GammaGamma { p, q, v } = g;
-        let mut d = [0.0f64; 3];
-        for (x, w, s, range) in &by_x {
-            let px = p * x;
-            let common = digamma(px + q);
-            let (l, r) = sums(range, v, true);
-            d[0] += x * (w * (common - digamma(px) + x.ln()) + s - l);
-            d[1] += w * (common - digamma(q) + v.ln()) - l;
-            d[2] += w * q / v - (px + q) * r;
-        }
+        let [first, second] = halves(parallel, |k| {
+            let mut d = [0.0f64; 3];
+            for (x, w, s, range) in &parts[k] {
+                let px = p * x;
+                let common = digamma(px + q);
+                let (l, r) = sums(range, v, true);
+                d[0] += x * (w * (common - digamma(px) + x.ln()) + s - l);
+                d[1] += w * (common - digamma(q) + v.ln()) - l;
+                d[2] += w * q / v - (px + q) * r;
+            }
+            d
+        });
+        let d: [f64; 3] = std::array::from_fn(|k| first[k] + second[k]);
         let theta = [p, q, v];
         (0..3)
             .map(|k| -theta[k] * d[k] + 2.0 * penalty * weight * theta[k] * theta[k])
@@ -1837,6 +1896,53 @@ mod tests {
             (a.params.alpha, c.params.alpha),
             (a.params.a, c.params.a),
             (a.params.b, c.params.b),
+        ] {
+            assert!((x - y).abs() < 1e-6 * x, "{x} vs {y}");
+        }
+    }
+
+    /// Above `PARALLEL_FIT` customers the sums run in two halves on two threads: the fit is
+    /// bit-identical from run to run, and equal (to rounding) to the same customers given as
+    /// weights, which are fitted on one thread.
+    #[test]
+    fn fits_on_two_threads_repeat_bit_for_bit_and_match_the_weighted_fit() {
+        let base = cdnow();
+        let many: Vec<(Rfm, f64)> = (0..10)
+            .flat_map(|_| base.iter().map(|(c, _)| (*c, 1.0)))
+            .collect();
+        assert!(many.len() >= PARALLEL_FIT);
+        let weighted: Vec<(Rfm, f64)> = base.iter().map(|(c, _)| (*c, 10.0)).collect();
+        let (a, b) = (fit_bgnbd(many.clone(), 0.0), fit_bgnbd(many, 0.0));
+        assert_eq!(a, b, "two-thread BG/NBD fits differ");
+        let w = fit_bgnbd(weighted, 0.0);
+        for (x, y) in [
+            (a.params.r, w.params.r),
+            (a.params.alpha, w.params.alpha),
+            (a.params.a, w.params.a),
+            (a.params.b, w.params.b),
+        ] {
+            assert!((x - y).abs() < 1e-6 * x, "{x} vs {y}");
+        }
+        // Gamma-Gamma: only repeat buyers enter (946 of CDNOW's); 30 copies pass the bound.
+        let pairs: Vec<((f64, f64), f64)> = base.iter().map(|(c, m)| ((c.x, *m), 1.0)).collect();
+        let many: Vec<((f64, f64), f64)> = (0..30).flat_map(|_| pairs.iter().copied()).collect();
+        assert!(
+            many.iter()
+                .filter(|((x, m), _)| *x > 0.0 && *m > 0.0)
+                .count()
+                >= PARALLEL_FIT
+        );
+        let weighted: Vec<((f64, f64), f64)> = pairs.iter().map(|(k, _)| (*k, 30.0)).collect();
+        let (a, b) = (
+            fit_gamma_gamma(many.clone(), 0.0),
+            fit_gamma_gamma(many, 0.0),
+        );
+        assert_eq!(a, b, "two-thread Gamma-Gamma fits differ");
+        let w = fit_gamma_gamma(weighted, 0.0);
+        for (x, y) in [
+            (a.params.p, w.params.p),
+            (a.params.q, w.params.q),
+            (a.params.v, w.params.v),
         ] {
             assert!((x - y).abs() < 1e-6 * x, "{x} vs {y}");
         }
