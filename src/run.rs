@@ -136,18 +136,6 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
     result.map(|manifest| RunSummary { manifest, output })
 }
 
-/// The report's staged files, relative to its staging directory (`index.html`).
-fn report_files(report: &crate::publish::ReportEntry) -> Vec<String> {
-    report
-        .files
-        .iter()
-        .filter_map(|f| {
-            f.strip_prefix(&format!("{}/", report.path))
-                .map(str::to_string)
-        })
-        .collect()
-}
-
 /// What a run computes: the models in order, the data tests that can run, the models to
 /// publish.
 #[derive(Clone, Copy)]
@@ -293,7 +281,10 @@ async fn prepare(
     // The report reads the snapshot's tables back: what this run staged, and what a
     // `--select` run keeps of the snapshot it replaces.
     let report = crate::report::stage(&ctx, output, &manifest, &staged_names).await?;
-    staged.insert(crate::report::REPORT.to_string(), report_files(&report));
+    staged.insert(
+        crate::report::REPORT.to_string(),
+        vec![crate::report::REPORT_FILE.to_string()],
+    );
     manifest.report = Some(report);
     manifest.finished_at = Utc::now();
     manifest.duration_ms = clock.elapsed().as_millis() as u64;
