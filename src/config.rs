@@ -79,6 +79,17 @@ pub enum Policy {
     Warn,
 }
 
+impl Policy {
+    /// The name in the config (and in metrics and the report).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Fail => "fail",
+            Policy::Drop => "drop",
+            Policy::Warn => "warn",
+        }
+    }
+}
+
 /// `[gates]`: a policy per gate, and the opt-in freshness gate.
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]

@@ -695,11 +695,9 @@ pub async fn run_checks(
     for model in models {
         let checks = &model.header.checks;
         let t = quote_ident(&model.name);
-        let keys: &[BTreeSet<String>] = outputs
-            .iter()
-            .find(|o| o.name == model.name)
-            .map(|o| o.unique_keys.as_slice())
-            .unwrap_or_default();
+        let output = outputs.iter().find(|o| o.name == model.name);
+        let keys: &[BTreeSet<String>] =
+            output.map(|o| o.unique_keys.as_slice()).unwrap_or_default();
         let queries: Vec<CheckQuery> = check_queries(model)
             .into_iter()
             .filter(|q| {
@@ -743,9 +741,13 @@ pub async fn run_checks(
             }
         }
         if let Some(rc) = &checks.row_count {
-            let n = count_query(ctx, &format!("select count(*) from {t}"))
-                .await
-                .map_err(|e| model_error(model, e))? as u64;
+            // The rows the model staged; counted only for a table computed elsewhere.
+            let n = match output {
+                Some(o) => o.rows,
+                None => count_query(ctx, &format!("select count(*) from {t}"))
+                    .await
+                    .map_err(|e| model_error(model, e))? as u64,
+            };
             if rc.min.is_some_and(|m| n < m) || rc.max.is_some_and(|m| n > m) {
                 found.push(format!(
                     "row_count: {n} row(s), expected {}..{}",

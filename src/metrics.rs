@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::Policy;
 use crate::error::{Error, Result};
 use crate::publish::Manifest;
 
@@ -90,11 +89,7 @@ pub fn render(outcome: &RunOutcome<'_>) -> String {
                 .gates
                 .iter()
                 .map(|(gate, s)| {
-                    let policy = match s.policy {
-                        Policy::Fail => "fail",
-                        Policy::Drop => "drop",
-                        Policy::Warn => "warn",
-                    };
+                    let policy = s.policy.as_str();
                     (
                         vec![("gate", gate.clone()), ("policy", policy.to_string())],
                         s.rows as f64,

@@ -21,16 +21,14 @@ use tracing::{info, warn};
 use super::{manifest_rel, staging_rel, Manifest, Output, OutputLock};
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::report::{report_rel, REPORT, REPORT_FILE};
+use crate::report::{report_file_rel, staged_report_rel, REPORT};
 use crate::storage::retrying;
 
 impl Output {
     /// The published path (relative to the root) of a staged file of table `name`.
     pub fn published_file(&self, run_id: &str, name: &str, as_of: NaiveDate, file: &str) -> String {
         let table = format!("{name}/as_of={as_of}");
-        if self.loc.local.is_some() || name == REPORT {
-            // The report keeps its name (`index.html`): it is put in place after the
-            // manifest on object storage (see `commit`).
+        if self.loc.local.is_some() {
             // Swapped in by directory rename: names stay.
             return format!("{table}/{file}");
         }
@@ -100,8 +98,8 @@ impl Output {
 
     /// Copies the staged report of `run_id` to `_report/as_of=D/index.html` (object storage).
     pub(crate) async fn place_report(&self, run_id: &str, as_of: NaiveDate) -> Result<()> {
-        let to = format!("{}/{REPORT_FILE}", report_rel(as_of));
-        let from = format!("{}/{to}", staging_rel(run_id));
+        let to = report_file_rel(as_of);
+        let from = staged_report_rel(run_id, as_of);
         let (src, dst) = (self.loc.path(&from), self.loc.path(&to));
         retrying("copy", || self.loc.store.copy(&src, &dst))
             .await

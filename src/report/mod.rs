@@ -1408,10 +1408,7 @@ fn run_facts(manifest: &Manifest) -> Section {
                 .gates
                 .iter()
                 .map(|(gate, stat)| {
-                    let policy = serde_json::to_value(stat.policy)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default();
+                    let policy = stat.policy.as_str().to_string();
                     Row {
                         key: gate.clone(),
                         label: gate.clone(),
@@ -1466,6 +1463,16 @@ pub fn report_rel(as_of: chrono::NaiveDate) -> String {
     format!("{REPORT}/as_of={as_of}")
 }
 
+/// `_report/as_of=D/index.html`, relative to the output root.
+pub fn report_file_rel(as_of: chrono::NaiveDate) -> String {
+    format!("{}/{REPORT_FILE}", report_rel(as_of))
+}
+
+/// The report of run `run_id` in its staging, relative to the output root.
+pub fn staged_report_rel(run_id: &str, as_of: chrono::NaiveDate) -> String {
+    format!("{}/{}", staging_rel(run_id), report_file_rel(as_of))
+}
+
 /// Renders the report of the snapshot `manifest` describes and stages it under
 /// `_staging/<run_id>/_report/as_of=D/index.html`; the commit publishes it with the tables.
 /// `computed` are the tables this run staged (registered in `ctx` under their names); the
@@ -1487,8 +1494,7 @@ pub async fn stage(
         map.insert(name.clone(), df);
     }
     let html = render(&Tables(map), manifest).await?;
-    let dir = report_rel(manifest.as_of);
-    let rel = format!("{}/{dir}/{REPORT_FILE}", staging_rel(&manifest.run_id));
+    let rel = staged_report_rel(&manifest.run_id, manifest.as_of);
     let path = output.loc.path(&rel);
     let bytes = html.len() as u64;
     let payload = PutPayload::from(html.into_bytes());
@@ -1496,8 +1502,8 @@ pub async fn stage(
         .await
         .map_err(|e| output.err(format!("write {rel}"), e))?;
     Ok(ReportEntry {
-        files: vec![format!("{dir}/{REPORT_FILE}")],
-        path: dir,
+        files: vec![report_file_rel(manifest.as_of)],
+        path: report_rel(manifest.as_of),
         bytes,
     })
 }
