@@ -33,9 +33,7 @@ pub async fn write_docs(settings: &Settings, out: &Path) -> Result<PathBuf> {
     let html = render(&models, &tests, &planned.schemas, settings);
     std::fs::create_dir_all(out).map_err(|e| Error::io("create docs directory", out, e))?;
     let path = out.join("index.html");
-    let tmp = out.join(".index.html.tmp");
-    std::fs::write(&tmp, html).map_err(|e| Error::io("write docs", &tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io("write docs", &path, e))?;
+    crate::storage::write_file_atomically(&path, html.as_bytes(), "write docs")?;
     Ok(path)
 }
 

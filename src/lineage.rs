@@ -226,18 +226,10 @@ fn run_uuid(started_at: DateTime<Utc>) -> String {
     );
     h.update(std::process::id().to_le_bytes());
     h.update(crate::publish::host_name().as_bytes());
-    let mut b: [u8; 16] = h.finalize()[..16].try_into().unwrap_or([0; 16]);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let bytes: [u8; 16] = h.finalize()[..16].try_into().unwrap_or([0; 16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// The run's input datasets, with their schemas when the inputs can be read (footers only).

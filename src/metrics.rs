@@ -98,11 +98,10 @@ pub fn render(outcome: &RunOutcome<'_>) -> String {
                 .collect::<Vec<_>>(),
         );
     }
-    let models: Vec<_> = m.models.iter().collect();
     out.gauge(
         "segflow_model_duration_seconds",
         "Wall time of each model (computed and staged).",
-        &models
+        &m.models
             .iter()
             .map(|(name, t)| {
                 (
@@ -115,7 +114,7 @@ pub fn render(outcome: &RunOutcome<'_>) -> String {
     out.gauge(
         "segflow_model_rows",
         "Rows each model produced.",
-        &models
+        &m.models
             .iter()
             .map(|(name, t)| (model_labels(name, t.published), t.rows as f64))
             .collect::<Vec<_>>(),
@@ -232,24 +231,7 @@ pub fn check_writable(path: &Path) -> Result<()> {
 
 /// Writes `text` to `path`: to a temporary file in the same directory, then renamed over it.
 pub fn write(path: &Path, text: &str) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if name.is_empty() {
-        return Err(Error::io(
-            "write the metrics file",
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
-        ));
-    }
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let io = |e| Error::io("write the metrics file", path, e);
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
+    crate::storage::write_file_atomically(path, text.as_bytes(), "write the metrics file")
 }
 
 #[cfg(test)]

@@ -371,6 +371,29 @@ fn secrets() -> &'static [String] {
     })
 }
 
+/// Writes a local file so readers see the old or the new content: a hidden temporary file
+/// next to it, then renamed over it (removed if the rename fails). `operation` names the
+/// write in errors.
+pub fn write_file_atomically(
+    path: &std::path::Path,
+    contents: &[u8],
+    operation: &'static str,
+) -> Result<()> {
+    let io = |e| Error::io(operation, path, e);
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file path",
+        )));
+    };
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, contents).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
 /// Replaces every credential value of the environment, and the values of signed-URL
 /// parameters, with `***`.
 pub fn redact(text: &str) -> String {
