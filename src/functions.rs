@@ -351,11 +351,11 @@ pub(crate) mod tests {
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     async fn query(partitions: usize, sql: &str) -> String {
-        let ctx = SessionContext::new_with_config(
-            SessionConfig::new()
-                .with_target_partitions(partitions)
-                .with_batch_size(2),
-        );
+        query_with(SessionConfig::new().with_target_partitions(partitions), sql).await
+    }
+
+    async fn query_with(config: SessionConfig, sql: &str) -> String {
+        let ctx = SessionContext::new_with_config(config.with_batch_size(2));
         super::register(&ctx);
         ctx.sql(
             "create view t(g, v, k1, k2) as values \
@@ -407,6 +407,42 @@ pub(crate) mod tests {
                 "{partitions} partitions"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn arg_min_and_arg_max_give_the_same_rows_when_the_partial_aggregation_is_skipped() {
+        // Every row becomes its own partial state (convert_to_state) and the final stage
+        // merges them: the same answers as aggregating in both stages.
+        let sql = "select g, arg_max(v, k1, k2) as top, arg_min(v, k1) as low, \
+                   arg_min(named_struct('v', v, 'k', k2), k1) ['v'] as first \
+                   from t group by g order by g";
+        let mut skipping = SessionConfig::new().with_target_partitions(3);
+        let options = skipping.options_mut();
+        options
+            .execution
+            .skip_partial_aggregation_probe_rows_threshold = 0;
+        options
+            .execution
+            .skip_partial_aggregation_probe_ratio_threshold = 0.0;
+        let explain = query_with(skipping.clone(), &format!("explain analyze {sql}")).await;
+        assert!(
+            explain.contains("skipped_aggregation_rows=")
+                && !explain.contains("skipped_aggregation_rows=0,"),
+            "the partial aggregation was not skipped:\n{explain}"
+        );
+        assert_eq!(query_with(skipping, sql).await, query(1, sql).await);
+        let expected = [
+            "+---+-----+-----+-------+",
+            "| g | top | low | first |",
+            "+---+-----+-----+-------+",
+            "| 1 | a   | z   | z     |",
+            "| 2 | c   | c   | c     |",
+            "| 3 |     |     |       |",
+            "| 4 | m   | m   | m     |",
+            "+---+-----+-----+-------+",
+        ]
+        .join("\n");
+        assert_eq!(query(1, sql).await, expected);
     }
 
     #[tokio::test]

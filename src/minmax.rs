@@ -508,11 +508,16 @@ mod tests {
     }
 
     async fn results(fast: bool, partitions: usize, sql: &str) -> String {
-        let ctx = SessionContext::new_with_config(
-            SessionConfig::new()
-                .with_target_partitions(partitions)
-                .with_batch_size(7),
-        );
+        results_with(
+            fast,
+            SessionConfig::new().with_target_partitions(partitions),
+            sql,
+        )
+        .await
+    }
+
+    async fn results_with(fast: bool, config: SessionConfig, sql: &str) -> String {
+        let ctx = SessionContext::new_with_config(config.with_batch_size(7));
         if fast {
             register(&ctx);
         }
@@ -538,6 +543,26 @@ mod tests {
             let got = results(true, partitions, sql).await;
             assert_eq!(got, expected, "target_partitions {partitions}");
         }
+        // Partial aggregation skipped: every row becomes a state (convert_to_state, the
+        // FILTER clause turning rows into NULL states) and the final stage merges them.
+        let mut skipping = SessionConfig::new().with_target_partitions(3);
+        let options = skipping.options_mut();
+        options
+            .execution
+            .skip_partial_aggregation_probe_rows_threshold = 0;
+        options
+            .execution
+            .skip_partial_aggregation_probe_ratio_threshold = 0.0;
+        let explain = results_with(true, skipping.clone(), &format!("explain analyze {sql}")).await;
+        assert!(
+            explain.contains("skipped_aggregation_rows=")
+                && !explain.contains("skipped_aggregation_rows=0,"),
+            "the partial aggregation was not skipped:\n{explain}"
+        );
+        assert_eq!(
+            results_with(true, skipping, sql).await,
+            results(false, 1, sql).await
+        );
     }
 
     #[tokio::test]

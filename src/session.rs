@@ -37,7 +37,9 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
         // partial stage builds nearly the hash table the final stage builds again. Passing
         // rows through once groups exceed 30 % of the first rows (DataFusion: 80 %): 10 M
         // lines -1.5 s wall, -2.5 s CPU and lower peak memory (three interleaved pairs).
-        options.execution.skip_partial_aggregation_probe_ratio_threshold = 0.3;
+        options
+            .execution
+            .skip_partial_aggregation_probe_ratio_threshold = 0.3;
     }
     for (key, value) in &settings.datafusion {
         let full = if key.starts_with("datafusion.") {
