@@ -369,6 +369,25 @@ pub(crate) mod tests {
         pretty(&ctx, sql).await
     }
 
+    /// A session that skips every partial aggregation from the first batch on: each row
+    /// becomes its own state (`convert_to_state`) and the final stage merges them.
+    pub(crate) fn skipping_partial_aggregation(partitions: usize) -> SessionConfig {
+        let mut config = SessionConfig::new().with_target_partitions(partitions);
+        let execution = &mut config.options_mut().execution;
+        execution.skip_partial_aggregation_probe_rows_threshold = 0;
+        execution.skip_partial_aggregation_probe_ratio_threshold = 0.0;
+        config
+    }
+
+    /// Fails unless the `explain analyze` output shows rows that skipped aggregation.
+    pub(crate) fn assert_partial_aggregation_skipped(explain: &str) {
+        assert!(
+            explain.contains("skipped_aggregation_rows=")
+                && !explain.contains("skipped_aggregation_rows=0,"),
+            "the partial aggregation was not skipped:\n{explain}"
+        );
+    }
+
     /// Runs `sql` and formats the result as a table.
     pub(crate) async fn pretty(ctx: &SessionContext, sql: &str) -> String {
         let batches = ctx
@@ -416,19 +435,9 @@ pub(crate) mod tests {
         let sql = "select g, arg_max(v, k1, k2) as top, arg_min(v, k1) as low, \
                    arg_min(named_struct('v', v, 'k', k2), k1) ['v'] as first \
                    from t group by g order by g";
-        let mut skipping = SessionConfig::new().with_target_partitions(3);
-        let options = skipping.options_mut();
-        options
-            .execution
-            .skip_partial_aggregation_probe_rows_threshold = 0;
-        options
-            .execution
-            .skip_partial_aggregation_probe_ratio_threshold = 0.0;
-        let explain = query_with(skipping.clone(), &format!("explain analyze {sql}")).await;
-        assert!(
-            explain.contains("skipped_aggregation_rows=")
-                && !explain.contains("skipped_aggregation_rows=0,"),
-            "the partial aggregation was not skipped:\n{explain}"
+        let skipping = skipping_partial_aggregation(3);
+        assert_partial_aggregation_skipped(
+            &query_with(skipping.clone(), &format!("explain analyze {sql}")).await,
         );
         assert_eq!(query_with(skipping, sql).await, query(1, sql).await);
         let expected = [

@@ -545,19 +545,12 @@ mod tests {
         }
         // Partial aggregation skipped: every row becomes a state (convert_to_state, the
         // FILTER clause turning rows into NULL states) and the final stage merges them.
-        let mut skipping = SessionConfig::new().with_target_partitions(3);
-        let options = skipping.options_mut();
-        options
-            .execution
-            .skip_partial_aggregation_probe_rows_threshold = 0;
-        options
-            .execution
-            .skip_partial_aggregation_probe_ratio_threshold = 0.0;
-        let explain = results_with(true, skipping.clone(), &format!("explain analyze {sql}")).await;
-        assert!(
-            explain.contains("skipped_aggregation_rows=")
-                && !explain.contains("skipped_aggregation_rows=0,"),
-            "the partial aggregation was not skipped:\n{explain}"
+        use crate::functions::tests::{
+            assert_partial_aggregation_skipped, skipping_partial_aggregation,
+        };
+        let skipping = skipping_partial_aggregation(3);
+        assert_partial_aggregation_skipped(
+            &results_with(true, skipping.clone(), &format!("explain analyze {sql}")).await,
         );
         assert_eq!(
             results_with(true, skipping, sql).await,
