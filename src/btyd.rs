@@ -1891,12 +1891,15 @@ mod tests {
         let b = fit_bgnbd(reversed, 0.0);
         assert_eq!(a, b, "order changed the fit");
         let c = fit_bgnbd(compressed, 0.0);
-        for (x, y) in [
-            (a.params.r, c.params.r),
-            (a.params.alpha, c.params.alpha),
-            (a.params.a, c.params.a),
-            (a.params.b, c.params.b),
-        ] {
+        assert_close(
+            &[a.params.r, a.params.alpha, a.params.a, a.params.b],
+            &[c.params.r, c.params.alpha, c.params.a, c.params.b],
+        );
+    }
+
+    /// Each pair of fitted parameters agrees to 1e-6 (relative).
+    fn assert_close(got: &[f64], want: &[f64]) {
+        for (x, y) in got.iter().zip(want) {
             assert!((x - y).abs() < 1e-6 * x, "{x} vs {y}");
         }
     }
@@ -1915,14 +1918,10 @@ mod tests {
         let (a, b) = (fit_bgnbd(many.clone(), 0.0), fit_bgnbd(many, 0.0));
         assert_eq!(a, b, "two-thread BG/NBD fits differ");
         let w = fit_bgnbd(weighted, 0.0);
-        for (x, y) in [
-            (a.params.r, w.params.r),
-            (a.params.alpha, w.params.alpha),
-            (a.params.a, w.params.a),
-            (a.params.b, w.params.b),
-        ] {
-            assert!((x - y).abs() < 1e-6 * x, "{x} vs {y}");
-        }
+        assert_close(
+            &[a.params.r, a.params.alpha, a.params.a, a.params.b],
+            &[w.params.r, w.params.alpha, w.params.a, w.params.b],
+        );
         // Gamma-Gamma: only repeat buyers enter (946 of CDNOW's); 30 copies pass the bound.
         let pairs: Vec<((f64, f64), f64)> = base.iter().map(|(c, m)| ((c.x, *m), 1.0)).collect();
         let many: Vec<((f64, f64), f64)> = (0..30).flat_map(|_| pairs.iter().copied()).collect();
@@ -1939,13 +1938,10 @@ mod tests {
         );
         assert_eq!(a, b, "two-thread Gamma-Gamma fits differ");
         let w = fit_gamma_gamma(weighted, 0.0);
-        for (x, y) in [
-            (a.params.p, w.params.p),
-            (a.params.q, w.params.q),
-            (a.params.v, w.params.v),
-        ] {
-            assert!((x - y).abs() < 1e-6 * x, "{x} vs {y}");
-        }
+        assert_close(
+            &[a.params.p, a.params.q, a.params.v],
+            &[w.params.p, w.params.q, w.params.v],
+        );
     }
 
     /// Fader & Hardie (2013): p = 6.25, q = 3.74, v = 15.44 over the 946 customers with
