@@ -23,10 +23,12 @@ expression = ["recency <= t"]
 ---*/
 -- The calibration end and the unit are inlined rather than cross-joined from a one-row CTE:
 -- a cross join whose small side comes second emits one batch per row of the large side.
+-- Grouped by customer alone (first_order_date is one value per customer, taken by min) so
+-- the result is unique on customer_id by construction.
 with per_customer as (
     select
         d.customer_id,
-        cast(f.first_order_date as int) as first_day,
+        min(cast(f.first_order_date as int)) as first_day,
         count(*) filter (where d.is_purchase and cast(d.order_date as int) <= cast($as_of as int) - $holdout_days) as purchase_days,
         max(cast(d.order_date as int)) filter (where d.is_purchase and cast(d.order_date as int) <= cast($as_of as int) - $holdout_days) as last_day,
         sum(d.revenue) filter (where d.order_date > f.first_order_date and cast(d.order_date as int) <= cast($as_of as int) - $holdout_days) as repeat_revenue,
@@ -35,7 +37,7 @@ with per_customer as (
     from customer_days d
     join customer_facts f on f.customer_id = d.customer_id
     where cast(f.first_order_date as int) <= cast($as_of as int) - $holdout_days
-    group by d.customer_id, f.first_order_date
+    group by d.customer_id
 )
 
 select

@@ -6,7 +6,7 @@
 //! the models downstream (no result is held in memory). Planning errors carry
 //! `file:line:col` from DataFusion's diagnostics.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,29 +46,8 @@ pub struct ModelOutput {
     pub publish: bool,
     pub partition_by: Vec<String>,
     pub staged: StagedTable,
-    /// Column sets the model's plan makes unique (see [`unique_keys`]).
+    /// Column sets the model's plan makes unique (see [`crate::keys::unique_keys`]).
     pub unique_keys: Vec<BTreeSet<String>>,
-}
-
-/// The column sets whose values are unique in every result of `df`'s plan, as DataFusion's
-/// functional dependencies establish them: the keys of a final GROUP BY or DISTINCT, carried
-/// through projections, filters, sorts and window functions (not through joins, unions or
-/// grouping sets). A `unique` check over a superset of such a key cannot fail, so the run
-/// does not spend a query on it.
-pub fn unique_keys(df: &DataFrame) -> Vec<BTreeSet<String>> {
-    let schema = df.schema();
-    schema
-        .functional_dependencies()
-        .iter()
-        .filter(|d| d.mode == datafusion::common::Dependency::Single)
-        .filter(|d| !d.source_indices.is_empty())
-        .filter_map(|d| {
-            d.source_indices
-                .iter()
-                .map(|&i| (i < schema.fields().len()).then(|| schema.field(i).name().clone()))
-                .collect::<Option<BTreeSet<String>>>()
-        })
-        .collect()
 }
 
 /// The previous published snapshot, read as `previous.<model>`.
@@ -465,7 +444,7 @@ pub async fn run_models_until(
             return Ok((outputs, Some(df)));
         }
         let planned = df.schema().as_arrow().clone();
-        let unique_keys = unique_keys(&df);
+        let unique_keys = crate::keys::unique_keys(&df, &known_keys(models, &outputs, staging));
         check_partition_by(model, &Arc::new(planned.clone()))?;
         let stage = |df: DataFrame| {
             staging.write_table(
@@ -683,9 +662,33 @@ async fn row_check_counts(
         .collect()
 }
 
+/// The keys of the tables computed so far, for [`crate::keys::unique_keys`]: those their
+/// plans prove, and those their `unique` checks of severity `error` declare (a run whose
+/// check fails publishes nothing, so a model downstream may rely on it).
+fn known_keys(
+    models: &[Model],
+    outputs: &[ModelOutput],
+    staging: &Staging,
+) -> HashMap<String, Vec<BTreeSet<String>>> {
+    outputs
+        .iter()
+        .filter_map(|o| {
+            let location = crate::keys::location_key(&staging.out.loc.dir_url(&o.staged.rel))?;
+            let mut keys = o.unique_keys.clone();
+            let declared = models
+                .iter()
+                .filter(|m| m.name == o.name && m.header.checks.severity == Severity::Error)
+                .flat_map(|m| &m.header.checks.unique)
+                .map(|cols| cols.split(',').map(|c| c.trim().to_string()).collect());
+            keys.extend(declared);
+            Some((location, keys))
+        })
+        .collect()
+}
+
 /// Runs every model's declared checks against its computed table. Returns the failures of
 /// severity `error`; failures of severity `warn` are logged. A `unique` check that one of
-/// the model's [`unique_keys`] implies (in `outputs`) holds by construction and is skipped.
+/// the model's [`crate::keys::unique_keys`] implies (in `outputs`) holds by construction and is skipped.
 pub async fn run_checks(
     ctx: &SessionContext,
     models: &[Model],
@@ -902,77 +905,4 @@ pub fn reject_unused_params<'m>(
             known.into_iter().collect::<Vec<_>>().join(", ")
         ),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use datafusion::arrow::array::{Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::arrow::record_batch::RecordBatch;
-
-    async fn keys(sql: &str) -> Vec<Vec<String>> {
-        let ctx = SessionContext::new();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, true),
-            Field::new("v", DataType::Int64, true),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(StringArray::from(vec!["a", "a", "b"])),
-                Arc::new(Int64Array::from(vec![1, 2, 3])),
-            ],
-        )
-        .unwrap();
-        ctx.register_batch("t", batch.clone()).unwrap();
-        ctx.register_batch("u", batch).unwrap();
-        let df = ctx.sql(sql).await.unwrap();
-        unique_keys(&df)
-            .into_iter()
-            .map(|k| k.into_iter().collect())
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn group_by_keys_are_unique_unions_joins_rollups_and_functions_of_keys_are_not() {
-        let k = |s: &[&str]| vec![s.iter().map(|c| c.to_string()).collect::<Vec<_>>()];
-        assert_eq!(
-            keys("select k, sum(v) s from t group by k").await,
-            k(&["k"])
-        );
-        assert_eq!(
-            keys("select k as c, count(*) n from t group by k").await,
-            k(&["c"])
-        );
-        assert_eq!(
-            keys("select k, v from t group by k, v").await,
-            k(&["k", "v"])
-        );
-        assert_eq!(
-            keys(
-                "select k, n from (select k, count(*) n from t group by k) where n > 1 order by n"
-            )
-            .await,
-            k(&["k"])
-        );
-        let none: Vec<Vec<String>> = vec![];
-        assert_eq!(keys("select k, v from t").await, none);
-        assert_eq!(
-            keys("select k from t group by k union all select k from u group by k").await,
-            none
-        );
-        assert_eq!(
-            keys("select a.k from (select k from t group by k) a join u on a.k = u.k").await,
-            none
-        );
-        assert_eq!(
-            keys("select k, sum(v) from t group by rollup(k)").await,
-            none
-        );
-        assert_eq!(
-            keys("select upper(k) as k from (select k from t group by k)").await,
-            none
-        );
-    }
 }

@@ -18,6 +18,7 @@ pub mod gates;
 pub mod generate;
 pub mod init;
 pub mod inspect;
+pub mod keys;
 pub mod lineage;
 pub mod memory;
 pub mod metrics;
