@@ -707,7 +707,7 @@ pub async fn run_checks(
                 let Some(cols) = &q.unique else { return true };
                 let proven = keys.iter().any(|k| k.is_subset(cols));
                 if proven {
-                    debug!(model = %model.name, columns = ?cols, "unique check holds by the model's GROUP BY; not queried");
+                    debug!(model = %model.name, columns = ?cols, "unique check holds by the model's plan; not queried");
                 }
                 !proven
             })
