@@ -440,7 +440,7 @@ fn header_findings(
     }
     let checks = &m.header.checks;
     for cols in &checks.unique {
-        for c in cols.split(',').map(str::trim) {
+        for c in crate::models::unique_columns(cols) {
             if !has(c) {
                 missing("[checks]", "[checks] unique".into(), c);
             }

@@ -28,7 +28,8 @@ use crate::config::{date_to_days, toml_to_scalar, ParamValue};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::models::{
-    parse_statement, type_placeholders, DataTest, Model, Severity, INPUT_TABLES, PREVIOUS_SCHEMA,
+    parse_statement, type_placeholders, unique_columns, DataTest, Model, Severity, INPUT_TABLES,
+    PREVIOUS_SCHEMA,
 };
 use crate::publish::stage::{conform, open_dir, open_staged, StageError, StagedTable, Staging};
 use crate::publish::{Manifest, Output};
@@ -409,6 +410,8 @@ pub async fn run_models_until(
 ) -> Result<(Vec<ModelOutput>, Option<DataFrame>)> {
     let previous_schema = register_previous_schema(ctx)?;
     let mut outputs: Vec<ModelOutput> = Vec::new();
+    // The keys of the staged models, for the models downstream.
+    let mut known: HashMap<String, Vec<BTreeSet<String>>> = HashMap::new();
     for (position, model) in models.iter().enumerate() {
         let started = Instant::now();
         let progress =
@@ -444,7 +447,7 @@ pub async fn run_models_until(
             return Ok((outputs, Some(df)));
         }
         let planned = df.schema().as_arrow().clone();
-        let unique_keys = crate::keys::unique_keys(&df, &known_keys(models, &outputs, staging));
+        let unique_keys = crate::keys::unique_keys(&df, &known);
         check_partition_by(model, &Arc::new(planned.clone()))?;
         let stage = |df: DataFrame| {
             staging.write_table(
@@ -490,6 +493,7 @@ pub async fn run_models_until(
             staged,
             unique_keys,
         });
+        known.extend(outputs.last().and_then(|o| known_keys(model, o, staging)));
         failpoint::hit("staging").await;
     }
     Ok((outputs, None))
@@ -570,7 +574,7 @@ pub fn check_queries(model: &Model) -> Vec<CheckQuery> {
     for cols in &checks.unique {
         // Rows with a NULL key take no part, as in dbt and SQL's UNIQUE (`not_null`
         // is the check for those).
-        let keys: Vec<String> = cols.split(',').map(|c| quote_ident(c.trim())).collect();
+        let keys: Vec<String> = unique_columns(cols).map(quote_ident).collect();
         let present = keys
             .iter()
             .map(|k| format!("{k} is not null"))
@@ -581,7 +585,7 @@ pub fn check_queries(model: &Model) -> Vec<CheckQuery> {
             label: format!("unique({cols}): {{n}} duplicated value(s)"),
             sql: format!("select count(*) from (select {list} from {t} where {present} group by {list} having count(*) > 1)"),
             row_predicate: None,
-            unique: Some(cols.split(',').map(|c| c.trim().to_string()).collect()),
+            unique: Some(unique_columns(cols).map(str::to_string).collect()),
         });
     }
     for c in &checks.not_null {
@@ -662,28 +666,26 @@ async fn row_check_counts(
         .collect()
 }
 
-/// The keys of the tables computed so far, for [`crate::keys::unique_keys`]: those their
-/// plans prove, and those their `unique` checks of severity `error` declare (a run whose
-/// check fails publishes nothing, so a model downstream may rely on it).
+/// A staged model's keys for [`crate::keys::unique_keys`] downstream, by its staging
+/// directory: those its plan proves, and those its `unique` checks of severity `error`
+/// declare (a run whose check fails publishes nothing, so a model downstream may rely on it).
 fn known_keys(
-    models: &[Model],
-    outputs: &[ModelOutput],
+    model: &Model,
+    output: &ModelOutput,
     staging: &Staging,
-) -> HashMap<String, Vec<BTreeSet<String>>> {
-    outputs
-        .iter()
-        .filter_map(|o| {
-            let location = crate::keys::location_key(&staging.out.loc.dir_url(&o.staged.rel))?;
-            let mut keys = o.unique_keys.clone();
-            let declared = models
+) -> Option<(String, Vec<BTreeSet<String>>)> {
+    let location = crate::keys::location_key(&staging.out.loc.dir_url(&output.staged.rel))?;
+    let checks = &model.header.checks;
+    let mut keys = output.unique_keys.clone();
+    if checks.severity == Severity::Error {
+        keys.extend(
+            checks
+                .unique
                 .iter()
-                .filter(|m| m.name == o.name && m.header.checks.severity == Severity::Error)
-                .flat_map(|m| &m.header.checks.unique)
-                .map(|cols| cols.split(',').map(|c| c.trim().to_string()).collect());
-            keys.extend(declared);
-            Some((location, keys))
-        })
-        .collect()
+                .map(|cols| unique_columns(cols).map(str::to_string).collect()),
+        );
+    }
+    Some((location, keys))
 }
 
 /// Runs every model's declared checks against its computed table. Returns the failures of

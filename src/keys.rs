@@ -100,14 +100,7 @@ fn plan_keys(plan: &LogicalPlan, known: &HashMap<String, Vec<BTreeSet<String>>>)
             keys
         }
         LogicalPlan::Projection(p) => {
-            // Output position(s) of each input column passed through unchanged.
-            let mut moved: HashMap<usize, usize> = HashMap::new();
-            for (out, e) in p.expr.iter().enumerate() {
-                if let Some(i) = column_position(e, p.input.schema()) {
-                    moved.entry(i).or_insert(out);
-                }
-            }
-            map_keys(plan_keys(&p.input, known), &moved)
+            map_keys(plan_keys(&p.input, known), &moved(&p.expr, p.input.schema()))
         }
         LogicalPlan::Aggregate(a) => {
             if a.group_expr.is_empty() {
@@ -121,12 +114,7 @@ fn plan_keys(plan: &LogicalPlan, known: &HashMap<String, Vec<BTreeSet<String>>>)
             }
             // The group columns come first in the output, in GROUP BY order.
             let mut keys = vec![(0..a.group_expr.len()).collect::<Key>()];
-            let mut moved: HashMap<usize, usize> = HashMap::new();
-            for (out, e) in a.group_expr.iter().enumerate() {
-                if let Some(i) = column_position(e, a.input.schema()) {
-                    moved.entry(i).or_insert(out);
-                }
-            }
+            let moved = moved(&a.group_expr, a.input.schema());
             for key in map_keys(plan_keys(&a.input, known), &moved) {
                 if !keys.contains(&key) {
                     keys.push(key);
@@ -212,6 +200,18 @@ fn column_position(e: &Expr, schema: &DFSchema) -> Option<usize> {
         Expr::Column(c) => schema.index_of_column(c).ok(),
         _ => None,
     }
+}
+
+/// For each input column that one of `exprs` passes on unchanged, the position of the first
+/// such expression (the output column it becomes).
+fn moved(exprs: &[Expr], input: &DFSchema) -> HashMap<usize, usize> {
+    let mut moved = HashMap::new();
+    for (out, e) in exprs.iter().enumerate() {
+        if let Some(i) = column_position(e, input) {
+            moved.entry(i).or_insert(out);
+        }
+    }
+    moved
 }
 
 /// The keys whose every column `moved` maps, mapped.

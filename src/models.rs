@@ -88,6 +88,11 @@ pub struct Checks {
     pub severity: Severity,
 }
 
+/// The columns of one `unique` entry (`"a, b"`).
+pub fn unique_columns(entry: &str) -> impl Iterator<Item = &str> {
+    entry.split(',').map(str::trim)
+}
+
 /// `row_count = { min = 1, max = 100 }`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
