@@ -13,6 +13,7 @@ pub mod docs;
 pub mod engine;
 pub mod error;
 pub mod failpoint;
+pub mod fingerprints;
 pub mod functions;
 pub mod gates;
 pub mod generate;

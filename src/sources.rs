@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{InputSpec, Policy, Settings};
 use crate::engine::plan_models;
 use crate::error::{Error, Result};
+use crate::fingerprints::{Fingerprints, Repeated};
 use crate::gates::{
     Gate, GateCounts, GateReason, GateRules, GateStat, GateTally, LineHash, DUPLICATE_LINES,
 };
@@ -238,7 +239,23 @@ pub async fn register_sources(
     let orders = orders
         .select(columns)
         .map_err(|e| input_err(orders_spec, e.to_string()))?;
-    let staged = match staging.write_table(orders, "orders", false, &[]).await {
+    // The duplicate gate's fingerprints are collected as the lines are staged; they stay
+    // in the staged table only for the drop policy, which joins on them.
+    let fingerprints = fingerprint.then(|| {
+        let runtime = ctx.runtime_env();
+        Arc::new(Fingerprints::new(
+            &runtime.memory_pool,
+            runtime.disk_manager.clone(),
+            settings.gates.duplicate_lines == Policy::Drop,
+        ))
+    });
+    let tap = fingerprints
+        .clone()
+        .map(|f| f as Arc<dyn crate::publish::stage::BatchTap>);
+    let staged = match staging
+        .write_table_tapped(orders, "orders", false, &[], tap)
+        .await
+    {
         Ok(s) => s,
         Err(StageError::Engine(e)) => {
             return Err(source
@@ -255,15 +272,13 @@ pub async fn register_sources(
         input_err(orders_spec, redact(&e.strip_backtrace()))
     };
     debug!(rows = staged.rows, "orders staged");
-    let duplicates = match fingerprint {
-        true => {
-            let d = Duplicates::count(ctx, &staged, &staging.out.loc)
-                .await
-                .map_err(engine)?;
+    let duplicates = match fingerprints {
+        Some(f) => {
+            let d = Duplicates::new(f.repeated().map_err(engine)?).map_err(engine)?;
             debug!(extra = d.extra, "duplicate lines counted");
             Some(d)
         }
-        false => None,
+        None => None,
     };
     let (mut stats, as_of) = settle_gates(
         &counts,
@@ -756,64 +771,11 @@ struct Duplicates {
 }
 
 impl Duplicates {
-    /// Groups the staged lines by `_line_a` alone (a fast single-integer aggregation),
-    /// keeping those with copies; a group whose `_line_b` values differ (two different lines
-    /// sharing one 64-bit hash, vanishingly rare) is regrouped by both halves.
-    async fn count(
-        ctx: &SessionContext,
-        staged: &StagedTable,
-        loc: &crate::storage::Location,
-    ) -> datafusion::error::Result<Duplicates> {
-        use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch};
-        use datafusion::arrow::datatypes::Int64Type;
-        use datafusion::functions_aggregate::expr_fn::{count, max, min};
-        let lines = open_dir(ctx, loc, &staged.rel, &[]).await?;
-        let candidates = lines
-            .clone()
-            .aggregate(
-                vec![col("_line_a")],
-                vec![
-                    count(lit(1)).alias("_copies"),
-                    min(col("_line_b")).alias("_b_min"),
-                    max(col("_line_b")).alias("_b_max"),
-                ],
-            )?
-            .filter(col("_copies").gt(lit(1i64)))?
-            .collect()
-            .await?;
-        let mut found: Vec<(i64, i64, i64)> = Vec::new();
-        let mut mixed: Vec<Expr> = Vec::new();
-        for batch in &candidates {
-            let column = |i: usize| batch.column(i).as_primitive::<Int64Type>();
-            let (a, copies, b_min, b_max) = (column(0), column(1), column(2), column(3));
-            for i in 0..batch.num_rows() {
-                if b_min.value(i) == b_max.value(i) {
-                    found.push((a.value(i), b_min.value(i), copies.value(i)));
-                } else {
-                    mixed.push(lit(a.value(i)));
-                }
-            }
-        }
-        if !mixed.is_empty() {
-            let regrouped = lines
-                .filter(col("_line_a").in_list(mixed, false))?
-                .aggregate(
-                    vec![col("_line_a"), col("_line_b")],
-                    vec![count(lit(1)).alias("_copies")],
-                )?
-                .filter(col("_copies").gt(lit(1i64)))?
-                .collect()
-                .await?;
-            for batch in &regrouped {
-                let column = |i: usize| batch.column(i).as_primitive::<Int64Type>();
-                let (a, b, copies) = (column(0), column(1), column(2));
-                for i in 0..batch.num_rows() {
-                    found.push((a.value(i), b.value(i), copies.value(i)));
-                }
-            }
-        }
-        let extra = found.iter().map(|(_, _, c)| (*c - 1) as u64).sum();
-        let groups = found.len() as u64;
+    /// From the fingerprints the staging pass saw more than once.
+    fn new(repeated: Repeated) -> datafusion::error::Result<Duplicates> {
+        use datafusion::arrow::array::{Int64Array, RecordBatch};
+        let extra = repeated.iter().map(|(_, _, n)| n - 1).sum();
+        let groups = repeated.len() as u64;
         let schema = Arc::new(Schema::new(vec![
             Field::new("_line_a", DataType::Int64, false),
             Field::new("_line_b", DataType::Int64, false),
@@ -821,8 +783,8 @@ impl Duplicates {
         let keys = RecordBatch::try_new(
             schema,
             vec![
-                Arc::new(Int64Array::from_iter_values(found.iter().map(|f| f.0))),
-                Arc::new(Int64Array::from_iter_values(found.iter().map(|f| f.1))),
+                Arc::new(Int64Array::from_iter_values(repeated.iter().map(|f| f.0))),
+                Arc::new(Int64Array::from_iter_values(repeated.iter().map(|f| f.1))),
             ],
         )?;
         Ok(Duplicates {
@@ -1130,76 +1092,12 @@ fn synthetic_order_ids(df: DataFrame) -> datafusion::error::Result<DataFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Int64Array, RecordBatch};
 
-    /// Two different lines sharing the first 64-bit half of their fingerprint are told
-    /// apart by the second half; copies count beyond the first of each line.
-    #[tokio::test]
-    async fn duplicates_are_counted_per_full_fingerprint_even_when_one_half_collides() {
-        let dir = tempfile::tempdir().unwrap();
-        let rel = "_staging/t/_internal/orders";
-        let folder = dir.path().join(rel);
-        std::fs::create_dir_all(&folder).unwrap();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("_line_a", DataType::Int64, false),
-            Field::new("_line_b", DataType::Int64, false),
-        ]));
-        let (a, b): (Vec<i64>, Vec<i64>) = [
-            (1, 10),
-            (1, 10),
-            (1, 11),
-            (2, 20),
-            (3, 30),
-            (3, 30),
-            (3, 30),
-        ]
-        .into_iter()
-        .unzip();
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(Int64Array::from(a)), Arc::new(Int64Array::from(b))],
-        )
-        .unwrap();
-        let file = std::fs::File::create(folder.join("part-0.parquet")).unwrap();
-        let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        let loc = crate::storage::Location::resolve(
-            &dir.path().display().to_string(),
-            &Default::default(),
-        )
-        .unwrap();
-        let staged = StagedTable {
-            rel: rel.into(),
-            rows: 7,
-            files: vec!["part-0.parquet".into()],
-            bytes: 0,
-            columns: vec![],
-            partition_by: vec![],
-        };
-        let d = Duplicates::count(&SessionContext::new(), &staged, &loc)
-            .await
-            .unwrap();
-        // (1, 10) twice: one extra; (3, 30) three times: two extra; (1, 11) and (2, 20) once.
+    /// Copies count beyond the first of each duplicated line.
+    #[test]
+    fn extra_copies_are_those_beyond_the_first_of_each_line() {
+        let d = Duplicates::new(vec![(1, 10, 2), (3, 30, 3)]).unwrap();
         assert_eq!((d.extra, d.groups), (3, 2));
-        let mut keys: Vec<(i64, i64)> = Vec::new();
-        for k in &d.keys {
-            let col = |i: usize| {
-                k.column(i)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .clone()
-            };
-            keys.extend(
-                col(0)
-                    .values()
-                    .iter()
-                    .copied()
-                    .zip(col(1).values().iter().copied()),
-            );
-        }
-        keys.sort();
-        assert_eq!(keys, vec![(1, 10), (3, 30)]);
+        assert_eq!(d.keys[0].num_rows(), 2);
     }
 }

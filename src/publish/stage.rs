@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::{Array, Int64Array, UInt64Array};
+use datafusion::arrow::array::{Array, Int64Array, RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::{Column, ScalarValue};
@@ -89,6 +89,20 @@ impl Staging {
         publish: bool,
         partition_by: &[String],
     ) -> Result<StagedTable, StageError> {
+        self.write_table_tapped(df, name, publish, partition_by, None)
+            .await
+    }
+
+    /// [`Staging::write_table`], with `tap` seeing every batch of an internal table before
+    /// it is written.
+    pub async fn write_table_tapped(
+        &self,
+        df: DataFrame,
+        name: &str,
+        publish: bool,
+        partition_by: &[String],
+        tap: Option<Arc<dyn BatchTap>>,
+    ) -> Result<StagedTable, StageError> {
         let loc = &self.out.loc;
         let rel = self.table_rel(name, publish);
         let df = published_form(df, partition_by, publish)?;
@@ -113,28 +127,18 @@ impl Staging {
             options.global.statistics_enabled = Some("none".into());
             options.global.allow_single_file_parallelism = false;
         }
-        let written = df
-            .write_parquet(
-                &loc.dir_url(&rel),
-                DataFrameWriteOptions::new().with_partition_by(partition_by.to_vec()),
-                Some(options),
-            )
-            .await?;
-        let rows = written
-            .first()
-            .filter(|b| b.num_columns() > 0 && b.num_rows() > 0)
-            .and_then(|b| {
-                let c = b.column(0);
-                c.as_any()
-                    .downcast_ref::<UInt64Array>()
-                    .map(|a| a.value(0))
-                    .or_else(|| {
-                        c.as_any()
-                            .downcast_ref::<Int64Array>()
-                            .map(|a| a.value(0) as u64)
-                    })
-            })
-            .unwrap_or(0);
+        let (rows, schema) = if publish || !partition_by.is_empty() {
+            let written = df
+                .write_parquet(
+                    &loc.dir_url(&rel),
+                    DataFrameWriteOptions::new().with_partition_by(partition_by.to_vec()),
+                    Some(options),
+                )
+                .await?;
+            (written_rows(written), schema)
+        } else {
+            write_internal(df, loc, &rel, &options, tap).await?
+        };
         if rows == 0 {
             // DataFusion writes no file for an empty result; readers need one carrying the
             // schema. A partitioned table puts it under `col=/` without the partition
@@ -198,6 +202,155 @@ impl Staging {
             partition_by: partition_by.to_vec(),
         })
     }
+}
+
+/// The row count DataFusion's writers return.
+fn written_rows(written: Vec<datafusion::arrow::array::RecordBatch>) -> u64 {
+    written
+        .first()
+        .filter(|b| b.num_columns() > 0 && b.num_rows() > 0)
+        .and_then(|b| {
+            let c = b.column(0);
+            c.as_any()
+                .downcast_ref::<UInt64Array>()
+                .map(|a| a.value(0))
+                .or_else(|| {
+                    c.as_any()
+                        .downcast_ref::<Int64Array>()
+                        .map(|a| a.value(0) as u64)
+                })
+        })
+        .unwrap_or(0)
+}
+
+/// Sees every batch of an internal table before it is written and may take columns out
+/// of it (the duplicate gate collects the line fingerprints as the orders are staged).
+pub trait BatchTap: Send + Sync {
+    /// The schema written for a plan whose output is `schema`.
+    fn written_schema(&self, schema: &SchemaRef) -> DfResult<SchemaRef>;
+    /// Records `batch` and returns what is written of it.
+    fn tap(&self, batch: RecordBatch) -> DfResult<RecordBatch>;
+}
+
+/// Writes an internal table: one Parquet file `part-<i>.parquet` per partition of the plan
+/// (none for a partition without rows), each encoded by its own task, straight into its
+/// file on local disk, through a multipart upload on object storage. DataFusion's writer
+/// encodes each row group into a buffer that starts empty and grows by copying, then copies
+/// it again into the upload buffer, and cannot show a batch to a [`BatchTap`]. The
+/// buffered row groups are reserved in the memory pool, as DataFusion's are. Returns the
+/// rows and the schema written.
+async fn write_internal(
+    df: DataFrame,
+    loc: &Location,
+    rel: &str,
+    options: &TableParquetOptions,
+    tap: Option<Arc<dyn BatchTap>>,
+) -> DfResult<(u64, SchemaRef)> {
+    use datafusion::common::file_options::parquet_writer::ParquetWriterOptions;
+    use datafusion::execution::memory_pool::MemoryConsumer;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_plan::{
+        execute_stream_partitioned, ExecutionPlanProperties, Partitioning,
+    };
+    use futures::StreamExt;
+    use parquet::arrow::{arrow_writer::ArrowWriterOptions, ArrowWriter, AsyncArrowWriter};
+
+    let task_ctx = Arc::new(df.task_ctx());
+    let target = task_ctx.session_config().target_partitions();
+    let mut plan = df.create_physical_plan().await?;
+    // A plan of fewer partitions than cores would encode on fewer cores than DataFusion's
+    // writer (which spreads one stream over several files).
+    if plan.output_partitioning().partition_count() < target {
+        plan = Arc::new(RepartitionExec::try_new(
+            plan,
+            Partitioning::RoundRobinBatch(target),
+        )?);
+    }
+    let schema = match &tap {
+        Some(t) => t.written_schema(&plan.schema())?,
+        None => plan.schema(),
+    };
+    // The Arrow schema goes into the footer's metadata, as DataFusion's writer puts it.
+    let mut options = options.clone();
+    options.arrow_schema(&schema);
+    let props = ParquetWriterOptions::try_from(&options)?
+        .writer_options()
+        .clone();
+    let writer_options = ArrowWriterOptions::new()
+        .with_properties(props)
+        .with_skip_arrow_metadata(true);
+    if let Some(root) = &loc.local {
+        std::fs::create_dir_all(root.join(rel))?;
+    }
+    /// The file a partition is written to.
+    enum Writer {
+        Local(Box<ArrowWriter<std::fs::File>>),
+        Store(Box<AsyncArrowWriter<object_store::buffered::BufWriter>>),
+    }
+    let mut tasks: tokio::task::JoinSet<DfResult<u64>> = tokio::task::JoinSet::new();
+    for (i, mut stream) in execute_stream_partitioned(plan, task_ctx.clone())?
+        .into_iter()
+        .enumerate()
+    {
+        let file = format!("{rel}/part-{i}.parquet");
+        let local = loc.local.as_ref().map(|root| root.join(&file));
+        let (store, path) = (loc.store.clone(), loc.path(&file));
+        let (schema, writer_options, tap) = (schema.clone(), writer_options.clone(), tap.clone());
+        let reservation = MemoryConsumer::new(format!("internal table writer[{i}]"))
+            .register(task_ctx.memory_pool());
+        tasks.spawn(async move {
+            let mut writer: Option<Writer> = None;
+            let mut rows = 0u64;
+            while let Some(batch) = stream.next().await {
+                let mut batch = batch?;
+                if let Some(t) = &tap {
+                    batch = t.tap(batch)?;
+                }
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                let w = match &mut writer {
+                    Some(w) => w,
+                    None => writer.insert(match &local {
+                        Some(p) => Writer::Local(Box::new(ArrowWriter::try_new_with_options(
+                            std::fs::File::create(p)?,
+                            schema.clone(),
+                            writer_options.clone(),
+                        )?)),
+                        None => Writer::Store(Box::new(AsyncArrowWriter::try_new_with_options(
+                            object_store::buffered::BufWriter::new(store.clone(), path.clone()),
+                            schema.clone(),
+                            writer_options.clone(),
+                        )?)),
+                    }),
+                };
+                let size = match w {
+                    Writer::Local(w) => {
+                        w.write(&batch)?;
+                        w.memory_size()
+                    }
+                    Writer::Store(w) => {
+                        w.write(&batch).await?;
+                        w.memory_size()
+                    }
+                };
+                rows += batch.num_rows() as u64;
+                reservation.try_resize(size)?;
+            }
+            // Writes the footer and flushes what is buffered.
+            match writer {
+                Some(Writer::Local(w)) => drop(w.into_inner()?),
+                Some(Writer::Store(w)) => drop(w.close().await?),
+                None => {}
+            }
+            DfResult::Ok(rows)
+        });
+    }
+    let mut rows = 0;
+    while let Some(done) = tasks.join_next().await {
+        rows += done.map_err(|e| DataFusionError::External(Box::new(e)))??;
+    }
+    Ok((rows, schema))
 }
 
 /// Casts to the published types: partition columns to strings (a NULL int/date/bool would

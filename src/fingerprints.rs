@@ -1,0 +1,404 @@
+//! The duplicate-line gate's count, taken while the orders are staged: every staged line's
+//! 128-bit fingerprint (`_line_a`, `_line_b`, see [`crate::gates::LineHash`]) is collected
+//! as the staging pass writes the line, and equal fingerprints are counted after it, sorted.
+//! No second pass over the staged lines, no hash table of every line, and the fingerprints
+//! are written to the staged table only when the `drop` policy needs them there.
+//!
+//! The fingerprints are kept in 256 buckets by their first byte (each sorted on its own
+//! at the end, in cache: together they are sorted), within the memory pool. When the pool
+//! refuses more, the buckets are sorted and spilled to a temporary file as one sorted run,
+//! and the runs are merged at the end.
+
+use std::collections::BinaryHeap;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Int64Type, Schema, SchemaRef};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::disk_manager::DiskManager;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use datafusion::execution::SpillFile;
+
+use crate::publish::stage::BatchTap;
+
+/// The staged columns holding a line's fingerprint.
+pub const COLUMNS: [&str; 2] = ["_line_a", "_line_b"];
+
+const BUCKETS: usize = 256;
+const BYTES: usize = std::mem::size_of::<u128>();
+
+/// Collects the fingerprints of the lines a staging pass writes.
+pub struct Fingerprints {
+    /// Whether the fingerprint columns are written to the staged table too.
+    keep: bool,
+    state: Mutex<State>,
+    disk: Arc<DiskManager>,
+}
+
+struct State {
+    buckets: Vec<Vec<u128>>,
+    /// Sum of the buckets' capacities, in fingerprints.
+    capacity: usize,
+    reservation: MemoryReservation,
+    spilled: Vec<Arc<dyn SpillFile>>,
+}
+
+/// Fingerprints seen more than once: `(_line_a, _line_b, copies)`, in fingerprint order.
+pub type Repeated = Vec<(i64, i64, u64)>;
+
+fn key(a: i64, b: i64) -> u128 {
+    (u128::from(a as u64) << 64) | u128::from(b as u64)
+}
+
+fn halves(k: u128) -> (i64, i64) {
+    ((k >> 64) as u64 as i64, k as u64 as i64)
+}
+
+fn bucket(k: u128) -> usize {
+    (k >> 120) as usize
+}
+
+impl Fingerprints {
+    pub fn new(pool: &Arc<dyn MemoryPool>, disk: Arc<DiskManager>, keep: bool) -> Self {
+        let reservation = MemoryConsumer::new("duplicate-line fingerprints")
+            .with_can_spill(true)
+            .register(pool);
+        Fingerprints {
+            keep,
+            state: Mutex::new(State {
+                buckets: vec![Vec::new(); BUCKETS],
+                capacity: 0,
+                reservation,
+                spilled: Vec::new(),
+            }),
+            disk,
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        self.state
+            .lock()
+            .map_err(|_| DataFusionError::Internal("fingerprint collector poisoned".into()))
+    }
+
+    /// The fingerprints seen more than once, and how often.
+    pub fn repeated(&self) -> Result<Repeated> {
+        let mut state = self.lock()?;
+        let mut buckets = std::mem::replace(&mut state.buckets, vec![Vec::new(); BUCKETS]);
+        sort_buckets(&mut buckets);
+        let mut out = Vec::new();
+        if state.spilled.is_empty() {
+            count_runs(buckets.iter().flatten().copied(), &mut out);
+        } else {
+            let mut runs: Vec<Box<dyn Iterator<Item = Result<u128>>>> =
+                Vec::with_capacity(state.spilled.len() + 1);
+            for file in &state.spilled {
+                runs.push(Box::new(read_run(file)?));
+            }
+            runs.push(Box::new(buckets.into_iter().flatten().map(Ok)));
+            let mut merged = Vec::new();
+            merge(runs, |k| merged.push(k))?;
+            count_runs(merged.into_iter(), &mut out);
+        }
+        state.capacity = 0;
+        state.reservation.free();
+        Ok(out)
+    }
+
+    /// Sorts the buckets and writes them to a temporary file as one sorted run.
+    fn spill(&self, state: &mut State) -> Result<()> {
+        sort_buckets(&mut state.buckets);
+        let file = self.disk.create_tmp_file("duplicate-line fingerprints")?;
+        let mut out = BufWriter::new(file.open_writer()?);
+        for k in state.buckets.iter().flatten() {
+            out.write_all(&k.to_le_bytes())?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.finish()?;
+        state.spilled.push(file);
+        state.buckets = vec![Vec::new(); BUCKETS];
+        state.capacity = 0;
+        state.reservation.free();
+        Ok(())
+    }
+}
+
+impl BatchTap for Fingerprints {
+    fn written_schema(&self, schema: &SchemaRef) -> Result<SchemaRef> {
+        for c in COLUMNS {
+            schema.index_of(c)?;
+        }
+        if self.keep {
+            return Ok(schema.clone());
+        }
+        let fields: Vec<_> = schema
+            .fields()
+            .iter()
+            .filter(|f| !COLUMNS.contains(&f.name().as_str()))
+            .cloned()
+            .collect();
+        Ok(Arc::new(Schema::new_with_metadata(
+            fields,
+            schema.metadata().clone(),
+        )))
+    }
+
+    fn tap(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let schema = batch.schema();
+        let (ia, ib) = (schema.index_of(COLUMNS[0])?, schema.index_of(COLUMNS[1])?);
+        let (a, b) = (
+            batch.column(ia).as_primitive_opt::<Int64Type>(),
+            batch.column(ib).as_primitive_opt::<Int64Type>(),
+        );
+        let (Some(a), Some(b)) = (a, b) else {
+            return Err(DataFusionError::Internal(
+                "the line fingerprints are not Int64".into(),
+            ));
+        };
+        let mut counts = [0usize; BUCKETS];
+        let keys: Vec<u128> = a
+            .values()
+            .iter()
+            .zip(b.values().iter())
+            .map(|(a, b)| {
+                let k = key(*a, *b);
+                counts[bucket(k)] += 1;
+                k
+            })
+            .collect();
+        {
+            let mut state = self.lock()?;
+            // Room for the batch, each bucket growing by a quarter (not doubling: the
+            // buckets hold 16 bytes per line).
+            let wanted: usize = state
+                .buckets
+                .iter()
+                .zip(counts)
+                .map(|(v, n)| match v.len() + n > v.capacity() {
+                    true => grown(v, n),
+                    false => v.capacity(),
+                })
+                .sum();
+            if wanted > state.capacity {
+                let bytes = wanted * BYTES;
+                if state.reservation.try_resize(bytes).is_err() {
+                    self.spill(&mut state)?;
+                    let fresh: usize = counts.iter().sum();
+                    state.reservation.try_resize(fresh * BYTES)?;
+                }
+            }
+            let mut capacity = 0;
+            for (i, bucket_keys) in state.buckets.iter_mut().enumerate() {
+                let n = counts[i];
+                if bucket_keys.len() + n > bucket_keys.capacity() {
+                    let grow = grown(bucket_keys, n);
+                    bucket_keys.reserve_exact(grow - bucket_keys.len());
+                }
+                capacity += bucket_keys.capacity();
+            }
+            for k in keys {
+                state.buckets[bucket(k)].push(k);
+            }
+            state.capacity = capacity;
+            // What the allocator gave may exceed what was asked for.
+            let _ = state.reservation.try_resize(capacity * BYTES);
+        }
+        if self.keep {
+            return Ok(batch);
+        }
+        let keep: Vec<usize> = (0..batch.num_columns())
+            .filter(|i| *i != ia && *i != ib)
+            .collect();
+        Ok(batch.project(&keep)?)
+    }
+}
+
+/// The capacity of a full bucket that takes `n` more: a quarter more, or what it needs.
+fn grown(bucket: &Vec<u128>, n: usize) -> usize {
+    (bucket.len() + n).max(bucket.capacity() + bucket.capacity() / 4)
+}
+
+/// Sorts every bucket, the buckets split between two threads.
+fn sort_buckets(buckets: &mut [Vec<u128>]) {
+    let total: usize = buckets.iter().map(Vec::len).sum();
+    // Half the fingerprints on each side.
+    let mut seen = 0;
+    let split = buckets
+        .iter()
+        .position(|b| {
+            seen += b.len();
+            seen * 2 >= total
+        })
+        .map_or(buckets.len(), |i| i + 1);
+    let (first, second) = buckets.split_at_mut(split);
+    let sort = |part: &mut [Vec<u128>]| part.iter_mut().for_each(|b| b.sort_unstable());
+    if total < 100_000 {
+        sort(first);
+        sort(second);
+        return;
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(|| sort(second));
+        sort(first);
+    });
+}
+
+/// Appends each key that occurs more than once in the sorted `keys`, with its count.
+fn count_runs(keys: impl Iterator<Item = u128>, out: &mut Repeated) {
+    let mut current: Option<(u128, u64)> = None;
+    for k in keys {
+        match &mut current {
+            Some((c, n)) if *c == k => *n += 1,
+            _ => {
+                if let Some((c, n)) = current.take().filter(|(_, n)| *n > 1) {
+                    let (a, b) = halves(c);
+                    out.push((a, b, n));
+                }
+                current = Some((k, 1));
+            }
+        }
+    }
+    if let Some((c, n)) = current.filter(|(_, n)| *n > 1) {
+        let (a, b) = halves(c);
+        out.push((a, b, n));
+    }
+}
+
+/// A spilled run, read back in order.
+fn read_run(file: &Arc<dyn SpillFile>) -> Result<impl Iterator<Item = Result<u128>>> {
+    let path = file.path().ok_or_else(|| {
+        DataFusionError::Internal("fingerprint runs are spilled to local files".into())
+    })?;
+    let mut reader = BufReader::new(std::fs::File::open(path)?);
+    Ok(std::iter::from_fn(move || {
+        let mut bytes = [0u8; BYTES];
+        match reader.read_exact(&mut bytes) {
+            Ok(()) => Some(Ok(u128::from_le_bytes(bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+            Err(e) => Some(Err(e.into())),
+        }
+    }))
+}
+
+/// Merges sorted runs into one sorted sequence, handed to `emit` key by key.
+fn merge(
+    mut runs: Vec<Box<dyn Iterator<Item = Result<u128>>>>,
+    mut emit: impl FnMut(u128),
+) -> Result<()> {
+    use std::cmp::Reverse;
+    let mut heap = BinaryHeap::new();
+    for (i, run) in runs.iter_mut().enumerate() {
+        if let Some(k) = run.next() {
+            heap.push(Reverse((k?, i)));
+        }
+    }
+    while let Some(Reverse((k, i))) = heap.pop() {
+        emit(k);
+        if let Some(next) = runs[i].next() {
+            heap.push(Reverse((next?, i)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::execution::disk_manager::DiskManagerBuilder;
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, UnboundedMemoryPool};
+
+    fn batch(lines: &[(i64, i64)]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("customer_id", DataType::Utf8, true),
+            Field::new("_line_a", DataType::Int64, false),
+            Field::new("_line_b", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(lines.iter().map(|_| "c"))),
+                Arc::new(Int64Array::from_iter_values(lines.iter().map(|l| l.0))),
+                Arc::new(Int64Array::from_iter_values(lines.iter().map(|l| l.1))),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn disk() -> Arc<DiskManager> {
+        Arc::new(DiskManagerBuilder::default().build().unwrap())
+    }
+
+    #[test]
+    fn duplicates_are_counted_per_full_fingerprint_even_when_one_half_collides() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+        let f = Fingerprints::new(&pool, disk(), false);
+        // (1, 10) twice: one extra; (3, 30) three times: two extra; (1, 11), (2, 20) and
+        // (-1, 10) (the same second half, a negative first) once each.
+        let written = f
+            .tap(batch(&[(1, 10), (3, 30), (1, 11), (-1, 10)]))
+            .unwrap();
+        f.tap(batch(&[(2, 20), (1, 10), (3, 30), (3, 30)])).unwrap();
+        assert_eq!(written.num_columns(), 1, "fingerprints are not written");
+        assert_eq!(written.num_rows(), 4);
+        let mut repeated = f.repeated().unwrap();
+        repeated.sort();
+        assert_eq!(repeated, vec![(1, 10, 2), (3, 30, 3)]);
+    }
+
+    #[test]
+    fn the_drop_policy_keeps_the_fingerprint_columns() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+        let f = Fingerprints::new(&pool, disk(), true);
+        let b = batch(&[(1, 1), (1, 1)]);
+        assert_eq!(f.written_schema(&b.schema()).unwrap(), b.schema());
+        assert_eq!(f.tap(b).unwrap().num_columns(), 3);
+        assert_eq!(f.repeated().unwrap(), vec![(1, 1, 2)]);
+    }
+
+    #[test]
+    fn a_full_memory_pool_spills_sorted_runs_and_the_count_is_the_same() {
+        // Pseudo-random fingerprints from a small set, so many repeat, in many batches.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let lines: Vec<Vec<(i64, i64)>> = (0..40)
+            .map(|_| {
+                (0..500)
+                    .map(|_| {
+                        let v = next() % 3_000;
+                        ((v.wrapping_mul(0x9e37_79b9_7f4a_7c15)) as i64, v as i64)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut expected = std::collections::BTreeMap::new();
+        for l in lines.iter().flatten() {
+            *expected.entry(*l).or_insert(0u64) += 1;
+        }
+        let mut expected: Vec<(i64, i64, u64)> = expected
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|((a, b), n)| (a, b, n))
+            .collect();
+        expected.sort();
+        for limit in [usize::MAX, 64 * 1024] {
+            let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(limit));
+            let f = Fingerprints::new(&pool, disk(), false);
+            for l in &lines {
+                f.tap(batch(l)).unwrap();
+            }
+            let spilled = f.lock().unwrap().spilled.len();
+            assert_eq!(spilled > 0, limit != usize::MAX, "limit {limit}");
+            let mut got = f.repeated().unwrap();
+            got.sort();
+            assert_eq!(got, expected, "limit {limit}");
+            assert_eq!(pool.reserved(), 0);
+        }
+    }
+}
