@@ -5,7 +5,9 @@
 //! are written to the staged table only when the `drop` policy needs them there.
 //!
 //! The fingerprints are kept in 256 buckets by their first byte (each sorted on its own
-//! at the end, in cache: together they are sorted), within the memory pool. When the pool
+//! at the end, in cache: together they are sorted), within the memory pool. A bucket grows
+//! by chunks (64 fingerprints doubling up to 4,096) that are never reallocated: growing one
+//! array by copying cost more than the sort. When the pool
 //! refuses more, the buckets are sorted and spilled to a temporary file as one sorted run,
 //! and the runs are merged at the end.
 
@@ -37,9 +39,8 @@ pub struct Fingerprints {
 }
 
 struct State {
-    buckets: Vec<Vec<u128>>,
-    /// Sum of the buckets' capacities, in fingerprints.
-    capacity: usize,
+    /// Per bucket, its chunks (each full but the last).
+    buckets: Vec<Vec<Vec<u128>>>,
     reservation: MemoryReservation,
     spilled: Vec<Arc<dyn SpillFile>>,
 }
@@ -68,7 +69,6 @@ impl Fingerprints {
             keep,
             state: Mutex::new(State {
                 buckets: vec![Vec::new(); BUCKETS],
-                capacity: 0,
                 reservation,
                 spilled: Vec::new(),
             }),
@@ -85,8 +85,10 @@ impl Fingerprints {
     /// The fingerprints seen more than once, and how often.
     pub fn repeated(&self) -> Result<Repeated> {
         let mut state = self.lock()?;
-        let mut buckets = std::mem::replace(&mut state.buckets, vec![Vec::new(); BUCKETS]);
-        sort_buckets(&mut buckets);
+        let buckets = sorted(std::mem::replace(
+            &mut state.buckets,
+            vec![Vec::new(); BUCKETS],
+        ));
         let mut out = Vec::new();
         if state.spilled.is_empty() {
             count_runs(buckets.iter().flatten().copied(), &mut out);
@@ -101,23 +103,23 @@ impl Fingerprints {
             merge(runs, |k| merged.push(k))?;
             count_runs(merged.into_iter(), &mut out);
         }
-        state.capacity = 0;
         state.reservation.free();
         Ok(out)
     }
 
     /// Sorts the buckets and writes them to a temporary file as one sorted run.
     fn spill(&self, state: &mut State) -> Result<()> {
-        sort_buckets(&mut state.buckets);
+        let buckets = sorted(std::mem::replace(
+            &mut state.buckets,
+            vec![Vec::new(); BUCKETS],
+        ));
         let file = self.disk.create_tmp_file("duplicate-line fingerprints")?;
         let mut out = BufWriter::new(file.open_writer()?);
-        for k in state.buckets.iter().flatten() {
+        for k in buckets.iter().flatten() {
             out.write_all(&k.to_le_bytes())?;
         }
         out.into_inner().map_err(|e| e.into_error())?.finish()?;
         state.spilled.push(file);
-        state.buckets = vec![Vec::new(); BUCKETS];
-        state.capacity = 0;
         state.reservation.free();
         Ok(())
     }
@@ -168,40 +170,23 @@ impl BatchTap for Fingerprints {
             .collect();
         {
             let mut state = self.lock()?;
-            // Room for the batch, each bucket growing by a quarter (not doubling: the
-            // buckets hold 16 bytes per line).
-            let wanted: usize = state
-                .buckets
-                .iter()
-                .zip(counts)
-                .map(|(v, n)| match v.len() + n > v.capacity() {
-                    true => grown(v, n),
-                    false => v.capacity(),
-                })
-                .sum();
-            if wanted > state.capacity {
-                let bytes = wanted * BYTES;
-                if state.reservation.try_resize(bytes).is_err() {
-                    self.spill(&mut state)?;
-                    let fresh: usize = counts.iter().sum();
-                    state.reservation.try_resize(fresh * BYTES)?;
-                }
-            }
-            let mut capacity = 0;
-            for (i, bucket_keys) in state.buckets.iter_mut().enumerate() {
-                let n = counts[i];
-                if bucket_keys.len() + n > bucket_keys.capacity() {
-                    let grow = grown(bucket_keys, n);
-                    bucket_keys.reserve_exact(grow - bucket_keys.len());
-                }
-                capacity += bucket_keys.capacity();
+            let bytes = new_chunks(&state.buckets, &counts) * BYTES;
+            if state.reservation.try_grow(bytes).is_err() {
+                self.spill(&mut state)?;
+                let bytes = new_chunks(&state.buckets, &counts) * BYTES;
+                state.reservation.try_grow(bytes)?;
             }
             for k in keys {
-                state.buckets[bucket(k)].push(k);
+                let chunks = &mut state.buckets[bucket(k)];
+                match chunks.last_mut() {
+                    Some(last) if last.len() < last.capacity() => last.push(k),
+                    _ => {
+                        let mut chunk = Vec::with_capacity(chunk_size(chunks.len()));
+                        chunk.push(k);
+                        chunks.push(chunk);
+                    }
+                }
             }
-            state.capacity = capacity;
-            // What the allocator gave may exceed what was asked for.
-            let _ = state.reservation.try_resize(capacity * BYTES);
         }
         if self.keep {
             return Ok(batch);
@@ -213,34 +198,61 @@ impl BatchTap for Fingerprints {
     }
 }
 
-/// The capacity of a full bucket that takes `n` more: a quarter more, or what it needs.
-fn grown(bucket: &Vec<u128>, n: usize) -> usize {
-    (bucket.len() + n).max(bucket.capacity() + bucket.capacity() / 4)
+/// The capacity of a bucket's chunk after `chunks` chunks.
+fn chunk_size(chunks: usize) -> usize {
+    64 << chunks.min(6)
 }
 
-/// Sorts every bucket, the buckets split between two threads.
-fn sort_buckets(buckets: &mut [Vec<u128>]) {
-    let total: usize = buckets.iter().map(Vec::len).sum();
+/// The fingerprints' room the chunks a batch needs add (`counts`: its lines per bucket).
+fn new_chunks(buckets: &[Vec<Vec<u128>>], counts: &[usize; BUCKETS]) -> usize {
+    let mut room = 0;
+    for (chunks, n) in buckets.iter().zip(counts) {
+        let mut free = chunks.last().map_or(0, |c| c.capacity() - c.len());
+        let mut count = chunks.len();
+        while free < *n {
+            free += chunk_size(count);
+            room += chunk_size(count);
+            count += 1;
+        }
+    }
+    room
+}
+
+/// Each bucket's chunks as one sorted array, the buckets split between two threads.
+fn sorted(buckets: Vec<Vec<Vec<u128>>>) -> Vec<Vec<u128>> {
+    let total: usize = buckets.iter().flatten().map(Vec::len).sum();
+    let one = |chunks: Vec<Vec<u128>>| {
+        let mut keys = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
+        for c in chunks {
+            keys.extend_from_slice(&c);
+        }
+        keys.sort_unstable();
+        keys
+    };
     // Half the fingerprints on each side.
     let mut seen = 0;
     let split = buckets
         .iter()
         .position(|b| {
-            seen += b.len();
+            seen += b.iter().map(Vec::len).sum::<usize>();
             seen * 2 >= total
         })
         .map_or(buckets.len(), |i| i + 1);
-    let (first, second) = buckets.split_at_mut(split);
-    let sort = |part: &mut [Vec<u128>]| part.iter_mut().for_each(|b| b.sort_unstable());
+    let mut first = buckets;
+    let second = first.split_off(split);
     if total < 100_000 {
-        sort(first);
-        sort(second);
-        return;
+        return first.into_iter().chain(second).map(one).collect();
     }
     std::thread::scope(|scope| {
-        scope.spawn(|| sort(second));
-        sort(first);
-    });
+        let later = scope.spawn(|| second.into_iter().map(one).collect::<Vec<_>>());
+        let mut out: Vec<Vec<u128>> = first.into_iter().map(one).collect();
+        out.extend(
+            later
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        );
+        out
+    })
 }
 
 /// Appends each key that occurs more than once in the sorted `keys`, with its count.
@@ -369,7 +381,7 @@ mod tests {
         };
         let lines: Vec<Vec<(i64, i64)>> = (0..40)
             .map(|_| {
-                (0..500)
+                (0..5_000)
                     .map(|_| {
                         let v = next() % 3_000;
                         ((v.wrapping_mul(0x9e37_79b9_7f4a_7c15)) as i64, v as i64)
@@ -387,7 +399,7 @@ mod tests {
             .map(|((a, b), n)| (a, b, n))
             .collect();
         expected.sort();
-        for limit in [usize::MAX, 64 * 1024] {
+        for limit in [usize::MAX, 1 << 20] {
             let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(limit));
             let f = Fingerprints::new(&pool, disk(), false);
             for l in &lines {
