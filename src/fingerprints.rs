@@ -89,9 +89,9 @@ impl Fingerprints {
             &mut state.buckets,
             vec![Vec::new(); BUCKETS],
         ));
-        let mut out = Vec::new();
+        let mut counter = Counter::default();
         if state.spilled.is_empty() {
-            count_runs(buckets.iter().flatten().copied(), &mut out);
+            buckets.iter().flatten().for_each(|k| counter.push(*k));
         } else {
             let mut runs: Vec<Box<dyn Iterator<Item = Result<u128>>>> =
                 Vec::with_capacity(state.spilled.len() + 1);
@@ -99,12 +99,11 @@ impl Fingerprints {
                 runs.push(Box::new(read_run(file)?));
             }
             runs.push(Box::new(buckets.into_iter().flatten().map(Ok)));
-            let mut merged = Vec::new();
-            merge(runs, |k| merged.push(k))?;
-            count_runs(merged.into_iter(), &mut out);
+            // Counted as the merge streams: the runs are not held in memory at once.
+            merge(runs, |k| counter.push(k))?;
         }
         state.reservation.free();
-        Ok(out)
+        Ok(counter.finish())
     }
 
     /// Sorts the buckets and writes them to a temporary file as one sorted run.
@@ -255,24 +254,34 @@ fn sorted(buckets: Vec<Vec<Vec<u128>>>) -> Vec<Vec<u128>> {
     })
 }
 
-/// Appends each key that occurs more than once in the sorted `keys`, with its count.
-fn count_runs(keys: impl Iterator<Item = u128>, out: &mut Repeated) {
-    let mut current: Option<(u128, u64)> = None;
-    for k in keys {
-        match &mut current {
+/// Counts equal neighbours in a sorted sequence of keys, keeping those seen more than once.
+#[derive(Default)]
+struct Counter {
+    current: Option<(u128, u64)>,
+    repeated: Repeated,
+}
+
+impl Counter {
+    fn push(&mut self, k: u128) {
+        match &mut self.current {
             Some((c, n)) if *c == k => *n += 1,
             _ => {
-                if let Some((c, n)) = current.take().filter(|(_, n)| *n > 1) {
-                    let (a, b) = halves(c);
-                    out.push((a, b, n));
-                }
-                current = Some((k, 1));
+                self.flush();
+                self.current = Some((k, 1));
             }
         }
     }
-    if let Some((c, n)) = current.filter(|(_, n)| *n > 1) {
-        let (a, b) = halves(c);
-        out.push((a, b, n));
+
+    fn flush(&mut self) {
+        if let Some((c, n)) = self.current.take().filter(|(_, n)| *n > 1) {
+            let (a, b) = halves(c);
+            self.repeated.push((a, b, n));
+        }
+    }
+
+    fn finish(mut self) -> Repeated {
+        self.flush();
+        self.repeated
     }
 }
 
