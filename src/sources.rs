@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{InputSpec, Policy, Settings};
 use crate::engine::plan_models;
 use crate::error::{Error, Result};
-use crate::fingerprints::{Fingerprints, Repeated};
+use crate::fingerprints::{Fingerprints, Repeated, COLUMNS as FINGERPRINT};
 use crate::gates::{
     Gate, GateCounts, GateReason, GateRules, GateStat, GateTally, LineHash, DUPLICATE_LINES,
 };
@@ -757,7 +757,8 @@ fn line_fingerprint(present: &BTreeSet<&'static str>) -> Vec<Expr> {
         args.extend(present.iter().map(|c| col(*c)));
         ScalarUDF::new_from_impl(LineHash).call(args).alias(name)
     };
-    vec![hash(0x5e9f, "_line_a"), hash(0x10e5, "_line_b")]
+    let [a, b] = FINGERPRINT;
+    vec![hash(0x5e9f, a), hash(0x10e5, b)]
 }
 
 /// Lines identical in every mapped column (equal fingerprints) among the staged orders.
@@ -777,8 +778,8 @@ impl Duplicates {
         let extra = repeated.iter().map(|(_, _, n)| n - 1).sum();
         let groups = repeated.len() as u64;
         let schema = Arc::new(Schema::new(vec![
-            Field::new("_line_a", DataType::Int64, false),
-            Field::new("_line_b", DataType::Int64, false),
+            Field::new(FINGERPRINT[0], DataType::Int64, false),
+            Field::new(FINGERPRINT[1], DataType::Int64, false),
         ]));
         let keys = RecordBatch::try_new(
             schema,
@@ -806,8 +807,8 @@ impl Duplicates {
             vec![self.keys.clone()],
         )?))?
         .select(vec![
-            col("_line_a").alias("_dup_a"),
-            col("_line_b").alias("_dup_b"),
+            col(FINGERPRINT[0]).alias("_dup_a"),
+            col(FINGERPRINT[1]).alias("_dup_b"),
         ])
     }
 
@@ -822,7 +823,7 @@ impl Duplicates {
         use datafusion::common::JoinType;
         let lines = open_dir(ctx, loc, &staged.rel, &[]).await?;
         let names: Vec<&str> = planned.fields().iter().map(|f| f.name().as_str()).collect();
-        let on = ["_line_a", "_line_b"];
+        let on = FINGERPRINT;
         let keys = ["_dup_a", "_dup_b"];
         let single = lines
             .clone()
@@ -860,7 +861,7 @@ impl Duplicates {
         let mut columns: Vec<Expr> = names.iter().map(|n| col(n.as_str())).collect();
         columns.extend(line_fingerprint(present));
         let copy = row_number()
-            .partition_by(vec![col("_line_a"), col("_line_b")])
+            .partition_by(FINGERPRINT.map(col).to_vec())
             .build()?
             .alias("_copy");
         let mut out: Vec<Expr> = names.iter().map(|n| col(n.as_str())).collect();
@@ -871,7 +872,7 @@ impl Duplicates {
             .join(
                 self.keys(ctx)?,
                 JoinType::LeftSemi,
-                &["_line_a", "_line_b"],
+                &FINGERPRINT,
                 &["_dup_a", "_dup_b"],
                 None,
             )?

@@ -113,10 +113,11 @@ impl Staging {
         // ~10 % of a run), lz4 on object storage (fewer bytes to upload), no dictionary
         // (interning every string of a high-cardinality key column cost ~10 % of a run), no
         // min/max statistics (comparing every string of the key columns; nothing prunes by
-        // them: the row counts the planner uses are in the footer anyway), and each file
-        // written by one task (DataFusion writes at least `minimum_parallel_output_files`
-        // files side by side; encoding one file's columns in parallel too only added copies).
-        // The two last took the 10 M-line run's CPU time down by ~5 %.
+        // them: the row counts the planner uses are in the footer anyway); the two last took
+        // the 10 M-line run's CPU time down by ~5 %. Internal tables without hive partitions
+        // go through [`write_internal`]; for one with partitions, DataFusion's writer encodes
+        // each file by one task (its files are already written side by side; encoding one
+        // file's columns in parallel too only added copies).
         if publish {
             options.global.compression = Some("zstd(3)".into());
         } else {
