@@ -7,7 +7,7 @@
 //! failure. Customers come as weighted tuples (identical `(x, t_x, T)` summaries counted
 //! once), sorted before fitting, so the result does not depend on the order they arrived in.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Float64Array, Float64Builder};

@@ -345,6 +345,7 @@ async fn demo_run_publishes_every_table_and_rerun_is_identical() {
     for (model, n) in expected_rows {
         assert_eq!(first[model].len() as u64, n, "{model}");
     }
+    assert_reader_friendly(&out.join(format!("customer_facts/as_of={DEMO_AS_OF}")));
     // Internal models are never written.
     assert!(!out.join("purchase_orders").exists());
     assert!(m["models"]["purchase_orders"]["duration_ms"].is_u64());
@@ -361,6 +362,59 @@ async fn demo_run_publishes_every_table_and_rerun_is_identical() {
     }
     assert!(!out.join("_staging").exists());
     assert!(!out.join("_lock").exists());
+}
+
+/// Every Parquet file under `dir` is zstd-compressed with min/max statistics on every
+/// column, strings dictionary-encoded and floating-point columns not (their values rarely
+/// repeat).
+fn assert_reader_friendly(dir: &Path) {
+    use parquet::basic::{Compression, Encoding, Type};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        files += 1;
+        let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let (mut strings, mut floats) = (0, 0);
+        for group in reader.metadata().row_groups() {
+            for column in group.columns() {
+                let name = column.column_path().string();
+                let stats = column.statistics().expect("statistics");
+                assert!(
+                    stats.min_bytes_opt().is_some()
+                        || stats.null_count_opt() == Some(group.num_rows() as u64),
+                    "{name}: no min/max in {}",
+                    path.display()
+                );
+                assert!(
+                    matches!(column.compression(), Compression::ZSTD(_)),
+                    "{name}: {:?}",
+                    column.compression()
+                );
+                let dictionary = column.dictionary_page_offset().is_some()
+                    || column.encodings().any(|e| e == Encoding::RLE_DICTIONARY);
+                match column.column_type() {
+                    Type::DOUBLE | Type::FLOAT => {
+                        floats += 1;
+                        assert!(!dictionary, "{name}: float column with a dictionary");
+                    }
+                    Type::BYTE_ARRAY => {
+                        strings += 1;
+                        assert!(dictionary, "{name}: string column without a dictionary");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(
+            strings > 0 && floats > 0,
+            "{strings} string and {floats} float columns"
+        );
+    }
+    assert!(files > 0, "no Parquet file in {}", dir.display());
 }
 
 fn snapshot_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {

@@ -13,7 +13,7 @@ use datafusion::arrow::array::{Array, Int64Array, RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::{Column, ScalarValue};
-use datafusion::config::TableParquetOptions;
+use datafusion::config::{ParquetColumnOptions, TableParquetOptions};
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -108,8 +108,8 @@ impl Staging {
         let df = published_form(df, partition_by, publish)?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let mut options = TableParquetOptions::default();
-        // Published tables: zstd and dictionaries for readers; internal ones (read back once
-        // or twice, by segflow) are written fast: not compressed on local disk (lz4 took
+        // Published tables: zstd and dictionaries (but for floats) for readers; internal ones
+        // (read back once or twice, by segflow) are written fast: not compressed on local disk (lz4 took
         // ~10 % of a run), lz4 on object storage (fewer bytes to upload), no dictionary
         // (interning every string of a high-cardinality key column cost ~10 % of a run), no
         // min/max statistics (comparing every string of the key columns; nothing prunes by
@@ -119,7 +119,26 @@ impl Staging {
         // each file by one task (its files are already written side by side; encoding one
         // file's columns in parallel too only added copies).
         if publish {
-            options.global.compression = Some("zstd(3)".into());
+            // zstd level 1, and no dictionary for floating-point columns (amounts, rates,
+            // predictions rarely repeat: their dictionary was filled, then abandoned for plain
+            // encoding). Against level 3 with dictionaries everywhere, on 10 M lines: the
+            // samples in zstd and the dictionary interner 673 -> 423 and every published
+            // table 2-11 % smaller.
+            options.global.compression = Some("zstd(1)".into());
+            for field in schema.fields() {
+                if matches!(
+                    field.data_type(),
+                    DataType::Float16 | DataType::Float32 | DataType::Float64
+                ) {
+                    options.column_specific_options.insert(
+                        field.name().clone(),
+                        ParquetColumnOptions {
+                            dictionary_enabled: Some(false),
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
         } else {
             let local = loc.local.is_some();
             options.global.compression =
