@@ -5,7 +5,8 @@
 //! are written to the staged table only when the `drop` policy needs them there.
 //!
 //! The fingerprints are kept in 256 buckets by their first byte (each sorted on its own
-//! at the end, in cache: together they are sorted), within the memory pool. A bucket grows
+//! at the end, in cache, through one scratch array per thread: together they are sorted),
+//! within the memory pool. A bucket grows
 //! by chunks (64 fingerprints doubling up to 4,096) that are never reallocated: growing one
 //! array by copying cost more than the sort. When the pool
 //! refuses more, the buckets are sorted and spilled to a temporary file as one sorted run,
@@ -85,40 +86,66 @@ impl Fingerprints {
     /// The fingerprints seen more than once, and how often.
     pub fn repeated(&self) -> Result<Repeated> {
         let mut state = self.lock()?;
-        let buckets = sorted(std::mem::replace(
-            &mut state.buckets,
-            vec![Vec::new(); BUCKETS],
-        ));
-        let mut counter = Counter::default();
-        if state.spilled.is_empty() {
-            buckets.iter().flatten().for_each(|k| counter.push(*k));
-        } else {
+        if !state.spilled.is_empty() {
+            // What is still in memory becomes one more run; the runs are counted as they
+            // merge, never held in memory at once.
+            self.spill(&mut state)?;
             let mut runs: Vec<Box<dyn Iterator<Item = Result<u128>>>> =
-                Vec::with_capacity(state.spilled.len() + 1);
+                Vec::with_capacity(state.spilled.len());
             for file in &state.spilled {
                 runs.push(Box::new(read_run(file)?));
             }
-            runs.push(Box::new(buckets.into_iter().flatten().map(Ok)));
-            // Counted as the merge streams: the runs are not held in memory at once.
+            let mut counter = Counter::default();
             merge(runs, |k| counter.push(k))?;
+            return Ok(counter.finish());
         }
+        let buckets = std::mem::replace(&mut state.buckets, vec![Vec::new(); BUCKETS]);
+        let halves = each_sorted(buckets, Counter::default, |keys, counter| {
+            keys.iter().for_each(|k| counter.push(*k));
+            Ok(())
+        })?;
         state.reservation.free();
-        Ok(counter.finish())
+        // The first half's buckets hold smaller keys than the second's.
+        Ok(halves.into_iter().flat_map(Counter::finish).collect())
     }
 
-    /// Sorts the buckets and writes them to a temporary file as one sorted run.
+    /// Sorts the buckets and writes them to temporary files (one per half of the buckets),
+    /// each a sorted run.
     fn spill(&self, state: &mut State) -> Result<()> {
-        let buckets = sorted(std::mem::replace(
-            &mut state.buckets,
-            vec![Vec::new(); BUCKETS],
-        ));
-        let file = self.disk.create_tmp_file("duplicate-line fingerprints")?;
-        let mut out = BufWriter::new(file.open_writer()?);
-        for k in buckets.iter().flatten() {
-            out.write_all(&k.to_le_bytes())?;
+        let buckets = std::mem::replace(&mut state.buckets, vec![Vec::new(); BUCKETS]);
+        let files = [
+            self.disk.create_tmp_file("duplicate-line fingerprints")?,
+            self.disk.create_tmp_file("duplicate-line fingerprints")?,
+        ];
+        let writers = std::sync::Mutex::new(
+            files
+                .iter()
+                .map(|f| Ok(Some(BufWriter::new(f.open_writer()?))))
+                .collect::<Result<Vec<_>>>()?,
+        );
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let outs = each_sorted(
+            buckets,
+            || {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                writers.lock().ok().and_then(|mut w| w.get_mut(i)?.take())
+            },
+            |keys, out| {
+                let Some(out) = out else {
+                    return Err(DataFusionError::Internal(
+                        "no writer for a fingerprint run".into(),
+                    ));
+                };
+                for k in keys {
+                    out.write_all(&k.to_le_bytes())?;
+                }
+                Ok(())
+            },
+        )?;
+        for out in outs.into_iter().flatten() {
+            out.into_inner().map_err(|e| e.into_error())?.finish()?;
         }
-        out.into_inner().map_err(|e| e.into_error())?.finish()?;
-        state.spilled.push(file);
+        state.spilled.extend(files);
         state.reservation.free();
         Ok(())
     }
@@ -217,18 +244,36 @@ fn new_chunks(buckets: &[Vec<Vec<u128>>], counts: &[usize; BUCKETS]) -> usize {
     room
 }
 
-/// Each bucket's chunks as one sorted array, the buckets split between two threads.
-fn sorted(buckets: Vec<Vec<Vec<u128>>>) -> Vec<Vec<u128>> {
+/// Hands each bucket's keys, sorted, to `visit` with its half's state (`init`), in bucket
+/// order within a half; the buckets are split in two halves of about equal size, one per
+/// thread, and the states returned in half order. A bucket's chunks are gathered into one
+/// scratch array per thread and freed as soon as it is sorted: sorting never holds a second
+/// copy of the fingerprints (gathering every bucket into an array of its own did, and
+/// the allocator kept the freed chunks mapped: 100 M lines peaked at 3.5 GiB instead of 2.9).
+fn each_sorted<R: Send>(
+    buckets: Vec<Vec<Vec<u128>>>,
+    init: impl Fn() -> R + Sync,
+    visit: impl Fn(&[u128], &mut R) -> Result<()> + Sync,
+) -> Result<Vec<R>> {
     let total: usize = buckets.iter().flatten().map(Vec::len).sum();
-    let one = |chunks: Vec<Vec<u128>>| {
-        let mut keys = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
-        for c in chunks {
-            keys.extend_from_slice(&c);
+    let half = |buckets: Vec<Vec<Vec<u128>>>| -> Result<R> {
+        let mut state = init();
+        let largest = buckets
+            .iter()
+            .map(|b| b.iter().map(Vec::len).sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        let mut scratch: Vec<u128> = Vec::with_capacity(largest);
+        for chunks in buckets {
+            scratch.clear();
+            for c in chunks {
+                scratch.extend_from_slice(&c);
+            }
+            scratch.sort_unstable();
+            visit(&scratch, &mut state)?;
         }
-        keys.sort_unstable();
-        keys
+        Ok(state)
     };
-    // Half the fingerprints on each side.
     let mut seen = 0;
     let split = buckets
         .iter()
@@ -240,17 +285,15 @@ fn sorted(buckets: Vec<Vec<Vec<u128>>>) -> Vec<Vec<u128>> {
     let mut first = buckets;
     let second = first.split_off(split);
     if total < 100_000 {
-        return first.into_iter().chain(second).map(one).collect();
+        return Ok(vec![half(first)?, half(second)?]);
     }
     std::thread::scope(|scope| {
-        let later = scope.spawn(|| second.into_iter().map(one).collect::<Vec<_>>());
-        let mut out: Vec<Vec<u128>> = first.into_iter().map(one).collect();
-        out.extend(
-            later
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-        );
-        out
+        let later = scope.spawn(|| half(second));
+        let first = half(first);
+        let second = later
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        Ok(vec![first?, second?])
     })
 }
 
