@@ -100,10 +100,14 @@ impl Fingerprints {
             return Ok(counter.finish());
         }
         let buckets = std::mem::replace(&mut state.buckets, vec![Vec::new(); BUCKETS]);
-        let halves = each_sorted(buckets, Counter::default, |keys, counter| {
-            keys.iter().for_each(|k| counter.push(*k));
-            Ok(())
-        })?;
+        let halves = each_sorted(
+            buckets,
+            [Counter::default(), Counter::default()],
+            |keys, counter| {
+                keys.iter().for_each(|k| counter.push(*k));
+                Ok(())
+            },
+        )?;
         state.reservation.free();
         // The first half's buckets hold smaller keys than the second's.
         Ok(halves.into_iter().flat_map(Counter::finish).collect())
@@ -117,32 +121,17 @@ impl Fingerprints {
             self.disk.create_tmp_file("duplicate-line fingerprints")?,
             self.disk.create_tmp_file("duplicate-line fingerprints")?,
         ];
-        let writers = std::sync::Mutex::new(
-            files
-                .iter()
-                .map(|f| Ok(Some(BufWriter::new(f.open_writer()?))))
-                .collect::<Result<Vec<_>>>()?,
-        );
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let outs = each_sorted(
-            buckets,
-            || {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                writers.lock().ok().and_then(|mut w| w.get_mut(i)?.take())
-            },
-            |keys, out| {
-                let Some(out) = out else {
-                    return Err(DataFusionError::Internal(
-                        "no writer for a fingerprint run".into(),
-                    ));
-                };
-                for k in keys {
-                    out.write_all(&k.to_le_bytes())?;
-                }
-                Ok(())
-            },
-        )?;
-        for out in outs.into_iter().flatten() {
+        let writers = [
+            BufWriter::new(files[0].open_writer()?),
+            BufWriter::new(files[1].open_writer()?),
+        ];
+        let outs = each_sorted(buckets, writers, |keys, out| {
+            for k in keys {
+                out.write_all(&k.to_le_bytes())?;
+            }
+            Ok(())
+        })?;
+        for out in outs {
             out.into_inner().map_err(|e| e.into_error())?.finish()?;
         }
         state.spilled.extend(files);
@@ -244,7 +233,7 @@ fn new_chunks(buckets: &[Vec<Vec<u128>>], counts: &[usize; BUCKETS]) -> usize {
     room
 }
 
-/// Hands each bucket's keys, sorted, to `visit` with its half's state (`init`), in bucket
+/// Hands each bucket's keys, sorted, to `visit` with its half's state (`states`), in bucket
 /// order within a half; the buckets are split in two halves of about equal size, one per
 /// thread, and the states returned in half order. A bucket's chunks are gathered into one
 /// scratch array per thread and freed as soon as it is sorted: sorting never holds a second
@@ -252,12 +241,11 @@ fn new_chunks(buckets: &[Vec<Vec<u128>>], counts: &[usize; BUCKETS]) -> usize {
 /// the allocator kept the freed chunks mapped: 100 M lines peaked at 3.5 GiB instead of 2.9).
 fn each_sorted<R: Send>(
     buckets: Vec<Vec<Vec<u128>>>,
-    init: impl Fn() -> R + Sync,
+    states: [R; 2],
     visit: impl Fn(&[u128], &mut R) -> Result<()> + Sync,
-) -> Result<Vec<R>> {
+) -> Result<[R; 2]> {
     let total: usize = buckets.iter().flatten().map(Vec::len).sum();
-    let half = |buckets: Vec<Vec<Vec<u128>>>| -> Result<R> {
-        let mut state = init();
+    let half = |buckets: Vec<Vec<Vec<u128>>>, mut state: R| -> Result<R> {
         let largest = buckets
             .iter()
             .map(|b| b.iter().map(Vec::len).sum::<usize>())
@@ -284,16 +272,17 @@ fn each_sorted<R: Send>(
         .map_or(buckets.len(), |i| i + 1);
     let mut first = buckets;
     let second = first.split_off(split);
+    let [one, two] = states;
     if total < 100_000 {
-        return Ok(vec![half(first)?, half(second)?]);
+        return Ok([half(first, one)?, half(second, two)?]);
     }
     std::thread::scope(|scope| {
-        let later = scope.spawn(|| half(second));
-        let first = half(first);
+        let later = scope.spawn(|| half(second, two));
+        let first = half(first, one);
         let second = later
             .join()
             .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        Ok(vec![first?, second?])
+        Ok([first?, second?])
     })
 }
 

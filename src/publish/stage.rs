@@ -109,8 +109,8 @@ impl Staging {
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let mut options = TableParquetOptions::default();
         // Published tables: zstd and dictionaries (but for floats) for readers; internal ones
-        // (read back once or twice, by segflow) are written fast: not compressed on local disk (lz4 took
-        // ~10 % of a run), lz4 on object storage (fewer bytes to upload), no dictionary
+        // (read back once or twice, by segflow) are written fast: not compressed on local
+        // disk (lz4 took ~10 % of a run), lz4 on object storage (fewer bytes to upload), no dictionary
         // (interning every string of a high-cardinality key column cost ~10 % of a run), no
         // min/max statistics (comparing every string of the key columns; nothing prunes by
         // them: the row counts the planner uses are in the footer anyway); the two last took
@@ -126,10 +126,7 @@ impl Staging {
             // table 2-11 % smaller.
             options.global.compression = Some("zstd(1)".into());
             for field in schema.fields() {
-                if matches!(
-                    field.data_type(),
-                    DataType::Float16 | DataType::Float32 | DataType::Float64
-                ) {
+                if field.data_type().is_floating() {
                     options.column_specific_options.insert(
                         field.name().clone(),
                         ParquetColumnOptions {
