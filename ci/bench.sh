@@ -10,8 +10,10 @@
 # ci/bench_duckdb.py (DuckDB, 2 threads, memory_limit 4GB, the same 7 published tables in
 # plain SQL) run interleaved, --runs times each, under /usr/bin/time -v. Printed per size:
 # median wall time, peak RSS (max over the runs), rows out, the segflow/DuckDB wall
-# ratio; then how time grows with the line count. --with-100m adds one segflow run over
-# 100 M lines with memory_limit = "4g" (completion, wall, peak RSS).
+# ratio, and each table's seconds in the last run of both tools (segflow's model durations
+# against DuckDB's own timings, with the tables only segflow computes); then how time grows
+# with the line count. --with-100m adds one segflow run over 100 M lines with
+# memory_limit = "4g" (completion, wall, peak RSS).
 #
 # Caveats: segflow also computes customer_affinity, segment_migration (empty without a
 # previous snapshot), the predictive CLV models (clv, clv_model, clv_backtest: two BG/NBD
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
         --sizes) SIZES="$2"; shift 2 ;;
         --runs) RUNS="$2"; shift 2 ;;
         --with-100m) WITH_100M=1; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -130,6 +132,7 @@ print(f'{sum(m["tables"][t]["rows"] for t in seven)}\t{sum(t["rows"] for t in m[
 PY
 )"
         cp "$out/_manifest/as_of=$AS_OF.json" "$WORK/last-manifest.json"
+        cp "$WORK/sf.stderr" "$WORK/last-log.json"
     else
         echo "segflow failed (exit $status); last lines of stderr:" >&2
         tail -5 "$WORK/sf.stderr" >&2
@@ -174,6 +177,30 @@ print("  per-table rows: " + ("segflow = duckdb for all 7 tables" if not bad els
 PY
 }
 
+# Per-table seconds of the last run of each tool, side by side: DuckDB's own timings
+# (bench_duckdb.py's JSON) against segflow's (the manifest's model durations; the staging
+# pass from the JSON log: the run's first line to "canonical orders staged").
+table_times() {
+    "$PY" - "$WORK/last-manifest.json" "$WORK/last-duckdb.json" "$WORK/last-log.json" <<'PY'
+import datetime, json, sys
+m, d = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+log = [json.loads(l) for l in open(sys.argv[3]) if l.startswith("{")]
+ts = lambda e: datetime.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+staged = [ts(e) for e in log if e["fields"].get("message") == "canonical orders staged"]
+seg = {k: v["duration_ms"] / 1000 for k, v in m["models"].items()}
+if staged and log:
+    seg["orders"] = staged[0] - ts(log[0])
+duck = {k: v["seconds"] for part in ("internal", "tables") for k, v in d[part].items()}
+print("  per table, last runs (s):  " + "  ".join(
+    f"{t} {seg.get(t, float('nan')):.2f}/{duck[t]:.2f}"
+    for t in sorted(duck, key=lambda t: -duck[t]) if duck[t] >= 0.05) + "  (segflow/duckdb; orders = staging)",
+    file=sys.stderr)
+only = {k: v for k, v in seg.items() if k not in duck}
+print("  segflow only (s):  " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(only.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+      + f"  (total {sum(only.values()):.2f})", file=sys.stderr)
+PY
+}
+
 echo "segflow $("$BIN" --version | awk '{print $2}') vs DuckDB $("$PY" -c 'import duckdb; print(duckdb.__version__)');" \
      "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), as_of $AS_OF, $RUNS run(s) each" >&2
 for n in $SIZES; do
@@ -190,6 +217,7 @@ for n in $SIZES; do
         echo "  run $run duckdb:  $(tail -1 "$RESULTS" | cut -f6,7 | awk '{printf "%s s, %.0f MiB", $1, $2/1024}')" >&2
     done
     check_rows
+    table_times
 done
 
 if [ "$WITH_100M" -eq 1 ]; then
