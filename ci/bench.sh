@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
         --sizes) SIZES="$2"; shift 2 ;;
         --runs) RUNS="$2"; shift 2 ;;
         --with-100m) WITH_100M=1; shift ;;
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -188,16 +188,16 @@ log = [json.loads(l) for l in open(sys.argv[3]) if l.startswith("{")]
 ts = lambda e: datetime.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
 staged = [ts(e) for e in log if e["fields"].get("message") == "canonical orders staged"]
 seg = {k: v["duration_ms"] / 1000 for k, v in m["models"].items()}
-if staged and log:
+if staged:
     seg["orders"] = staged[0] - ts(log[0])
 duck = {k: v["seconds"] for part in ("internal", "tables") for k, v in d[part].items()}
-print("  per table, last runs (s):  " + "  ".join(
-    f"{t} {seg.get(t, float('nan')):.2f}/{duck[t]:.2f}"
-    for t in sorted(duck, key=lambda t: -duck[t]) if duck[t] >= 0.05) + "  (segflow/duckdb; orders = staging)",
-    file=sys.stderr)
 only = {k: v for k, v in seg.items() if k not in duck}
-print("  segflow only (s):  " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(only.items(), key=lambda kv: -kv[1]) if v >= 0.05)
-      + f"  (total {sum(only.values()):.2f})", file=sys.stderr)
+def line(items):  # (name, seconds, text), largest first; under 0.05 s left out
+    return "  ".join(f"{k} {text}" for k, secs, text in sorted(items, key=lambda i: -i[1]) if secs >= 0.05)
+both = line((t, s, f"{seg.get(t, float('nan')):.2f}/{s:.2f}") for t, s in duck.items())
+print(f"  per table, last runs (s):  {both}  (segflow/duckdb; orders = staging)", file=sys.stderr)
+print(f"  segflow only (s):  {line((k, v, f'{v:.2f}') for k, v in only.items())}"
+      f"  (total {sum(only.values()):.2f})", file=sys.stderr)
 PY
 }
 
