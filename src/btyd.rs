@@ -177,23 +177,48 @@ impl BgNbd {
     /// all of them summed in one pass (they share every coefficient but the power of z);
     /// false when a series does not converge.
     pub fn expected_purchases_at(&self, c: &Rfm, horizons: &[f64], out: &mut [f64]) -> bool {
+        if !self.expected_purchases_numerators(c.x, c.t, horizons, out) {
+            return false;
+        }
+        let denominator = self.expected_purchases_denominator(c);
+        for e in out.iter_mut() {
+            *e /= denominator;
+        }
+        true
+    }
+
+    /// Eq. 10 up to each of `horizons` but its denominator, into `out`: everything that
+    /// depends on x and T only (the hypergeometric series among it), so customers who share
+    /// them share it; false when a series does not converge.
+    fn expected_purchases_numerators(
+        &self,
+        x: f64,
+        t: f64,
+        horizons: &[f64],
+        out: &mut [f64],
+    ) -> bool {
         let BgNbd { r, alpha, a, b } = *self;
-        let x = c.x;
-        let zs: Vec<f64> = horizons.iter().map(|h| h / (alpha + c.t + h)).collect();
+        let zs: Vec<f64> = horizons.iter().map(|h| h / (alpha + t + h)).collect();
         if !hyp2f1_at(r + x, b + x, a + b + x - 1.0, &zs, out) {
             return false;
         }
         let first = (a + b + x - 1.0) / (a - 1.0);
-        let denominator = if x > 0.0 {
+        for (e, h) in out.iter_mut().zip(horizons) {
+            let second = 1.0 - (e.ln() + (r + x) * ((alpha + t) / (alpha + t + h)).ln()).exp();
+            *e = first * second;
+        }
+        true
+    }
+
+    /// The denominator of eq. 10, the only part that depends on t_x.
+    fn expected_purchases_denominator(&self, c: &Rfm) -> f64 {
+        let BgNbd { r, alpha, a, b } = *self;
+        let x = c.x;
+        if x > 0.0 {
             1.0 + (a / (b + x - 1.0)) * ((alpha + c.t) / (alpha + c.t_x)).powf(r + x)
         } else {
             1.0
-        };
-        for (e, h) in out.iter_mut().zip(horizons) {
-            let second = 1.0 - (e.ln() + (r + x) * ((alpha + c.t) / (alpha + c.t + h)).ln()).exp();
-            *e = first * second / denominator;
         }
-        true
     }
 
     /// Discounted value of the purchases expected over `periods` equal periods of
@@ -222,27 +247,48 @@ impl BgNbd {
     /// same numbers as [`BgNbd::expected_purchases`] and [`BgNbd::discounted_value`] give
     /// one by one (a lane summed further than it needs adds only terms below its last bit).
     pub fn forecast(&self, c: &Rfm, spend: f64, rate: f64, unit_days: f64) -> Option<Forecast> {
-        let (quarter, year) = (90.0 / unit_days / 3.0, 365.0 / unit_days / 12.0);
-        let mut horizons = [0.0; 18];
-        horizons[0] = 30.0 / unit_days;
-        horizons[1] = 90.0 / unit_days;
-        horizons[2] = 365.0 / unit_days;
-        for k in 0..3 {
-            horizons[3 + k] = (k + 1) as f64 * quarter;
-        }
-        for k in 0..12 {
-            horizons[6 + k] = (k + 1) as f64 * year;
-        }
-        let mut upto = [0.0; 18];
-        if !self.expected_purchases_at(c, &horizons, &mut upto) {
-            return None;
-        }
-        Some(Forecast {
+        let mut numerators = [0.0; FORECAST_HORIZONS];
+        self.expected_purchases_numerators(c.x, c.t, &forecast_horizons(unit_days), &mut numerators)
+            .then(|| self.forecast_from(c, &numerators, spend, rate))
+    }
+
+    /// [`BgNbd::forecast`] from the numerators of eq. 10 at [`forecast_horizons`], which
+    /// customers with the same x and T share.
+    fn forecast_from(
+        &self,
+        c: &Rfm,
+        numerators: &[f64; FORECAST_HORIZONS],
+        spend: f64,
+        rate: f64,
+    ) -> Forecast {
+        let denominator = self.expected_purchases_denominator(c);
+        let upto = numerators.map(|e| e / denominator);
+        Forecast {
             expected_purchases: [upto[0], upto[1], upto[2]],
             clv_90d: discount(&upto[3..6], spend, rate),
             clv_365d: discount(&upto[6..], spend, rate),
-        })
+        }
     }
+}
+
+/// How many horizons a forecast sums its series at.
+const FORECAST_HORIZONS: usize = 18;
+
+/// The horizons of [`BgNbd::forecast`], `unit_days` days to the time unit: 30, 90 and 365
+/// days, the ends of 3 periods of 30 days and of 12 periods of 365/12 days.
+fn forecast_horizons(unit_days: f64) -> [f64; FORECAST_HORIZONS] {
+    let (quarter, year) = (90.0 / unit_days / 3.0, 365.0 / unit_days / 12.0);
+    let mut horizons = [0.0; FORECAST_HORIZONS];
+    horizons[0] = 30.0 / unit_days;
+    horizons[1] = 90.0 / unit_days;
+    horizons[2] = 365.0 / unit_days;
+    for k in 0..3 {
+        horizons[3 + k] = (k + 1) as f64 * quarter;
+    }
+    for k in 0..12 {
+        horizons[6 + k] = (k + 1) as f64 * year;
+    }
+    horizons
 }
 
 /// What [`BgNbd::forecast`] gives.
@@ -399,15 +445,18 @@ fn nelder_mead(
     }
 }
 
-/// Sorts weighted tuples so a fit sees them in one order whatever order they came in.
+/// Sorts weighted tuples so a fit sees them in one order whatever order they came in (by
+/// the key, then the weight).
 fn canonical<T: Copy>(mut data: Vec<(T, f64)>, key: impl Fn(&T) -> [f64; 3]) -> Vec<(T, f64)> {
-    data.sort_by(|a, b| {
-        let (ka, kb) = (key(&a.0), key(&b.0));
-        ka.iter()
-            .zip(kb.iter())
-            .map(|(x, y)| x.total_cmp(y))
-            .find(|o| o.is_ne())
-            .unwrap_or(std::cmp::Ordering::Equal)
+    use crate::stats::total_key;
+    data.sort_unstable_by_key(|(t, w)| {
+        let k = key(t);
+        [
+            total_key(k[0]),
+            total_key(k[1]),
+            total_key(k[2]),
+            total_key(*w),
+        ]
     });
     data
 }
@@ -890,6 +939,7 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
         ForecastFunction {
             signature: Signature::uniform(10, vec![DataType::Float64], Volatility::Immutable),
+            memo: NumeratorMemo::default(),
         },
     ));
     for kind in [FitKind::BgNbd, FitKind::GammaGamma] {
@@ -1021,6 +1071,52 @@ impl ScalarUDFImpl for Prediction {
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ForecastFunction {
     signature: Signature,
+    memo: NumeratorMemo,
+}
+
+/// The numerators of eq. 10 at the forecast horizons ([`BgNbd::forecast_from`]) by x and T,
+/// kept from batch to batch for one set of parameters and time unit: customers who share x
+/// and T (tens of thousands of pairs among hundreds of thousands of customers) sum the
+/// hypergeometric series once. Not part of the function's identity.
+#[derive(Debug, Default)]
+struct NumeratorMemo(std::sync::Mutex<Numerators>);
+
+#[derive(Debug, Default)]
+struct Numerators {
+    /// r, alpha, a, b and unit_days, as bits.
+    model: [u64; 5],
+    /// By x and T (as bits); None when the series does not converge.
+    values: HashMap<[u64; 2], Option<[f64; FORECAST_HORIZONS]>>,
+}
+
+/// Pairs above which the memo starts again (~170 bytes each).
+const NUMERATOR_MEMO_PAIRS: usize = 200_000;
+
+impl NumeratorMemo {
+    /// Takes the memo for a batch (another batch computed meanwhile starts its own).
+    fn take(&self) -> Numerators {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Keeps the larger of `numerators` and the memo in place.
+    fn put(&self, numerators: Numerators) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if numerators.values.len() >= kept.values.len() {
+            *kept = numerators;
+        }
+    }
+}
+
+impl PartialEq for NumeratorMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for NumeratorMemo {}
+
+impl std::hash::Hash for NumeratorMemo {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 const FORECAST_FIELDS: [&str; 5] = [
@@ -1061,28 +1157,23 @@ impl ScalarUDFImpl for ForecastFunction {
         let mut out: Vec<Float64Builder> = (0..FORECAST_FIELDS.len())
             .map(|_| Float64Builder::with_capacity(rows))
             .collect();
-        // Customers with the same summary and spend (most of those without repeat
-        // purchases differ only in T) are computed once per batch.
-        let mut memo: HashMap<[u64; 10], [Option<f64>; 5]> = HashMap::new();
-        let mut key = [0u64; 10];
+        let mut memo = self.memo.take();
         for i in 0..rows {
             let value = |k: usize| (!columns[k].is_null(i)).then(|| columns[k].value(i));
             let row: [Option<f64>; 10] = std::array::from_fn(value);
-            for (k, v) in key.iter_mut().zip(&row) {
-                *k = v.map_or(u64::MAX, f64::to_bits);
-            }
-            let fields = match memo.get(&key) {
-                Some(fields) => *fields,
-                None => {
-                    let fields = forecast_row(&row)?;
-                    memo.insert(key, fields);
-                    fields
+            let fields = forecast_row(&row, &mut memo);
+            let fields = match fields {
+                Ok(f) => f,
+                Err(e) => {
+                    self.memo.put(memo);
+                    return Err(e);
                 }
             };
             for (b, v) in out.iter_mut().zip(fields) {
                 b.append_option(v);
             }
         }
+        self.memo.put(memo);
         let arrays = out
             .iter_mut()
             .map(|b| Arc::new(b.finish()) as datafusion::arrow::array::ArrayRef)
@@ -1093,8 +1184,11 @@ impl ScalarUDFImpl for ForecastFunction {
 }
 
 /// One row of `bgnbd_forecast`: all NULL when a BG/NBD argument is, the values NULL when
-/// the spend is.
-fn forecast_row(row: &[Option<f64>; 10]) -> datafusion::error::Result<[Option<f64>; 5]> {
+/// the spend is; the numerators of customers with the same x and T from `memo`.
+fn forecast_row(
+    row: &[Option<f64>; 10],
+    memo: &mut Numerators,
+) -> datafusion::error::Result<[Option<f64>; 5]> {
     let (Some(rate), Some(unit_days)) = (row[8], row[9]) else {
         return Ok([None; 5]);
     };
@@ -1109,14 +1203,25 @@ fn forecast_row(row: &[Option<f64>; 10]) -> datafusion::error::Result<[Option<f6
         return Ok([None; 5]);
     };
     let (m, c) = (BgNbd { r, alpha, a, b }, Rfm { x, t_x, t });
+    // `+ 0.0` turns -0 into 0.
+    let bits = |v: f64| (v + 0.0).to_bits();
+    let model = [bits(r), bits(alpha), bits(a), bits(b), bits(unit_days)];
+    if memo.model != model || memo.values.len() >= NUMERATOR_MEMO_PAIRS {
+        memo.model = model;
+        memo.values.clear();
+    }
+    let numerators = *memo.values.entry([bits(x), bits(t)]).or_insert_with(|| {
+        let mut numerators = [0.0; FORECAST_HORIZONS];
+        m.expected_purchases_numerators(x, t, &forecast_horizons(unit_days), &mut numerators)
+            .then_some(numerators)
+    });
+    let Some(numerators) = numerators else {
+        return datafusion::common::exec_err!(
+            "bgnbd_forecast: the hypergeometric series does not converge for {c:?} with {m:?}"
+        );
+    };
     // Any spend gives the same purchases; the values are NULL without one.
-    let f = m
-        .forecast(&c, row[7].unwrap_or(0.0), rate, unit_days)
-        .ok_or_else(|| {
-            datafusion::error::DataFusionError::Execution(format!(
-                "bgnbd_forecast: the hypergeometric series does not converge for {c:?} with {m:?}"
-            ))
-        })?;
+    let f = m.forecast_from(&c, &numerators, row[7].unwrap_or(0.0), rate);
     let spent = |v: f64| row[7].map(|_| v);
     Ok([
         Some(f.expected_purchases[0]),

@@ -696,74 +696,19 @@ pub async fn run_checks(
     models: &[Model],
     outputs: &[ModelOutput],
 ) -> Result<Vec<String>> {
+    use futures::StreamExt;
+    // The models' checks are independent queries over staged tables: a few run side by
+    // side (most are small scans that leave a core idle), reported in the models' order.
+    let found: Vec<Result<Vec<String>>> = futures::stream::iter(models)
+        .map(|model| model_check_findings(ctx, model, outputs))
+        .buffered(CONCURRENT_CHECKS)
+        .collect()
+        .await;
     let mut failures = Vec::new();
-    for model in models {
-        let checks = &model.header.checks;
-        let t = quote_ident(&model.name);
-        let output = outputs.iter().find(|o| o.name == model.name);
-        let keys: &[BTreeSet<String>] =
-            output.map(|o| o.unique_keys.as_slice()).unwrap_or_default();
-        let queries: Vec<CheckQuery> = check_queries(model)
-            .into_iter()
-            .filter(|q| {
-                let Some(cols) = &q.unique else { return true };
-                let proven = keys.iter().any(|k| k.is_subset(cols));
-                if proven {
-                    debug!(model = %model.name, columns = ?cols, "unique check holds by the model's plan; not queried");
-                }
-                !proven
-            })
-            .collect();
-        let mut row_counts = row_check_counts(ctx, &t, &queries)
-            .await
-            .unwrap_or_default()
-            .into_iter();
-        let mut found = Vec::new();
-        for CheckQuery {
-            label,
-            sql,
-            row_predicate,
-            ..
-        } in queries
-        {
-            if let Some(n) = row_predicate.and_then(|_| row_counts.next()) {
-                if n > 0 {
-                    found.push(label.replace("{n}", &n.to_string()));
-                }
-                continue;
-            }
-            let n = count_query(ctx, &sql).await.map_err(|e| Error::Model {
-                file: model.file.clone(),
-                model: model.name.clone(),
-                message: format!(
-                    "check {} cannot run: {}",
-                    label.split(':').next().unwrap_or(""),
-                    e.strip_backtrace()
-                ),
-            })?;
-            if n > 0 {
-                found.push(label.replace("{n}", &n.to_string()));
-            }
-        }
-        if let Some(rc) = &checks.row_count {
-            // The rows the model staged; counted only for a table computed elsewhere.
-            let n = match output {
-                Some(o) => o.rows,
-                None => count_query(ctx, &format!("select count(*) from {t}"))
-                    .await
-                    .map_err(|e| model_error(model, e))? as u64,
-            };
-            if rc.min.is_some_and(|m| n < m) || rc.max.is_some_and(|m| n > m) {
-                found.push(format!(
-                    "row_count: {n} row(s), expected {}..{}",
-                    rc.min.map(|m| m.to_string()).unwrap_or_default(),
-                    rc.max.map(|m| m.to_string()).unwrap_or_default()
-                ));
-            }
-        }
-        for f in found {
+    for (model, found) in models.iter().zip(found) {
+        for f in found? {
             let line = format!("{}: model `{}` check {f}", model.file, model.name);
-            if checks.severity == Severity::Warn {
+            if model.header.checks.severity == Severity::Warn {
                 warn!("{line}");
             } else {
                 failures.push(line);
@@ -771,6 +716,80 @@ pub async fn run_checks(
         }
     }
     Ok(failures)
+}
+
+/// Models whose checks run at the same time.
+const CONCURRENT_CHECKS: usize = 4;
+
+/// What the checks of `model` found (one line per failed check).
+async fn model_check_findings(
+    ctx: &SessionContext,
+    model: &Model,
+    outputs: &[ModelOutput],
+) -> Result<Vec<String>> {
+    let checks = &model.header.checks;
+    let t = quote_ident(&model.name);
+    let output = outputs.iter().find(|o| o.name == model.name);
+    let keys: &[BTreeSet<String>] = output.map(|o| o.unique_keys.as_slice()).unwrap_or_default();
+    let queries: Vec<CheckQuery> = check_queries(model)
+        .into_iter()
+        .filter(|q| {
+            let Some(cols) = &q.unique else { return true };
+            let proven = keys.iter().any(|k| k.is_subset(cols));
+            if proven {
+                debug!(model = %model.name, columns = ?cols, "unique check holds by the model's plan; not queried");
+            }
+            !proven
+        })
+        .collect();
+    let mut row_counts = row_check_counts(ctx, &t, &queries)
+        .await
+        .unwrap_or_default()
+        .into_iter();
+    let mut found = Vec::new();
+    for CheckQuery {
+        label,
+        sql,
+        row_predicate,
+        ..
+    } in queries
+    {
+        if let Some(n) = row_predicate.and_then(|_| row_counts.next()) {
+            if n > 0 {
+                found.push(label.replace("{n}", &n.to_string()));
+            }
+            continue;
+        }
+        let n = count_query(ctx, &sql).await.map_err(|e| Error::Model {
+            file: model.file.clone(),
+            model: model.name.clone(),
+            message: format!(
+                "check {} cannot run: {}",
+                label.split(':').next().unwrap_or(""),
+                e.strip_backtrace()
+            ),
+        })?;
+        if n > 0 {
+            found.push(label.replace("{n}", &n.to_string()));
+        }
+    }
+    if let Some(rc) = &checks.row_count {
+        // The rows the model staged; counted only for a table computed elsewhere.
+        let n = match output {
+            Some(o) => o.rows,
+            None => count_query(ctx, &format!("select count(*) from {t}"))
+                .await
+                .map_err(|e| model_error(model, e))? as u64,
+        };
+        if rc.min.is_some_and(|m| n < m) || rc.max.is_some_and(|m| n > m) {
+            found.push(format!(
+                "row_count: {n} row(s), expected {}..{}",
+                rc.min.map(|m| m.to_string()).unwrap_or_default(),
+                rc.max.map(|m| m.to_string()).unwrap_or_default()
+            ));
+        }
+    }
+    Ok(found)
 }
 
 /// The data tests whose tables all exist in this run (a `--select` run skips the others),

@@ -126,13 +126,16 @@ impl Accumulator for Pairs {
     }
 }
 
-/// Spearman's rho with mean ranks for ties; sorts `pairs` first so the sums run in one order.
+/// Spearman's rho with mean ranks for ties; sorts `pairs` first so the sums run in one order
+/// (which also ranks the first values: ties are neighbours).
 fn spearman(pairs: &mut [(f64, f64)]) -> Option<f64> {
-    pairs.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.total_cmp(&q.1)));
+    // Pairs equal in both keys are the same bits, so an unstable sort gives one order.
+    pairs.sort_unstable_by_key(|p| (total_key(p.0), total_key(p.1)));
     if pairs.len() < 2 {
         return None;
     }
-    let rx = mean_ranks(pairs.iter().map(|p| p.0).collect());
+    let identity: Vec<usize> = (0..pairs.len()).collect();
+    let rx = ranks_in_order(&identity, |i| pairs[i].0);
     let ry = mean_ranks(pairs.iter().map(|p| p.1).collect());
     let n = pairs.len() as f64;
     let mean = (n + 1.0) / 2.0;
@@ -146,15 +149,38 @@ fn spearman(pairs: &mut [(f64, f64)]) -> Option<f64> {
     (sxx > 0.0 && syy > 0.0).then(|| sxy / (sxx * syy).sqrt())
 }
 
+/// `f64::total_cmp`'s order as an unsigned integer's: negative values (sign bit set) flip
+/// all their bits, the others set the sign bit.
+pub(crate) fn total_key(v: f64) -> u64 {
+    let bits = v.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | 1 << 63
+    }
+}
+
 /// The rank (1-based) of every value, ties getting the mean of the ranks they span.
 fn mean_ranks(values: Vec<f64>) -> Vec<f64> {
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&i, &j| values[i].total_cmp(&values[j]).then(i.cmp(&j)));
-    let mut ranks = vec![0.0; values.len()];
+    // Sorted by value, ties by position (plain integers sort without a comparator).
+    let mut keyed: Vec<(u64, usize)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (total_key(*v), i))
+        .collect();
+    keyed.sort_unstable();
+    let order: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
+    ranks_in_order(&order, |i| values[i])
+}
+
+/// The mean ranks of the values at `order`, the indices of the values in ascending order.
+fn ranks_in_order(order: &[usize], value: impl Fn(usize) -> f64) -> Vec<f64> {
+    let mut ranks = vec![0.0; order.len()];
     let mut start = 0;
     while start < order.len() {
+        let first = value(order[start]);
         let mut end = start + 1;
-        while end < order.len() && values[order[end]] == values[order[start]] {
+        while end < order.len() && value(order[end]) == first {
             end += 1;
         }
         // positions start..end hold ranks start+1 ..= end
@@ -189,6 +215,40 @@ mod tests {
         assert!((spearman(&mut pairs).unwrap() - want).abs() < 1e-12);
         assert_eq!(spearman(&mut [(1.0, 1.0)]), None);
         assert_eq!(spearman(&mut [(1.0, 1.0), (1.0, 2.0)]), None);
+    }
+
+    #[test]
+    fn total_key_orders_as_total_cmp() {
+        let values = [
+            -f64::NAN,
+            f64::NEG_INFINITY,
+            -1e300,
+            -1.0,
+            -f64::MIN_POSITIVE,
+            -0.0,
+            0.0,
+            5e-324,
+            1.0,
+            1e300,
+            f64::INFINITY,
+            f64::NAN,
+        ];
+        for a in values {
+            for b in values {
+                assert_eq!(total_key(a).cmp(&total_key(b)), a.total_cmp(&b), "{a} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn spearman_does_not_depend_on_the_order_of_the_pairs() {
+        let pairs: Vec<(f64, f64)> = (0..1000)
+            .map(|i| (f64::from(i % 37) * 0.1, f64::from((i * 7919) % 101) - 50.0))
+            .collect();
+        let mut reversed: Vec<(f64, f64)> = pairs.iter().rev().copied().collect();
+        let mut pairs = pairs;
+        let want = spearman(&mut pairs).unwrap();
+        assert_eq!(spearman(&mut reversed).unwrap().to_bits(), want.to_bits());
     }
 
     #[test]
