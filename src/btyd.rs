@@ -561,9 +561,11 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
             }
         }
     };
-    let ll = |m: &BgNbd| -> f64 {
+    // The log-likelihood and, when `with_gradient`, its derivatives in r, alpha, a and b,
+    // in one pass: the two share every logarithm and exponential.
+    let evaluate = |m: &BgNbd, with_gradient: bool| -> (f64, [f64; 4]) {
         let BgNbd { r, alpha, a, b } = *m;
-        let (logs, _) = tables(alpha);
+        let (logs, inverses) = tables(alpha);
         let [first, second] = halves(parallel, |k| {
             let gammas: f64 = parts[k]
                 .iter()
@@ -576,70 +578,68 @@ pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
                         - ln_gamma(a + b + x))
                 })
                 .sum();
+            let mut g = [0.0f64; 4];
+            if with_gradient {
+                for (x, w, _) in &parts[k] {
+                    g[0] += w * (digamma(r + x) - digamma(r) + alpha.ln());
+                    g[1] += w * r / alpha;
+                    g[2] += w * (digamma(a + b) - digamma(a + b + x));
+                    g[3] += w * (digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x));
+                }
+            }
             let mut rest = 0.0;
             each(
                 m,
                 &parts[k],
                 Box::new(|w, rx, cx, t, tx| {
-                    let a3 = -rx * logs[t as usize];
-                    let a4 = cx.map(|c| c - rx * logs[tx as usize]);
-                    rest += w * mix(a3, a4).0;
+                    let (t, tx) = (t as usize, tx as usize);
+                    let a3 = -rx * logs[t];
+                    let a4 = cx.map(|c| c - rx * logs[tx]);
+                    // ln of the customer's likelihood but the ln Γ terms, and the weight of
+                    // A4 in it.
+                    let (ln_alive, w4) = mix(a3, a4);
+                    rest += w * ln_alive;
+                    if with_gradient {
+                        let w3 = 1.0 - w4;
+                        g[0] -= w * (w3 * logs[t] + w4 * logs[tx]);
+                        g[1] -= w * rx * (w3 * inverses[t] + w4 * inverses[tx]);
+                        if cx.is_some() {
+                            g[2] += w * w4 / a;
+                            g[3] -= w * w4 / (rx - r + b - 1.0);
+                        }
+                    }
                 }),
             );
-            gammas + rest
+            (gammas + rest, g)
         });
-        first + second
+        let g = std::array::from_fn(|k| first.1[k] + second.1[k]);
+        (first.0 + second.0, g)
     };
-    let objective = |p: &[f64]| {
-        let m = params(p);
+    let ll = |m: &BgNbd| evaluate(m, false).0;
+    let penalised = |m: &BgNbd, ll: f64| {
         let pen = penalty * weight * (m.r.powi(2) + m.alpha.powi(2) + m.a.powi(2) + m.b.powi(2));
-        let v = -ll(&m) + pen;
+        let v = -ll + pen;
         if v.is_nan() {
             f64::INFINITY
         } else {
             v
         }
     };
-    // The gradient of `objective` in the log-parameters (chain rule: θ ∂/∂θ).
-    let gradient = |p: &[f64]| -> Vec<f64> {
+    let objective = |p: &[f64]| {
         let m = params(p);
-        let BgNbd { r, alpha, a, b } = m;
-        let (logs, inverses) = tables(alpha);
-        let [first, second] = halves(parallel, |k| {
-            let mut g = [0.0f64; 4];
-            for (x, w, _) in &parts[k] {
-                g[0] += w * (digamma(r + x) - digamma(r) + alpha.ln());
-                g[1] += w * r / alpha;
-                g[2] += w * (digamma(a + b) - digamma(a + b + x));
-                g[3] += w * (digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x));
-            }
-            each(
-                &m,
-                &parts[k],
-                Box::new(|w, rx, cx, t, tx| {
-                    let (t, tx) = (t as usize, tx as usize);
-                    let a3 = -rx * logs[t];
-                    let a4 = cx.map(|c| c - rx * logs[tx]);
-                    // The weights of the two terms in the customer's likelihood.
-                    let w4 = mix(a3, a4).1;
-                    let w3 = 1.0 - w4;
-                    g[0] -= w * (w3 * logs[t] + w4 * logs[tx]);
-                    g[1] -= w * rx * (w3 * inverses[t] + w4 * inverses[tx]);
-                    if cx.is_some() {
-                        g[2] += w * w4 / a;
-                        g[3] -= w * w4 / (rx - r + b - 1.0);
-                    }
-                }),
-            );
-            g
-        });
-        let g: [f64; 4] = std::array::from_fn(|k| first[k] + second[k]);
-        let theta = [r, alpha, a, b];
-        (0..4)
-            .map(|k| -theta[k] * g[k] + 2.0 * penalty * weight * theta[k] * theta[k])
-            .collect()
+        penalised(&m, ll(&m))
     };
-    let (best, iterations, converged) = minimise(&objective, &gradient, 4);
+    // The objective and its gradient in the log-parameters (chain rule: θ ∂/∂θ).
+    let with_gradient = |p: &[f64]| -> (f64, Vec<f64>) {
+        let m = params(p);
+        let (ll, g) = evaluate(&m, true);
+        let theta = [m.r, m.alpha, m.a, m.b];
+        let gradient = (0..4)
+            .map(|k| -theta[k] * g[k] + 2.0 * penalty * weight * theta[k] * theta[k])
+            .collect();
+        (penalised(&m, ll), gradient)
+    };
+    let (best, iterations, converged) = minimise(&objective, &with_gradient, 4);
     let m = params(&best);
     // Four parameters need four distinct summaries, and without a repeat purchase a and b
     // do not enter the likelihood at all.
@@ -670,10 +670,10 @@ fn within_bounds(log_params: &[f64]) -> bool {
 /// 1e-6 while steps no longer gain more than f's rounding, or the simplex has collapsed.
 fn minimise(
     f: &dyn Fn(&[f64]) -> f64,
-    gradient: &dyn Fn(&[f64]) -> Vec<f64>,
+    with_gradient: &WithGradient<'_>,
     n: usize,
 ) -> (Vec<f64>, u32, bool) {
-    let (x, iterations, converged) = bfgs(f, gradient, &vec![0.0; n], 500);
+    let (x, iterations, converged) = bfgs(with_gradient, &vec![0.0; n], 500);
     if converged {
         return (x, iterations, true);
     }
@@ -681,17 +681,20 @@ fn minimise(
     (x, iterations + more, converged)
 }
 
+/// A function to minimise, giving its value and gradient at a point.
+type WithGradient<'a> = dyn Fn(&[f64]) -> (f64, Vec<f64>) + 'a;
+
+/// BFGS from `start`; `with_gradient` gives f and its gradient at a point (one pass over
+/// the customers for both; the line search's rejected points compute a gradient unused).
 fn bfgs(
-    f: &dyn Fn(&[f64]) -> f64,
-    gradient: &dyn Fn(&[f64]) -> Vec<f64>,
+    with_gradient: &WithGradient<'_>,
     start: &[f64],
     max_iterations: u32,
 ) -> (Vec<f64>, u32, bool) {
     let n = start.len();
     let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
     let mut x = start.to_vec();
-    let mut fx = f(&x);
-    let mut g = gradient(&x);
+    let (mut fx, mut g) = with_gradient(&x);
     // The inverse Hessian estimate, row-major.
     // The first step is at most 0.1 long in the log-parameters; after it, the curvature
     // seen along it sets the scale.
@@ -721,11 +724,11 @@ fn bfgs(
         // Backtracking (Armijo) line search.
         let mut t = 1.0;
         let mut next: Vec<f64>;
-        let mut f_next;
+        let (mut f_next, mut g_next);
         let mut tries = 0;
         loop {
             next = x.iter().zip(&d).map(|(xi, di)| xi + t * di).collect();
-            f_next = f(&next);
+            (f_next, g_next) = with_gradient(&next);
             if f_next.is_finite() && f_next <= fx + 1e-4 * t * slope {
                 break;
             }
@@ -735,7 +738,6 @@ fn bfgs(
                 return (x, iteration, false);
             }
         }
-        let g_next = gradient(&next);
         // At the optimum the last steps change f by rounding only: when a step gains no
         // more than a few ulps and the gradient is small (relative to f), f's precision
         // is reached.
@@ -822,54 +824,57 @@ pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<G
         }
         (l, r)
     };
-    let ll = |g: &GammaGamma| -> f64 {
+    // The log-likelihood and, when `with_gradient`, its derivatives in p, q and v, in one
+    // pass: the two share every logarithm.
+    let evaluate = |g: &GammaGamma, with_gradient: bool| -> (f64, [f64; 3]) {
         let GammaGamma { p, q, v } = *g;
         let [first, second] = halves(parallel, |k| {
-            parts[k]
+            let mut d = [0.0f64; 3];
+            let value = parts[k]
                 .iter()
                 .map(|(x, w, s, range)| {
                     let px = p * x;
-                    let (l, _) = sums(range, v, false);
+                    let (l, r) = sums(range, v, with_gradient);
+                    if with_gradient {
+                        let common = digamma(px + q);
+                        d[0] += x * (w * (common - digamma(px) + x.ln()) + s - l);
+                        d[1] += w * (common - digamma(q) + v.ln()) - l;
+                        d[2] += w * q / v - (px + q) * r;
+                    }
                     w * (ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q) + q * v.ln() + px * x.ln())
                         + (px - 1.0) * s
                         - (px + q) * l
                 })
-                .sum::<f64>()
+                .sum::<f64>();
+            (value, d)
         });
-        first + second
+        let d = std::array::from_fn(|k| first.1[k] + second.1[k]);
+        (first.0 + second.0, d)
     };
-    let objective = |p: &[f64]| {
-        let g = params(p);
-        let v = -ll(&g) + penalty * weight * (g.p.powi(2) + g.q.powi(2) + g.v.powi(2));
+    let ll = |g: &GammaGamma| evaluate(g, false).0;
+    let penalised = |g: &GammaGamma, ll: f64| {
+        let v = -ll + penalty * weight * (g.p.powi(2) + g.q.powi(2) + g.v.powi(2));
         if v.is_nan() {
             f64::INFINITY
         } else {
             v
         }
     };
-    // The gradient of `objective` in the log-parameters (chain rule: θ ∂/∂θ).
-    let gradient = |p: &[f64]| -> Vec<f64> {
+    let objective = |p: &[f64]| {
         let g = params(p);
-        let GammaGamma { p, q, v } = g;
-        let [first, second] = halves(parallel, |k| {
-            let mut d = [0.0f64; 3];
-            for (x, w, s, range) in &parts[k] {
-                let px = p * x;
-                let common = digamma(px + q);
-                let (l, r) = sums(range, v, true);
-                d[0] += x * (w * (common - digamma(px) + x.ln()) + s - l);
-                d[1] += w * (common - digamma(q) + v.ln()) - l;
-                d[2] += w * q / v - (px + q) * r;
-            }
-            d
-        });
-        let d: [f64; 3] = std::array::from_fn(|k| first[k] + second[k]);
-        let theta = [p, q, v];
-        (0..3)
-            .map(|k| -theta[k] * d[k] + 2.0 * penalty * weight * theta[k] * theta[k])
-            .collect()
+        penalised(&g, ll(&g))
     };
-    let (best, iterations, converged) = minimise(&objective, &gradient, 3);
+    // The objective and its gradient in the log-parameters (chain rule: θ ∂/∂θ).
+    let with_gradient = |p: &[f64]| -> (f64, Vec<f64>) {
+        let g = params(p);
+        let (ll, d) = evaluate(&g, true);
+        let theta = [g.p, g.q, g.v];
+        let gradient = (0..3)
+            .map(|k| -theta[k] * d[k] + 2.0 * penalty * weight * theta[k] * theta[k])
+            .collect();
+        (penalised(&g, ll), gradient)
+    };
+    let (best, iterations, converged) = minimise(&objective, &with_gradient, 3);
     let g = params(&best);
     // Three parameters need three distinct (frequency, monetary) summaries.
     let identified = data.len() >= 3;
