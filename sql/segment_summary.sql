@@ -102,9 +102,17 @@ totals as (
 -- A hash join keeps its left input in memory: the small sides (customer_facts, the
 -- previous members, the attributes) are written on the left and the members (customers x
 -- segmentations) stream through as the right, preserved side.
+-- The exact amounts once per customer, not once per membership.
+facts as (
+    select customer_id, orders,
+           cast(revenue as decimal(38, 6)) as revenue,
+           cast(margin as decimal(38, 6))  as margin
+    from customer_facts
+),
+
 with_facts as (
     select m.segmentation, m.segment, m.customer_id, f.orders, f.revenue, f.margin
-    from customer_facts f
+    from facts f
     join members m on m.customer_id = f.customer_id
 ),
 
@@ -126,8 +134,8 @@ stats as (
         segmentation,
         segment,
         count(*) as customers,
-        sum(cast(revenue as decimal(38, 6))) as revenue,
-        sum(cast(margin as decimal(38, 6)))  as margin,
+        sum(revenue) as revenue,
+        sum(margin)  as margin,
         sum(orders) as orders,
         count(*) filter (where orders >= 2) as repeaters,
         count(*) filter (where opted_in) as reachable,
