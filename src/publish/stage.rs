@@ -145,6 +145,7 @@ impl Staging {
             let local = loc.local.is_some();
             options.global.compression =
                 Some(if local { "uncompressed" } else { "lz4_raw" }.into());
+            options.global.max_row_group_size = INTERNAL_ROW_GROUP_ROWS;
             options.global.dictionary_enabled = Some(false);
             for field in schema.fields() {
                 if is_label(field) {
@@ -255,6 +256,13 @@ fn written_rows(written: Vec<datafusion::arrow::array::RecordBatch>) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Rows per row group of an internal table. A writer holds its row group encoded in memory
+/// until it is complete: Parquet's default of 1 Mi rows kept ~55 MB per writer for the staged
+/// orders. At 128 Ki rows, 10 M-line runs peaked 0.1-0.3 GB lower with ~50 k fewer page
+/// faults and were faster in 5 of 6 interleaved pairs (median -0.8 s); lz4 instead of no
+/// compression on local disk saved page cache but cost 2-3.5 s of CPU.
+const INTERNAL_ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// A string column that is not a key (`id` or `*_id`): a label of few distinct values, as
 /// far as the name tells (the Parquet writer falls back to plain pages when it is not).
