@@ -1083,10 +1083,18 @@ pub struct ForecastFunction {
 /// kept from batch to batch for one set of parameters and time unit: customers who share x
 /// and T (tens of thousands of pairs among hundreds of thousands of customers) sum the
 /// hypergeometric series once. Not part of the function's identity.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct NumeratorMemo(std::sync::Mutex<Numerators>);
 
-#[derive(Debug, Default)]
+/// Only the size: a plan's debug text would otherwise print every memoised value.
+impl std::fmt::Debug for NumeratorMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs = self.0.lock().map_or(0, |m| m.values.len());
+        write!(f, "NumeratorMemo({pairs} pairs)")
+    }
+}
+
+#[derive(Default)]
 struct Numerators {
     /// r, alpha, a, b and unit_days, as bits.
     model: [u64; 5],

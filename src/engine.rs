@@ -698,14 +698,13 @@ pub async fn run_checks(
 ) -> Result<Vec<String>> {
     use futures::StreamExt;
     // The models' checks are independent queries over staged tables: a few run side by
-    // side (most are small scans that leave a core idle), reported in the models' order.
-    let found: Vec<Result<Vec<String>>> = futures::stream::iter(models)
-        .map(|model| model_check_findings(ctx, model, outputs))
-        .buffered(CONCURRENT_CHECKS)
-        .collect()
-        .await;
+    // side (most are small scans that leave a core idle), reported in the models' order; a
+    // check that cannot run ends the phase (dropping the stream cancels the others).
+    let mut checked = futures::stream::iter(models)
+        .map(|model| async move { (model, model_check_findings(ctx, model, outputs).await) })
+        .buffered(CONCURRENT_CHECKS);
     let mut failures = Vec::new();
-    for (model, found) in models.iter().zip(found) {
+    while let Some((model, found)) = checked.next().await {
         for f in found? {
             let line = format!("{}: model `{}` check {f}", model.file, model.name);
             if model.header.checks.severity == Severity::Warn {

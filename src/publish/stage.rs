@@ -265,7 +265,8 @@ fn written_rows(written: Vec<datafusion::arrow::array::RecordBatch>) -> u64 {
 const INTERNAL_ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// A string column that is not a key (`id` or `*_id`): a label of few distinct values, as
-/// far as the name tells (the Parquet writer falls back to plain pages when it is not).
+/// far as the name tells (the Parquet writer falls back to plain pages when it is not). A
+/// name with a dot is left out: per-column options are keyed by dotted column paths.
 fn is_label(field: &Field) -> bool {
     let name = field.name().to_ascii_lowercase();
     matches!(
@@ -273,6 +274,7 @@ fn is_label(field: &Field) -> bool {
         DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
     ) && name != "id"
         && !name.ends_with("_id")
+        && !name.contains('.')
 }
 
 /// Sees every batch of an internal table before it is written and may take columns out
@@ -542,6 +544,18 @@ pub async fn open_staged(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_strings_get_dictionaries_and_keys_do_not() {
+        let field = |name: &str, t: DataType| Field::new(name, t, true);
+        assert!(is_label(&field("channel", DataType::Utf8View)));
+        assert!(is_label(&field("top_category", DataType::Utf8)));
+        assert!(!is_label(&field("customer_id", DataType::Utf8View)));
+        assert!(!is_label(&field("Order_ID", DataType::Utf8)));
+        assert!(!is_label(&field("id", DataType::Utf8)));
+        assert!(!is_label(&field("lower(c.name)", DataType::Utf8)));
+        assert!(!is_label(&field("orders", DataType::Int64)));
+    }
 
     #[test]
     fn an_equals_sign_in_a_partition_value_is_caught() {
