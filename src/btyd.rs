@@ -1171,22 +1171,16 @@ impl ScalarUDFImpl for ForecastFunction {
             .map(|_| Float64Builder::with_capacity(rows))
             .collect();
         let mut memo = self.memo.take();
-        for i in 0..rows {
+        let filled = (0..rows).try_for_each(|i| {
             let value = |k: usize| (!columns[k].is_null(i)).then(|| columns[k].value(i));
             let row: [Option<f64>; 10] = std::array::from_fn(value);
-            let fields = forecast_row(&row, &mut memo);
-            let fields = match fields {
-                Ok(f) => f,
-                Err(e) => {
-                    self.memo.put(memo);
-                    return Err(e);
-                }
-            };
-            for (b, v) in out.iter_mut().zip(fields) {
+            for (b, v) in out.iter_mut().zip(forecast_row(&row, &mut memo)?) {
                 b.append_option(v);
             }
-        }
+            Ok::<_, datafusion::error::DataFusionError>(())
+        });
         self.memo.put(memo);
+        filled?;
         let arrays = out
             .iter_mut()
             .map(|b| Arc::new(b.finish()) as datafusion::arrow::array::ArrayRef)

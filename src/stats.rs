@@ -134,8 +134,7 @@ fn spearman(pairs: &mut [(f64, f64)]) -> Option<f64> {
     if pairs.len() < 2 {
         return None;
     }
-    let identity: Vec<usize> = (0..pairs.len()).collect();
-    let rx = ranks_in_order(&identity, |i| pairs[i].0);
+    let rx = ranks_in_order(pairs.len(), |k| k, |i| pairs[i].0);
     let ry = mean_ranks(pairs.iter().map(|p| p.1).collect());
     let n = pairs.len() as f64;
     let mean = (n + 1.0) / 2.0;
@@ -169,24 +168,23 @@ fn mean_ranks(values: Vec<f64>) -> Vec<f64> {
         .map(|(i, v)| (total_key(*v), i))
         .collect();
     keyed.sort_unstable();
-    let order: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
-    ranks_in_order(&order, |i| values[i])
+    ranks_in_order(values.len(), |k| keyed[k].1, |i| values[i])
 }
 
-/// The mean ranks of the values at `order`, the indices of the values in ascending order.
-fn ranks_in_order(order: &[usize], value: impl Fn(usize) -> f64) -> Vec<f64> {
-    let mut ranks = vec![0.0; order.len()];
+/// The mean ranks of `n` values, `at(k)` the index of the k-th smallest.
+fn ranks_in_order(n: usize, at: impl Fn(usize) -> usize, value: impl Fn(usize) -> f64) -> Vec<f64> {
+    let mut ranks = vec![0.0; n];
     let mut start = 0;
-    while start < order.len() {
-        let first = value(order[start]);
+    while start < n {
+        let first = value(at(start));
         let mut end = start + 1;
-        while end < order.len() && value(order[end]) == first {
+        while end < n && value(at(end)) == first {
             end += 1;
         }
         // positions start..end hold ranks start+1 ..= end
         let rank = (start + 1 + end) as f64 / 2.0;
-        for &i in &order[start..end] {
-            ranks[i] = rank;
+        for k in start..end {
+            ranks[at(k)] = rank;
         }
         start = end;
     }

@@ -111,18 +111,18 @@ impl Staging {
         // Published tables: zstd and dictionaries (but for floats) for readers; internal ones
         // (read back once or twice, by segflow) are written fast: not compressed on local
         // disk (lz4 took ~10 % of a run), lz4 on object storage (fewer bytes to upload),
-        // dictionaries only for label strings — not for keys (`*_id`: interning every string of a
-        // high-cardinality key column cost ~10 % of a run), while a label (channel, country,
+        // dictionaries only for label strings — not for keys (`*_id`: interning every string
+        // of a high-cardinality key column cost ~10 % of a run), while a label (channel, country,
         // category, ...) shrinks to a few bits a row: at 10 M lines the staged orders take
         // 533 MB instead of 870, purchase_orders 143 instead of 350 — page-cache pages the run
         // no longer fills and reads back (fresh pages cost this machine's kernel ~13 µs each
         // once the recently freed ones are used up; the run got ~1 s faster); no
         // min/max statistics (comparing every string of the key columns; nothing prunes by
         // them: the row counts the planner uses are in the footer anyway); keys without
-        // dictionaries and no statistics took the 10 M-line run's CPU time down by ~5 %. Internal tables without hive partitions
-        // go through [`write_internal`]; for one with partitions, DataFusion's writer encodes
-        // each file by one task (its files are already written side by side; encoding one
-        // file's columns in parallel too only added copies).
+        // dictionaries and no statistics took the 10 M-line run's CPU time down by ~5 %.
+        // Internal tables without hive partitions go through [`write_internal`]; for one with
+        // partitions, DataFusion's writer encodes each file by one task (its files are already
+        // written side by side; encoding one file's columns in parallel too only added copies).
         if publish {
             // zstd level 1, and no dictionary for floating-point columns (amounts, rates,
             // predictions rarely repeat: their dictionary was filled, then abandoned for plain
