@@ -7,6 +7,7 @@
 //! [`publish`] (lock, stage, commit, recover), all I/O through [`storage`].
 
 pub mod btyd;
+pub mod buckets;
 pub mod check;
 pub mod config;
 pub mod docs;

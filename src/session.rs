@@ -40,6 +40,10 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
         options
             .execution
             .skip_partial_aggregation_probe_ratio_threshold = 0.3;
+        // Internal tables are bucketed by customer, one bucket per target partition (see
+        // `crate::buckets`): a hash partitioning on customer_id then serves any GROUP BY
+        // whose keys include it, at any partition count (DataFusion's default: from 4).
+        options.optimizer.subset_repartition_threshold = 1;
     }
     for (key, value) in &settings.datafusion {
         let full = if key.starts_with("datafusion.") {

@@ -48,6 +48,8 @@ pub struct StagedTable {
     /// Published columns and types.
     pub columns: Vec<ColumnEntry>,
     pub partition_by: Vec<String>,
+    /// How an internal table's files are bucketed by customer, if they are.
+    pub buckets: Option<crate::buckets::Buckets>,
 }
 
 /// Why staging a table failed: the engine, or a partition value that cannot be a path.
@@ -161,7 +163,7 @@ impl Staging {
             options.global.statistics_enabled = Some("none".into());
             options.global.allow_single_file_parallelism = false;
         }
-        let (rows, schema) = if publish || !partition_by.is_empty() {
+        let (rows, schema, buckets) = if publish || !partition_by.is_empty() {
             let written = df
                 .write_parquet(
                     &loc.dir_url(&rel),
@@ -169,7 +171,7 @@ impl Staging {
                     Some(options),
                 )
                 .await?;
-            (written_rows(written), schema)
+            (written_rows(written), schema, None)
         } else {
             write_internal(df, loc, &rel, &options, tap).await?
         };
@@ -234,6 +236,7 @@ impl Staging {
                 })
                 .collect(),
             partition_by: partition_by.to_vec(),
+            buckets,
         })
     }
 }
@@ -299,7 +302,7 @@ async fn write_internal(
     rel: &str,
     options: &TableParquetOptions,
     tap: Option<Arc<dyn BatchTap>>,
-) -> DfResult<(u64, SchemaRef)> {
+) -> DfResult<(u64, SchemaRef, Option<crate::buckets::Buckets>)> {
     use datafusion::common::file_options::parquet_writer::ParquetWriterOptions;
     use datafusion::execution::memory_pool::MemoryConsumer;
     use datafusion::physical_plan::repartition::RepartitionExec;
@@ -312,9 +315,12 @@ async fn write_internal(
     let task_ctx = Arc::new(df.task_ctx());
     let target = task_ctx.session_config().target_partitions();
     let mut plan = df.create_physical_plan().await?;
+    // Rows with a customer key go to one file per bucket (see `crate::buckets`).
+    let buckets;
+    (plan, buckets) = crate::buckets::by_bucket(plan, target)?;
     // A plan of fewer partitions than cores would encode on fewer cores than DataFusion's
     // writer (which spreads one stream over several files).
-    if plan.output_partitioning().partition_count() < target {
+    if buckets.is_none() && plan.output_partitioning().partition_count() < target {
         plan = Arc::new(RepartitionExec::try_new(
             plan,
             Partitioning::RoundRobinBatch(target),
@@ -404,7 +410,7 @@ async fn write_internal(
     while let Some(done) = tasks.join_next().await {
         rows += done.map_err(|e| DataFusionError::External(Box::new(e)))??;
     }
-    Ok((rows, schema))
+    Ok((rows, schema, buckets))
 }
 
 /// Casts to the published types: partition columns to strings (a NULL int/date/bool would
@@ -474,6 +480,16 @@ pub async fn open_dir(
     rel: &str,
     partition_by: &[String],
 ) -> DfResult<DataFrame> {
+    ctx.read_table(listing(ctx, loc, rel, partition_by).await?)
+}
+
+/// The listing of a hive-partitioned Parquet directory (partition columns as strings).
+async fn listing(
+    ctx: &SessionContext,
+    loc: &Location,
+    rel: &str,
+    partition_by: &[String],
+) -> DfResult<Arc<dyn TableProvider>> {
     let url = ListingTableUrl::parse(loc.dir_url(rel))?;
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
@@ -487,7 +503,7 @@ pub async fn open_dir(
         .with_listing_options(options)
         .infer_schema(&ctx.state())
         .await?;
-    ctx.read_table(Arc::new(ListingTable::try_new(config)?))
+    Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
 /// Projects `df` onto `target`: columns by name in the target's order and types. Partition
@@ -522,7 +538,14 @@ pub async fn open_staged(
     loc: &Location,
     planned: &Schema,
 ) -> DfResult<(Arc<dyn TableProvider>, SchemaRef)> {
-    let df = open_dir(ctx, loc, &staged.rel, &staged.partition_by).await?;
+    let mut table = listing(ctx, loc, &staged.rel, &staged.partition_by).await?;
+    if let Some(buckets) = &staged.buckets {
+        table = Arc::new(crate::buckets::BucketedTable {
+            inner: table,
+            buckets: buckets.clone(),
+        });
+    }
+    let df = ctx.read_table(table)?;
     let target = Schema::new(
         planned
             .fields()

@@ -1,0 +1,369 @@
+//! Internal tables bucketed by customer. An internal table with a `customer_id` column is
+//! written as one file per bucket, `part-<i>.parquet` holding the rows whose key hashes to
+//! `i` under DataFusion's own repartitioning hash (of the key as it reads back: strings as
+//! string views), one bucket per target partition. Read back, a scan declares that hash
+//! partitioning, so a GROUP BY or join whose keys include `customer_id` needs no shuffle
+//! and no partial/final split (DataFusion's subset satisfaction: a hash partitioning on
+//! `customer_id` serves a grouping by `customer_id, order_date`). At 10 M order lines the
+//! three aggregations over the staged lines no longer hash every group twice.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Result;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_expr::expressions::{CastExpr, Column};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
+
+/// The column internal tables are bucketed by.
+pub const KEY: &str = "customer_id";
+
+/// How a table's files are bucketed: `count` buckets of the key hashed as `hashed`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buckets {
+    pub count: usize,
+    pub hashed: DataType,
+}
+
+/// The key of `schema` as it reads back from Parquet (strings as string views), or None when
+/// the schema has no bucketing key.
+fn key_expr(schema: &SchemaRef) -> Option<(Arc<dyn PhysicalExpr>, DataType)> {
+    let (index, field) = schema.column_with_name(KEY)?;
+    let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(KEY, index));
+    match field.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 => Some((
+            Arc::new(CastExpr::new(column, DataType::Utf8View, None)),
+            DataType::Utf8View,
+        )),
+        t @ (DataType::Utf8View
+        | DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64) => Some((column, t.clone())),
+        _ => None,
+    }
+}
+
+/// Whether `plan`'s output is already hash partitioned on the key alone, `count` ways.
+fn partitioned_on_key(plan: &Arc<dyn ExecutionPlan>, count: usize) -> bool {
+    match plan.output_partitioning() {
+        Partitioning::Hash(exprs, n) if *n == count && exprs.len() == 1 => {
+            exprs[0].downcast_ref::<Column>().is_some_and(|c| {
+                c.name() == KEY && plan.schema().index_of(KEY).ok() == Some(c.index())
+            })
+        }
+        _ => false,
+    }
+}
+
+/// `plan` with its rows in `count` partitions by bucket (the repartition left out when they
+/// already are), and how they are bucketed; None when the rows have no bucketing key.
+pub fn by_bucket(
+    plan: Arc<dyn ExecutionPlan>,
+    count: usize,
+) -> Result<(Arc<dyn ExecutionPlan>, Option<Buckets>)> {
+    let Some((expr, hashed)) = key_expr(&plan.schema()) else {
+        return Ok((plan, None));
+    };
+    let buckets = Buckets { count, hashed };
+    // A plan partitioned on a string view key (or an integer) already hashed it as it
+    // reads back.
+    let is_view = matches!(
+        plan.schema().field_with_name(KEY).map(|f| f.data_type()),
+        Ok(t) if *t == buckets.hashed
+    );
+    if is_view && partitioned_on_key(&plan, count) {
+        return Ok((plan, Some(buckets)));
+    }
+    let plan = Arc::new(RepartitionExec::try_new(
+        plan,
+        Partitioning::Hash(vec![expr], count),
+    )?);
+    Ok((plan, Some(buckets)))
+}
+
+/// The bucket a data file of a bucketed table holds: `i` of `part-<i>.parquet`.
+fn bucket_of(path: &str) -> Option<usize> {
+    let name = path.rsplit('/').next()?;
+    name.strip_prefix("part-")?
+        .strip_suffix(".parquet")?
+        .parse()
+        .ok()
+}
+
+/// A bucketed internal table: scans of `inner` (a listing of its files) read one bucket per
+/// partition and declare the key's hash partitioning (DataFusion's `FileScanConfig`
+/// output partitioning, projected through the columns read).
+#[derive(Debug)]
+pub struct BucketedTable {
+    pub inner: Arc<dyn TableProvider>,
+    pub buckets: Buckets,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for BucketedTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.scan(state, projection, filters, limit).await?;
+        Ok(bucket_scan(plan, &self.buckets).unwrap_or_else(|plan| plan))
+    }
+}
+
+/// The file scan `plan` regrouped to one bucket per partition, declaring the key's hash
+/// partitioning (which also keeps DataFusion from splitting the files into byte ranges or
+/// letting partitions steal each other's files), or `plan` unchanged when it is not a
+/// whole-file scan of bucket files whose key reads back as the type it was hashed as.
+fn bucket_scan(
+    plan: Arc<dyn ExecutionPlan>,
+    buckets: &Buckets,
+) -> std::result::Result<Arc<dyn ExecutionPlan>, Arc<dyn ExecutionPlan>> {
+    let Some(config) = plan
+        .downcast_ref::<DataSourceExec>()
+        .and_then(|exec| exec.data_source().downcast_ref::<FileScanConfig>())
+    else {
+        return Err(plan);
+    };
+    let table_schema = config.file_source.table_schema().table_schema().clone();
+    let Some((index, field)) = table_schema.column_with_name(KEY) else {
+        return Err(plan);
+    };
+    if *field.data_type() != buckets.hashed {
+        return Err(plan);
+    }
+    let mut groups = vec![FileGroup::default(); buckets.count];
+    for file in config.file_groups.iter().flat_map(|g| g.files()) {
+        match bucket_of(file.object_meta.location.as_ref()) {
+            Some(i) if i < buckets.count && file.range.is_none() => groups[i].push(file.clone()),
+            _ => return Err(plan),
+        }
+    }
+    let config = FileScanConfigBuilder::from(config.clone())
+        .with_file_groups(groups)
+        .with_output_partitioning(Some(Partitioning::Hash(
+            vec![Arc::new(Column::new(KEY, index))],
+            buckets.count,
+        )))
+        .build();
+    Ok(DataSourceExec::from_data_source(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::{
+        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    };
+    use datafusion::physical_plan::{collect, displayable, execute_stream_partitioned};
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use futures::StreamExt;
+
+    /// 3 partitions (not a power of two), customer ids as plain strings, some repeated.
+    fn session() -> SessionContext {
+        let mut config = SessionConfig::new().with_target_partitions(3);
+        config.options_mut().optimizer.subset_repartition_threshold = 1;
+        // Joins partitioned by hash on both sides, not one side collected.
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_single_partition_threshold = 0;
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_single_partition_threshold_rows = 0;
+        SessionContext::new_with_config(config)
+    }
+
+    fn lines() -> RecordBatch {
+        let ids: Vec<String> = (0..500)
+            .map(|i| match i % 3 {
+                0 => format!("c{}", i % 97),
+                1 => format!("a-much-longer-customer-id-{}", i % 89),
+                _ => format!("{}", i % 13),
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(KEY, DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(ids)),
+                Arc::new(Int64Array::from_iter_values(0..500)),
+            ],
+        )
+        .expect("batch")
+    }
+
+    #[tokio::test]
+    async fn bucketed_files_serve_groupings_and_partitioned_joins_as_datafusion_hashes_them() {
+        let ctx = session();
+        ctx.register_batch("lines", lines()).expect("register");
+        let dir = std::env::temp_dir().join(format!("segflow-buckets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        // Written as write_internal writes: a file per partition of the bucketed plan.
+        let plan = ctx
+            .sql("select customer_id, n from lines")
+            .await
+            .expect("sql")
+            .create_physical_plan()
+            .await
+            .expect("plan");
+        let (plan, buckets) = by_bucket(plan, 3).expect("by_bucket");
+        let buckets = buckets.expect("bucketed by customer_id");
+        assert_eq!(buckets.hashed, DataType::Utf8View);
+        for (i, mut stream) in execute_stream_partitioned(plan, ctx.task_ctx())
+            .expect("execute")
+            .into_iter()
+            .enumerate()
+        {
+            let file = std::fs::File::create(dir.join(format!("part-{i}.parquet"))).expect("file");
+            let mut writer = None;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.expect("batch");
+                writer
+                    .get_or_insert_with(|| {
+                        parquet::arrow::ArrowWriter::try_new(
+                            file.try_clone().expect("file"),
+                            batch.schema(),
+                            None,
+                        )
+                        .expect("writer")
+                    })
+                    .write(&batch)
+                    .expect("write");
+            }
+            if let Some(w) = writer {
+                w.close().expect("close");
+            }
+        }
+        let url = ListingTableUrl::parse(dir.to_str().expect("path")).expect("url");
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .infer_schema(&ctx.state())
+            .await
+            .expect("schema");
+        let inner = Arc::new(ListingTable::try_new(config).expect("listing"));
+        ctx.register_table("bucketed", Arc::new(BucketedTable { inner, buckets }))
+            .expect("register");
+
+        // Grouping by the key needs no shuffle, and counts as over the lines themselves.
+        let grouped = "select customer_id, count(*) as c, sum(n) as s from {} group by customer_id order by customer_id";
+        let plan = ctx
+            .sql(&grouped.replace("{}", "bucketed"))
+            .await
+            .expect("sql")
+            .create_physical_plan()
+            .await
+            .expect("plan");
+        let text = displayable(plan.as_ref()).indent(true).to_string();
+        assert!(
+            text.contains("output_partitioning=Hash([customer_id@0], 3)"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("RepartitionExec: partitioning=Hash"),
+            "{text}"
+        );
+        let got = collect(plan, ctx.task_ctx()).await.expect("collect");
+        let want = ctx
+            .sql(&grouped.replace("{}", "lines"))
+            .await
+            .expect("sql")
+            .collect()
+            .await
+            .expect("collect");
+        let rows = |b: &[RecordBatch]| {
+            datafusion::arrow::util::pretty::pretty_format_batches(b)
+                .expect("format")
+                .to_string()
+        };
+        assert_eq!(rows(&got), rows(&want));
+
+        // A join partitioned by hash on both sides, the other side repartitioned by
+        // DataFusion and the bucketed side not: as many matches as a join of the lines with
+        // themselves, so each bucket holds the keys DataFusion's hash sends to it.
+        let count = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let plan = ctx
+                    .sql(sql)
+                    .await
+                    .expect("sql")
+                    .create_physical_plan()
+                    .await
+                    .expect("plan");
+                let text = displayable(plan.as_ref()).indent(true).to_string();
+                let batches = collect(plan, ctx.task_ctx()).await.expect("collect");
+                let n = batches[0]
+                    .column(0)
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                    .value(0);
+                (n, text)
+            }
+        };
+        let (n, text) = count(
+            "select count(*) from bucketed b \
+             join (select arrow_cast(customer_id, 'Utf8View') as customer_id from lines) l \
+             on b.customer_id = l.customer_id",
+        )
+        .await;
+        assert!(text.contains("mode=Partitioned"), "{text}");
+        assert_eq!(
+            text.matches("RepartitionExec: partitioning=Hash").count(),
+            1,
+            "{text}"
+        );
+        let (want, _) =
+            count("select count(*) from lines a join lines b on a.customer_id = b.customer_id")
+                .await;
+        assert!(want > 500);
+        assert_eq!(n, want);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bucket_files_are_named_by_their_index() {
+        assert_eq!(
+            bucket_of("out/_staging/r/_internal/orders/part-0.parquet"),
+            Some(0)
+        );
+        assert_eq!(bucket_of("part-12.parquet"), Some(12));
+        assert_eq!(bucket_of("part-x.parquet"), None);
+        assert_eq!(bucket_of("other-1.parquet"), None);
+    }
+}
