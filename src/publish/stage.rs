@@ -122,11 +122,9 @@ impl Staging {
         // min/max statistics (comparing every string of the key columns; nothing prunes by
         // them: the row counts the planner uses are in the footer anyway); keys without
         // dictionaries and no statistics took the 10 M-line run's CPU time down by ~5 %.
-        // Tables without hive partitions go through [`write_internal`] (bucketed by customer
-        // when they have the key, published ones too: models downstream read them); for one
-        // with partitions, DataFusion's writer encodes each file by one task (its files are
-        // already written side by side; encoding one file's columns in parallel too only
-        // added copies).
+        // Internal tables without hive partitions go through [`write_internal`]; for one with
+        // partitions, DataFusion's writer encodes each file by one task (its files are already
+        // written side by side; encoding one file's columns in parallel too only added copies).
         if publish {
             // zstd level 1, and no dictionary for floating-point columns (amounts, rates,
             // predictions rarely repeat: their dictionary was filled, then abandoned for plain
@@ -165,7 +163,7 @@ impl Staging {
             options.global.statistics_enabled = Some("none".into());
             options.global.allow_single_file_parallelism = false;
         }
-        let (rows, schema, buckets) = if !partition_by.is_empty() {
+        let (rows, schema, buckets) = if publish || !partition_by.is_empty() {
             let written = df
                 .write_parquet(
                     &loc.dir_url(&rel),
@@ -175,7 +173,7 @@ impl Staging {
                 .await?;
             (written_rows(written), schema, None)
         } else {
-            write_internal(df, loc, &rel, &options, tap, publish).await?
+            write_internal(df, loc, &rel, &options, tap).await?
         };
         if rows == 0 {
             // DataFusion writes no file for an empty result; readers need one carrying the
@@ -291,9 +289,8 @@ pub trait BatchTap: Send + Sync {
     fn tap(&self, batch: RecordBatch) -> DfResult<RecordBatch>;
 }
 
-/// Writes a table without hive partitions (internal, or published when `publish`): one
-/// Parquet file per partition of the plan, or per bucket and partition (see
-/// [`crate::buckets`]; none without rows), each encoded by its own task, straight into its
+/// Writes an internal table: one Parquet file `part-<i>.parquet` per partition of the plan
+/// (none for a partition without rows), each encoded by its own task, straight into its
 /// file on local disk, through a multipart upload on object storage. DataFusion's writer
 /// encodes each row group into a buffer that starts empty and grows by copying, then copies
 /// it again into the upload buffer, and cannot show a batch to a [`BatchTap`]. The
@@ -305,7 +302,6 @@ async fn write_internal(
     rel: &str,
     options: &TableParquetOptions,
     tap: Option<Arc<dyn BatchTap>>,
-    publish: bool,
 ) -> DfResult<(u64, SchemaRef, Option<crate::buckets::Buckets>)> {
     use datafusion::common::file_options::parquet_writer::ParquetWriterOptions;
     use datafusion::execution::memory_pool::MemoryConsumer;
@@ -343,10 +339,9 @@ async fn write_internal(
     let props = ParquetWriterOptions::try_from(&options)?
         .writer_options()
         .clone();
-    // A published file carries its Arrow schema, as DataFusion's writer writes it.
     let writer_options = ArrowWriterOptions::new()
         .with_properties(props)
-        .with_skip_arrow_metadata(!publish);
+        .with_skip_arrow_metadata(true);
     if let Some(root) = &loc.local {
         std::fs::create_dir_all(root.join(rel))?;
     }
