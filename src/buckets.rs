@@ -1,9 +1,7 @@
 //! Internal tables bucketed by customer. An internal table with a `customer_id` column is
-//! written in buckets, one per target partition: bucket `i` holds the rows whose key hashes
-//! to `i` under DataFusion's own repartitioning hash (of the key as it reads back: strings
-//! as string views), in `part-<i>-<task>.parquet` (each writing task splits its batches) or
-//! `part-<i>.parquet` (the plan's partition `i` already is the bucket: a model grouped by
-//! customer over bucketed input). Read back, a scan declares that hash
+//! written as one file per bucket, `part-<i>.parquet` holding the rows whose key hashes to
+//! `i` under DataFusion's own repartitioning hash (of the key as it reads back: strings as
+//! string views), one bucket per target partition. Read back, a scan declares that hash
 //! partitioning, so a GROUP BY or join whose keys include `customer_id` needs no shuffle
 //! and no partial/final split (DataFusion's subset satisfaction: a hash partitioning on
 //! `customer_id` serves a grouping by `customer_id, order_date`). At 10 M order lines the
@@ -11,18 +9,15 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, UInt32Array};
-use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::hash_utils::create_hashes;
 use datafusion::common::Result;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::repartition::REPARTITION_RANDOM_STATE;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 
 /// The column internal tables are bucketed by.
@@ -70,83 +65,39 @@ fn partitioned_on_key(plan: &Arc<dyn ExecutionPlan>, count: usize) -> bool {
     }
 }
 
-/// How the rows of `plan` (written as `written`: a tap may take columns out) are bucketed
-/// into `count` buckets, and the split each writing task applies to its batches — None when
-/// the plan's partitions already are the buckets (a plan partitioned on a string view key,
-/// or an integer one, hashed it as it reads back). None at all when there is no key.
-pub fn plan_buckets(
-    plan: &Arc<dyn ExecutionPlan>,
-    written: &SchemaRef,
+/// `plan` with its rows in `count` partitions by bucket (the repartition left out when they
+/// already are), and how they are bucketed; None when the rows have no bucketing key.
+pub fn by_bucket(
+    plan: Arc<dyn ExecutionPlan>,
     count: usize,
-) -> Option<(Buckets, Option<BucketSplit>)> {
-    let (_, hashed) = key_expr(&plan.schema())?;
-    let (expr, _) = key_expr(written)?;
+) -> Result<(Arc<dyn ExecutionPlan>, Option<Buckets>)> {
+    let Some((expr, hashed)) = key_expr(&plan.schema()) else {
+        return Ok((plan, None));
+    };
     let buckets = Buckets { count, hashed };
-    let is_hashed_type = matches!(
+    // A plan partitioned on a string view key (or an integer) already hashed it as it
+    // reads back.
+    let is_view = matches!(
         plan.schema().field_with_name(KEY).map(|f| f.data_type()),
         Ok(t) if *t == buckets.hashed
     );
-    if is_hashed_type && partitioned_on_key(plan, count) {
-        return Some((buckets, None));
+    if is_view && partitioned_on_key(&plan, count) {
+        return Ok((plan, Some(buckets)));
     }
-    Some((buckets, Some(BucketSplit { expr, count })))
+    let plan = Arc::new(RepartitionExec::try_new(
+        plan,
+        Partitioning::Hash(vec![expr], count),
+    )?);
+    Ok((plan, Some(buckets)))
 }
 
-/// Splits batches by bucket where they are written: each writing task keeps a file per
-/// bucket, so no rows cross between tasks (a repartition would move and re-assemble them).
-#[derive(Debug, Clone)]
-pub struct BucketSplit {
-    expr: Arc<dyn PhysicalExpr>,
-    count: usize,
-}
-
-impl BucketSplit {
-    /// How many buckets.
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
-    /// The rows of `batch` per bucket (buckets without rows left out).
-    pub fn split(&self, batch: &RecordBatch) -> Result<Vec<(usize, RecordBatch)>> {
-        let keys = self.expr.evaluate(batch)?.into_array(batch.num_rows())?;
-        let mut hashes = vec![0; batch.num_rows()];
-        create_hashes(
-            [&keys],
-            REPARTITION_RANDOM_STATE.random_state(),
-            &mut hashes,
-        )?;
-        let mut indices: Vec<Vec<u32>> = vec![Vec::new(); self.count];
-        for (row, hash) in hashes.iter().enumerate() {
-            indices[(*hash % self.count as u64) as usize].push(row as u32);
-        }
-        if let Some(b) = indices.iter().position(|i| i.len() == batch.num_rows()) {
-            return Ok(vec![(b, batch.clone())]);
-        }
-        indices
-            .into_iter()
-            .enumerate()
-            .filter(|(_, rows)| !rows.is_empty())
-            .map(|(b, rows)| {
-                let rows = UInt32Array::from(rows);
-                Ok((b, take_record_batch(batch, &rows)?))
-            })
-            .collect()
-    }
-}
-
-/// The bucket a data file of a bucketed table holds: `i` of `part-<i>.parquet` or
-/// `part-<i>-<task>.parquet`.
+/// The bucket a data file of a bucketed table holds: `i` of `part-<i>.parquet`.
 fn bucket_of(path: &str) -> Option<usize> {
     let name = path.rsplit('/').next()?;
-    let rest = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
-    let bucket = match rest.split_once('-') {
-        Some((bucket, task)) => {
-            task.parse::<usize>().ok()?;
-            bucket
-        }
-        None => rest,
-    };
-    bucket.parse().ok()
+    name.strip_prefix("part-")?
+        .strip_suffix(".parquet")?
+        .parse()
+        .ok()
 }
 
 /// A bucketed internal table: scans of `inner` (a listing of its files) read one bucket per
@@ -282,8 +233,7 @@ mod tests {
         ctx.register_batch("lines", lines()).expect("register");
         let dir = std::env::temp_dir().join(format!("segflow-buckets-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        // Written as write_internal writes: each partition of the plan splits its batches
-        // into a file per bucket.
+        // Written as write_internal writes: a file per partition of the bucketed plan.
         let plan = ctx
             .sql("select customer_id, n from lines")
             .await
@@ -291,31 +241,31 @@ mod tests {
             .create_physical_plan()
             .await
             .expect("plan");
-        let (buckets, split) = plan_buckets(&plan, &plan.schema(), 3).expect("bucketed");
-        let split = split.expect("lines are not partitioned by customer");
+        let (plan, buckets) = by_bucket(plan, 3).expect("by_bucket");
+        let buckets = buckets.expect("bucketed by customer_id");
         assert_eq!(buckets.hashed, DataType::Utf8View);
         for (i, mut stream) in execute_stream_partitioned(plan, ctx.task_ctx())
             .expect("execute")
             .into_iter()
             .enumerate()
         {
-            let mut writers: Vec<Option<parquet::arrow::ArrowWriter<std::fs::File>>> =
-                (0..3).map(|_| None).collect();
+            let file = std::fs::File::create(dir.join(format!("part-{i}.parquet"))).expect("file");
+            let mut writer = None;
             while let Some(batch) = stream.next().await {
-                for (b, part) in split.split(&batch.expect("batch")).expect("split") {
-                    writers[b]
-                        .get_or_insert_with(|| {
-                            let file =
-                                std::fs::File::create(dir.join(format!("part-{b}-{i}.parquet")))
-                                    .expect("file");
-                            parquet::arrow::ArrowWriter::try_new(file, part.schema(), None)
-                                .expect("writer")
-                        })
-                        .write(&part)
-                        .expect("write");
-                }
+                let batch = batch.expect("batch");
+                writer
+                    .get_or_insert_with(|| {
+                        parquet::arrow::ArrowWriter::try_new(
+                            file.try_clone().expect("file"),
+                            batch.schema(),
+                            None,
+                        )
+                        .expect("writer")
+                    })
+                    .write(&batch)
+                    .expect("write");
             }
-            for w in writers.into_iter().flatten() {
+            if let Some(w) = writer {
                 w.close().expect("close");
             }
         }
@@ -413,8 +363,6 @@ mod tests {
             Some(0)
         );
         assert_eq!(bucket_of("part-12.parquet"), Some(12));
-        assert_eq!(bucket_of("part-3-1.parquet"), Some(3));
-        assert_eq!(bucket_of("part-3-x.parquet"), None);
         assert_eq!(bucket_of("part-x.parquet"), None);
         assert_eq!(bucket_of("other-1.parquet"), None);
     }

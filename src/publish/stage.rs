@@ -315,9 +315,12 @@ async fn write_internal(
     let task_ctx = Arc::new(df.task_ctx());
     let target = task_ctx.session_config().target_partitions();
     let mut plan = df.create_physical_plan().await?;
+    // Rows with a customer key go to one file per bucket (see `crate::buckets`).
+    let buckets;
+    (plan, buckets) = crate::buckets::by_bucket(plan, target)?;
     // A plan of fewer partitions than cores would encode on fewer cores than DataFusion's
     // writer (which spreads one stream over several files).
-    if plan.output_partitioning().partition_count() < target {
+    if buckets.is_none() && plan.output_partitioning().partition_count() < target {
         plan = Arc::new(RepartitionExec::try_new(
             plan,
             Partitioning::RoundRobinBatch(target),
@@ -326,12 +329,6 @@ async fn write_internal(
     let schema = match &tap {
         Some(t) => t.written_schema(&plan.schema())?,
         None => plan.schema(),
-    };
-    // Rows with a customer key go to one file per bucket (see `crate::buckets`): the plan's
-    // partitions when they already are the buckets, else each task splits its batches.
-    let (buckets, split) = match crate::buckets::plan_buckets(&plan, &schema, target) {
-        Some((buckets, split)) => (Some(buckets), split),
-        None => (None, None),
     };
     // The Arrow schema goes into the footer's metadata, as DataFusion's writer puts it.
     let mut options = options.clone();
@@ -345,44 +342,24 @@ async fn write_internal(
     if let Some(root) = &loc.local {
         std::fs::create_dir_all(root.join(rel))?;
     }
-    /// A file a partition is written to.
+    /// The file a partition is written to.
     enum Writer {
         Local(Box<ArrowWriter<std::fs::File>>),
         Store(Box<AsyncArrowWriter<object_store::buffered::BufWriter>>),
     }
-    let open = {
-        let (loc, schema, writer_options) = (loc.clone(), schema.clone(), writer_options.clone());
-        move |file: &str| -> DfResult<Writer> {
-            Ok(match &loc.local {
-                Some(root) => Writer::Local(Box::new(ArrowWriter::try_new_with_options(
-                    std::fs::File::create(root.join(file))?,
-                    schema.clone(),
-                    writer_options.clone(),
-                )?)),
-                None => Writer::Store(Box::new(AsyncArrowWriter::try_new_with_options(
-                    object_store::buffered::BufWriter::new(loc.store.clone(), loc.path(file)),
-                    schema.clone(),
-                    writer_options.clone(),
-                )?)),
-            })
-        }
-    };
     let mut tasks: tokio::task::JoinSet<DfResult<u64>> = tokio::task::JoinSet::new();
     for (i, mut stream) in execute_stream_partitioned(plan, task_ctx.clone())?
         .into_iter()
         .enumerate()
     {
-        // Per file: its name and, once it has rows, its writer.
-        let mut files: Vec<(String, Option<Writer>)> = match &split {
-            Some(s) => (0..s.count())
-                .map(|b| (format!("{rel}/part-{b}-{i}.parquet"), None))
-                .collect(),
-            None => vec![(format!("{rel}/part-{i}.parquet"), None)],
-        };
-        let (open, tap, split) = (open.clone(), tap.clone(), split.clone());
+        let file = format!("{rel}/part-{i}.parquet");
+        let local = loc.local.as_ref().map(|root| root.join(&file));
+        let (store, path) = (loc.store.clone(), loc.path(&file));
+        let (schema, writer_options, tap) = (schema.clone(), writer_options.clone(), tap.clone());
         let reservation = MemoryConsumer::new(format!("internal table writer[{i}]"))
             .register(task_ctx.memory_pool());
         tasks.spawn(async move {
+            let mut writer: Option<Writer> = None;
             let mut rows = 0u64;
             while let Some(batch) = stream.next().await {
                 let mut batch = batch?;
@@ -392,39 +369,39 @@ async fn write_internal(
                 if batch.num_rows() == 0 {
                     continue;
                 }
-                let parts = match &split {
-                    Some(s) => s.split(&batch)?,
-                    None => vec![(0, batch)],
+                let w = match &mut writer {
+                    Some(w) => w,
+                    None => writer.insert(match &local {
+                        Some(p) => Writer::Local(Box::new(ArrowWriter::try_new_with_options(
+                            std::fs::File::create(p)?,
+                            schema.clone(),
+                            writer_options.clone(),
+                        )?)),
+                        None => Writer::Store(Box::new(AsyncArrowWriter::try_new_with_options(
+                            object_store::buffered::BufWriter::new(store.clone(), path.clone()),
+                            schema.clone(),
+                            writer_options.clone(),
+                        )?)),
+                    }),
                 };
-                for (f, part) in parts {
-                    let (file, writer) = &mut files[f];
-                    let w = match writer {
-                        Some(w) => w,
-                        None => writer.insert(open(file)?),
-                    };
-                    match w {
-                        Writer::Local(w) => w.write(&part)?,
-                        Writer::Store(w) => w.write(&part).await?,
+                let size = match w {
+                    Writer::Local(w) => {
+                        w.write(&batch)?;
+                        w.memory_size()
                     }
-                    rows += part.num_rows() as u64;
-                }
-                let size = files
-                    .iter()
-                    .map(|(_, w)| match w {
-                        Some(Writer::Local(w)) => w.memory_size(),
-                        Some(Writer::Store(w)) => w.memory_size(),
-                        None => 0,
-                    })
-                    .sum();
+                    Writer::Store(w) => {
+                        w.write(&batch).await?;
+                        w.memory_size()
+                    }
+                };
+                rows += batch.num_rows() as u64;
                 reservation.try_resize(size)?;
             }
-            // Writes the footers and flushes what is buffered.
-            for (_, writer) in files {
-                match writer {
-                    Some(Writer::Local(w)) => drop(w.into_inner()?),
-                    Some(Writer::Store(w)) => drop(w.close().await?),
-                    None => {}
-                }
+            // Writes the footer and flushes what is buffered.
+            match writer {
+                Some(Writer::Local(w)) => drop(w.into_inner()?),
+                Some(Writer::Store(w)) => drop(w.close().await?),
+                None => {}
             }
             DfResult::Ok(rows)
         });
