@@ -227,6 +227,19 @@ mod tests {
         .expect("batch")
     }
 
+    /// The physical plan of `sql` and its indented text.
+    async fn planned(ctx: &SessionContext, sql: &str) -> (Arc<dyn ExecutionPlan>, String) {
+        let plan = ctx
+            .sql(sql)
+            .await
+            .expect("sql")
+            .create_physical_plan()
+            .await
+            .expect("plan");
+        let text = displayable(plan.as_ref()).indent(true).to_string();
+        (plan, text)
+    }
+
     #[tokio::test]
     async fn bucketed_files_serve_groupings_and_partitioned_joins_as_datafusion_hashes_them() {
         let ctx = session();
@@ -283,14 +296,7 @@ mod tests {
 
         // Grouping by the key needs no shuffle, and counts as over the lines themselves.
         let grouped = "select customer_id, count(*) as c, sum(n) as s from {} group by customer_id order by customer_id";
-        let plan = ctx
-            .sql(&grouped.replace("{}", "bucketed"))
-            .await
-            .expect("sql")
-            .create_physical_plan()
-            .await
-            .expect("plan");
-        let text = displayable(plan.as_ref()).indent(true).to_string();
+        let (plan, text) = planned(&ctx, &grouped.replace("{}", "bucketed")).await;
         assert!(
             text.contains("output_partitioning=Hash([customer_id@0], 3)"),
             "{text}"
@@ -320,14 +326,7 @@ mod tests {
         let count = |sql: &'static str| {
             let ctx = ctx.clone();
             async move {
-                let plan = ctx
-                    .sql(sql)
-                    .await
-                    .expect("sql")
-                    .create_physical_plan()
-                    .await
-                    .expect("plan");
-                let text = displayable(plan.as_ref()).indent(true).to_string();
+                let (plan, text) = planned(&ctx, sql).await;
                 let batches = collect(plan, ctx.task_ctx()).await.expect("collect");
                 let n = batches[0]
                     .column(0)
