@@ -297,6 +297,8 @@ pub struct RuntimeConfig {
     pub timezone: Option<String>,
     /// Directory for spill files; default: the system temp dir.
     pub temp_dir: Option<String>,
+    /// Models computed side by side; default: see [`Settings::concurrent_models`].
+    pub concurrent_models: Option<usize>,
 }
 
 /// Overrides given on the command line (highest precedence).
@@ -332,6 +334,9 @@ pub struct Settings {
     pub memory_limit: Option<usize>,
     pub timezone: Option<chrono_tz::Tz>,
     pub temp_dir: Option<PathBuf>,
+    /// `[runtime] concurrent_models`: how many models may run side by side (None: two while
+    /// the staged orders take at most a quarter of `memory_limit`, else one).
+    pub concurrent_models: Option<usize>,
     pub datafusion: Vec<(String, String)>,
     pub lock_timeout: Duration,
     pub keep_snapshots: Option<usize>,
@@ -542,6 +547,15 @@ impl Settings {
                 })
             }
         };
+        if file.runtime.concurrent_models == Some(0) {
+            return Err(Error::ConfigValue {
+                key: "runtime.concurrent_models".into(),
+                message: format!(
+                    "must be at least 1 (1 computes the models one by one) in {}",
+                    path.display()
+                ),
+            });
+        }
         if file.output.keep_snapshots == Some(0) {
             return Err(Error::ConfigValue {
                 key: "output.keep_snapshots".into(),
@@ -639,6 +653,7 @@ impl Settings {
             memory_limit,
             timezone,
             temp_dir,
+            concurrent_models: file.runtime.concurrent_models,
             datafusion,
             lock_timeout,
             keep_snapshots: file.output.keep_snapshots,

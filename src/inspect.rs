@@ -11,7 +11,7 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::config::Settings;
-use crate::engine::{run_models_until, Previous};
+use crate::engine::{concurrent_models, run_models_until, Previous, Run};
 use crate::error::{Error, Result};
 use crate::models::{discover_models, order_models, Model, ModelSources};
 use crate::publish::stage::Staging;
@@ -221,7 +221,10 @@ async fn scratch_run(
         &settings.params,
         &previous,
         &staging,
-        plan_only.then_some(target),
+        Run {
+            until: plan_only.then_some(target),
+            concurrency: concurrent_models(&settings, sources.staged_bytes),
+        },
     )
     .await?;
     let rows = outputs.iter().find(|o| o.name == target).map(|o| o.rows);

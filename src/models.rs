@@ -130,6 +130,17 @@ pub struct Model {
     pub params_used: BTreeSet<String>,
 }
 
+impl Model {
+    /// The tables the model reads, current or `previous.*`, but itself (a model may read
+    /// its own previous snapshot).
+    pub fn tables_read(&self) -> impl Iterator<Item = &String> {
+        self.deps
+            .iter()
+            .chain(self.previous_deps.iter())
+            .filter(move |d| **d != self.name)
+    }
+}
+
 /// Where models come from.
 #[derive(Debug, Clone)]
 pub struct ModelSources {

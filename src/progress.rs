@@ -1,30 +1,36 @@
 //! A progress line per model while a run computes it, on a terminal only: the model's place
-//! in the run, its name and the time elapsed, then its rows and duration once it is staged.
-//! Off a terminal (a scheduler, a pipe) nothing is drawn and the logs are as they were.
+//! in the run, its name and the time elapsed, then its rows and duration once it is staged
+//! (models computed side by side have a line each). Off a terminal (a scheduler, a pipe)
+//! nothing is drawn and the logs are as they were.
 //!
-//! Logs are written through [`Stderr`]: while a line is drawn, [`suspend`] clears it, writes
-//! the log and draws it again, so logs and progress never tear each other.
+//! Logs are written through [`Stderr`]: while lines are drawn, [`suspend`] clears them,
+//! writes the log and draws them again, so logs and progress never tear each other.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static CURRENT: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// The lines drawn, once the first model starts.
+fn lines() -> &'static MultiProgress {
+    static LINES: OnceLock<MultiProgress> = OnceLock::new();
+    LINES.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
 
 /// Turns the display on (the binary does, when stderr is a terminal).
 pub fn enable(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-/// Runs `f` (a write to stderr) with the current progress line cleared.
+/// Runs `f` (a write to stderr) with the progress lines cleared.
 pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
-    let bar = CURRENT.lock().ok().and_then(|g| g.clone());
-    match bar {
-        Some(bar) => bar.suspend(f),
-        None => f(),
+    if ENABLED.load(Ordering::Relaxed) {
+        lines().suspend(f)
+    } else {
+        f()
     }
 }
 
@@ -47,13 +53,21 @@ pub struct ModelProgress {
     bar: Option<ProgressBar>,
 }
 
+/// A finished model's line, kept above the lines still drawn.
+fn done_line(prefix: &str, model: &str, rows: u64, took: Duration) -> String {
+    format!(
+        "done [{prefix}] {model}: {rows} rows in {:.1} s",
+        took.as_secs_f64()
+    )
+}
+
 impl ModelProgress {
     /// Starts the line of the `position`th of `total` models.
     pub fn start(model: &str, position: usize, total: usize) -> ModelProgress {
         if !ENABLED.load(Ordering::Relaxed) {
             return ModelProgress { bar: None };
         }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        let bar = lines().add(ProgressBar::new_spinner());
         bar.set_style(
             ProgressStyle::with_template("{spinner} [{prefix}] {msg} {elapsed}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -61,24 +75,17 @@ impl ModelProgress {
         bar.set_prefix(format!("{position}/{total}"));
         bar.set_message(model.to_string());
         bar.enable_steady_tick(Duration::from_millis(120));
-        if let Ok(mut current) = CURRENT.lock() {
-            *current = Some(bar.clone());
-        }
         ModelProgress { bar: Some(bar) }
     }
 
-    /// Leaves the model's line on screen with its rows and duration.
+    /// Replaces the model's line by one with its rows and duration, printed above the
+    /// lines of the models still running.
     pub fn finish(mut self, model: &str, rows: u64, took: Duration) {
         if let Some(bar) = self.bar.take() {
-            bar.set_style(
-                ProgressStyle::with_template("done [{prefix}] {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            bar.finish_with_message(format!(
-                "{model}: {rows} rows in {:.1} s",
-                took.as_secs_f64()
-            ));
-            clear_current();
+            bar.finish_and_clear();
+            lines().remove(&bar);
+            // A line that cannot be drawn is not worth failing the run for.
+            let _ = lines().println(done_line(&bar.prefix(), model, rows, took));
         }
     }
 }
@@ -87,13 +94,7 @@ impl Drop for ModelProgress {
     fn drop(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
-            clear_current();
+            lines().remove(&bar);
         }
-    }
-}
-
-fn clear_current() {
-    if let Ok(mut current) = CURRENT.lock() {
-        *current = None;
     }
 }

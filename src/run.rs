@@ -16,7 +16,8 @@ use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::engine::{
-    reject_unused_params, run_checks, run_data_tests, run_models, runnable_tests, Previous,
+    concurrent_models, reject_unused_params, run_checks, run_data_tests, run_models,
+    runnable_tests, Previous,
 };
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -175,6 +176,11 @@ async fn prepare(
     if let Some(p) = &previous {
         info!(previous_as_of = %p.as_of, "previous snapshot found");
     }
+    let concurrency = concurrent_models(settings, sources.staged_bytes);
+    info!(
+        concurrent_models = concurrency,
+        "models computed up to this many at a time"
+    );
     let outputs = run_models(
         &ctx,
         models,
@@ -185,6 +191,7 @@ async fn prepare(
             manifest: previous.as_ref(),
         },
         &staging,
+        concurrency,
     )
     .await?;
 

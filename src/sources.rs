@@ -66,6 +66,8 @@ pub struct Sources {
     pub orders: InputStats,
     /// The rows gates dropped, staged as `_rejected` (None when no row was dropped).
     pub rejected: Option<StagedTable>,
+    /// Bytes of the staged orders the models read.
+    pub staged_bytes: u64,
 }
 
 /// The orders input opened: the rows the models see (not yet staged), the mapped source
@@ -363,6 +365,7 @@ pub async fn register_sources(
             as_of,
             orders: stats,
             rejected,
+            staged_bytes: staged.bytes,
         },
         staging,
     ))
