@@ -100,13 +100,21 @@ fn demo_orders() -> String {
 
 /// `segflow run --config <config> --as-of <as_of>`.
 fn run_at(config: &Path, as_of: &str) -> Run {
-    segflow(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--as-of",
-        as_of,
-    ])
+    run_at_env(config, as_of, &[])
+}
+
+/// [`run_at`] with extra environment variables.
+fn run_at_env(config: &Path, as_of: &str, env: &[(String, String)]) -> Run {
+    segflow_env(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--as-of",
+            as_of,
+        ],
+        env,
+    )
 }
 
 fn run_ok(config: &Path, extra: &[&str]) -> Run {
@@ -1442,16 +1450,7 @@ async fn reruns_are_bit_identical_at_one_and_eight_partitions_and_models_one_or_
                  [runtime]\nconcurrent_models = {concurrent}"
             ),
         );
-        let r = segflow_env(
-            &[
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-                "--as-of",
-                DEMO_AS_OF,
-            ],
-            &scheduler_logs(),
-        );
+        let r = run_at_env(&config, DEMO_AS_OF, &scheduler_logs());
         assert_eq!(r.code, 0, "{}", r.stderr);
         let beside = started_beside(&r);
         assert_eq!(beside.is_empty(), concurrent == 1, "{beside:?}");
@@ -1489,16 +1488,7 @@ fn a_model_failing_beside_another_stops_the_run_and_changes_nothing() {
         "select customer_id, quantity / (quantity - quantity) as broken from orders",
     )
     .unwrap();
-    let r = segflow_env(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--as-of",
-            DEMO_AS_OF,
-        ],
-        &scheduler_logs(),
-    );
+    let r = run_at_env(&config, DEMO_AS_OF, &scheduler_logs());
     assert_eq!(r.code, 2, "{}", r.stderr);
     let err = error_line(&r);
     assert!(
@@ -1543,16 +1533,7 @@ async fn a_model_out_of_memory_beside_another_is_rerun_alone_with_the_same_table
         "SEGFLOW_FAILPOINTS".to_string(),
         "out_of_memory=error".to_string(),
     ));
-    let r = segflow_env(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--as-of",
-            DEMO_AS_OF,
-        ],
-        &env,
-    );
+    let r = run_at_env(&config, DEMO_AS_OF, &env);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let warned = logged(
         &r,

@@ -144,16 +144,7 @@ fn run_with(config: &Path, env: &[(String, String)], as_of: &str, failpoints: &s
     if !failpoints.is_empty() {
         env.push(("SEGFLOW_FAILPOINTS".into(), failpoints.into()));
     }
-    segflow_env(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--as-of",
-            as_of,
-        ],
-        &env,
-    )
+    run_at_env(config, as_of, &env)
 }
 
 /// SIGKILL at each step of a run (staging, mid-commit, before and after the manifest), for
