@@ -12,6 +12,7 @@
 //! outer join's NULL-extended rows never break one.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::common::{DFSchema, NullEquality};
@@ -57,9 +58,14 @@ pub fn location_key(url: &str) -> Option<String> {
         .map(|u| u.as_str().to_string())
 }
 
-/// The directory a scan reads, when it reads one Parquet listing table.
+/// The directory a scan reads, when it reads one Parquet listing table (a bucketed
+/// internal table reads its files through one).
 fn scan_location(scan: &TableScan) -> Option<String> {
     let provider = source_as_provider(&scan.source).ok()?;
+    let provider = match provider.downcast_ref::<crate::buckets::BucketedTable>() {
+        Some(bucketed) => Arc::clone(&bucketed.inner),
+        None => provider,
+    };
     let listing = provider.downcast_ref::<ListingTable>()?;
     match listing.table_paths().as_slice() {
         [one] => Some(one.as_str().to_string()),
@@ -260,6 +266,17 @@ mod tests {
         ctx.register_parquet("g", &g, ParquetReadOptions::default())
             .await
             .unwrap();
+        // `bg`: the same files as a bucketed internal table.
+        let inner = ctx.table_provider("g").await.unwrap();
+        let buckets = crate::buckets::Buckets {
+            count: 1,
+            hashed: DataType::Utf8,
+        };
+        ctx.register_table(
+            "bg",
+            Arc::new(crate::buckets::BucketedTable { inner, buckets }),
+        )
+        .unwrap();
         let known = HashMap::from([(
             location_key(&g).unwrap(),
             vec![BTreeSet::from(["k".to_string()])],
@@ -387,6 +404,8 @@ mod tests {
             k(&[])
         );
         assert_eq!(keys("select k from g").await, k(&[&["k"]]));
+        // Also when its files are read as a bucketed internal table.
+        assert_eq!(keys("select k, v from bg").await, k(&[&["k"]]));
         // Rows kept by a semi join keep their keys.
         assert_eq!(
             keys(&format!(
