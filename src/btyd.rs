@@ -529,10 +529,8 @@ fn warm_start<T: Copy>(
         .step_by(k)
         .map(|(t, w)| (*t, w * k as f64))
         .collect();
-    match fit(sample) {
-        Some((p, h)) if within_bounds(&p) => Start::At(p, h),
-        _ => Start::Origin,
-    }
+    // A converged fit is within bounds (`Fit::converged`).
+    fit(sample).map_or(Start::Origin, |(p, h)| Start::At(p, h))
 }
 
 /// Fits BG/NBD by maximum likelihood (BFGS on the analytic gradient) to weighted customers (weight = how many customers

@@ -454,8 +454,8 @@ pub async fn run_models_until(
     result
 }
 
-/// A model being computed: its place in the run, its planned keys, its progress line, and
-/// its staged table with the time it took.
+/// A model being computed: its place in the run, its planned keys, and its staged table
+/// with the time it took.
 type Computing<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = (usize, Vec<BTreeSet<String>>, Computed)> + Send + 'a>,
 >;
@@ -536,7 +536,7 @@ impl<'a> Scheduler<'a> {
             for position in starting {
                 let model = &models[position];
                 let staged: Vec<&ModelOutput> = finished.iter().flatten().collect();
-                let df = self.plan(model, &staged).await?;
+                let (df, params) = self.plan(model, &staged).await?;
                 if run.until == Some(model.name.as_str()) {
                     let outputs = finished.into_iter().flatten().collect();
                     return Ok((outputs, Some(df)));
@@ -552,7 +552,6 @@ impl<'a> Scheduler<'a> {
                 let progress =
                     crate::progress::ModelProgress::start(&model.name, position + 1, models.len());
                 let (ctx, staging) = (self.ctx, self.staging);
-                let params = model_params(model, self.as_of, self.config_params)?;
                 running.push(Box::pin(async move {
                     let clock = Instant::now();
                     let computed = compute_model(ctx, model, &params, df, staging).await;
@@ -613,8 +612,13 @@ impl<'a> Scheduler<'a> {
         Ok((finished.into_iter().flatten().collect(), None))
     }
 
-    /// Plans `model` over the staged tables, with `previous.*` registered.
-    async fn plan(&self, model: &Model, staged: &[&ModelOutput]) -> Result<DataFrame> {
+    /// Plans `model` over the staged tables, with `previous.*` registered; returns the plan
+    /// and its bound parameters (to plan it again, should it rerun on sort-merge joins).
+    async fn plan(
+        &self,
+        model: &Model,
+        staged: &[&ModelOutput],
+    ) -> Result<(DataFrame, BTreeMap<String, ScalarValue>)> {
         register_previous_deps(
             self.ctx,
             model,
@@ -624,7 +628,7 @@ impl<'a> Scheduler<'a> {
         )
         .await?;
         let params = model_params(model, self.as_of, self.config_params)?;
-        plan_model(self.ctx, model, &params).await
+        Ok((plan_model(self.ctx, model, &params).await?, params))
     }
 }
 
@@ -718,8 +722,7 @@ async fn compute_model(
         other => other,
     };
     let staged = staged.map_err(|e| Failed {
-        out_of_memory: matches!(&e, StageError::Engine(e)
-            if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_))),
+        out_of_memory: matches!(&e, StageError::Engine(e) if out_of_memory(e)),
         error: stage_error(model, e),
     })?;
     let (table, schema) = open_staged(ctx, &staged, &staging.out.loc, &planned)
@@ -733,8 +736,12 @@ async fn compute_model(
 /// True when the memory pool refused an allocation while the session prefers hash joins,
 /// whose build sides cannot spill (a sort-merge plan may fit where they did not).
 fn out_of_memory_in_hash_join(ctx: &SessionContext, e: &DataFusionError) -> bool {
-    ctx.state().config().options().optimizer.prefer_hash_join
-        && matches!(e.find_root(), DataFusionError::ResourcesExhausted(_))
+    ctx.state().config().options().optimizer.prefer_hash_join && out_of_memory(e)
+}
+
+/// True when the memory pool refused an allocation.
+fn out_of_memory(e: &DataFusionError) -> bool {
+    matches!(e.find_root(), DataFusionError::ResourcesExhausted(_))
 }
 
 /// A staging failure as a model error naming the file.
