@@ -90,13 +90,17 @@ impl ArgBest {
     }
 
     fn state(&self, args: &AccumulatorArgs) -> Result<State> {
-        let types = args
-            .exprs
-            .iter()
-            .map(|e| e.data_type(args.schema))
-            .collect::<Result<Vec<_>>>()?;
+        let types = arg_types(args)?;
         State::new(self.sort_fields(&types), types.len() - 1, types[0].clone())
     }
+}
+
+/// The types of the arguments (value, keys...).
+fn arg_types(args: &AccumulatorArgs) -> Result<Vec<DataType>> {
+    args.exprs
+        .iter()
+        .map(|e| e.data_type(args.schema))
+        .collect()
 }
 
 impl AggregateUDFImpl for ArgBest {
@@ -160,12 +164,22 @@ impl AggregateUDFImpl for ArgBest {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(self.state(&args)?))
+        let types = arg_types(&args)?;
+        let state = self.state(&args)?;
+        if crate::argbest::supported(&types) {
+            Ok(Box::new(crate::argbest::TextByKey::new(
+                self.direction == Direction::Min,
+                &types,
+                state,
+            )))
+        } else {
+            Ok(Box::new(state))
+        }
     }
 }
 
 /// The best encoded row per group.
-struct State {
+pub(crate) struct State {
     converter: RowConverter,
     keys: usize,
     value_type: DataType,
@@ -183,7 +197,7 @@ impl State {
     }
 
     /// Encodes the arguments (value, keys...) as rows of (keys..., value).
-    fn encode(&self, values: &[ArrayRef]) -> Result<Rows> {
+    pub(crate) fn encode(&self, values: &[ArrayRef]) -> Result<Rows> {
         let mut columns: Vec<ArrayRef> = values[1..].to_vec();
         columns.push(Arc::clone(&values[0]));
         Ok(self.converter.convert_columns(&columns)?)
@@ -195,9 +209,18 @@ impl State {
             && filter.is_none_or(|f| f.is_valid(row) && f.value(row))
     }
 
+    /// The non-NULL rows of encoded states and their columns (keys..., value).
+    pub(crate) fn decode(&self, states: &BinaryArray) -> Result<(Vec<usize>, Vec<ArrayRef>)> {
+        let parser = self.converter.parser();
+        let rows: Vec<usize> = (0..states.len()).filter(|&r| states.is_valid(r)).collect();
+        let columns = self
+            .converter
+            .convert_rows(rows.iter().map(|&r| parser.parse(states.value(r))))?;
+        Ok((rows, columns))
+    }
+
     fn offer(&mut self, group: usize, candidate: &[u8]) -> Result<()> {
-        self.best
-            .offer(group, candidate, |new, current| new < current)
+        self.best.offer(group, candidate, std::cmp::Ordering::Less)
     }
 
     /// The encoded best rows of the emitted groups (NULL where a group had no eligible row).

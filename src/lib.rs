@@ -6,6 +6,7 @@
 //! view) → [`models`] (discover, header, graph) → [`engine`] (plan, execute, check) →
 //! [`publish`] (lock, stage, commit, recover), all I/O through [`storage`].
 
+pub mod argbest;
 pub mod btyd;
 pub mod buckets;
 pub mod check;

@@ -12,11 +12,11 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, BinaryViewBuilder, BooleanArray, LargeBinaryBuilder,
-    LargeStringBuilder, StringBuilder, StringViewBuilder,
+    Array, ArrayRef, AsArray, BinaryBuilder, BinaryViewBuilder, BooleanArray, GenericByteViewArray,
+    LargeBinaryBuilder, LargeStringBuilder, StringBuilder, StringViewBuilder,
 };
 use datafusion::arrow::compute::kernels::zip::zip;
-use datafusion::arrow::datatypes::{DataType, FieldRef};
+use datafusion::arrow::datatypes::{ByteViewType, DataType, FieldRef};
 use datafusion::common::{internal_err, Result, ScalarValue};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::function::{
@@ -37,29 +37,85 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udaf(AggregateUDF::new_from_impl(MinMax::new(max, false)));
 }
 
-/// Every group's current value as a slice of one growing buffer. Replacing a value appends
-/// the new one (the old bytes become garbage); the buffer is compacted when garbage
-/// outweighs live bytes.
+/// Every group's current value: values of up to 12 bytes inline in the group's 16-byte slot
+/// (no buffer, compared as one integer), longer ones as a slice of one growing buffer.
+/// Replacing a long value appends the new one (the old bytes become garbage); the buffer is
+/// compacted when garbage outweighs live bytes.
 #[derive(Debug, Default)]
 pub(crate) struct ByteSlots {
     buf: Vec<u8>,
-    /// (start, len) per group; `len == NONE` marks a group without a value.
-    slots: Vec<(usize, u32)>,
+    /// Per group: bytes 0..12 hold the value (zero-padded) when it is at most [`INLINE`]
+    /// bytes long, else its offset in `buf` (bytes 4..12); bytes 12..16 hold the length
+    /// (big-endian; [`NONE`] marks a group without a value). Read big-endian as one `u128`,
+    /// two inline slots compare like their values: bytes first, then length.
+    slots: Vec<[u8; 16]>,
+    /// Bytes of `buf` still referenced.
     live: usize,
 }
 
 const NONE: u32 = u32::MAX;
+/// Longest value kept in its slot.
+const INLINE: usize = 12;
+const EMPTY: [u8; 16] = {
+    let mut s = [0u8; 16];
+    s[12] = 0xff;
+    s[13] = 0xff;
+    s[14] = 0xff;
+    s[15] = 0xff;
+    s
+};
+
+fn slot_len(slot: &[u8; 16]) -> u32 {
+    u32::from_be_bytes([slot[12], slot[13], slot[14], slot[15]])
+}
+
+fn slot_offset(slot: &[u8; 16]) -> usize {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&slot[4..12]);
+    u64::from_le_bytes(b) as usize
+}
+
+/// The inline slot of a value of at most [`INLINE`] bytes.
+fn inline_slot(value: &[u8]) -> [u8; 16] {
+    let mut slot = [0u8; 16];
+    slot[..value.len()].copy_from_slice(value);
+    slot[12..].copy_from_slice(&(value.len() as u32).to_be_bytes());
+    slot
+}
+
+/// The inline slot, as an integer, of the value of an inline string view (length <= 12; the
+/// view holds the length in its low 32 bits and the bytes above, first byte lowest).
+pub(crate) fn view_key(view: u128) -> u128 {
+    (view >> 32).swap_bytes() | (view & 0xffff_ffff)
+}
 
 impl ByteSlots {
     pub(crate) fn resize(&mut self, groups: usize) {
         if self.slots.len() < groups {
-            self.slots.resize(groups, (0, NONE));
+            self.slots.resize(groups, EMPTY);
         }
     }
 
     pub(crate) fn get(&self, group: usize) -> Option<&[u8]> {
-        let (start, len) = self.slots[group];
-        (len != NONE).then(|| &self.buf[start..start + len as usize])
+        let slot = &self.slots[group];
+        let len = slot_len(slot);
+        if len == NONE {
+            None
+        } else if len as usize <= INLINE {
+            Some(&slot[..len as usize])
+        } else {
+            let start = slot_offset(slot);
+            Some(&self.buf[start..start + len as usize])
+        }
+    }
+
+    /// Forgets the value of `group`.
+    pub(crate) fn clear(&mut self, group: usize) {
+        let len = slot_len(&self.slots[group]);
+        if len != NONE && len as usize > INLINE {
+            self.live -= len as usize;
+        }
+        self.slots[group] = EMPTY;
     }
 
     /// Stores `value` for `group` (values of 4 GiB or more are refused).
@@ -67,40 +123,76 @@ impl ByteSlots {
         let Some(len) = u32::try_from(value.len()).ok().filter(|l| *l != NONE) else {
             return internal_err!("a value of {} bytes is too large to aggregate", value.len());
         };
-        let (_, old) = self.slots[group];
-        if old != NONE {
-            self.live -= old as usize;
+        self.clear(group);
+        if value.len() <= INLINE {
+            self.slots[group] = inline_slot(value);
+            return Ok(());
         }
         if self.buf.len() > 2 * self.live + (1 << 20) {
             self.compact();
         }
-        self.slots[group] = (self.buf.len(), len);
+        let mut slot = [0u8; 16];
+        slot[..4].copy_from_slice(&value[..4]);
+        slot[4..12].copy_from_slice(&(self.buf.len() as u64).to_le_bytes());
+        slot[12..].copy_from_slice(&len.to_be_bytes());
+        self.slots[group] = slot;
         self.buf.extend_from_slice(value);
         self.live += value.len();
         Ok(())
     }
 
-    /// Offers `candidate` to `group`: stored when the group has no value or `better(candidate,
-    /// current)` holds.
+    /// Offers `candidate` to `group`: stored when the group has no value or `candidate`
+    /// compares to the current value (byte-wise) as `wanted`.
     pub(crate) fn offer(
         &mut self,
         group: usize,
         candidate: &[u8],
-        better: impl Fn(&[u8], &[u8]) -> bool,
+        wanted: std::cmp::Ordering,
     ) -> Result<()> {
-        match self.get(group) {
-            Some(current) if !better(candidate, current) => Ok(()),
-            _ => self.set(group, candidate),
+        let slot = &self.slots[group];
+        let len = slot_len(slot);
+        if len != NONE {
+            let order = if candidate.len() <= INLINE && len as usize <= INLINE {
+                u128::from_be_bytes(inline_slot(candidate)).cmp(&u128::from_be_bytes(*slot))
+            } else {
+                candidate.cmp(self.get(group).unwrap_or_default())
+            };
+            if order != wanted {
+                return Ok(());
+            }
         }
+        self.set(group, candidate)
+    }
+
+    /// [`ByteSlots::offer`] for the value of a string view (`view`; `value` its bytes).
+    pub(crate) fn offer_view(
+        &mut self,
+        group: usize,
+        view: u128,
+        value: &[u8],
+        wanted: std::cmp::Ordering,
+    ) -> Result<()> {
+        let slot = &self.slots[group];
+        let len = slot_len(slot);
+        if (view as u32) as usize > INLINE || (len != NONE && len as usize > INLINE) {
+            return self.offer(group, value, wanted);
+        }
+        let key = view_key(view);
+        if len == NONE || key.cmp(&u128::from_be_bytes(*slot)) == wanted {
+            self.clear(group);
+            self.slots[group] = key.to_be_bytes();
+        }
+        Ok(())
     }
 
     fn compact(&mut self) {
         let mut buf = Vec::with_capacity(self.live + self.live / 2);
-        for (start, len) in self.slots.iter_mut() {
-            if *len != NONE {
-                let from = *start;
-                *start = buf.len();
-                buf.extend_from_slice(&self.buf[from..from + *len as usize]);
+        for slot in self.slots.iter_mut() {
+            let len = slot_len(slot);
+            if len != NONE && len as usize > INLINE {
+                let from = slot_offset(slot);
+                slot[4..12].copy_from_slice(&(buf.len() as u64).to_le_bytes());
+                buf.extend_from_slice(&self.buf[from..from + len as usize]);
             }
         }
         self.buf = buf;
@@ -120,8 +212,9 @@ impl ByteSlots {
             self.buf.clear();
             self.live = 0;
         } else {
-            for (_, len) in self.slots.drain(..n) {
-                if len != NONE {
+            for slot in self.slots.drain(..n) {
+                let len = slot_len(&slot);
+                if len != NONE && len as usize > INLINE {
                     self.live -= len as usize;
                 }
             }
@@ -136,7 +229,7 @@ impl ByteSlots {
     }
 
     pub(crate) fn size(&self) -> usize {
-        self.buf.capacity() + self.slots.capacity() * std::mem::size_of::<(usize, u32)>()
+        self.buf.capacity() + self.slots.capacity() * 16
     }
 }
 
@@ -305,10 +398,7 @@ impl BytesMinMax {
                 let a = values.as_string::<i64>();
                 rows.offer(slots, is_min, a, |i| a.value(i).as_bytes())
             }
-            DataType::Utf8View => {
-                let a = values.as_string_view();
-                rows.offer(slots, is_min, a, |i| a.value(i).as_bytes())
-            }
+            DataType::Utf8View => rows.offer_views(slots, is_min, values.as_string_view()),
             DataType::Binary => {
                 let a = values.as_binary::<i32>();
                 rows.offer(slots, is_min, a, |i| a.value(i))
@@ -317,10 +407,7 @@ impl BytesMinMax {
                 let a = values.as_binary::<i64>();
                 rows.offer(slots, is_min, a, |i| a.value(i))
             }
-            DataType::BinaryView => {
-                let a = values.as_binary_view();
-                rows.offer(slots, is_min, a, |i| a.value(i))
-            }
+            DataType::BinaryView => rows.offer_views(slots, is_min, values.as_binary_view()),
             other => internal_err!(
                 "{}: expected a string or binary column, got {other}",
                 if is_min { "min" } else { "max" }
@@ -329,53 +416,60 @@ impl BytesMinMax {
     }
 
     fn build(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let n = match emit_to {
-            EmitTo::All => self.slots.len(),
-            EmitTo::First(n) => n,
-        };
-        let mut error = None;
-        // Stored strings came from UTF-8 arrays; checking costs little and keeps this safe.
-        let array: ArrayRef = match &self.data_type {
-            DataType::Utf8 => {
-                let mut b = StringBuilder::with_capacity(n, 0);
-                self.slots
-                    .emit(emit_to, |v| b.append_option(utf8(v, &mut error)));
-                Arc::new(b.finish())
-            }
-            DataType::LargeUtf8 => {
-                let mut b = LargeStringBuilder::with_capacity(n, 0);
-                self.slots
-                    .emit(emit_to, |v| b.append_option(utf8(v, &mut error)));
-                Arc::new(b.finish())
-            }
-            DataType::Utf8View => {
-                let mut b = StringViewBuilder::with_capacity(n);
-                self.slots
-                    .emit(emit_to, |v| b.append_option(utf8(v, &mut error)));
-                Arc::new(b.finish())
-            }
-            DataType::Binary => {
-                let mut b = BinaryBuilder::with_capacity(n, 0);
-                self.slots.emit(emit_to, |v| b.append_option(v));
-                Arc::new(b.finish())
-            }
-            DataType::LargeBinary => {
-                let mut b = LargeBinaryBuilder::with_capacity(n, 0);
-                self.slots.emit(emit_to, |v| b.append_option(v));
-                Arc::new(b.finish())
-            }
-            DataType::BinaryView => {
-                let mut b = BinaryViewBuilder::with_capacity(n);
-                self.slots.emit(emit_to, |v| b.append_option(v));
-                Arc::new(b.finish())
-            }
-            other => return internal_err!("min/max: unexpected type {other}"),
-        };
-        if let Some(e) = error {
-            return internal_err!("min/max: a stored string is not UTF-8: {e}");
-        }
-        Ok(array)
+        emit_array(&mut self.slots, &self.data_type, emit_to)
     }
+}
+
+/// The emitted groups' values of `slots` as an array of `data_type` (a string or binary
+/// type; NULL for a group without a value), forgetting them.
+pub(crate) fn emit_array(
+    slots: &mut ByteSlots,
+    data_type: &DataType,
+    emit_to: EmitTo,
+) -> Result<ArrayRef> {
+    let n = match emit_to {
+        EmitTo::All => slots.len(),
+        EmitTo::First(n) => n,
+    };
+    let mut error = None;
+    // Stored strings came from UTF-8 arrays; checking costs little and keeps this safe.
+    let array: ArrayRef = match data_type {
+        DataType::Utf8 => {
+            let mut b = StringBuilder::with_capacity(n, 0);
+            slots.emit(emit_to, |v| b.append_option(utf8(v, &mut error)));
+            Arc::new(b.finish())
+        }
+        DataType::LargeUtf8 => {
+            let mut b = LargeStringBuilder::with_capacity(n, 0);
+            slots.emit(emit_to, |v| b.append_option(utf8(v, &mut error)));
+            Arc::new(b.finish())
+        }
+        DataType::Utf8View => {
+            let mut b = StringViewBuilder::with_capacity(n);
+            slots.emit(emit_to, |v| b.append_option(utf8(v, &mut error)));
+            Arc::new(b.finish())
+        }
+        DataType::Binary => {
+            let mut b = BinaryBuilder::with_capacity(n, 0);
+            slots.emit(emit_to, |v| b.append_option(v));
+            Arc::new(b.finish())
+        }
+        DataType::LargeBinary => {
+            let mut b = LargeBinaryBuilder::with_capacity(n, 0);
+            slots.emit(emit_to, |v| b.append_option(v));
+            Arc::new(b.finish())
+        }
+        DataType::BinaryView => {
+            let mut b = BinaryViewBuilder::with_capacity(n);
+            slots.emit(emit_to, |v| b.append_option(v));
+            Arc::new(b.finish())
+        }
+        other => return internal_err!("grouped string aggregate: unexpected type {other}"),
+    };
+    if let Some(e) = error {
+        return internal_err!("grouped string aggregate: a stored string is not UTF-8: {e}");
+    }
+    Ok(array)
 }
 
 /// The rows of one batch: their groups and the FILTER clause, if any.
@@ -401,14 +495,47 @@ impl Rows<'_> {
             {
                 continue;
             }
-            let candidate = value(row);
-            if is_min {
-                slots.offer(group, candidate, |new, old| new < old)?;
+            slots.offer(group, value(row), wanted(is_min))?;
+        }
+        Ok(())
+    }
+
+    /// [`Rows::offer`] for string or binary views: short values are compared as integers
+    /// straight from their views.
+    fn offer_views<T: ByteViewType + ?Sized>(
+        &self,
+        slots: &mut ByteSlots,
+        is_min: bool,
+        array: &GenericByteViewArray<T>,
+    ) -> Result<()> {
+        let nulls = array.logical_nulls();
+        let views = array.views();
+        let wanted = wanted(is_min);
+        for (row, &group) in self.group_indices.iter().enumerate() {
+            if nulls.as_ref().is_some_and(|n| n.is_null(row))
+                || self
+                    .opt_filter
+                    .is_some_and(|f| !(f.is_valid(row) && f.value(row)))
+            {
+                continue;
+            }
+            let view = views[row];
+            if (view as u32) as usize <= INLINE {
+                slots.offer_view(group, view, array.value(row).as_ref(), wanted)?;
             } else {
-                slots.offer(group, candidate, |new, old| new > old)?;
+                slots.offer(group, array.value(row).as_ref(), wanted)?;
             }
         }
         Ok(())
+    }
+}
+
+/// The order a candidate must have against the current value to replace it.
+fn wanted(is_min: bool) -> std::cmp::Ordering {
+    if is_min {
+        std::cmp::Ordering::Less
+    } else {
+        std::cmp::Ordering::Greater
     }
 }
 
@@ -568,21 +695,80 @@ mod tests {
 
     #[test]
     fn slots_survive_compaction_and_partial_emits() {
+        let long = |i: u32| [&i.to_be_bytes()[..], b"-a-long-value"].concat();
         let mut slots = ByteSlots::default();
-        slots.resize(3);
-        // Many replacements of group 0 make garbage and force compactions.
+        slots.resize(4);
+        // Many replacements of group 0 with values too long to be inline make garbage and
+        // force compactions.
         for i in 0..200_000u32 {
-            slots.set(0, &i.to_be_bytes()).expect("set");
+            slots.set(0, &long(i)).expect("set");
         }
         slots.set(2, b"two").expect("set");
-        assert_eq!(slots.get(0), Some(&199_999u32.to_be_bytes()[..]));
+        slots.set(3, &long(7)).expect("set");
+        slots.set(3, b"short again").expect("set");
+        assert_eq!(slots.get(0), Some(&long(199_999)[..]));
         assert_eq!(slots.get(1), None);
         assert!(slots.buf.len() < 4 << 20, "buffer compacted");
+        assert_eq!(slots.live, 17, "only group 0 is in the buffer");
         let mut first = Vec::new();
         slots.emit(EmitTo::First(2), |v| first.push(v.map(<[u8]>::to_vec)));
-        assert_eq!(first, vec![Some(199_999u32.to_be_bytes().to_vec()), None]);
-        assert_eq!(slots.len(), 1);
+        assert_eq!(first, vec![Some(long(199_999)), None]);
+        assert_eq!(slots.len(), 2);
         assert_eq!(slots.get(0), Some(&b"two"[..]));
-        assert_eq!(slots.live, 3);
+        assert_eq!(slots.get(1), Some(&b"short again"[..]));
+        assert_eq!(slots.live, 0);
+    }
+
+    /// Byte-wise order of every pair among values around the 12-byte inline limit, with
+    /// zero bytes and prefixes of each other, offered as slices and as string views.
+    #[test]
+    fn offers_keep_the_byte_wise_smallest_and_largest_inline_or_not() {
+        let values: Vec<&[u8]> = vec![
+            b"",
+            b"\0",
+            b"a",
+            b"a\0",
+            b"a\0\0",
+            b"ab",
+            b"b",
+            b"abcdefghijkl",
+            b"abcdefghijk",
+            b"abcdefghijkl\0",
+            b"abcdefghijklm",
+            b"abcdefghijkm",
+            b"\xff",
+            b"\xff\xff\xff\xff\xff",
+            b"zzzzzzzzzzzzzzzz",
+            b"zzzz",
+        ];
+        let views = datafusion::arrow::array::BinaryViewArray::from_iter_values(values.iter());
+        for a in 0..values.len() {
+            for b in 0..values.len() {
+                for wanted in [std::cmp::Ordering::Less, std::cmp::Ordering::Greater] {
+                    let expected = if values[b].cmp(values[a]) == wanted {
+                        b
+                    } else {
+                        a
+                    };
+                    let mut slots = ByteSlots::default();
+                    slots.resize(2);
+                    slots.set(0, values[a]).expect("set");
+                    slots.offer(0, values[b], wanted).expect("offer");
+                    slots.set(1, values[a]).expect("set");
+                    slots
+                        .offer_view(1, views.views()[b], values[b], wanted)
+                        .expect("offer");
+                    for group in 0..2 {
+                        assert_eq!(
+                            slots.get(group),
+                            Some(values[expected]),
+                            "{:?} then {:?}, keeping {wanted:?}, group {group}",
+                            values[a],
+                            values[b]
+                        );
+                    }
+                }
+            }
+        }
     }
 }
