@@ -35,6 +35,7 @@ use crate::minmax::ByteSlots;
 /// Registers segflow's functions on a session.
 pub fn register(ctx: &SessionContext) {
     crate::minmax::register(ctx);
+    ctx.add_optimizer_rule(Arc::new(crate::decimal::FloatDecimalRule));
     crate::btyd::register(ctx);
     crate::stats::register(ctx);
     ctx.register_udf(raise_error());
@@ -590,6 +591,72 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn integer_text_equals_the_cast_to_text_for_every_integer_type() {
+        use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+        use datafusion::arrow::compute::cast;
+        use datafusion::arrow::datatypes::DataType;
+        use datafusion::arrow::record_batch::RecordBatch;
+        use datafusion::prelude::col;
+        use std::sync::Arc;
+        // around the 12-character inline limit of views, signs, extremes, NULLs
+        let values: Vec<Option<i64>> = vec![
+            Some(0),
+            Some(-1),
+            Some(7),
+            Some(999_999_999_999),
+            Some(1_000_000_000_000),
+            Some(-99_999_999_999),
+            Some(-999_999_999_999),
+            Some(i64::MAX),
+            Some(i64::MIN),
+            None,
+            Some(255),
+            Some(-128),
+        ];
+        let wide: ArrayRef = Arc::new(Int64Array::from(values));
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        for t in [
+            DataType::Int8,
+            DataType::Int16,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::UInt8,
+            DataType::UInt16,
+            DataType::UInt32,
+            DataType::UInt64,
+        ] {
+            // values a type cannot hold become NULL
+            let input = datafusion::arrow::compute::cast_with_options(
+                &wide,
+                &t,
+                &datafusion::arrow::compute::CastOptions::default(),
+            )
+            .expect("narrow");
+            let expected = cast(&input, &DataType::Utf8).expect("cast");
+            let batch = RecordBatch::try_from_iter([("n", input)]).expect("batch");
+            let got = ctx
+                .read_batch(batch)
+                .expect("read")
+                .select(vec![super::integer_text(col("n")).alias("t")])
+                .expect("select")
+                .collect()
+                .await
+                .expect("run");
+            assert_eq!(got[0].column(0).data_type(), &DataType::Utf8View);
+            let got = cast(got[0].column(0), &DataType::Utf8).expect("to utf8");
+            let (got, expected) = (
+                got.as_any().downcast_ref::<StringArray>().expect("strings"),
+                expected
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("strings"),
+            );
+            assert_eq!(got, expected, "{t}");
+            assert!(expected.null_count() >= 1, "{t}");
+        }
+    }
+
+    #[tokio::test]
     async fn utc_timestamp_equals_the_cast_to_a_utc_timestamp_for_naive_and_zoned_input() {
         use datafusion::arrow::array::{
             Array, ArrayRef, TimestampMillisecondArray, TimestampNanosecondArray,
@@ -823,6 +890,82 @@ impl datafusion::logical_expr::ScalarUDFImpl for UtcTimestamp {
         Ok(ColumnarValue::Array(Arc::new(
             micros.clone().with_timezone("UTC"),
         )))
+    }
+}
+
+/// The decimal text of an integer column, as string views: what a cast to text gives, but
+/// written with `itoa` into views (a number of up to 12 characters lives in its view, no
+/// data buffer) instead of through `Display` into a string array — customer and order ids
+/// of integer sources are converted for every line staged.
+pub fn integer_text(value: datafusion::prelude::Expr) -> datafusion::prelude::Expr {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(IntegerText {
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+    .call(vec![value])
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct IntegerText {
+    signature: Signature,
+}
+
+/// `values` as decimal text views, NULL where `nulls` says so.
+fn integer_views<T: itoa::Integer + Copy>(
+    values: &[T],
+    nulls: Option<&datafusion::arrow::buffer::NullBuffer>,
+) -> datafusion::arrow::array::StringViewArray {
+    let mut builder = datafusion::arrow::array::StringViewBuilder::with_capacity(values.len());
+    let mut text = itoa::Buffer::new();
+    for (i, v) in values.iter().enumerate() {
+        if nulls.is_some_and(|n| n.is_null(i)) {
+            builder.append_null();
+        } else {
+            builder.append_value(text.format(*v));
+        }
+    }
+    builder.finish()
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for IntegerText {
+    fn name(&self) -> &str {
+        "segflow_integer_text"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8View)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::datatypes::{
+            Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type,
+            UInt8Type,
+        };
+        use datafusion::logical_expr::ColumnarValue;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(input) = arrays.first() else {
+            return exec_err!("segflow_integer_text takes one argument");
+        };
+        let nulls = input.logical_nulls();
+        let nulls = nulls.as_ref();
+        let text = match input.data_type() {
+            DataType::Int8 => integer_views(input.as_primitive::<Int8Type>().values(), nulls),
+            DataType::Int16 => integer_views(input.as_primitive::<Int16Type>().values(), nulls),
+            DataType::Int32 => integer_views(input.as_primitive::<Int32Type>().values(), nulls),
+            DataType::Int64 => integer_views(input.as_primitive::<Int64Type>().values(), nulls),
+            DataType::UInt8 => integer_views(input.as_primitive::<UInt8Type>().values(), nulls),
+            DataType::UInt16 => integer_views(input.as_primitive::<UInt16Type>().values(), nulls),
+            DataType::UInt32 => integer_views(input.as_primitive::<UInt32Type>().values(), nulls),
+            DataType::UInt64 => integer_views(input.as_primitive::<UInt64Type>().values(), nulls),
+            other => return exec_err!("segflow_integer_text: {other} is not an integer type"),
+        };
+        Ok(ColumnarValue::Array(Arc::new(text)))
     }
 }
 

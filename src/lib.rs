@@ -11,6 +11,7 @@ pub mod btyd;
 pub mod buckets;
 pub mod check;
 pub mod config;
+pub mod decimal;
 pub mod docs;
 pub mod engine;
 pub mod error;

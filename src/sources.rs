@@ -631,6 +631,7 @@ fn map_columns(
             // Strings stay views: the staged table is read back as views anyway, and the
             // cast copied every string of every line.
             (DataType::Utf8, DataType::Utf8View) => column,
+            (DataType::Utf8, from) if from.is_integer() => crate::functions::integer_text(column),
             (DataType::Timestamp(..), DataType::Timestamp(..)) => {
                 crate::functions::utc_timestamp(column)
             }
