@@ -12,7 +12,8 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Float32Array, Float64Array, PrimitiveArray,
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Float32Array, Float64Array,
+    PrimitiveArray,
 };
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Float32Type, Float64Type, Int16Type,
@@ -23,7 +24,7 @@ use datafusion::common::{exec_err, internal_err, Result};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
 use crate::functions::State;
-use crate::minmax::{emit_array, ByteSlots};
+use crate::minmax::{array_of, emit_array, ByteSlots};
 
 /// Whether `arg_min`/`arg_max` over arguments of these types (value, keys...) can use
 /// [`TextByKey`].
@@ -320,10 +321,16 @@ impl TextByKey {
         }
     }
 
-    /// Forgets the first `n` groups' keys (their values are emitted separately).
+    /// Forgets the first `n` groups' keys (their values are emitted separately); all of
+    /// them frees the memory, as after a spill.
     fn drain(&mut self, n: usize) {
-        self.seen.drain(..n);
-        self.keys.drain(..n);
+        if n >= self.seen.len() {
+            self.seen = Vec::new();
+            self.keys = Vec::new();
+        } else {
+            self.seen.drain(..n);
+            self.keys.drain(..n);
+        }
     }
 }
 
@@ -364,18 +371,28 @@ impl GroupsAccumulator for TextByKey {
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        // Encoded a chunk of groups at a time: a spill emits every group, and encoding
+        // them all at once took a second copy of them all (at 100 M lines, 0.8 GiB
+        // beyond the memory limit).
+        const CHUNK: usize = 65_536;
         let n = self.emitted(emit_to);
-        let keys = key_array(&self.keys[..n], &self.seen[..n], &self.key_type)?;
-        let seen: Vec<bool> = self.seen[..n].to_vec();
+        let mut states = BinaryBuilder::with_capacity(n, 0);
+        for start in (0..n).step_by(CHUNK) {
+            let end = n.min(start + CHUNK);
+            let keys = key_array(
+                &self.keys[start..end],
+                &self.seen[start..end],
+                &self.key_type,
+            )?;
+            let values = array_of(&self.values, &self.value_type, start..end)?;
+            let encoded = self.rows.encode(&[values, keys])?;
+            for (row, seen) in self.seen[start..end].iter().enumerate() {
+                states.append_option(seen.then(|| encoded.row(row).data()));
+            }
+        }
         self.drain(n);
-        let values = emit_array(&mut self.values, &self.value_type, emit_to)?;
-        let encoded = self.rows.encode(&[values, keys])?;
-        let states: BinaryArray = seen
-            .iter()
-            .enumerate()
-            .map(|(row, s)| s.then(|| encoded.row(row).data()))
-            .collect();
-        Ok(vec![Arc::new(states)])
+        self.values.forget(n);
+        Ok(vec![Arc::new(states.finish())])
     }
 
     fn convert_to_state(

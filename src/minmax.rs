@@ -200,17 +200,25 @@ impl ByteSlots {
 
     /// Calls `f` with the value of each emitted group, in group order, and forgets them.
     pub(crate) fn emit(&mut self, emit_to: EmitTo, mut f: impl FnMut(Option<&[u8]>)) {
-        let n = match emit_to {
-            EmitTo::All => self.slots.len(),
-            EmitTo::First(n) => n.min(self.slots.len()),
-        };
+        let n = self.emitted(emit_to);
         for group in 0..n {
             f(self.get(group));
         }
-        if n == self.slots.len() {
-            self.slots.clear();
-            self.buf.clear();
-            self.live = 0;
+        self.forget(n);
+    }
+
+    /// How many groups `emit_to` emits.
+    pub(crate) fn emitted(&self, emit_to: EmitTo) -> usize {
+        match emit_to {
+            EmitTo::All => self.slots.len(),
+            EmitTo::First(n) => n.min(self.slots.len()),
+        }
+    }
+
+    /// Forgets the first `n` groups (all of them: the memory is freed, as after a spill).
+    pub(crate) fn forget(&mut self, n: usize) {
+        if n >= self.slots.len() {
+            *self = Self::default();
         } else {
             for slot in self.slots.drain(..n) {
                 let len = slot_len(&slot);
@@ -427,41 +435,52 @@ pub(crate) fn emit_array(
     data_type: &DataType,
     emit_to: EmitTo,
 ) -> Result<ArrayRef> {
-    let n = match emit_to {
-        EmitTo::All => slots.len(),
-        EmitTo::First(n) => n,
-    };
+    let n = slots.emitted(emit_to);
+    let array = array_of(slots, data_type, 0..n)?;
+    slots.forget(n);
+    Ok(array)
+}
+
+/// The values of the groups in `groups` as an array of `data_type` (a string or binary
+/// type; NULL for a group without a value).
+pub(crate) fn array_of(
+    slots: &ByteSlots,
+    data_type: &DataType,
+    groups: std::ops::Range<usize>,
+) -> Result<ArrayRef> {
+    let n = groups.len();
+    let values = groups.map(|g| slots.get(g));
     let mut error = None;
     // Stored strings came from UTF-8 arrays; checking costs little and keeps this safe.
     let array: ArrayRef = match data_type {
         DataType::Utf8 => {
             let mut b = StringBuilder::with_capacity(n, 0);
-            slots.emit(emit_to, |v| b.append_option(utf8(v, &mut error)));
+            values.for_each(|v| b.append_option(utf8(v, &mut error)));
             Arc::new(b.finish())
         }
         DataType::LargeUtf8 => {
             let mut b = LargeStringBuilder::with_capacity(n, 0);
-            slots.emit(emit_to, |v| b.append_option(utf8(v, &mut error)));
+            values.for_each(|v| b.append_option(utf8(v, &mut error)));
             Arc::new(b.finish())
         }
         DataType::Utf8View => {
             let mut b = StringViewBuilder::with_capacity(n);
-            slots.emit(emit_to, |v| b.append_option(utf8(v, &mut error)));
+            values.for_each(|v| b.append_option(utf8(v, &mut error)));
             Arc::new(b.finish())
         }
         DataType::Binary => {
             let mut b = BinaryBuilder::with_capacity(n, 0);
-            slots.emit(emit_to, |v| b.append_option(v));
+            values.for_each(|v| b.append_option(v));
             Arc::new(b.finish())
         }
         DataType::LargeBinary => {
             let mut b = LargeBinaryBuilder::with_capacity(n, 0);
-            slots.emit(emit_to, |v| b.append_option(v));
+            values.for_each(|v| b.append_option(v));
             Arc::new(b.finish())
         }
         DataType::BinaryView => {
             let mut b = BinaryViewBuilder::with_capacity(n);
-            slots.emit(emit_to, |v| b.append_option(v));
+            values.for_each(|v| b.append_option(v));
             Arc::new(b.finish())
         }
         other => return internal_err!("grouped string aggregate: unexpected type {other}"),
