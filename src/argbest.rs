@@ -31,22 +31,27 @@ use crate::minmax::{array_of, emit_array, ByteSlots};
 pub(crate) fn supported(types: &[DataType]) -> bool {
     matches!(
         types,
-        [
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View,
-            DataType::Int8
-                | DataType::Int16
-                | DataType::Int32
-                | DataType::Int64
-                | DataType::UInt8
-                | DataType::UInt16
-                | DataType::UInt32
-                | DataType::Date32
-                | DataType::Date64
-                | DataType::Timestamp(..)
-                | DataType::Decimal128(..)
-                | DataType::Float32
-                | DataType::Float64
-        ]
+        [DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, key] if key_supported(key)
+    )
+}
+
+/// Whether [`keys_of`] maps keys of this type to integers of the same order.
+pub(crate) fn key_supported(key: &DataType) -> bool {
+    matches!(
+        key,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(..)
+            | DataType::Decimal128(..)
+            | DataType::Float32
+            | DataType::Float64
     )
 }
 
@@ -129,7 +134,7 @@ macro_rules! with_key_type {
 
 /// The key of every row as an integer of the same order (NULL rows hold any value).
 #[allow(clippy::useless_conversion)] // the identity for decimal keys
-fn keys_of(array: &dyn Array) -> Result<Vec<i128>> {
+pub(crate) fn keys_of(array: &dyn Array) -> Result<Vec<i128>> {
     match array.data_type() {
         DataType::Float64 => {
             return Ok(array

@@ -92,7 +92,13 @@ impl ArgBest {
 
     fn state(&self, args: &AccumulatorArgs) -> Result<State> {
         let types = arg_types(args)?;
-        State::new(self.sort_fields(&types), types.len() - 1, types[0].clone())
+        State::new(
+            self.sort_fields(&types),
+            types.len() - 1,
+            types[0].clone(),
+            self.direction == Direction::Min,
+            &types[1],
+        )
     }
 }
 
@@ -179,22 +185,131 @@ impl AggregateUDFImpl for ArgBest {
     }
 }
 
+/// Whether a row takes part: its `keys` keys (after the value in `values`) non-NULL and the
+/// filter (if any) true.
+fn eligible(values: &[ArrayRef], keys: usize, filter: Option<&BooleanArray>, row: usize) -> bool {
+    values[1..=keys].iter().all(|k| k.is_valid(row))
+        && filter.is_none_or(|f| f.is_valid(row) && f.value(row))
+}
+
 /// The best encoded row per group.
 pub(crate) struct State {
     converter: RowConverter,
     keys: usize,
     value_type: DataType,
     best: ByteSlots,
+    /// When the first key is numeric or temporal: each group's first key, to skip encoding
+    /// the rows that cannot win.
+    first: Option<FirstKey>,
+}
+
+/// Per group, the first key of a row already offered, as an integer of the same order
+/// ([`crate::argbest::keys_of`]). It is never better than the first key of the group's
+/// stored row (the states merged from another phase do not update it, which only lets more
+/// rows through), so a row whose first key is worse cannot win and is not encoded: in
+/// customer_facts, a customer's orders after the first (or before the last) mostly.
+struct FirstKey {
+    /// How a better key compares to a worse one.
+    better: std::cmp::Ordering,
+    seen: Vec<bool>,
+    keys: Vec<i128>,
+}
+
+impl FirstKey {
+    fn resize(&mut self, groups: usize) {
+        if self.seen.len() < groups {
+            self.seen.resize(groups, false);
+            self.keys.resize(groups, 0);
+        }
+    }
+
+    /// Whether a row of `group` with first key `key` may win (and notes its key if better).
+    fn admits(&mut self, group: usize, key: i128) -> bool {
+        if !self.seen[group] {
+            self.seen[group] = true;
+            self.keys[group] = key;
+            return true;
+        }
+        let order = key.cmp(&self.keys[group]);
+        if order == self.better {
+            self.keys[group] = key;
+        }
+        order != self.better.reverse()
+    }
+
+    fn drain(&mut self, n: usize) {
+        if n >= self.seen.len() {
+            self.seen = Vec::new();
+            self.keys = Vec::new();
+        } else {
+            self.seen.drain(..n);
+            self.keys.drain(..n);
+        }
+    }
 }
 
 impl State {
-    fn new(fields: Vec<SortField>, keys: usize, value_type: DataType) -> Result<Self> {
+    /// `fields`: the sort fields of (keys..., value); `min` whether the function is
+    /// `arg_min`; `first_key` the type of the first key.
+    fn new(
+        fields: Vec<SortField>,
+        keys: usize,
+        value_type: DataType,
+        min: bool,
+        first_key: &DataType,
+    ) -> Result<Self> {
+        let first = crate::argbest::key_supported(first_key).then(|| FirstKey {
+            better: if min {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            },
+            seen: Vec::new(),
+            keys: Vec::new(),
+        });
         Ok(Self {
             converter: RowConverter::new(fields)?,
             keys,
             value_type,
             best: ByteSlots::default(),
+            first,
         })
+    }
+
+    /// Offers the rows of a batch that may win (per [`FirstKey`]): only those are encoded.
+    /// None when there is no first-key filter or every row may win.
+    fn offer_admitted(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<Option<()>> {
+        let keys = self.keys;
+        let Some(first) = self.first.as_mut() else {
+            return Ok(None);
+        };
+        first.resize(total_num_groups);
+        let firsts = crate::argbest::keys_of(values[1].as_ref())?;
+        let mut admitted: Vec<u32> = Vec::with_capacity(group_indices.len());
+        for (row, &group) in group_indices.iter().enumerate() {
+            if eligible(values, keys, filter, row) && first.admits(group, firsts[row]) {
+                admitted.push(row as u32);
+            }
+        }
+        if admitted.len() == group_indices.len() {
+            return Ok(None);
+        }
+        let indices = UInt32Array::from(admitted);
+        let taken = values
+            .iter()
+            .map(|v| take(v.as_ref(), &indices, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let rows = self.encode(&taken)?;
+        for (i, row) in indices.values().iter().enumerate() {
+            self.offer(group_indices[*row as usize], rows.row(i).data())?;
+        }
+        Ok(Some(()))
     }
 
     /// Encodes the arguments (value, keys...) as rows of (keys..., value).
@@ -206,8 +321,7 @@ impl State {
 
     /// Rows that take part: every key non-NULL and the filter (if any) true.
     fn eligible(&self, values: &[ArrayRef], filter: Option<&BooleanArray>, row: usize) -> bool {
-        values[1..=self.keys].iter().all(|k| k.is_valid(row))
-            && filter.is_none_or(|f| f.is_valid(row) && f.value(row))
+        eligible(values, self.keys, filter, row)
     }
 
     /// The non-NULL rows of encoded states and their columns (keys..., value).
@@ -226,6 +340,9 @@ impl State {
 
     /// The encoded best rows of the emitted groups (NULL where a group had no eligible row).
     fn take(&mut self, emit_to: EmitTo) -> BinaryArray {
+        if let Some(first) = self.first.as_mut() {
+            first.drain(self.best.emitted(emit_to));
+        }
         let mut builder = BinaryBuilder::with_capacity(self.best.len(), 0);
         self.best.emit(emit_to, |v| builder.append_option(v));
         builder.finish()
@@ -266,6 +383,12 @@ impl GroupsAccumulator for State {
         total_num_groups: usize,
     ) -> Result<()> {
         self.best.resize(total_num_groups);
+        if self
+            .offer_admitted(values, group_indices, opt_filter, total_num_groups)?
+            .is_some()
+        {
+            return Ok(());
+        }
         let rows = self.encode(values)?;
         for (row, &group) in group_indices.iter().enumerate() {
             if self.eligible(values, opt_filter, row) {
