@@ -209,14 +209,89 @@ fn key_array(keys: &[i128], seen: &[bool], data_type: &DataType) -> Result<Array
     )
 }
 
-/// The grouped accumulator: per group whether it has an eligible row, the best key, and
-/// the value of the best row (ties: the smallest; none for NULL).
-pub(crate) struct TextByKey {
-    wanted: Ordering,
-    key_type: DataType,
-    value_type: DataType,
+/// Per group, the best key offered so far as an integer of the same order ([`keys_of`]),
+/// if any.
+pub(crate) struct GroupKeys {
+    /// How a better key compares to a worse one: `Less` for `arg_min`.
+    better: Ordering,
     seen: Vec<bool>,
     keys: Vec<i128>,
+}
+
+impl GroupKeys {
+    pub(crate) fn new(min: bool) -> Self {
+        Self {
+            better: if min {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            },
+            seen: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    pub(crate) fn resize(&mut self, groups: usize) {
+        if self.seen.len() < groups {
+            self.seen.resize(groups, false);
+            self.keys.resize(groups, 0);
+        }
+    }
+
+    /// How `key` compares with the group's key (`better` when the group has none).
+    fn compare(&self, group: usize, key: i128) -> Ordering {
+        if self.seen[group] {
+            key.cmp(&self.keys[group])
+        } else {
+            self.better
+        }
+    }
+
+    fn set(&mut self, group: usize, key: i128) {
+        self.seen[group] = true;
+        self.keys[group] = key;
+    }
+
+    /// Whether a row of `group` with `key` may win: its key is not worse than the group's
+    /// (which it replaces when better).
+    pub(crate) fn admits(&mut self, group: usize, key: i128) -> bool {
+        let order = self.compare(group, key);
+        if order == self.better {
+            self.set(group, key);
+        }
+        order != self.better.reverse()
+    }
+
+    /// How many groups `emit_to` emits.
+    pub(crate) fn emitted(&self, emit_to: EmitTo) -> usize {
+        match emit_to {
+            EmitTo::All => self.seen.len(),
+            EmitTo::First(n) => n.min(self.seen.len()),
+        }
+    }
+
+    /// Forgets the first `n` groups; all of them frees the memory, as after a spill.
+    pub(crate) fn drain(&mut self, n: usize) {
+        if n >= self.seen.len() {
+            self.seen = Vec::new();
+            self.keys = Vec::new();
+        } else {
+            self.seen.drain(..n);
+            self.keys.drain(..n);
+        }
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.seen.capacity() + self.keys.capacity() * std::mem::size_of::<i128>()
+    }
+}
+
+/// The grouped accumulator: per group the best key, and the value of the best row (ties:
+/// the smallest; none for NULL).
+pub(crate) struct TextByKey {
+    key_type: DataType,
+    value_type: DataType,
+    best: GroupKeys,
     values: ByteSlots,
     /// The general accumulator, for the encoded partial state.
     rows: State,
@@ -227,25 +302,16 @@ impl TextByKey {
     /// for the same arguments.
     pub(crate) fn new(min: bool, types: &[DataType], rows: State) -> Self {
         Self {
-            wanted: if min {
-                Ordering::Less
-            } else {
-                Ordering::Greater
-            },
             key_type: types[1].clone(),
             value_type: types[0].clone(),
-            seen: Vec::new(),
-            keys: Vec::new(),
+            best: GroupKeys::new(min),
             values: ByteSlots::default(),
             rows,
         }
     }
 
     fn resize(&mut self, groups: usize) {
-        if self.seen.len() < groups {
-            self.seen.resize(groups, false);
-            self.keys.resize(groups, 0);
-        }
+        self.best.resize(groups);
         self.values.resize(groups);
     }
 
@@ -297,14 +363,9 @@ impl TextByKey {
                 continue;
             }
             let key = keys[row];
-            let order = if self.seen[group] {
-                key.cmp(&self.keys[group])
-            } else {
-                self.wanted
-            };
-            if order == self.wanted {
-                self.seen[group] = true;
-                self.keys[group] = key;
+            let order = self.best.compare(group, key);
+            if order == self.best.better {
+                self.best.set(group, key);
                 match value(row) {
                     Some(v) => self.values.set(group, v)?,
                     None => self.values.clear(group),
@@ -317,25 +378,6 @@ impl TextByKey {
             }
         }
         Ok(())
-    }
-
-    fn emitted(&self, emit_to: EmitTo) -> usize {
-        match emit_to {
-            EmitTo::All => self.seen.len(),
-            EmitTo::First(n) => n.min(self.seen.len()),
-        }
-    }
-
-    /// Forgets the first `n` groups' keys (their values are emitted separately); all of
-    /// them frees the memory, as after a spill.
-    fn drain(&mut self, n: usize) {
-        if n >= self.seen.len() {
-            self.seen = Vec::new();
-            self.keys = Vec::new();
-        } else {
-            self.seen.drain(..n);
-            self.keys.drain(..n);
-        }
     }
 }
 
@@ -370,8 +412,7 @@ impl GroupsAccumulator for TextByKey {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let n = self.emitted(emit_to);
-        self.drain(n);
+        self.best.drain(self.best.emitted(emit_to));
         emit_array(&mut self.values, &self.value_type, emit_to)
     }
 
@@ -380,22 +421,19 @@ impl GroupsAccumulator for TextByKey {
         // them all at once took a second copy of them all (at 100 M lines, 0.8 GiB
         // beyond the memory limit).
         const CHUNK: usize = 65_536;
-        let n = self.emitted(emit_to);
+        let n = self.best.emitted(emit_to);
         let mut states = BinaryBuilder::with_capacity(n, 0);
         for start in (0..n).step_by(CHUNK) {
             let end = n.min(start + CHUNK);
-            let keys = key_array(
-                &self.keys[start..end],
-                &self.seen[start..end],
-                &self.key_type,
-            )?;
+            let seen = &self.best.seen[start..end];
+            let keys = key_array(&self.best.keys[start..end], seen, &self.key_type)?;
             let values = array_of(&self.values, &self.value_type, start..end)?;
             let encoded = self.rows.encode(&[values, keys])?;
-            for (row, seen) in self.seen[start..end].iter().enumerate() {
+            for (row, seen) in seen.iter().enumerate() {
                 states.append_option(seen.then(|| encoded.row(row).data()));
             }
         }
-        self.drain(n);
+        self.best.drain(n);
         self.values.forget(n);
         Ok(vec![Arc::new(states.finish())])
     }
@@ -409,10 +447,7 @@ impl GroupsAccumulator for TextByKey {
     }
 
     fn size(&self) -> usize {
-        self.seen.capacity()
-            + self.keys.capacity() * std::mem::size_of::<i128>()
-            + self.values.size()
-            + GroupsAccumulator::size(&self.rows)
+        self.best.size() + self.values.size() + GroupsAccumulator::size(&self.rows)
     }
 }
 
@@ -420,7 +455,7 @@ impl GroupsAccumulator for TextByKey {
 mod tests {
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
+    use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
     use datafusion::arrow::datatypes::DataType;
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::datasource::MemTable;
@@ -471,6 +506,88 @@ mod tests {
         let table = MemTable::try_new(all.schema(), vec![batches]).expect("table");
         ctx.register_table("t", Arc::new(table)).expect("register");
         pretty(&ctx, sql).await
+    }
+
+    /// Rows of 150,000 groups in two batches: float keys with ties, -0.0 and +0.0, NaN and
+    /// NULL; values around the 12-byte inline limit and NULL.
+    fn many_groups() -> (Vec<[ArrayRef; 2]>, Vec<Vec<usize>>) {
+        let groups = 150_000usize;
+        let mut batches = Vec::new();
+        let mut indices = Vec::new();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..2 {
+            let (mut v, mut k, mut g) = (Vec::new(), Vec::new(), Vec::new());
+            for row in 0..2 * groups {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                g.push((row * 7919) % groups);
+                k.push(match x % 7 {
+                    0 => None,
+                    1 => Some(-0.0),
+                    2 => Some(0.0),
+                    3 => Some(f64::NAN),
+                    _ => Some(((x >> 8) % 3) as f64 - 1.5),
+                });
+                v.push(
+                    (!(x >> 20).is_multiple_of(5)).then(|| "v".repeat(((x >> 24) % 16) as usize)),
+                );
+            }
+            batches.push([
+                Arc::new(StringArray::from(v)) as ArrayRef,
+                Arc::new(Float64Array::from(k)) as ArrayRef,
+            ]);
+            indices.push(g);
+        }
+        (batches, indices)
+    }
+
+    #[test]
+    fn partial_states_and_partial_emits_of_many_groups_equal_the_general_accumulators() {
+        use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+        let types = [DataType::Utf8, DataType::Float64];
+        let (batches, indices) = many_groups();
+        let groups = 150_000;
+        for min in [false, true] {
+            let general = || crate::functions::general_state(min, &types).expect("state");
+            let mut typed = super::TextByKey::new(min, &types, general());
+            let mut reference = general();
+            for (batch, g) in batches.iter().zip(&indices) {
+                typed.update_batch(batch, g, None, groups).expect("update");
+                reference
+                    .update_batch(batch, g, None, groups)
+                    .expect("update");
+            }
+            // the same encoded states (chunked past 65,536 groups)
+            let state = typed.state(EmitTo::All).expect("state");
+            assert_eq!(
+                state[0].as_ref(),
+                reference.state(EmitTo::All).expect("state")[0].as_ref()
+            );
+            // merged into a fresh accumulator, emitted in two parts
+            let mut merged = super::TextByKey::new(min, &types, general());
+            let all: Vec<usize> = (0..groups).collect();
+            merged.merge_batch(&state, &all, groups).expect("merge");
+            let first = merged.evaluate(EmitTo::First(70_000)).expect("first");
+            let rest = merged.evaluate(EmitTo::All).expect("rest");
+            let mut reference = general();
+            for (batch, g) in batches.iter().zip(&indices) {
+                reference
+                    .update_batch(batch, g, None, groups)
+                    .expect("update");
+            }
+            let expected = reference.evaluate(EmitTo::All).expect("evaluate");
+            assert_eq!(
+                first.as_ref(),
+                expected.slice(0, 70_000).as_ref(),
+                "min {min}"
+            );
+            assert_eq!(
+                rest.as_ref(),
+                expected.slice(70_000, 80_000).as_ref(),
+                "min {min}"
+            );
+        }
     }
 
     /// Each aggregate by one integer-like key (this accumulator), written three ways: with a
@@ -527,6 +644,14 @@ mod tests {
             ("v", "cast(k as double) * -1.5", false, "f"),
             ("v", "arrow_cast(k - 0.5, 'Float32')", true, ""),
             ("v", "cast(k as int)", false, "f"),
+            ("v", "arrow_cast(k, 'Int16')", true, ""),
+            ("v", "arrow_cast(k + 3, 'UInt32')", false, ""),
+            (
+                "v",
+                "to_timestamp_micros(k * 1000000) at time zone 'Europe/Berlin'",
+                true,
+                "",
+            ),
             // groups without an eligible row in some partitions: their partial state is NULL
             ("v", "k + 10", false, "f"),
             ("v", "to_timestamp_micros(k * 1000000)", true, ""),

@@ -4,7 +4,7 @@
 //! that cast runs 30 M times, and arrow's kernel converts each scaled float to a 128-bit
 //! integer in software (`__fixdfti`) and checks the precision of each: 2.5 % of a run. The
 //! optimizer rule [`FloatDecimalRule`] replaces such casts (in projections, filters,
-//! aggregates and windows) by [`FloatDecimal`], which rounds the same way (`(x * 10^s)
+//! aggregates and windows, not in grouping sets; only of columns without field metadata) by [`FloatDecimal`], which rounds the same way (`(x * 10^s)
 //! .round()`) but converts through `i64` when the result fits in one, where no precision of
 //! 19 digits or more can be exceeded; anything else (NaN, infinities, larger values, a
 //! smaller precision) goes to arrow's cast, errors included, so the results are the same.
@@ -147,10 +147,22 @@ impl OptimizerRule for FloatDecimalRule {
         let schema = merge_schema(&plan.inputs());
         let names = NamePreserver::new(&plan);
         plan.map_expressions(|expr| {
+            // A grouping set must stay a bare grouping set (restoring its name would alias
+            // it): left as it is.
+            if matches!(expr, Expr::GroupingSet(_)) {
+                return Ok(Transformed::no(expr));
+            }
             let name = names.save(&expr);
             let rewritten = expr.transform_up(|e| match &e {
+                // Only a plain cast (a type, no field metadata) of a Float64 without metadata:
+                // the function's field carries none.
                 Expr::Cast(Cast { expr: inner, field })
-                    if matches!(inner.get_type(&schema), Ok(DataType::Float64)) =>
+                    if field.metadata().is_empty()
+                        && matches!(
+                            inner.to_field(&schema),
+                            Ok((_, f)) if f.data_type() == &DataType::Float64
+                                && f.metadata().is_empty()
+                        ) =>
                 {
                     match field.data_type() {
                         DataType::Decimal128(precision, scale) => {
@@ -251,6 +263,8 @@ mod tests {
                    over () as w, cast(x as decimal(18, 2)) as small, cast(x as double) as same \
                    from t where cast(x as decimal(38, 6)) >= -2000 order by d";
         let agg = "select sum(cast(x as decimal(38, 6))), count(cast(x as decimal(38, 2))) from t";
+        let rollup = "select cast(x as decimal(38, 2)) as k, sum(cast(x as decimal(38, 6))) as s \
+                      from t group by rollup (cast(x as decimal(38, 2))) order by k nulls first";
         let mut outputs = Vec::new();
         for with_rule in [false, true] {
             let ctx =
@@ -260,7 +274,7 @@ mod tests {
             }
             ctx.register_batch("t", batch.clone()).expect("register");
             let mut out = Vec::new();
-            for q in [sql, agg] {
+            for q in [sql, agg, rollup] {
                 let df = ctx.sql(q).await.expect("plan");
                 let plan = format!(
                     "{}",

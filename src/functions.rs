@@ -30,6 +30,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
+use crate::argbest::GroupKeys;
 use crate::minmax::ByteSlots;
 
 /// Registers segflow's functions on a session.
@@ -100,6 +101,19 @@ impl ArgBest {
             &types[1],
         )
     }
+}
+
+/// The general accumulator of `arg_min` (`min`) or `arg_max` over arguments of `types`.
+#[cfg(test)]
+pub(crate) fn general_state(min: bool, types: &[DataType]) -> Result<State> {
+    let f = ArgBest::new(if min { Direction::Min } else { Direction::Max });
+    State::new(
+        f.sort_fields(types),
+        types.len() - 1,
+        types[0].clone(),
+        min,
+        &types[1],
+    )
 }
 
 /// The types of the arguments (value, keys...).
@@ -198,54 +212,12 @@ pub(crate) struct State {
     keys: usize,
     value_type: DataType,
     best: ByteSlots,
-    /// When the first key is numeric or temporal: each group's first key, to skip encoding
-    /// the rows that cannot win.
-    first: Option<FirstKey>,
-}
-
-/// Per group, the first key of a row already offered, as an integer of the same order
-/// ([`crate::argbest::keys_of`]). It is never better than the first key of the group's
-/// stored row (the states merged from another phase do not update it, which only lets more
-/// rows through), so a row whose first key is worse cannot win and is not encoded: in
-/// customer_facts, a customer's orders after the first (or before the last) mostly.
-struct FirstKey {
-    /// How a better key compares to a worse one.
-    better: std::cmp::Ordering,
-    seen: Vec<bool>,
-    keys: Vec<i128>,
-}
-
-impl FirstKey {
-    fn resize(&mut self, groups: usize) {
-        if self.seen.len() < groups {
-            self.seen.resize(groups, false);
-            self.keys.resize(groups, 0);
-        }
-    }
-
-    /// Whether a row of `group` with first key `key` may win (and notes its key if better).
-    fn admits(&mut self, group: usize, key: i128) -> bool {
-        if !self.seen[group] {
-            self.seen[group] = true;
-            self.keys[group] = key;
-            return true;
-        }
-        let order = key.cmp(&self.keys[group]);
-        if order == self.better {
-            self.keys[group] = key;
-        }
-        order != self.better.reverse()
-    }
-
-    fn drain(&mut self, n: usize) {
-        if n >= self.seen.len() {
-            self.seen = Vec::new();
-            self.keys = Vec::new();
-        } else {
-            self.seen.drain(..n);
-            self.keys.drain(..n);
-        }
-    }
+    /// When the first key is numeric or temporal: per group, the first key of a row already
+    /// offered. It is never better than the first key of the group's stored row (states
+    /// merged from another phase do not update it, which only lets more rows through), so a
+    /// row whose first key is worse cannot win and is not encoded: in customer_facts, a
+    /// customer's orders after the first (or before the last) mostly.
+    first: Option<GroupKeys>,
 }
 
 impl State {
@@ -258,15 +230,7 @@ impl State {
         min: bool,
         first_key: &DataType,
     ) -> Result<Self> {
-        let first = crate::argbest::key_supported(first_key).then(|| FirstKey {
-            better: if min {
-                std::cmp::Ordering::Less
-            } else {
-                std::cmp::Ordering::Greater
-            },
-            seen: Vec::new(),
-            keys: Vec::new(),
-        });
+        let first = crate::argbest::key_supported(first_key).then(|| GroupKeys::new(min));
         Ok(Self {
             converter: RowConverter::new(fields)?,
             keys,
@@ -276,7 +240,7 @@ impl State {
         })
     }
 
-    /// Offers the rows of a batch that may win (per [`FirstKey`]): only those are encoded.
+    /// Offers the rows of a batch that may win (per `first`): only those are encoded.
     /// None when there is no first-key filter or every row may win.
     fn offer_admitted(
         &mut self,
@@ -441,7 +405,7 @@ impl GroupsAccumulator for State {
     }
 
     fn size(&self) -> usize {
-        self.converter.size() + self.best.size()
+        self.converter.size() + self.best.size() + self.first.as_ref().map_or(0, GroupKeys::size)
     }
 }
 
@@ -1060,6 +1024,19 @@ impl datafusion::logical_expr::ScalarUDFImpl for IntegerText {
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
         Ok(DataType::Utf8View)
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: datafusion::logical_expr::ReturnFieldArgs,
+    ) -> Result<FieldRef> {
+        // NULL exactly where the input is, like the cast it replaces
+        let nullable = args.arg_fields.first().is_none_or(|f| f.is_nullable());
+        Ok(Arc::new(Field::new(
+            self.name(),
+            DataType::Utf8View,
+            nullable,
+        )))
     }
 
     fn invoke_with_args(

@@ -15,6 +15,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryBuilder, BinaryViewBuilder, BooleanArray, GenericByteViewArray,
     LargeBinaryBuilder, LargeStringBuilder, StringBuilder, StringViewBuilder,
 };
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::kernels::zip::zip;
 use datafusion::arrow::datatypes::{ByteViewType, DataType, FieldRef};
 use datafusion::common::{internal_err, Result, ScalarValue};
@@ -128,7 +129,7 @@ impl ByteSlots {
             self.slots[group] = inline_slot(value);
             return Ok(());
         }
-        if self.buf.len() > 2 * self.live + (1 << 20) {
+        if self.worth_compacting() {
             self.compact();
         }
         let mut slot = [0u8; 16];
@@ -185,6 +186,12 @@ impl ByteSlots {
         Ok(())
     }
 
+    /// Whether garbage outweighs the live bytes of the buffer and is large enough to pay
+    /// for a pass over every slot.
+    fn worth_compacting(&self) -> bool {
+        self.buf.len() > 2 * self.live + (1 << 20).max(16 * self.slots.len())
+    }
+
     fn compact(&mut self) {
         let mut buf = Vec::with_capacity(self.live + self.live / 2);
         for slot in self.slots.iter_mut() {
@@ -226,7 +233,7 @@ impl ByteSlots {
                     self.live -= len as usize;
                 }
             }
-            if self.buf.len() > 2 * self.live + (1 << 20) {
+            if self.worth_compacting() {
                 self.compact();
             }
         }
@@ -498,6 +505,14 @@ struct Rows<'a> {
 }
 
 impl Rows<'_> {
+    /// Whether `row` is NULL or the FILTER clause drops it.
+    fn skips(&self, nulls: Option<&NullBuffer>, row: usize) -> bool {
+        nulls.is_some_and(|n| n.is_null(row))
+            || self
+                .opt_filter
+                .is_some_and(|f| !(f.is_valid(row) && f.value(row)))
+    }
+
     fn offer<'v>(
         &self,
         slots: &mut ByteSlots,
@@ -507,11 +522,7 @@ impl Rows<'_> {
     ) -> Result<()> {
         let nulls = array.logical_nulls();
         for (row, &group) in self.group_indices.iter().enumerate() {
-            if nulls.as_ref().is_some_and(|n| n.is_null(row))
-                || self
-                    .opt_filter
-                    .is_some_and(|f| !(f.is_valid(row) && f.value(row)))
-            {
+            if self.skips(nulls.as_ref(), row) {
                 continue;
             }
             slots.offer(group, value(row), wanted(is_min))?;
@@ -531,11 +542,7 @@ impl Rows<'_> {
         let views = array.views();
         let wanted = wanted(is_min);
         for (row, &group) in self.group_indices.iter().enumerate() {
-            if nulls.as_ref().is_some_and(|n| n.is_null(row))
-                || self
-                    .opt_filter
-                    .is_some_and(|f| !(f.is_valid(row) && f.value(row)))
-            {
+            if self.skips(nulls.as_ref(), row) {
                 continue;
             }
             let view = views[row];
