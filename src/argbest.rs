@@ -264,10 +264,7 @@ impl GroupKeys {
 
     /// How many groups `emit_to` emits.
     pub(crate) fn emitted(&self, emit_to: EmitTo) -> usize {
-        match emit_to {
-            EmitTo::All => self.seen.len(),
-            EmitTo::First(n) => n.min(self.seen.len()),
-        }
+        crate::minmax::emitted(emit_to, self.seen.len())
     }
 
     /// Forgets the first `n` groups; all of them frees the memory, as after a spill.

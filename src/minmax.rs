@@ -38,6 +38,14 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udaf(AggregateUDF::new_from_impl(MinMax::new(max, false)));
 }
 
+/// How many of `groups` groups `emit_to` emits.
+pub(crate) fn emitted(emit_to: EmitTo, groups: usize) -> usize {
+    match emit_to {
+        EmitTo::All => groups,
+        EmitTo::First(n) => n.min(groups),
+    }
+}
+
 /// Every group's current value: values of up to 12 bytes inline in the group's 16-byte slot
 /// (no buffer, compared as one integer), longer ones as a slice of one growing buffer.
 /// Replacing a long value appends the new one (the old bytes become garbage); the buffer is
@@ -216,10 +224,7 @@ impl ByteSlots {
 
     /// How many groups `emit_to` emits.
     pub(crate) fn emitted(&self, emit_to: EmitTo) -> usize {
-        match emit_to {
-            EmitTo::All => self.slots.len(),
-            EmitTo::First(n) => n.min(self.slots.len()),
-        }
+        emitted(emit_to, self.slots.len())
     }
 
     /// Forgets the first `n` groups (all of them: the memory is freed, as after a spill).
