@@ -26,6 +26,38 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use crate::functions::State;
 use crate::minmax::{array_of, emit_array, ByteSlots};
 
+/// Calls `$body` with `$t` bound to the arrow type of an integer-like key type (floats are
+/// handled apart), `$other` for any other type.
+macro_rules! with_key_type {
+    ($data_type:expr, $t:ident, $body:expr, $other:expr) => {
+        with_key_type!(@arms $data_type, $t, $body, $other;
+            DataType::Int8 => Int8Type,
+            DataType::Int16 => Int16Type,
+            DataType::Int32 => Int32Type,
+            DataType::Int64 => Int64Type,
+            DataType::UInt8 => UInt8Type,
+            DataType::UInt16 => UInt16Type,
+            DataType::UInt32 => UInt32Type,
+            DataType::Date32 => Date32Type,
+            DataType::Date64 => Date64Type,
+            DataType::Timestamp(TimeUnit::Second, _) => TimestampSecondType,
+            DataType::Timestamp(TimeUnit::Millisecond, _) => TimestampMillisecondType,
+            DataType::Timestamp(TimeUnit::Microsecond, _) => TimestampMicrosecondType,
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => TimestampNanosecondType,
+            DataType::Decimal128(..) => Decimal128Type)
+    };
+    (@arms $data_type:expr, $t:ident, $body:expr, $other:expr; $($pattern:pat => $arrow:ty),*) => {
+        match $data_type {
+            $($pattern => {
+                #[allow(dead_code)] // a body may not name the type
+                type $t = $arrow;
+                $body
+            })*
+            _ => $other,
+        }
+    };
+}
+
 /// Whether `arg_min`/`arg_max` over arguments of these types (value, keys...) can use
 /// [`TextByKey`].
 pub(crate) fn supported(types: &[DataType]) -> bool {
@@ -37,21 +69,11 @@ pub(crate) fn supported(types: &[DataType]) -> bool {
 
 /// Whether [`keys_of`] maps keys of this type to integers of the same order.
 pub(crate) fn key_supported(key: &DataType) -> bool {
-    matches!(
+    with_key_type!(
         key,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(..)
-            | DataType::Decimal128(..)
-            | DataType::Float32
-            | DataType::Float64
+        T,
+        true,
+        matches!(key, DataType::Float32 | DataType::Float64)
     )
 }
 
@@ -64,72 +86,6 @@ fn float_key(bits: i64) -> i64 {
 /// [`float_key`] for 32-bit floats.
 fn float32_key(bits: i32) -> i32 {
     bits ^ (((bits >> 31) as u32) >> 1) as i32
-}
-
-/// Calls `$body` with `$t` bound to the arrow type of an integer-like key type (floats are
-/// handled apart).
-macro_rules! with_key_type {
-    ($data_type:expr, $t:ident, $body:expr, $other:expr) => {
-        match $data_type {
-            DataType::Int8 => {
-                type $t = Int8Type;
-                $body
-            }
-            DataType::Int16 => {
-                type $t = Int16Type;
-                $body
-            }
-            DataType::Int32 => {
-                type $t = Int32Type;
-                $body
-            }
-            DataType::Int64 => {
-                type $t = Int64Type;
-                $body
-            }
-            DataType::UInt8 => {
-                type $t = UInt8Type;
-                $body
-            }
-            DataType::UInt16 => {
-                type $t = UInt16Type;
-                $body
-            }
-            DataType::UInt32 => {
-                type $t = UInt32Type;
-                $body
-            }
-            DataType::Date32 => {
-                type $t = Date32Type;
-                $body
-            }
-            DataType::Date64 => {
-                type $t = Date64Type;
-                $body
-            }
-            DataType::Timestamp(TimeUnit::Second, _) => {
-                type $t = TimestampSecondType;
-                $body
-            }
-            DataType::Timestamp(TimeUnit::Millisecond, _) => {
-                type $t = TimestampMillisecondType;
-                $body
-            }
-            DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                type $t = TimestampMicrosecondType;
-                $body
-            }
-            DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-                type $t = TimestampNanosecondType;
-                $body
-            }
-            DataType::Decimal128(..) => {
-                type $t = Decimal128Type;
-                $body
-            }
-            _ => $other,
-        }
-    };
 }
 
 /// The key of every row as an integer of the same order (NULL rows hold any value).

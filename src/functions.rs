@@ -283,11 +283,6 @@ impl State {
         Ok(self.converter.convert_columns(&columns)?)
     }
 
-    /// Rows that take part: every key non-NULL and the filter (if any) true.
-    fn eligible(&self, values: &[ArrayRef], filter: Option<&BooleanArray>, row: usize) -> bool {
-        eligible(values, self.keys, filter, row)
-    }
-
     /// The non-NULL rows of encoded states and their columns (keys..., value).
     pub(crate) fn decode(&self, states: &BinaryArray) -> Result<(Vec<usize>, Vec<ArrayRef>)> {
         let parser = self.converter.parser();
@@ -355,7 +350,7 @@ impl GroupsAccumulator for State {
         }
         let rows = self.encode(values)?;
         for (row, &group) in group_indices.iter().enumerate() {
-            if self.eligible(values, opt_filter, row) {
+            if eligible(values, self.keys, opt_filter, row) {
                 self.offer(group, rows.row(row).data())?;
             }
         }
@@ -396,10 +391,7 @@ impl GroupsAccumulator for State {
     ) -> Result<Vec<ArrayRef>> {
         let rows = self.encode(values)?;
         let states: BinaryArray = (0..rows.num_rows())
-            .map(|row| {
-                self.eligible(values, opt_filter, row)
-                    .then(|| rows.row(row).data())
-            })
+            .map(|row| eligible(values, self.keys, opt_filter, row).then(|| rows.row(row).data()))
             .collect();
         Ok(vec![Arc::new(states)])
     }

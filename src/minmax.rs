@@ -550,12 +550,7 @@ impl Rows<'_> {
             if self.skips(nulls.as_ref(), row) {
                 continue;
             }
-            let view = views[row];
-            if (view as u32) as usize <= INLINE {
-                slots.offer_view(group, view, array.value(row).as_ref(), wanted)?;
-            } else {
-                slots.offer(group, array.value(row).as_ref(), wanted)?;
-            }
+            slots.offer_view(group, views[row], array.value(row).as_ref(), wanted)?;
         }
         Ok(())
     }
