@@ -64,6 +64,9 @@ def main() -> int:
         else:
             check(open_runs.pop(run_id, False), f"event {i}: {kind} follows its START")
     check(not open_runs, "every run ended")
+    # An empty file would pass every check above: a run writes START and COMPLETE (or FAIL).
+    check(len(events) >= 2, f"the file holds {len(events)} event(s), a run writes at least 2")
+    check(any(e["eventType"] == "COMPLETE" for e in events), "a COMPLETE event")
     kinds = [e["eventType"] for e in events]
     print(f"{len(events)} events ({', '.join(kinds)}), {len(failures)} failure(s)")
     return 1 if failures else 0

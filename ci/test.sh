@@ -27,6 +27,21 @@ fi
 # The S3 tests start moto and the fault proxy with this interpreter.
 export TEST_VENV_PYTHON="$(cd "$VENV" && pwd)/bin/python"
 
+# The Azure tests start Azurite (Microsoft's storage emulator, from npm) on loopback. It is
+# installed once into a cache outside the clone (CI keeps it warm); 3.35.0 runs on Node 20.
+AZURITE_DIR="${AZURITE_DIR:-$HOME/.cache/segflow-npm}"
+if [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+    if ! command -v npm > /dev/null; then
+        SUDO=""
+        if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+        $SUDO apt-get install -y -q nodejs npm > /dev/null \
+            || { $SUDO apt-get update -q > /dev/null && $SUDO apt-get install -y -q nodejs npm > /dev/null; }
+    fi
+    mkdir -p "$AZURITE_DIR"
+    npm install --prefix "$AZURITE_DIR" azurite@3.35.0 --no-audit --no-fund --silent
+fi
+export AZURITE_BIN="$AZURITE_DIR/node_modules/.bin/azurite-blob"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -46,9 +61,14 @@ sed -e "s|^uri = \"orders\"|uri = \"$DEMO/orders\"|" \
     -e "s|^uri = \"marketing_spend.parquet\"|uri = \"$DEMO/marketing_spend.parquet\"|" \
     fixtures/demo/segflow.toml > "$OUT/_segflow.toml"
 printf '\n[lineage]\nfile = "%s"\n' "$OUT/_lineage.jsonl" >> "$OUT/_segflow.toml"
-"$CARGO_TARGET_DIR/debug/segflow" --log-format json run \
+# Its log goes to a file, shown when the run fails.
+if ! "$CARGO_TARGET_DIR/debug/segflow" --log-format json run \
     --config "$OUT/_segflow.toml" --as-of 2026-11-21 --output "$OUT" \
-    --metrics "$OUT/_segflow.prom" 2>/dev/null
+    --metrics "$OUT/_segflow.prom" 2> "$OUT/_segflow.log"; then
+    echo "the demo run failed; its log:" >&2
+    cat "$OUT/_segflow.log" >&2
+    exit 1
+fi
 "$VENV/bin/python" ci/duckdb_check.py --orders fixtures/demo/orders --out "$OUT" --as-of 2026-11-21
 
 echo "== the demo run's metrics file, read by the Prometheus client's parser"
@@ -65,3 +85,7 @@ ARTIFACTS="$(pwd)/test-output"
 echo "== independent lifetimes check of the CLV models (demo run and the CDNOW sample)"
 "$VENV/bin/python" ci/clv_check.py --segflow "$CARGO_TARGET_DIR/debug/segflow" \
     --out "$OUT" --as-of 2026-11-21 --work "$OUT/_cdnow"
+
+echo "== CLV fits swept over the CDNOW histories (master and sample, days and weeks, every month-end) against lifetimes"
+"$VENV/bin/python" ci/clv_sweep.py --segflow "$CARGO_TARGET_DIR/debug/segflow" \
+    --work "$OUT/_sweep" --table "$ARTIFACTS/clv_sweep.md"

@@ -36,18 +36,10 @@ with unit as (
     select case lower($time_unit) when 'weeks' then 7.0 else 1.0 end as days
 ),
 
--- A fit that did not converge predicts nothing (NULL); clv_model says which one failed.
+-- clv_model's parameters: this run's fits, or the previous snapshot's where a fit failed;
+-- NULL (no predictions) where neither exists. Its *_fit_source columns say which.
 model as (
-    select
-        case when bgnbd_converged then r end     as r,
-        case when bgnbd_converged then alpha end as alpha,
-        case when bgnbd_converged then a end     as a,
-        case when bgnbd_converged then b end     as b,
-        case when gamma_gamma_converged then p end as p,
-        case when gamma_gamma_converged then q end as q,
-        case when gamma_gamma_converged then v end as v,
-        case when gamma_gamma_converged then population_mean_spend end as population_mean_spend
-    from clv_model
+    select r, alpha, a, b, p, q, v, population_mean_spend from clv_model
 ),
 
 scored as (

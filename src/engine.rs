@@ -328,15 +328,17 @@ async fn plan_empty(
     settings: &crate::config::Settings,
     as_of: NaiveDate,
 ) -> Result<(SchemaRef, Vec<String>)> {
+    let params = model_params(model, as_of, &settings.params)?;
     for dep in &model.previous_deps {
-        if let (false, Some(schema)) = (previous.table_exist(dep), report.schemas.get(dep)) {
+        if dep == &model.name {
+            self_referencing_schema(&report.planner, model, &params, previous).await?;
+        } else if let (false, Some(schema)) = (previous.table_exist(dep), report.schemas.get(dep)) {
             let table = empty_table(schema.clone()).map_err(|e| model_error(model, e))?;
             previous
                 .register_table(dep.clone(), table)
                 .map_err(|e| model_error(model, e))?;
         }
     }
-    let params = model_params(model, as_of, &settings.params)?;
     let df = plan_model(&report.planner, model, &params).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     check_partition_by(model, &schema)?;
@@ -619,29 +621,89 @@ impl<'a> Scheduler<'a> {
         model: &Model,
         staged: &[&ModelOutput],
     ) -> Result<(DataFrame, BTreeMap<String, ScalarValue>)> {
+        let params = model_params(model, self.as_of, self.config_params)?;
         register_previous_deps(
             self.ctx,
             model,
+            &params,
             &self.previous_schema,
             self.previous,
             staged,
         )
         .await?;
-        let params = model_params(model, self.as_of, self.config_params)?;
         Ok((plan_model(self.ctx, model, &params).await?, params))
     }
 }
 
-/// Registers `previous.<dep>` for each previous table `model` reads that the previous
-/// snapshot lacks: empty, with the schema of the model computed in this run.
+/// The output schema of a model that reads its own previous snapshot (`previous.<self>`,
+/// e.g. `clv_model`'s fallback to the previous fit): planned with `previous.<self>` as an
+/// empty table of NULL-typed columns named as the model documents its columns, then again
+/// with the schema that gave, until it no longer changes (at most 4 plans). Leaves
+/// `previous.<self>` registered, empty, with that schema.
+async fn self_referencing_schema(
+    ctx: &SessionContext,
+    model: &Model,
+    params: &BTreeMap<String, ScalarValue>,
+    previous_schema: &MemorySchemaProvider,
+) -> Result<SchemaRef> {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let mut schema: SchemaRef = Arc::new(Schema::new(
+        model
+            .header
+            .columns
+            .keys()
+            .map(|c| Field::new(c, DataType::Null, true))
+            .collect::<Vec<_>>(),
+    ));
+    for _ in 0..4 {
+        previous_schema
+            .deregister_table(&model.name)
+            .map_err(|e| model_error(model, e))?;
+        let table = empty_table(schema.clone()).map_err(|e| model_error(model, e))?;
+        previous_schema
+            .register_table(model.name.clone(), table)
+            .map_err(|e| model_error(model, e))?;
+        let df = plan_model(ctx, model, params).await?;
+        let planned: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        if planned == schema {
+            break;
+        }
+        schema = planned;
+    }
+    Ok(schema)
+}
+
+/// Registers `previous.<dep>` for each previous table `model` reads: the previous
+/// snapshot's table conformed to the schema of the model computed in this run (empty when
+/// the previous snapshot lacks it). A model reading its own previous snapshot takes the
+/// schema it plans to ([`self_referencing_schema`]).
 async fn register_previous_deps(
     ctx: &SessionContext,
     model: &Model,
+    params: &BTreeMap<String, ScalarValue>,
     previous_schema: &MemorySchemaProvider,
     previous: &Previous<'_>,
     outputs: &[&ModelOutput],
 ) -> Result<()> {
     for dep in &model.previous_deps {
+        if dep == &model.name {
+            let target = self_referencing_schema(ctx, model, params, previous_schema).await?;
+            let table = previous
+                .table(ctx, dep, &target)
+                .await
+                .map_err(|e| Error::Output {
+                    uri: previous.output.loc.uri.clone(),
+                    operation: format!("open the previous snapshot of {dep}"),
+                    message: redact(&e.strip_backtrace()),
+                })?;
+            previous_schema
+                .deregister_table(dep)
+                .map_err(|e| model_error(model, e))?;
+            previous_schema
+                .register_table(dep.clone(), table)
+                .map_err(|e| model_error(model, e))?;
+            continue;
+        }
         if previous_schema.table_exist(dep) {
             continue;
         }
@@ -926,14 +988,40 @@ fn known_keys(
     Some((location, keys))
 }
 
-/// Runs every model's declared checks against its computed table. Returns the failures of
-/// severity `error`; failures of severity `warn` are logged. A `unique` check that one of
-/// the model's [`crate::keys::unique_keys`] implies (in `outputs`) holds by construction and is skipped.
+/// What checks and data tests found: failures of severity `error` (the run publishes
+/// nothing) and of severity `warn` (logged, and kept in the manifest and the report).
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Findings {
+    fn add(&mut self, severity: Severity, line: String) {
+        match severity {
+            Severity::Warn => {
+                warn!("{line}");
+                self.warnings.push(line);
+            }
+            Severity::Error => self.errors.push(line),
+        }
+    }
+
+    /// Both sets of findings, these first.
+    pub fn extend(&mut self, other: Findings) {
+        self.errors.extend(other.errors);
+        self.warnings.extend(other.warnings);
+    }
+}
+
+/// Runs every model's declared checks against its computed table. A `unique` check that
+/// one of the model's [`crate::keys::unique_keys`] implies (in `outputs`) holds by
+/// construction and is skipped.
 pub async fn run_checks(
     ctx: &SessionContext,
     models: &[Model],
     outputs: &[ModelOutput],
-) -> Result<Vec<String>> {
+) -> Result<Findings> {
     use futures::StreamExt;
     // The models' checks are independent queries over staged tables: a few run side by
     // side (most are small scans that leave a core idle), reported in the models' order; a
@@ -941,18 +1029,14 @@ pub async fn run_checks(
     let mut checked = futures::stream::iter(models)
         .map(|model| async move { (model, model_check_findings(ctx, model, outputs).await) })
         .buffered(CONCURRENT_CHECKS);
-    let mut failures = Vec::new();
+    let mut findings = Findings::default();
     while let Some((model, found)) = checked.next().await {
         for f in found? {
             let line = format!("{}: model `{}` check {f}", model.file, model.name);
-            if model.header.checks.severity == Severity::Warn {
-                warn!("{line}");
-            } else {
-                failures.push(line);
-            }
+            findings.add(model.header.checks.severity, line);
         }
     }
-    Ok(failures)
+    Ok(findings)
 }
 
 /// Models whose checks run at the same time.
@@ -1060,17 +1144,16 @@ pub fn runnable_tests<'t>(
     Ok(runnable)
 }
 
-/// Runs the data tests after the models: a test fails when its query returns rows. Returns
-/// the failures of severity `error` (the test, the count and up to 5 sample rows); those of
-/// severity `warn` are logged.
+/// Runs the data tests after the models: a test fails when its query returns rows (a
+/// finding names the test, the count and up to 5 sample rows).
 pub async fn run_data_tests(
     ctx: &SessionContext,
     tests: &[&DataTest],
     as_of: NaiveDate,
     config_params: &BTreeMap<String, ParamValue>,
-) -> Result<Vec<String>> {
+) -> Result<Findings> {
     const SAMPLE: usize = 5;
-    let mut failures = Vec::new();
+    let mut findings = Findings::default();
     for t in tests {
         let m = &t.model;
         let params = model_params(m, as_of, config_params)?;
@@ -1099,12 +1182,9 @@ pub async fn run_data_tests(
                 String::new()
             }
         );
-        match t.severity {
-            Severity::Warn => warn!("{line}"),
-            Severity::Error => failures.push(line),
-        }
+        findings.add(t.severity, line);
     }
-    Ok(failures)
+    Ok(findings)
 }
 
 /// The `[params]` overrides (config file or `SEGFLOW_PARAM_*`) that no model or data test

@@ -8,7 +8,8 @@
 //!   or send a signal while the first one is held exactly there);
 //! - `error`: the code at that point fails as it says (points checked with [`fails`]).
 //!
-//! Points, in run order: `after_lock`, `staging` (the first model staged), `before_commit`,
+//! Points, in run order: `lock_staged` (local disk: the lock's staged file `_lock#<n>` is
+//! written, not yet linked into place), `after_lock`, `staging` (the first model staged), `before_commit`,
 //! `mid_commit` (one table copied or swapped in), `before_manifest`, `before_report`
 //! (object storage: the manifest is put, the report not yet copied into place),
 //! `after_manifest` (the snapshot is committed, its report in place; replaced files and

@@ -195,12 +195,12 @@ async fn prepare(
     )
     .await?;
 
-    let mut failures = run_checks(&ctx, models, &outputs).await?;
-    failures.extend(run_data_tests(&ctx, tests, as_of, &settings.params).await?);
-    if !failures.is_empty() {
+    let mut findings = run_checks(&ctx, models, &outputs).await?;
+    findings.extend(run_data_tests(&ctx, tests, as_of, &settings.params).await?);
+    if !findings.errors.is_empty() {
         return Err(Error::ChecksFailed {
-            count: failures.len(),
-            details: failures.join("\n"),
+            count: findings.errors.len(),
+            details: findings.errors.join("\n"),
         });
     }
 
@@ -284,6 +284,7 @@ async fn prepare(
         tables: all_tables,
         rejected,
         report: None,
+        warnings: findings.warnings,
     };
     // The report reads the snapshot's tables back: what this run staged, and what a
     // `--select` run keeps of the snapshot it replaces.

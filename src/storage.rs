@@ -2,10 +2,11 @@
 //! staging, published tables, manifests and the lock alike.
 //!
 //! A location is a local path (or `file://` URL), `s3://bucket/prefix`, `gs://bucket/prefix`
-//! or `az://container/prefix`. S3 starts from `AmazonS3Builder::from_env()` (the standard
-//! `AWS_*` variables, web identity, container and instance credentials) and applies the
-//! `[storage.s3]` keys that are set. Secrets stay in the process: [`redact`] scrubs every
-//! credential value the environment holds from the text segflow prints or logs.
+//! (inputs only: see [`Location::resolve_output`]) or `az://container/prefix`. S3 starts from
+//! `AmazonS3Builder::from_env()` (the standard `AWS_*` variables, web identity, container and
+//! instance credentials) and applies the `[storage.s3]` keys that are set. Secrets stay in the
+//! process: [`redact`] scrubs every credential value the environment holds from the text
+//! segflow prints or logs.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -28,6 +29,12 @@ use url::Url;
 
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
+
+/// Why a `gs://` output is refused (see [`Location::resolve_output`]).
+pub const GCS_OUTPUT_REFUSED: &str = "gs:// outputs are not supported: object_store 0.13's \
+    Google Cloud Storage copy has its create-only and overwrite modes reversed \
+    (apache/arrow-rs-object-store#712), so segflow's publish commit cannot be made safe on GCS; \
+    gs:// inputs are supported (write the output to s3://, az:// or a local path)";
 
 /// A root location inside one object store.
 #[derive(Clone, Debug)]
@@ -105,6 +112,22 @@ impl Location {
             prefix,
             local: None,
         })
+    }
+
+    /// Resolves a location segflow publishes to: [`Location::resolve`], refusing `gs://`
+    /// before any I/O. The publish commit copies staged files into place with create-only
+    /// and overwriting copies, and object_store 0.13's GCS `copy_opts` sends them the wrong
+    /// way round (apache/arrow-rs-object-store#712, fixed in 0.14): the commit could not be
+    /// made safe. `gs://` inputs, which are only read, stay supported.
+    pub fn resolve_output(uri: &str, s3: &S3Settings) -> Result<Location> {
+        if uri.trim_start().to_ascii_lowercase().starts_with("gs://") {
+            return Err(Error::Output {
+                uri: uri.to_string(),
+                operation: "open".into(),
+                message: GCS_OUTPUT_REFUSED.into(),
+            });
+        }
+        Location::resolve(uri, s3)
     }
 
     /// Makes the store known to DataFusion under its URL.
@@ -450,6 +473,18 @@ mod tests {
         assert_eq!(loc.path("a/b=c/").as_ref(), "tmp/out/a/b=c");
         assert_eq!(loc.rel(&loc.path("x/y")).as_deref(), Some("x/y"));
         assert_eq!(loc.dir_url("a/b"), "/tmp/out/a/b/");
+    }
+
+    #[test]
+    fn gcs_outputs_are_refused_before_any_io_other_outputs_resolve() {
+        let err = Location::resolve_output("gs://bucket/out", &S3Settings::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gs://bucket/out") && err.contains("arrow-rs-object-store#712"),
+            "{err}"
+        );
+        assert!(Location::resolve_output("/tmp/out", &S3Settings::default()).is_ok());
     }
 
     #[test]

@@ -12,8 +12,11 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 mod analyst;
+mod azure;
+mod clv;
 mod crash;
 mod gates;
+mod gcs;
 mod generate;
 mod report;
 mod s3;

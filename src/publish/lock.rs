@@ -129,13 +129,9 @@ impl Output {
         };
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
-            let put = self
-                .loc
-                .store
-                .put_opts(&path, body.clone(), PutMode::Create.into())
-                .await;
+            let put = self.create_lock(&path, body.clone()).await;
             let err = match put {
-                Ok(r) => return Ok(mine(r.into())),
+                Ok(r) => return Ok(mine(r)),
                 Err(e @ object_store::Error::AlreadyExists { .. }) => e,
                 // Ambiguous (a conditional put is not retried after a timeout or reset):
                 // the put may have landed. Read back and compare run ids.
@@ -209,6 +205,66 @@ impl Output {
             "create _lock",
             format!("lost the race for the lock {ATTEMPTS} times"),
         ))
+    }
+
+    /// The create-only put of `_lock`. On local disk segflow stages it itself, as
+    /// `LocalFileSystem` does (`_lock#<n>`, then a hard link that fails when `_lock`
+    /// exists), so that the failpoint `lock_staged` can stop a run between the two; a run
+    /// killed there leaves `_lock#<n>`, which recovery removes ([`Output::recover`]).
+    async fn create_lock(
+        &self,
+        path: &object_store::path::Path,
+        body: PutPayload,
+    ) -> object_store::Result<UpdateVersion> {
+        let Some(root) = &self.loc.local else {
+            let put = self
+                .loc
+                .store
+                .put_opts(path, body, PutMode::Create.into())
+                .await;
+            return put.map(UpdateVersion::from);
+        };
+        let generic = |e: std::io::Error| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(e),
+        };
+        let target = root.join(LOCK);
+        let mut n = 1u32;
+        let staged = loop {
+            let staged = root.join(format!("{LOCK}#{n}"));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&staged)
+            {
+                Ok(mut file) => {
+                    use std::io::Write;
+                    for chunk in body.iter() {
+                        file.write_all(chunk).map_err(generic)?;
+                    }
+                    file.sync_all().map_err(generic)?;
+                    break staged;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) => return Err(generic(e)),
+            }
+        };
+        crate::failpoint::hit("lock_staged").await;
+        let linked = std::fs::hard_link(&staged, &target);
+        let _ = std::fs::remove_file(&staged);
+        match linked {
+            Ok(()) => Ok(UpdateVersion {
+                e_tag: None,
+                version: None,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(object_store::Error::AlreadyExists {
+                    path: target.display().to_string(),
+                    source: Box::new(e),
+                })
+            }
+            Err(e) => Err(generic(e)),
+        }
     }
 
     /// The Locked error naming whoever holds the lock now.

@@ -51,6 +51,10 @@ pub struct Manifest {
     /// The run report, `_report/as_of=D/index.html`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ReportEntry>,
+    /// What checks and data tests of severity `warn` found (one line each, naming the
+    /// model file): the run published, but someone should look.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The report of a snapshot.

@@ -61,7 +61,7 @@ pub fn manifest_rel(as_of: NaiveDate) -> String {
 impl Output {
     /// Opens an output root (a local directory is created).
     pub fn open(uri: &str, s3: &S3Settings) -> Result<Output> {
-        let loc = Location::resolve(uri, s3)?;
+        let loc = Location::resolve_output(uri, s3)?;
         if let Some(root) = &loc.local {
             std::fs::create_dir_all(root)
                 .map_err(|e| Error::io("create output directory", root, e))?;

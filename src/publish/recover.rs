@@ -5,7 +5,9 @@
 //! 1. Each `_staging/<run_id>/` of another run: on local disk, a run killed mid-commit
 //!    (journal present, its manifest not written) has its swaps undone; on object storage,
 //!    a run killed after its manifest has its report put in place; then it is removed.
-//! 2. Leftover manifest temp files (`_manifest/.tmp-*`) are removed.
+//! 2. Leftover temp files are removed: manifest temp files (`_manifest/.tmp-*`), lock
+//!    temp files of dead runs (`_lock.*`) and the staged files of puts a kill interrupted
+//!    on local disk (`_lock#<n>`, `_manifest/<file>#<n>`).
 //! 3. Every file under `<model>/as_of=D/` (and `_rejected/`, `_report/as_of=D/`) that the manifest of
 //!    `D` does not list (and is not
 //!    the `_SUCCESS` of one of its tables) is deleted: copies of a run killed before its
@@ -34,6 +36,23 @@ fn snapshot_date(rel: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()
 }
 
+/// Whether `rel` is the staged file of a write that a kill interrupted, outside the
+/// snapshots' folders (which recovery sweeps by their manifests): object_store's
+/// `LocalFileSystem` stages every put as `<name>#<n>` and renames it into place, and
+/// segflow stages `_lock` the same way. Only the names segflow writes at the root and in
+/// `_manifest/` are matched: `_lock#<n>` and `_manifest/<file>#<n>`.
+fn interrupted_write(rel: &str) -> bool {
+    let Some((name, n)) = rel.rsplit_once('#') else {
+        return false;
+    };
+    let staged = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+    staged
+        && (name == "_lock"
+            || name
+                .strip_prefix("_manifest/")
+                .is_some_and(|f| !f.contains('/')))
+}
+
 impl Output {
     /// Recovers after dead runs (see the module docs). `me` is this run's id.
     pub async fn recover(&self, me: &str) -> Result<()> {
@@ -42,7 +61,8 @@ impl Output {
         let mut removed = 0usize;
         for rel in self.all_files().await? {
             let debris = rel.starts_with("_manifest/.tmp-")
-                || (rel.starts_with("_lock.") && !rel.ends_with(me));
+                || (rel.starts_with("_lock.") && !rel.ends_with(me))
+                || interrupted_write(&rel);
             if debris {
                 self.delete_file(&rel).await?;
                 continue;
@@ -254,5 +274,27 @@ mod tests {
         assert_eq!(snapshot_date("_rejected/as_of=2026-11-21/x.parquet"), d);
         assert_eq!(snapshot_date("_report/as_of=2026-11-21/index.html"), d);
         assert_eq!(snapshot_date("notes.txt"), None);
+    }
+
+    #[test]
+    fn staged_files_of_interrupted_writes_are_recognised_by_name() {
+        for staged in [
+            "_lock#1",
+            "_lock#12",
+            "_manifest/latest.json#3",
+            "_manifest/as_of=2026-11-21.json#1",
+        ] {
+            assert!(interrupted_write(staged), "{staged}");
+        }
+        for other in [
+            "_lock",
+            "_lock#",
+            "_lock#a1",
+            "notes#1",
+            "_manifest/latest.json",
+            "rfm/as_of=2026-11-21/x#1",
+        ] {
+            assert!(!interrupted_write(other), "{other}");
+        }
     }
 }

@@ -1512,6 +1512,16 @@ pub async fn stage(
 pub async fn render(tables: &Tables, manifest: &Manifest) -> Result<String> {
     let started = std::time::Instant::now();
     let mut sections = vec![];
+    if !manifest.warnings.is_empty() {
+        let mut section = Section::new(
+            "warnings",
+            "Warnings",
+            "Checks of severity warn that failed in this run: the tables were published, \
+             but these need a look.",
+        );
+        section.notes.clone_from(&manifest.warnings);
+        sections.push(section);
+    }
     for section in [
         scorecard(tables).await?,
         rfm_grid(tables).await?,

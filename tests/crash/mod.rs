@@ -77,17 +77,21 @@ pub fn assert_manifests_complete(tree: &Tree) {
     }
 }
 
-/// After a successful run: manifests complete, no table file that no manifest lists, no
-/// staging, no lock.
+/// After a successful run: manifests complete, and the output holds only the manifests,
+/// `_manifest/latest.json` and the files they list (no staging, no lock, no temp file).
 pub fn assert_consistent(tree: &Tree) {
     assert_manifests_complete(tree);
     let ms = manifests(tree);
     for rel in tree.keys() {
         assert!(!rel.starts_with("_staging/"), "staging left: {rel}");
         assert!(!rel.starts_with("_lock"), "lock left: {rel}");
-        let Some(d) = table_date(rel) else { continue };
-        let owned = ms.get(d).is_some_and(|m| lists(m, rel));
-        assert!(owned, "{rel} is listed by no manifest");
+        let manifest = rel == "_manifest/latest.json"
+            || rel
+                .strip_prefix("_manifest/as_of=")
+                .and_then(|d| d.strip_suffix(".json"))
+                .is_some_and(|d| ms.contains_key(d));
+        let owned = table_date(rel).is_some_and(|d| ms.get(d).is_some_and(|m| lists(m, rel)));
+        assert!(manifest || owned, "{rel} is listed by no manifest");
     }
 }
 
@@ -253,6 +257,33 @@ fn local_sigkill_at_every_publish_step_keeps_the_snapshot_and_the_next_run_clean
     let config = demo_config(tmp.path(), "");
     let out = tmp.path().join("out");
     kill_at_every_step(&config, &[], &|| snapshot_files(&out), true);
+}
+
+/// A run killed inside the create-only put of `_lock` (its staged file written, not yet
+/// linked into place) changes nothing but that staged file; the next run removes it.
+#[test]
+fn local_sigkill_inside_the_lock_put_leaves_a_staged_file_the_next_run_removes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let out = tmp.path().join("out");
+    run_ok(&config, &["--as-of", "2026-06-30"]);
+    let before = snapshot_files(&out);
+    let r = run_with(&config, &[], "2026-07-31", "lock_staged=kill");
+    assert_eq!(r.code, -1, "not killed in the lock put: {}", r.stderr);
+    let mut after = snapshot_files(&out);
+    assert!(
+        after.remove("_lock#1").is_some(),
+        "no staged lock file: {:?}",
+        after.keys()
+    );
+    assert_same_tree(
+        &after,
+        &before,
+        "a run killed in the lock put changed the output",
+    );
+    let r = run_with(&config, &[], "2026-07-31", "");
+    assert_eq!(r.code, 0, "recovery after lock_staged: {}", r.stderr);
+    assert_consistent(&snapshot_files(&out));
 }
 
 #[test]

@@ -33,7 +33,7 @@ pub fn python() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -41,7 +41,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+pub fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
@@ -228,7 +228,7 @@ fn moto_with_demo() -> Moto {
     moto
 }
 
-fn run_env(config: &Path, env: &[(String, String)], extra: &[&str]) -> Run {
+pub fn run_env(config: &Path, env: &[(String, String)], extra: &[&str]) -> Run {
     let mut args = vec!["run", "--config", config.to_str().unwrap()];
     args.extend_from_slice(extra);
     segflow_env(&args, env)
@@ -359,7 +359,7 @@ fn two_runs_on_one_s3_output_exactly_one_publishes_the_other_names_the_holder() 
     assert_eq!(manifests.len(), 1, "{manifests:?}");
 }
 
-fn lock_json(
+pub fn lock_json(
     host: &str,
     started: chrono::DateTime<chrono::Utc>,
     beat: chrono::DateTime<chrono::Utc>,

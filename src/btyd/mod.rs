@@ -63,6 +63,47 @@ pub fn digamma(mut x: f64) -> f64 {
                         - inv2 * (1.0 / 252.0 - inv2 * (1.0 / 240.0 - inv2 * (5.0 / 660.0)))))
 }
 
+/// Beyond this, a difference of two `ln Γ` (or two ψ) at `s` and `s + x` is taken from
+/// Stirling's series of the difference instead: the two values agree in so many leading
+/// digits that their difference would be rounding (at s = 1e21, `ln Γ(s)` is 5e22 and its
+/// last bit is worth millions).
+const STIRLING_FROM: f64 = 1e5;
+
+/// Integer `x` up to this sums the logarithms (or reciprocals) term by term.
+const TERMS_UP_TO: f64 = 16.0;
+
+/// `ln Γ(s + x) - ln Γ(s)` (the logarithm of the rising factorial) for s > 0, x >= 0,
+/// accurate where both `ln Γ` are large and nearly equal.
+pub fn ln_rising(s: f64, x: f64) -> f64 {
+    if x == 0.0 {
+        return 0.0;
+    }
+    if x.fract() == 0.0 && x <= TERMS_UP_TO {
+        return (0..x as u32).map(|k| (s + f64::from(k)).ln()).sum();
+    }
+    if s >= STIRLING_FROM {
+        // (s + x - 1/2) ln(s + x) - (s - 1/2) ln s - x + 1/(12 (s + x)) - 1/(12 s) + O(s⁻³)
+        return x * s.ln() + (s + x - 0.5) * (x / s).ln_1p() - x - x / (12.0 * s * (s + x));
+    }
+    ln_gamma(s + x) - ln_gamma(s)
+}
+
+/// `ψ(s + x) - ψ(s)` for s > 0, x >= 0, accurate where s is large (see [`ln_rising`]).
+pub fn digamma_rising(s: f64, x: f64) -> f64 {
+    if x == 0.0 {
+        return 0.0;
+    }
+    if x.fract() == 0.0 && x <= TERMS_UP_TO {
+        return (0..x as u32).map(|k| 1.0 / (s + f64::from(k))).sum();
+    }
+    if s >= STIRLING_FROM {
+        // ln(s + x) - ln s - (1/(2 (s + x)) - 1/(2 s)) - (1/(12 (s + x)²) - 1/(12 s²)) + O(s⁻⁴)
+        let u = s + x;
+        return (x / s).ln_1p() + x / (2.0 * s * u) + x * (s + u) / (12.0 * s * s * u * u);
+    }
+    digamma(s + x) - digamma(s)
+}
+
 /// The Gauss hypergeometric function 2F1(a, b; c; z) for a, b, c > 0 and 0 <= z < 1, by its
 /// series (every term positive); None when it has not converged after a million terms.
 pub fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> Option<f64> {
@@ -131,23 +172,29 @@ pub struct Rfm {
 }
 
 impl BgNbd {
-    /// The log-likelihood of one customer (FHL 2005, eq. 6).
+    /// The log-likelihood of one customer (FHL 2005, eq. 6), in the form that stays finite
+    /// and accurate over every parameter vector a fit can visit: ratios of Γ functions as
+    /// [`ln_rising`], `r ln alpha - (r + x) ln(alpha + T)` as `-r ln(1 + T/alpha) - x
+    /// ln(alpha + T)`, and `b + x - 1` summed as `b + (x - 1)` (with x = 1 and b below 1e-16
+    /// the other order gives 0, and a likelihood of +inf).
     pub fn ln_likelihood(&self, c: &Rfm) -> f64 {
-        let BgNbd { r, alpha, a, b } = *self;
+        let BgNbd { r, a, b, .. } = *self;
         let x = c.x;
-        let a1 = ln_gamma(r + x) - ln_gamma(r) + r * alpha.ln();
-        let a2 = ln_gamma(a + b) + ln_gamma(b + x) - ln_gamma(b) - ln_gamma(a + b + x);
+        let gammas = ln_rising(r, x) + ln_rising(b, x) - ln_rising(a + b, x);
         let (a3, a4) = self.ln_alive_terms(c);
-        a1 + a2 + log_add_exp(a3, a4)
+        gammas + log_add_exp(a3, a4)
     }
 
     /// The two terms of a customer's likelihood that depend on t_x and T (FHL 2005's A3 and
-    /// A4; A4 is -inf without repeat purchases): still alive at T, or dropped out after t_x.
+    /// A4, with A1's `r ln alpha` taken into each; A4 is -inf without repeat purchases):
+    /// still alive at T, or dropped out after t_x.
     fn ln_alive_terms(&self, c: &Rfm) -> (f64, f64) {
         let BgNbd { r, alpha, a, b } = *self;
-        let a3 = -(r + c.x) * (alpha + c.t).ln();
-        let a4 = if c.x > 0.0 {
-            a.ln() - (b + c.x - 1.0).ln() - (r + c.x) * (alpha + c.t_x).ln()
+        let x = c.x;
+        let at = |v: f64| -r * (v / alpha).ln_1p() - x * (alpha + v).ln();
+        let a3 = at(c.t);
+        let a4 = if x > 0.0 {
+            a.ln() - (b + (x - 1.0)).ln() + at(c.t_x)
         } else {
             f64::NEG_INFINITY
         };
@@ -161,7 +208,7 @@ impl BgNbd {
         }
         let BgNbd { r, alpha, a, b } = *self;
         let ln_odds_dead =
-            (r + c.x) * ((alpha + c.t) / (alpha + c.t_x)).ln() + (a / (b + c.x - 1.0)).ln();
+            (r + c.x) * ((alpha + c.t) / (alpha + c.t_x)).ln() + (a / (b + (c.x - 1.0))).ln();
         1.0 / (1.0 + ln_odds_dead.exp())
     }
 
@@ -199,10 +246,10 @@ impl BgNbd {
     ) -> bool {
         let BgNbd { r, alpha, a, b } = *self;
         let zs: Vec<f64> = horizons.iter().map(|h| h / (alpha + t + h)).collect();
-        if !hyp2f1_at(r + x, b + x, a + b + x - 1.0, &zs, out) {
+        if !hyp2f1_at(r + x, b + x, a + b + (x - 1.0), &zs, out) {
             return false;
         }
-        let first = (a + b + x - 1.0) / (a - 1.0);
+        let first = (a + b + (x - 1.0)) / (a - 1.0);
         for (e, h) in out.iter_mut().zip(horizons) {
             let second = 1.0 - (e.ln() + (r + x) * ((alpha + t) / (alpha + t + h)).ln()).exp();
             *e = first * second;
@@ -215,7 +262,7 @@ impl BgNbd {
         let BgNbd { r, alpha, a, b } = *self;
         let x = c.x;
         if x > 0.0 {
-            1.0 + (a / (b + x - 1.0)) * ((alpha + c.t) / (alpha + c.t_x)).powf(r + x)
+            1.0 + (a / (b + (x - 1.0))) * ((alpha + c.t) / (alpha + c.t_x)).powf(r + x)
         } else {
             1.0
         }
@@ -321,14 +368,16 @@ pub struct GammaGamma {
 }
 
 impl GammaGamma {
-    /// The log-likelihood of a customer with `x` > 0 repeat purchases of mean value `m` > 0.
+    /// The log-likelihood of a customer with `x` > 0 repeat purchases of mean value `m` > 0,
+    /// in the form that stays accurate far out on the likelihood's ridges (q and v large
+    /// together, or p large and v small): `ln Γ(px + q) - ln Γ(px)` as [`ln_rising`], and
+    /// `q ln v + (px - 1) ln m + px ln x - (px + q) ln(x m + v)` as `-ln m - px ln(1 + v /
+    /// (x m)) - q ln(1 + x m / v)` (the same, with no difference of large terms).
     pub fn ln_likelihood(&self, x: f64, m: f64) -> f64 {
         let GammaGamma { p, q, v } = *self;
-        ln_gamma(p * x + q) - ln_gamma(p * x) - ln_gamma(q)
-            + q * v.ln()
-            + (p * x - 1.0) * m.ln()
-            + (p * x) * x.ln()
-            - (p * x + q) * (x * m + v).ln()
+        let px = p * x;
+        let xm = x * m;
+        ln_rising(px, q) - ln_gamma(q) - m.ln() - px * (v / xm).ln_1p() - q * (xm / v).ln_1p()
     }
 
     /// The population mean spend per transaction, `p v / (q - 1)` (infinite for q <= 1).
@@ -355,7 +404,11 @@ pub struct Fit<P> {
     /// The summed log-likelihood at `params` (without the penalty).
     pub ln_likelihood: f64,
     pub iterations: u32,
+    /// Whether the fit converged to a maximum within bounds that identifies the model; a
+    /// fit that did not never publishes its parameters.
     pub converged: bool,
+    /// What converged (None when nothing did).
+    pub method: Option<Method>,
     /// BFGS's last estimate of the inverse Hessian in the log-parameters (row-major), where
     /// a fit on more customers like these starts (see [`warm_start`]).
     inverse_hessian: Vec<f64>,
@@ -368,6 +421,7 @@ fn nelder_mead(
     start: &[f64],
     max_iterations: u32,
 ) -> (Vec<f64>, f64, u32, bool) {
+    let f = |p: &[f64]| finite_or_infinity(f(p));
     let n = start.len();
     let mut simplex: Vec<Vec<f64>> = vec![start.to_vec()];
     for i in 0..n {
@@ -584,23 +638,26 @@ fn fit_bgnbd_from(data: Vec<(Rfm, f64)>, penalty: f64, start: Start) -> Fit<BgNb
         .iter()
         .map(|(c, _)| (index(c.t), index(c.t_x)))
         .collect();
-    // Per evaluation: ln(alpha + v) and 1 / (alpha + v) for every distinct time v.
-    let tables = |alpha: f64| -> (Vec<f64>, Vec<f64>) {
+    // Per evaluation, for every distinct time v: ln(1 + v/alpha), ln(alpha + v) and
+    // v / (alpha + v) (see `BgNbd::ln_likelihood` for why these forms).
+    let tables = |alpha: f64| -> Vec<[f64; 3]> {
         times
             .iter()
-            .map(|v| ((alpha + v).ln(), 1.0 / (alpha + v)))
-            .unzip()
+            .map(|v| {
+                let l1 = (v / alpha).ln_1p();
+                [l1, (alpha + v).ln(), v / (alpha + v)]
+            })
+            .collect()
     };
-    // Visits every customer with its weight, r + x, the x-only part of A4 (ln a - ln(b + x
-    // - 1), or None without repeat purchases) and its two time slots.
+    // Visits every customer with its weight, x, the x-only part of A4 (ln a - ln(b + x -
+    // 1), or None without repeat purchases) and its two time slots.
     let each =
         |m: &BgNbd, by_x: &[(f64, f64, std::ops::Range<usize>)], mut visit: Box<Visit<'_>>| {
             for (x, _, range) in by_x {
-                let rx = m.r + x;
-                let cx = (*x > 0.0).then(|| m.a.ln() - (m.b + x - 1.0).ln());
+                let cx = (*x > 0.0).then(|| m.a.ln() - (m.b + (x - 1.0)).ln());
                 for i in range.clone() {
                     let (t, tx) = slots[i];
-                    visit(data[i].1, rx, cx, t, tx);
+                    visit(data[i].1, *x, cx, t, tx);
                 }
             }
         };
@@ -619,51 +676,46 @@ fn fit_bgnbd_from(data: Vec<(Rfm, f64)>, penalty: f64, start: Start) -> Fit<BgNb
             }
         }
     };
-    // The log-likelihood and, when `with_gradient`, its derivatives in r, alpha, a and b,
-    // in one pass: the two share every logarithm and exponential.
+    // The log-likelihood and, when `with_gradient`, its derivatives in ln r, ln alpha, ln a
+    // and ln b, in one pass: the two share every logarithm and exponential.
     let evaluate = |m: &BgNbd, with_gradient: bool| -> (f64, [f64; 4]) {
-        let BgNbd { r, alpha, a, b } = *m;
-        let (logs, inverses) = tables(alpha);
+        let BgNbd { r, alpha: _, a, b } = *m;
+        let table = tables(m.alpha);
         let [first, second] = halves(parallel, |k| {
             let gammas: f64 = parts[k]
                 .iter()
-                .map(|(x, w, _)| {
-                    w * (ln_gamma(r + x) - ln_gamma(r)
-                        + r * alpha.ln()
-                        + ln_gamma(a + b)
-                        + ln_gamma(b + x)
-                        - ln_gamma(b)
-                        - ln_gamma(a + b + x))
-                })
+                .map(|(x, w, _)| w * (ln_rising(r, *x) + ln_rising(b, *x) - ln_rising(a + b, *x)))
                 .sum();
             let mut g = [0.0f64; 4];
             if with_gradient {
                 for (x, w, _) in &parts[k] {
-                    g[0] += w * (digamma(r + x) - digamma(r) + alpha.ln());
-                    g[1] += w * r / alpha;
-                    g[2] += w * (digamma(a + b) - digamma(a + b + x));
-                    g[3] += w * (digamma(a + b) + digamma(b + x) - digamma(b) - digamma(a + b + x));
+                    let ab = digamma_rising(a + b, *x);
+                    g[0] += w * r * digamma_rising(r, *x);
+                    g[2] -= w * a * ab;
+                    g[3] += w * b * (digamma_rising(b, *x) - ab);
                 }
             }
             let mut rest = 0.0;
             each(
                 m,
                 &parts[k],
-                Box::new(|w, rx, cx, t, tx| {
-                    let (t, tx) = (t as usize, tx as usize);
-                    let a3 = -rx * logs[t];
-                    let a4 = cx.map(|c| c - rx * logs[tx]);
+                Box::new(|w, x, cx, t, tx| {
+                    let ([l1t, lt, ut], [l1x, lx, ux]) = (table[t as usize], table[tx as usize]);
+                    let a3 = -r * l1t - x * lt;
+                    let a4 = cx.map(|c| c - r * l1x - x * lx);
                     // ln of the customer's likelihood but the ln Γ terms, and the weight of
                     // A4 in it.
                     let (ln_alive, w4) = mix(a3, a4);
                     rest += w * ln_alive;
                     if with_gradient {
                         let w3 = 1.0 - w4;
-                        g[0] -= w * (w3 * logs[t] + w4 * logs[tx]);
-                        g[1] -= w * rx * (w3 * inverses[t] + w4 * inverses[tx]);
+                        g[0] -= w * r * (w3 * l1t + w4 * l1x);
+                        // alpha d/dalpha of -r ln(1 + v/alpha) - x ln(alpha + v).
+                        g[1] +=
+                            w * (w3 * (r * ut - x * (1.0 - ut)) + w4 * (r * ux - x * (1.0 - ux)));
                         if cx.is_some() {
-                            g[2] += w * w4 / a;
-                            g[3] -= w * w4 / (rx - r + b - 1.0);
+                            g[2] += w * w4;
+                            g[3] -= w * w4 * b / (b + (x - 1.0));
                         }
                     }
                 }),
@@ -676,84 +728,234 @@ fn fit_bgnbd_from(data: Vec<(Rfm, f64)>, penalty: f64, start: Start) -> Fit<BgNb
     let ll = |m: &BgNbd| evaluate(m, false).0;
     let penalised = |m: &BgNbd, ll: f64| {
         let pen = penalty * weight * (m.r.powi(2) + m.alpha.powi(2) + m.a.powi(2) + m.b.powi(2));
-        let v = -ll + pen;
-        if v.is_nan() {
-            f64::INFINITY
-        } else {
-            v
-        }
+        finite_or_infinity(-ll + pen)
     };
     let objective = |p: &[f64]| {
         let m = params(p);
         penalised(&m, ll(&m))
     };
-    // The objective and its gradient in the log-parameters (chain rule: θ ∂/∂θ).
+    // The objective and its gradient in the log-parameters.
     let with_gradient = |p: &[f64]| -> (f64, Vec<f64>) {
         let m = params(p);
         let (ll, g) = evaluate(&m, true);
         let theta = [m.r, m.alpha, m.a, m.b];
         let gradient = (0..4)
-            .map(|k| -theta[k] * g[k] + 2.0 * penalty * weight * theta[k] * theta[k])
+            .map(|k| -g[k] + 2.0 * penalty * weight * theta[k] * theta[k])
             .collect();
         (penalised(&m, ll), gradient)
     };
-    let (best, iterations, converged, inverse_hessian) =
-        minimise(&objective, &with_gradient, start, 4);
-    let m = params(&best);
+    let search = minimise(&objective, &with_gradient, start, &bgnbd_moments(&data));
+    let m = params(&search.x);
     // Four parameters need four distinct summaries, and without a repeat purchase a and b
     // do not enter the likelihood at all.
     let identified = data.len() >= 4 && data.iter().any(|(c, _)| c.x > 0.0);
+    let ln_likelihood = ll(&m);
+    let method = search
+        .method
+        .filter(|_| identified && ln_likelihood.is_finite());
     Fit {
         params: m,
-        ln_likelihood: ll(&m),
-        iterations,
-        converged: converged && identified && within_bounds(&best),
-        inverse_hessian,
+        ln_likelihood,
+        iterations: search.iterations,
+        converged: method.is_some(),
+        method,
+        inverse_hessian: search.inverse_hessian,
     }
 }
 
-/// A visitor of the customers of a BG/NBD fit: weight, r + x, the x-only part of A4 (None
+/// A visitor of the customers of a BG/NBD fit: weight, x, the x-only part of A4 (None
 /// without repeat purchases), and the slots of T and t_x in the table of distinct times.
 type Visit<'a> = dyn FnMut(f64, f64, Option<f64>, u32, u32) + 'a;
 
-/// Whether every log-parameter of a fit lies within ln(1e-10)..ln(1e10). Beyond, the
-/// likelihood kept rising towards a boundary (a degenerate sample: the maximum is not
-/// finite), and predictions at such parameters mean nothing.
+/// A BG/NBD start from the data's moments, in log-parameters: the purchase rates x / T of
+/// customers observed for some time have mean m and, less the Poisson noise of counting
+/// (the mean of x / T²), variance s²; Gamma(r, alpha) with r / alpha = m and r / alpha² =
+/// s² matches both (r = 1 when the rates vary no more than the noise). The drop-out
+/// probabilities start at Beta(1, 3), a mean of 1/4.
+fn bgnbd_moments(data: &[(Rfm, f64)]) -> Vec<f64> {
+    let (mut w, mut m, mut m2, mut noise) = (0.0, 0.0, 0.0, 0.0);
+    for (c, cw) in data.iter().filter(|(c, _)| c.t > 0.0) {
+        let rate = c.x / c.t;
+        w += cw;
+        m += cw * rate;
+        m2 += cw * rate * rate;
+        noise += cw * rate / c.t;
+    }
+    if w == 0.0 || m == 0.0 {
+        return vec![0.0, 0.0, 0.0, 3f64.ln()];
+    }
+    let (m, m2, noise) = (m / w, m2 / w, noise / w);
+    let spread = m2 - m * m - noise;
+    let r = if spread > 0.0 {
+        (m * m / spread).clamp(1e-3, 1e3)
+    } else {
+        1.0
+    };
+    vec![r.ln(), (r / m).ln(), 0.0, 3f64.ln()]
+}
+
+/// A Gamma-Gamma start from the data's moments, in log-parameters: with q = 3 the mean M
+/// and variance V of the customers' mean spends give p = 2 E[1/x] / (V / M² - 1) and v = 2
+/// M / p (from E m = p v / (q - 1) and Var m = p E[1/ν²] E[1/x] + p² Var(1/ν)).
+fn gamma_gamma_moments(data: &[((f64, f64), f64)]) -> Vec<f64> {
+    let (mut w, mut m, mut m2, mut inv_x) = (0.0, 0.0, 0.0, 0.0);
+    for ((x, spend), cw) in data {
+        w += cw;
+        m += cw * spend;
+        m2 += cw * spend * spend;
+        inv_x += cw / x;
+    }
+    if w == 0.0 || m <= 0.0 {
+        return vec![0.0, 3f64.ln(), 0.0];
+    }
+    let (m, m2, inv_x) = (m / w, m2 / w, inv_x / w);
+    let excess = m2 / (m * m) - 2.0;
+    let p = if excess > 0.0 {
+        (2.0 * inv_x / excess).clamp(1e-2, 1e2)
+    } else {
+        10.0
+    };
+    vec![p.ln(), 3f64.ln(), (2.0 * m / p).ln()]
+}
+
+/// Whether every log-parameter of a fit lies within ln(1e-15)..ln(1e15). Beyond, the
+/// likelihood kept rising towards a boundary far past any population (a degenerate sample:
+/// the maximum is not finite), and sums such as `b + (x - 1)` lose the parameter to
+/// rounding. Within, the likelihood and the predictions are evaluated accurately, also on
+/// a flat ridge towards a boundary (say a and b growing together when every customer drops
+/// out with about the same probability), where a fit may stop far out.
 fn within_bounds(log_params: &[f64]) -> bool {
-    let bound = 10.0 * std::f64::consts::LN_10;
+    let bound = 15.0 * std::f64::consts::LN_10;
     log_params.iter().all(|p| p.abs() <= bound)
 }
 
+/// The optimiser whose end a fit accepted: BFGS or Nelder-Mead, from the origin (or a
+/// sample's fit) or from a moment-based start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Bfgs,
+    NelderMead,
+    BfgsFromMoments,
+    NelderMeadFromMoments,
+}
+
+impl Method {
+    /// The name `clv_model`'s `*_method` columns publish.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Bfgs => "bfgs",
+            Method::NelderMead => "nelder-mead",
+            Method::BfgsFromMoments => "bfgs from moments",
+            Method::NelderMeadFromMoments => "nelder-mead from moments",
+        }
+    }
+}
+
+/// Where [`minimise`] ended.
+struct Search {
+    /// The accepted point, or the best point of every attempt when none was accepted.
+    x: Vec<f64>,
+    /// Of every attempt.
+    iterations: u32,
+    /// What converged to `x` (None: nothing did).
+    method: Option<Method>,
+    inverse_hessian: Vec<f64>,
+}
+
 /// Minimises `f` from `start` by BFGS with the analytic `gradient` (tens of evaluations
-/// instead of Nelder-Mead's thousand); when BFGS from the origin stops short, Nelder-Mead
-/// continues from where it stopped (see [`Start`] for the other starts). Converged when the
-/// gradient is below 1e-9 (relative to f), or below 1e-6 while steps no longer gain more
-/// than f's rounding, or the simplex has collapsed. The iterations of every attempt count.
+/// instead of Nelder-Mead's thousand). An attempt is accepted when it converged (the
+/// gradient below 1e-9 relative to f, or below 1e-6 while steps no longer gain more than
+/// f's rounding; for Nelder-Mead a collapsed simplex) at a point [`within_bounds`]. When
+/// BFGS from the origin (or from `start`'s point) is not accepted, Nelder-Mead continues
+/// from where it stopped, then BFGS and Nelder-Mead try again from `moments` (a start
+/// computed from the data's moments); a sample's fit ([`Start::Sample`]) tries BFGS only.
+/// A value that is not finite is a failed step for both optimisers, never an improvement.
 fn minimise(
     f: &dyn Fn(&[f64]) -> f64,
     with_gradient: &WithGradient<'_>,
     start: Start,
-    n: usize,
-) -> (Vec<f64>, u32, bool, Vec<f64>) {
-    let origin = vec![0.0; n];
-    match start {
-        Start::Sample => bfgs(with_gradient, &origin, None, 500),
-        Start::At(x, h) => {
-            let (x, iterations, converged, h) = bfgs(with_gradient, &x, Some(&h), 500);
-            if converged {
-                return (x, iterations, true, h);
-            }
-            let (x, more, converged, h) = minimise(f, with_gradient, Start::Origin, n);
-            (x, iterations + more, converged, h)
+    moments: &[f64],
+) -> Search {
+    let origin = vec![0.0; moments.len()];
+    let accepted = |x: &[f64], converged: bool| converged && within_bounds(x);
+    let mut iterations = 0;
+    // The best point so far, by f: what a fit that nothing accepted reports.
+    let mut best: Option<(f64, Vec<f64>, Vec<f64>)> = None;
+    let mut keep = |x: &[f64], h: &[f64]| {
+        let fx = f(x);
+        if best.as_ref().is_none_or(|(b, _, _)| fx < *b) {
+            best = Some((fx, x.to_vec(), h.to_vec()));
         }
-        Start::Origin => {
+    };
+    let (from, h) = match start {
+        Start::Sample => {
             let (x, iterations, converged, h) = bfgs(with_gradient, &origin, None, 500);
-            if converged {
-                return (x, iterations, true, h);
-            }
-            let (x, _, more, converged) = nelder_mead(f, &x, 20_000);
-            (x, iterations + more, converged, h)
+            let method = accepted(&x, converged).then_some(Method::Bfgs);
+            return Search {
+                x,
+                iterations,
+                method,
+                inverse_hessian: h,
+            };
         }
+        Start::At(x, h) => (x, Some(h)),
+        Start::Origin => (origin.clone(), None),
+    };
+    let mut attempts: Vec<(Vec<f64>, Option<Vec<f64>>, bool)> = vec![(from.clone(), h, false)];
+    if from != origin {
+        attempts.push((origin, None, false));
+    }
+    attempts.push((moments.to_vec(), None, true));
+    for (at, h, from_moments) in attempts {
+        let (x, n, converged, h) = bfgs(with_gradient, &at, h.as_deref(), 500);
+        iterations += n;
+        if accepted(&x, converged) {
+            let method = if from_moments {
+                Method::BfgsFromMoments
+            } else {
+                Method::Bfgs
+            };
+            return Search {
+                x,
+                iterations,
+                method: Some(method),
+                inverse_hessian: h,
+            };
+        }
+        keep(&x, &h);
+        let (x, _, n, converged) = nelder_mead(f, &x, 20_000);
+        iterations += n;
+        if accepted(&x, converged) {
+            let method = if from_moments {
+                Method::NelderMeadFromMoments
+            } else {
+                Method::NelderMead
+            };
+            return Search {
+                x,
+                iterations,
+                method: Some(method),
+                inverse_hessian: h,
+            };
+        }
+        keep(&x, &h);
+    }
+    let (_, x, inverse_hessian) = best.unwrap_or_default();
+    Search {
+        x,
+        iterations,
+        method: None,
+        inverse_hessian,
+    }
+}
+
+/// `v`, or +inf when it is not finite: what an optimiser sees of an objective, so that
+/// neither NaN nor an overflow to -inf ever counts as an improvement.
+fn finite_or_infinity(v: f64) -> f64 {
+    if v.is_finite() {
+        v
+    } else {
+        f64::INFINITY
     }
 }
 
@@ -905,20 +1107,22 @@ fn fit_gamma_gamma_from(
         }
         by_x
     });
-    let sums = |x_range: &std::ops::Range<usize>, v: f64, with_inverse: bool| -> (f64, f64) {
-        let mut l = 0.0;
-        let mut r = 0.0;
+    // Per x, the sums over its customers of w ln(1 + x m / v), w ln(1 + v / (x m)) and
+    // w x m / (x m + v) (see `GammaGamma::ln_likelihood` for why these forms).
+    let sums = |x_range: &std::ops::Range<usize>, v: f64, with_gradient: bool| -> [f64; 3] {
+        let mut l = [0.0; 3];
         for ((x, m), w) in &data[x_range.clone()] {
-            let y = x * m + v;
-            l += w * y.ln();
-            if with_inverse {
-                r += w / y;
+            let xm = x * m;
+            l[0] += w * (xm / v).ln_1p();
+            l[1] += w * (v / xm).ln_1p();
+            if with_gradient {
+                l[2] += w * xm / (xm + v);
             }
         }
-        (l, r)
+        l
     };
-    // The log-likelihood and, when `with_gradient`, its derivatives in p, q and v, in one
-    // pass: the two share every logarithm.
+    // The log-likelihood and, when `with_gradient`, its derivatives in ln p, ln q and ln v,
+    // in one pass: the two share every logarithm.
     let evaluate = |g: &GammaGamma, with_gradient: bool| -> (f64, [f64; 3]) {
         let GammaGamma { p, q, v } = *g;
         let [first, second] = halves(parallel, |k| {
@@ -927,16 +1131,13 @@ fn fit_gamma_gamma_from(
                 .iter()
                 .map(|(x, w, s, range)| {
                     let px = p * x;
-                    let (l, r) = sums(range, v, with_gradient);
+                    let [la, lb, u] = sums(range, v, with_gradient);
                     if with_gradient {
-                        let common = digamma(px + q);
-                        d[0] += x * (w * (common - digamma(px) + x.ln()) + s - l);
-                        d[1] += w * (common - digamma(q) + v.ln()) - l;
-                        d[2] += w * q / v - (px + q) * r;
+                        d[0] += px * (w * digamma_rising(px, q) - lb);
+                        d[1] += q * (w * digamma_rising(q, px) - la);
+                        d[2] += (px + q) * u - w * px;
                     }
-                    w * (ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q) + q * v.ln() + px * x.ln())
-                        + (px - 1.0) * s
-                        - (px + q) * l
+                    w * (ln_rising(px, q) - ln_gamma(q)) - s - px * lb - q * la
                 })
                 .sum::<f64>();
             (value, d)
@@ -946,38 +1147,42 @@ fn fit_gamma_gamma_from(
     };
     let ll = |g: &GammaGamma| evaluate(g, false).0;
     let penalised = |g: &GammaGamma, ll: f64| {
-        let v = -ll + penalty * weight * (g.p.powi(2) + g.q.powi(2) + g.v.powi(2));
-        if v.is_nan() {
-            f64::INFINITY
-        } else {
-            v
-        }
+        finite_or_infinity(-ll + penalty * weight * (g.p.powi(2) + g.q.powi(2) + g.v.powi(2)))
     };
     let objective = |p: &[f64]| {
         let g = params(p);
         penalised(&g, ll(&g))
     };
-    // The objective and its gradient in the log-parameters (chain rule: θ ∂/∂θ).
+    // The objective and its gradient in the log-parameters.
     let with_gradient = |p: &[f64]| -> (f64, Vec<f64>) {
         let g = params(p);
         let (ll, d) = evaluate(&g, true);
         let theta = [g.p, g.q, g.v];
         let gradient = (0..3)
-            .map(|k| -theta[k] * d[k] + 2.0 * penalty * weight * theta[k] * theta[k])
+            .map(|k| -d[k] + 2.0 * penalty * weight * theta[k] * theta[k])
             .collect();
         (penalised(&g, ll), gradient)
     };
-    let (best, iterations, converged, inverse_hessian) =
-        minimise(&objective, &with_gradient, start, 3);
-    let g = params(&best);
+    let search = minimise(
+        &objective,
+        &with_gradient,
+        start,
+        &gamma_gamma_moments(&data),
+    );
+    let g = params(&search.x);
     // Three parameters need three distinct (frequency, monetary) summaries.
     let identified = data.len() >= 3;
+    let ln_likelihood = ll(&g);
+    let method = search
+        .method
+        .filter(|_| identified && ln_likelihood.is_finite());
     Fit {
         params: g,
-        ln_likelihood: ll(&g),
-        iterations,
-        converged: converged && identified && within_bounds(&best),
-        inverse_hessian,
+        ln_likelihood,
+        iterations: search.iterations,
+        converged: method.is_some(),
+        method,
+        inverse_hessian: search.inverse_hessian,
     }
 }
 
@@ -1392,6 +1597,7 @@ impl FitKind {
         fields.push(Field::new("customers", DataType::Float64, true));
         fields.push(Field::new("iterations", DataType::Int64, true));
         fields.push(Field::new("converged", DataType::Boolean, true));
+        fields.push(Field::new("method", DataType::Utf8, true));
         fields.into()
     }
 }
@@ -1596,62 +1802,57 @@ impl datafusion::logical_expr::Accumulator for FitAccumulator {
             .iter()
             .map(|(k, w)| (k.iter().map(|b| f64::from_bits(*b)).collect(), *w))
             .collect();
-        let (params, ll, customers, iterations, converged): (Vec<f64>, f64, f64, u32, bool) =
-            match self.kind {
-                FitKind::BgNbd => {
-                    let data: Vec<(Rfm, f64)> = tuples
-                        .iter()
-                        .map(|(v, w)| {
-                            (
-                                Rfm {
-                                    x: v[0],
-                                    t_x: v[1],
-                                    t: v[2],
-                                },
-                                *w,
-                            )
-                        })
-                        .collect();
-                    let customers = data.iter().map(|(_, w)| w).sum();
-                    if data.is_empty() {
-                        return Ok(ScalarStructBuilder::new_null(fields));
-                    }
-                    let f = fit_bgnbd(data, self.penalty);
-                    let BgNbd { r, alpha, a, b } = f.params;
-                    (
-                        vec![r, alpha, a, b],
-                        f.ln_likelihood,
-                        customers,
-                        f.iterations,
-                        f.converged,
-                    )
+        // A fit that did not converge publishes neither its parameters nor its likelihood.
+        let outcome = |params: Vec<f64>, fit_ll: f64, method: Option<Method>| -> Vec<S> {
+            let number = |v: f64| S::Float64(method.map(|_| v));
+            let mut values: Vec<S> = params.into_iter().map(number).collect();
+            values.push(number(fit_ll));
+            values
+        };
+        let (mut values, customers, iterations, method) = match self.kind {
+            FitKind::BgNbd => {
+                let data: Vec<(Rfm, f64)> = tuples
+                    .iter()
+                    .map(|(v, w)| {
+                        (
+                            Rfm {
+                                x: v[0],
+                                t_x: v[1],
+                                t: v[2],
+                            },
+                            *w,
+                        )
+                    })
+                    .collect();
+                let customers: f64 = data.iter().map(|(_, w)| w).sum();
+                if data.is_empty() {
+                    return Ok(ScalarStructBuilder::new_null(fields));
                 }
-                FitKind::GammaGamma => {
-                    let data: Vec<((f64, f64), f64)> = tuples
-                        .iter()
-                        .filter(|(v, _)| v[0] > 0.0 && v[1] > 0.0)
-                        .map(|(v, w)| ((v[0], v[1]), *w))
-                        .collect();
-                    let customers = data.iter().map(|(_, w)| w).sum();
-                    if data.is_empty() {
-                        return Ok(ScalarStructBuilder::new_null(fields));
-                    }
-                    let f = fit_gamma_gamma(data, self.penalty);
-                    let GammaGamma { p, q, v } = f.params;
-                    (
-                        vec![p, q, v],
-                        f.ln_likelihood,
-                        customers,
-                        f.iterations,
-                        f.converged,
-                    )
+                let f = fit_bgnbd(data, self.penalty);
+                let BgNbd { r, alpha, a, b } = f.params;
+                let values = outcome(vec![r, alpha, a, b], f.ln_likelihood, f.method);
+                (values, customers, f.iterations, f.method)
+            }
+            FitKind::GammaGamma => {
+                let data: Vec<((f64, f64), f64)> = tuples
+                    .iter()
+                    .filter(|(v, _)| v[0] > 0.0 && v[1] > 0.0)
+                    .map(|(v, w)| ((v[0], v[1]), *w))
+                    .collect();
+                let customers: f64 = data.iter().map(|(_, w)| w).sum();
+                if data.is_empty() {
+                    return Ok(ScalarStructBuilder::new_null(fields));
                 }
-            };
-        let mut values: Vec<S> = params.into_iter().map(|p| S::Float64(Some(p))).collect();
-        values.push(S::Float64(Some(ll)));
+                let f = fit_gamma_gamma(data, self.penalty);
+                let GammaGamma { p, q, v } = f.params;
+                let values = outcome(vec![p, q, v], f.ln_likelihood, f.method);
+                (values, customers, f.iterations, f.method)
+            }
+        };
         values.push(S::Float64(Some(customers)));
         values.push(S::Int64(Some(i64::from(iterations))));
-        values.push(S::Boolean(Some(converged)));
+        values.push(S::Boolean(Some(method.is_some())));
+        values.push(S::Utf8(method.map(|m| m.name().to_string())));
         let mut builder = ScalarStructBuilder::new();
         for (field, value) in fields.iter().zip(values) {
             builder = builder.with_scalar(field.as_ref().clone(), value);
@@ -1664,6 +1865,9 @@ impl datafusion::logical_expr::Accumulator for FitAccumulator {
             + self.tuples.len() * (std::mem::size_of::<([u64; 3], f64)>() + 32)
     }
 }
+
+#[cfg(test)]
+mod property_tests;
 
 #[cfg(test)]
 mod tests {
@@ -1962,10 +2166,10 @@ mod tests {
     }
 
     /// A small deterministic generator for simulations (splitmix64).
-    struct Rng(u64);
+    pub(super) struct Rng(pub(super) u64);
 
     impl Rng {
-        fn uniform(&mut self) -> f64 {
+        pub(super) fn uniform(&mut self) -> f64 {
             self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let mut z = self.0;
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -1980,7 +2184,7 @@ mod tests {
         }
 
         /// Gamma(shape, scale 1), Marsaglia & Tsang.
-        fn gamma(&mut self, shape: f64) -> f64 {
+        pub(super) fn gamma(&mut self, shape: f64) -> f64 {
             if shape < 1.0 {
                 return self.gamma(shape + 1.0) * self.uniform().powf(1.0 / shape);
             }
