@@ -7,13 +7,20 @@
 # ${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}/generated-N (reused when present). Then
 # segflow (release build, brought up to date first) with the demo's column
 # mapping (fixtures/demo/segflow.toml: target_partitions 2, plus memory_limit = "4g") and
-# ci/bench_duckdb.py (DuckDB, 2 threads, memory_limit 4GB, the same 7 published tables in
-# plain SQL) run interleaved, --runs times each, under /usr/bin/time -v. Printed per size:
-# median wall time, peak RSS (max over the runs), rows out, the segflow/DuckDB wall
-# ratio, and each table's seconds in the last run of both tools (segflow's model durations
-# against DuckDB's own timings, with the tables only segflow computes); then how time grows
-# with the line count. --with-100m adds one segflow run over 100 M lines with
-# memory_limit = "4g" (completion, wall, peak RSS).
+# ci/bench_duckdb.py (DuckDB, memory_limit 4GB, the same 7 published tables in plain SQL)
+# run interleaved, --runs times each, under /usr/bin/time -v; a third run each round is
+# segflow `--select`ing only those 7 tables ("segflow-7"). Both tools get the same number
+# of threads (THREADS, 2: DuckDB's threads; segflow's target_partitions and its tokio
+# workers), write zstd level 1 and stage only the 10 order columns their tables read.
+# Times: segflow's process wall time; DuckDB's time measured inside its process (Python's
+# start-up and imports, ~0.3 s, left out). After the runs of a size, every table both
+# tools computed is compared row by row (ci/bench_compare.py: EXCEPT ALL both ways, floats
+# bit-equal or within 1e-9 relative); a difference stops the script with exit 1. Printed
+# per size: median wall time (min..max), peak RSS (max over the runs), rows out, the
+# segflow/DuckDB ratios, and each table's seconds in the last run of both tools (segflow's
+# model durations against DuckDB's own timings, with the tables only segflow computes);
+# then how time grows with the line count. --with-100m adds one segflow run over 100 M
+# lines with memory_limit = "4g" (completion, wall, peak RSS).
 #
 # Caveats: segflow also computes customer_affinity, segment_migration (empty without a
 # previous snapshot), the predictive CLV models (clv, clv_model, clv_backtest: two BG/NBD
@@ -45,6 +52,8 @@ for n in $SIZES; do
 done
 
 AS_OF=2026-11-21
+THREADS=2
+SEVEN="customer_facts rfm lifecycle cohort_retention product_value channel_value segment_summary"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
 BIN="$CARGO_TARGET_DIR/release/segflow"
 DATA_ROOT="${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}"
@@ -113,12 +122,12 @@ time_report() {
 # One timed run each: append a result line and set STATUS (always return 0, so that
 # `set -e` stays in force inside; it is off in functions called from `||` lists).
 STATUS=0
-run_segflow() {  # size lines run data memory_limit
-    local out="$WORK/sf-out" status=0
+run_segflow() {  # size lines run data memory_limit [tool name, extra run arguments...]
+    local out="$WORK/sf-out" status=0 tool="${6:-segflow}"
     rm -rf "$out" "$WORK/spill"; mkdir -p "$WORK/spill"
     local cfg; cfg="$(segflow_config "$4" "$out" "$5")"
-    /usr/bin/time -v -o "$WORK/time.txt" \
-        "$BIN" --log-format json run --config "$cfg" --as-of "$AS_OF" \
+    /usr/bin/time -v -o "$WORK/time.txt" env TOKIO_WORKER_THREADS="$THREADS" \
+        "$BIN" --log-format json run --config "$cfg" --as-of "$AS_OF" "${@:7}" \
         > "$WORK/sf.stdout" 2> "$WORK/sf.stderr" || status=$?
     local rows="-\t-\t-"
     if [ "$status" -eq 0 ]; then
@@ -133,13 +142,16 @@ extra = sum(v["duration_ms"] for k, v in m["models"].items()
 print(f'{sum(m["tables"][t]["rows"] for t in seven)}\t{sum(t["rows"] for t in m["tables"].values())}\t{extra}')
 PY
 )"
-        cp "$out/_manifest/as_of=$AS_OF.json" "$WORK/last-manifest.json"
-        cp "$WORK/sf.stderr" "$WORK/last-log.json"
+        if [ "$tool" = segflow ]; then
+            cp "$out/_manifest/as_of=$AS_OF.json" "$WORK/last-manifest.json"
+            cp "$WORK/sf.stderr" "$WORK/last-log.json"
+            rm -rf "$WORK/last-sf-out"; mv "$out" "$WORK/last-sf-out"   # compared afterwards
+        fi
     else
         echo "segflow failed (exit $status); last lines of stderr:" >&2
         tail -5 "$WORK/sf.stderr" >&2
     fi
-    printf '%s\t%s\tsegflow\t%s\t%s\t%s\t%b\n' "$1" "$2" "$3" "$status" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%b\n' "$1" "$2" "$tool" "$3" "$status" \
         "$(time_report "$WORK/time.txt")" "$rows" >> "$RESULTS"
     rm -rf "$out" "$WORK/spill"
     STATUS=$status
@@ -150,33 +162,32 @@ run_duckdb() {  # size lines run data
     rm -rf "$out"
     /usr/bin/time -v -o "$WORK/time.txt" \
         "$PY" ci/bench_duckdb.py --orders "$4" --out "$out" --as-of "$AS_OF" \
-        --threads 2 --memory-limit 4GB > "$WORK/dd.json" 2> "$WORK/dd.stderr" || status=$?
-    local rows="-\t-\t-"
+        --threads "$THREADS" --memory-limit 4GB > "$WORK/dd.json" 2> "$WORK/dd.stderr" || status=$?
+    local rows="-\t-\t-" timing
+    timing="$(time_report "$WORK/time.txt")"
     if [ "$status" -eq 0 ]; then
         rows="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["rows_total"], "-", "-", sep="\t")' "$WORK/dd.json")"
+        # The time inside the process (no Python start-up and imports), the RSS of it all.
+        timing="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["seconds_total"])' "$WORK/dd.json")\t$(echo "$timing" | cut -f2)"
         cp "$WORK/dd.json" "$WORK/last-duckdb.json"
+        rm -rf "$WORK/last-dd-out"; mv "$out" "$WORK/last-dd-out"   # compared afterwards
     else
         echo "bench_duckdb.py failed (exit $status); last lines of stderr:" >&2
         tail -5 "$WORK/dd.stderr" >&2
     fi
-    printf '%s\t%s\tduckdb\t%s\t%s\t%s\t%b\n' "$1" "$2" "$3" "$status" \
-        "$(time_report "$WORK/time.txt")" "$rows" >> "$RESULTS"
+    printf '%s\t%s\tduckdb\t%s\t%s\t%b\t%b\n' "$1" "$2" "$3" "$status" \
+        "$timing" "$rows" >> "$RESULTS"
     rm -rf "$out"
     STATUS=$status
 }
 
-# Per-table row counts of the last runs must agree (a cheap same-results guard).
+# Every table both tools computed, row by row, in the last runs (fails loudly).
 check_rows() {
-    "$PY" - "$WORK/last-manifest.json" "$WORK/last-duckdb.json" <<'PY'
-import json, sys
-m, d = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
-# segflow's segment_summary also has the clv segmentation (at most 9 value x risk rows).
-bad = [f'{t}: segflow {m["tables"][t]["rows"]} duckdb {v["rows"]}'
-       for t, v in d["tables"].items()
-       if not (0 <= m["tables"][t]["rows"] - v["rows"] <= (9 if t == "segment_summary" else 0))]
-print("  per-table rows: " + ("segflow = duckdb for all 7 tables" if not bad else "MISMATCH " + "; ".join(bad)),
-      file=sys.stderr)
-PY
+    if ! "$PY" ci/bench_compare.py --segflow-out "$WORK/last-sf-out" \
+            --duckdb-out "$WORK/last-dd-out" --as-of "$AS_OF"; then
+        echo "segflow and DuckDB computed different tables (above): the timings compare nothing" >&2
+        exit 1
+    fi
 }
 
 # Per-table seconds of the last run of each tool, side by side: DuckDB's own timings
@@ -218,6 +229,10 @@ for n in $SIZES; do
         run_duckdb "$n" "$lines" "$run" "$dir"
         [ "$STATUS" -eq 0 ] || exit 1
         echo "  run $run duckdb:  $(tail -1 "$RESULTS" | cut -f6,7 | awk '{printf "%s s, %.0f MiB", $1, $2/1024}')" >&2
+        # shellcheck disable=SC2086
+        run_segflow "$n" "$lines" "$run" "$dir" 4g segflow-7 --select $SEVEN
+        [ "$STATUS" -eq 0 ] || exit 1
+        echo "  run $run segflow --select (7 tables): $(tail -1 "$RESULTS" | cut -f6,7 | awk '{printf "%s s, %.0f MiB", $1, $2/1024}')" >&2
     done
     check_rows
     table_times
@@ -245,33 +260,34 @@ def mib(kb):
     return f"{kb / 1024:,.0f} MiB"
 
 print()
-print(f"segflow vs DuckDB, as_of 2026-11-21, 2 cores, memory limit 4 GiB each, {runs} interleaved run(s) per tool")
-hdr = f"{'lines':>13}  {'tool':<8} {'median wall':>11} {'(min..max)':>15} {'peak RSS':>11} {'rows out (7)':>12} {'rows out (all)':>14} {'segflow/duckdb':>14}"
+print(f"segflow vs DuckDB, as_of 2026-11-21, 2 cores, 2 threads and memory limit 4 GiB each, {runs} interleaved run(s) per tool")
+print("segflow: every model (18), gates, checks, report; segflow-7: --select of DuckDB's 7 tables; duckdb: the 7 tables")
+hdr = f"{'lines':>13}  {'tool':<10} {'median wall':>11} {'(min..max)':>15} {'peak RSS':>11} {'rows out (7)':>12} {'rows out (all)':>14} {'x duckdb':>9}"
 print(hdr)
 print("-" * len(hdr))
 medians = {}
 for size in sorted({s for s, _ in by}):
-    for tool in ("segflow", "duckdb"):
+    for tool in ("segflow", "segflow-7", "duckdb"):
         rs = by.get((size, tool))
         if not rs:
             continue
         ok = [r for r in rs if r["ok"]]
         lines = f"{rs[0]['lines']:,}"
         if not ok:
-            print(f"{lines:>13}  {tool:<8} {'FAILED (exit ' + rs[0]['status'] + ')':>11}  peak RSS {mib(max(r['rss'] for r in rs))}")
+            print(f"{lines:>13}  {tool:<10} {'FAILED (exit ' + rs[0]['status'] + ')':>11}  peak RSS {mib(max(r['rss'] for r in rs))}")
             continue
         med = statistics.median(r["wall"] for r in ok)
         medians[(size, tool)] = (med, ok[0]["lines"])
         rng = f"({min(r['wall'] for r in ok):.2f}..{max(r['wall'] for r in ok):.2f})"
         ratio = ""
-        if tool == "segflow" and (size, "duckdb") in by:
+        if tool != "duckdb" and (size, "duckdb") in by:
             d = [r["wall"] for r in by[(size, "duckdb")] if r["ok"]]
             if d:
                 ratio = f"{med / statistics.median(d):.2f}x"
         fails = len(rs) - len(ok)
         note = f"  ({fails} failed)" if fails else ""
-        print(f"{lines:>13}  {tool:<8} {med:>9.2f} s {rng:>15} {mib(max(r['rss'] for r in rs)):>11} "
-              f"{ok[0]['rows7']:>12} {ok[0]['rows_all']:>14} {ratio:>14}{note}")
+        print(f"{lines:>13}  {tool:<10} {med:>9.2f} s {rng:>15} {mib(max(r['rss'] for r in rs)):>11} "
+              f"{ok[0]['rows7']:>12} {ok[0]['rows_all']:>14} {ratio:>9}{note}")
     sf = [r for r in by.get((size, "segflow"), []) if r["ok"] and r["extra"] != "-"]
     if sf and (size, "duckdb") in by:
         print(f"{'':>13}  (segflow model time for customer_affinity, segment_migration and the clv models, not computed by "

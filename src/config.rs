@@ -254,7 +254,7 @@ pub struct InputConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
-    /// Output root: a local path, `file://`, `s3://`, `gs://` or `az://` URL.
+    /// Output root: a local path, `file://`, `s3://` or `az://` URL (`gs://` is refused).
     pub uri: Option<String>,
     /// How long after its last heartbeat another run's lock is stale, e.g. `"10m"`.
     pub lock_timeout: Option<String>,

@@ -686,44 +686,36 @@ async fn register_previous_deps(
     outputs: &[&ModelOutput],
 ) -> Result<()> {
     for dep in &model.previous_deps {
-        if dep == &model.name {
-            let target = self_referencing_schema(ctx, model, params, previous_schema).await?;
-            let table = previous
-                .table(ctx, dep, &target)
-                .await
-                .map_err(|e| Error::Output {
-                    uri: previous.output.loc.uri.clone(),
-                    operation: format!("open the previous snapshot of {dep}"),
-                    message: redact(&e.strip_backtrace()),
-                })?;
-            previous_schema
-                .deregister_table(dep)
-                .map_err(|e| model_error(model, e))?;
-            previous_schema
-                .register_table(dep.clone(), table)
-                .map_err(|e| model_error(model, e))?;
+        let target = if dep == &model.name {
+            self_referencing_schema(ctx, model, params, previous_schema).await?
+        } else if previous_schema.table_exist(dep) {
             continue;
-        }
-        if previous_schema.table_exist(dep) {
-            continue;
-        }
-        let Some(current) = outputs.iter().find(|o| &o.name == dep) else {
-            return Err(Error::Model {
-                file: model.file.clone(),
-                model: model.name.clone(),
-                message: format!(
-                    "`{PREVIOUS_SCHEMA}.{dep}` needs model `{dep}` to run first, to know its schema"
-                ),
-            });
+        } else {
+            match outputs.iter().find(|o| &o.name == dep) {
+                Some(current) => current.schema.clone(),
+                None => {
+                    return Err(Error::Model {
+                        file: model.file.clone(),
+                        model: model.name.clone(),
+                        message: format!(
+                            "`{PREVIOUS_SCHEMA}.{dep}` needs model `{dep}` to run first, to know its schema"
+                        ),
+                    })
+                }
+            }
         };
         let table = previous
-            .table(ctx, dep, &current.schema)
+            .table(ctx, dep, &target)
             .await
             .map_err(|e| Error::Output {
                 uri: previous.output.loc.uri.clone(),
                 operation: format!("open the previous snapshot of {dep}"),
                 message: redact(&e.strip_backtrace()),
             })?;
+        // A model reading its own previous snapshot planned it as an empty table first.
+        previous_schema
+            .deregister_table(dep)
+            .map_err(|e| model_error(model, e))?;
         previous_schema
             .register_table(dep.clone(), table)
             .map_err(|e| model_error(model, e))?;

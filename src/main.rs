@@ -65,7 +65,7 @@ enum Command {
         /// Snapshot date (YYYY-MM-DD); default: config, else the latest order date.
         #[arg(long)]
         as_of: Option<String>,
-        /// Output root (local path or s3://, gs://, az:// URL), overriding [output] uri.
+        /// Output root (local path or s3://, az:// URL; gs:// is refused), overriding [output] uri.
         #[arg(long)]
         output: Option<String>,
         /// Publish only these models (their inputs are computed, not published).
@@ -134,7 +134,7 @@ enum Command {
     /// Write a deterministic synthetic order history (hive-partitioned Parquet by month).
     #[command(after_help = GENERATE_HELP)]
     Generate {
-        /// Output root (local path or s3://, gs://, az:// URL); must not hold any object.
+        /// Output root (local path or s3://, az:// URL); must not hold any object.
         #[arg(long)]
         out: String,
         /// Order lines to write (the count lands within about 0.5 % of it).

@@ -909,27 +909,19 @@ fn minimise(
     for (at, h, from_moments) in attempts {
         let (x, n, converged, h) = bfgs(with_gradient, &at, h.as_deref(), 500);
         iterations += n;
-        if accepted(&x, converged) {
-            let method = if from_moments {
-                Method::BfgsFromMoments
-            } else {
-                Method::Bfgs
-            };
-            return Search {
-                x,
-                iterations,
-                method: Some(method),
-                inverse_hessian: h,
-            };
+        let (mut x, mut converged, mut by_bfgs) = (x, converged, true);
+        if !accepted(&x, converged) {
+            keep(&x, &h);
+            let (y, _, n, c) = nelder_mead(f, &x, 20_000);
+            iterations += n;
+            (x, converged, by_bfgs) = (y, c, false);
         }
-        keep(&x, &h);
-        let (x, _, n, converged) = nelder_mead(f, &x, 20_000);
-        iterations += n;
         if accepted(&x, converged) {
-            let method = if from_moments {
-                Method::NelderMeadFromMoments
-            } else {
-                Method::NelderMead
+            let method = match (by_bfgs, from_moments) {
+                (true, false) => Method::Bfgs,
+                (false, false) => Method::NelderMead,
+                (true, true) => Method::BfgsFromMoments,
+                (false, true) => Method::NelderMeadFromMoments,
             };
             return Search {
                 x,

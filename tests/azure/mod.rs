@@ -6,18 +6,17 @@
 //! `_lock`, conditional lock updates, staged files copied into place, manifests) runs against
 //! Azurite's implementation of the Blob REST API.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use futures::TryStreamExt;
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
-use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::*;
 use crate::crash::{assert_consistent, kill_at_every_step, paused_run, Tree};
-use crate::s3::{free_port, lock_json, python, run_env, wait_for_port};
+use crate::s3::{
+    assert_one_demo_snapshot, download, free_port, lock_json, put_object, python, run_env,
+    store_tree, upload_dir, wait_for_port,
+};
 
 /// Azurite's development account and its well-known key (published by Microsoft for the
 /// emulator; not a secret).
@@ -115,52 +114,21 @@ impl Azurite {
 
     /// Uploads a local directory (recursively) under `prefix`.
     pub fn upload_dir(&self, container: &str, dir: &Path, prefix: &str) {
-        let store = self.store(container);
-        for (rel, bytes) in snapshot_files(dir) {
-            self.rt
-                .block_on(store.put(
-                    &ObjPath::from(format!("{prefix}/{rel}")),
-                    PutPayload::from(bytes),
-                ))
-                .unwrap();
-        }
+        upload_dir(&self.rt, &self.store(container), dir, prefix);
     }
 
     pub fn put(&self, container: &str, key: &str, bytes: Vec<u8>) {
-        self.rt
-            .block_on(
-                self.store(container)
-                    .put(&ObjPath::from(key), PutPayload::from(bytes)),
-            )
-            .unwrap();
+        put_object(&self.rt, &self.store(container), key, bytes);
     }
 
-    /// Every blob under `prefix`, by path relative to it.
+    /// Every object under `prefix`, by path relative to it.
     pub fn tree(&self, container: &str, prefix: &str) -> Tree {
-        let store = self.store(container);
-        self.rt.block_on(async {
-            let listed: Vec<_> = store
-                .list(Some(&ObjPath::from(prefix)))
-                .try_collect()
-                .await
-                .unwrap();
-            let mut out = BTreeMap::new();
-            for m in listed {
-                let bytes = store.get(&m.location).await.unwrap().bytes().await.unwrap();
-                let rel = m.location.as_ref()[prefix.len() + 1..].to_string();
-                out.insert(rel, bytes.to_vec());
-            }
-            out
-        })
+        store_tree(&self.rt, &self.store(container), prefix)
     }
 
-    /// Copies the blobs under `prefix` into a local directory (to read tables back).
+    /// Copies the objects under `prefix` into a local directory (to read tables back).
     pub fn download(&self, container: &str, prefix: &str, to: &Path) {
-        for (rel, bytes) in self.tree(container, prefix) {
-            let p = to.join(&rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, bytes).unwrap();
-        }
+        download(&self.rt, &self.store(container), prefix, to);
     }
 }
 
@@ -209,25 +177,7 @@ fn azure_round_trip_equals_the_local_run_and_a_rerun_leaves_one_snapshot() {
         );
     }
     let tree = azurite.tree("bucket", "out");
-    assert_consistent(&tree);
-    // Exactly one snapshot's files: what the manifest lists plus each table's _SUCCESS.
-    let m: serde_json::Value =
-        serde_json::from_slice(&tree[&format!("_manifest/as_of={DEMO_AS_OF}.json")]).unwrap();
-    let mut expected: Vec<String> = vec![];
-    for t in m["tables"].as_object().unwrap().values() {
-        expected.push(format!("{}/_SUCCESS", t["path"].as_str().unwrap()));
-        for f in t["files"].as_array().unwrap() {
-            expected.push(f.as_str().unwrap().to_string());
-        }
-    }
-    expected.sort();
-    let actual: Vec<String> = tree
-        .keys()
-        .filter(|k| !k.starts_with('_'))
-        .cloned()
-        .collect();
-    assert_eq!(actual, expected);
-    assert!(!tree.contains_key("_lock"));
+    let m = assert_one_demo_snapshot(&tree);
     // The input was read from Azure: every orders file and row, as in the local run.
     let local_m = manifest(&local.path().join("out"), DEMO_AS_OF);
     assert_eq!(m["input"]["files"], local_m["input"]["files"]);

@@ -139,52 +139,71 @@ impl Moto {
 
     /// Uploads a local directory (recursively) under `prefix`.
     pub fn upload_dir(&self, bucket: &str, dir: &Path, prefix: &str) {
-        let store = self.store(bucket);
-        for (rel, bytes) in snapshot_files(dir) {
-            self.rt
-                .block_on(store.put(
-                    &ObjPath::from(format!("{prefix}/{rel}")),
-                    PutPayload::from(bytes),
-                ))
-                .unwrap();
-        }
+        upload_dir(&self.rt, &self.store(bucket), dir, prefix);
     }
 
     pub fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
-        self.rt
-            .block_on(
-                self.store(bucket)
-                    .put(&ObjPath::from(key), PutPayload::from(bytes)),
-            )
-            .unwrap();
+        put_object(&self.rt, &self.store(bucket), key, bytes);
     }
 
     /// Every object under `prefix`, by path relative to it.
     pub fn tree(&self, bucket: &str, prefix: &str) -> Tree {
-        let store = self.store(bucket);
-        self.rt.block_on(async {
-            let listed: Vec<_> = store
-                .list(Some(&ObjPath::from(prefix)))
-                .try_collect()
-                .await
-                .unwrap();
-            let mut out = BTreeMap::new();
-            for m in listed {
-                let bytes = store.get(&m.location).await.unwrap().bytes().await.unwrap();
-                let rel = m.location.as_ref()[prefix.len() + 1..].to_string();
-                out.insert(rel, bytes.to_vec());
-            }
-            out
-        })
+        store_tree(&self.rt, &self.store(bucket), prefix)
     }
 
     /// Copies the objects under `prefix` into a local directory (to read tables back).
     pub fn download(&self, bucket: &str, prefix: &str, to: &Path) {
-        for (rel, bytes) in self.tree(bucket, prefix) {
-            let p = to.join(&rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, bytes).unwrap();
+        download(&self.rt, &self.store(bucket), prefix, to);
+    }
+}
+
+/// Uploads a local directory (recursively) under `prefix` of `store`.
+pub fn upload_dir(rt: &tokio::runtime::Runtime, store: &dyn ObjectStore, dir: &Path, prefix: &str) {
+    for (rel, bytes) in snapshot_files(dir) {
+        rt.block_on(store.put(
+            &ObjPath::from(format!("{prefix}/{rel}")),
+            PutPayload::from(bytes),
+        ))
+        .unwrap();
+    }
+}
+
+/// Puts one object.
+pub fn put_object(
+    rt: &tokio::runtime::Runtime,
+    store: &dyn ObjectStore,
+    key: &str,
+    bytes: Vec<u8>,
+) {
+    rt.block_on(store.put(&ObjPath::from(key), PutPayload::from(bytes)))
+        .unwrap();
+}
+
+/// Every object under `prefix` of `store`, by path relative to it.
+pub fn store_tree(rt: &tokio::runtime::Runtime, store: &dyn ObjectStore, prefix: &str) -> Tree {
+    rt.block_on(async {
+        let listed: Vec<_> = store
+            .list(Some(&ObjPath::from(prefix)))
+            .try_collect()
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for m in listed {
+            let bytes = store.get(&m.location).await.unwrap().bytes().await.unwrap();
+            let rel = m.location.as_ref()[prefix.len() + 1..].to_string();
+            out.insert(rel, bytes.to_vec());
         }
+        out
+    })
+}
+
+/// Copies the objects under `prefix` of `store` into a local directory (to read tables
+/// back).
+pub fn download(rt: &tokio::runtime::Runtime, store: &dyn ObjectStore, prefix: &str, to: &Path) {
+    for (rel, bytes) in store_tree(rt, store, prefix) {
+        let p = to.join(&rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
     }
 }
 
@@ -234,25 +253,10 @@ pub fn run_env(config: &Path, env: &[(String, String)], extra: &[&str]) -> Run {
     segflow_env(&args, env)
 }
 
-#[test]
-fn s3_round_trip_equals_the_local_run_and_a_rerun_leaves_one_snapshot() {
-    let moto = moto_with_demo();
-    let tmp = tempfile::tempdir().unwrap();
-    let local = tempfile::tempdir().unwrap();
-    run_ok(&demo_config(local.path(), ""), &["--as-of", DEMO_AS_OF]);
-    let config = s3_config(tmp.path(), "");
-    for round in 0..2 {
-        let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
-        assert_eq!(r.code, 0, "round {round}: {}", r.stderr);
-        assert!(
-            r.stdout.contains("s3://bucket/out/rfm/as_of=2026-11-21"),
-            "{}",
-            r.stdout
-        );
-    }
-    let tree = moto.tree("bucket", "out");
-    assert_consistent(&tree);
-    // Exactly one snapshot's files: what the manifest lists plus each table's _SUCCESS.
+/// The output holds exactly the demo snapshot's files (what its manifest lists plus each
+/// table's `_SUCCESS`) and no lock; returns that manifest.
+pub fn assert_one_demo_snapshot(tree: &Tree) -> serde_json::Value {
+    assert_consistent(tree);
     let m: serde_json::Value =
         serde_json::from_slice(&tree[&format!("_manifest/as_of={DEMO_AS_OF}.json")]).unwrap();
     let mut expected: Vec<String> = vec![];
@@ -270,6 +274,27 @@ fn s3_round_trip_equals_the_local_run_and_a_rerun_leaves_one_snapshot() {
         .collect();
     assert_eq!(actual, expected);
     assert!(!tree.contains_key("_lock"));
+    m
+}
+
+#[test]
+fn s3_round_trip_equals_the_local_run_and_a_rerun_leaves_one_snapshot() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    run_ok(&demo_config(local.path(), ""), &["--as-of", DEMO_AS_OF]);
+    let config = s3_config(tmp.path(), "");
+    for round in 0..2 {
+        let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
+        assert_eq!(r.code, 0, "round {round}: {}", r.stderr);
+        assert!(
+            r.stdout.contains("s3://bucket/out/rfm/as_of=2026-11-21"),
+            "{}",
+            r.stdout
+        );
+    }
+    let tree = moto.tree("bucket", "out");
+    let m = assert_one_demo_snapshot(&tree);
     // The report keeps its name on object storage and is the one the manifest lists.
     let report = format!("_report/as_of={DEMO_AS_OF}/index.html");
     assert_eq!(m["report"]["files"], serde_json::json!([report]));
