@@ -278,6 +278,7 @@ time_unit = "{unit}"
                           f"{fmt(r['seg_gg'])} | lifetimes {fmt(r['lt_gg'])}; {r['method']}"
                           f"{'; flat: ' + r['flat'] if r['flat'] else ''}", flush=True)
     if args.table:
+        os.makedirs(os.path.dirname(os.path.abspath(args.table)), exist_ok=True)
         with open(args.table, "w") as f:
             f.write("| case | customers | segflow r, alpha, a, b | lifetimes r, alpha, a, b | "
                     "LL segflow / lifetimes | segflow p, q, v | lifetimes p, q, v | method | flat |\n")

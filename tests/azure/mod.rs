@@ -12,10 +12,11 @@ use std::process::{Child, Command, Stdio};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 
 use super::*;
-use crate::crash::{assert_consistent, kill_at_every_step, paused_run, Tree};
+use crate::crash::{kill_at_every_step, Tree};
 use crate::s3::{
-    assert_one_demo_snapshot, download, free_port, lock_json, put_object, python, run_env,
-    store_tree, upload_dir, wait_for_port,
+    assert_one_demo_snapshot, assert_one_of_two_racing_runs_publishes,
+    assert_only_a_stale_lock_is_taken_over, download, free_port, put_object, python, run_env,
+    store_tree, upload_dir, wait_for_port, Emulator,
 };
 
 /// Azurite's development account and its well-known key (published by Microsoft for the
@@ -212,36 +213,26 @@ fn azure_sigkill_at_every_publish_step_keeps_the_snapshot_and_the_next_run_clean
     );
 }
 
+impl Emulator for Azurite {
+    fn env(&self) -> Vec<(String, String)> {
+        Azurite::env(self)
+    }
+
+    fn tree(&self, container: &str, prefix: &str) -> Tree {
+        Azurite::tree(self, container, prefix)
+    }
+
+    fn put(&self, container: &str, key: &str, bytes: Vec<u8>) {
+        Azurite::put(self, container, key, bytes);
+    }
+}
+
 #[test]
 fn azure_two_runs_on_one_output_exactly_one_publishes_the_other_names_the_holder() {
     let azurite = azurite_with_demo();
     let tmp = tempfile::tempdir().unwrap();
     let config = az_config(tmp.path(), "");
-    let (first, flag) = paused_run(&config, &azurite.env(), "after_lock", tmp.path());
-    let second = run_env(&config, &azurite.env(), &["--as-of", DEMO_AS_OF]);
-    assert_eq!(second.code, 2, "{}", second.stderr);
-    let err = error_line(&second);
-    assert!(
-        err.contains("locked")
-            && err.contains("az://bucket/out")
-            && err.contains(&format!("pid {}", first.id())),
-        "{err}"
-    );
-    std::fs::remove_file(&flag).unwrap();
-    let out = first.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tree = azurite.tree("bucket", "out");
-    assert_consistent(&tree);
-    let manifests: Vec<&String> = tree
-        .keys()
-        .filter(|k| k.starts_with("_manifest/as_of="))
-        .collect();
-    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    assert_one_of_two_racing_runs_publishes(&azurite, &config, "az://bucket/out");
 }
 
 #[test]
@@ -256,32 +247,5 @@ fn azure_lock_with_an_old_heartbeat_is_taken_over_a_fresh_one_is_not() {
         text.replace(out, &format!("{out}\nlock_timeout = \"10m\"")),
     )
     .unwrap();
-    let now = chrono::Utc::now();
-    // Started five hours ago, still beating: a long run, never taken over.
-    let live = lock_json("other-host", now - chrono::Duration::hours(5), now);
-    azurite.put("bucket", "out/_lock", live.clone());
-    let r = run_env(&config, &azurite.env(), &["--as-of", DEMO_AS_OF]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        error_line(&r).contains("nightly-elsewhere"),
-        "{}",
-        error_line(&r)
-    );
-    assert_eq!(azurite.tree("bucket", "out")["_lock"], live);
-    // Its heartbeat stopped 11 minutes ago: dead, taken over.
-    azurite.put(
-        "bucket",
-        "out/_lock",
-        lock_json(
-            "other-host",
-            now - chrono::Duration::hours(5),
-            now - chrono::Duration::minutes(11),
-        ),
-    );
-    let r = run_env(&config, &azurite.env(), &["--as-of", DEMO_AS_OF]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let tree = azurite.tree("bucket", "out");
-    assert!(!tree.contains_key("_lock"));
-    assert_consistent(&tree);
-    assert!(tree.contains_key(&format!("_manifest/as_of={DEMO_AS_OF}.json")));
+    assert_only_a_stale_lock_is_taken_over(&azurite, &config);
 }

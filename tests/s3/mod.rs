@@ -354,17 +354,39 @@ fn s3_run_killed_after_its_manifest_before_its_report_gets_the_report_put_by_the
     assert_eq!(m["report"]["bytes"], tree[report].len());
 }
 
-#[test]
-fn two_runs_on_one_s3_output_exactly_one_publishes_the_other_names_the_holder() {
-    let moto = moto_with_demo();
-    let tmp = tempfile::tempdir().unwrap();
-    let config = s3_config(tmp.path(), "");
-    let (first, flag) = paused_run(&config, &moto.env(), "after_lock", tmp.path());
-    let second = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
+/// An object store emulator the storage tests run segflow against (moto, Azurite).
+pub trait Emulator {
+    /// The environment that points segflow at it.
+    fn env(&self) -> Vec<(String, String)>;
+    /// Every object under `prefix` of `bucket`, by path relative to it.
+    fn tree(&self, bucket: &str, prefix: &str) -> Tree;
+    fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>);
+}
+
+impl Emulator for Moto {
+    fn env(&self) -> Vec<(String, String)> {
+        Moto::env(self)
+    }
+
+    fn tree(&self, bucket: &str, prefix: &str) -> Tree {
+        Moto::tree(self, bucket, prefix)
+    }
+
+    fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
+        Moto::put(self, bucket, key, bytes);
+    }
+}
+
+/// Two runs on one output (`url`, bucket `bucket`, prefix `out`): the second, started while
+/// the first holds the lock, exits 2 naming the URL and the holder; exactly one publishes.
+pub fn assert_one_of_two_racing_runs_publishes(store: &dyn Emulator, config: &Path, url: &str) {
+    let dir = config.parent().unwrap();
+    let (first, flag) = paused_run(config, &store.env(), "after_lock", dir);
+    let second = run_env(config, &store.env(), &["--as-of", DEMO_AS_OF]);
     assert_eq!(second.code, 2, "{}", second.stderr);
     let err = error_line(&second);
     assert!(
-        err.contains("locked") && err.contains(&format!("pid {}", first.id())),
+        err.contains("locked") && err.contains(url) && err.contains(&format!("pid {}", first.id())),
         "{err}"
     );
     std::fs::remove_file(&flag).unwrap();
@@ -375,13 +397,21 @@ fn two_runs_on_one_s3_output_exactly_one_publishes_the_other_names_the_holder() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let tree = moto.tree("bucket", "out");
+    let tree = store.tree("bucket", "out");
     assert_consistent(&tree);
     let manifests: Vec<&String> = tree
         .keys()
         .filter(|k| k.starts_with("_manifest/as_of="))
         .collect();
     assert_eq!(manifests.len(), 1, "{manifests:?}");
+}
+
+#[test]
+fn two_runs_on_one_s3_output_exactly_one_publishes_the_other_names_the_holder() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = s3_config(tmp.path(), "");
+    assert_one_of_two_racing_runs_publishes(&moto, &config, "s3://bucket/out");
 }
 
 pub fn lock_json(
@@ -397,25 +427,22 @@ pub fn lock_json(
     .into_bytes()
 }
 
-#[test]
-fn an_s3_lock_with_an_old_heartbeat_is_taken_over_a_fresh_one_is_not() {
-    let moto = moto_with_demo();
-    let tmp = tempfile::tempdir().unwrap();
-    let config = s3_config_with_lock_timeout(tmp.path(), "10m");
+/// With `lock_timeout = "10m"` in `config`: a lock of another host that started five hours
+/// ago and still beats is left alone (exit 2 naming it); one whose heartbeat stopped 11
+/// minutes ago is taken over and the run publishes.
+pub fn assert_only_a_stale_lock_is_taken_over(store: &dyn Emulator, config: &Path) {
     let now = chrono::Utc::now();
-    // Started five hours ago, still beating: a long run, never taken over.
     let live = lock_json("other-host", now - chrono::Duration::hours(5), now);
-    moto.put("bucket", "out/_lock", live.clone());
-    let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
+    store.put("bucket", "out/_lock", live.clone());
+    let r = run_env(config, &store.env(), &["--as-of", DEMO_AS_OF]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         error_line(&r).contains("nightly-elsewhere"),
         "{}",
         error_line(&r)
     );
-    assert_eq!(moto.tree("bucket", "out")["_lock"], live);
-    // Its heartbeat stopped 11 minutes ago: dead, taken over.
-    moto.put(
+    assert_eq!(store.tree("bucket", "out")["_lock"], live);
+    store.put(
         "bucket",
         "out/_lock",
         lock_json(
@@ -424,11 +451,20 @@ fn an_s3_lock_with_an_old_heartbeat_is_taken_over_a_fresh_one_is_not() {
             now - chrono::Duration::minutes(11),
         ),
     );
-    let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
+    let r = run_env(config, &store.env(), &["--as-of", DEMO_AS_OF]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let tree = moto.tree("bucket", "out");
+    let tree = store.tree("bucket", "out");
     assert!(!tree.contains_key("_lock"));
     assert_consistent(&tree);
+    assert!(tree.contains_key(&format!("_manifest/as_of={DEMO_AS_OF}.json")));
+}
+
+#[test]
+fn an_s3_lock_with_an_old_heartbeat_is_taken_over_a_fresh_one_is_not() {
+    let moto = moto_with_demo();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = s3_config_with_lock_timeout(tmp.path(), "10m");
+    assert_only_a_stale_lock_is_taken_over(&moto, &config);
 }
 
 /// Starts `ci/faultproxy.py` in front of moto; returns it and its port.
