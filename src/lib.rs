@@ -2,39 +2,26 @@
 //! history, computed by SQL models on Apache DataFusion and published atomically as
 //! hive-partitioned Parquet.
 //!
-//! The flow of a run: [`config`] → [`session`] → [`sources`] (the canonical `orders`
-//! view) → [`models`] (discover, header, graph) → [`engine`] (plan, execute, check) →
-//! [`publish`] (lock, stage, commit, recover), all I/O through [`storage`].
+//! The flow of a run ([`commands::run`]): [`config`] → plan the [`models`] → [`ingest`]
+//! stages the canonical `orders` → the models compute and are checked → [`report`] →
+//! [`publish`] commits; all I/O goes through [`storage`], every DataFusion extension lives
+//! in [`ext`], the CLV mathematics in [`btyd`].
 
-pub mod argbest;
 pub mod btyd;
-pub mod buckets;
-pub mod check;
+pub mod commands;
 pub mod config;
-pub mod decimal;
-pub mod docs;
-pub mod engine;
 pub mod error;
+pub mod ext;
 pub mod failpoint;
-pub mod fingerprints;
-pub mod functions;
-pub mod gates;
-pub mod generate;
-pub mod init;
-pub mod inspect;
-pub mod keys;
-pub mod lineage;
+pub mod ingest;
 pub mod memory;
-pub mod metrics;
-pub mod minmax;
 pub mod models;
 pub mod progress;
 pub mod publish;
+pub mod redact;
 pub mod report;
-pub mod run;
 pub mod session;
-pub mod sources;
-pub mod stats;
+pub mod shutdown;
 pub mod storage;
 
 pub use error::{Error, Result};

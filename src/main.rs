@@ -138,16 +138,16 @@ enum Command {
         #[arg(long)]
         out: String,
         /// Order lines to write (the count lands within about 0.5 % of it).
-        #[arg(long, default_value_t = segflow::generate::DEFAULT_LINES)]
+        #[arg(long, default_value_t = segflow::commands::generate::DEFAULT_LINES)]
         lines: u64,
         /// Customers [default: lines / 15.625]; each orders at least once.
         #[arg(long)]
         customers: Option<u64>,
         /// Months of history (1..=600), ending with the month of --end.
-        #[arg(long, default_value_t = segflow::generate::DEFAULT_MONTHS)]
+        #[arg(long, default_value_t = segflow::commands::generate::DEFAULT_MONTHS)]
         months: u32,
         /// Last day of history (YYYY-MM-DD).
-        #[arg(long, default_value = segflow::generate::DEFAULT_END)]
+        #[arg(long, default_value = segflow::commands::generate::DEFAULT_END)]
         end: String,
         /// Random seed: the same seed gives byte-identical files.
         #[arg(long, default_value_t = 1)]
@@ -160,22 +160,22 @@ enum Command {
 }
 
 /// `segflow run`, with OpenLineage START and COMPLETE / FAIL events when `[lineage]` is set.
-async fn run_with_lineage(settings: &Settings) -> Result<segflow::run::RunSummary, segflow::Error> {
+async fn run_with_lineage(settings: &Settings) -> Result<segflow::commands::run::RunSummary, segflow::Error> {
     let Some(config) = settings.lineage.clone() else {
-        return segflow::run::run(settings).await;
+        return segflow::commands::run::run(settings).await;
     };
-    let lineage = segflow::lineage::Lineage::new(config, chrono::Utc::now());
-    let inputs = segflow::lineage::input_datasets(settings).await;
+    let lineage = segflow::commands::run::lineage::Lineage::new(config, chrono::Utc::now());
+    let inputs = segflow::commands::run::lineage::input_datasets(settings).await;
     lineage.start(&inputs).await;
-    let result = segflow::run::run(settings).await;
+    let result = segflow::commands::run::run(settings).await;
     match &result {
         Ok(summary) => {
-            let outputs = segflow::lineage::output_datasets(&summary.manifest, &summary.output.loc);
+            let outputs = segflow::commands::run::lineage::output_datasets(&summary.manifest, &summary.output.loc);
             lineage.complete(&inputs, &outputs).await;
         }
         Err(e) => {
             lineage
-                .fail(&inputs, &segflow::storage::redact(&e.to_string()))
+                .fail(&inputs, &segflow::redact::redact(&e.to_string()))
                 .await
         }
     }
@@ -193,7 +193,7 @@ fn init_logging(format: LogFormat) {
     // Logs never carry credentials: everything written is redacted.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| segflow::storage::RedactingWriter(segflow::progress::Stderr));
+        .with_writer(|| segflow::redact::RedactingWriter(segflow::progress::Stderr));
     if json {
         builder.json().init();
     } else {
@@ -222,7 +222,7 @@ fn main() -> ExitCode {
     match runtime.block_on(main_inner(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", segflow::storage::redact(&e.to_string()));
+            eprintln!("error: {}", segflow::redact::redact(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }
@@ -232,7 +232,7 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
     match command {
         Command::List { config } => {
             let settings = Settings::load(&config, &Overrides::default())?;
-            print!("{}", segflow::inspect::list(&settings).await?);
+            print!("{}", segflow::commands::inspect::list(&settings).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Preview {
@@ -248,9 +248,9 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
                     ..Overrides::default()
                 },
             )?;
-            let mut shutdown = segflow::run::Shutdown::install()?;
+            let mut shutdown = segflow::shutdown::Shutdown::install()?;
             let text = tokio::select! {
-                t = segflow::inspect::preview(&settings, &model, limit, settings.as_of) => t?,
+                t = segflow::commands::inspect::preview(&settings, &model, limit, settings.as_of) => t?,
                 s = shutdown.wait() => return Err(segflow::Error::Interrupted { signal: s }),
             };
             print!("{text}");
@@ -262,9 +262,9 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             analyze,
         } => {
             let settings = Settings::load(&config, &Overrides::default())?;
-            let mut shutdown = segflow::run::Shutdown::install()?;
+            let mut shutdown = segflow::shutdown::Shutdown::install()?;
             let text = tokio::select! {
-                t = segflow::inspect::explain(&settings, &model, analyze) => t?,
+                t = segflow::commands::inspect::explain(&settings, &model, analyze) => t?,
                 s = shutdown.wait() => return Err(segflow::Error::Interrupted { signal: s }),
             };
             print!("{text}");
@@ -272,13 +272,13 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
         }
         Command::Docs { out, config } => {
             let settings = Settings::load(&config, &Overrides::default())?;
-            let path = segflow::docs::write_docs(&settings, &out).await?;
+            let path = segflow::commands::docs::write_docs(&settings, &out).await?;
             println!("wrote {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
             let settings = Settings::load(&config, &Overrides::default())?;
-            let report = segflow::check::check(&settings).await?;
+            let report = segflow::commands::check::check(&settings).await?;
             let cwd = std::env::current_dir().unwrap_or_default();
             print!("{}", report.render(&cwd));
             Ok(if report.errors() > 0 {
@@ -297,7 +297,7 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             let started = std::time::Instant::now();
             if let Some(path) = &metrics {
                 // A metrics file that cannot be written stops the run before it starts.
-                segflow::metrics::check_writable(path)?;
+                segflow::commands::run::metrics::check_writable(path)?;
             }
             let result = match Settings::load(
                 &config,
@@ -311,13 +311,13 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
                 Err(e) => Err(e),
             };
             if let Some(path) = &metrics {
-                let outcome = segflow::metrics::RunOutcome {
+                let outcome = segflow::commands::run::metrics::RunOutcome {
                     manifest: result.as_ref().ok().map(|s| &s.manifest),
                     exit_code: result.as_ref().err().map_or(0, |e| e.exit_code()),
                     duration: started.elapsed(),
                     finished_at: chrono::Utc::now(),
                 };
-                if let Err(e) = segflow::metrics::write(path, &segflow::metrics::render(&outcome)) {
+                if let Err(e) = segflow::commands::run::metrics::write(path, &segflow::commands::run::metrics::render(&outcome)) {
                     // The exit status stays the run's: a published snapshot is published.
                     eprintln!("error: {e}");
                 }
@@ -363,7 +363,7 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             let threads = threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
             });
-            let s = segflow::generate::generate(&segflow::generate::GenerateOptions {
+            let s = segflow::commands::generate::generate(&segflow::commands::generate::GenerateOptions {
                 out,
                 lines,
                 customers,
@@ -397,7 +397,7 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init { dir } => {
-            segflow::init::init_project(&dir)?;
+            segflow::commands::init::init_project(&dir)?;
             println!(
                 "created {}: run it with `segflow run --config {}`",
                 dir.display(),

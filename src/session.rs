@@ -41,7 +41,7 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
             .execution
             .skip_partial_aggregation_probe_ratio_threshold = 0.3;
         // Internal tables are bucketed by customer, one bucket per target partition (see
-        // `crate::buckets`): a hash partitioning on customer_id then serves any GROUP BY
+        // `crate::ext::buckets`): a hash partitioning on customer_id then serves any GROUP BY
         // whose keys include it, at any partition count (DataFusion's default: from 4).
         options.optimizer.subset_repartition_threshold = 1;
     }
@@ -85,7 +85,7 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
         .with_default_features()
         .build();
     let ctx = SessionContext::new_with_state(state);
-    crate::functions::register(&ctx);
+    crate::ext::functions::register(&ctx);
     // Object stores by URL: every input and the output.
     for input in settings.inputs.values() {
         if input.uri.contains("://") {

@@ -505,7 +505,7 @@ fn nelder_mead(
 /// Sorts weighted tuples so a fit sees them in one order whatever order they came in (by
 /// the key, then the weight).
 fn canonical<T: Copy>(mut data: Vec<(T, f64)>, key: impl Fn(&T) -> [f64; 3]) -> Vec<(T, f64)> {
-    use crate::stats::total_key;
+    use crate::ext::stats::total_key;
     data.sort_unstable_by_key(|(t, w)| {
         let k = key(t);
         [
@@ -1966,7 +1966,7 @@ mod tests {
     async fn prediction_functions_work_in_sql() {
         // Registered with every session's functions.
         let ctx = datafusion::prelude::SessionContext::new();
-        crate::functions::register(&ctx);
+        crate::ext::functions::register(&ctx);
         let sql = "select \
             bgnbd_p_alive(0.243, 4.414, 0.793, 2.426, 2, 30.43, 38.86) as alive, \
             bgnbd_expected_purchases(0.243, 4.414, 0.793, 2.426, 2, 30.43, 38.86, 39) as e39, \
@@ -2039,7 +2039,7 @@ mod tests {
             })
             .collect();
         let ctx = datafusion::prelude::SessionContext::new();
-        crate::functions::register(&ctx);
+        crate::ext::functions::register(&ctx);
         let table = datafusion::datasource::MemTable::try_new(schema, partitions).unwrap();
         ctx.register_table("cdnow", Arc::new(table)).unwrap();
         let batches = ctx
@@ -2439,7 +2439,7 @@ mod tests {
     #[tokio::test]
     async fn discounted_value_equals_lifetimes_customer_lifetime_value() {
         let ctx = datafusion::prelude::SessionContext::new();
-        crate::functions::register(&ctx);
+        crate::ext::functions::register(&ctx);
         let cases = [
             (0.0, 0.0, 38.86, 20.0, 1.3748187488389125, 4.752553770661411),
             (

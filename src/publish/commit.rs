@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::{manifest_rel, staging_rel, Manifest, Output, OutputLock};
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::report::{report_file_rel, staged_report_rel, REPORT};
+use crate::publish::layout::{report_file_rel, staged_report_rel, REPORT};
 use crate::storage::retrying;
 
 impl Output {
@@ -72,7 +72,7 @@ impl Output {
         self.update_latest(as_of, run_id).await;
         if let (Some(root), None) = (&self.loc.local, &manifest.rejected) {
             // Rejected rows of the snapshot this one replaced (this run rejected none).
-            let dir = root.join(format!("{}/as_of={as_of}", crate::sources::REJECTED));
+            let dir = root.join(format!("{}/as_of={as_of}", crate::publish::layout::REJECTED));
             if dir.exists() {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     warn!(dir = %dir.display(), error = %e, "cannot delete replaced rejected rows");

@@ -20,7 +20,7 @@ use tracing::{error, warn};
 
 use super::Output;
 use crate::error::{Error, Result};
-use crate::storage::redact;
+use crate::redact::redact;
 
 const LOCK: &str = "_lock";
 

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::sources::InputStats;
+
+use crate::config::Policy;
 
 /// One published table in the manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,4 +117,33 @@ pub struct ModelTiming {
     pub rows: u64,
     pub duration_ms: u64,
     pub published: bool,
+}
+
+/// What the orders input held, for the manifest and the default as_of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputStats {
+    /// Parquet files read.
+    pub files: usize,
+    /// Source rows.
+    pub rows_read: u64,
+    /// Rows dropped by `drop_status`.
+    pub rows_dropped_status: u64,
+    /// Rows after as_of: normal data, invisible to this snapshot.
+    pub rows_after_as_of: u64,
+    /// Rows the models see.
+    pub rows_visible: u64,
+    /// Rows a gate with policy `drop` left out (published under `_rejected/`).
+    #[serde(default)]
+    pub rows_rejected: u64,
+    /// Rows each input gate caught, and its policy.
+    #[serde(default)]
+    pub gates: BTreeMap<String, GateStat>,
+}
+
+/// One gate's outcome in the manifest.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GateStat {
+    /// Rows the gate caught.
+    pub rows: u64,
+    pub policy: Policy,
 }

@@ -16,6 +16,7 @@
 //!    the lock released.
 
 pub mod commit;
+pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod recover;
@@ -29,8 +30,10 @@ use tracing::warn;
 
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
-use crate::storage::{redact, Location};
+use crate::redact::redact;
+use crate::storage::Location;
 
+pub use layout::{manifest_rel, staging_rel};
 pub use lock::{host_name, process_alive, LockInfo, OutputLock};
 pub use manifest::{ColumnEntry, Manifest, ModelTiming, RejectedEntry, ReportEntry, TableEntry};
 
@@ -46,16 +49,6 @@ pub(crate) fn out_err(uri: &str, operation: impl Into<String>, message: impl ToS
         operation: operation.into(),
         message: redact(&message.to_string()),
     }
-}
-
-/// `_staging/<run_id>`, relative to the output root.
-pub fn staging_rel(run_id: &str) -> String {
-    format!("_staging/{run_id}")
-}
-
-/// `_manifest/as_of=D.json`.
-pub fn manifest_rel(as_of: NaiveDate) -> String {
-    format!("_manifest/as_of={as_of}.json")
 }
 
 impl Output {

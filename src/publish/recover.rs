@@ -27,7 +27,7 @@ use crate::storage::retrying;
 fn snapshot_date(rel: &str) -> Option<NaiveDate> {
     let mut parts = rel.split('/');
     let model = parts.next()?;
-    let published_dir = model == crate::sources::REJECTED || model == crate::report::REPORT;
+    let published_dir = model == crate::publish::layout::REJECTED || model == crate::publish::layout::REPORT;
     if model.is_empty() || (model.starts_with('_') && !published_dir) {
         return None;
     }
@@ -153,7 +153,7 @@ impl Output {
     /// into place (or whose copy failed) left the report in its staging; put it in place
     /// if that run's manifest is still the snapshot's.
     async fn finish_report(&self, run: &str) -> Result<()> {
-        let prefix = format!("{}/{}", staging_rel(run), crate::report::REPORT);
+        let prefix = format!("{}/{}", staging_rel(run), crate::publish::layout::REPORT);
         let listed = self
             .loc
             .list(&prefix)

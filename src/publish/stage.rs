@@ -49,7 +49,7 @@ pub struct StagedTable {
     pub columns: Vec<ColumnEntry>,
     pub partition_by: Vec<String>,
     /// How an internal table's files are bucketed by customer, if they are.
-    pub buckets: Option<crate::buckets::Buckets>,
+    pub buckets: Option<crate::ext::buckets::Buckets>,
 }
 
 /// Why staging a table failed: the engine, or a partition value that cannot be a path.
@@ -302,7 +302,7 @@ async fn write_internal(
     rel: &str,
     options: &TableParquetOptions,
     tap: Option<Arc<dyn BatchTap>>,
-) -> DfResult<(u64, SchemaRef, Option<crate::buckets::Buckets>)> {
+) -> DfResult<(u64, SchemaRef, Option<crate::ext::buckets::Buckets>)> {
     use datafusion::common::file_options::parquet_writer::ParquetWriterOptions;
     use datafusion::execution::memory_pool::MemoryConsumer;
     use datafusion::physical_plan::repartition::RepartitionExec;
@@ -315,9 +315,9 @@ async fn write_internal(
     let task_ctx = Arc::new(df.task_ctx());
     let target = task_ctx.session_config().target_partitions();
     let mut plan = df.create_physical_plan().await?;
-    // Rows with a customer key go to one file per bucket (see `crate::buckets`).
+    // Rows with a customer key go to one file per bucket (see `crate::ext::buckets`).
     let buckets;
-    (plan, buckets) = crate::buckets::by_bucket(plan, target)?;
+    (plan, buckets) = crate::ext::buckets::by_bucket(plan, target)?;
     // A plan of fewer partitions than cores would encode on fewer cores than DataFusion's
     // writer (which spreads one stream over several files).
     if buckets.is_none() && plan.output_partitioning().partition_count() < target {
@@ -540,7 +540,7 @@ pub async fn open_staged(
 ) -> DfResult<(Arc<dyn TableProvider>, SchemaRef)> {
     let mut table = listing(ctx, loc, &staged.rel, &staged.partition_by).await?;
     if let Some(buckets) = &staged.buckets {
-        table = Arc::new(crate::buckets::BucketedTable {
+        table = Arc::new(crate::ext::buckets::BucketedTable {
             inner: table,
             buckets: buckets.clone(),
         });

@@ -28,14 +28,10 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::publish::stage::open_dir;
-use crate::publish::{staging_rel, Manifest, Output, ReportEntry};
+use crate::publish::layout::{report_file_rel, report_rel, staged_report_rel};
+use crate::publish::{Manifest, Output, ReportEntry};
 use crate::storage::retrying;
 use charts::{Bars, Cell as HeatCell, Line};
-
-/// The report's directory, next to the tables: `_report/as_of=D/`.
-pub const REPORT: &str = "_report";
-/// The report's file in that directory.
-pub const REPORT_FILE: &str = "index.html";
 
 const TEMPLATE: &str = include_str!("report.html");
 
@@ -1457,21 +1453,6 @@ fn run_facts(manifest: &Manifest) -> Section {
 }
 
 // ---------------------------------------------------------------------------------------
-
-/// `_report/as_of=D`, relative to the output root.
-pub fn report_rel(as_of: chrono::NaiveDate) -> String {
-    format!("{REPORT}/as_of={as_of}")
-}
-
-/// `_report/as_of=D/index.html`, relative to the output root.
-pub fn report_file_rel(as_of: chrono::NaiveDate) -> String {
-    format!("{}/{REPORT_FILE}", report_rel(as_of))
-}
-
-/// The report of run `run_id` in its staging, relative to the output root.
-pub fn staged_report_rel(run_id: &str, as_of: chrono::NaiveDate) -> String {
-    format!("{}/{}", staging_rel(run_id), report_file_rel(as_of))
-}
 
 /// Renders the report of the snapshot `manifest` describes and stages it under
 /// `_staging/<run_id>/_report/as_of=D/index.html`; the commit publishes it with the tables.

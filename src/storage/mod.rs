@@ -5,7 +5,7 @@
 //! (inputs only: see [`Location::resolve_output`]) or `az://container/prefix`. S3 starts from
 //! `AmazonS3Builder::from_env()` (the standard `AWS_*` variables, web identity, container and
 //! instance credentials) and applies the `[storage.s3]` keys that are set. Secrets stay in the
-//! process: [`redact`] scrubs every credential value the environment holds from the text
+//! process: [`crate::redact`] scrubs every credential value the environment holds from the text
 //! segflow prints or logs.
 
 use std::path::PathBuf;
@@ -13,22 +13,25 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use datafusion::prelude::SessionContext;
-use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    BackoffConfig, ClientConfigKey, CopyOptions, GetOptions, GetResult, ListResult,
-    MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
-    PutResult, RetryConfig,
+    BackoffConfig, ClientConfigKey,
+    ObjectMeta, ObjectStore, RetryConfig,
 };
 use url::Url;
 
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
+use crate::redact::redact;
+
+mod retrying;
+pub use retrying::retrying;
+use retrying::RetryingStore;
 
 /// Why a `gs://` output is refused (see [`Location::resolve_output`]).
 pub const GCS_OUTPUT_REFUSED: &str = "gs:// outputs are not supported: object_store 0.13's \
@@ -244,156 +247,6 @@ fn s3_builder(bucket: &str, s3: &S3Settings) -> AmazonS3Builder {
     })
 }
 
-/// Runs an idempotent store operation again after a transient failure. object_store
-/// retries requests itself, but not every failure: a response body cut short (a copy's or
-/// a listing's) or a reset single-object delete surfaces as an error. Segflow's own
-/// operations (list, copy to a fixed name, put of a marker, delete) are safe to repeat.
-pub async fn retrying<T, F, Fut>(what: &str, mut op: F) -> object_store::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = object_store::Result<T>>,
-{
-    const ATTEMPTS: u32 = 4;
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(e @ object_store::Error::Generic { .. }) if attempt < ATTEMPTS => {
-                tracing::warn!(operation = what, attempt, error = %redact(&e.to_string()), "storage operation failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            r => return r,
-        }
-    }
-}
-
-/// A remote store whose listings are retried as a whole. object_store retries a listing
-/// request, but not a response body cut short, and DataFusion lists every table it reads:
-/// without this one cut listing would fail a model. Everything else is passed through.
-#[derive(Debug)]
-struct RetryingStore(Arc<dyn ObjectStore>);
-
-impl RetryingStore {
-    fn wrap(store: impl ObjectStore) -> Arc<dyn ObjectStore> {
-        Arc::new(RetryingStore(Arc::new(store)))
-    }
-}
-
-impl std::fmt::Display for RetryingStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for RetryingStore {
-    async fn put_opts(
-        &self,
-        location: &ObjPath,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.0.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &ObjPath,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.0.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &ObjPath,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.0.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<ObjPath>>,
-    ) -> BoxStream<'static, object_store::Result<ObjPath>> {
-        self.0.delete_stream(locations)
-    }
-
-    fn list(
-        &self,
-        prefix: Option<&ObjPath>,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let inner = self.0.clone();
-        let prefix = prefix.cloned();
-        futures::stream::once(async move {
-            retrying("list", || {
-                inner.list(prefix.as_ref()).try_collect::<Vec<_>>()
-            })
-            .await
-        })
-        .map_ok(|metas| futures::stream::iter(metas.into_iter().map(Ok)))
-        .try_flatten()
-        .boxed()
-    }
-
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&ObjPath>,
-    ) -> object_store::Result<ListResult> {
-        retrying("list", || self.0.list_with_delimiter(prefix)).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &ObjPath,
-        to: &ObjPath,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.0.copy_opts(from, to, options).await
-    }
-}
-
-/// Environment variables whose values are credentials.
-const SECRET_VARS: &[&str] = &[
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-    "GOOGLE_SERVICE_ACCOUNT_KEY",
-    "AZURE_STORAGE_ACCOUNT_KEY",
-    "AZURE_STORAGE_ACCESS_KEY",
-    "AZURE_STORAGE_SAS_KEY",
-    "AZURE_STORAGE_SAS_TOKEN",
-    "AZURE_STORAGE_TOKEN",
-    "AZURE_CLIENT_SECRET",
-];
-
-/// Query parameters of signed URLs whose values are credentials.
-const SIGNED_PARAMS: &[&str] = &[
-    "X-Amz-Credential=",
-    "X-Amz-Signature=",
-    "X-Amz-Security-Token=",
-    "sig=",
-    "X-Goog-Signature=",
-    "X-Goog-Credential=",
-];
-
-fn secrets() -> &'static [String] {
-    static SECRETS: OnceLock<Vec<String>> = OnceLock::new();
-    SECRETS.get_or_init(|| {
-        let mut s: Vec<String> = SECRET_VARS
-            .iter()
-            .filter_map(|v| std::env::var(v).ok())
-            // Very short values would mask ordinary words; real credentials are long.
-            .filter(|v| v.len() >= 4)
-            .collect();
-        s.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        s
-    })
-}
-
 /// Writes a local file so readers see the old or the new content: a hidden temporary file
 /// next to it, then renamed over it (removed if the rename fails). `operation` names the
 /// write in errors.
@@ -417,55 +270,9 @@ pub fn write_file_atomically(
     })
 }
 
-/// Replaces every credential value of the environment, and the values of signed-URL
-/// parameters, with `***`.
-pub fn redact(text: &str) -> String {
-    let mut out = text.to_string();
-    for s in secrets() {
-        if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), "***");
-        }
-    }
-    for p in SIGNED_PARAMS {
-        let mut from = 0;
-        while let Some(i) = out[from..].find(p) {
-            let start = from + i + p.len();
-            let end = out[start..]
-                .find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
-                .map(|e| start + e)
-                .unwrap_or(out.len());
-            out.replace_range(start..end, "***");
-            from = start + 3;
-        }
-    }
-    out
-}
-
-/// A writer that redacts credentials from everything written through it (log output).
-pub struct RedactingWriter<W: std::io::Write>(pub W);
-
-impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = String::from_utf8_lossy(buf);
-        self.0.write_all(redact(&text).as_bytes())?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signed_url_parameters_are_redacted() {
-        let s = redact("GET https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIAXX%2F2026&X-Amz-Signature=abcdef failed");
-        assert!(!s.contains("AKIAXX") && !s.contains("abcdef"), "{s}");
-        assert!(s.contains("X-Amz-Signature=*** failed"), "{s}");
-    }
 
     #[test]
     fn paths_join_below_the_prefix() {

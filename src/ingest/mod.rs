@@ -5,7 +5,10 @@
 //! type, optional columns the source lacks become typed NULLs, cancelled order lines are
 //! dropped and rows after `as_of` are invisible. No `order_id` means one order per source row.
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod fingerprints;
+pub mod gates;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
@@ -20,44 +23,20 @@ use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{cast, col, lit, Expr, ExprFunctionExt, ScalarUDF, SortExpr};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
 
+use crate::publish::layout::REJECTED;
+use crate::publish::manifest::{GateStat, InputStats};
+use crate::config::canonical::{canonical_columns, ts_type};
 use crate::config::{InputSpec, Policy, Settings};
-use crate::engine::plan_models;
 use crate::error::{Error, Result};
-use crate::fingerprints::{Fingerprints, Repeated, COLUMNS as FINGERPRINT};
-use crate::gates::{
-    Gate, GateCounts, GateReason, GateRules, GateStat, GateTally, LineHash, DUPLICATE_LINES,
+use crate::ingest::fingerprints::{Fingerprints, Repeated, COLUMNS as FINGERPRINT};
+use crate::ingest::gates::{
+    Gate, GateCounts, GateReason, GateRules, GateTally, LineHash, DUPLICATE_LINES,
 };
-use crate::models::Model;
 use crate::publish::stage::{open_dir, open_staged, StageError, StagedTable, Staging};
-use crate::storage::redact;
+use crate::redact::redact;
 use object_store::ObjectStoreExt;
 use tracing::{debug, info, warn};
-
-/// The folder (a table name in staging) of the rows the gates left out.
-pub const REJECTED: &str = "_rejected";
-
-/// What the orders input held, for the manifest and the default as_of.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InputStats {
-    /// Parquet files read.
-    pub files: usize,
-    /// Source rows.
-    pub rows_read: u64,
-    /// Rows dropped by `drop_status`.
-    pub rows_dropped_status: u64,
-    /// Rows after as_of: normal data, invisible to this snapshot.
-    pub rows_after_as_of: u64,
-    /// Rows the models see.
-    pub rows_visible: u64,
-    /// Rows a gate with policy `drop` left out (published under `_rejected/`).
-    #[serde(default)]
-    pub rows_rejected: u64,
-    /// Rows each input gate caught, and its policy.
-    #[serde(default)]
-    pub gates: BTreeMap<String, GateStat>,
-}
 
 /// The result of registering inputs.
 #[derive(Debug, Clone)]
@@ -72,60 +51,13 @@ pub struct Sources {
 
 /// The orders input opened: the rows the models see (not yet staged), the mapped source
 /// (for the rejected rows), the tally of the gates.
-struct OrdersSource<'s> {
+pub struct OrdersSource<'s> {
     visible: DataFrame,
     mapped: DataFrame,
     present: BTreeSet<&'static str>,
     tally: Arc<GateTally>,
     files: InputFiles,
     spec: &'s InputSpec,
-}
-
-fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
-/// Canonical columns of each input with their types; `true` = required.
-fn canonical_columns(input: &str) -> Vec<(&'static str, DataType, bool)> {
-    match input {
-        "orders" => vec![
-            ("customer_id", DataType::Utf8, true),
-            ("order_id", DataType::Utf8, false),
-            ("order_ts", ts_type(), true),
-            ("revenue", DataType::Float64, true),
-            ("quantity", DataType::Int64, false),
-            ("cost", DataType::Float64, false),
-            ("product_id", DataType::Utf8, false),
-            ("category", DataType::Utf8, false),
-            ("channel", DataType::Utf8, false),
-            ("country", DataType::Utf8, false),
-            ("region", DataType::Utf8, false),
-            ("device", DataType::Utf8, false),
-            ("status", DataType::Utf8, false),
-        ],
-        "customers" => vec![
-            ("customer_id", DataType::Utf8, true),
-            ("signup_ts", ts_type(), false),
-            ("birth_year", DataType::Int64, false),
-            ("gender", DataType::Utf8, false),
-            ("email_opt_in", DataType::Boolean, false),
-        ],
-        "marketing_spend" => vec![
-            ("month", DataType::Date32, true),
-            ("channel", DataType::Utf8, true),
-            ("spend", DataType::Float64, true),
-        ],
-        _ => vec![],
-    }
-}
-
-/// The canonical column names of an input, or None for an unknown input name.
-pub fn canonical_column_names(input: &str) -> Option<Vec<&'static str>> {
-    let names: Vec<&'static str> = canonical_columns(input)
-        .into_iter()
-        .map(|(n, _, _)| n)
-        .collect();
-    (!names.is_empty()).then_some(names)
 }
 
 /// The schema of the `orders` view (canonical columns plus `order_date`).
@@ -138,9 +70,16 @@ pub fn orders_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+impl OrdersSource<'_> {
+    /// The schema of the rows the models see.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(self.visible.schema().as_arrow().clone())
+    }
+}
+
 /// Registers `customers` and `marketing_spend` and opens the `orders` source: the rows the
 /// models see (not yet staged), the tally of the gates, the number of files.
-async fn open_sources<'s>(
+pub async fn open_sources<'s>(
     ctx: &SessionContext,
     settings: &'s Settings,
 ) -> Result<OrdersSource<'s>> {
@@ -186,6 +125,12 @@ async fn open_sources<'s>(
     })
 }
 
+/// The as_of that models are planned with before the staging pass decides the default:
+/// which columns they read does not depend on it.
+pub fn planning_as_of(settings: &Settings) -> NaiveDate {
+    settings.as_of.unwrap_or_else(|| Utc::now().date_naive())
+}
+
 /// Registers `customers` and `marketing_spend` and returns the schema `orders` has in a
 /// run, reading only the inputs' Parquet footers (for `segflow check`).
 pub async fn input_schemas(ctx: &SessionContext, settings: &Settings) -> Result<SchemaRef> {
@@ -193,27 +138,22 @@ pub async fn input_schemas(ctx: &SessionContext, settings: &Settings) -> Result<
     Ok(Arc::new(source.visible.schema().as_arrow().clone()))
 }
 
-/// Registers `orders`, `customers` and `marketing_spend`; decides `as_of`. The canonical
-/// `orders` (casts, status filter, as_of cut-off, synthetic order ids) is computed once and
-/// staged as Parquet; every model reads the staged table.
-pub async fn register_sources(
+/// Stages the opened `orders` source and decides `as_of`. The canonical `orders` (casts,
+/// status filter, as_of cut-off, synthetic order ids) is computed once and staged as
+/// Parquet; every model reads the staged table. Only `used` columns (those some model reads)
+/// are staged: a quarter fewer bytes for the built-in library; at least one, so the table
+/// has a schema. `staging` is called with the planning as_of (the default as_of is known
+/// only after the pass; it is set on the staging afterwards).
+pub async fn stage_orders(
     ctx: &SessionContext,
     settings: &Settings,
-    models: &[Model],
+    source: OrdersSource<'_>,
+    used: &BTreeSet<String>,
     staging: impl FnOnce(NaiveDate) -> Staging,
 ) -> Result<(Sources, Staging)> {
-    let source = open_sources(ctx, settings).await?;
+    let schema = source.schema();
     let (orders, orders_spec) = (source.visible, source.spec);
-    // The default as_of is known after the pass; which columns the models read does not
-    // depend on it.
-    let planning_as_of = settings.as_of.unwrap_or_else(|| Utc::now().date_naive());
-    let mut staging = staging(planning_as_of);
-    // Only the columns some model reads are staged (a quarter fewer bytes for the built-in
-    // library); at least one, so the table has a schema.
-    let schema: SchemaRef = Arc::new(orders.schema().as_arrow().clone());
-    let used = plan_models(ctx, settings, schema.clone(), models, planning_as_of, false)
-        .await?
-        .orders_columns;
+    let mut staging = staging(planning_as_of(settings));
     let keep: Vec<&str> = schema
         .fields()
         .iter()
@@ -631,9 +571,9 @@ fn map_columns(
             // Strings stay views: the staged table is read back as views anyway, and the
             // cast copied every string of every line.
             (DataType::Utf8, DataType::Utf8View) => column,
-            (DataType::Utf8, from) if from.is_integer() => crate::functions::integer_text(column),
+            (DataType::Utf8, from) if from.is_integer() => crate::ext::functions::integer_text(column),
             (DataType::Timestamp(..), DataType::Timestamp(..)) => {
-                crate::functions::utc_timestamp(column)
+                crate::ext::functions::utc_timestamp(column)
             }
             (DataType::Timestamp(..), _) => cast(column, ts_type()),
             (DataType::Date32, DataType::Timestamp(..)) => {
@@ -664,7 +604,7 @@ fn map_columns(
 
 /// The calendar date of a UTC timestamp in the configured time zone.
 fn local_date(ts: Expr, settings: &Settings) -> Expr {
-    crate::functions::local_date(ts, settings.timezone)
+    crate::ext::functions::local_date(ts, settings.timezone)
 }
 
 fn check_castable(
@@ -869,7 +809,7 @@ impl Duplicates {
             .build()?
             .alias("_copy");
         let mut out: Vec<Expr> = names.iter().map(|n| col(n.as_str())).collect();
-        out.push(lit(crate::gates::DUPLICATE_LINES).alias("gate"));
+        out.push(lit(crate::ingest::gates::DUPLICATE_LINES).alias("gate"));
         mapped
             .filter(used)?
             .select(columns)?

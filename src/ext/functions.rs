@@ -30,15 +30,15 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
-use crate::argbest::GroupKeys;
-use crate::minmax::ByteSlots;
+use crate::ext::argbest::GroupKeys;
+use crate::ext::minmax::ByteSlots;
 
 /// Registers segflow's functions on a session.
 pub fn register(ctx: &SessionContext) {
-    crate::minmax::register(ctx);
-    ctx.add_optimizer_rule(Arc::new(crate::decimal::FloatDecimalRule));
+    crate::ext::minmax::register(ctx);
+    ctx.add_optimizer_rule(Arc::new(crate::ext::decimal::FloatDecimalRule));
     crate::btyd::register(ctx);
-    crate::stats::register(ctx);
+    crate::ext::stats::register(ctx);
     ctx.register_udf(raise_error());
     ctx.register_udaf(AggregateUDF::from(ArgBest::new(Direction::Min)));
     ctx.register_udaf(AggregateUDF::from(ArgBest::new(Direction::Max)));
@@ -187,8 +187,8 @@ impl AggregateUDFImpl for ArgBest {
     ) -> Result<Box<dyn GroupsAccumulator>> {
         let types = arg_types(&args)?;
         let state = self.state(&args)?;
-        if crate::argbest::supported(&types) {
-            Ok(Box::new(crate::argbest::TextByKey::new(
+        if crate::ext::argbest::supported(&types) {
+            Ok(Box::new(crate::ext::argbest::TextByKey::new(
                 self.direction == Direction::Min,
                 &types,
                 state,
@@ -230,7 +230,7 @@ impl State {
         min: bool,
         first_key: &DataType,
     ) -> Result<Self> {
-        let first = crate::argbest::key_supported(first_key).then(|| GroupKeys::new(min));
+        let first = crate::ext::argbest::key_supported(first_key).then(|| GroupKeys::new(min));
         Ok(Self {
             converter: RowConverter::new(fields)?,
             keys,
@@ -254,7 +254,7 @@ impl State {
             return Ok(None);
         };
         first.resize(total_num_groups);
-        let firsts = crate::argbest::keys_of(values[1].as_ref())?;
+        let firsts = crate::ext::argbest::keys_of(values[1].as_ref())?;
         let mut admitted: Vec<u32> = Vec::with_capacity(group_indices.len());
         for (row, &group) in group_indices.iter().enumerate() {
             if eligible(values, keys, filter, row) && first.admits(group, firsts[row]) {

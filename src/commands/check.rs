@@ -18,7 +18,7 @@ use chrono::Utc;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::config::Settings;
-use crate::engine::{
+use crate::models::engine::{
     check_queries, model_params, plan_model, plan_models, unused_params, CheckQuery,
 };
 use crate::error::{Error, Result};
@@ -27,7 +27,7 @@ use crate::models::{
     INPUT_TABLES,
 };
 use crate::session::build_session;
-use crate::sources::input_schemas;
+use crate::ingest::input_schemas;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

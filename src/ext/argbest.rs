@@ -1,6 +1,6 @@
 //! The grouped `arg_min(value, key)` / `arg_max(value, key)` of a string by one numeric or
 //! temporal key (integers, floats, decimals, dates, timestamps) — the shape of "the category of the
-//! highest-revenue line". Same results as the general accumulator in [`crate::functions`]
+//! highest-revenue line". Same results as the general accumulator in [`crate::ext::functions`]
 //! (rows with a NULL key skipped, ties to the smallest value, NULL after every value), but
 //! each group keeps its best key as an integer and its value in a [`ByteSlots`] slot, so a
 //! row costs one integer comparison instead of encoding (key, value) in arrow's row format
@@ -23,8 +23,8 @@ use datafusion::arrow::datatypes::{
 use datafusion::common::{exec_err, internal_err, Result};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
-use crate::functions::State;
-use crate::minmax::{array_of, emit_array, ByteSlots};
+use crate::ext::functions::State;
+use crate::ext::minmax::{array_of, emit_array, ByteSlots};
 
 /// Calls `$body` with `$t` bound to the arrow type of an integer-like key type (floats are
 /// handled apart), `$other` for any other type.
@@ -220,7 +220,7 @@ impl GroupKeys {
 
     /// How many groups `emit_to` emits.
     pub(crate) fn emitted(&self, emit_to: EmitTo) -> usize {
-        crate::minmax::emitted(emit_to, self.seen.len())
+        crate::ext::minmax::emitted(emit_to, self.seen.len())
     }
 
     /// Forgets the first `n` groups; all of them frees the memory, as after a spill.
@@ -414,7 +414,7 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    use crate::functions::tests::{
+    use crate::ext::functions::tests::{
         assert_partial_aggregation_skipped, pretty, skipping_partial_aggregation,
     };
 
@@ -449,7 +449,7 @@ mod tests {
 
     async fn query(config: SessionConfig, sql: &str) -> String {
         let ctx = SessionContext::new_with_config(config.with_batch_size(16));
-        crate::functions::register(&ctx);
+        crate::ext::functions::register(&ctx);
         // Many small batches, dealt round robin to the partitions.
         let all = table(6000);
         let batches = (0..all.num_rows())
@@ -502,7 +502,7 @@ mod tests {
         let (batches, indices) = many_groups();
         let groups = 150_000;
         for min in [false, true] {
-            let general = || crate::functions::general_state(min, &types).expect("state");
+            let general = || crate::ext::functions::general_state(min, &types).expect("state");
             let mut typed = super::TextByKey::new(min, &types, general());
             let mut reference = general();
             for (batch, g) in batches.iter().zip(&indices) {

@@ -6,7 +6,6 @@
 //! Lineage is a report about the run, not part of it: an event that cannot be delivered is
 //! logged as a warning naming the file or URL, and the run goes on.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -16,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 use url::Url;
 
-use crate::config::Settings;
+use crate::config::{LineageSettings, Settings};
 use crate::publish::Manifest;
 
 const SCHEMA_URL: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent";
@@ -29,19 +28,6 @@ const PRODUCER: &str = concat!(
     "https://github.com/segflow/segflow/tree/v",
     env!("CARGO_PKG_VERSION")
 );
-
-/// `[lineage]`: where events go and the job they describe.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LineageSettings {
-    /// A JSON-lines file events are appended to.
-    pub file: Option<PathBuf>,
-    /// An HTTP endpoint events are POSTed to.
-    pub url: Option<Url>,
-    /// The job's namespace (default `segflow`).
-    pub namespace: String,
-    /// The job's name (default `segflow`).
-    pub job: String,
-}
 
 /// A dataset as OpenLineage names it, with its columns when known.
 #[derive(Debug, Clone)]
@@ -198,7 +184,7 @@ impl Lineage {
                 .await
                 .and_then(|r| r.error_for_status());
             if let Err(e) = sent {
-                warn!(url = %crate::storage::redact(url.as_str()), error = %crate::storage::redact(&e.to_string()),
+                warn!(url = %crate::redact::redact(url.as_str()), error = %crate::redact::redact(&e.to_string()),
                     "cannot POST the OpenLineage event");
             }
         }
@@ -242,7 +228,7 @@ pub async fn input_datasets(settings: &Settings) -> Vec<Dataset> {
     let Ok(ctx) = crate::session::build_session(settings) else {
         return datasets;
     };
-    let Ok(orders) = crate::sources::input_schemas(&ctx, settings).await else {
+    let Ok(orders) = crate::ingest::input_schemas(&ctx, settings).await else {
         return datasets;
     };
     for (d, name) in datasets.iter_mut().zip(settings.inputs.keys()) {

@@ -11,14 +11,15 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::config::Settings;
-use crate::engine::{concurrent_models, run_models_until, Previous, Run};
+use crate::models::engine::{concurrent_models, run_models_until, Previous, Run};
 use crate::error::{Error, Result};
 use crate::models::{discover_models, order_models, Model, ModelSources};
 use crate::publish::stage::Staging;
 use crate::publish::{Manifest, Output};
 use crate::session::build_session;
-use crate::sources::register_sources;
-use crate::storage::{redact, Location};
+use crate::commands::run::stage_inputs;
+use crate::redact::redact;
+use crate::storage::Location;
 
 /// The models in run order.
 fn ordered_models(settings: &Settings) -> Result<Vec<Model>> {
@@ -199,7 +200,7 @@ async fn scratch_run(
     let scratch = Output::open(&dir.path().display().to_string(), &settings.s3)?;
     let ctx = build_session(&settings)?;
     let run_id = format!("scratch-{}", std::process::id());
-    let (sources, staging) = register_sources(&ctx, &settings, &models, |as_of| Staging {
+    let (sources, staging) = stage_inputs(&ctx, &settings, &models, |as_of| Staging {
         out: scratch.clone(),
         run_id: run_id.clone(),
         as_of,

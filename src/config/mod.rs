@@ -5,6 +5,8 @@
 //! flags or env vars resolve against the working directory. Unknown keys are errors that
 //! name the key, so a typo never silently falls back to a default.
 
+pub mod canonical;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -345,7 +347,7 @@ pub struct Settings {
     /// Input gate policies.
     pub gates: Gates,
     /// `[lineage]`, when set.
-    pub lineage: Option<crate::lineage::LineageSettings>,
+    pub lineage: Option<LineageSettings>,
     /// SHA-256 of the config file bytes and the effective overrides.
     pub config_hash: String,
 }
@@ -402,7 +404,7 @@ impl Settings {
 
         let mut inputs = BTreeMap::new();
         for (name, input) in &file.input {
-            let Some(allowed) = crate::sources::canonical_column_names(name) else {
+            let Some(allowed) = canonical::canonical_column_names(name) else {
                 return Err(Error::ConfigValue {
                     key: format!("input.{name}"),
                     message: format!(
@@ -517,7 +519,7 @@ impl Settings {
                                 key: "lineage.url".into(),
                                 message: format!(
                                     "expected an http:// or https:// URL, found {:?} in {}",
-                                    crate::storage::redact(u),
+                                    crate::redact::redact(u),
                                     path.display()
                                 ),
                             })
@@ -539,7 +541,7 @@ impl Settings {
                         message: format!("must not be empty in {}", path.display()),
                     }),
                 };
-                Some(crate::lineage::LineageSettings {
+                Some(LineageSettings {
                     file: file_path,
                     url,
                     namespace: name("namespace", &l.namespace)?,
@@ -884,6 +886,19 @@ fn env_to_scalar(s: &str) -> ScalarValue {
 /// Days since 1970-01-01, the Arrow Date32 representation.
 pub fn date_to_days(d: NaiveDate) -> i32 {
     (d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid epoch")).num_days() as i32
+}
+
+/// `[lineage]`: where events go and the job they describe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineageSettings {
+    /// A JSON-lines file events are appended to.
+    pub file: Option<PathBuf>,
+    /// An HTTP endpoint events are POSTed to.
+    pub url: Option<url::Url>,
+    /// The job's namespace (default `segflow`).
+    pub namespace: String,
+    /// The job's name (default `segflow`).
+    pub job: String,
 }
 
 #[cfg(test)]

@@ -680,7 +680,7 @@ mod tests {
             .collect()
             .await
             .expect("create");
-        crate::functions::tests::pretty(&ctx, sql).await
+        crate::ext::functions::tests::pretty(&ctx, sql).await
     }
 
     #[tokio::test]
@@ -698,7 +698,7 @@ mod tests {
         }
         // Partial aggregation skipped: every row becomes a state (convert_to_state, the
         // FILTER clause turning rows into NULL states) and the final stage merges them.
-        use crate::functions::tests::{
+        use crate::ext::functions::tests::{
             assert_partial_aggregation_skipped, skipping_partial_aggregation,
         };
         let skipping = skipping_partial_aggregation(3);

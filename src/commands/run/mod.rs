@@ -6,16 +6,18 @@
 //! commit (a few object copies or renames and one manifest write) lets the commit finish,
 //! so a snapshot is never left half-replaced by a signal.
 
+pub mod lineage;
+pub mod metrics;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::engine::{
+use crate::models::engine::{
     concurrent_models, reject_unused_params, run_checks, run_data_tests, run_models,
     runnable_tests, Previous,
 };
@@ -27,7 +29,24 @@ use crate::models::{
 use crate::publish::stage::Staging;
 use crate::publish::{LockInfo, Manifest, ModelTiming, Output, RejectedEntry, TableEntry};
 use crate::session::build_session;
-use crate::sources::register_sources;
+use crate::shutdown::Shutdown;
+use crate::ingest::{open_sources, planning_as_of, stage_orders, Sources};
+use crate::models::engine::plan_models;
+
+/// Opens the inputs, plans `models` to learn which order columns they read, and stages
+/// those columns of the canonical `orders` (see [`stage_orders`]).
+pub(crate) async fn stage_inputs(
+    ctx: &datafusion::prelude::SessionContext,
+    settings: &Settings,
+    models: &[Model],
+    staging: impl FnOnce(chrono::NaiveDate) -> Staging,
+) -> Result<(Sources, Staging)> {
+    let source = open_sources(ctx, settings).await?;
+    let used = plan_models(ctx, settings, source.schema(), models, planning_as_of(settings), false)
+        .await?
+        .orders_columns;
+    stage_orders(ctx, settings, source, &used, staging).await
+}
 
 /// What a successful run published.
 #[derive(Debug)]
@@ -41,30 +60,6 @@ struct Prepared {
     manifest: Manifest,
     /// Staged files of each table to publish, relative to its staging directory.
     staged: BTreeMap<String, Vec<String>>,
-}
-
-/// Resolves when SIGTERM or SIGINT arrives; installed before the run starts, so a signal
-/// never kills the process without clean-up (`generate` uses it too).
-pub struct Shutdown {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Shutdown {
-    pub fn install() -> Result<Shutdown> {
-        let io = |e| Error::io("install signal handler", "SIGTERM/SIGINT", e);
-        Ok(Shutdown {
-            term: signal(SignalKind::terminate()).map_err(io)?,
-            int: signal(SignalKind::interrupt()).map_err(io)?,
-        })
-    }
-
-    pub async fn wait(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
-    }
 }
 
 /// Runs the whole job: exit 0 only when everything is published.
@@ -163,7 +158,7 @@ async fn prepare(
     failpoint::hit("after_lock").await;
     let ctx = build_session(settings)?;
     output.loc.register(&ctx);
-    let (sources, staging) = register_sources(&ctx, settings, models, |as_of| Staging {
+    let (sources, staging) = stage_inputs(&ctx, settings, models, |as_of| Staging {
         out: output.clone(),
         run_id: run_id.to_string(),
         as_of,
@@ -233,7 +228,7 @@ async fn prepare(
 
     let rejected = match &sources.rejected {
         Some(r) => {
-            let name = crate::sources::REJECTED;
+            let name = crate::publish::layout::REJECTED;
             staged.insert(name.to_string(), r.files.clone());
             Some(RejectedEntry {
                 path: format!("{name}/as_of={as_of}"),
@@ -290,8 +285,8 @@ async fn prepare(
     // `--select` run keeps of the snapshot it replaces.
     let report = crate::report::stage(&ctx, output, &manifest, &staged_names).await?;
     staged.insert(
-        crate::report::REPORT.to_string(),
-        vec![crate::report::REPORT_FILE.to_string()],
+        crate::publish::layout::REPORT.to_string(),
+        vec![crate::publish::layout::REPORT_FILE.to_string()],
     );
     manifest.report = Some(report);
     manifest.finished_at = Utc::now();

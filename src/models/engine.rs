@@ -33,7 +33,7 @@ use crate::models::{
 };
 use crate::publish::stage::{conform, open_dir, open_staged, StageError, StagedTable, Staging};
 use crate::publish::{Manifest, Output};
-use crate::storage::redact;
+use crate::redact::redact;
 
 /// The computed result of one model, staged as Parquet.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ pub struct ModelOutput {
     pub publish: bool,
     pub partition_by: Vec<String>,
     pub staged: StagedTable,
-    /// Column sets the model's plan makes unique (see [`crate::keys::unique_keys`]).
+    /// Column sets the model's plan makes unique (see [`crate::models::keys::unique_keys`]).
     pub unique_keys: Vec<BTreeSet<String>>,
 }
 
@@ -550,7 +550,7 @@ impl<'a> Scheduler<'a> {
                     }
                 }
                 debug!(model = %model.name, beside = running.len(), "model started");
-                let unique_keys = crate::keys::unique_keys(&df, &known);
+                let unique_keys = crate::models::keys::unique_keys(&df, &known);
                 let progress =
                     crate::progress::ModelProgress::start(&model.name, position + 1, models.len());
                 let (ctx, staging) = (self.ctx, self.staging);
@@ -958,7 +958,7 @@ async fn row_check_counts(
         .collect()
 }
 
-/// A staged model's keys for [`crate::keys::unique_keys`] downstream, by its staging
+/// A staged model's keys for [`crate::models::keys::unique_keys`] downstream, by its staging
 /// directory: those its plan proves, and those its `unique` checks of severity `error`
 /// declare (a run whose check fails publishes nothing, so a model downstream may rely on it).
 fn known_keys(
@@ -966,7 +966,7 @@ fn known_keys(
     output: &ModelOutput,
     staging: &Staging,
 ) -> Option<(String, Vec<BTreeSet<String>>)> {
-    let location = crate::keys::location_key(&staging.out.loc.dir_url(&output.staged.rel))?;
+    let location = crate::models::keys::location_key(&staging.out.loc.dir_url(&output.staged.rel))?;
     let checks = &model.header.checks;
     let mut keys = output.unique_keys.clone();
     if checks.severity == Severity::Error {
@@ -1007,7 +1007,7 @@ impl Findings {
 }
 
 /// Runs every model's declared checks against its computed table. A `unique` check that
-/// one of the model's [`crate::keys::unique_keys`] implies (in `outputs`) holds by
+/// one of the model's [`crate::models::keys::unique_keys`] implies (in `outputs`) holds by
 /// construction and is skipped.
 pub async fn run_checks(
     ctx: &SessionContext,

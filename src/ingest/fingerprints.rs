@@ -1,5 +1,5 @@
 //! The duplicate-line gate's count, taken while the orders are staged: every staged line's
-//! 128-bit fingerprint (`_line_a`, `_line_b`, see [`crate::gates::LineHash`]) is collected
+//! 128-bit fingerprint (`_line_a`, `_line_b`, see [`crate::ingest::gates::LineHash`]) is collected
 //! as the staging pass writes the line, and equal fingerprints are counted after it, sorted.
 //! No second pass over the staged lines, no hash table of every line, and the fingerprints
 //! are written to the staged table only when the `drop` policy needs them there.

@@ -19,8 +19,8 @@ use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, TimestampM
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
-use serde::{Deserialize, Serialize};
 
+use crate::publish::manifest::GateStat;
 use crate::config::{Gates, Policy};
 
 /// The row gates, in the order a row is judged (a row caught by several is rejected under
@@ -63,14 +63,6 @@ impl Gate {
             Gate::NegativeRevenue => gates.negative_revenue,
         }
     }
-}
-
-/// One gate's outcome in the manifest.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct GateStat {
-    /// Rows the gate caught.
-    pub rows: u64,
-    pub policy: Policy,
 }
 
 /// What the staging pass counted over every source row of `orders`.

@@ -62,7 +62,7 @@ pub fn location_key(url: &str) -> Option<String> {
 /// internal table reads its files through one).
 fn scan_location(scan: &TableScan) -> Option<String> {
     let provider = source_as_provider(&scan.source).ok()?;
-    let provider = match provider.downcast_ref::<crate::buckets::BucketedTable>() {
+    let provider = match provider.downcast_ref::<crate::ext::buckets::BucketedTable>() {
         Some(bucketed) => Arc::clone(&bucketed.inner),
         None => provider,
     };
@@ -268,13 +268,13 @@ mod tests {
             .unwrap();
         // `bg`: the same files as a bucketed internal table.
         let inner = ctx.table_provider("g").await.unwrap();
-        let buckets = crate::buckets::Buckets {
+        let buckets = crate::ext::buckets::Buckets {
             count: 1,
             hashed: DataType::Utf8,
         };
         ctx.register_table(
             "bg",
-            Arc::new(crate::buckets::BucketedTable { inner, buckets }),
+            Arc::new(crate::ext::buckets::BucketedTable { inner, buckets }),
         )
         .unwrap();
         let known = HashMap::from([(

@@ -5,6 +5,9 @@
 //! found by parsing the SQL for table references (no templating), and models are ordered
 //! topologically; a cycle is an error naming the chain.
 
+pub mod engine;
+pub mod keys;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};

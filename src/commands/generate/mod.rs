@@ -51,8 +51,9 @@ use tokio::runtime::Handle;
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::run::Shutdown;
-use crate::storage::{redact, retrying, Location};
+use crate::shutdown::Shutdown;
+use crate::redact::redact;
+use crate::storage::{retrying, Location};
 
 /// The first customer's `client_id` (as in the demo).
 pub const FIRST_CUSTOMER_ID: i64 = 100_001;

@@ -1,0 +1,36 @@
+//! Where everything lives under the output root, besides the tables themselves
+//! (`<model>/as_of=D/...`): the names every part of segflow agrees on.
+
+use chrono::NaiveDate;
+
+/// The report's directory, next to the tables: `_report/as_of=D/`.
+pub const REPORT: &str = "_report";
+/// The report's file in that directory.
+pub const REPORT_FILE: &str = "index.html";
+/// The folder (a table name in staging) of the rows the gates left out.
+pub const REJECTED: &str = "_rejected";
+
+/// `_staging/<run_id>`, relative to the output root.
+pub fn staging_rel(run_id: &str) -> String {
+    format!("_staging/{run_id}")
+}
+
+/// `_manifest/as_of=D.json`.
+pub fn manifest_rel(as_of: NaiveDate) -> String {
+    format!("_manifest/as_of={as_of}.json")
+}
+
+/// `_report/as_of=D`, relative to the output root.
+pub fn report_rel(as_of: NaiveDate) -> String {
+    format!("{REPORT}/as_of={as_of}")
+}
+
+/// `_report/as_of=D/index.html`, relative to the output root.
+pub fn report_file_rel(as_of: NaiveDate) -> String {
+    format!("{}/{REPORT_FILE}", report_rel(as_of))
+}
+
+/// The report of run `run_id` in its staging, relative to the output root.
+pub fn staged_report_rel(run_id: &str, as_of: NaiveDate) -> String {
+    format!("{}/{}", staging_rel(run_id), report_file_rel(as_of))
+}
