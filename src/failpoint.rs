@@ -1,7 +1,9 @@
 //! Failpoints: named moments of a run where tests stop the process deterministically.
 //!
-//! `SEGFLOW_FAILPOINTS="name=action,..."` (a testing aid; unset in production, where each
-//! point costs one lookup in an empty list). Each point fires once per process, the first
+//! `SEGFLOW_FAILPOINTS="name=action,..."`, a testing aid read only by binaries built with
+//! the cargo feature `failpoints` (the tests enable it); any other binary ignores the
+//! variable and logs one warning naming it ([`warn_if_ignored`]), so that a stray variable
+//! in a production shell can neither kill a commit nor pause a run. Each point fires once per process, the first
 //! time the run passes it. Actions:
 //! - `kill`: the process sends itself SIGKILL at that moment (a crash, no clean-up);
 //! - `pause:PATH`: creates PATH, then waits until PATH is removed (tests start a second run
@@ -20,16 +22,41 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-fn points() -> &'static [(String, String)] {
-    static POINTS: OnceLock<Vec<(String, String)>> = OnceLock::new();
-    POINTS.get_or_init(|| {
-        std::env::var("SEGFLOW_FAILPOINTS")
-            .unwrap_or_default()
+/// The variable that arms failpoints.
+pub const VARIABLE: &str = "SEGFLOW_FAILPOINTS";
+
+/// Whether this binary was built with failpoints.
+const ENABLED: bool = cfg!(feature = "failpoints");
+
+/// The armed points of `spec` (the variable's value), none when failpoints are not built in.
+fn parse(enabled: bool, spec: Option<&str>) -> Vec<(String, String)> {
+    match (enabled, spec) {
+        (true, Some(spec)) => spec
             .split(',')
             .filter_map(|p| p.split_once('='))
             .map(|(n, a)| (n.trim().to_string(), a.trim().to_string()))
-            .collect()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The warning for a variable this binary ignores, if it is set.
+fn ignored(enabled: bool, spec: Option<&str>) -> Option<String> {
+    (!enabled && spec.is_some()).then(|| {
+        format!("{VARIABLE} is set but ignored: this binary was built without the cargo feature `failpoints`")
     })
+}
+
+fn points() -> &'static [(String, String)] {
+    static POINTS: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    POINTS.get_or_init(|| parse(ENABLED, std::env::var(VARIABLE).ok().as_deref()))
+}
+
+/// Logs one warning when `SEGFLOW_FAILPOINTS` is set in a binary built without failpoints.
+pub fn warn_if_ignored() {
+    if let Some(message) = ignored(ENABLED, std::env::var(VARIABLE).ok().as_deref()) {
+        tracing::warn!(variable = VARIABLE, "{message}");
+    }
 }
 
 /// Whether `point` fires now: the first time it is passed, once per process.
@@ -78,5 +105,32 @@ pub async fn hit(name: &str) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_without_the_feature_arms_nothing_and_names_the_variable() {
+        let spec = Some("after_lock=kill,mid_commit=pause:/tmp/p");
+        assert!(parse(false, spec).is_empty());
+        let warning = ignored(false, spec).expect("a warning");
+        assert!(warning.contains("SEGFLOW_FAILPOINTS") && warning.contains("failpoints"));
+        assert_eq!(ignored(false, None), None);
+    }
+
+    #[test]
+    fn a_binary_with_the_feature_arms_the_listed_points_silently() {
+        let spec = Some("after_lock=kill, mid_commit = pause:/tmp/p");
+        assert_eq!(
+            parse(true, spec),
+            vec![
+                ("after_lock".to_string(), "kill".to_string()),
+                ("mid_commit".to_string(), "pause:/tmp/p".to_string())
+            ]
+        );
+        assert_eq!(ignored(true, spec), None);
     }
 }

@@ -160,7 +160,9 @@ enum Command {
 }
 
 /// `segflow run`, with OpenLineage START and COMPLETE / FAIL events when `[lineage]` is set.
-async fn run_with_lineage(settings: &Settings) -> Result<segflow::commands::run::RunSummary, segflow::Error> {
+async fn run_with_lineage(
+    settings: &Settings,
+) -> Result<segflow::commands::run::RunSummary, segflow::Error> {
     let Some(config) = settings.lineage.clone() else {
         return segflow::commands::run::run(settings).await;
     };
@@ -170,7 +172,10 @@ async fn run_with_lineage(settings: &Settings) -> Result<segflow::commands::run:
     let result = segflow::commands::run::run(settings).await;
     match &result {
         Ok(summary) => {
-            let outputs = segflow::commands::run::lineage::output_datasets(&summary.manifest, &summary.output.loc);
+            let outputs = segflow::commands::run::lineage::output_datasets(
+                &summary.manifest,
+                &summary.output.loc,
+            );
             lineage.complete(&inputs, &outputs).await;
         }
         Err(e) => {
@@ -210,6 +215,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     segflow::memory::tune_allocators();
     init_logging(cli.log_format);
+    segflow::failpoint::warn_if_ignored();
     // A progress line per model on a terminal; none off one.
     segflow::progress::enable(std::io::stderr().is_terminal());
     let runtime = match tokio::runtime::Runtime::new() {
@@ -317,7 +323,10 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
                     duration: started.elapsed(),
                     finished_at: chrono::Utc::now(),
                 };
-                if let Err(e) = segflow::commands::run::metrics::write(path, &segflow::commands::run::metrics::render(&outcome)) {
+                if let Err(e) = segflow::commands::run::metrics::write(
+                    path,
+                    &segflow::commands::run::metrics::render(&outcome),
+                ) {
                     // The exit status stays the run's: a published snapshot is published.
                     eprintln!("error: {e}");
                 }
@@ -363,16 +372,18 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             let threads = threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
             });
-            let s = segflow::commands::generate::generate(&segflow::commands::generate::GenerateOptions {
-                out,
-                lines,
-                customers,
-                months,
-                end,
-                seed,
-                threads,
-                progress: std::io::stderr().is_terminal(),
-            })
+            let s = segflow::commands::generate::generate(
+                &segflow::commands::generate::GenerateOptions {
+                    out,
+                    lines,
+                    customers,
+                    months,
+                    end,
+                    seed,
+                    threads,
+                    progress: std::io::stderr().is_terminal(),
+                },
+            )
             .await?;
             println!("out:       {}", s.uri);
             println!(

@@ -85,7 +85,7 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
         .with_default_features()
         .build();
     let ctx = SessionContext::new_with_state(state);
-    crate::ext::functions::register(&ctx);
+    crate::ext::register(&ctx);
     // Object stores by URL: every input and the output.
     for input in settings.inputs.values() {
         if input.uri.contains("://") {

@@ -18,16 +18,16 @@ use chrono::Utc;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::ingest::input_schemas;
 use crate::models::engine::{
     check_queries, model_params, plan_model, plan_models, unused_params, CheckQuery,
 };
-use crate::error::{Error, Result};
 use crate::models::{
     discover_models_lenient, discover_tests_lenient, order_models, Model, ModelSources,
     INPUT_TABLES,
 };
 use crate::session::build_session;
-use crate::ingest::input_schemas;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -12,11 +12,11 @@ use chrono::Utc;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::config::Settings;
-use crate::models::engine::plan_models;
 use crate::error::{Error, Result};
+use crate::ingest::input_schemas;
+use crate::models::engine::plan_models;
 use crate::models::{discover_models, discover_tests, order_models, Model, ModelSources};
 use crate::session::build_session;
-use crate::ingest::input_schemas;
 
 /// Writes `<out>/index.html`; returns its path.
 pub async fn write_docs(settings: &Settings, out: &Path) -> Result<PathBuf> {

@@ -10,15 +10,15 @@ use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{DataFrame, SessionContext};
 
+use crate::commands::run::stage_inputs;
 use crate::config::Settings;
-use crate::models::engine::{concurrent_models, run_models_until, Previous, Run};
 use crate::error::{Error, Result};
+use crate::models::engine::{concurrent_models, run_models_until, Previous, Run};
 use crate::models::{discover_models, order_models, Model, ModelSources};
 use crate::publish::stage::Staging;
 use crate::publish::{Manifest, Output};
-use crate::session::build_session;
-use crate::commands::run::stage_inputs;
 use crate::redact::redact;
+use crate::session::build_session;
 use crate::storage::Location;
 
 /// The models in run order.

@@ -28,14 +28,15 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, Expr, GroupsAccumulator,
     ReversedUDAF, SetMonotonicity, Signature, StatisticsArgs,
 };
-use datafusion::prelude::SessionContext;
 
-/// Registers the `min` and `max` wrappers in place of DataFusion's.
-pub fn register(ctx: &SessionContext) {
+/// The `min` and `max` wrappers, registered in place of DataFusion's.
+pub(crate) fn aggregates() -> Vec<AggregateUDF> {
     let min = datafusion::functions_aggregate::min_max::min_udaf();
     let max = datafusion::functions_aggregate::min_max::max_udaf();
-    ctx.register_udaf(AggregateUDF::new_from_impl(MinMax::new(min, true)));
-    ctx.register_udaf(AggregateUDF::new_from_impl(MinMax::new(max, false)));
+    vec![
+        AggregateUDF::new_from_impl(MinMax::new(min, true)),
+        AggregateUDF::new_from_impl(MinMax::new(max, false)),
+    ]
 }
 
 /// How many of `groups` groups `emit_to` emits.
@@ -631,6 +632,7 @@ impl GroupsAccumulator for BytesMinMax {
 mod tests {
     use super::*;
     use datafusion::prelude::SessionConfig;
+    use datafusion::prelude::SessionContext;
 
     /// Deterministic pseudo-random strings with NULLs, over many groups.
     fn table_sql(rows: usize) -> String {
@@ -672,7 +674,7 @@ mod tests {
     async fn results_with(fast: bool, config: SessionConfig, sql: &str) -> String {
         let ctx = SessionContext::new_with_config(config.with_batch_size(7));
         if fast {
-            register(&ctx);
+            crate::ext::register(&ctx);
         }
         ctx.sql(&table_sql(3000))
             .await
@@ -680,7 +682,7 @@ mod tests {
             .collect()
             .await
             .expect("create");
-        crate::ext::functions::tests::pretty(&ctx, sql).await
+        crate::ext::tests::pretty(&ctx, sql).await
     }
 
     #[tokio::test]
@@ -698,9 +700,7 @@ mod tests {
         }
         // Partial aggregation skipped: every row becomes a state (convert_to_state, the
         // FILTER clause turning rows into NULL states) and the final stage merges them.
-        use crate::ext::functions::tests::{
-            assert_partial_aggregation_skipped, skipping_partial_aggregation,
-        };
+        use crate::ext::tests::{assert_partial_aggregation_skipped, skipping_partial_aggregation};
         let skipping = skipping_partial_aggregation(3);
         assert_partial_aggregation_skipped(
             &results_with(true, skipping.clone(), &format!("explain analyze {sql}")).await,

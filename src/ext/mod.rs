@@ -3,8 +3,62 @@
 //! it can go.
 
 pub mod argbest;
+pub mod btyd;
 pub mod buckets;
 pub mod decimal;
-pub mod functions;
 pub mod minmax;
+pub mod scalars;
 pub mod stats;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
+use datafusion::optimizer::OptimizerRule;
+use datafusion::prelude::SessionContext;
+
+/// Everything segflow adds to a DataFusion session, in one list: the local session
+/// registers it, and a distributed engine's scheduler and executors take the same list.
+pub struct Extensions {
+    /// Scalar functions model files may call.
+    pub scalars: Vec<ScalarUDF>,
+    /// Aggregates model files may call (`min` and `max` replace DataFusion's own).
+    pub aggregates: Vec<AggregateUDF>,
+    /// Logical optimizer rules, run after DataFusion's.
+    pub rules: Vec<Arc<dyn OptimizerRule + Send + Sync>>,
+}
+
+/// Every function, aggregate and optimizer rule segflow adds.
+pub fn functions() -> Extensions {
+    let mut scalars = vec![scalars::raise_error()];
+    scalars.extend(btyd::scalars());
+    let mut aggregates = minmax::aggregates();
+    aggregates.extend(argbest::aggregates());
+    aggregates.extend(stats::aggregates());
+    aggregates.extend(btyd::aggregates());
+    Extensions {
+        scalars,
+        aggregates,
+        rules: vec![Arc::new(decimal::FloatDecimalRule)],
+    }
+}
+
+/// Registers [`functions`] on a session.
+pub fn register(ctx: &SessionContext) {
+    let Extensions {
+        scalars,
+        aggregates,
+        rules,
+    } = functions();
+    for f in scalars {
+        ctx.register_udf(f);
+    }
+    for f in aggregates {
+        ctx.register_udaf(f);
+    }
+    for rule in rules {
+        ctx.add_optimizer_rule(rule);
+    }
+}

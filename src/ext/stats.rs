@@ -16,11 +16,10 @@ use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility,
 };
-use datafusion::prelude::SessionContext;
 
-/// Registers `rank_correlation`.
-pub fn register(ctx: &SessionContext) {
-    ctx.register_udaf(AggregateUDF::from(RankCorrelation::new()));
+/// `rank_correlation`.
+pub(crate) fn aggregates() -> Vec<AggregateUDF> {
+    vec![AggregateUDF::from(RankCorrelation::new())]
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

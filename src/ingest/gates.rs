@@ -20,8 +20,8 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::publish::manifest::GateStat;
 use crate::config::{Gates, Policy};
+use crate::publish::manifest::GateStat;
 
 /// The row gates, in the order a row is judged (a row caught by several is rejected under
 /// the first).

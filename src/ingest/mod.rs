@@ -24,8 +24,6 @@ use datafusion::logical_expr::{cast, col, lit, Expr, ExprFunctionExt, ScalarUDF,
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::TryStreamExt;
 
-use crate::publish::layout::REJECTED;
-use crate::publish::manifest::{GateStat, InputStats};
 use crate::config::canonical::{canonical_columns, ts_type};
 use crate::config::{InputSpec, Policy, Settings};
 use crate::error::{Error, Result};
@@ -33,6 +31,8 @@ use crate::ingest::fingerprints::{Fingerprints, Repeated, COLUMNS as FINGERPRINT
 use crate::ingest::gates::{
     Gate, GateCounts, GateReason, GateRules, GateTally, LineHash, DUPLICATE_LINES,
 };
+use crate::publish::layout::REJECTED;
+use crate::publish::manifest::{GateStat, InputStats};
 use crate::publish::stage::{open_dir, open_staged, StageError, StagedTable, Staging};
 use crate::redact::redact;
 use object_store::ObjectStoreExt;
@@ -571,9 +571,11 @@ fn map_columns(
             // Strings stay views: the staged table is read back as views anyway, and the
             // cast copied every string of every line.
             (DataType::Utf8, DataType::Utf8View) => column,
-            (DataType::Utf8, from) if from.is_integer() => crate::ext::functions::integer_text(column),
+            (DataType::Utf8, from) if from.is_integer() => {
+                crate::ext::scalars::integer_text(column)
+            }
             (DataType::Timestamp(..), DataType::Timestamp(..)) => {
-                crate::ext::functions::utc_timestamp(column)
+                crate::ext::scalars::utc_timestamp(column)
             }
             (DataType::Timestamp(..), _) => cast(column, ts_type()),
             (DataType::Date32, DataType::Timestamp(..)) => {
@@ -604,7 +606,7 @@ fn map_columns(
 
 /// The calendar date of a UTC timestamp in the configured time zone.
 fn local_date(ts: Expr, settings: &Settings) -> Expr {
-    crate::ext::functions::local_date(ts, settings.timezone)
+    crate::ext::scalars::local_date(ts, settings.timezone)
 }
 
 fn check_castable(

@@ -72,7 +72,10 @@ impl Output {
         self.update_latest(as_of, run_id).await;
         if let (Some(root), None) = (&self.loc.local, &manifest.rejected) {
             // Rejected rows of the snapshot this one replaced (this run rejected none).
-            let dir = root.join(format!("{}/as_of={as_of}", crate::publish::layout::REJECTED));
+            let dir = root.join(format!(
+                "{}/as_of={as_of}",
+                crate::publish::layout::REJECTED
+            ));
             if dir.exists() {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     warn!(dir = %dir.display(), error = %e, "cannot delete replaced rejected rows");

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-
 use crate::config::Policy;
 
 /// One published table in the manifest.

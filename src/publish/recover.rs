@@ -27,7 +27,8 @@ use crate::storage::retrying;
 fn snapshot_date(rel: &str) -> Option<NaiveDate> {
     let mut parts = rel.split('/');
     let model = parts.next()?;
-    let published_dir = model == crate::publish::layout::REJECTED || model == crate::publish::layout::REPORT;
+    let published_dir =
+        model == crate::publish::layout::REJECTED || model == crate::publish::layout::REPORT;
     if model.is_empty() || (model.starts_with('_') && !published_dir) {
         return None;
     }

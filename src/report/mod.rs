@@ -27,8 +27,8 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::publish::stage::open_dir;
 use crate::publish::layout::{report_file_rel, report_rel, staged_report_rel};
+use crate::publish::stage::open_dir;
 use crate::publish::{Manifest, Output, ReportEntry};
 use crate::storage::retrying;
 use charts::{Bars, Cell as HeatCell, Line};

@@ -19,10 +19,7 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::{
-    BackoffConfig, ClientConfigKey,
-    ObjectMeta, ObjectStore, RetryConfig,
-};
+use object_store::{BackoffConfig, ClientConfigKey, ObjectMeta, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::config::S3Settings;

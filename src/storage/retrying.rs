@@ -151,11 +151,8 @@ fn retried_listing<F>(list: F) -> BoxStream<'static, object_store::Result<Object
 where
     F: Fn() -> BoxStream<'static, object_store::Result<ObjectMeta>> + Send + Sync + 'static,
 {
-    futures::stream::once(async move {
-        retrying("list", || list().try_collect::<Vec<_>>()).await
-    })
-    .map_ok(|metas| futures::stream::iter(metas.into_iter().map(Ok)))
-    .try_flatten()
-    .boxed()
+    futures::stream::once(async move { retrying("list", || list().try_collect::<Vec<_>>()).await })
+        .map_ok(|metas| futures::stream::iter(metas.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
 }
-

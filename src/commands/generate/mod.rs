@@ -51,8 +51,8 @@ use tokio::runtime::Handle;
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::shutdown::Shutdown;
 use crate::redact::redact;
+use crate::shutdown::Shutdown;
 use crate::storage::{retrying, Location};
 
 /// The first customer's `client_id` (as in the demo).

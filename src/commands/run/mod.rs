@@ -17,12 +17,14 @@ use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::ingest::{open_sources, planning_as_of, stage_orders, Sources};
+use crate::models::engine::plan_models;
 use crate::models::engine::{
     concurrent_models, reject_unused_params, run_checks, run_data_tests, run_models,
     runnable_tests, Previous,
 };
-use crate::error::{Error, Result};
-use crate::failpoint;
 use crate::models::{
     discover_models, discover_tests, order_models, select_models, DataTest, Model, ModelSources,
 };
@@ -30,8 +32,6 @@ use crate::publish::stage::Staging;
 use crate::publish::{LockInfo, Manifest, ModelTiming, Output, RejectedEntry, TableEntry};
 use crate::session::build_session;
 use crate::shutdown::Shutdown;
-use crate::ingest::{open_sources, planning_as_of, stage_orders, Sources};
-use crate::models::engine::plan_models;
 
 /// Opens the inputs, plans `models` to learn which order columns they read, and stages
 /// those columns of the canonical `orders` (see [`stage_orders`]).
@@ -42,9 +42,16 @@ pub(crate) async fn stage_inputs(
     staging: impl FnOnce(chrono::NaiveDate) -> Staging,
 ) -> Result<(Sources, Staging)> {
     let source = open_sources(ctx, settings).await?;
-    let used = plan_models(ctx, settings, source.schema(), models, planning_as_of(settings), false)
-        .await?
-        .orders_columns;
+    let used = plan_models(
+        ctx,
+        settings,
+        source.schema(),
+        models,
+        planning_as_of(settings),
+        false,
+    )
+    .await?
+    .orders_columns;
     stage_orders(ctx, settings, source, &used, staging).await
 }
 

@@ -1,0 +1,323 @@
+//! Scalar functions: `local_date`, `utc_timestamp` and `integer_text` (used by the input
+//! mapping) and `raise_error` (for model files).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{exec_err, Result, ScalarValue};
+use datafusion::logical_expr::{Signature, Volatility};
+
+/// The calendar date of UTC timestamps in a time zone (UTC when `None`), as an expression
+/// for the input mapping. Exact like a cast through a zoned timestamp, but each offset is
+/// looked up once per quarter hour of UTC time instead of once per row: a quarter hour
+/// whose two ends have the same offset has it throughout (time zones change offset months
+/// apart); one with a change inside is converted row by row.
+pub fn local_date(
+    ts: datafusion::prelude::Expr,
+    tz: Option<chrono_tz::Tz>,
+) -> datafusion::prelude::Expr {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(LocalDate::new(tz)).call(vec![ts])
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct LocalDate {
+    tz: Option<chrono_tz::Tz>,
+    signature: Signature,
+}
+
+impl LocalDate {
+    fn new(tz: Option<chrono_tz::Tz>) -> Self {
+        Self {
+            tz,
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+const QUARTER_HOUR_US: i64 = 900 * 1_000_000;
+const DAY_US: i64 = 86_400 * 1_000_000;
+
+/// UTC offset (seconds) of `tz` at `utc_us` microseconds.
+fn offset_at(tz: chrono_tz::Tz, utc_us: i64) -> Option<i64> {
+    use chrono::{Offset, TimeZone};
+    let t = chrono::DateTime::from_timestamp_micros(utc_us)?;
+    Some(
+        tz.offset_from_utc_datetime(&t.naive_utc())
+            .fix()
+            .local_minus_utc() as i64,
+    )
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for LocalDate {
+    fn name(&self) -> &str {
+        "segflow_local_date"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Date32)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::array::{Date32Array, TimestampMicrosecondArray};
+        use datafusion::arrow::datatypes::TimeUnit;
+        use datafusion::logical_expr::ColumnarValue;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(input) = arrays.first() else {
+            return exec_err!("segflow_local_date takes one argument");
+        };
+        let micros = datafusion::arrow::compute::cast(
+            input,
+            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        )?;
+        let Some(micros) = micros.as_any().downcast_ref::<TimestampMicrosecondArray>() else {
+            return exec_err!("segflow_local_date: not a timestamp");
+        };
+        let days: Date32Array = match self.tz {
+            None => micros.unary(|us| us.div_euclid(DAY_US) as i32),
+            Some(tz) => {
+                // (quarter hour, its offset when constant over it)
+                let mut memo: Option<(i64, Option<i64>)> = None;
+                let mut cache: std::collections::HashMap<i64, Option<i64>> =
+                    std::collections::HashMap::new();
+                let mut out = Vec::with_capacity(micros.len());
+                for us in micros.iter() {
+                    let Some(us) = us else {
+                        out.push(None);
+                        continue;
+                    };
+                    let quarter = us.div_euclid(QUARTER_HOUR_US);
+                    let constant = match memo {
+                        Some((q, off)) if q == quarter => off,
+                        _ => {
+                            let off = *cache.entry(quarter).or_insert_with(|| {
+                                let start = offset_at(tz, quarter * QUARTER_HOUR_US);
+                                let end = offset_at(tz, (quarter + 1) * QUARTER_HOUR_US - 1);
+                                if start == end {
+                                    start
+                                } else {
+                                    None
+                                }
+                            });
+                            memo = Some((quarter, off));
+                            off
+                        }
+                    };
+                    let offset = match constant {
+                        Some(o) => Some(o),
+                        None => offset_at(tz, us),
+                    };
+                    out.push(offset.map(|o| (us + o * 1_000_000).div_euclid(DAY_US) as i32));
+                }
+                Date32Array::from(out)
+            }
+        };
+        Ok(ColumnarValue::Array(Arc::new(days)))
+    }
+}
+
+/// A timestamp column as `Timestamp(Microsecond, "UTC")`, a naive one read as UTC wall time.
+/// The same values as `CAST(ts AS TIMESTAMP WITH TIME ZONE 'UTC')`, whose kernel converts
+/// every naive value through the time zone database; here only the unit changes.
+pub fn utc_timestamp(ts: datafusion::prelude::Expr) -> datafusion::prelude::Expr {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(UtcTimestamp {
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+    .call(vec![ts])
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct UtcTimestamp {
+    signature: Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for UtcTimestamp {
+    fn name(&self) -> &str {
+        "segflow_utc_timestamp"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Timestamp(
+            datafusion::arrow::datatypes::TimeUnit::Microsecond,
+            Some("UTC".into()),
+        ))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::array::TimestampMicrosecondArray;
+        use datafusion::arrow::datatypes::TimeUnit;
+        use datafusion::logical_expr::ColumnarValue;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(input) = arrays.first() else {
+            return exec_err!("segflow_utc_timestamp takes one argument");
+        };
+        let naive = match input.data_type() {
+            DataType::Timestamp(_, Some(_)) => datafusion::arrow::compute::cast(
+                input,
+                &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            )?,
+            DataType::Timestamp(_, None) => datafusion::arrow::compute::cast(
+                input,
+                &DataType::Timestamp(TimeUnit::Microsecond, None),
+            )?,
+            other => return exec_err!("segflow_utc_timestamp: {other} is not a timestamp"),
+        };
+        let Some(micros) = naive.as_any().downcast_ref::<TimestampMicrosecondArray>() else {
+            return exec_err!("segflow_utc_timestamp: cast failed");
+        };
+        Ok(ColumnarValue::Array(Arc::new(
+            micros.clone().with_timezone("UTC"),
+        )))
+    }
+}
+
+/// The decimal text of an integer column, as string views: what a cast to text gives, but
+/// written with `itoa` into views (a number of up to 12 characters lives in its view, no
+/// data buffer) instead of through `Display` into a string array — customer and order ids
+/// of integer sources are converted for every line staged.
+pub fn integer_text(value: datafusion::prelude::Expr) -> datafusion::prelude::Expr {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(IntegerText {
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+    .call(vec![value])
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct IntegerText {
+    signature: Signature,
+}
+
+/// `values` as decimal text views, NULL where `nulls` says so.
+fn integer_views<T: itoa::Integer + Copy>(
+    values: &[T],
+    nulls: Option<&datafusion::arrow::buffer::NullBuffer>,
+) -> datafusion::arrow::array::StringViewArray {
+    let mut builder = datafusion::arrow::array::StringViewBuilder::with_capacity(values.len());
+    let mut text = itoa::Buffer::new();
+    for (i, v) in values.iter().enumerate() {
+        if nulls.is_some_and(|n| n.is_null(i)) {
+            builder.append_null();
+        } else {
+            builder.append_value(text.format(*v));
+        }
+    }
+    builder.finish()
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for IntegerText {
+    fn name(&self) -> &str {
+        "segflow_integer_text"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8View)
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: datafusion::logical_expr::ReturnFieldArgs,
+    ) -> Result<FieldRef> {
+        // NULL exactly where the input is, like the cast it replaces
+        let nullable = args.arg_fields.first().is_none_or(|f| f.is_nullable());
+        Ok(Arc::new(Field::new(
+            self.name(),
+            DataType::Utf8View,
+            nullable,
+        )))
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        use datafusion::arrow::datatypes::{
+            Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type,
+            UInt8Type,
+        };
+        use datafusion::logical_expr::ColumnarValue;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(input) = arrays.first() else {
+            return exec_err!("segflow_integer_text takes one argument");
+        };
+        let nulls = input.logical_nulls();
+        let nulls = nulls.as_ref();
+        let text = match input.data_type() {
+            DataType::Int8 => integer_views(input.as_primitive::<Int8Type>().values(), nulls),
+            DataType::Int16 => integer_views(input.as_primitive::<Int16Type>().values(), nulls),
+            DataType::Int32 => integer_views(input.as_primitive::<Int32Type>().values(), nulls),
+            DataType::Int64 => integer_views(input.as_primitive::<Int64Type>().values(), nulls),
+            DataType::UInt8 => integer_views(input.as_primitive::<UInt8Type>().values(), nulls),
+            DataType::UInt16 => integer_views(input.as_primitive::<UInt16Type>().values(), nulls),
+            DataType::UInt32 => integer_views(input.as_primitive::<UInt32Type>().values(), nulls),
+            DataType::UInt64 => integer_views(input.as_primitive::<UInt64Type>().values(), nulls),
+            other => return exec_err!("segflow_integer_text: {other} is not an integer type"),
+        };
+        Ok(ColumnarValue::Array(Arc::new(text)))
+    }
+}
+
+/// `raise_error(message)`: fails the query with `message` when a row reaches it, e.g. in
+/// the `else` of a `case` that validates a parameter. Volatile, so the planner never folds
+/// it into a constant (which would fail the query even when no row takes that branch); its
+/// type is NULL, which any other branch's type absorbs.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RaiseError {
+    signature: Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for RaiseError {
+    fn name(&self) -> &str {
+        "raise_error"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Null)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        if args.number_rows == 0 {
+            return Ok(datafusion::logical_expr::ColumnarValue::Scalar(
+                ScalarValue::Null,
+            ));
+        }
+        let message = match args.args.first() {
+            Some(datafusion::logical_expr::ColumnarValue::Scalar(s)) => s.to_string(),
+            Some(datafusion::logical_expr::ColumnarValue::Array(a)) => {
+                ScalarValue::try_from_array(a, 0)?.to_string()
+            }
+            None => String::new(),
+        };
+        exec_err!("{message}")
+    }
+}
+
+pub(crate) fn raise_error() -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(RaiseError {
+        signature: Signature::exact(vec![DataType::Utf8], Volatility::Volatile),
+    })
+}
