@@ -1411,7 +1411,7 @@ fn logged(r: &Run, message: &str) -> Vec<serde_json::Value> {
 fn scheduler_logs() -> Vec<(String, String)> {
     vec![(
         "SEGFLOW_LOG".to_string(),
-        "info,segflow::models::engine=debug".to_string(),
+        "info,segflow::models::schedule=debug".to_string(),
     )]
 }
 

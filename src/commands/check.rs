@@ -20,7 +20,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::ingest::input_schemas;
-use crate::models::engine::{
+use crate::models::{
     check_queries, model_params, plan_model, plan_models, unused_params, CheckQuery,
 };
 use crate::models::{

@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::ingest::input_schemas;
-use crate::models::engine::plan_models;
+use crate::models::plan_models;
 use crate::models::{discover_models, discover_tests, order_models, Model, ModelSources};
 use crate::session::build_session;
 

@@ -13,7 +13,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use crate::commands::run::stage_inputs;
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::models::engine::{concurrent_models, run_models_until, Previous, Run};
+use crate::models::{concurrent_models, run_models_until, Previous, Run};
 use crate::models::{discover_models, order_models, Model, ModelSources};
 use crate::publish::stage::Staging;
 use crate::publish::{Manifest, Output};

@@ -5,8 +5,14 @@
 //! found by parsing the SQL for table references (no templating), and models are ordered
 //! topologically; a cycle is an error naming the chain.
 
-pub mod engine;
+mod checks;
 pub mod keys;
+mod plan;
+mod schedule;
+
+pub use checks::*;
+pub use plan::*;
+pub use schedule::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;

@@ -27,13 +27,12 @@
 //! deprecated wrapper of the same). Memory is a few batches, one row group and a few upload
 
 mod population;
-mod write;
 #[cfg(test)]
 mod tests;
+mod write;
 
 pub use population::*;
 use write::*;
-
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,7 +48,6 @@ use crate::error::{Error, Result};
 use crate::redact::redact;
 use crate::shutdown::Shutdown;
 use crate::storage::{retrying, Location};
-
 
 /// What to generate (the `segflow generate` flags).
 #[derive(Debug, Clone)]

@@ -2,7 +2,6 @@
 //! lines, all drawn from [`unit`] so that a seed gives the same history on any number of
 //! threads.
 
-
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +11,6 @@ use arrow::record_batch::RecordBatch;
 use chrono::{Datelike, Months, NaiveDate, NaiveTime};
 
 use crate::error::{Error, Result};
-
 
 use super::*;
 
@@ -97,7 +95,8 @@ pub(super) const COUNTRIES: [(&str, f64); 15] = [
     ("PT", 2.0),
     ("IE", 1.0),
 ];
-pub(super) const DEVICES: [(&str, f64); 3] = [("mobile", 55.0), ("desktop", 35.0), ("tablet", 10.0)];
+pub(super) const DEVICES: [(&str, f64); 3] =
+    [("mobile", 55.0), ("desktop", 35.0), ("tablet", 10.0)];
 /// Weights of 1..=5 lines per order (mean 2.62).
 pub(super) const LINES_PER_ORDER: [f64; 5] = [22.0, 30.0, 23.0, 14.0, 11.0];
 /// Weights of a line's quantity 1..=4.

@@ -1,7 +1,6 @@
 //! Writing a month: its lines in Arrow batches, through `AsyncArrowWriter` into a buffered
 //! (multipart) upload, one month per worker thread.
 
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -22,7 +21,6 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::redact::redact;
 use crate::storage::Location;
-
 
 use super::*;
 
@@ -215,7 +213,11 @@ pub(super) struct Shared {
 }
 
 /// Writes month `m`: `Ok(None)` when stopped (the file abandoned).
-pub(super) fn write_month(shared: &Shared, handle: &Handle, m: usize) -> Result<Option<MonthStats>> {
+pub(super) fn write_month(
+    shared: &Shared,
+    handle: &Handle,
+    m: usize,
+) -> Result<Option<MonthStats>> {
     let mut file = MonthFile {
         loc: &shared.loc,
         rel: format!("month={}/part-0.parquet", shared.plan.months[m].label),
@@ -247,7 +249,11 @@ pub(super) fn write_month(shared: &Shared, handle: &Handle, m: usize) -> Result<
 }
 
 /// Runs the worker threads until every month is written, one stops, or `stop` is raised.
-pub(super) fn write_all_months(shared: &Shared, handle: &Handle, threads: usize) -> Result<Vec<MonthStats>> {
+pub(super) fn write_all_months(
+    shared: &Shared,
+    handle: &Handle,
+    threads: usize,
+) -> Result<Vec<MonthStats>> {
     let worker = || -> Result<Vec<MonthStats>> {
         let mut done = Vec::new();
         loop {

@@ -20,8 +20,8 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::ingest::{open_sources, planning_as_of, stage_orders, Sources};
-use crate::models::engine::plan_models;
-use crate::models::engine::{
+use crate::models::plan_models;
+use crate::models::{
     concurrent_models, reject_unused_params, run_checks, run_data_tests, run_models,
     runnable_tests, Previous,
 };

@@ -1,0 +1,381 @@
+//! Checks and data tests of the computed models: unique, not_null, accepted_values,
+//! relationships and row expressions from the front matter, and the `tests/*.sql` queries.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::{Array, Int64Array};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use tracing::{debug, info, warn};
+
+use crate::config::ParamValue;
+use crate::error::{Error, Result};
+use crate::models::{unique_columns, DataTest, Model, Severity, INPUT_TABLES};
+use crate::publish::stage::Staging;
+
+use super::*;
+
+pub(crate) fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub(crate) fn quote_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+pub(crate) async fn count_query(
+    ctx: &SessionContext,
+    sql: &str,
+) -> std::result::Result<i64, DataFusionError> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    Ok(batches
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .filter(|a| !a.is_empty() && !a.is_null(0))
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0))
+}
+
+/// One declared check (except `row_count`): its label (with `{n}` for the count) and the
+/// SQL counting the offending rows; for a check judged row by row (not_null,
+/// accepted_values, expression) also the predicate of an offending row, so that a model's
+/// row checks can be counted in one scan.
+pub struct CheckQuery {
+    pub label: String,
+    pub sql: String,
+    pub row_predicate: Option<String>,
+    /// The columns of a `unique` check.
+    pub unique: Option<BTreeSet<String>>,
+}
+
+/// The count queries of a model's declared checks (except `row_count`).
+pub fn check_queries(model: &Model) -> Vec<CheckQuery> {
+    let checks = &model.header.checks;
+    let t = quote_ident(&model.name);
+    let mut queries: Vec<CheckQuery> = Vec::new();
+    let row_check = |label: String, predicate: String| CheckQuery {
+        label,
+        sql: format!("select count(*) from {t} where {predicate}"),
+        row_predicate: Some(predicate),
+        unique: None,
+    };
+    for cols in &checks.unique {
+        // Rows with a NULL key take no part, as in dbt and SQL's UNIQUE (`not_null`
+        // is the check for those).
+        let keys: Vec<String> = unique_columns(cols).map(quote_ident).collect();
+        let present = keys
+            .iter()
+            .map(|k| format!("{k} is not null"))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let list = keys.join(", ");
+        queries.push(CheckQuery {
+            label: format!("unique({cols}): {{n}} duplicated value(s)"),
+            sql: format!("select count(*) from (select {list} from {t} where {present} group by {list} having count(*) > 1)"),
+            row_predicate: None,
+            unique: Some(unique_columns(cols).map(str::to_string).collect()),
+        });
+    }
+    for c in &checks.not_null {
+        queries.push(row_check(
+            format!("not_null({c}): {{n}} NULL row(s)"),
+            format!("{} is null", quote_ident(c)),
+        ));
+    }
+    for (c, values) in &checks.accepted_values {
+        let list: Vec<String> = values.iter().map(|v| quote_str(v)).collect();
+        queries.push(row_check(
+            format!(
+                "accepted_values({c}): {{n}} row(s) outside [{}]",
+                values.join(", ")
+            ),
+            format!(
+                "{c} is not null and cast({c} as varchar) not in ({})",
+                list.join(", "),
+                c = quote_ident(c)
+            ),
+        ));
+    }
+    for e in &checks.expression {
+        queries.push(row_check(
+            format!("expression({e}): {{n}} row(s) violate it"),
+            format!("not coalesce(({e}), false)"),
+        ));
+    }
+    for (c, target) in &checks.relationships {
+        // A target that is not `model.column` fails to plan and is reported as such.
+        let (tm, tc) = target.split_once('.').unwrap_or((target, ""));
+        queries.push(CheckQuery {
+            label: format!("relationships({c} -> {target}): {{n}} value(s) missing from {target}"),
+            sql: format!(
+                "select count(*) from {t} a where a.{c} is not null and not exists (select 1 from {tm} b where b.{tc} = a.{c})",
+                c = quote_ident(c),
+                tm = quote_ident(tm),
+                tc = quote_ident(tc)
+            ),
+            row_predicate: None,
+            unique: None,
+        });
+    }
+    queries
+}
+
+/// The counts of a model's row checks from one scan of its table; None when that query
+/// fails (each check is then run alone, to say which one cannot run).
+pub(crate) async fn row_check_counts(
+    ctx: &SessionContext,
+    table: &str,
+    queries: &[CheckQuery],
+) -> Option<Vec<i64>> {
+    let predicates: Vec<&String> = queries
+        .iter()
+        .filter_map(|q| q.row_predicate.as_ref())
+        .collect();
+    if predicates.len() < 2 {
+        return None;
+    }
+    let counts: Vec<String> = predicates
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("count(*) filter (where {p}) as c{i}"))
+        .collect();
+    let sql = format!("select {} from {table}", counts.join(", "));
+    let batches = ctx.sql(&sql).await.ok()?.collect().await.ok()?;
+    let batch = batches.first()?;
+    (0..predicates.len())
+        .map(|i| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .filter(|a| a.len() == 1 && !a.is_null(0))
+                .map(|a| a.value(0))
+        })
+        .collect()
+}
+
+/// A staged model's keys for [`crate::models::keys::unique_keys`] downstream, by its staging
+/// directory: those its plan proves, and those its `unique` checks of severity `error`
+/// declare (a run whose check fails publishes nothing, so a model downstream may rely on it).
+pub(crate) fn known_keys(
+    model: &Model,
+    output: &ModelOutput,
+    staging: &Staging,
+) -> Option<(String, Vec<BTreeSet<String>>)> {
+    let location = crate::models::keys::location_key(&staging.out.loc.dir_url(&output.staged.rel))?;
+    let checks = &model.header.checks;
+    let mut keys = output.unique_keys.clone();
+    if checks.severity == Severity::Error {
+        keys.extend(
+            checks
+                .unique
+                .iter()
+                .map(|cols| unique_columns(cols).map(str::to_string).collect()),
+        );
+    }
+    Some((location, keys))
+}
+
+/// What checks and data tests found: failures of severity `error` (the run publishes
+/// nothing) and of severity `warn` (logged, and kept in the manifest and the report).
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Findings {
+    fn add(&mut self, severity: Severity, line: String) {
+        match severity {
+            Severity::Warn => {
+                warn!("{line}");
+                self.warnings.push(line);
+            }
+            Severity::Error => self.errors.push(line),
+        }
+    }
+
+    /// Both sets of findings, these first.
+    pub fn extend(&mut self, other: Findings) {
+        self.errors.extend(other.errors);
+        self.warnings.extend(other.warnings);
+    }
+}
+
+/// Runs every model's declared checks against its computed table. A `unique` check that
+/// one of the model's [`crate::models::keys::unique_keys`] implies (in `outputs`) holds by
+/// construction and is skipped.
+pub async fn run_checks(
+    ctx: &SessionContext,
+    models: &[Model],
+    outputs: &[ModelOutput],
+) -> Result<Findings> {
+    use futures::StreamExt;
+    // The models' checks are independent queries over staged tables: a few run side by
+    // side (most are small scans that leave a core idle), reported in the models' order; a
+    // check that cannot run ends the phase (dropping the stream cancels the others).
+    let mut checked = futures::stream::iter(models)
+        .map(|model| async move { (model, model_check_findings(ctx, model, outputs).await) })
+        .buffered(CONCURRENT_CHECKS);
+    let mut findings = Findings::default();
+    while let Some((model, found)) = checked.next().await {
+        for f in found? {
+            let line = format!("{}: model `{}` check {f}", model.file, model.name);
+            findings.add(model.header.checks.severity, line);
+        }
+    }
+    Ok(findings)
+}
+
+/// Models whose checks run at the same time.
+pub(crate) const CONCURRENT_CHECKS: usize = 4;
+
+/// What the checks of `model` found (one line per failed check).
+pub(crate) async fn model_check_findings(
+    ctx: &SessionContext,
+    model: &Model,
+    outputs: &[ModelOutput],
+) -> Result<Vec<String>> {
+    let checks = &model.header.checks;
+    let t = quote_ident(&model.name);
+    let output = outputs.iter().find(|o| o.name == model.name);
+    let keys: &[BTreeSet<String>] = output.map(|o| o.unique_keys.as_slice()).unwrap_or_default();
+    let queries: Vec<CheckQuery> = check_queries(model)
+        .into_iter()
+        .filter(|q| {
+            let Some(cols) = &q.unique else { return true };
+            let proven = keys.iter().any(|k| k.is_subset(cols));
+            if proven {
+                debug!(model = %model.name, columns = ?cols, "unique check holds by the model's plan; not queried");
+            }
+            !proven
+        })
+        .collect();
+    let mut row_counts = row_check_counts(ctx, &t, &queries)
+        .await
+        .unwrap_or_default()
+        .into_iter();
+    let mut found = Vec::new();
+    for CheckQuery {
+        label,
+        sql,
+        row_predicate,
+        ..
+    } in queries
+    {
+        if let Some(n) = row_predicate.and_then(|_| row_counts.next()) {
+            if n > 0 {
+                found.push(label.replace("{n}", &n.to_string()));
+            }
+            continue;
+        }
+        let n = count_query(ctx, &sql).await.map_err(|e| Error::Model {
+            file: model.file.clone(),
+            model: model.name.clone(),
+            message: format!(
+                "check {} cannot run: {}",
+                label.split(':').next().unwrap_or(""),
+                e.strip_backtrace()
+            ),
+        })?;
+        if n > 0 {
+            found.push(label.replace("{n}", &n.to_string()));
+        }
+    }
+    if let Some(rc) = &checks.row_count {
+        // The rows the model staged; counted only for a table computed elsewhere.
+        let n = match output {
+            Some(o) => o.rows,
+            None => count_query(ctx, &format!("select count(*) from {t}"))
+                .await
+                .map_err(|e| model_error(model, e))? as u64,
+        };
+        if rc.min.is_some_and(|m| n < m) || rc.max.is_some_and(|m| n > m) {
+            found.push(format!(
+                "row_count: {n} row(s), expected {}..{}",
+                rc.min.map(|m| m.to_string()).unwrap_or_default(),
+                rc.max.map(|m| m.to_string()).unwrap_or_default()
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// The data tests whose tables all exist in this run (a `--select` run skips the others),
+/// or the error naming a test that reads a table that is neither an input nor a model.
+pub fn runnable_tests<'t>(
+    tests: &'t [DataTest],
+    all_models: &std::collections::BTreeSet<String>,
+    computed: &std::collections::BTreeSet<String>,
+) -> Result<Vec<&'t DataTest>> {
+    let mut runnable = Vec::new();
+    for t in tests {
+        let m = &t.model;
+        let tables = m.deps.iter().chain(m.previous_deps.iter());
+        if let Some(unknown) = tables.clone().find(|d| !all_models.contains(*d)) {
+            let mut known: Vec<String> = INPUT_TABLES.iter().map(|s| s.to_string()).collect();
+            known.extend(all_models.iter().cloned());
+            return Err(Error::UnknownTable {
+                file: m.file.clone(),
+                model: m.name.clone(),
+                table: unknown.clone(),
+                known: known.join(", "),
+            });
+        }
+        match tables.clone().find(|d| !computed.contains(*d)) {
+            Some(missing) => {
+                info!(test = %m.name, table = %missing, "data test skipped: its table is not computed in this run")
+            }
+            None => runnable.push(t),
+        }
+    }
+    Ok(runnable)
+}
+
+/// Runs the data tests after the models: a test fails when its query returns rows (a
+/// finding names the test, the count and up to 5 sample rows).
+pub async fn run_data_tests(
+    ctx: &SessionContext,
+    tests: &[&DataTest],
+    as_of: NaiveDate,
+    config_params: &BTreeMap<String, ParamValue>,
+) -> Result<Findings> {
+    const SAMPLE: usize = 5;
+    let mut findings = Findings::default();
+    for t in tests {
+        let m = &t.model;
+        let params = model_params(m, as_of, config_params)?;
+        let df = plan_model(ctx, m, &params).await?;
+        let count = df.clone().count().await.map_err(|e| model_error(m, e))?;
+        if count == 0 {
+            info!(test = %m.name, "data test passed");
+            continue;
+        }
+        let sample = df
+            .limit(0, Some(SAMPLE))
+            .map_err(|e| model_error(m, e))?
+            .collect()
+            .await
+            .map_err(|e| model_error(m, e))?;
+        let table = datafusion::arrow::util::pretty::pretty_format_batches(&sample)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|e| format!("(rows cannot be shown: {e})"));
+        let line = format!(
+            "{}: data test `{}` returned {count} row(s){}:\n{table}",
+            m.file,
+            m.name,
+            if count > SAMPLE {
+                format!(", the first {SAMPLE}")
+            } else {
+                String::new()
+            }
+        );
+        findings.add(t.severity, line);
+    }
+    Ok(findings)
+}

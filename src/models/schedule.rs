@@ -1,0 +1,375 @@
+//! Running the models: each executed once as soon as the tables it reads are staged (up
+//! to `concurrent_models` at a time), streaming its result to staging Parquet, and
+//! registered for the models downstream (no result is held in memory).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::scalar::ScalarValue;
+use tracing::{debug, info, warn};
+
+use crate::config::ParamValue;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::models::Model;
+use crate::publish::stage::{open_staged, StageError, StagedTable, Staging};
+use crate::redact::redact;
+
+use super::*;
+
+/// Runs every model in order, writing each once to staging and registering the staged
+/// table for the models downstream; returns their outputs (internal models included).
+pub async fn run_models(
+    ctx: &SessionContext,
+    models: &[Model],
+    as_of: NaiveDate,
+    config_params: &BTreeMap<String, ParamValue>,
+    previous: &Previous<'_>,
+    staging: &Staging,
+    concurrency: usize,
+) -> Result<Vec<ModelOutput>> {
+    let run = Run {
+        until: None,
+        concurrency,
+    };
+    Ok(
+        run_models_until(ctx, models, as_of, config_params, previous, staging, run)
+            .await?
+            .0,
+    )
+}
+
+/// How [`run_models_until`] runs the models.
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    /// Stop at this model, planned but not executed.
+    pub until: Option<&'a str>,
+    /// Models computed side by side (see [`concurrent_models`]).
+    pub concurrency: usize,
+}
+
+/// Models computed side by side: `[runtime] concurrent_models`, else two while the staged
+/// orders take at most a quarter of `memory_limit` (or there is no limit) and one beyond:
+/// two models share the memory pool, and on inputs larger than memory each spilled more and
+/// ran longer than the two one after the other (BENCHMARKS.md).
+pub fn concurrent_models(settings: &crate::config::Settings, staged_orders_bytes: u64) -> usize {
+    let fits = match settings.memory_limit {
+        Some(limit) => staged_orders_bytes <= limit as u64 / 4,
+        None => true,
+    };
+    settings
+        .concurrent_models
+        .unwrap_or(if fits { 2 } else { 1 })
+}
+
+/// [`run_models`], stopping at the model named `until` (if any): it is planned over the
+/// staged tables upstream, with its parameters bound and `previous.*` registered, and
+/// returned unexecuted (for `segflow explain`).
+pub async fn run_models_until(
+    ctx: &SessionContext,
+    models: &[Model],
+    as_of: NaiveDate,
+    config_params: &BTreeMap<String, ParamValue>,
+    previous: &Previous<'_>,
+    staging: &Staging,
+    run: Run<'_>,
+) -> Result<(Vec<ModelOutput>, Option<DataFrame>)> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut running = FuturesUnordered::new();
+    let scheduler = Scheduler {
+        ctx,
+        models,
+        as_of,
+        config_params,
+        previous,
+        staging,
+        previous_schema: register_previous_schema(ctx)?,
+    };
+    let result = scheduler.schedule(run, &mut running).await;
+    if result.is_err() {
+        // Models beside the one that failed finish first (their results unused): a model
+        // dropped mid-write could leave an upload open or write after staging is removed.
+        while running.next().await.is_some() {}
+    }
+    result
+}
+
+/// A model being computed: its place in the run, its planned keys, and its staged table
+/// with the time it took.
+type Computing<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (usize, Vec<BTreeSet<String>>, Computed)> + Send + 'a>,
+>;
+
+/// What computing one model gave: its staged table, schema and duration, or why not.
+type Computed = std::result::Result<(StagedTable, SchemaRef, Duration), Failed>;
+
+/// A model that could not be computed.
+pub(crate) struct Failed {
+    error: Error,
+    /// The memory pool refused an allocation.
+    out_of_memory: bool,
+}
+
+/// Starts each model once the models it reads are staged (see [`run_models_until`]).
+pub(crate) struct Scheduler<'a> {
+    ctx: &'a SessionContext,
+    models: &'a [Model],
+    as_of: NaiveDate,
+    config_params: &'a BTreeMap<String, ParamValue>,
+    previous: &'a Previous<'a>,
+    staging: &'a Staging,
+    previous_schema: Arc<MemorySchemaProvider>,
+}
+
+impl<'a> Scheduler<'a> {
+    /// Runs the models, up to `run.concurrency` side by side, started in the run's order as
+    /// soon as the models they read (current or previous tables) are staged; with one at a
+    /// time, and for `explain` (which stops at a model), they run in that order. A model
+    /// that runs out of memory beside others is rerun alone once they finish.
+    async fn schedule(
+        &self,
+        run: Run<'_>,
+        running: &mut futures::stream::FuturesUnordered<Computing<'a>>,
+    ) -> Result<(Vec<ModelOutput>, Option<DataFrame>)> {
+        use futures::stream::StreamExt;
+        let models = self.models;
+        let names: BTreeSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        let limit = if run.until.is_some() {
+            1
+        } else {
+            run.concurrency.max(1)
+        };
+        let mut finished: Vec<Option<ModelOutput>> = vec![None; models.len()];
+        let mut started = vec![false; models.len()];
+        // Whether another model ran while it did (it shared the memory pool).
+        let mut shared = vec![false; models.len()];
+        // Models to rerun alone, one by one, once the running ones finish.
+        let mut reruns: std::collections::VecDeque<usize> = Default::default();
+        // The keys of the staged models, for the models downstream.
+        let mut known: HashMap<String, Vec<BTreeSet<String>>> = HashMap::new();
+        loop {
+            let mut starting = Vec::new();
+            match reruns.front() {
+                // Alone: nothing else starts before it finishes.
+                Some(&position) if running.is_empty() => {
+                    reruns.pop_front();
+                    starting.push(position);
+                }
+                Some(_) => {}
+                None => {
+                    for (position, model) in models.iter().enumerate() {
+                        if running.len() + starting.len() >= limit {
+                            break;
+                        }
+                        let ready = !started[position]
+                            && model
+                                .tables_read()
+                                .filter(|d| names.contains(d.as_str()))
+                                .all(|d| finished.iter().flatten().any(|o| &o.name == d));
+                        if ready {
+                            started[position] = true;
+                            starting.push(position);
+                        }
+                    }
+                }
+            }
+            for position in starting {
+                let model = &models[position];
+                let staged: Vec<&ModelOutput> = finished.iter().flatten().collect();
+                let (df, params) = self.plan(model, &staged).await?;
+                if run.until == Some(model.name.as_str()) {
+                    let outputs = finished.into_iter().flatten().collect();
+                    return Ok((outputs, Some(df)));
+                }
+                if !running.is_empty() {
+                    shared[position] = true;
+                    for (p, s) in shared.iter_mut().enumerate() {
+                        *s |= started[p] && finished[p].is_none() && p != position;
+                    }
+                }
+                debug!(model = %model.name, beside = running.len(), "model started");
+                let unique_keys = crate::models::keys::unique_keys(&df, &known);
+                let progress =
+                    crate::progress::ModelProgress::start(&model.name, position + 1, models.len());
+                let (ctx, staging) = (self.ctx, self.staging);
+                running.push(Box::pin(async move {
+                    let clock = Instant::now();
+                    let computed = compute_model(ctx, model, &params, df, staging).await;
+                    let computed = computed.map(|(staged, schema)| {
+                        let duration = clock.elapsed();
+                        progress.finish(&model.name, staged.rows, duration);
+                        (staged, schema, duration)
+                    });
+                    (position, unique_keys, computed)
+                }));
+            }
+            let Some((position, unique_keys, computed)) = running.next().await else {
+                break;
+            };
+            let model = &models[position];
+            let (staged, schema, duration) = match computed {
+                Ok(c) => c,
+                Err(Failed {
+                    error,
+                    out_of_memory: true,
+                }) if shared[position] => {
+                    warn!(model = %model.name, %error,
+                        "model ran out of memory beside other models; rerunning it alone once they finish");
+                    self.staging
+                        .out
+                        .delete_prefix(&self.staging.table_rel(&model.name, model.header.publish))
+                        .await?;
+                    shared[position] = false;
+                    reruns.push_back(position);
+                    continue;
+                }
+                Err(f) => return Err(f.error),
+            };
+            info!(model = %model.name, rows = staged.rows, duration_ms = duration.as_millis() as u64, "model computed");
+            let output = ModelOutput {
+                name: model.name.clone(),
+                file: model.file.clone(),
+                schema,
+                rows: staged.rows,
+                duration,
+                publish: model.header.publish,
+                partition_by: model.header.partition_by.clone(),
+                staged,
+                unique_keys,
+            };
+            known.extend(known_keys(model, &output, self.staging));
+            finished[position] = Some(output);
+            failpoint::hit("staging").await;
+        }
+        if let Some(position) = finished.iter().position(Option::is_none) {
+            let model = &models[position];
+            return Err(Error::Model {
+                file: model.file.clone(),
+                model: model.name.clone(),
+                message: "was never started: a model it reads did not run (internal error)".into(),
+            });
+        }
+        Ok((finished.into_iter().flatten().collect(), None))
+    }
+
+    /// Plans `model` over the staged tables, with `previous.*` registered; returns the plan
+    /// and its bound parameters (to plan it again, should it rerun on sort-merge joins).
+    async fn plan(
+        &self,
+        model: &Model,
+        staged: &[&ModelOutput],
+    ) -> Result<(DataFrame, BTreeMap<String, ScalarValue>)> {
+        let params = model_params(model, self.as_of, self.config_params)?;
+        register_previous_deps(
+            self.ctx,
+            model,
+            &params,
+            &self.previous_schema,
+            self.previous,
+            staged,
+        )
+        .await?;
+        Ok((plan_model(self.ctx, model, &params).await?, params))
+    }
+}
+
+/// Executes a planned model into staging (rerunning it on sort-merge joins if hash joins
+/// ran out of memory) and registers the staged table for the models downstream.
+pub(crate) async fn compute_model(
+    ctx: &SessionContext,
+    model: &Model,
+    params: &BTreeMap<String, ScalarValue>,
+    df: DataFrame,
+    staging: &Staging,
+) -> std::result::Result<(StagedTable, SchemaRef), Failed> {
+    let failed = |error: Error| Failed {
+        error,
+        out_of_memory: false,
+    };
+    let planned = df.schema().as_arrow().clone();
+    check_partition_by(model, &Arc::new(planned.clone())).map_err(failed)?;
+    if failpoint::fails("out_of_memory") {
+        return Err(Failed {
+            error: model_error(
+                model,
+                DataFusionError::ResourcesExhausted("failpoint out_of_memory".into()),
+            ),
+            out_of_memory: true,
+        });
+    }
+    let stage = |df: DataFrame| {
+        staging.write_table(
+            df,
+            &model.name,
+            model.header.publish,
+            &model.header.partition_by,
+        )
+    };
+    let staged = match stage(df).await {
+        Err(StageError::Engine(e)) if out_of_memory_in_hash_join(ctx, &e) => {
+            // Hash joins are fast but keep their build side in memory; sort-merge joins
+            // spill. Rerun the model with them, from a clean staging directory.
+            warn!(model = %model.name, error = %redact(&e.strip_backtrace()),
+                "model ran out of memory with hash joins; rerunning it with sort-merge joins, which spill");
+            staging
+                .out
+                .delete_prefix(&staging.table_rel(&model.name, model.header.publish))
+                .await
+                .map_err(failed)?;
+            let mut state = ctx.state();
+            state.config_mut().options_mut().optimizer.prefer_hash_join = false;
+            let df = plan_model_with(state, model, params)
+                .await
+                .map_err(failed)?;
+            stage(df).await
+        }
+        other => other,
+    };
+    let staged = staged.map_err(|e| Failed {
+        out_of_memory: matches!(&e, StageError::Engine(e) if out_of_memory(e)),
+        error: stage_error(model, e),
+    })?;
+    let (table, schema) = open_staged(ctx, &staged, &staging.out.loc, &planned)
+        .await
+        .map_err(|e| failed(model_error(model, e)))?;
+    ctx.register_table(model.name.as_str(), table)
+        .map_err(|e| failed(model_error(model, e)))?;
+    Ok((staged, schema))
+}
+
+/// True when the memory pool refused an allocation while the session prefers hash joins,
+/// whose build sides cannot spill (a sort-merge plan may fit where they did not).
+pub(crate) fn out_of_memory_in_hash_join(ctx: &SessionContext, e: &DataFusionError) -> bool {
+    ctx.state().config().options().optimizer.prefer_hash_join && out_of_memory(e)
+}
+
+/// True when the memory pool refused an allocation.
+pub(crate) fn out_of_memory(e: &DataFusionError) -> bool {
+    matches!(e.find_root(), DataFusionError::ResourcesExhausted(_))
+}
+
+/// A staging failure as a model error naming the file.
+pub(crate) fn stage_error(model: &Model, e: StageError) -> Error {
+    match e {
+        StageError::Engine(e) => {
+            let mut err = model_error(model, e);
+            if let Error::Model { message, .. } = &mut err {
+                *message = redact(&format!("cannot write table: {message}"));
+            }
+            err
+        }
+        StageError::PartitionValue { column, value } => Error::Model {
+            file: model.file.clone(),
+            model: model.name.clone(),
+            message: format!(
+                "partition column `{column}` has the value `{value}`, which contains `=` and cannot be a hive partition value"
+            ),
+        },
+    }
+}
