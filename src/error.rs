@@ -11,11 +11,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can stop or fail a segflow run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The config file could not be read.
     #[error("cannot read config file {path}: {source}")]
     ConfigRead {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     /// The config file is not valid TOML or has unknown / mistyped keys.
@@ -91,12 +93,14 @@ pub enum Error {
     Io {
         operation: &'static str,
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     /// An error from the query engine outside any single model (session setup, sources).
     #[error("{context}: {source}")]
     Engine {
         context: String,
+        #[source]
         source: datafusion::error::DataFusionError,
     },
 }

@@ -49,7 +49,7 @@ pub struct ConfigFile {
     pub storage: StorageConfig,
     /// Input gate policies.
     #[serde(default)]
-    pub gates: GatesConfig,
+    pub gates: BTreeMap<String, toml::Value>,
     /// Where OpenLineage run events go.
     #[serde(default)]
     pub lineage: Option<LineageConfig>,
@@ -92,58 +92,46 @@ impl Policy {
     }
 }
 
-/// `[gates]`: a policy per gate, and the opt-in freshness gate.
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct GatesConfig {
-    pub null_customer_id: Option<Policy>,
-    pub null_order_ts: Option<Policy>,
-    pub future_order_ts: Option<Policy>,
-    pub invalid_revenue: Option<Policy>,
-    pub negative_revenue: Option<Policy>,
-    pub duplicate_lines: Option<Policy>,
+/// `[gates]` of a run: the policies the config sets, by gate name, and the opt-in
+/// freshness gate. The gates themselves (names, default policies, what they catch) are the
+/// table `ingest::gates::GATES`, which also rejects a name it does not know.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
+pub struct Gates {
+    pub policies: BTreeMap<String, Policy>,
     /// Fail when the latest order is more than this many days before as_of.
     pub max_input_age_days: Option<u32>,
 }
 
-/// The gates of a run, defaults applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Gates {
-    pub null_customer_id: Policy,
-    pub null_order_ts: Policy,
-    pub future_order_ts: Policy,
-    pub invalid_revenue: Policy,
-    pub negative_revenue: Policy,
-    pub duplicate_lines: Policy,
-    pub max_input_age_days: Option<u32>,
-}
-
-impl Default for Gates {
-    fn default() -> Self {
-        Gates {
-            null_customer_id: Policy::Fail,
-            null_order_ts: Policy::Fail,
-            future_order_ts: Policy::Fail,
-            invalid_revenue: Policy::Fail,
-            negative_revenue: Policy::Warn,
-            duplicate_lines: Policy::Warn,
-            max_input_age_days: None,
+impl Gates {
+    /// `[gates]` as written: `<gate> = "fail" | "drop" | "warn"` and `max_input_age_days`.
+    fn parse(table: &BTreeMap<String, toml::Value>) -> Result<Gates> {
+        let mut gates = Gates::default();
+        for (name, value) in table {
+            let bad = |message: String| Error::ConfigValue {
+                key: format!("gates.{name}"),
+                message,
+            };
+            if name == "max_input_age_days" {
+                let days = value
+                    .as_integer()
+                    .and_then(|d| u32::try_from(d).ok())
+                    .ok_or_else(|| bad(format!("expected a number of days, got {value}")))?;
+                gates.max_input_age_days = Some(days);
+                continue;
+            }
+            let policy = match value.as_str() {
+                Some("fail") => Policy::Fail,
+                Some("drop") => Policy::Drop,
+                Some("warn") => Policy::Warn,
+                _ => {
+                    return Err(bad(format!(
+                        "expected \"fail\", \"drop\" or \"warn\", got {value}"
+                    )))
+                }
+            };
+            gates.policies.insert(name.clone(), policy);
         }
-    }
-}
-
-impl GatesConfig {
-    fn resolve(&self) -> Gates {
-        let d = Gates::default();
-        Gates {
-            null_customer_id: self.null_customer_id.unwrap_or(d.null_customer_id),
-            null_order_ts: self.null_order_ts.unwrap_or(d.null_order_ts),
-            future_order_ts: self.future_order_ts.unwrap_or(d.future_order_ts),
-            invalid_revenue: self.invalid_revenue.unwrap_or(d.invalid_revenue),
-            negative_revenue: self.negative_revenue.unwrap_or(d.negative_revenue),
-            duplicate_lines: self.duplicate_lines.unwrap_or(d.duplicate_lines),
-            max_input_age_days: self.max_input_age_days,
-        }
+        Ok(gates)
     }
 }
 
@@ -661,7 +649,7 @@ impl Settings {
             keep_snapshots: file.output.keep_snapshots,
             s3,
             select: overrides.select.clone(),
-            gates: file.gates.resolve(),
+            gates: Gates::parse(&file.gates)?,
             lineage,
             config_hash,
         })

@@ -20,49 +20,145 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
-use crate::config::{Gates, Policy};
+use crate::config::{Gates, InputSpec, Policy};
+use crate::error::{Error, Result};
 use crate::publish::manifest::GateStat;
 
-/// The row gates, in the order a row is judged (a row caught by several is rejected under
-/// the first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Gate {
-    NullCustomerId,
-    NullOrderTs,
-    FutureOrderTs,
-    InvalidRevenue,
-    NegativeRevenue,
+/// A row as the line gates judge it.
+pub struct Line {
+    /// customer_id is NULL or empty.
+    pub null_customer: bool,
+    /// order_ts (UTC µs), if not NULL.
+    pub ts: Option<i64>,
+    /// order_ts is later than the run's clock.
+    pub future: bool,
+    /// revenue, if not NULL.
+    pub revenue: Option<f64>,
+    /// The source maps a status column and the line's status is not a return status.
+    pub not_a_return: bool,
 }
 
-impl Gate {
-    pub const ALL: [Gate; 5] = [
-        Gate::NullCustomerId,
-        Gate::NullOrderTs,
-        Gate::FutureOrderTs,
-        Gate::InvalidRevenue,
-        Gate::NegativeRevenue,
-    ];
+/// How a gate finds the lines it catches.
+pub enum Catch {
+    /// Judged line by line as the orders are staged.
+    Line(fn(&Line) -> bool),
+    /// Lines identical in every mapped column to an earlier one (by their fingerprints,
+    /// collected as the orders are staged; needs a mapped order_id).
+    Repeated,
+}
 
-    /// The gate's name in `[gates]`, messages, the manifest and `_rejected`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Gate::NullCustomerId => "null_customer_id",
-            Gate::NullOrderTs => "null_order_ts",
-            Gate::FutureOrderTs => "future_order_ts",
-            Gate::InvalidRevenue => "invalid_revenue",
-            Gate::NegativeRevenue => "negative_revenue",
-        }
-    }
+/// One input gate: its name in `[gates]`, messages, the manifest and `_rejected`; its
+/// policy when the config sets none; which lines it catches; and what those lines have,
+/// for the message (given the source column of a canonical column, and the input).
+pub struct GateSpec {
+    pub name: &'static str,
+    pub default: Policy,
+    pub catch: Catch,
+    pub what: fn(&dyn Fn(&str) -> String, &InputSpec) -> String,
+}
 
-    pub fn policy(self, gates: &Gates) -> Policy {
-        match self {
-            Gate::NullCustomerId => gates.null_customer_id,
-            Gate::NullOrderTs => gates.null_order_ts,
-            Gate::FutureOrderTs => gates.future_order_ts,
-            Gate::InvalidRevenue => gates.invalid_revenue,
-            Gate::NegativeRevenue => gates.negative_revenue,
-        }
+/// Every input gate, in the order a line is judged (a line caught by several is rejected
+/// under the first). A new gate is one entry here, plus its tests.
+pub const GATES: [GateSpec; 6] = [
+    GateSpec {
+        name: "null_customer_id",
+        default: Policy::Fail,
+        catch: Catch::Line(|l| l.null_customer),
+        what: |source, _| {
+            format!(
+                "have a NULL or empty customer_id (source column `{}`)",
+                source("customer_id")
+            )
+        },
+    },
+    GateSpec {
+        name: "null_order_ts",
+        default: Policy::Fail,
+        catch: Catch::Line(|l| l.ts.is_none()),
+        what: |source, _| {
+            format!(
+                "have a NULL order_ts (source column `{}`)",
+                source("order_ts")
+            )
+        },
+    },
+    GateSpec {
+        name: "future_order_ts",
+        default: Policy::Fail,
+        catch: Catch::Line(|l| l.future),
+        what: |source, _| {
+            format!(
+                "have an order_ts (source column `{}`) later than the current time",
+                source("order_ts")
+            )
+        },
+    },
+    GateSpec {
+        name: "invalid_revenue",
+        default: Policy::Fail,
+        catch: Catch::Line(|l| l.revenue.is_none_or(|r| !r.is_finite())),
+        what: |source, _| {
+            format!(
+                "have a NULL, NaN or infinite revenue (source column `{}`)",
+                source("revenue")
+            )
+        },
+    },
+    GateSpec {
+        name: "negative_revenue",
+        default: Policy::Warn,
+        catch: Catch::Line(|l| l.not_a_return && l.revenue.is_some_and(|r| r < 0.0)),
+        what: |source, spec| {
+            format!(
+                "have a negative revenue (source column `{}`) and a status (source column `{}`) that is not a return status ({})",
+                source("revenue"),
+                source("status"),
+                match spec.return_status.is_empty() {
+                    true => "return_status is empty".to_string(),
+                    false => spec.return_status.join(", "),
+                }
+            )
+        },
+    },
+    GateSpec {
+        name: DUPLICATE_LINES,
+        default: Policy::Warn,
+        catch: Catch::Repeated,
+        what: |_, _| "repeat another line in every mapped column".to_string(),
+    },
+];
+
+/// The gates judged line by line (a prefix of [`GATES`]).
+const LINE_GATES: usize = 5;
+
+/// The name of the gate for lines identical in every mapped column.
+pub const DUPLICATE_LINES: &str = "duplicate_lines";
+
+/// The policy of every gate of [`GATES`] under `[gates]`, in that order; an unknown gate
+/// name in the config is an error naming it.
+pub fn policies(gates: &Gates) -> Result<[Policy; GATES.len()]> {
+    if let Some(unknown) = gates
+        .policies
+        .keys()
+        .find(|n| !GATES.iter().any(|g| g.name == n.as_str()))
+    {
+        return Err(Error::ConfigValue {
+            key: format!("gates.{unknown}"),
+            message: format!(
+                "unknown gate `{unknown}` (known gates: {}, max_input_age_days)",
+                GATES.map(|g| g.name).join(", ")
+            ),
+        });
     }
+    Ok(GATES.map(|g| gates.policies.get(g.name).copied().unwrap_or(g.default)))
+}
+
+/// The policy of the gate `name` (one of [`GATES`]).
+pub fn policy(policies: &[Policy; GATES.len()], name: &str) -> Policy {
+    GATES
+        .iter()
+        .position(|g| g.name == name)
+        .map_or(Policy::Warn, |i| policies[i])
 }
 
 /// What the staging pass counted over every source row of `orders`.
@@ -73,8 +169,8 @@ pub struct GateCounts {
     pub dropped: u64,
     /// Rows after an explicit as_of.
     pub after_as_of: u64,
-    /// Rows each gate caught (by [`Gate::ALL`] position).
-    pub caught: [u64; 5],
+    /// Rows each line gate caught (by [`GATES`] position).
+    pub caught: [u64; LINE_GATES],
     /// Rows left out by a `drop` policy.
     pub rejected: u64,
     /// Rows the models see.
@@ -100,20 +196,13 @@ impl GateCounts {
         self.latest_visible = self.latest_visible.max(other.latest_visible);
     }
 
-    /// Per gate: rows caught and its policy (every gate, caught or not).
-    pub fn stats(&self, gates: &Gates) -> BTreeMap<String, GateStat> {
-        Gate::ALL
+    /// Per line gate: rows caught and its policy (every gate, caught or not).
+    pub fn stats(&self, policies: &[Policy; GATES.len()]) -> BTreeMap<String, GateStat> {
+        GATES
             .iter()
             .zip(self.caught)
-            .map(|(g, rows)| {
-                (
-                    g.name().to_string(),
-                    GateStat {
-                        rows,
-                        policy: g.policy(gates),
-                    },
-                )
-            })
+            .zip(policies)
+            .map(|((g, rows), &policy)| (g.name.to_string(), GateStat { rows, policy }))
             .collect()
     }
 }
@@ -131,14 +220,16 @@ pub struct GateRules {
     pub as_of: Option<i32>,
     /// The wall clock at the start of the run (µs since the epoch, UTC).
     pub now_us: i64,
-    pub gates: Gates,
+    /// The policy of each of [`GATES`].
+    pub policies: [Policy; GATES.len()],
 }
 
 /// One batch judged: the counts, whether each row is kept, and the gate that rejected it.
 struct Judged {
     counts: GateCounts,
     keep: Vec<bool>,
-    rejected_by: Vec<Option<Gate>>,
+    /// The index in [`GATES`] of the gate that rejected each line.
+    rejected_by: Vec<Option<usize>>,
 }
 
 fn udf_err(name: &str, message: String) -> datafusion::error::DataFusionError {
@@ -219,20 +310,22 @@ impl GateRules {
                 continue;
             }
             // A row the run uses: the gates judge it.
-            let r = revenue.is_valid(i).then(|| revenue.value(i));
-            let caught = [
-                null_customer.is_valid(i) && null_customer.value(i),
-                t.is_none(),
+            let line = Line {
+                null_customer: null_customer.is_valid(i) && null_customer.value(i),
+                ts: t,
                 future,
-                r.is_none_or(|r| !r.is_finite()),
-                self.status_mapped && !returned && r.is_some_and(|r| r < 0.0),
-            ];
+                revenue: revenue.is_valid(i).then(|| revenue.value(i)),
+                not_a_return: self.status_mapped && !returned,
+            };
             let mut rejected = None;
-            for (n, (&hit, gate)) in caught.iter().zip(Gate::ALL).enumerate() {
-                if hit {
+            for (n, gate) in GATES[..LINE_GATES].iter().enumerate() {
+                let Catch::Line(catches) = gate.catch else {
+                    continue;
+                };
+                if catches(&line) {
                     counts.caught[n] += 1;
-                    if rejected.is_none() && gate.policy(&self.gates) == Policy::Drop {
-                        rejected = Some(gate);
+                    if rejected.is_none() && self.policies[n] == Policy::Drop {
+                        rejected = Some(n);
                     }
                 }
             }
@@ -364,7 +457,7 @@ impl ScalarUDFImpl for GateReason {
         let reasons: StringArray = judged
             .rejected_by
             .iter()
-            .map(|g| g.map(Gate::name))
+            .map(|g| g.map(|n| GATES[n].name))
             .collect();
         Ok(ColumnarValue::Array(Arc::new(reasons)))
     }
@@ -376,9 +469,6 @@ impl ScalarUDFImpl for GateReason {
 /// different lines among 10^9 share one is below 10^-20).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct LineHash;
-
-/// The name of the gate for lines identical in every mapped column.
-pub const DUPLICATE_LINES: &str = "duplicate_lines";
 
 impl ScalarUDFImpl for LineHash {
     fn name(&self) -> &str {
@@ -458,5 +548,34 @@ mod tests {
             assert_eq!(GateRules::listed(&list, status), listed, "{status:?}");
             assert_eq!(lower_in_list, listed, "{status:?}");
         }
+    }
+
+    #[test]
+    fn policies_take_each_gates_default_unless_set_and_an_unknown_gate_is_named() {
+        let mut gates = Gates::default();
+        assert_eq!(
+            policies(&gates).unwrap(),
+            [
+                Policy::Fail,
+                Policy::Fail,
+                Policy::Fail,
+                Policy::Fail,
+                Policy::Warn,
+                Policy::Warn
+            ]
+        );
+        gates
+            .policies
+            .insert("negative_revenue".into(), Policy::Drop);
+        gates.policies.insert(DUPLICATE_LINES.into(), Policy::Fail);
+        let set = policies(&gates).unwrap();
+        assert_eq!((set[4], set[5]), (Policy::Drop, Policy::Fail));
+        assert_eq!(policy(&set, DUPLICATE_LINES), Policy::Fail);
+        gates.policies.insert("null_customer".into(), Policy::Warn);
+        let err = policies(&gates).unwrap_err().to_string();
+        assert!(
+            err.contains("gates.null_customer") && err.contains("known gates: null_customer_id"),
+            "{err}"
+        );
     }
 }

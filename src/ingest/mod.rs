@@ -29,7 +29,7 @@ use crate::config::{InputSpec, Policy, Settings};
 use crate::error::{Error, Result};
 use crate::ingest::fingerprints::{Fingerprints, Repeated, COLUMNS as FINGERPRINT};
 use crate::ingest::gates::{
-    Gate, GateCounts, GateReason, GateRules, GateTally, LineHash, DUPLICATE_LINES,
+    Catch, GateCounts, GateReason, GateRules, GateTally, LineHash, DUPLICATE_LINES, GATES,
 };
 use crate::publish::layout::REJECTED;
 use crate::publish::manifest::{GateStat, InputStats};
@@ -183,12 +183,14 @@ pub async fn stage_orders(
         .map_err(|e| input_err(orders_spec, e.to_string()))?;
     // The duplicate gate's fingerprints are collected as the lines are staged; they stay
     // in the staged table only for the drop policy, which joins on them.
+    let policies = source.tally.rules.policies;
+    let drop_repeated = gates::policy(&policies, DUPLICATE_LINES) == Policy::Drop;
     let fingerprints = fingerprint.then(|| {
         let runtime = ctx.runtime_env();
         Arc::new(Fingerprints::new(
             &runtime.memory_pool,
             runtime.disk_manager.clone(),
-            settings.gates.duplicate_lines == Policy::Drop,
+            drop_repeated,
         ))
     });
     let tap = fingerprints
@@ -227,12 +229,11 @@ pub async fn stage_orders(
         duplicates.as_ref(),
         orders_spec,
         settings,
+        &policies,
         source.files.len(),
     )?;
     staging.as_of = as_of;
-    let drop_duplicates = duplicates
-        .as_ref()
-        .filter(|d| d.extra > 0 && settings.gates.duplicate_lines == Policy::Drop);
+    let drop_duplicates = duplicates.as_ref().filter(|d| d.extra > 0 && drop_repeated);
     let mut staged = staged;
     if let Some(d) = drop_duplicates {
         // Models see one copy of each duplicated line.
@@ -667,7 +668,7 @@ fn visible_orders(
         status_mapped: present.contains("status"),
         as_of: settings.as_of.map(crate::config::date_to_days),
         now_us: Utc::now().timestamp_micros(),
-        gates: settings.gates,
+        policies: gates::policies(&settings.gates)?,
     }));
     let predicate = ScalarUDF::new_from_shared_impl(tally.clone()).call(gate_args(present));
     let mut visible = mapped.filter(predicate).map_err(err)?;
@@ -854,6 +855,7 @@ fn settle_gates(
     duplicates: Option<&Duplicates>,
     spec: &InputSpec,
     settings: &Settings,
+    policies: &[Policy; GATES.len()],
     files: usize,
 ) -> Result<(InputStats, NaiveDate)> {
     if counts.rows == 0 {
@@ -868,58 +870,36 @@ fn settle_gates(
             .cloned()
             .unwrap_or_else(|| c.to_string())
     };
+    let repeated = duplicates.filter(|d| d.extra > 0);
     let mut failures = Vec::new();
-    for (gate, caught) in Gate::ALL.iter().zip(counts.caught) {
+    for (n, gate) in GATES.iter().enumerate() {
+        let caught = match gate.catch {
+            Catch::Line(_) => counts.caught[n],
+            Catch::Repeated => repeated.map_or(0, |d| d.extra),
+        };
         if caught == 0 {
             continue;
         }
-        let what = match gate {
-            Gate::NullCustomerId => format!(
-                "have a NULL or empty customer_id (source column `{}`)",
-                source_of("customer_id")
+        let what = (gate.what)(&source_of, spec);
+        let line = match gate.catch {
+            Catch::Line(_) => format!(
+                "input gate {}: {caught} row(s) of {} {what}",
+                gate.name, spec.uri
             ),
-            Gate::NullOrderTs => format!(
-                "have a NULL order_ts (source column `{}`)",
-                source_of("order_ts")
-            ),
-            Gate::FutureOrderTs => format!(
-                "have an order_ts (source column `{}`) later than the current time",
-                source_of("order_ts")
-            ),
-            Gate::InvalidRevenue => format!(
-                "have a NULL, NaN or infinite revenue (source column `{}`)",
-                source_of("revenue")
-            ),
-            Gate::NegativeRevenue => format!(
-                "have a negative revenue (source column `{}`) and a status (source column `{}`) that is not a return status ({})",
-                source_of("revenue"),
-                source_of("status"),
-                match spec.return_status.is_empty() {
-                    true => "return_status is empty".to_string(),
-                    false => spec.return_status.join(", "),
-                }
+            Catch::Repeated => format!(
+                "input gate {}: {caught} line(s) of {} {what} ({} line(s) duplicated)",
+                gate.name,
+                spec.uri,
+                repeated.map_or(0, |d| d.groups)
             ),
         };
-        let line = format!(
-            "input gate {}: {caught} row(s) of {} {what}",
-            gate.name(),
-            spec.uri
-        );
-        match gate.policy(&settings.gates) {
-            Policy::Fail => failures.push(line),
-            Policy::Warn => warn!("{line} (policy warn: kept)"),
-            Policy::Drop => warn!("{line} (policy drop: left out, written to _rejected)"),
-        }
-    }
-    if let Some(d) = duplicates.filter(|d| d.extra > 0) {
-        let line = format!(
-            "input gate {DUPLICATE_LINES}: {} line(s) of {} repeat another line in every mapped column ({} line(s) duplicated)",
-            d.extra, spec.uri, d.groups
-        );
-        match settings.gates.duplicate_lines {
-            Policy::Fail => failures.push(line),
-            Policy::Warn => warn!("{line} (policy warn: kept)"),
-            Policy::Drop => {
+        match (policies[n], &gate.catch) {
+            (Policy::Fail, _) => failures.push(line),
+            (Policy::Warn, _) => warn!("{line} (policy warn: kept)"),
+            (Policy::Drop, Catch::Line(_)) => {
+                warn!("{line} (policy drop: left out, written to _rejected)")
+            }
+            (Policy::Drop, Catch::Repeated) => {
                 warn!("{line} (policy drop: one copy kept, the others written to _rejected)")
             }
         }
@@ -971,7 +951,7 @@ fn settle_gates(
         rows_after_as_of: counts.after_as_of,
         rows_visible: counts.visible,
         rows_rejected: counts.rejected,
-        gates: counts.stats(&settings.gates),
+        gates: counts.stats(policies),
     };
     let mut stats = stats;
     if let Some(d) = duplicates {
@@ -979,7 +959,7 @@ fn settle_gates(
             DUPLICATE_LINES.to_string(),
             GateStat {
                 rows: d.extra,
-                policy: settings.gates.duplicate_lines,
+                policy: gates::policy(policies, DUPLICATE_LINES),
             },
         );
     }
