@@ -9,9 +9,13 @@
 
 use std::sync::Arc;
 
+use std::borrow::Cow;
+
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::Result;
+use datafusion::catalog::{ScanArgs, ScanResult, Session, TableProvider};
+use datafusion::common::{not_impl_err, Constraints, DFSchemaRef, Result, Statistics};
+use datafusion::logical_expr::dml::{InsertOp, MergeIntoClause};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
@@ -109,23 +113,41 @@ pub struct BucketedTable {
     pub buckets: Buckets,
 }
 
+// Every method is written out: the inner listing table's own (its constraints, statistics,
+// filter pushdown) unless the buckets need otherwise, so a method a new DataFusion adds
+// fails this lint until it is decided here. The scans are the buckets' own; the writes are
+// refused (see `insert_into`).
+#[deny(clippy::missing_trait_methods)]
 #[async_trait::async_trait]
 impl TableProvider for BucketedTable {
     fn schema(&self) -> SchemaRef {
         self.inner.schema()
     }
 
+    fn constraints(&self) -> Option<&Constraints> {
+        self.inner.constraints()
+    }
+
     fn table_type(&self) -> TableType {
         self.inner.table_type()
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> Result<Vec<TableProviderFilterPushDown>> {
-        self.inner.supports_filters_pushdown(filters)
+    fn get_table_definition(&self) -> Option<&str> {
+        self.inner.get_table_definition()
     }
 
+    /// Forwarded (a listing table has none). A table with a logical plan is inlined by the
+    /// planner and never scanned here, but such a table's scan is no file scan either, which
+    /// [`bucket_scan`] would leave as it is.
+    fn get_logical_plan(&'_ self) -> Option<Cow<'_, LogicalPlan>> {
+        self.inner.get_logical_plan()
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.inner.get_column_default(column)
+    }
+
+    /// The inner scan regrouped by bucket.
     async fn scan(
         &self,
         state: &dyn Session,
@@ -135,6 +157,80 @@ impl TableProvider for BucketedTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let plan = self.inner.scan(state, projection, filters, limit).await?;
         Ok(bucket_scan(plan, &self.buckets).unwrap_or_else(|plan| plan))
+    }
+
+    /// What DataFusion's planner calls: the inner scan (with every argument, as it would
+    /// have had without the wrapper) regrouped by bucket, like [`Self::scan`]. Forwarding
+    /// the inner plan unchanged would drop the buckets' partitioning.
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn Session,
+        args: ScanArgs<'a>,
+    ) -> Result<ScanResult> {
+        let plan = self.inner.scan_with_args(state, args).await?.into_inner();
+        Ok(bucket_scan(plan, &self.buckets)
+            .unwrap_or_else(|plan| plan)
+            .into())
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        self.inner.statistics()
+    }
+
+    /// Not forwarded: the listing table would write files of its own naming beside the
+    /// buckets, rows not placed by bucket, and the scan would quietly stop declaring the
+    /// hash partitioning. Bucketed tables are written only by the staging writer (one file
+    /// per bucket); refused, as before this wrapper forwarded every method.
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        _input: Arc<dyn ExecutionPlan>,
+        _insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        not_impl_err!("INSERT INTO a table bucketed by {KEY}: it is written one file per bucket")
+    }
+
+    /// Not forwarded, as `insert_into`: rewritten files would not be the buckets.
+    async fn delete_from(
+        &self,
+        _state: &dyn Session,
+        _filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        not_impl_err!("DELETE from a table bucketed by {KEY}: it is written one file per bucket")
+    }
+
+    /// Not forwarded, as `insert_into`: rewritten files would not be the buckets.
+    async fn update(
+        &self,
+        _state: &dyn Session,
+        _assignments: Vec<(String, Expr)>,
+        _filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        not_impl_err!("UPDATE of a table bucketed by {KEY}: it is written one file per bucket")
+    }
+
+    /// Not forwarded, as `insert_into`.
+    async fn truncate(&self, _state: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        not_impl_err!("TRUNCATE of a table bucketed by {KEY}: it is written one file per bucket")
+    }
+
+    /// Not forwarded, as `insert_into`: merged rows would not be placed by bucket.
+    async fn merge_into(
+        &self,
+        _state: &dyn Session,
+        _source: Arc<dyn ExecutionPlan>,
+        _merge_schema: DFSchemaRef,
+        _on: Expr,
+        _clauses: Vec<MergeIntoClause>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        not_impl_err!("MERGE INTO a table bucketed by {KEY}: it is written one file per bucket")
     }
 }
 

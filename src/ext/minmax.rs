@@ -19,7 +19,9 @@ use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::kernels::zip::zip;
 use datafusion::arrow::datatypes::{ByteViewType, DataType, FieldRef};
 use datafusion::common::{internal_err, Result, ScalarValue};
-use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::expr::{
+    AggregateFunction, AggregateFunctionParams, WindowFunctionParams,
+};
 use datafusion::logical_expr::function::{
     AccumulatorArgs, AggregateFunctionSimplification, StateFieldsArgs,
 };
@@ -256,7 +258,7 @@ impl ByteSlots {
 
 /// DataFusion's `min` or `max` with a faster grouped accumulator for byte types.
 #[derive(Debug)]
-struct MinMax {
+pub(super) struct MinMax {
     inner: Arc<AggregateUDF>,
     is_min: bool,
 }
@@ -297,12 +299,32 @@ fn is_bytes(t: &DataType) -> bool {
     )
 }
 
+// Every method is written out and, but for the grouped accumulator of byte types and
+// `reverse_expr`, forwarded to DataFusion's function: a default method would quietly differ
+// from DataFusion's own `min`/`max` (a name, a statistic, a window accumulator), and a method
+// a new DataFusion adds fails this lint until it is forwarded here too.
+#[deny(clippy::missing_trait_methods)]
 impl AggregateUDFImpl for MinMax {
     fn name(&self) -> &str {
         self.imp().name()
     }
     fn aliases(&self) -> &[String] {
         self.imp().aliases()
+    }
+    fn schema_name(&self, params: &AggregateFunctionParams) -> Result<String> {
+        self.imp().schema_name(params)
+    }
+    fn human_display(&self, params: &AggregateFunctionParams) -> Result<String> {
+        self.imp().human_display(params)
+    }
+    fn window_function_schema_name(&self, params: &WindowFunctionParams) -> Result<String> {
+        self.imp().window_function_schema_name(params)
+    }
+    fn display_name(&self, params: &AggregateFunctionParams) -> Result<String> {
+        self.imp().display_name(params)
+    }
+    fn window_function_display_name(&self, params: &WindowFunctionParams) -> Result<String> {
+        self.imp().window_function_display_name(params)
     }
     fn signature(&self) -> &Signature {
         self.imp().signature()
@@ -322,9 +344,11 @@ impl AggregateUDFImpl for MinMax {
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         self.imp().state_fields(args)
     }
+    // Overridden: the point of the wrapper (the grouped accumulator of byte types).
     fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
         is_bytes(args.return_field.data_type()) || self.imp().groups_accumulator_supported(args)
     }
+    // Overridden: the point of the wrapper.
     fn create_groups_accumulator(
         &self,
         args: AccumulatorArgs,
@@ -342,6 +366,21 @@ impl AggregateUDFImpl for MinMax {
     }
     fn create_sliding_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         self.imp().create_sliding_accumulator(args)
+    }
+    /// Forwarded; a function DataFusion's returns in its place is wrapped again, or the
+    /// plan would lose the faster grouped accumulator (`min`/`max` are order-insensitive,
+    /// so DataFusion 55's return `None` and this changes nothing today).
+    fn with_beneficial_ordering(
+        self: Arc<Self>,
+        beneficial_ordering: bool,
+    ) -> Result<Option<Arc<dyn AggregateUDFImpl>>> {
+        let replaced = Arc::clone(self.inner.inner()).with_beneficial_ordering(beneficial_ordering)?;
+        Ok(replaced.map(|inner| {
+            Arc::new(MinMax::new(
+                Arc::new(AggregateUDF::new_from_shared_impl(inner)),
+                self.is_min,
+            )) as Arc<dyn AggregateUDFImpl>
+        }))
     }
     fn order_sensitivity(&self) -> AggregateOrderSensitivity {
         self.imp().order_sensitivity()
@@ -363,6 +402,12 @@ impl AggregateUDFImpl for MinMax {
     fn supports_null_handling_clause(&self) -> bool {
         self.imp().supports_null_handling_clause()
     }
+    fn supports_within_group_clause(&self) -> bool {
+        self.imp().supports_within_group_clause()
+    }
+    /// Not forwarded: `min` and `max` of a reversed input are themselves (what DataFusion's
+    /// also say), and `Identical` keeps this wrapper, where a `Reversed(udf)` forwarded from
+    /// DataFusion's function would put DataFusion's own accumulator back in the plan.
     fn reverse_expr(&self) -> ReversedUDAF {
         ReversedUDAF::Identical
     }

@@ -47,6 +47,9 @@ pub enum Catch {
     Repeated,
 }
 
+/// The source column a canonical column is mapped from.
+pub type SourceColumn<'a> = &'a dyn Fn(&str) -> String;
+
 /// One input gate: its name in `[gates]`, messages, the manifest and `_rejected`; its
 /// policy when the config sets none; which lines it catches; and what those lines have,
 /// for the message (given the source column of a canonical column, and the input).
@@ -54,7 +57,7 @@ pub struct GateSpec {
     pub name: &'static str,
     pub default: Policy,
     pub catch: Catch,
-    pub what: fn(&dyn Fn(&str) -> String, &InputSpec) -> String,
+    pub what: fn(SourceColumn, &InputSpec) -> String,
 }
 
 /// Every input gate, in the order a line is judged (a line caught by several is rejected
