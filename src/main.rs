@@ -159,34 +159,6 @@ enum Command {
     },
 }
 
-/// `segflow run`, with OpenLineage START and COMPLETE / FAIL events when `[lineage]` is set.
-async fn run_with_lineage(
-    settings: &Settings,
-) -> Result<segflow::commands::run::RunSummary, segflow::Error> {
-    let Some(config) = settings.lineage.clone() else {
-        return segflow::commands::run::run(settings).await;
-    };
-    let lineage = segflow::commands::run::lineage::Lineage::new(config, chrono::Utc::now());
-    let inputs = segflow::commands::run::lineage::input_datasets(settings).await;
-    lineage.start(&inputs).await;
-    let result = segflow::commands::run::run(settings).await;
-    match &result {
-        Ok(summary) => {
-            let outputs = segflow::commands::run::lineage::output_datasets(
-                &summary.manifest,
-                &summary.output.loc,
-            );
-            lineage.complete(&inputs, &outputs).await;
-        }
-        Err(e) => {
-            lineage
-                .fail(&inputs, &segflow::redact::redact(&e.to_string()))
-                .await
-        }
-    }
-    result
-}
-
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SEGFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -235,11 +207,12 @@ fn main() -> ExitCode {
 }
 
 async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
+    use segflow::commands::{check, docs, generate, init, inspect, run, until_signal};
+    let load = |config: &std::path::Path, overrides: Overrides| Settings::load(config, &overrides);
     match command {
         Command::List { config } => {
-            let settings = Settings::load(&config, &Overrides::default())?;
-            print!("{}", segflow::commands::inspect::list(&settings).await?);
-            Ok(ExitCode::SUCCESS)
+            let settings = load(&config, Overrides::default())?;
+            print!("{}", inspect::list(&settings).await?);
         }
         Command::Preview {
             model,
@@ -247,51 +220,39 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             limit,
             as_of,
         } => {
-            let settings = Settings::load(
-                &config,
-                &Overrides {
-                    as_of,
-                    ..Overrides::default()
-                },
-            )?;
-            let mut shutdown = segflow::shutdown::Shutdown::install()?;
-            let text = tokio::select! {
-                t = segflow::commands::inspect::preview(&settings, &model, limit, settings.as_of) => t?,
-                s = shutdown.wait() => return Err(segflow::Error::Interrupted { signal: s }),
+            let as_of = Overrides {
+                as_of,
+                ..Overrides::default()
             };
-            print!("{text}");
-            Ok(ExitCode::SUCCESS)
+            let settings = load(&config, as_of)?;
+            let preview = inspect::preview(&settings, &model, limit, settings.as_of);
+            print!("{}", until_signal(preview).await?);
         }
         Command::Explain {
             model,
             config,
             analyze,
         } => {
-            let settings = Settings::load(&config, &Overrides::default())?;
-            let mut shutdown = segflow::shutdown::Shutdown::install()?;
-            let text = tokio::select! {
-                t = segflow::commands::inspect::explain(&settings, &model, analyze) => t?,
-                s = shutdown.wait() => return Err(segflow::Error::Interrupted { signal: s }),
-            };
-            print!("{text}");
-            Ok(ExitCode::SUCCESS)
+            let settings = load(&config, Overrides::default())?;
+            print!(
+                "{}",
+                until_signal(inspect::explain(&settings, &model, analyze)).await?
+            );
         }
         Command::Docs { out, config } => {
-            let settings = Settings::load(&config, &Overrides::default())?;
-            let path = segflow::commands::docs::write_docs(&settings, &out).await?;
+            let settings = load(&config, Overrides::default())?;
+            let path = docs::write_docs(&settings, &out).await?;
             println!("wrote {}", path.display());
-            Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
-            let settings = Settings::load(&config, &Overrides::default())?;
-            let report = segflow::commands::check::check(&settings).await?;
-            let cwd = std::env::current_dir().unwrap_or_default();
-            print!("{}", report.render(&cwd));
-            Ok(if report.errors() > 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            let report = check::check(&load(&config, Overrides::default())?).await?;
+            print!(
+                "{}",
+                report.render(&std::env::current_dir().unwrap_or_default())
+            );
+            if report.errors() > 0 {
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Run {
             config,
@@ -300,65 +261,13 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             select,
             metrics,
         } => {
-            let started = std::time::Instant::now();
-            if let Some(path) = &metrics {
-                // A metrics file that cannot be written stops the run before it starts.
-                segflow::commands::run::metrics::check_writable(path)?;
-            }
-            let result = match Settings::load(
-                &config,
-                &Overrides {
-                    as_of,
-                    output,
-                    select,
-                },
-            ) {
-                Ok(settings) => run_with_lineage(&settings).await,
-                Err(e) => Err(e),
+            let overrides = Overrides {
+                as_of,
+                output,
+                select,
             };
-            if let Some(path) = &metrics {
-                let outcome = segflow::commands::run::metrics::RunOutcome {
-                    manifest: result.as_ref().ok().map(|s| &s.manifest),
-                    exit_code: result.as_ref().err().map_or(0, |e| e.exit_code()),
-                    duration: started.elapsed(),
-                    finished_at: chrono::Utc::now(),
-                };
-                if let Err(e) = segflow::commands::run::metrics::write(
-                    path,
-                    &segflow::commands::run::metrics::render(&outcome),
-                ) {
-                    // The exit status stays the run's: a published snapshot is published.
-                    eprintln!("error: {e}");
-                }
-            }
-            let summary = result?;
-            let m = &summary.manifest;
-            let loc = &summary.output.loc;
-            println!(
-                "published as_of={} to {} ({} tables, {} ms)",
-                m.as_of,
-                loc.uri,
-                m.tables.len(),
-                m.duration_ms
-            );
-            for (name, t) in &m.tables {
-                if m.models.get(name).is_some_and(|x| x.published) {
-                    println!(
-                        "  {:<20} {:>8} rows  {}",
-                        name,
-                        t.rows,
-                        loc.display(&t.path)
-                    );
-                }
-            }
-            if let Some(file) = m.report.as_ref().and_then(|r| r.files.first()) {
-                println!("  report:   {}", loc.display(file));
-            }
-            println!(
-                "  manifest: {}",
-                loc.display(&segflow::publish::manifest_rel(m.as_of))
-            );
-            Ok(ExitCode::SUCCESS)
+            let summary = run::run_command(&config, &overrides, metrics.as_deref()).await?;
+            print!("{}", summary.render());
         }
         Command::Generate {
             out,
@@ -372,49 +281,26 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             let threads = threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
             });
-            let s = segflow::commands::generate::generate(
-                &segflow::commands::generate::GenerateOptions {
-                    out,
-                    lines,
-                    customers,
-                    months,
-                    end,
-                    seed,
-                    threads,
-                    progress: std::io::stderr().is_terminal(),
-                },
-            )
-            .await?;
-            println!("out:       {}", s.uri);
-            println!(
-                "lines:     {} (target {}, {:+.2} %)",
-                s.lines,
-                s.target_lines,
-                s.deviation_percent()
-            );
-            println!("orders:    {}", s.orders);
-            println!("customers: {}", s.customers);
-            println!(
-                "months:    {} ({} .. {}, month=YYYY-MM partitions)",
-                s.months, s.first_month, s.last_month
-            );
-            println!("files:     {}", s.files);
-            println!(
-                "bytes:     {} ({:.1} MiB)",
-                s.bytes,
-                s.bytes as f64 / (1024.0 * 1024.0)
-            );
-            println!("seconds:   {:.1}", s.seconds);
-            Ok(ExitCode::SUCCESS)
+            let options = generate::GenerateOptions {
+                out,
+                lines,
+                customers,
+                months,
+                end,
+                seed,
+                threads,
+                progress: std::io::stderr().is_terminal(),
+            };
+            print!("{}", generate::generate(&options).await?.render());
         }
         Command::Init { dir } => {
-            segflow::commands::init::init_project(&dir)?;
+            init::init_project(&dir)?;
             println!(
                 "created {}: run it with `segflow run --config {}`",
                 dir.display(),
                 dir.join("segflow.toml").display()
             );
-            Ok(ExitCode::SUCCESS)
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

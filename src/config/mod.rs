@@ -6,6 +6,7 @@
 //! name the key, so a typo never silently falls back to a default.
 
 pub mod canonical;
+mod env;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -384,228 +385,59 @@ impl Settings {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
         let cwd = cwd()?;
-
-        let mut as_of = match &file.as_of {
-            None => None,
-            Some(v) => Some(parse_date_value("as_of", v)?),
-        };
-
-        let mut inputs = BTreeMap::new();
-        for (name, input) in &file.input {
-            let Some(allowed) = canonical::canonical_column_names(name) else {
-                return Err(Error::ConfigValue {
-                    key: format!("input.{name}"),
-                    message: format!(
-                        "unknown input `{name}` in {} (known inputs: orders, customers, marketing_spend)",
-                        path.display()
-                    ),
-                });
-            };
-            for canonical in input.columns.keys() {
-                if !allowed.contains(&canonical.as_str()) {
-                    return Err(Error::ConfigValue {
-                        key: format!("input.{name}.columns.{canonical}"),
-                        message: format!(
-                            "unknown canonical column `{canonical}` in {} (columns of `{name}`: {})",
-                            path.display(),
-                            allowed.join(", ")
-                        ),
-                    });
-                }
-            }
-            for (key, set) in [
-                ("drop_status", input.drop_status.is_some()),
-                ("return_status", input.return_status.is_some()),
-            ] {
-                if set && name != "orders" {
-                    return Err(Error::ConfigValue {
-                        key: format!("input.{name}.{key}"),
-                        message: format!("{key} applies to the orders input only"),
-                    });
-                }
-            }
-            inputs.insert(
-                name.clone(),
-                InputSpec {
-                    name: name.clone(),
-                    uri: resolve_uri(&input.uri, &base),
-                    columns: input.columns.clone(),
-                    drop_status: input
-                        .drop_status
-                        .clone()
-                        .unwrap_or_else(|| vec!["cancelled".to_string()])
-                        .into_iter()
-                        .map(|s| s.to_lowercase())
-                        .collect(),
-                    return_status: input
-                        .return_status
-                        .clone()
-                        .unwrap_or_else(|| vec!["returned".to_string(), "refunded".to_string()])
-                        .into_iter()
-                        .map(|s| s.to_lowercase())
-                        .collect(),
-                },
-            );
-        }
-
         let mut output = file.output.uri.as_ref().map(|u| resolve_uri(u, &base));
-        let model_paths = file
-            .models
-            .paths
-            .iter()
-            .map(|p| absolute(Path::new(p), &base))
-            .collect();
-        let mut params = BTreeMap::new();
-        for (k, v) in &file.params {
-            params.insert(
-                k.clone(),
-                ParamValue::Typed(toml_to_scalar(&format!("params.{k}"), v)?),
-            );
-        }
-        let mut memory_limit = match &file.runtime.memory_limit {
-            Some(s) => Some(parse_size("runtime.memory_limit", s)?),
-            None => None,
+        let mut settings = Settings {
+            config_path,
+            as_of: match &file.as_of {
+                None => None,
+                Some(v) => Some(parse_date_value("as_of", v)?),
+            },
+            inputs: input_specs(&file, path, &base)?,
+            output: String::new(),
+            model_paths: file
+                .models
+                .paths
+                .iter()
+                .map(|p| absolute(Path::new(p), &base))
+                .collect(),
+            builtin_models: file.models.builtin,
+            params: typed_params(&file.params)?,
+            memory_limit: match &file.runtime.memory_limit {
+                Some(s) => Some(parse_size("runtime.memory_limit", s)?),
+                None => None,
+            },
+            timezone: match &file.runtime.timezone {
+                Some(s) => Some(parse_tz("runtime.timezone", s)?),
+                None => None,
+            },
+            temp_dir: file
+                .runtime
+                .temp_dir
+                .as_ref()
+                .map(|p| absolute(Path::new(p), &base)),
+            concurrent_models: file.runtime.concurrent_models,
+            datafusion: datafusion_options(&file.datafusion)?,
+            lock_timeout: match &file.output.lock_timeout {
+                Some(s) => parse_duration("output.lock_timeout", s)?,
+                None => Duration::from_secs(10 * 60),
+            },
+            keep_snapshots: file.output.keep_snapshots,
+            lineage: match &file.lineage {
+                None => None,
+                Some(l) => Some(lineage_settings(l, path, &base)?),
+            },
+            s3: S3Settings::default(),
+            select: overrides.select.clone(),
+            gates: Gates::default(),
+            config_hash: String::new(),
         };
-        let mut timezone = match &file.runtime.timezone {
-            Some(s) => Some(parse_tz("runtime.timezone", s)?),
-            None => None,
-        };
-        let temp_dir = file
-            .runtime
-            .temp_dir
-            .as_ref()
-            .map(|p| absolute(Path::new(p), &base));
-        let mut datafusion = Vec::new();
-        for (k, v) in &file.datafusion {
-            let value = match v {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                other => {
-                    return Err(Error::ConfigValue {
-                        key: format!("datafusion.{k}"),
-                        message: format!("expected a string, number or boolean, found {other}"),
-                    })
-                }
-            };
-            datafusion.push((k.clone(), value));
-        }
-        let lock_timeout = match &file.output.lock_timeout {
-            Some(s) => parse_duration("output.lock_timeout", s)?,
-            None => Duration::from_secs(10 * 60),
-        };
-        let lineage = match &file.lineage {
-            None => None,
-            Some(l) => {
-                let url = match &l.url {
-                    None => None,
-                    Some(u) => match url::Url::parse(u) {
-                        Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
-                        _ => {
-                            return Err(Error::ConfigValue {
-                                key: "lineage.url".into(),
-                                message: format!(
-                                    "expected an http:// or https:// URL, found {:?} in {}",
-                                    crate::redact::redact(u),
-                                    path.display()
-                                ),
-                            })
-                        }
-                    },
-                };
-                let file_path = l.file.as_ref().map(|p| absolute(Path::new(p), &base));
-                if url.is_none() && file_path.is_none() {
-                    return Err(Error::ConfigValue {
-                        key: "lineage".into(),
-                        message: format!("set `file`, `url` or both in {}", path.display()),
-                    });
-                }
-                let name = |key: &str, v: &Option<String>| match v.as_deref() {
-                    None => Ok("segflow".to_string()),
-                    Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
-                    Some(_) => Err(Error::ConfigValue {
-                        key: format!("lineage.{key}"),
-                        message: format!("must not be empty in {}", path.display()),
-                    }),
-                };
-                Some(LineageSettings {
-                    file: file_path,
-                    url,
-                    namespace: name("namespace", &l.namespace)?,
-                    job: name("job", &l.job)?,
-                })
-            }
-        };
-        if file.runtime.concurrent_models == Some(0) {
-            return Err(Error::ConfigValue {
-                key: "runtime.concurrent_models".into(),
-                message: format!(
-                    "must be at least 1 (1 computes the models one by one) in {}",
-                    path.display()
-                ),
-            });
-        }
-        if file.output.keep_snapshots == Some(0) {
-            return Err(Error::ConfigValue {
-                key: "output.keep_snapshots".into(),
-                message: format!(
-                    "must be at least 1 (omit it to keep every snapshot) in {}",
-                    path.display()
-                ),
-            });
-        }
-        let s3 = file.storage.s3.resolve()?;
+        at_least_one(&file, path)?;
+        settings.s3 = file.storage.s3.resolve()?;
 
-        // Environment overrides.
-        let mut hash_extra = String::new();
-        for (key, value) in env {
-            let name = &key["SEGFLOW_".len()..];
-            match name {
-                "AS_OF" => as_of = Some(parse_date(key, value)?),
-                "OUTPUT" | "OUTPUT_URI" => output = Some(resolve_uri(value, &cwd)),
-                "MEMORY_LIMIT" => memory_limit = Some(parse_size(key, value)?),
-                "TIMEZONE" => timezone = Some(parse_tz(key, value)?),
-                // Read by the CLI itself.
-                "CONFIG" | "LOG_FORMAT" | "LOG" | "FAILPOINTS" => continue,
-                _ if name.starts_with("PARAM_") => {
-                    let param = name["PARAM_".len()..].to_lowercase();
-                    params.insert(param, ParamValue::Text(value.clone()));
-                }
-                _ if name.starts_with("INPUT_") && name.ends_with("_URI") => {
-                    if name.len() <= "INPUT_".len() + "_URI".len() {
-                        return Err(Error::ConfigValue {
-                            key: key.clone(),
-                            message: "names no input: use SEGFLOW_INPUT_<NAME>_URI, e.g. SEGFLOW_INPUT_ORDERS_URI".into(),
-                        });
-                    }
-                    let input = name["INPUT_".len()..name.len() - "_URI".len()].to_lowercase();
-                    match inputs.get_mut(&input) {
-                        Some(spec) => spec.uri = resolve_uri(value, &cwd),
-                        None => {
-                            return Err(Error::ConfigValue {
-                                key: key.clone(),
-                                message: format!(
-                                    "input `{input}` is not configured in {}",
-                                    path.display()
-                                ),
-                            })
-                        }
-                    }
-                }
-                _ => {
-                    return Err(Error::ConfigValue {
-                        key: key.clone(),
-                        message: "unknown SEGFLOW_* environment variable (known: SEGFLOW_AS_OF, SEGFLOW_OUTPUT, SEGFLOW_MEMORY_LIMIT, SEGFLOW_TIMEZONE, SEGFLOW_PARAM_<NAME>, SEGFLOW_INPUT_<NAME>_URI, SEGFLOW_CONFIG, SEGFLOW_LOG_FORMAT)".into(),
-                    })
-                }
-            }
-            hash_extra.push_str(&format!("{key}={value}\n"));
-        }
-
+        let mut hash_extra = env::apply(env, &mut settings, &mut output, &cwd, path)?;
         // Flags.
         if let Some(d) = &overrides.as_of {
-            as_of = Some(parse_date("--as-of", d)?);
+            settings.as_of = Some(parse_date("--as-of", d)?);
             hash_extra.push_str(&format!("--as-of={d}\n"));
         }
         if let Some(o) = &overrides.output {
@@ -613,13 +445,13 @@ impl Settings {
             hash_extra.push_str(&format!("--output={o}\n"));
         }
 
-        if !inputs.contains_key("orders") {
+        if !settings.inputs.contains_key("orders") {
             return Err(Error::ConfigValue {
                 key: "input.orders.uri".into(),
                 message: format!("{} has no [input.orders] section", path.display()),
             });
         }
-        let output = output.ok_or_else(|| Error::ConfigValue {
+        settings.output = output.ok_or_else(|| Error::ConfigValue {
             key: "output.uri".into(),
             message: format!(
                 "no output location: set [output] uri in {}, SEGFLOW_OUTPUT or --output",
@@ -630,30 +462,171 @@ impl Settings {
         let mut hasher = Sha256::new();
         hasher.update(text.as_bytes());
         hasher.update(hash_extra.as_bytes());
-        let config_hash = format!("{:x}", hasher.finalize());
-
-        Ok(Settings {
-            config_path,
-            as_of,
-            inputs,
-            output,
-            model_paths,
-            builtin_models: file.models.builtin,
-            params,
-            memory_limit,
-            timezone,
-            temp_dir,
-            concurrent_models: file.runtime.concurrent_models,
-            datafusion,
-            lock_timeout,
-            keep_snapshots: file.output.keep_snapshots,
-            s3,
-            select: overrides.select.clone(),
-            gates: Gates::parse(&file.gates)?,
-            lineage,
-            config_hash,
-        })
+        settings.config_hash = format!("{:x}", hasher.finalize());
+        settings.gates = Gates::parse(&file.gates)?;
+        Ok(settings)
     }
+}
+
+/// The `[input.*]` sections: known inputs and canonical columns only, statuses lower-cased,
+/// URIs resolved against the config's folder.
+fn input_specs(file: &ConfigFile, path: &Path, base: &Path) -> Result<BTreeMap<String, InputSpec>> {
+    let mut inputs = BTreeMap::new();
+    for (name, input) in &file.input {
+        let Some(allowed) = canonical::canonical_column_names(name) else {
+            return Err(Error::ConfigValue {
+                key: format!("input.{name}"),
+                message: format!(
+                    "unknown input `{name}` in {} (known inputs: orders, customers, marketing_spend)",
+                    path.display()
+                ),
+            });
+        };
+        for canonical in input.columns.keys() {
+            if !allowed.contains(&canonical.as_str()) {
+                return Err(Error::ConfigValue {
+                    key: format!("input.{name}.columns.{canonical}"),
+                    message: format!(
+                        "unknown canonical column `{canonical}` in {} (columns of `{name}`: {})",
+                        path.display(),
+                        allowed.join(", ")
+                    ),
+                });
+            }
+        }
+        for (key, set) in [
+            ("drop_status", input.drop_status.is_some()),
+            ("return_status", input.return_status.is_some()),
+        ] {
+            if set && name != "orders" {
+                return Err(Error::ConfigValue {
+                    key: format!("input.{name}.{key}"),
+                    message: format!("{key} applies to the orders input only"),
+                });
+            }
+        }
+        inputs.insert(
+            name.clone(),
+            InputSpec {
+                name: name.clone(),
+                uri: resolve_uri(&input.uri, base),
+                columns: input.columns.clone(),
+                drop_status: input
+                    .drop_status
+                    .clone()
+                    .unwrap_or_else(|| vec!["cancelled".to_string()])
+                    .into_iter()
+                    .map(|s| s.to_lowercase())
+                    .collect(),
+                return_status: input
+                    .return_status
+                    .clone()
+                    .unwrap_or_else(|| vec!["returned".to_string(), "refunded".to_string()])
+                    .into_iter()
+                    .map(|s| s.to_lowercase())
+                    .collect(),
+            },
+        );
+    }
+    Ok(inputs)
+}
+
+/// `[params]`, typed as TOML gives them.
+fn typed_params(params: &BTreeMap<String, toml::Value>) -> Result<BTreeMap<String, ParamValue>> {
+    params
+        .iter()
+        .map(|(k, v)| {
+            Ok((
+                k.clone(),
+                ParamValue::Typed(toml_to_scalar(&format!("params.{k}"), v)?),
+            ))
+        })
+        .collect()
+}
+
+/// `[datafusion]` keys with their values as text, as `ConfigOptions::set` takes them.
+fn datafusion_options(options: &BTreeMap<String, toml::Value>) -> Result<Vec<(String, String)>> {
+    let mut datafusion = Vec::new();
+    for (k, v) in options {
+        let value = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(Error::ConfigValue {
+                    key: format!("datafusion.{k}"),
+                    message: format!("expected a string, number or boolean, found {other}"),
+                })
+            }
+        };
+        datafusion.push((k.clone(), value));
+    }
+    Ok(datafusion)
+}
+
+/// `[lineage]`: an http(s) URL and/or a file, and non-empty job names.
+fn lineage_settings(l: &LineageConfig, path: &Path, base: &Path) -> Result<LineageSettings> {
+    let url = match &l.url {
+        None => None,
+        Some(u) => match url::Url::parse(u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            _ => {
+                return Err(Error::ConfigValue {
+                    key: "lineage.url".into(),
+                    message: format!(
+                        "expected an http:// or https:// URL, found {:?} in {}",
+                        crate::redact::redact(u),
+                        path.display()
+                    ),
+                })
+            }
+        },
+    };
+    let file_path = l.file.as_ref().map(|p| absolute(Path::new(p), base));
+    if url.is_none() && file_path.is_none() {
+        return Err(Error::ConfigValue {
+            key: "lineage".into(),
+            message: format!("set `file`, `url` or both in {}", path.display()),
+        });
+    }
+    let name = |key: &str, v: &Option<String>| match v.as_deref() {
+        None => Ok("segflow".to_string()),
+        Some(s) if !s.trim().is_empty() => Ok(s.to_string()),
+        Some(_) => Err(Error::ConfigValue {
+            key: format!("lineage.{key}"),
+            message: format!("must not be empty in {}", path.display()),
+        }),
+    };
+    Ok(LineageSettings {
+        file: file_path,
+        url,
+        namespace: name("namespace", &l.namespace)?,
+        job: name("job", &l.job)?,
+    })
+}
+
+/// Counts that must be at least 1 when set.
+fn at_least_one(file: &ConfigFile, path: &Path) -> Result<()> {
+    if file.runtime.concurrent_models == Some(0) {
+        return Err(Error::ConfigValue {
+            key: "runtime.concurrent_models".into(),
+            message: format!(
+                "must be at least 1 (1 computes the models one by one) in {}",
+                path.display()
+            ),
+        });
+    }
+    if file.output.keep_snapshots == Some(0) {
+        return Err(Error::ConfigValue {
+            key: "output.keep_snapshots".into(),
+            message: format!(
+                "must be at least 1 (omit it to keep every snapshot) in {}",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn cwd() -> Result<PathBuf> {

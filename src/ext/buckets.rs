@@ -14,10 +14,10 @@ use std::borrow::Cow;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{ScanArgs, ScanResult, Session, TableProvider};
 use datafusion::common::{not_impl_err, Constraints, DFSchemaRef, Result, Statistics};
-use datafusion::logical_expr::dml::{InsertOp, MergeIntoClause};
-use datafusion::logical_expr::LogicalPlan;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::logical_expr::dml::{InsertOp, MergeIntoClause};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_expr::PhysicalExpr;
@@ -187,7 +187,7 @@ impl TableProvider for BucketedTable {
     /// Not forwarded: the listing table would write files of its own naming beside the
     /// buckets, rows not placed by bucket, and the scan would quietly stop declaring the
     /// hash partitioning. Bucketed tables are written only by the staging writer (one file
-    /// per bucket); refused, as before this wrapper forwarded every method.
+    /// per bucket); refused, as the trait's default refused it before.
     async fn insert_into(
         &self,
         _state: &dyn Session,

@@ -299,10 +299,10 @@ fn is_bytes(t: &DataType) -> bool {
     )
 }
 
-// Every method is written out and, but for the grouped accumulator of byte types and
-// `reverse_expr`, forwarded to DataFusion's function: a default method would quietly differ
-// from DataFusion's own `min`/`max` (a name, a statistic, a window accumulator), and a method
-// a new DataFusion adds fails this lint until it is forwarded here too.
+// Every method is written out, forwarded to DataFusion's function but for the grouped
+// accumulator of byte types and `reverse_expr`: a default method would quietly differ from
+// DataFusion's own `min`/`max` (a name, a statistic, a window accumulator), and a method a
+// new DataFusion adds fails this lint until it is decided here.
 #[deny(clippy::missing_trait_methods)]
 impl AggregateUDFImpl for MinMax {
     fn name(&self) -> &str {
@@ -374,7 +374,8 @@ impl AggregateUDFImpl for MinMax {
         self: Arc<Self>,
         beneficial_ordering: bool,
     ) -> Result<Option<Arc<dyn AggregateUDFImpl>>> {
-        let replaced = Arc::clone(self.inner.inner()).with_beneficial_ordering(beneficial_ordering)?;
+        let replaced =
+            Arc::clone(self.inner.inner()).with_beneficial_ordering(beneficial_ordering)?;
         Ok(replaced.map(|inner| {
             Arc::new(MinMax::new(
                 Arc::new(AggregateUDF::new_from_shared_impl(inner)),

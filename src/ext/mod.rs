@@ -62,3 +62,6 @@ pub fn register(ctx: &SessionContext) {
         ctx.add_optimizer_rule(rule);
     }
 }
+
+#[cfg(test)]
+mod canary;

@@ -7,35 +7,32 @@
 
 pub mod fingerprints;
 pub mod gates;
+mod mapping;
+mod read;
+mod rejected;
+
+use mapping::*;
+use read::*;
+use rejected::*;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::MemTable;
-use datafusion::common::{Column, ScalarValue};
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
-use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::{cast, col, lit, Expr, ExprFunctionExt, ScalarUDF, SortExpr};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{col, lit, Expr, ScalarUDF};
 use datafusion::prelude::{DataFrame, SessionContext};
-use futures::TryStreamExt;
 
-use crate::config::canonical::{canonical_columns, ts_type};
+use crate::config::canonical::canonical_columns;
 use crate::config::{InputSpec, Policy, Settings};
 use crate::error::{Error, Result};
-use crate::ingest::fingerprints::{Fingerprints, Repeated, COLUMNS as FINGERPRINT};
-use crate::ingest::gates::{
-    Catch, GateCounts, GateReason, GateRules, GateTally, LineHash, DUPLICATE_LINES, GATES,
-};
-use crate::publish::layout::REJECTED;
+use crate::ingest::fingerprints::Fingerprints;
+use crate::ingest::gates::{Catch, GateCounts, GateRules, GateTally, DUPLICATE_LINES, GATES};
 use crate::publish::manifest::{GateStat, InputStats};
-use crate::publish::stage::{open_dir, open_staged, StageError, StagedTable, Staging};
+use crate::publish::stage::{open_staged, StageError, StagedTable, Staging};
 use crate::redact::redact;
-use object_store::ObjectStoreExt;
 use tracing::{debug, info, warn};
 
 /// The result of registering inputs.
@@ -154,17 +151,7 @@ pub async fn stage_orders(
     let schema = source.schema();
     let (orders, orders_spec) = (source.visible, source.spec);
     let mut staging = staging(planning_as_of(settings));
-    let keep: Vec<&str> = schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .filter(|n| used.contains(*n))
-        .collect();
-    debug!(columns = ?keep, "orders columns the models read");
-    let keep: Vec<&str> = match keep.len() {
-        0 => vec!["customer_id"],
-        _ => keep,
-    };
+    let keep = staged_columns(&schema, used);
     let planned = orders
         .clone()
         .select_columns(&keep)
@@ -234,66 +221,25 @@ pub async fn stage_orders(
     )?;
     staging.as_of = as_of;
     let drop_duplicates = duplicates.as_ref().filter(|d| d.extra > 0 && drop_repeated);
-    let mut staged = staged;
-    if let Some(d) = drop_duplicates {
-        // Models see one copy of each duplicated line.
-        let deduped = d
-            .deduplicated(ctx, &staged, &staging.out.loc, &planned)
-            .await
-            .map_err(engine)?;
-        staged = staging
-            .write_table(deduped, "orders_deduplicated", false, &[])
-            .await
-            .map_err(|e| match e {
-                StageError::Engine(e) => engine(e),
-                StageError::PartitionValue { .. } => input_err(orders_spec, "unexpected partition"),
-            })?;
-        stats.rows_visible -= d.extra;
-        stats.rows_rejected += d.extra;
-    }
-    let rejected = match (counts.rejected, drop_duplicates) {
-        (0, None) => None,
-        _ => {
-            let mut rows = match counts.rejected {
-                0 => None,
-                _ => Some(
-                    rejected_rows(source.mapped.clone(), &source.present, &source.tally.rules)
-                        .map_err(engine)?,
-                ),
-            };
-            if let Some(d) = drop_duplicates {
-                let copies = d
-                    .extra_copies(ctx, source.mapped, &source.present, &source.tally.rules)
-                    .await
-                    .map_err(engine)?;
-                rows = Some(match rows {
-                    Some(r) => r.union(copies).map_err(engine)?,
-                    None => copies,
-                });
-            }
-            let rows = rows.ok_or_else(|| input_err(orders_spec, "no rejected rows"))?;
-            let staged = staging
-                .write_table(rows, REJECTED, true, &[])
-                .await
-                .map_err(|e| match e {
-                    StageError::Engine(e) => input_err(
-                        orders_spec,
-                        redact(&format!(
-                            "cannot write the rejected rows: {}",
-                            e.strip_backtrace()
-                        )),
-                    ),
-                    StageError::PartitionValue { .. } => {
-                        input_err(orders_spec, "unexpected partition")
-                    }
-                })?;
-            info!(
-                rows = staged.rows,
-                "rows left out by the gates staged under {REJECTED}"
-            );
-            Some(staged)
+    let staged = match drop_duplicates {
+        Some(d) => {
+            stats.rows_visible -= d.extra;
+            stats.rows_rejected += d.extra;
+            one_copy_each(ctx, d, &staged, &staging, &planned, orders_spec).await?
         }
+        None => staged,
     };
+    let rejected = stage_rejected(
+        ctx,
+        &source.mapped,
+        &source.present,
+        &source.tally.rules,
+        counts.rejected,
+        drop_duplicates,
+        &staging,
+        orders_spec,
+    )
+    .await?;
     let (table, _) = open_staged(ctx, &staged, &staging.out.loc, &planned)
         .await
         .map_err(|e| input_err(orders_spec, redact(&e.strip_backtrace())))?;
@@ -312,342 +258,52 @@ pub async fn stage_orders(
     ))
 }
 
+/// The staged orders with one copy of each repeated line: what the models see when
+/// `duplicate_lines` drops.
+async fn one_copy_each(
+    ctx: &SessionContext,
+    duplicates: &Duplicates,
+    staged: &StagedTable,
+    staging: &Staging,
+    planned: &Schema,
+    spec: &InputSpec,
+) -> Result<StagedTable> {
+    let engine =
+        |e: datafusion::error::DataFusionError| input_err(spec, redact(&e.strip_backtrace()));
+    let deduped = duplicates
+        .deduplicated(ctx, staged, &staging.out.loc, planned)
+        .await
+        .map_err(engine)?;
+    staging
+        .write_table(deduped, "orders_deduplicated", false, &[])
+        .await
+        .map_err(|e| match e {
+            StageError::Engine(e) => engine(e),
+            StageError::PartitionValue { .. } => input_err(spec, "unexpected partition"),
+        })
+}
+
+/// The columns of `schema` that some model reads (`used`), in schema order; at least one,
+/// so that the staged table has a schema.
+fn staged_columns<'a>(schema: &'a SchemaRef, used: &BTreeSet<String>) -> Vec<&'a str> {
+    let keep: Vec<&str> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| used.contains(*n))
+        .collect();
+    debug!(columns = ?keep, "orders columns the models read");
+    match keep.len() {
+        0 => vec!["customer_id"],
+        _ => keep,
+    }
+}
+
 fn input_err(spec: &InputSpec, message: impl Into<String>) -> Error {
     Error::Input {
         input: spec.name.clone(),
         uri: spec.uri.clone(),
         message: message.into(),
-    }
-}
-
-/// Lists the Parquet files of an input and opens them as one table (hive partition
-/// columns become Utf8 columns).
-async fn read_parquet_input(
-    ctx: &SessionContext,
-    spec: &InputSpec,
-) -> Result<(DataFrame, InputFiles)> {
-    let is_glob = spec.uri.contains(['*', '?', '[']);
-    let mut uri = spec.uri.clone();
-    if !uri.contains("://") {
-        let path = std::path::Path::new(&uri);
-        if !is_glob && !path.exists() {
-            return Err(input_err(spec, "path does not exist"));
-        }
-        if path.is_dir() && !uri.ends_with('/') {
-            uri.push('/');
-        }
-    } else if !is_glob && !uri.ends_with('/') {
-        // An object store has no directories: a uri that is not an object is a prefix.
-        // The store is the one the session registered for this uri.
-        let url = ListingTableUrl::parse(&uri)
-            .map_err(|e| input_err(spec, format!("invalid uri: {e}")))?;
-        let store = ctx
-            .runtime_env()
-            .object_store(&url)
-            .map_err(|e| input_err(spec, format!("no object store for this uri: {e}")))?;
-        match store.head(url.prefix()).await {
-            Ok(_) => {}
-            Err(object_store::Error::NotFound { .. }) => uri.push('/'),
-            Err(e) => {
-                return Err(input_err(
-                    spec,
-                    format!("cannot read: {}", redact(&e.to_string())),
-                ))
-            }
-        }
-    }
-    let url = listing_url(&uri).map_err(|e| input_err(spec, format!("invalid uri: {e}")))?;
-    let state = ctx.state();
-    let store = ctx
-        .runtime_env()
-        .object_store(&url)
-        .map_err(|e| input_err(spec, format!("no object store for this uri: {e}")))?;
-    let files: Vec<_> = url
-        .list_all_files(&state, store.as_ref(), "parquet")
-        .await
-        .map_err(|e| input_err(spec, redact(&format!("cannot list files: {e}"))))?
-        .try_collect()
-        .await
-        .map_err(|e| input_err(spec, redact(&format!("cannot list files: {e}"))))?;
-    if files.is_empty() {
-        return Err(input_err(
-            spec,
-            "the input is empty: no .parquet files found",
-        ));
-    }
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let partitions = options
-        .infer_partitions(&state, &url)
-        .await
-        .map_err(|e| input_err(spec, redact(&format!("cannot infer hive partitions: {e}"))))?;
-    let options = options.with_table_partition_cols(
-        partitions
-            .into_iter()
-            .map(|p| (p, DataType::Utf8))
-            .collect(),
-    );
-    let input = InputFiles {
-        base: url.object_store().as_str().to_string(),
-        store,
-        files,
-    };
-    let config = match ListingTableConfig::new(url)
-        .with_listing_options(options)
-        .infer_schema(&state)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(input
-                .read_error(spec, "cannot read Parquet schema", &e)
-                .await)
-        }
-    };
-    let table = ListingTable::try_new(config).map_err(|e| input_err(spec, format!("{e}")))?;
-    let df = ctx
-        .read_table(Arc::new(table))
-        .map_err(|e| input_err(spec, format!("{e}")))?;
-    Ok((df, input))
-}
-
-/// The Parquet files of an input, to name the one that cannot be read.
-pub(crate) struct InputFiles {
-    /// `file:///` or `s3://bucket/`: the store's URL, which the file paths follow.
-    base: String,
-    store: Arc<dyn object_store::ObjectStore>,
-    files: Vec<object_store::ObjectMeta>,
-}
-
-impl InputFiles {
-    /// The error for a failed read of the input: when the failure came from reading Parquet
-    /// (not, say, memory), every file is read whole, in order, and the first that fails is
-    /// named by its path; otherwise the input's uri is.
-    async fn read_error(
-        &self,
-        spec: &InputSpec,
-        doing: &str,
-        e: &datafusion::error::DataFusionError,
-    ) -> Error {
-        use datafusion::error::DataFusionError as D;
-        let from_files = matches!(
-            e.find_root(),
-            D::ParquetError(_)
-                | D::ArrowError(..)
-                | D::IoError(_)
-                | D::ObjectStore(_)
-                | D::External(_)
-        );
-        if from_files {
-            if let Some((path, why)) = self.first_unreadable().await {
-                return input_err(
-                    spec,
-                    redact(&format!(
-                        "{doing}: the file {path} is corrupt or truncated: {why}"
-                    )),
-                );
-            }
-        }
-        input_err(spec, redact(&format!("{doing}: {}", e.strip_backtrace())))
-    }
-
-    /// Reads each file whole (one at a time: this runs only after a read failed) and
-    /// returns the first that fails, with why.
-    async fn first_unreadable(&self) -> Option<(String, String)> {
-        use object_store::ObjectStoreExt;
-        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-        for f in &self.files {
-            let read = async {
-                let bytes = self
-                    .store
-                    .get(&f.location)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .bytes()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .and_then(|b| b.build())
-                    .map_err(|e| e.to_string())?;
-                for batch in reader {
-                    batch.map_err(|e| e.to_string())?;
-                }
-                Ok::<(), String>(())
-            };
-            if let Err(why) = read.await {
-                let base = match self.base.as_str() {
-                    "file:///" => "/",
-                    other => other,
-                };
-                return Some((format!("{base}{}", f.location), why));
-            }
-        }
-        None
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.files.len()
-    }
-}
-
-/// A listing URL. DataFusion splits globs off local paths only; for an object-store URL
-/// the part from the first directory holding a glob character on is the pattern, matched
-/// as DataFusion matches local globs (against the file name; `col=value` folders of hive
-/// partitions are always allowed), e.g. `s3://bucket/orders/*.parquet`.
-fn listing_url(uri: &str) -> datafusion::error::Result<ListingTableUrl> {
-    let Some(glob_at) = uri.find(['*', '?', '[']).filter(|_| uri.contains("://")) else {
-        return ListingTableUrl::parse(uri);
-    };
-    let cut = uri[..glob_at].rfind('/').map(|i| i + 1).unwrap_or(glob_at);
-    let (prefix, pattern) = uri.split_at(cut);
-    let url = url::Url::parse(prefix)
-        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    let pattern = glob::Pattern::new(pattern)
-        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    ListingTableUrl::try_new(url, Some(pattern))
-}
-
-/// Selects and casts the canonical columns; a missing or ill-typed source column is an
-/// error naming both the source and the canonical column.
-fn map_columns(
-    raw: DataFrame,
-    spec: &InputSpec,
-    settings: &Settings,
-) -> Result<(DataFrame, BTreeSet<&'static str>)> {
-    let schema = raw.schema().clone();
-    let available: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let mut exprs: Vec<Expr> = Vec::new();
-    let mut present = BTreeSet::new();
-    let mut order_date: Option<Expr> = None;
-    for (canonical, target, required) in canonical_columns(&spec.name) {
-        let mapped = spec.columns.get(canonical);
-        let source = mapped.map(String::as_str).unwrap_or(canonical);
-        let field = schema.fields().iter().find(|f| f.name() == source);
-        let Some(field) = field else {
-            if let Some(m) = mapped {
-                return Err(input_err(
-                    spec,
-                    format!(
-                        "source column `{m}` (mapped to canonical column `{canonical}`) does not exist; available columns: {}",
-                        available.join(", ")
-                    ),
-                ));
-            }
-            if required {
-                return Err(input_err(
-                    spec,
-                    format!(
-                        "required column `{canonical}` not found; map it with [input.{}.columns] {canonical} = \"<source column>\" (available columns: {})",
-                        spec.name,
-                        available.join(", ")
-                    ),
-                ));
-            }
-            let default = if canonical == "quantity" {
-                lit(ScalarValue::Int64(Some(1)))
-            } else {
-                lit(ScalarValue::try_from(&target).map_err(|e| Error::engine("typed null", e))?)
-            };
-            exprs.push(default.alias(canonical));
-            continue;
-        };
-        present.insert(canonical);
-        let source_type = field.data_type().clone();
-        check_castable(spec, canonical, source, &source_type, &target)?;
-        let column = Expr::Column(Column::new_unqualified(source));
-        let expr = match (&target, &source_type) {
-            // A date is a local calendar day: its midnight in the configured time zone.
-            (DataType::Timestamp(..), DataType::Date32 | DataType::Date64) => {
-                match settings.timezone {
-                    Some(tz) => cast(
-                        cast(
-                            cast(column, DataType::Timestamp(TimeUnit::Microsecond, None)),
-                            DataType::Timestamp(TimeUnit::Microsecond, Some(tz.name().into())),
-                        ),
-                        ts_type(),
-                    ),
-                    None => cast(column, ts_type()),
-                }
-            }
-            // Strings stay views: the staged table is read back as views anyway, and the
-            // cast copied every string of every line.
-            (DataType::Utf8, DataType::Utf8View) => column,
-            (DataType::Utf8, from) if from.is_integer() => {
-                crate::ext::scalars::integer_text(column)
-            }
-            (DataType::Timestamp(..), DataType::Timestamp(..)) => {
-                crate::ext::scalars::utc_timestamp(column)
-            }
-            (DataType::Timestamp(..), _) => cast(column, ts_type()),
-            (DataType::Date32, DataType::Timestamp(..)) => {
-                cast(cast(column, ts_type()), DataType::Date32)
-            }
-            _ => cast(column, target.clone()),
-        };
-        if spec.name == "orders" && canonical == "order_ts" {
-            // A date source is already the local calendar day.
-            order_date = Some(match source_type {
-                DataType::Date32 | DataType::Date64 => cast(
-                    Expr::Column(Column::new_unqualified(source)),
-                    DataType::Date32,
-                ),
-                _ => local_date(expr.clone(), settings),
-            });
-        }
-        exprs.push(expr.alias(canonical));
-    }
-    if let Some(order_date) = order_date {
-        exprs.insert(3, order_date.alias("order_date"));
-    }
-    let df = raw
-        .select(exprs)
-        .map_err(|e| input_err(spec, format!("cannot map columns: {e}")))?;
-    Ok((df, present))
-}
-
-/// The calendar date of a UTC timestamp in the configured time zone.
-fn local_date(ts: Expr, settings: &Settings) -> Expr {
-    crate::ext::scalars::local_date(ts, settings.timezone)
-}
-
-fn check_castable(
-    spec: &InputSpec,
-    canonical: &str,
-    source: &str,
-    from: &DataType,
-    to: &DataType,
-) -> Result<()> {
-    let base = match from {
-        DataType::Dictionary(_, v) => v.as_ref(),
-        other => other,
-    };
-    let ok = match to {
-        DataType::Utf8 => {
-            base.is_integer()
-                || matches!(
-                    base,
-                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-                )
-        }
-        DataType::Float64 | DataType::Int64 => base.is_numeric(),
-        DataType::Timestamp(..) | DataType::Date32 => {
-            matches!(
-                base,
-                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
-            )
-        }
-        DataType::Boolean => matches!(base, DataType::Boolean) || base.is_integer(),
-        _ => true,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(input_err(
-            spec,
-            format!(
-                "source column `{source}` (canonical `{canonical}`) has type {from}, which cannot be used as {to}"
-            ),
-        ))
     }
 }
 
@@ -695,156 +351,6 @@ fn gate_args(present: &BTreeSet<&'static str>) -> Vec<Expr> {
         status,
         col("revenue"),
     ]
-}
-
-/// The line fingerprint (two 64-bit hashes of every mapped column, `_line_a`, `_line_b`).
-fn line_fingerprint(present: &BTreeSet<&'static str>) -> Vec<Expr> {
-    let hash = |seed: i64, name: &str| {
-        let mut args = vec![lit(seed)];
-        args.extend(present.iter().map(|c| col(*c)));
-        ScalarUDF::new_from_impl(LineHash).call(args).alias(name)
-    };
-    let [a, b] = FINGERPRINT;
-    vec![hash(0x5e9f, a), hash(0x10e5, b)]
-}
-
-/// Lines identical in every mapped column (equal fingerprints) among the staged orders.
-struct Duplicates {
-    /// Copies beyond the first of each duplicated line.
-    extra: u64,
-    /// Duplicated lines (groups of identical copies).
-    groups: u64,
-    /// The fingerprints of the duplicated lines.
-    keys: Vec<datafusion::arrow::array::RecordBatch>,
-}
-
-impl Duplicates {
-    /// From the fingerprints the staging pass saw more than once.
-    fn new(repeated: Repeated) -> datafusion::error::Result<Duplicates> {
-        use datafusion::arrow::array::{Int64Array, RecordBatch};
-        let extra = repeated.iter().map(|(_, _, n)| n - 1).sum();
-        let groups = repeated.len() as u64;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new(FINGERPRINT[0], DataType::Int64, false),
-            Field::new(FINGERPRINT[1], DataType::Int64, false),
-        ]));
-        let keys = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Int64Array::from_iter_values(repeated.iter().map(|f| f.0))),
-                Arc::new(Int64Array::from_iter_values(repeated.iter().map(|f| f.1))),
-            ],
-        )?;
-        Ok(Duplicates {
-            extra,
-            groups,
-            keys: vec![keys],
-        })
-    }
-
-    fn keys(&self, ctx: &SessionContext) -> datafusion::error::Result<DataFrame> {
-        let schema = match self.keys.first() {
-            Some(b) => b.schema(),
-            None => {
-                return datafusion::common::internal_err!("no duplicated lines");
-            }
-        };
-        ctx.read_table(Arc::new(MemTable::try_new(
-            schema,
-            vec![self.keys.clone()],
-        )?))?
-        .select(vec![
-            col(FINGERPRINT[0]).alias("_dup_a"),
-            col(FINGERPRINT[1]).alias("_dup_b"),
-        ])
-    }
-
-    /// The staged orders with one copy of each duplicated line, in the `planned` columns.
-    async fn deduplicated(
-        &self,
-        ctx: &SessionContext,
-        staged: &StagedTable,
-        loc: &crate::storage::Location,
-        planned: &Schema,
-    ) -> datafusion::error::Result<DataFrame> {
-        use datafusion::common::JoinType;
-        let lines = open_dir(ctx, loc, &staged.rel, &[]).await?;
-        let names: Vec<&str> = planned.fields().iter().map(|f| f.name().as_str()).collect();
-        let on = FINGERPRINT;
-        let keys = ["_dup_a", "_dup_b"];
-        let single = lines
-            .clone()
-            .join(self.keys(ctx)?, JoinType::LeftAnti, &on, &keys, None)?
-            .select_columns(&names)?;
-        let mut with_keys = names.clone();
-        with_keys.extend(on);
-        let one_copy = lines
-            .join(self.keys(ctx)?, JoinType::LeftSemi, &on, &keys, None)?
-            .select_columns(&with_keys)?
-            .distinct()?
-            .select_columns(&names)?;
-        single.union(one_copy)
-    }
-
-    /// The source rows beyond the first copy of each duplicated line the run uses, in the
-    /// columns of the rejected rows, gate `duplicate_lines`.
-    async fn extra_copies(
-        &self,
-        ctx: &SessionContext,
-        mapped: DataFrame,
-        present: &BTreeSet<&'static str>,
-        rules: &GateRules,
-    ) -> datafusion::error::Result<DataFrame> {
-        use datafusion::common::JoinType;
-        let names: Vec<String> = mapped
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        // The rows the run uses, judged again (the counts of this pass are not kept).
-        let used = ScalarUDF::new_from_shared_impl(Arc::new(GateTally::new(rules.clone())))
-            .call(gate_args(present));
-        let mut columns: Vec<Expr> = names.iter().map(|n| col(n.as_str())).collect();
-        columns.extend(line_fingerprint(present));
-        let copy = row_number()
-            .partition_by(FINGERPRINT.map(col).to_vec())
-            .build()?
-            .alias("_copy");
-        let mut out: Vec<Expr> = names.iter().map(|n| col(n.as_str())).collect();
-        out.push(lit(crate::ingest::gates::DUPLICATE_LINES).alias("gate"));
-        mapped
-            .filter(used)?
-            .select(columns)?
-            .join(
-                self.keys(ctx)?,
-                JoinType::LeftSemi,
-                &FINGERPRINT,
-                &["_dup_a", "_dup_b"],
-                None,
-            )?
-            .window(vec![copy])?
-            .filter(col("_copy").gt(lit(1u64)))?
-            .select(out)
-    }
-}
-
-/// The source rows a `drop` policy left out, with the gate's name in column `gate`: a
-/// second pass over the source, run only when some row was dropped.
-fn rejected_rows(
-    mapped: DataFrame,
-    present: &BTreeSet<&'static str>,
-    rules: &GateRules,
-) -> datafusion::error::Result<DataFrame> {
-    let reason = ScalarUDF::new_from_impl(GateReason(rules.clone())).call(gate_args(present));
-    let mut columns: Vec<Expr> = mapped
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| col(f.name().as_str()))
-        .collect();
-    columns.push(reason.alias("gate"));
-    mapped.select(columns)?.filter(col("gate").is_not_null())
 }
 
 /// After the staging pass: the gates (a failure lists each, warnings are logged), the
@@ -964,56 +470,6 @@ fn settle_gates(
         );
     }
     Ok((stats, as_of))
-}
-
-/// Every source row is its own order: number each customer's rows by all their values
-/// (time first), so identical rows (real duplicate orders) get distinct ids, the ids do not
-/// depend on scan order, earlier orders keep their ids as history grows, and the numbering
-/// runs in parallel per customer. Ids look like `<customer_id>#000000001`.
-fn synthetic_order_ids(df: DataFrame) -> datafusion::error::Result<DataFrame> {
-    let sort: Vec<SortExpr> = [
-        "order_ts",
-        "revenue",
-        "quantity",
-        "cost",
-        "product_id",
-        "category",
-        "channel",
-        "country",
-        "region",
-        "device",
-        "status",
-    ]
-    .iter()
-    .map(|c| col(*c).sort(true, true))
-    .collect();
-    let rn = row_number()
-        .partition_by(vec![col("customer_id")])
-        .order_by(sort)
-        .build()?
-        .alias("_row");
-    let df = df.window(vec![rn])?;
-    let cols: Vec<Expr> = orders_schema()
-        .fields()
-        .iter()
-        .map(|f| {
-            if f.name() == "order_id" {
-                datafusion::functions::string::expr_fn::concat(vec![
-                    col("customer_id"),
-                    lit("#"),
-                    datafusion::functions::unicode::expr_fn::lpad(vec![
-                        cast(col("_row"), DataType::Utf8),
-                        lit(9i64),
-                        lit("0"),
-                    ]),
-                ])
-                .alias("order_id")
-            } else {
-                col(f.name())
-            }
-        })
-        .collect();
-    df.select(cols)
 }
 
 #[cfg(test)]

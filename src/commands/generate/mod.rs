@@ -107,6 +107,34 @@ impl GenerateSummary {
     pub fn deviation_percent(&self) -> f64 {
         (self.lines as f64 - self.target_lines as f64) / self.target_lines as f64 * 100.0
     }
+
+    /// What `segflow generate` prints.
+    pub fn render(&self) -> String {
+        let s = self;
+        format!(
+            "out:       {}\n\
+             lines:     {} (target {}, {:+.2} %)\n\
+             orders:    {}\n\
+             customers: {}\n\
+             months:    {} ({} .. {}, month=YYYY-MM partitions)\n\
+             files:     {}\n\
+             bytes:     {} ({:.1} MiB)\n\
+             seconds:   {:.1}\n",
+            s.uri,
+            s.lines,
+            s.target_lines,
+            s.deviation_percent(),
+            s.orders,
+            s.customers,
+            s.months,
+            s.first_month,
+            s.last_month,
+            s.files,
+            s.bytes,
+            s.bytes as f64 / (1024.0 * 1024.0),
+            s.seconds
+        )
+    }
 }
 
 /// Resolves `--out`: a URL as it is, a local path made absolute.

@@ -62,6 +62,95 @@ pub struct RunSummary {
     pub output: Output,
 }
 
+impl RunSummary {
+    /// What `segflow run` prints: where the snapshot and each published table went.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let (m, loc) = (&self.manifest, &self.output.loc);
+        let mut out = format!(
+            "published as_of={} to {} ({} tables, {} ms)\n",
+            m.as_of,
+            loc.uri,
+            m.tables.len(),
+            m.duration_ms
+        );
+        for (name, t) in &m.tables {
+            if m.models.get(name).is_some_and(|x| x.published) {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {:>8} rows  {}",
+                    name,
+                    t.rows,
+                    loc.display(&t.path)
+                );
+            }
+        }
+        if let Some(file) = m.report.as_ref().and_then(|r| r.files.first()) {
+            let _ = writeln!(out, "  report:   {}", loc.display(file));
+        }
+        let _ = writeln!(
+            out,
+            "  manifest: {}",
+            loc.display(&crate::publish::manifest_rel(m.as_of))
+        );
+        out
+    }
+}
+
+/// `segflow run`: loads the config, runs (with OpenLineage START and COMPLETE / FAIL events
+/// when `[lineage]` is set) and writes the metrics file when one is asked for, for a run
+/// that failed too (a metrics file that cannot be written stops the run before it starts;
+/// one that fails after the run is reported and leaves the run's exit status).
+pub async fn run_command(
+    config: &std::path::Path,
+    overrides: &crate::config::Overrides,
+    metrics_file: Option<&std::path::Path>,
+) -> Result<RunSummary> {
+    let started = Instant::now();
+    if let Some(path) = metrics_file {
+        metrics::check_writable(path)?;
+    }
+    let result = match Settings::load(config, overrides) {
+        Ok(settings) => run_with_lineage(&settings).await,
+        Err(e) => Err(e),
+    };
+    if let Some(path) = metrics_file {
+        let outcome = metrics::RunOutcome {
+            manifest: result.as_ref().ok().map(|s| &s.manifest),
+            exit_code: result.as_ref().err().map_or(0, |e| e.exit_code()),
+            duration: started.elapsed(),
+            finished_at: Utc::now(),
+        };
+        if let Err(e) = metrics::write(path, &metrics::render(&outcome)) {
+            eprintln!("error: {e}");
+        }
+    }
+    result
+}
+
+/// [`run`], with OpenLineage START and COMPLETE / FAIL events when `[lineage]` is set.
+async fn run_with_lineage(settings: &Settings) -> Result<RunSummary> {
+    let Some(config) = settings.lineage.clone() else {
+        return run(settings).await;
+    };
+    let lineage = lineage::Lineage::new(config, Utc::now());
+    let inputs = lineage::input_datasets(settings).await;
+    lineage.start(&inputs).await;
+    let result = run(settings).await;
+    match &result {
+        Ok(summary) => {
+            let outputs = lineage::output_datasets(&summary.manifest, &summary.output.loc);
+            lineage.complete(&inputs, &outputs).await;
+        }
+        Err(e) => {
+            lineage
+                .fail(&inputs, &crate::redact::redact(&e.to_string()))
+                .await
+        }
+    }
+    result
+}
+
 /// A run's staged result, ready to commit.
 struct Prepared {
     manifest: Manifest,
@@ -156,101 +245,29 @@ async fn prepare(
     clock: Instant,
     selected: &Selected<'_>,
 ) -> Result<Prepared> {
-    let Selected {
-        models,
-        tests,
-        publish_only,
-    } = *selected;
     output.recover(run_id).await?;
     failpoint::hit("after_lock").await;
     let ctx = build_session(settings)?;
     output.loc.register(&ctx);
-    let (sources, staging) = stage_inputs(&ctx, settings, models, |as_of| Staging {
-        out: output.clone(),
-        run_id: run_id.to_string(),
-        as_of,
-    })
-    .await?;
-    let as_of = sources.as_of;
-    info!(%as_of, rows = sources.orders.rows_visible, "inputs registered");
-
-    let previous = output.previous_snapshot(as_of).await?;
-    if let Some(p) = &previous {
-        info!(previous_as_of = %p.as_of, "previous snapshot found");
-    }
-    let concurrency = concurrent_models(settings, sources.staged_bytes);
-    info!(
-        concurrent_models = concurrency,
-        "models computed up to this many at a time"
-    );
-    let outputs = run_models(
-        &ctx,
-        models,
-        as_of,
-        &settings.params,
-        &Previous {
-            output,
-            manifest: previous.as_ref(),
-        },
-        &staging,
-        concurrency,
-    )
-    .await?;
-
-    let mut findings = run_checks(&ctx, models, &outputs).await?;
-    findings.extend(run_data_tests(&ctx, tests, as_of, &settings.params).await?);
-    if !findings.errors.is_empty() {
-        return Err(Error::ChecksFailed {
-            count: findings.errors.len(),
-            details: findings.errors.join("\n"),
-        });
-    }
-
-    let mut tables = BTreeMap::new();
-    let mut staged = BTreeMap::new();
-    for o in outputs
-        .iter()
-        .filter(|o| o.publish && publish_only.contains(&o.name))
-    {
-        let path = format!("{}/as_of={as_of}", o.name);
-        tables.insert(
-            o.name.clone(),
-            TableEntry {
-                path,
-                rows: o.rows,
-                files: o
-                    .staged
-                    .files
-                    .iter()
-                    .map(|f| output.published_file(run_id, &o.name, as_of, f))
-                    .collect(),
-                bytes: o.staged.bytes,
-                partition_by: o.partition_by.clone(),
-                duration_ms: o.duration.as_millis() as u64,
-                columns: o.staged.columns.clone(),
-            },
-        );
-        staged.insert(o.name.clone(), o.staged.files.clone());
-    }
-
-    let rejected = match &sources.rejected {
-        Some(r) => {
-            let name = crate::publish::layout::REJECTED;
-            staged.insert(name.to_string(), r.files.clone());
-            Some(RejectedEntry {
-                path: format!("{name}/as_of={as_of}"),
-                rows: r.rows,
-                files: r
-                    .files
-                    .iter()
-                    .map(|f| output.published_file(run_id, name, as_of, f))
-                    .collect(),
-                bytes: r.bytes,
-            })
+    let computed = compute(&ctx, settings, output, run_id, selected).await?;
+    let as_of = computed.sources.as_of;
+    let publish_only = selected.publish_only;
+    let (tables, mut staged) =
+        staged_tables(output, run_id, as_of, &computed.outputs, publish_only);
+    let rejected = computed.sources.rejected.as_ref().map(|r| {
+        let name = crate::publish::layout::REJECTED;
+        staged.insert(name.to_string(), r.files.clone());
+        RejectedEntry {
+            path: format!("{name}/as_of={as_of}"),
+            rows: r.rows,
+            files: r
+                .files
+                .iter()
+                .map(|f| output.published_file(run_id, name, as_of, f))
+                .collect(),
+            bytes: r.bytes,
         }
-        None => None,
-    };
-
+    });
     let staged_names: BTreeSet<String> = tables.keys().cloned().collect();
     // A partial (--select) run keeps the other tables of the snapshot it replaces.
     let mut all_tables = BTreeMap::new();
@@ -269,24 +286,12 @@ async fn prepare(
         started_at,
         finished_at: Utc::now(),
         duration_ms: clock.elapsed().as_millis() as u64,
-        input: Some(sources.orders.clone()),
-        models: outputs
-            .iter()
-            .map(|o| {
-                (
-                    o.name.clone(),
-                    ModelTiming {
-                        rows: o.rows,
-                        duration_ms: o.duration.as_millis() as u64,
-                        published: o.publish && publish_only.contains(&o.name),
-                    },
-                )
-            })
-            .collect(),
+        input: Some(computed.sources.orders.clone()),
+        models: model_timings(&computed.outputs, publish_only),
         tables: all_tables,
         rejected,
         report: None,
-        warnings: findings.warnings,
+        warnings: computed.warnings,
     };
     // The report reads the snapshot's tables back: what this run staged, and what a
     // `--select` run keeps of the snapshot it replaces.
@@ -299,4 +304,122 @@ async fn prepare(
     manifest.finished_at = Utc::now();
     manifest.duration_ms = clock.elapsed().as_millis() as u64;
     Ok(Prepared { manifest, staged })
+}
+
+/// What a run computed: the staged inputs, the staged models, the warnings of their checks.
+struct Computed {
+    sources: Sources,
+    outputs: Vec<crate::models::ModelOutput>,
+    warnings: Vec<String>,
+}
+
+/// Stages the inputs, computes the selected models (beside the previous snapshot), and
+/// runs their checks and data tests: an error among them fails the run.
+async fn compute(
+    ctx: &datafusion::prelude::SessionContext,
+    settings: &Settings,
+    output: &Output,
+    run_id: &str,
+    selected: &Selected<'_>,
+) -> Result<Computed> {
+    let (models, tests) = (selected.models, selected.tests);
+    let (sources, staging) = stage_inputs(ctx, settings, models, |as_of| Staging {
+        out: output.clone(),
+        run_id: run_id.to_string(),
+        as_of,
+    })
+    .await?;
+    let as_of = sources.as_of;
+    info!(%as_of, rows = sources.orders.rows_visible, "inputs registered");
+
+    let previous = output.previous_snapshot(as_of).await?;
+    if let Some(p) = &previous {
+        info!(previous_as_of = %p.as_of, "previous snapshot found");
+    }
+    let concurrency = concurrent_models(settings, sources.staged_bytes);
+    info!(
+        concurrent_models = concurrency,
+        "models computed up to this many at a time"
+    );
+    let previous = Previous {
+        output,
+        manifest: previous.as_ref(),
+    };
+    let outputs = run_models(
+        ctx,
+        models,
+        as_of,
+        &settings.params,
+        &previous,
+        &staging,
+        concurrency,
+    )
+    .await?;
+
+    let mut findings = run_checks(ctx, models, &outputs).await?;
+    findings.extend(run_data_tests(ctx, tests, as_of, &settings.params).await?);
+    if !findings.errors.is_empty() {
+        return Err(Error::ChecksFailed {
+            count: findings.errors.len(),
+            details: findings.errors.join("\n"),
+        });
+    }
+    Ok(Computed {
+        sources,
+        outputs,
+        warnings: findings.warnings,
+    })
+}
+
+/// The manifest entries of the tables this run publishes, and the staged files of each.
+fn staged_tables(
+    output: &Output,
+    run_id: &str,
+    as_of: chrono::NaiveDate,
+    outputs: &[crate::models::ModelOutput],
+    publish_only: &BTreeSet<String>,
+) -> (BTreeMap<String, TableEntry>, BTreeMap<String, Vec<String>>) {
+    let mut tables = BTreeMap::new();
+    let mut staged = BTreeMap::new();
+    for o in outputs
+        .iter()
+        .filter(|o| o.publish && publish_only.contains(&o.name))
+    {
+        let files = o
+            .staged
+            .files
+            .iter()
+            .map(|f| output.published_file(run_id, &o.name, as_of, f))
+            .collect();
+        let entry = TableEntry {
+            path: format!("{}/as_of={as_of}", o.name),
+            rows: o.rows,
+            files,
+            bytes: o.staged.bytes,
+            partition_by: o.partition_by.clone(),
+            duration_ms: o.duration.as_millis() as u64,
+            columns: o.staged.columns.clone(),
+        };
+        tables.insert(o.name.clone(), entry);
+        staged.insert(o.name.clone(), o.staged.files.clone());
+    }
+    (tables, staged)
+}
+
+/// Rows and time of every model computed, and whether it is published.
+fn model_timings(
+    outputs: &[crate::models::ModelOutput],
+    publish_only: &BTreeSet<String>,
+) -> BTreeMap<String, ModelTiming> {
+    outputs
+        .iter()
+        .map(|o| {
+            let timing = ModelTiming {
+                rows: o.rows,
+                duration_ms: o.duration.as_millis() as u64,
+                published: o.publish && publish_only.contains(&o.name),
+            };
+            (o.name.clone(), timing)
+        })
+        .collect()
 }
