@@ -29,7 +29,7 @@ pub const VARIABLE: &str = "SEGFLOW_FAILPOINTS";
 const ENABLED: bool = cfg!(feature = "failpoints");
 
 /// The armed points of `spec` (the variable's value), none when failpoints are not built in.
-fn parse(enabled: bool, spec: Option<&str>) -> Vec<(String, String)> {
+fn armed(enabled: bool, spec: Option<&str>) -> Vec<(String, String)> {
     match (enabled, spec) {
         (true, Some(spec)) => spec
             .split(',')
@@ -49,7 +49,7 @@ fn ignored(enabled: bool, spec: Option<&str>) -> Option<String> {
 
 fn points() -> &'static [(String, String)] {
     static POINTS: OnceLock<Vec<(String, String)>> = OnceLock::new();
-    POINTS.get_or_init(|| parse(ENABLED, std::env::var(VARIABLE).ok().as_deref()))
+    POINTS.get_or_init(|| armed(ENABLED, std::env::var(VARIABLE).ok().as_deref()))
 }
 
 /// Logs one warning when `SEGFLOW_FAILPOINTS` is set in a binary built without failpoints.
@@ -115,7 +115,7 @@ mod tests {
     #[test]
     fn a_binary_without_the_feature_arms_nothing_and_names_the_variable() {
         let spec = Some("after_lock=kill,mid_commit=pause:/tmp/p");
-        assert!(parse(false, spec).is_empty());
+        assert!(armed(false, spec).is_empty());
         let warning = ignored(false, spec).expect("a warning");
         assert!(warning.contains("SEGFLOW_FAILPOINTS") && warning.contains("failpoints"));
         assert_eq!(ignored(false, None), None);
@@ -125,7 +125,7 @@ mod tests {
     fn a_binary_with_the_feature_arms_the_listed_points_silently() {
         let spec = Some("after_lock=kill, mid_commit = pause:/tmp/p");
         assert_eq!(
-            parse(true, spec),
+            armed(true, spec),
             vec![
                 ("after_lock".to_string(), "kill".to_string()),
                 ("mid_commit".to_string(), "pause:/tmp/p".to_string())

@@ -105,7 +105,7 @@ pub struct Gates {
 
 impl Gates {
     /// `[gates]` as written: `<gate> = "fail" | "drop" | "warn"` and `max_input_age_days`.
-    fn parse(table: &BTreeMap<String, toml::Value>) -> Result<Gates> {
+    fn from_table(table: &BTreeMap<String, toml::Value>) -> Result<Gates> {
         let mut gates = Gates::default();
         for (name, value) in table {
             let bad = |message: String| Error::ConfigValue {
@@ -463,7 +463,7 @@ impl Settings {
         hasher.update(text.as_bytes());
         hasher.update(hash_extra.as_bytes());
         settings.config_hash = format!("{:x}", hasher.finalize());
-        settings.gates = Gates::parse(&file.gates)?;
+        settings.gates = Gates::from_table(&file.gates)?;
         Ok(settings)
     }
 }

@@ -448,7 +448,7 @@ async fn planning_error(ctx: &SessionContext, sql: &str) -> (String, String) {
 /// DataFusion's error text, which `models::model_error` searches for "Did you mean" (the
 /// suggestion is not in the diagnostic), and the diagnostic's message.
 async fn datafusion_error(ctx: &SessionContext, sql: &str) -> (String, Option<String>) {
-    let e = ctx.sql(sql).await.err().expect("a planning error");
+    let e = ctx.sql(sql).await.expect_err("a planning error");
     let diagnostic = e
         .iter()
         .find_map(|e| e.diagnostic())

@@ -11,6 +11,8 @@ pub mod scalars;
 pub mod stats;
 
 #[cfg(test)]
+mod canary;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
@@ -62,6 +64,3 @@ pub fn register(ctx: &SessionContext) {
         ctx.add_optimizer_rule(rule);
     }
 }
-
-#[cfg(test)]
-mod canary;

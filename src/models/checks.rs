@@ -379,3 +379,41 @@ pub async fn run_data_tests(
     }
     Ok(findings)
 }
+
+/// What a run computes: every model in order, the ones selected (with what they read),
+/// the data tests that can run on them, and the models to publish.
+pub struct Selection {
+    pub models: Vec<Model>,
+    pub tests: Vec<DataTest>,
+    pub publish_only: std::collections::BTreeSet<String>,
+}
+
+/// Discovers the models and data tests of `settings` and selects what a run computes. A
+/// broken model, a cycle, an unused parameter or an unknown `--select` fails here, before
+/// any I/O.
+pub fn select_run(settings: &crate::config::Settings) -> Result<Selection> {
+    let sources = ModelSources {
+        builtin: settings.builtin_models,
+        paths: settings.model_paths.clone(),
+    };
+    let models = order_models(discover_models(&sources)?)?;
+    let tests = discover_tests(&sources)?;
+    reject_unused_params(
+        &settings.params,
+        models.iter().chain(tests.iter().map(|t| &t.model)),
+    )?;
+    let all_models: std::collections::BTreeSet<String> =
+        models.iter().map(|m| m.name.clone()).collect();
+    let (models, publish_only) = select_models(models, &settings.select)?;
+    let computed: std::collections::BTreeSet<String> =
+        models.iter().map(|m| m.name.clone()).collect();
+    let tests = runnable_tests(&tests, &all_models, &computed)?
+        .into_iter()
+        .cloned()
+        .collect();
+    Ok(Selection {
+        models,
+        tests,
+        publish_only,
+    })
+}

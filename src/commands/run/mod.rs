@@ -21,13 +21,9 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::ingest::{open_sources, planning_as_of, stage_orders, Sources};
 use crate::models::plan_models;
-use crate::models::{
-    concurrent_models, reject_unused_params, run_checks, run_data_tests, run_models,
-    runnable_tests, Previous,
-};
-use crate::models::{
-    discover_models, discover_tests, order_models, select_models, DataTest, Model, ModelSources,
-};
+use crate::models::select_run;
+use crate::models::{concurrent_models, run_checks, run_data_tests, run_models, Previous};
+use crate::models::{DataTest, Model};
 use crate::publish::stage::Staging;
 use crate::publish::{LockInfo, Manifest, ModelTiming, Output, RejectedEntry, TableEntry};
 use crate::session::build_session;
@@ -161,6 +157,9 @@ struct Prepared {
 /// Runs the whole job: exit 0 only when everything is published.
 pub async fn run(settings: &Settings) -> Result<RunSummary> {
     let mut shutdown = Shutdown::install()?;
+    // Models first: a broken model fails before any I/O.
+    let selection = select_run(settings)?;
+    info!(models = selection.models.len(), "models discovered");
     let _governor = crate::memory::Governor::start(settings.memory_limit);
     let started_at = Utc::now();
     let clock = Instant::now();
@@ -169,27 +168,7 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
         started_at.format("%Y%m%dT%H%M%S%.6fZ"),
         std::process::id()
     );
-
-    // Discover and order models first: a broken model fails before any I/O.
-    let models = discover_models(&ModelSources {
-        builtin: settings.builtin_models,
-        paths: settings.model_paths.clone(),
-    })?;
-    let models = order_models(models)?;
-    let tests = discover_tests(&ModelSources {
-        builtin: settings.builtin_models,
-        paths: settings.model_paths.clone(),
-    })?;
-    reject_unused_params(
-        &settings.params,
-        models.iter().chain(tests.iter().map(|t| &t.model)),
-    )?;
-    let all_models: BTreeSet<String> = models.iter().map(|m| m.name.clone()).collect();
-    let (models, publish_only) = select_models(models, &settings.select)?;
-    let computed: BTreeSet<String> = models.iter().map(|m| m.name.clone()).collect();
-    let tests = runnable_tests(&tests, &all_models, &computed)?;
-    info!(models = models.len(), "models discovered");
-
+    let tests: Vec<&DataTest> = selection.tests.iter().collect();
     let output = Output::open(&settings.output, &settings.s3)?;
     let me = LockInfo::new(&run_id, started_at);
     let lock = tokio::select! {
@@ -198,9 +177,9 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
     };
     let heartbeat = lock.keep_alive(settings.lock_timeout);
     let selected = Selected {
-        models: &models,
+        models: &selection.models,
         tests: &tests,
-        publish_only: &publish_only,
+        publish_only: &selection.publish_only,
     };
     let prepared = tokio::select! {
         p = prepare(settings, &output, &run_id, started_at, clock, &selected) => p,
