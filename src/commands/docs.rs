@@ -71,7 +71,18 @@ fn render(
     }
     h.push_str("</nav>\n<h2 id=\"graph\">Dependency graph</h2>\n");
     h.push_str(&graph_svg(models));
+    let read_by = readers_of(models);
+    h.push_str("<h2>Models</h2>\n");
+    for m in models {
+        model_entry(&mut h, m, models, &read_by, schemas);
+    }
+    data_tests(&mut h, tests);
+    h.push_str("</body></html>\n");
+    h
+}
 
+/// The models reading each table, by the table's name (`previous.*` reads included).
+fn readers_of(models: &[Model]) -> BTreeMap<&str, BTreeSet<&str>> {
     let mut read_by: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for m in models {
         for d in m.deps.iter().chain(m.previous_deps.iter()) {
@@ -81,98 +92,117 @@ fn render(
                 .insert(m.name.as_str());
         }
     }
-    h.push_str("<h2>Models</h2>\n");
-    for m in models {
-        let kind = if m.header.publish {
-            "<span class=\"kind\">table</span>"
-        } else {
-            "<span class=\"kind internal\">internal</span>"
-        };
-        let _ = write!(
-            h,
-            "<h3 id=\"{n}\">{n} {kind}</h3>\n<p>{}</p>\n<table>",
-            esc(&m.header.description),
-            n = esc(&m.name)
-        );
-        let link = |n: &str| {
-            if models.iter().any(|x| x.name == n) {
-                format!("<a href=\"#{0}\">{0}</a>", esc(n))
-            } else {
-                format!("<code>{}</code>", esc(n))
-            }
-        };
-        let list = |v: Vec<String>| {
-            if v.is_empty() {
-                "-".to_string()
-            } else {
-                v.join(", ")
-            }
-        };
-        let mut reads: Vec<String> = m.inputs.iter().map(|i| link(i)).collect();
-        reads.extend(m.deps.iter().map(|d| link(d)));
-        reads.extend(
-            m.previous_deps
-                .iter()
-                .map(|d| format!("previous.{}", link(d))),
-        );
-        let readers: Vec<String> = read_by
-            .get(m.name.as_str())
-            .into_iter()
-            .flatten()
-            .map(|r| link(r))
-            .collect();
-        let params: Vec<String> = m
-            .header
-            .params
-            .iter()
-            .map(|(k, v)| format!("<code>${}</code> = {}", esc(k), esc(&v.to_string())))
-            .collect();
-        for (label, value) in [
-            ("file", format!("<code>{}</code>", esc(&m.file))),
-            (
-                "grain",
-                list(m.header.grain.iter().map(|g| esc(g)).collect()),
-            ),
-            (
-                "partition by",
-                list(m.header.partition_by.iter().map(|g| esc(g)).collect()),
-            ),
-            ("reads", list(reads)),
-            ("read by", list(readers)),
-            ("parameters", list(params)),
-        ] {
-            let _ = write!(h, "<tr><th>{label}</th><td>{value}</td></tr>");
-        }
-        h.push_str("</table>\n<table><tr><th>column</th><th>type</th><th>description</th></tr>");
-        if let Some(schema) = schemas.get(&m.name) {
-            for f in schema.fields() {
-                let doc = m.header.columns.get(f.name()).cloned().unwrap_or_default();
-                let _ = write!(
-                    h,
-                    "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                    esc(f.name()),
-                    esc(&f.data_type().to_string()),
-                    esc(&doc)
-                );
-            }
-        }
-        h.push_str("</table>\n");
-        let checks = checks_of(m);
-        if !checks.is_empty() {
+    read_by
+}
+
+/// A model's entry: heading and description, its facts, its columns and its checks.
+fn model_entry(
+    h: &mut String,
+    m: &Model,
+    models: &[Model],
+    read_by: &BTreeMap<&str, BTreeSet<&str>>,
+    schemas: &BTreeMap<String, SchemaRef>,
+) {
+    let kind = if m.header.publish {
+        "<span class=\"kind\">table</span>"
+    } else {
+        "<span class=\"kind internal\">internal</span>"
+    };
+    let _ = write!(
+        h,
+        "<h3 id=\"{n}\">{n} {kind}</h3>\n<p>{}</p>\n<table>",
+        esc(&m.header.description),
+        n = esc(&m.name)
+    );
+    for (label, value) in model_facts(m, models, read_by) {
+        let _ = write!(h, "<tr><th>{label}</th><td>{value}</td></tr>");
+    }
+    h.push_str("</table>\n<table><tr><th>column</th><th>type</th><th>description</th></tr>");
+    if let Some(schema) = schemas.get(&m.name) {
+        for f in schema.fields() {
+            let doc = m.header.columns.get(f.name()).cloned().unwrap_or_default();
             let _ = write!(
                 h,
-                "<p>Checks (severity {}):</p><ul>",
-                match m.header.checks.severity {
-                    crate::models::Severity::Error => "error",
-                    crate::models::Severity::Warn => "warn",
-                }
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                esc(f.name()),
+                esc(&f.data_type().to_string()),
+                esc(&doc)
             );
-            for c in checks {
-                let _ = write!(h, "<li><code>{}</code></li>", esc(&c));
-            }
-            h.push_str("</ul>\n");
         }
     }
+    h.push_str("</table>\n");
+    let checks = checks_of(m);
+    if !checks.is_empty() {
+        let _ = write!(
+            h,
+            "<p>Checks (severity {}):</p><ul>",
+            severity_name(m.header.checks.severity)
+        );
+        for c in checks {
+            let _ = write!(h, "<li><code>{}</code></li>", esc(&c));
+        }
+        h.push_str("</ul>\n");
+    }
+}
+
+/// The rows of a model's fact table, as (label, HTML): its file, grain, partitioning, what
+/// it reads (models linked), what reads it and its parameters.
+fn model_facts(
+    m: &Model,
+    models: &[Model],
+    read_by: &BTreeMap<&str, BTreeSet<&str>>,
+) -> [(&'static str, String); 6] {
+    let link = |n: &str| {
+        if models.iter().any(|x| x.name == n) {
+            format!("<a href=\"#{0}\">{0}</a>", esc(n))
+        } else {
+            format!("<code>{}</code>", esc(n))
+        }
+    };
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let mut reads: Vec<String> = m.inputs.iter().map(|i| link(i)).collect();
+    reads.extend(m.deps.iter().map(|d| link(d)));
+    reads.extend(
+        m.previous_deps
+            .iter()
+            .map(|d| format!("previous.{}", link(d))),
+    );
+    let readers: Vec<String> = read_by
+        .get(m.name.as_str())
+        .into_iter()
+        .flatten()
+        .map(|r| link(r))
+        .collect();
+    let params: Vec<String> = m
+        .header
+        .params
+        .iter()
+        .map(|(k, v)| format!("<code>${}</code> = {}", esc(k), esc(&v.to_string())))
+        .collect();
+    [
+        ("file", format!("<code>{}</code>", esc(&m.file))),
+        (
+            "grain",
+            list(m.header.grain.iter().map(|g| esc(g)).collect()),
+        ),
+        (
+            "partition by",
+            list(m.header.partition_by.iter().map(|g| esc(g)).collect()),
+        ),
+        ("reads", list(reads)),
+        ("read by", list(readers)),
+        ("parameters", list(params)),
+    ]
+}
+
+/// The data tests: each with its description, file, severity and SQL.
+fn data_tests(h: &mut String, tests: &[crate::models::DataTest]) {
     h.push_str("<h2 id=\"tests\">Data tests</h2>\n");
     if tests.is_empty() {
         h.push_str("<p>None: add <code>*.sql</code> files under a <code>tests/</code> folder of a model path.</p>\n");
@@ -184,15 +214,17 @@ fn render(
             esc(&t.model.name),
             esc(&t.model.header.description),
             esc(&t.model.file),
-            match t.severity {
-                crate::models::Severity::Error => "error",
-                crate::models::Severity::Warn => "warn",
-            },
+            severity_name(t.severity),
             esc(t.model.sql.trim())
         );
     }
-    h.push_str("</body></html>\n");
-    h
+}
+
+fn severity_name(severity: crate::models::Severity) -> &'static str {
+    match severity {
+        crate::models::Severity::Error => "error",
+        crate::models::Severity::Warn => "warn",
+    }
 }
 
 /// The declared checks as short texts.

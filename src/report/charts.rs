@@ -72,6 +72,24 @@ pub fn ramp(t: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
+/// An SVG `WIDTH` × `height` pixels on white, drawn by `draw`; its errors name `chart`.
+fn draw_svg(
+    chart: &str,
+    height: u32,
+    draw: impl FnOnce(&Area<'_>) -> Result<(), String>,
+) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        root.fill(&WHITE)
+            .map_err(|e| e.to_string())
+            .and_then(|()| draw(&root))
+            .and_then(|()| root.present().map_err(|e| e.to_string()))
+            .map_err(|e| chart_err(chart, e))?;
+    }
+    Ok(svg)
+}
+
 /// Writes `labels[i]` left of row `i` (row 0 on top) of a chart with `n` rows.
 fn row_labels(area: &Area<'_>, c: &Chart<'_, '_>, labels: &[String], x: f64) -> Result<(), String> {
     let n = labels.len();
@@ -150,51 +168,44 @@ pub fn bar_chart(
     let height = (n as u32) * (10 + 12 * k as u32) + 34 + top;
     let max = finite_max(series.iter().flat_map(|s| s.values.iter().copied()));
     let max = if max > 0.0 { max * 1.05 } else { 1.0 };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
-        let draw = || -> Result<(), String> {
-            root.fill(&WHITE).map_err(|e| e.to_string())?;
-            let mut c = ChartBuilder::on(&root)
-                .margin_top(top)
-                .margin_right(24)
-                .margin_bottom(4)
-                .x_label_area_size(24)
-                .y_label_area_size(label_width(labels, 12))
-                .build_cartesian_2d(0f64..max, 0f64..n as f64)
-                .map_err(|e| e.to_string())?;
-            c.configure_mesh()
-                .disable_y_mesh()
-                .disable_x_mesh()
-                .y_labels(0)
-                .x_labels(6)
-                .x_label_formatter(&|x| fmt(*x))
-                .label_style(text_style(11, INK, HPos::Center, VPos::Top))
-                .axis_style(MUTED)
-                .draw()
-                .map_err(|e| e.to_string())?;
-            let band = 0.8 / k as f64;
-            let colours = [BAR, BAR_2];
-            for (s_i, s) in series.iter().enumerate() {
-                let colour = colours[s_i.min(1)];
-                c.draw_series(s.values.iter().take(n).enumerate().map(|(i, v)| {
-                    let row = (n - 1 - i) as f64;
-                    let hi = row + 0.9 - band * s_i as f64;
-                    let v = if v.is_finite() { v.max(0.0) } else { 0.0 };
-                    Rectangle::new([(0.0, hi - band), (v, hi)], colour.filled())
-                }))
-                .map_err(|e| e.to_string())?;
-            }
-            row_labels(&root, &c, labels, 0.0)?;
-            if k > 1 {
-                let names: Vec<&str> = series.iter().map(|s| s.name).collect();
-                legend(&root, &names, &colours)?;
-            }
-            root.present().map_err(|e| e.to_string())
-        };
-        draw().map_err(|e| chart_err(chart, e))?;
-    }
-    Ok(svg)
+    draw_svg(chart, height, |root| {
+        let mut c = ChartBuilder::on(root)
+            .margin_top(top)
+            .margin_right(24)
+            .margin_bottom(4)
+            .x_label_area_size(24)
+            .y_label_area_size(label_width(labels, 12))
+            .build_cartesian_2d(0f64..max, 0f64..n as f64)
+            .map_err(|e| e.to_string())?;
+        c.configure_mesh()
+            .disable_y_mesh()
+            .disable_x_mesh()
+            .y_labels(0)
+            .x_labels(6)
+            .x_label_formatter(&|x| fmt(*x))
+            .label_style(text_style(11, INK, HPos::Center, VPos::Top))
+            .axis_style(MUTED)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let band = 0.8 / k as f64;
+        let colours = [BAR, BAR_2];
+        for (s_i, s) in series.iter().enumerate() {
+            let colour = colours[s_i.min(1)];
+            c.draw_series(s.values.iter().take(n).enumerate().map(|(i, v)| {
+                let row = (n - 1 - i) as f64;
+                let hi = row + 0.9 - band * s_i as f64;
+                let v = if v.is_finite() { v.max(0.0) } else { 0.0 };
+                Rectangle::new([(0.0, hi - band), (v, hi)], colour.filled())
+            }))
+            .map_err(|e| e.to_string())?;
+        }
+        row_labels(root, &c, labels, 0.0)?;
+        if k > 1 {
+            let names: Vec<&str> = series.iter().map(|s| s.name).collect();
+            legend(root, &names, &colours)?;
+        }
+        Ok(())
+    })
 }
 
 /// A funnel: bars centred on one axis, widest first, each with its count beside it.
@@ -203,49 +214,42 @@ pub fn funnel(chart: &str, labels: &[String], values: &[f64], text: &[String]) -
     let height = (n as u32) * 34 + 20;
     let max = finite_max(values.iter().copied());
     let max = if max > 0.0 { max } else { 1.0 };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
-        let draw = || -> Result<(), String> {
-            root.fill(&WHITE).map_err(|e| e.to_string())?;
-            let c = ChartBuilder::on(&root)
-                .margin(10)
-                .margin_right(120)
-                .y_label_area_size(label_width(labels, 12))
-                .build_cartesian_2d(-max / 2.0..max / 2.0, 0f64..n as f64)
-                .map_err(|e| e.to_string())?;
-            let mut c = c;
-            c.draw_series(values.iter().take(n).enumerate().map(|(i, v)| {
-                let row = (n - 1 - i) as f64;
-                let w = if v.is_finite() { v.max(0.0) } else { 0.0 } / 2.0;
-                Rectangle::new(
-                    [(-w, row + 0.12), (w, row + 0.88)],
-                    ramp(0.45 + 0.5 * (i as f64 / n.max(1) as f64)).filled(),
-                )
-            }))
+    draw_svg(chart, height, |root| {
+        let c = ChartBuilder::on(root)
+            .margin(10)
+            .margin_right(120)
+            .y_label_area_size(label_width(labels, 12))
+            .build_cartesian_2d(-max / 2.0..max / 2.0, 0f64..n as f64)
             .map_err(|e| e.to_string())?;
-            for (i, t) in text.iter().take(n).enumerate() {
-                let w = values
-                    .get(i)
-                    .copied()
-                    .filter(|v| v.is_finite())
-                    .unwrap_or(0.0)
-                    .max(0.0)
-                    / 2.0;
-                let (px, py) = c.backend_coord(&(w, (n - i) as f64 - 0.5));
-                root.draw(&Text::new(
-                    t.clone(),
-                    (px + 8, py),
-                    text_style(12, INK, HPos::Left, VPos::Center),
-                ))
-                .map_err(|e| e.to_string())?;
-            }
-            row_labels(&root, &c, labels, -max / 2.0)?;
-            root.present().map_err(|e| e.to_string())
-        };
-        draw().map_err(|e| chart_err(chart, e))?;
-    }
-    Ok(svg)
+        let mut c = c;
+        c.draw_series(values.iter().take(n).enumerate().map(|(i, v)| {
+            let row = (n - 1 - i) as f64;
+            let w = if v.is_finite() { v.max(0.0) } else { 0.0 } / 2.0;
+            Rectangle::new(
+                [(-w, row + 0.12), (w, row + 0.88)],
+                ramp(0.45 + 0.5 * (i as f64 / n.max(1) as f64)).filled(),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+        for (i, t) in text.iter().take(n).enumerate() {
+            let w = values
+                .get(i)
+                .copied()
+                .filter(|v| v.is_finite())
+                .unwrap_or(0.0)
+                .max(0.0)
+                / 2.0;
+            let (px, py) = c.backend_coord(&(w, (n - i) as f64 - 0.5));
+            root.draw(&Text::new(
+                t.clone(),
+                (px + 8, py),
+                text_style(12, INK, HPos::Left, VPos::Center),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        row_labels(root, &c, labels, -max / 2.0)?;
+        Ok(())
+    })
 }
 
 /// One cell of a heat map: column, row (0 on top), colour value, text written in the cell.
@@ -254,6 +258,82 @@ pub struct Cell {
     pub y: usize,
     pub value: f64,
     pub text: String,
+}
+
+/// Where a cell value falls between the smallest and largest finite value of a heat map.
+struct Scale {
+    lo: f64,
+    hi: f64,
+    span: f64,
+}
+
+impl Scale {
+    /// The range of the finite values of `cells`; 0 to 1 when there are none.
+    fn of(cells: &[Cell]) -> Scale {
+        let finite: Vec<f64> = cells
+            .iter()
+            .map(|c| c.value)
+            .filter(|v| v.is_finite())
+            .collect();
+        let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        Scale { lo, hi, span }
+    }
+
+    /// `v` in [0, 1] of the range (0 for a value that is not finite).
+    fn t(&self, v: f64) -> f64 {
+        if v.is_finite() {
+            (v - self.lo) / self.span
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The sizes of a heat map, in pixels.
+struct HeatLayout {
+    /// Columns and rows (at least one each).
+    nx: usize,
+    ny: usize,
+    cell_h: u32,
+    /// Height of the column label area; column labels are `rotate`d when wider than a cell.
+    x_area: u32,
+    y_area: u32,
+    rotate: bool,
+    height: u32,
+}
+
+impl HeatLayout {
+    fn of(x_labels: &[String], y_labels: &[String]) -> HeatLayout {
+        let (nx, ny) = (x_labels.len().max(1), y_labels.len().max(1));
+        let cell_h: u32 = if ny > 30 { 12 } else { 26 };
+        let y_area = label_width(y_labels, 12);
+        let cell_w = (WIDTH - y_area - 16) / nx as u32;
+        let rotate = label_width(x_labels, 11) > cell_w;
+        let x_area = if rotate {
+            label_width(x_labels, 10) + 20
+        } else {
+            40
+        };
+        let height = ny as u32 * cell_h + 46 + x_area;
+        HeatLayout {
+            nx,
+            ny,
+            cell_h,
+            x_area,
+            y_area,
+            rotate,
+            height,
+        }
+    }
+
+    /// The cells that fall inside the map.
+    fn inside<'c>(&self, cells: &'c [Cell]) -> impl Iterator<Item = &'c Cell> {
+        let (nx, ny) = (self.nx, self.ny);
+        cells.iter().filter(move |cell| cell.x < nx && cell.y < ny)
+    }
 }
 
 /// A heat map: cells coloured by value between the smallest and largest finite value, with
@@ -266,119 +346,124 @@ pub fn heat_map(
     axes: (&str, &str),
     fmt: &dyn Fn(f64) -> String,
 ) -> Result<String> {
-    let (nx, ny) = (x_labels.len().max(1), y_labels.len().max(1));
-    let cell_h: u32 = if ny > 30 { 12 } else { 26 };
-    let y_area = label_width(y_labels, 12);
-    let cell_w = (WIDTH - y_area - 16) / nx as u32;
-    let rotate = label_width(x_labels, 11) > cell_w;
-    let x_area = if rotate {
-        label_width(x_labels, 10) + 20
-    } else {
-        40
-    };
-    let height = ny as u32 * cell_h + 46 + x_area;
-    let finite: Vec<f64> = cells
-        .iter()
-        .map(|c| c.value)
-        .filter(|v| v.is_finite())
-        .collect();
-    let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-    let span = if hi > lo { hi - lo } else { 1.0 };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
-        let draw = || -> Result<(), String> {
-            root.fill(&WHITE).map_err(|e| e.to_string())?;
-            let mut c = ChartBuilder::on(&root)
-                .margin_top(30)
-                .margin_right(16)
-                .margin_bottom(4)
-                .x_label_area_size(x_area)
-                .y_label_area_size(y_area)
-                .build_cartesian_2d(0f64..nx as f64, 0f64..ny as f64)
-                .map_err(|e| e.to_string())?;
-            c.draw_series(
-                cells
-                    .iter()
-                    .filter(|cell| cell.x < nx && cell.y < ny)
-                    .map(|cell| {
-                        let row = (ny - 1 - cell.y) as f64;
-                        let colour = if cell.value.is_finite() {
-                            ramp((cell.value - lo) / span)
-                        } else {
-                            GRID
-                        };
-                        Rectangle::new(
-                            [(cell.x as f64, row), (cell.x as f64 + 1.0, row + 1.0)],
-                            ShapeStyle::from(colour).filled().stroke_width(0),
-                        )
-                    }),
-            )
+    let layout = HeatLayout::of(x_labels, y_labels);
+    let scale = Scale::of(cells);
+    draw_svg(chart, layout.height, |root| {
+        let mut c = ChartBuilder::on(root)
+            .margin_top(30)
+            .margin_right(16)
+            .margin_bottom(4)
+            .x_label_area_size(layout.x_area)
+            .y_label_area_size(layout.y_area)
+            .build_cartesian_2d(0f64..layout.nx as f64, 0f64..layout.ny as f64)
             .map_err(|e| e.to_string())?;
-            // Cell text where the cells are large enough to hold it.
-            if cell_h >= 20 && nx <= 16 {
-                for cell in cells.iter().filter(|cell| cell.x < nx && cell.y < ny) {
-                    let t = if cell.value.is_finite() {
-                        (cell.value - lo) / span
-                    } else {
-                        0.0
-                    };
-                    let ink = if t > 0.55 { WHITE } else { INK };
-                    let (px, py) =
-                        c.backend_coord(&(cell.x as f64 + 0.5, (ny - cell.y) as f64 - 0.5));
-                    root.draw(&Text::new(
-                        cell.text.clone(),
-                        (px, py),
-                        text_style(11, ink, HPos::Center, VPos::Center),
-                    ))
-                    .map_err(|e| e.to_string())?;
-                }
-            }
-            row_labels(&root, &c, y_labels, 0.0)?;
-            column_labels(&root, &c, x_labels, 0.0, rotate)?;
-            let (x0, _) = c.backend_coord(&(0.0, 0.0));
-            let (x1, y1) = c.backend_coord(&(nx as f64, 0.0));
-            root.draw(&Text::new(
-                axes.0.to_string(),
-                ((x0 + x1) / 2, y1 + x_area as i32 - 16),
-                text_style(12, MUTED, HPos::Center, VPos::Top),
-            ))
-            .map_err(|e| e.to_string())?;
-            root.draw(&Text::new(
-                axes.1.to_string(),
-                (4, 8),
-                text_style(12, MUTED, HPos::Left, VPos::Top),
-            ))
-            .map_err(|e| e.to_string())?;
-            // Colour key, top right: lowest to highest.
-            let key_x = WIDTH as i32 - 100 - 160;
-            for s in 0..20 {
-                let x = key_x + s * 8;
-                root.draw(&Rectangle::new(
-                    [(x, 8), (x + 8, 20)],
-                    ramp(s as f64 / 19.0).filled(),
-                ))
-                .map_err(|e| e.to_string())?;
-            }
-            root.draw(&Text::new(
-                fmt(lo),
-                (key_x - 6, 14),
-                text_style(11, INK, HPos::Right, VPos::Center),
-            ))
-            .map_err(|e| e.to_string())?;
-            root.draw(&Text::new(
-                fmt(hi),
-                (key_x + 166, 14),
-                text_style(11, INK, HPos::Left, VPos::Center),
-            ))
-            .map_err(|e| e.to_string())?;
-            root.present().map_err(|e| e.to_string())
+        heat_cells(&mut c, &layout, &scale, cells)?;
+        // Cell text where the cells are large enough to hold it.
+        if layout.cell_h >= 20 && layout.nx <= 16 {
+            heat_cell_texts(root, &c, &layout, &scale, cells)?;
+        }
+        row_labels(root, &c, y_labels, 0.0)?;
+        column_labels(root, &c, x_labels, 0.0, layout.rotate)?;
+        heat_axis_titles(root, &c, &layout, axes)?;
+        colour_key(root, &scale, fmt)?;
+        Ok(())
+    })
+}
+
+/// The cells of a heat map, coloured from the ramp (grey where the value is not finite).
+fn heat_cells(
+    c: &mut Chart<'_, '_>,
+    layout: &HeatLayout,
+    scale: &Scale,
+    cells: &[Cell],
+) -> Result<(), String> {
+    c.draw_series(layout.inside(cells).map(|cell| {
+        let row = (layout.ny - 1 - cell.y) as f64;
+        let colour = if cell.value.is_finite() {
+            ramp(scale.t(cell.value))
+        } else {
+            GRID
         };
-        draw().map_err(|e| chart_err(chart, e))?;
+        Rectangle::new(
+            [(cell.x as f64, row), (cell.x as f64 + 1.0, row + 1.0)],
+            ShapeStyle::from(colour).filled().stroke_width(0),
+        )
+    }))
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Each cell's text, centred in it: white on the dark end of the ramp.
+fn heat_cell_texts(
+    area: &Area<'_>,
+    c: &Chart<'_, '_>,
+    layout: &HeatLayout,
+    scale: &Scale,
+    cells: &[Cell],
+) -> Result<(), String> {
+    for cell in layout.inside(cells) {
+        let ink = if scale.t(cell.value) > 0.55 {
+            WHITE
+        } else {
+            INK
+        };
+        let (px, py) = c.backend_coord(&(cell.x as f64 + 0.5, (layout.ny - cell.y) as f64 - 0.5));
+        area.draw(&Text::new(
+            cell.text.clone(),
+            (px, py),
+            text_style(11, ink, HPos::Center, VPos::Center),
+        ))
+        .map_err(|e| e.to_string())?;
     }
-    Ok(svg)
+    Ok(())
+}
+
+/// The axis titles: `axes.0` under the column labels, `axes.1` top left.
+fn heat_axis_titles(
+    area: &Area<'_>,
+    c: &Chart<'_, '_>,
+    layout: &HeatLayout,
+    axes: (&str, &str),
+) -> Result<(), String> {
+    let (x0, _) = c.backend_coord(&(0.0, 0.0));
+    let (x1, y1) = c.backend_coord(&(layout.nx as f64, 0.0));
+    area.draw(&Text::new(
+        axes.0.to_string(),
+        ((x0 + x1) / 2, y1 + layout.x_area as i32 - 16),
+        text_style(12, MUTED, HPos::Center, VPos::Top),
+    ))
+    .map_err(|e| e.to_string())?;
+    area.draw(&Text::new(
+        axes.1.to_string(),
+        (4, 8),
+        text_style(12, MUTED, HPos::Left, VPos::Top),
+    ))
+    .map_err(|e| e.to_string())
+}
+
+/// Colour key, top right: the ramp from lowest to highest, its ends written with `fmt`.
+fn colour_key(area: &Area<'_>, scale: &Scale, fmt: &dyn Fn(f64) -> String) -> Result<(), String> {
+    let key_x = WIDTH as i32 - 100 - 160;
+    for s in 0..20 {
+        let x = key_x + s * 8;
+        area.draw(&Rectangle::new(
+            [(x, 8), (x + 8, 20)],
+            ramp(s as f64 / 19.0).filled(),
+        ))
+        .map_err(|e| e.to_string())?;
+    }
+    area.draw(&Text::new(
+        fmt(scale.lo),
+        (key_x - 6, 14),
+        text_style(11, INK, HPos::Right, VPos::Center),
+    ))
+    .map_err(|e| e.to_string())?;
+    area.draw(&Text::new(
+        fmt(scale.hi),
+        (key_x + 166, 14),
+        text_style(11, INK, HPos::Left, VPos::Center),
+    ))
+    .map_err(|e| e.to_string())
 }
 
 /// One line of a line chart.
@@ -400,51 +485,44 @@ pub fn line_chart(
     let x_max = finite_max(lines.iter().flat_map(|l| l.points.iter().map(|p| p.0)));
     let y_max = finite_max(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
     let (x_max, y_max) = (x_max.max(1.0), if y_max > 0.0 { y_max * 1.05 } else { 1.0 });
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
-        let draw = || -> Result<(), String> {
-            root.fill(&WHITE).map_err(|e| e.to_string())?;
-            let mut c = ChartBuilder::on(&root)
-                .margin_top(28)
-                .margin_right(24)
-                .margin_bottom(4)
-                .x_label_area_size(40)
-                .y_label_area_size(70)
-                .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+    draw_svg(chart, height, |root| {
+        let mut c = ChartBuilder::on(root)
+            .margin_top(28)
+            .margin_right(24)
+            .margin_bottom(4)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .map_err(|e| e.to_string())?;
+        c.configure_mesh()
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(GRID)
+            .x_labels(12)
+            .y_labels(6)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| fmt(*y))
+            .x_desc(x_title)
+            .label_style(text_style(11, INK, HPos::Center, VPos::Center))
+            .axis_desc_style(text_style(12, MUTED, HPos::Center, VPos::Center))
+            .axis_style(MUTED)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let n = lines.len().max(2) - 1;
+        let colour = |i: usize| ramp(0.2 + 0.8 * i as f64 / n as f64);
+        for (i, line) in lines.iter().enumerate() {
+            let points: Vec<(f64, f64)> = line.points.iter().filter(finite).copied().collect();
+            c.draw_series(LineSeries::new(points, colour(i).stroke_width(2)))
                 .map_err(|e| e.to_string())?;
-            c.configure_mesh()
-                .light_line_style(TRANSPARENT)
-                .bold_line_style(GRID)
-                .x_labels(12)
-                .y_labels(6)
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_label_formatter(&|y| fmt(*y))
-                .x_desc(x_title)
-                .label_style(text_style(11, INK, HPos::Center, VPos::Center))
-                .axis_desc_style(text_style(12, MUTED, HPos::Center, VPos::Center))
-                .axis_style(MUTED)
-                .draw()
-                .map_err(|e| e.to_string())?;
-            let n = lines.len().max(2) - 1;
-            let colour = |i: usize| ramp(0.2 + 0.8 * i as f64 / n as f64);
-            for (i, line) in lines.iter().enumerate() {
-                let points: Vec<(f64, f64)> = line.points.iter().filter(finite).copied().collect();
-                c.draw_series(LineSeries::new(points, colour(i).stroke_width(2)))
-                    .map_err(|e| e.to_string())?;
-            }
-            if let (Some(first), Some(last)) = (lines.first(), lines.last()) {
-                legend(
-                    &root,
-                    &[first.name.as_str(), last.name.as_str()],
-                    &[colour(0), colour(lines.len().saturating_sub(1))],
-                )?;
-            }
-            root.present().map_err(|e| e.to_string())
-        };
-        draw().map_err(|e| chart_err(chart, e))?;
-    }
-    Ok(svg)
+        }
+        if let (Some(first), Some(last)) = (lines.first(), lines.last()) {
+            legend(
+                root,
+                &[first.name.as_str(), last.name.as_str()],
+                &[colour(0), colour(lines.len().saturating_sub(1))],
+            )?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -24,6 +24,59 @@ pub(super) fn clv_edges() -> Vec<f64> {
     edges
 }
 
+/// Customers counted by predicted value: per bin of [`clv_edges`], and those without one.
+struct Distribution {
+    edges: Vec<f64>,
+    /// Customers per bin; bin `b` runs from edge `b - 1` up to edge `b`.
+    counts: Vec<i64>,
+    no_value: i64,
+}
+
+impl Distribution {
+    fn lower(&self, b: usize) -> Option<f64> {
+        if b == 0 {
+            None
+        } else {
+            Some(self.edges[b - 1])
+        }
+    }
+
+    fn upper(&self, b: usize) -> Option<f64> {
+        self.edges.get(b).copied()
+    }
+
+    /// The bin as shown: its range in short money figures.
+    fn name(&self, b: usize) -> String {
+        match (self.lower(b), self.upper(b)) {
+            (None, Some(u)) => format!("< {}", fmt_axis(u)),
+            (Some(l), Some(u)) => format!("{}–{}", fmt_axis(l), fmt_axis(u)),
+            (Some(l), None) => format!("≥ {}", fmt_axis(l)),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The bins from the first to the last that has customers; empty when none has.
+    fn range(&self) -> Vec<usize> {
+        let first = self.counts.iter().position(|c| *c > 0);
+        let last = self.counts.iter().rposition(|c| *c > 0);
+        match (first, last) {
+            (Some(first), Some(last)) => (first..=last).collect(),
+            _ => vec![],
+        }
+    }
+}
+
+/// The customers of `clv` by churn risk (high, medium, low, then any other by name): how
+/// many, their predicted value and mean P(alive).
+struct RiskBands {
+    /// Band rows in risk order, and their names.
+    idx: Vec<usize>,
+    labels: Vec<String>,
+    customers: Vec<Option<i64>>,
+    value: Vec<Option<f64>>,
+    alive: Vec<Option<f64>>,
+}
+
 pub(super) async fn clv(tables: &Tables) -> Result<Option<Section>> {
     let Some(df) = tables.get("clv", "clv", &["clv_365d", "churn_risk", "p_alive"]) else {
         return Ok(None);
@@ -34,9 +87,44 @@ pub(super) async fn clv(tables: &Tables) -> Result<Option<Section>> {
         "Predicted value of each customer over the next 365 days (BG/NBD purchases × \
          Gamma-Gamma spend) and the risk that the customer has stopped buying.",
     );
-    // Histogram: one streaming pass over the column.
+    let dist = value_distribution(&df).await?;
+    let range = dist.range();
+    if !range.is_empty() {
+        let labels: Vec<String> = range.iter().map(|&b| dist.name(b)).collect();
+        section.figure(
+            "clv_distribution",
+            "Customers by predicted 365-day value",
+            distribution_chart(&dist, &range, &labels)?,
+        );
+        section
+            .tables
+            .push(distribution_table(&dist, &range, &labels));
+    }
+    if dist.no_value > 0 {
+        section.notes.push(format!(
+            "{} customer(s) have no predicted value.",
+            fmt_int(dist.no_value)
+        ));
+    }
+    let bands = risk_bands(df).await?;
+    if !bands.idx.is_empty() {
+        section.figure(
+            "churn_risk",
+            "Customers and predicted 365-day value by churn risk",
+            risk_chart(&bands)?,
+        );
+    }
+    section.tables.push(risk_table(&bands));
+    if let Some(table) = backtest(tables).await? {
+        section.tables.push(table);
+    }
+    Ok(Some(section))
+}
+
+/// Counts the customers of `clv` by `clv_365d` in one streaming pass over the column.
+async fn value_distribution(df: &DataFrame) -> Result<Distribution> {
     let edges = clv_edges();
-    let mut bins = vec![0i64; edges.len() + 1];
+    let mut counts = vec![0i64; edges.len() + 1];
     let mut no_value = 0i64;
     let mut stream = df
         .clone()
@@ -51,71 +139,60 @@ pub(super) async fn clv(tables: &Tables) -> Result<Option<Section>> {
             .map_err(|e| report_err("clv", format!("column `clv_365d`: {e}")))?;
         for v in a.as_primitive::<Float64Type>().iter() {
             match v {
-                Some(x) if x.is_finite() => bins[edges.partition_point(|e| *e <= x)] += 1,
+                Some(x) if x.is_finite() => counts[edges.partition_point(|e| *e <= x)] += 1,
                 _ => no_value += 1,
             }
         }
     }
-    let first = bins.iter().position(|c| *c > 0);
-    let last = bins.iter().rposition(|c| *c > 0);
-    if let (Some(first), Some(last)) = (first, last) {
-        let lower = |b: usize| if b == 0 { None } else { Some(edges[b - 1]) };
-        let upper = |b: usize| edges.get(b).copied();
-        let name = |b: usize| match (lower(b), upper(b)) {
-            (None, Some(u)) => format!("< {}", fmt_axis(u)),
-            (Some(l), Some(u)) => format!("{}–{}", fmt_axis(l), fmt_axis(u)),
-            (Some(l), None) => format!("≥ {}", fmt_axis(l)),
-            (None, None) => String::new(),
-        };
-        let range: Vec<usize> = (first..=last).collect();
-        let labels: Vec<String> = range.iter().map(|&b| name(b)).collect();
-        section.figure(
-            "clv_distribution",
-            "Customers by predicted 365-day value",
-            charts::bar_chart(
-                "clv",
-                &labels,
-                &[Bars {
-                    name: "customers",
-                    values: range.iter().map(|&b| bins[b] as f64).collect(),
-                }],
-                &|v| fmt_int(v as i64),
-            )?,
-        );
-        section.tables.push(DataTable {
-            source: "clv".to_string(),
-            caption: "Customers by predicted 365-day value (from ≤ clv_365d < to)".to_string(),
-            headers: ["value", "from", "to", "customers"]
-                .map(String::from)
-                .to_vec(),
-            rows: range
-                .iter()
-                .zip(&labels)
-                .map(|(&b, label)| Row {
-                    key: format!(
-                        "{}|{}",
-                        lower(b).map(|x| x.to_string()).unwrap_or_default(),
-                        upper(b).map(|x| x.to_string()).unwrap_or_default()
-                    ),
-                    label: label.clone(),
-                    cells: vec![
-                        Value::f("from", lower(b), fmt_money),
-                        Value::f("to", upper(b), fmt_money),
-                        Value::i("customers", Some(bins[b])).derived(),
-                    ],
-                    flag: None,
-                })
-                .collect(),
-            open: false,
-        });
-    }
-    if no_value > 0 {
-        section.notes.push(format!(
-            "{} customer(s) have no predicted value.",
-            fmt_int(no_value)
-        ));
-    }
-    // Churn-risk bands.
+    Ok(Distribution {
+        edges,
+        counts,
+        no_value,
+    })
+}
+
+/// Customers per bin of `range`, labelled `labels`.
+fn distribution_chart(dist: &Distribution, range: &[usize], labels: &[String]) -> Result<String> {
+    charts::bar_chart(
+        "clv",
+        labels,
+        &[Bars {
+            name: "customers",
+            values: range.iter().map(|&b| dist.counts[b] as f64).collect(),
+        }],
+        &|v| fmt_int(v as i64),
+    )
+}
+
+/// The bins of `range` with their edges and customers.
+fn distribution_table(dist: &Distribution, range: &[usize], labels: &[String]) -> DataTable {
+    let rows = range
+        .iter()
+        .zip(labels)
+        .map(|(&b, label)| {
+            let edge = |e: Option<f64>| e.map(|x| x.to_string()).unwrap_or_default();
+            Row::new(
+                format!("{}|{}", edge(dist.lower(b)), edge(dist.upper(b))),
+                label.clone(),
+                vec![
+                    Value::f("from", dist.lower(b), fmt_money),
+                    Value::f("to", dist.upper(b), fmt_money),
+                    Value::i("customers", Some(dist.counts[b])).derived(),
+                ],
+            )
+        })
+        .collect();
+    DataTable::new(
+        "clv",
+        "Customers by predicted 365-day value (from ≤ clv_365d < to)",
+        &["value", "from", "to", "customers"],
+        rows,
+        false,
+    )
+}
+
+/// Aggregates `clv` by churn risk.
+async fn risk_bands(df: DataFrame) -> Result<RiskBands> {
     let bands = df
         .aggregate(
             vec![col("churn_risk")],
@@ -131,7 +208,6 @@ pub(super) async fn clv(tables: &Tables) -> Result<Option<Section>> {
     let customers = f.i64s("customers")?;
     let value = f.f64s("clv_365d")?;
     let alive = f.f64s("p_alive")?;
-    let total: i64 = customers.iter().flatten().sum();
     let mut idx: Vec<usize> = (0..f.len()).collect();
     let rank = |s: &Option<String>| {
         let s = s.as_deref().unwrap_or("");
@@ -141,73 +217,83 @@ pub(super) async fn clv(tables: &Tables) -> Result<Option<Section>> {
         )
     };
     idx.sort_by_key(|&i| rank(&risk[i]));
-    let labels: Vec<String> = idx.iter().map(|&i| name_of(&risk[i])).collect();
-    if !idx.is_empty() {
-        section.figure(
-            "churn_risk",
-            "Customers and predicted 365-day value by churn risk",
-            charts::bar_chart(
-                "clv",
-                &labels,
-                &[
-                    Bars {
-                        name: "share of customers",
-                        values: idx
-                            .iter()
-                            .map(|&i| customers[i].unwrap_or(0) as f64 / total.max(1) as f64)
-                            .collect(),
-                    },
-                    Bars {
-                        name: "share of predicted value",
-                        values: {
-                            let all: f64 = value.iter().flatten().sum();
-                            idx.iter()
-                                .map(|&i| {
-                                    if all > 0.0 {
-                                        value[i].unwrap_or(0.0) / all
-                                    } else {
-                                        0.0
-                                    }
-                                })
-                                .collect()
-                        },
-                    },
+    let labels = idx.iter().map(|&i| name_of(&risk[i])).collect();
+    Ok(RiskBands {
+        idx,
+        labels,
+        customers,
+        value,
+        alive,
+    })
+}
+
+/// Each band's share of the customers against its share of the predicted value.
+fn risk_chart(bands: &RiskBands) -> Result<String> {
+    let total: i64 = bands.customers.iter().flatten().sum();
+    let all: f64 = bands.value.iter().flatten().sum();
+    let customer_share = bands
+        .idx
+        .iter()
+        .map(|&i| bands.customers[i].unwrap_or(0) as f64 / total.max(1) as f64)
+        .collect();
+    let value_share = bands
+        .idx
+        .iter()
+        .map(|&i| {
+            if all > 0.0 {
+                bands.value[i].unwrap_or(0.0) / all
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    charts::bar_chart(
+        "clv",
+        &bands.labels,
+        &[
+            Bars {
+                name: "share of customers",
+                values: customer_share,
+            },
+            Bars {
+                name: "share of predicted value",
+                values: value_share,
+            },
+        ],
+        &fmt_pct_axis,
+    )
+}
+
+/// A row per churn-risk band.
+fn risk_table(bands: &RiskBands) -> DataTable {
+    let rows = bands
+        .idx
+        .iter()
+        .zip(&bands.labels)
+        .map(|(&i, label)| {
+            Row::new(
+                label.clone(),
+                label.clone(),
+                vec![
+                    Value::i("customers", bands.customers[i]).derived(),
+                    Value::f("clv_365d", bands.value[i], fmt_money).derived(),
+                    Value::f("p_alive", bands.alive[i], fmt_pct).derived(),
                 ],
-                &|v| format!("{:.0} %", v * 100.0),
-            )?,
-        );
-    }
-    section.tables.push(DataTable {
-        source: "clv".to_string(),
-        caption: "By churn risk".to_string(),
-        headers: [
+            )
+        })
+        .collect();
+    DataTable::new(
+        "clv",
+        "By churn risk",
+        &[
             "churn risk",
             "customers",
             "predicted 365-day value",
             "mean P(alive)",
-        ]
-        .map(String::from)
-        .to_vec(),
-        rows: idx
-            .iter()
-            .zip(&labels)
-            .map(|(&i, label)| Row {
-                key: label.clone(),
-                label: label.clone(),
-                cells: vec![
-                    Value::i("customers", customers[i]).derived(),
-                    Value::f("clv_365d", value[i], fmt_money).derived(),
-                    Value::f("p_alive", alive[i], fmt_pct).derived(),
-                ],
-                flag: None,
-            })
-            .collect(),
-        open: true,
-    });
-    if let Some(table) = backtest(tables).await? {
-        section.tables.push(table);
-    }
-    Ok(Some(section))
+        ],
+        rows,
+        true,
+    )
 }
 
 /// The holdout check of the CLV model, if `clv_backtest` is in the snapshot.
@@ -241,28 +327,12 @@ pub(super) async fn backtest(tables: &Tables) -> Result<Option<DataTable>> {
         fl("actual_revenue")?,
         fl("revenue_mae")?,
     );
-    Ok(Some(DataTable {
-        source: "clv_backtest".to_string(),
-        caption: "Backtest: the model refitted before a holdout period, its predictions \
-                  against what the customers then did"
-            .to_string(),
-        headers: [
-            "scope",
-            "customers",
-            "predicted purchases",
-            "actual purchases",
-            "purchases MAE",
-            "predicted revenue",
-            "actual revenue",
-            "revenue MAE",
-        ]
-        .map(String::from)
-        .to_vec(),
-        rows: (0..f.len())
-            .map(|i| Row {
-                key: "total".to_string(),
-                label: "all customers".to_string(),
-                cells: vec![
+    let rows = (0..f.len())
+        .map(|i| {
+            Row::new(
+                "total".to_string(),
+                "all customers".to_string(),
+                vec![
                     Value::i("customers", n[i]),
                     Value::f("predicted_purchases", pp[i], fmt_money),
                     Value::f("actual_purchases", ap[i], fmt_money),
@@ -271,9 +341,24 @@ pub(super) async fn backtest(tables: &Tables) -> Result<Option<DataTable>> {
                     Value::f("actual_revenue", ar[i], fmt_money),
                     Value::f("revenue_mae", rm[i], fmt_money),
                 ],
-                flag: None,
-            })
-            .collect(),
-        open: true,
-    }))
+            )
+        })
+        .collect();
+    Ok(Some(DataTable::new(
+        "clv_backtest",
+        "Backtest: the model refitted before a holdout period, its predictions \
+         against what the customers then did",
+        &[
+            "scope",
+            "customers",
+            "predicted purchases",
+            "actual purchases",
+            "purchases MAE",
+            "predicted revenue",
+            "actual revenue",
+            "revenue MAE",
+        ],
+        rows,
+        true,
+    )))
 }

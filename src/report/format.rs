@@ -40,6 +40,11 @@ pub(super) fn fmt_ratio(v: f64) -> String {
     format!("{v:.2}")
 }
 
+/// Axis ticks: shares as whole percentages.
+pub(super) fn fmt_pct_axis(v: f64) -> String {
+    format!("{:.0} %", v * 100.0)
+}
+
 /// Axis ticks: short money figures.
 pub(super) fn fmt_axis(v: f64) -> String {
     let a = v.abs();

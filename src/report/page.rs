@@ -60,6 +60,18 @@ pub(super) struct Row {
     pub(super) flag: Option<&'static str>,
 }
 
+impl Row {
+    /// A row without a flag.
+    pub(crate) fn new(key: String, label: String, cells: Vec<Value>) -> Row {
+        Row {
+            key,
+            label,
+            cells,
+            flag: None,
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub(super) struct DataTable {
     /// The table the numbers come from (`data-table`).
@@ -70,6 +82,24 @@ pub(super) struct DataTable {
     pub(super) rows: Vec<Row>,
     /// Shown open; otherwise folded under its caption.
     pub(super) open: bool,
+}
+
+impl DataTable {
+    pub(crate) fn new(
+        source: &str,
+        caption: impl Into<String>,
+        headers: &[&str],
+        rows: Vec<Row>,
+        open: bool,
+    ) -> DataTable {
+        DataTable {
+            source: source.to_string(),
+            caption: caption.into(),
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows,
+            open,
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
+use crate::publish::manifest::InputStats;
 use crate::publish::Manifest;
 
 /// What a run leaves for its metrics.
@@ -26,6 +27,29 @@ pub struct RunOutcome<'a> {
 /// The metrics text of a run.
 pub fn render(outcome: &RunOutcome<'_>) -> String {
     let mut out = Metrics::default();
+    run_gauges(&mut out, outcome);
+    let Some(m) = outcome.manifest else {
+        return out.text;
+    };
+    let as_of = m
+        .as_of
+        .and_hms_opt(0, 0, 0)
+        .map_or(0.0, |t| t.and_utc().timestamp() as f64);
+    out.gauge(
+        "segflow_snapshot_as_of_timestamp_seconds",
+        "as_of of the published snapshot (Unix time of its midnight, UTC).",
+        &[(vec![], as_of)],
+    );
+    if let Some(input) = &m.input {
+        input_gauges(&mut out, input);
+    }
+    model_gauges(&mut out, m);
+    table_gauges(&mut out, m);
+    out.text
+}
+
+/// What every run reports, failed or not: success, exit status, duration, finish time.
+fn run_gauges(out: &mut Metrics, outcome: &RunOutcome<'_>) {
     out.gauge(
         "segflow_run_success",
         "1 when the run published its snapshot, 0 when it failed.",
@@ -49,55 +73,49 @@ pub fn render(outcome: &RunOutcome<'_>) -> String {
             outcome.finished_at.timestamp_millis() as f64 / 1000.0,
         )],
     );
-    let Some(m) = outcome.manifest else {
-        return out.text;
-    };
-    let as_of = m
-        .as_of
-        .and_hms_opt(0, 0, 0)
-        .map_or(0.0, |t| t.and_utc().timestamp() as f64);
+}
+
+/// The orders input: files read, order lines by stage, lines caught by each gate.
+fn input_gauges(out: &mut Metrics, input: &InputStats) {
     out.gauge(
-        "segflow_snapshot_as_of_timestamp_seconds",
-        "as_of of the published snapshot (Unix time of its midnight, UTC).",
-        &[(vec![], as_of)],
+        "segflow_input_files",
+        "Parquet files of the orders input read.",
+        &[(vec![], input.files as f64)],
     );
-    if let Some(input) = &m.input {
-        out.gauge(
-            "segflow_input_files",
-            "Parquet files of the orders input read.",
-            &[(vec![], input.files as f64)],
-        );
-        let rows = [
-            ("read", input.rows_read),
-            ("dropped_status", input.rows_dropped_status),
-            ("after_as_of", input.rows_after_as_of),
-            ("rejected", input.rows_rejected),
-            ("visible", input.rows_visible),
-        ];
-        out.gauge(
-            "segflow_input_rows",
-            "Order lines read, dropped by drop_status, after as_of, rejected by a gate, and seen by the models.",
-            &rows
-                .iter()
-                .map(|(stage, n)| (vec![("stage", stage.to_string())], *n as f64))
-                .collect::<Vec<_>>(),
-        );
-        out.gauge(
-            "segflow_gate_rows",
-            "Order lines each input gate caught, by gate and policy.",
-            &input
-                .gates
-                .iter()
-                .map(|(gate, s)| {
-                    let policy = s.policy.as_str();
-                    (
-                        vec![("gate", gate.clone()), ("policy", policy.to_string())],
-                        s.rows as f64,
-                    )
-                })
-                .collect::<Vec<_>>(),
-        );
-    }
+    let rows = [
+        ("read", input.rows_read),
+        ("dropped_status", input.rows_dropped_status),
+        ("after_as_of", input.rows_after_as_of),
+        ("rejected", input.rows_rejected),
+        ("visible", input.rows_visible),
+    ];
+    out.gauge(
+        "segflow_input_rows",
+        "Order lines read, dropped by drop_status, after as_of, rejected by a gate, and seen by the models.",
+        &rows
+            .iter()
+            .map(|(stage, n)| (vec![("stage", stage.to_string())], *n as f64))
+            .collect::<Vec<_>>(),
+    );
+    out.gauge(
+        "segflow_gate_rows",
+        "Order lines each input gate caught, by gate and policy.",
+        &input
+            .gates
+            .iter()
+            .map(|(gate, s)| {
+                let policy = s.policy.as_str();
+                (
+                    vec![("gate", gate.clone()), ("policy", policy.to_string())],
+                    s.rows as f64,
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+}
+
+/// Wall time and rows of each model.
+fn model_gauges(out: &mut Metrics, m: &Manifest) {
     out.gauge(
         "segflow_model_duration_seconds",
         "Wall time of each model (computed and staged).",
@@ -119,6 +137,10 @@ pub fn render(outcome: &RunOutcome<'_>) -> String {
             .map(|(name, t)| (model_labels(name, t.published), t.rows as f64))
             .collect::<Vec<_>>(),
     );
+}
+
+/// Rows and bytes of each published table, then of the whole output.
+fn table_gauges(out: &mut Metrics, m: &Manifest) {
     out.gauge(
         "segflow_table_rows",
         "Rows of each published table.",
@@ -150,7 +172,6 @@ pub fn render(outcome: &RunOutcome<'_>) -> String {
                 + rejected.map_or(0.0, |r| r.bytes as f64),
         )],
     );
-    out.text
 }
 
 fn model_labels(name: &str, published: bool) -> Vec<(&'static str, String)> {
