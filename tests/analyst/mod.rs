@@ -1,9 +1,13 @@
-//! The analyst loop: `check`, `list`, `preview`, `explain`, data tests and parameter typos.
-//! Expected texts are written by hand from the model files and the demo's fixtures.
+//! The analyst loop: `init`, `check`, `list`, `preview`, `explain`, `docs`, data tests,
+//! model checks and parameter typos. Expected texts are written by hand from the model files
+//! and the demo's fixtures; the long ones are kept in `tests/snapshots/`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::*;
+use crate::util::{
+    assert_snapshot, demo_config, demo_config_with, demo_orders, error_line, failing, repo, run_at,
+    run_at_env, run_ok, segflow, segflow_env, snapshot_files, Run, DEMO_AS_OF,
+};
 
 /// A project on the demo data with extra model files (path relative to `models/`).
 fn project(dir: &Path, files: &[(&str, &str)], extra_config: &str) -> PathBuf {
@@ -86,52 +90,13 @@ fn check_reports_every_broken_model_at_its_line_with_a_caret_and_exits_1() {
         ],
         "[params]\nmin_revenu = 4\n",
     );
-    let m = tmp.path().join("models");
-    let m = m.display();
+    let m = tmp.path().join("models").display().to_string();
+    let c = config.display().to_string();
     let r = check(&config, &[("SEGFLOW_PARAM_ACTIV_DAYS".into(), "30".into())]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     // Every finding, sorted by file and line; columns counted by hand in the files above.
-    let expected = format!(
-        "\
-{m}/cut_short.sql:2:30: error: SQL syntax error: Expected: an expression, found: EOF
- 2 | from orders group by 1 having
-   |                              ^
-{m}/header.sql:2:26: error: grain names column `day`, which model `header` does not output (columns: customer_id, r)
- 2 | grain = [\"customer_id\", \"day\"]
-   |                          ^
-{m}/header.sql:3:2: warning: column `r` of model `header` is not documented in [columns]
- 3 | [columns]
-   |  ^
-{m}/header.sql:5:1: error: [columns] names column `spend`, which model `header` does not output (columns: customer_id, r)
- 5 | spend = \"s\"
-   | ^
-{m}/header.sql:7:14: error: [checks] not_null names column `revenue`, which model `header` does not output (columns: customer_id, r)
- 7 | not_null = [\"revenue\"]
-   |              ^
-{m}/header.sql:8:16: error: check expression(r > 0 and nope) cannot run: Schema error: No field named nope. Valid fields are header.customer_id, header.r.
- 8 | expression = [\"r > 0 and nope\"]
-   |                ^
-{m}/tests/bad_test.sql:2:17: error: column 'x' not found (valid fields: header.customer_id, header.r)
- 2 | where r < 0 and x = 1
-   |                 ^
-{m}/typo_column.sql:5:8: error: column 'revenu' not found (help: Did you mean 'orders.revenue'?)
- 5 |        revenu
-   |        ^
-{m}/typo_function.sql:1:21: error: Invalid function 'sumx' (help: Did you mean 'sum'?)
- 1 | select customer_id, sumx(revenue) as r
-   |                     ^
-{m}/unknown_table.sql:2:23: error: unknown table `orderz` (known: orders, customers, marketing_spend, acquisition_value, btyd_summary, channel_value, clv, clv_backtest, clv_holdout_summary, clv_model, cohort_retention, customer_affinity, customer_days, customer_facts, header, lifecycle, product_value, purchase_orders, rfm, rfm_segments, segment_migration, segment_summary, typo_column, typo_function, unknown_table)
- 2 | from typo_column join orderz using (customer_id)
-   |                       ^
-{c}:44:1: error: params.min_revenu: no model or data test uses the parameter `$min_revenu`
- 44 | min_revenu = 4
-    | ^
-environment: error: SEGFLOW_PARAM_ACTIV_DAYS: no model or data test uses the parameter `$activ_days`
-checked 23 model(s) and 1 data test(s): 11 error(s), 1 warning(s)
-",
-        c = config.display()
-    );
-    assert_eq!(r.stdout, expected);
+    // `{m}` is the models folder, `{c}` the config file.
+    assert_snapshot("check_broken_models", &r.stdout, &[("m", &m), ("c", &c)]);
     assert!(!tmp.path().join("out").exists(), "check created the output");
 }
 
@@ -159,14 +124,9 @@ fn a_parameter_no_model_uses_stops_the_run_naming_it() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let config = demo_config(tmp.path(), "");
-    let r = segflow_env(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--as-of",
-            DEMO_AS_OF,
-        ],
+    let r = run_at_env(
+        &config,
+        DEMO_AS_OF,
         &[("SEGFLOW_PARAM_CHURN_DAYZ".into(), "200".into())],
     );
     assert_eq!(r.code, 2);
@@ -223,14 +183,9 @@ fn a_failing_data_test_names_count_and_samples_and_publishes_nothing() {
     );
 
     // The parameter can be set like a model's; no rows = pass.
-    let r = segflow_env(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--as-of",
-            DEMO_AS_OF,
-        ],
+    let r = run_at_env(
+        &config,
+        DEMO_AS_OF,
         &[("SEGFLOW_PARAM_FROM".into(), "12".into())],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -341,18 +296,7 @@ fn preview_prints_the_first_rows_and_publishes_nothing() {
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // The first two rules of sql/rfm_segments.sql.
-    assert_eq!(
-        r.stdout,
-        "\
-+----------+-----------+-------+-------+-------+-------+-------+-------+
-| priority | segment   | r_min | r_max | f_min | f_max | m_min | m_max |
-+----------+-----------+-------+-------+-------+-------+-------+-------+
-| 1        | Champions | 4     | 5     | 4     | 5     | 4     | 5     |
-| 2        | Loyal     | 3     | 5     | 4     | 5     | 1     | 5     |
-+----------+-----------+-------+-------+-------+-------+-------+-------+
-rfm_segments as_of=2026-11-21: 11 row(s), 2 shown (nothing published)
-"
-    );
+    assert_snapshot("preview_rfm_segments", &r.stdout, &[]);
     assert!(
         !tmp.path().join("out").exists(),
         "preview created the output"
@@ -572,4 +516,21 @@ fn every_check_kind_that_fails_names_the_check_and_count_and_changes_nothing() {
         );
         assert_eq!(snapshot_files(&out), before, "{check}: the output changed");
     }
+}
+
+#[test]
+fn init_scaffolds_a_project_that_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    let r = segflow(&["init", dir.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(dir.join("models/rfm.sql").exists());
+    let r = run_ok(&dir.join("segflow.toml"), &[]);
+    assert!(
+        r.stdout.contains("published as_of=2026-11-21"),
+        "{}",
+        r.stdout
+    );
+    assert!(dir.join("out/rfm").exists());
+    assert_eq!(segflow(&["init", dir.to_str().unwrap()]).code, 2);
 }

@@ -11,12 +11,14 @@ use std::process::{Child, Command, Stdio};
 
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 
-use super::*;
 use crate::crash::{kill_at_every_step, Tree};
 use crate::s3::{
     assert_one_demo_snapshot, assert_one_of_two_racing_runs_publishes,
     assert_only_a_stale_lock_is_taken_over, download, free_port, put_object, python, run_env,
     store_tree, upload_dir, wait_for_port, Emulator,
+};
+use crate::util::{
+    demo_config, demo_orders, manifest, read_table, repo, run_ok, sorted_dump, DEMO_AS_OF,
 };
 
 /// Azurite's development account and its well-known key (published by Microsoft for the

@@ -3,7 +3,10 @@
 //! the newest previous snapshot's parameters, flagged, or, without one, predicts NULL; the
 //! log, the manifest and the report warn either way.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::util::{demo_config, manifest, read_table, run_ok, write_minimal_orders, Run};
 
 /// One order per customer: no repeat buyer, so neither BG/NBD's a and b nor Gamma-Gamma
 /// can be fitted.

@@ -3,11 +3,16 @@
 //! is removed), never by sleeping and hoping; "nothing changed" compares whole trees.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
-use super::*;
+use crate::util::{
+    assert_finishes_ok, demo_config, demo_config_with, error_line, manifest, output_within,
+    run_at_env, run_command, run_ok, snapshot_files, wait_until, Deadline, Run, DEMO_AS_OF,
+    RUN_DEADLINE,
+};
 
 /// Every file of an output, by path relative to its root.
 pub type Tree = BTreeMap<String, Vec<u8>>;
@@ -210,10 +215,7 @@ pub fn paused_run(
     dir: &Path,
 ) -> (Child, PathBuf) {
     let flag = dir.join(format!("paused-{point}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_segflow"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(config)
-        .args(["--as-of", DEMO_AS_OF])
+    let mut child = run_command(&["--log-format", "json"], config, DEMO_AS_OF)
         .env_remove("SEGFLOW_CONFIG")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env(
@@ -224,14 +226,23 @@ pub fn paused_run(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !flag.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "never reached {point}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let what = format!(
+        "segflow to pause at failpoint {point} (it creates {})",
+        flag.display()
+    );
+    wait_until(
+        &what,
+        Duration::from_secs(180),
+        Duration::from_millis(20),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+                panic!("segflow exited ({status}) before it paused at {point}:\n{stderr}");
+            }
+            flag.exists().then_some(())
+        },
+    );
     (child, flag)
 }
 
@@ -242,7 +253,7 @@ pub fn sigterm_while_paused(config: &Path, env: &[(String, String)], dir: &Path)
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
     }
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, RUN_DEADLINE, "the paused run to stop on SIGTERM");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -362,6 +373,7 @@ pub fn heartbeat_keeps_a_long_run_locked(
     config: &Path,
     env: &[(String, String)],
     dir: &Path,
+    lock: &str,
     read_lock: &dyn Fn() -> serde_json::Value,
 ) {
     let (child, flag) = paused_run(config, env, "staging", dir);
@@ -370,28 +382,16 @@ pub fn heartbeat_keeps_a_long_run_locked(
     // Wait for two more heartbeats: the lock is older than lock_timeout (2 s) by then only
     // if nobody refreshed it.
     let mut seen = vec![beat(&first)];
-    let start = Instant::now();
+    let deadline = Deadline::after(Duration::from_secs(60));
     while seen.len() < 3 {
         let now = beat(&read_lock());
         if seen.last() != Some(&now) {
             seen.push(now);
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no heartbeat: {seen:?}"
-        );
+        deadline.check(|| format!("two more heartbeats in the lock {lock}; seen {seen:?}"));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let second = segflow_env(
-        &[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--as-of",
-            DEMO_AS_OF,
-        ],
-        env,
-    );
+    let second = run_at_env(config, DEMO_AS_OF, env);
     assert_eq!(second.code, 2, "{}", second.stderr);
     assert!(
         error_line(&second).contains(&format!("pid {}", child.id())),
@@ -399,13 +399,7 @@ pub fn heartbeat_keeps_a_long_run_locked(
         error_line(&second)
     );
     std::fs::remove_file(&flag).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_finishes_ok(child, "the resumed run");
 }
 
 #[test]
@@ -417,12 +411,14 @@ fn local_heartbeat_keeps_a_long_run_from_being_taken_over() {
         "uri = \"out\"\nlock_timeout = \"2s\"",
     );
     let lock = tmp.path().join("out/_lock");
-    heartbeat_keeps_a_long_run_locked(&config, &[], tmp.path(), &|| {
+    let what = format!("a whole lock file at {}", lock.display());
+    heartbeat_keeps_a_long_run_locked(&config, &[], tmp.path(), &what, &|| {
         // The lock is replaced by rename: read until a whole file is seen.
-        loop {
-            if let Ok(v) = serde_json::from_slice(&std::fs::read(&lock).unwrap_or_default()) {
-                return v;
-            }
-        }
+        wait_until(
+            &what,
+            Duration::from_secs(60),
+            Duration::from_millis(1),
+            || serde_json::from_slice(&std::fs::read(&lock).ok()?).ok(),
+        )
     });
 }

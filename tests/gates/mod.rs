@@ -2,9 +2,17 @@
 //! rule that gates judge only the rows a run uses. Expected counts are read off the rows
 //! written here.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::*;
+use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+use crate::util::{
+    demo_config_with, demo_orders, display_rows, error_line, manifest, read_table, run_ok, segflow,
+    snapshot_files, write_columns, write_orders_with_nulls, Run, DEMO_AS_OF,
+};
 
 /// (customer_id, order_ts "YYYY-MM-DD HH:MM", revenue, status)
 type Line = (
@@ -41,49 +49,29 @@ const GOOD: &[Line] = &[
     (Some("b"), Some("2026-03-20 10:00"), Some(8.0), "completed"),
 ];
 
+/// Microseconds since the epoch of a "YYYY-MM-DD HH:MM" (UTC).
+fn micros(t: &str) -> i64 {
+    chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M")
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
+}
+
 fn write_lines(path: &Path, rows: &[Line]) {
-    use datafusion::arrow::array::{Float64Array, StringArray, TimestampMicrosecondArray};
-    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
-    use datafusion::arrow::record_batch::RecordBatch;
-    use std::sync::Arc;
-    let ts: Vec<Option<i64>> = rows
-        .iter()
-        .map(|r| {
-            r.1.map(|t| {
-                chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M")
-                    .unwrap()
-                    .and_utc()
-                    .timestamp_micros()
-            })
-        })
-        .collect();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("customer_id", DataType::Utf8, true),
-        Field::new(
-            "order_ts",
-            DataType::Timestamp(TimeUnit::Microsecond, None),
-            true,
-        ),
-        Field::new("revenue", DataType::Float64, true),
-        Field::new("status", DataType::Utf8, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
+    let customers: Vec<Option<&str>> = rows.iter().map(|r| r.0).collect();
+    let ts: Vec<Option<i64>> = rows.iter().map(|r| r.1.map(micros)).collect();
+    let revenue: Vec<Option<f64>> = rows.iter().map(|r| r.2).collect();
+    let status: Vec<Option<&str>> = rows.iter().map(|r| Some(r.3)).collect();
+    let ts: ArrayRef = Arc::new(TimestampMicrosecondArray::from(ts));
+    write_columns(
+        path,
         vec![
-            Arc::new(StringArray::from(
-                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-            )),
-            Arc::new(TimestampMicrosecondArray::from(ts)),
-            Arc::new(Float64Array::from(
-                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
-            )),
-            Arc::new(StringArray::from(
-                rows.iter().map(|r| Some(r.3)).collect::<Vec<_>>(),
-            )),
+            ("customer_id", Arc::new(StringArray::from(customers)), true),
+            ("order_ts", ts, true),
+            ("revenue", Arc::new(Float64Array::from(revenue)), true),
+            ("status", Arc::new(StringArray::from(status)), true),
         ],
-    )
-    .unwrap();
-    write_parquet(path, &batch);
+    );
 }
 
 /// The rows published under `_rejected/as_of=<as_of>/`.
@@ -368,36 +356,9 @@ fn demo_orders_with_one_damaged(dir: &Path, damage: impl FnOnce(&Path)) -> (Path
     (config, bad)
 }
 
-#[test]
-fn a_truncated_or_corrupt_parquet_file_among_many_is_named_by_its_path() {
-    // Cut in half: the footer is gone.
-    let tmp = tempfile::tempdir().unwrap();
-    let (config, bad) = demo_orders_with_one_damaged(tmp.path(), |f| {
-        let bytes = std::fs::read(f).unwrap();
-        std::fs::write(f, &bytes[..bytes.len() / 2]).unwrap();
-    });
-    let r = run(&config, &["--as-of", DEMO_AS_OF]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    let err = error_line(&r);
-    assert!(
-        err.contains(&format!(
-            "the file {} is corrupt or truncated",
-            bad.display()
-        )),
-        "{err}"
-    );
-    assert!(!tmp.path().join("out/_manifest").exists());
-
-    // Footer intact, data pages overwritten: found when the rows are read.
-    let tmp = tempfile::tempdir().unwrap();
-    let (config, bad) = demo_orders_with_one_damaged(tmp.path(), |f| {
-        let mut bytes = std::fs::read(f).unwrap();
-        for b in bytes.iter_mut().skip(4).take(2000) {
-            *b = 0xAB;
-        }
-        std::fs::write(f, &bytes).unwrap();
-    });
-    let r = run(&config, &["--as-of", DEMO_AS_OF]);
+/// The run exits 2 naming the damaged file.
+fn assert_names_the_damaged_file(config: &Path, bad: &Path) {
+    let r = run(config, &["--as-of", DEMO_AS_OF]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     let err = error_line(&r);
     assert!(
@@ -409,47 +370,45 @@ fn a_truncated_or_corrupt_parquet_file_among_many_is_named_by_its_path() {
     );
 }
 
+#[test]
+fn a_truncated_or_corrupt_parquet_file_among_many_is_named_by_its_path() {
+    // Cut in half: the footer is gone.
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, bad) = demo_orders_with_one_damaged(tmp.path(), |f| {
+        let bytes = std::fs::read(f).unwrap();
+        std::fs::write(f, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    assert_names_the_damaged_file(&config, &bad);
+    assert!(!tmp.path().join("out/_manifest").exists());
+
+    // Footer intact, data pages overwritten: found when the rows are read.
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, bad) = demo_orders_with_one_damaged(tmp.path(), |f| {
+        let mut bytes = std::fs::read(f).unwrap();
+        for b in bytes.iter_mut().skip(4).take(2000) {
+            *b = 0xAB;
+        }
+        std::fs::write(f, &bytes).unwrap();
+    });
+    assert_names_the_damaged_file(&config, &bad);
+}
+
 /// Lines (customer_id, order id, order_ts, revenue) in a column named `order_column`.
 fn write_order_lines(path: &Path, order_column: &str, rows: &[(&str, &str, &str, f64)]) {
-    use datafusion::arrow::array::{Float64Array, StringArray, TimestampMicrosecondArray};
-    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
-    use datafusion::arrow::record_batch::RecordBatch;
-    use std::sync::Arc;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("customer_id", DataType::Utf8, true),
-        Field::new(order_column, DataType::Utf8, true),
-        Field::new(
-            "order_ts",
-            DataType::Timestamp(TimeUnit::Microsecond, None),
-            true,
-        ),
-        Field::new("revenue", DataType::Float64, true),
-    ]));
-    let ts = |t: &str| {
-        chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M")
-            .unwrap()
-            .and_utc()
-            .timestamp_micros()
-    };
-    let batch = RecordBatch::try_new(
-        schema.clone(),
+    let customers: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let orders: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let ts: Vec<i64> = rows.iter().map(|r| micros(r.2)).collect();
+    let revenue: Vec<f64> = rows.iter().map(|r| r.3).collect();
+    let ts: ArrayRef = Arc::new(TimestampMicrosecondArray::from(ts));
+    write_columns(
+        path,
         vec![
-            Arc::new(StringArray::from(
-                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-            )),
-            Arc::new(StringArray::from(
-                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-            )),
-            Arc::new(TimestampMicrosecondArray::from(
-                rows.iter().map(|r| ts(r.2)).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                rows.iter().map(|r| r.3).collect::<Vec<_>>(),
-            )),
+            ("customer_id", Arc::new(StringArray::from(customers)), true),
+            (order_column, Arc::new(StringArray::from(orders)), true),
+            ("order_ts", ts, true),
+            ("revenue", Arc::new(Float64Array::from(revenue)), true),
         ],
-    )
-    .unwrap();
-    write_parquet(path, &batch);
+    );
 }
 
 /// a's first line three times (two extra copies), b's once more (one extra): 3 extra lines
@@ -560,4 +519,66 @@ fn warned_rows_the_built_in_models_cannot_take_stop_the_run_naming_the_model() {
         r.stderr
     );
     assert!(!tmp.path().join("out/_manifest").exists());
+}
+
+#[tokio::test]
+async fn input_gates_count_bad_rows_name_the_source_column_and_publish_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_orders_with_nulls(
+        &tmp.path().join("orders.parquet"),
+        &[
+            (Some("a"), Some("2026-03-10"), 10.0),
+            (None, Some("2026-03-11"), 5.0),
+            (Some(""), Some("2026-03-12"), 5.0),
+            (Some("b"), None, 7.0),
+            (Some("c"), Some("2999-01-01"), 9.0),
+        ],
+    );
+    let config = tmp.path().join("segflow.toml");
+    std::fs::write(
+        &config,
+        "[input.orders]\nuri = \"orders.parquet\"\n[output]\nuri = \"out\"\n",
+    )
+    .unwrap();
+    let r = segflow(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for needle in [
+        "null_customer_id: 2 row(s)",
+        "null_order_ts: 1 row(s)",
+        "future_order_ts: 1 row(s)",
+        "source column `customer_id`",
+        "source column `order_ts`",
+        "orders.parquet",
+    ] {
+        assert!(
+            r.stderr.contains(needle),
+            "`{needle}` missing: {}",
+            r.stderr
+        );
+    }
+    let out = tmp.path().join("out");
+    let published: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        published
+            .iter()
+            .all(|n| n.to_string_lossy().starts_with('_') && n.to_string_lossy() != "_manifest"),
+        "a failed run published {published:?}"
+    );
+
+    // Without bad rows and without as_of, the snapshot is as of the latest order date.
+    write_orders_with_nulls(
+        &tmp.path().join("orders.parquet"),
+        &[
+            (Some("a"), Some("2026-03-10"), 10.0),
+            (Some("b"), Some("2026-03-14"), 7.0),
+            (Some("a"), Some("2026-03-12"), 1.0),
+        ],
+    );
+    run_ok(&config, &[]);
+    let m = manifest(&out, "2026-03-14");
+    assert_eq!(m["input"]["rows_read"], 3);
+    assert_eq!(m["input"]["rows_visible"], 3);
+    assert_eq!(m["input"]["rows_after_as_of"], 0);
 }

@@ -9,8 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::*;
 use crate::s3::{free_port, python, run_env, wait_for_port};
+use crate::util::{
+    demo_config, demo_config_with, error_line, manifest, read_table, repo, run_ok, snapshot_files,
+    sorted_dump, DEMO_AS_OF,
+};
 
 /// An in-memory fake-gcs-server on loopback (plain HTTP), stopped on drop.
 pub struct FakeGcs {

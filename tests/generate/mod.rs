@@ -2,14 +2,20 @@
 //! refunds, month folders, the demo schema), refusals and clean-up, and a `segflow run`
 //! with the demo mapping over the generated history. Sizes stay at a few 10 k lines.
 
+use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::*;
+use crate::util::{
+    demo_config_with, demo_orders, error_line, manifest, output_within, read_table, repo, run_ok,
+    segflow, segflow_command, snapshot_files, wait_until, Deadline, Run, RUN_DEADLINE,
+};
 
 /// Runs `segflow generate --out OUT ARGS...`.
 fn generate(out: &Path, args: &[&str]) -> Run {
@@ -305,7 +311,7 @@ pub fn sigint_while_paused(
     first_file: &dyn Fn() -> bool,
 ) -> String {
     let flag = dir.join("paused");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_segflow"))
+    let mut child = segflow_command()
         .args(["--log-format", "json", "generate", "--out", out])
         .args(["--lines", "20000", "--threads", "1"])
         .env(
@@ -328,11 +334,20 @@ pub fn sigint_while_paused(
             let _ = tx.send(line);
         }
     });
-    let start = Instant::now();
-    while !flag.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "never paused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        &format!(
+            "generate into {out} to pause after its first file (it creates {})",
+            flag.display()
+        ),
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("generate into {out} exited ({status}) before it paused");
+            }
+            flag.exists().then_some(())
+        },
+    );
     assert!(first_file(), "paused before the first file was complete");
     // SAFETY: sending a signal to our own child process.
     unsafe {
@@ -340,14 +355,26 @@ pub fn sigint_while_paused(
     }
     // Let the worker go on only once the signal was taken.
     let mut lines = Vec::new();
+    let deadline = Deadline::after(Duration::from_secs(60));
     while !lines.iter().any(|l: &String| l.contains("stopping")) {
-        lines.push(
-            rx.recv_timeout(Duration::from_secs(60))
-                .expect("generate logs that it stops"),
-        );
+        deadline.check(|| {
+            format!(
+                "generate into {out} (pid {}) to log that it stops on SIGINT; it logged:\n{}",
+                child.id(),
+                lines.join("\n")
+            )
+        });
+        match rx.recv_timeout(deadline.remaining()) {
+            Ok(line) => lines.push(line),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => panic!(
+                "generate into {out} closed its stderr without logging that it stops:\n{}",
+                lines.join("\n")
+            ),
+        }
     }
     std::fs::remove_file(&flag).unwrap();
-    let status = child.wait().unwrap();
+    let status = output_within(child, RUN_DEADLINE, "generate to exit after SIGINT").status;
     reader.join().unwrap();
     lines.extend(rx.try_iter());
     let stderr = lines.join("\n");

@@ -7,15 +7,19 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::*;
 use crate::crash::{assert_consistent, assert_same_tree, kill_at_every_step, paused_run, Tree};
+use crate::util::{
+    assert_finishes_ok, demo_config, demo_config_with, demo_orders, error_line, manifest,
+    read_table, repo, run_ok, segflow_env, snapshot_files, sorted_dump, wait_until, Run,
+    DEMO_AS_OF,
+};
 
 pub const KEY_ID: &str = "segflow-test-key-id-7f3a9";
 pub const SECRET: &str = "segflow-test-secret-Q8xZ2vK4mN7pL1";
@@ -41,18 +45,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits (60 s at most) until `child`, a server, listens on `port` of loopback.
 pub fn wait_for_port(port: u16, child: &mut Child, what: &str) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited at start: {status}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{what} did not start listening on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        &format!("{what} to listen on 127.0.0.1:{port}"),
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{what} exited at start: {status}");
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        },
+    );
 }
 
 /// A moto S3 server on loopback, stopped on drop.
@@ -390,13 +395,7 @@ pub fn assert_one_of_two_racing_runs_publishes(store: &dyn Emulator, config: &Pa
         "{err}"
     );
     std::fs::remove_file(&flag).unwrap();
-    let out = first.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_finishes_ok(first, "the resumed first run");
     let tree = store.tree("bucket", "out");
     assert_consistent(&tree);
     let manifests: Vec<&String> = tree
@@ -491,19 +490,24 @@ fn fault_proxy(moto: &Moto, rate: &str, dir: &Path) -> (Child, u16, PathBuf) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let port = loop {
-        if let Ok(p) = std::fs::read_to_string(&port_file) {
-            if let Ok(p) = p.trim().parse::<u16>() {
-                break p;
+    let port = wait_until(
+        &format!(
+            "the fault proxy to write its port to {}",
+            port_file.display()
+        ),
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the fault proxy exited at start: {status}");
             }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "proxy did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+            std::fs::read_to_string(&port_file)
+                .ok()?
+                .trim()
+                .parse::<u16>()
+                .ok()
+        },
+    );
     wait_for_port(port, &mut child, "fault proxy");
     (child, port, stats)
 }
@@ -622,9 +626,13 @@ fn s3_heartbeat_keeps_a_long_run_from_being_taken_over() {
     let moto = moto_with_demo();
     let tmp = tempfile::tempdir().unwrap();
     let config = s3_config_with_lock_timeout(tmp.path(), "2s");
-    crate::crash::heartbeat_keeps_a_long_run_locked(&config, &moto.env(), tmp.path(), &|| {
-        serde_json::from_slice(&moto.tree("bucket", "out")["_lock"]).unwrap()
-    });
+    crate::crash::heartbeat_keeps_a_long_run_locked(
+        &config,
+        &moto.env(),
+        tmp.path(),
+        "s3://bucket/out/_lock",
+        &|| serde_json::from_slice(&moto.tree("bucket", "out")["_lock"]).unwrap(),
+    );
 }
 
 #[test]
