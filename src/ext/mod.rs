@@ -11,7 +11,7 @@ pub mod scalars;
 pub mod stats;
 
 #[cfg(test)]
-mod canary;
+mod canary_tests;
 #[cfg(test)]
 mod tests;
 
