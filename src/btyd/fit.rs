@@ -1,5 +1,7 @@
 //! Maximum-likelihood fits of the two models over weighted customer summaries.
 
+use std::ops::Range;
+
 use super::*;
 
 /// How a fit ended.
@@ -87,9 +89,9 @@ pub(crate) enum Start {
 /// the fit on all rows takes a few iterations (4 instead of 36 for BG/NBD and 28 for
 /// Gamma-Gamma on 10 M order lines) and ends at the same maximum (to the convergence
 /// tolerance). The origin for fewer rows, or when the sample's fit does not converge.
-pub(crate) fn warm_start<T: Copy>(
+pub(crate) fn warm_start<T: Copy, P: Parameters<N>, const N: usize>(
     data: &[(T, f64)],
-    fit: impl Fn(Vec<(T, f64)>) -> Option<(Vec<f64>, Vec<f64>)>,
+    fit: impl Fn(Vec<(T, f64)>) -> Fit<P>,
 ) -> Start {
     if data.len() < WARM_START {
         return Start::Origin;
@@ -100,178 +102,94 @@ pub(crate) fn warm_start<T: Copy>(
         .step_by(k)
         .map(|(t, w)| (*t, w * k as f64))
         .collect();
+    let f = fit(sample);
     // A converged fit is within bounds (`Fit::converged`).
-    fit(sample).map_or(Start::Origin, |(p, h)| Start::At(p, h))
+    if f.converged {
+        let logs = f.params.values().map(f64::ln).to_vec();
+        Start::At(logs, f.inverse_hessian)
+    } else {
+        Start::Origin
+    }
 }
 
-/// Fits BG/NBD by maximum likelihood (BFGS on the analytic gradient) to weighted customers (weight = how many customers
-/// share the summary), with an optional L2 penalty on the parameters (as lifetimes'
-/// `penalizer_coef`: `penalty * (r² + alpha² + a² + b²)` per customer).
-pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
-    let data = canonical(customers, |c| [c.x, c.t_x, c.t]);
-    let start = warm_start(&data, |sample| {
-        let f = fit_bgnbd_from(sample, penalty, Start::Sample);
-        let BgNbd { r, alpha, a, b } = f.params;
-        f.converged
-            .then(|| (vec![r.ln(), alpha.ln(), a.ln(), b.ln()], f.inverse_hessian))
-    });
-    fit_bgnbd_from(data, penalty, start)
+/// A model's parameters, which a fit searches for as their logarithms (so they stay
+/// positive).
+pub(crate) trait Parameters<const N: usize>: Copy {
+    /// The parameters at these log-parameters.
+    fn from_logs(logs: &[f64]) -> Self;
+    /// The parameters, in the order of the log-parameters.
+    fn values(&self) -> [f64; N];
 }
 
-/// [`fit_bgnbd`] of customers in canonical order, from `start`.
-pub(crate) fn fit_bgnbd_from(data: Vec<(Rfm, f64)>, penalty: f64, start: Start) -> Fit<BgNbd> {
-    let weight: f64 = data.iter().map(|(_, w)| w).sum();
-    let params = |p: &[f64]| BgNbd {
-        r: p[0].exp(),
-        alpha: p[1].exp(),
-        a: p[2].exp(),
-        b: p[3].exp(),
-    };
-    // The ln Γ terms depend on x only: summed once per distinct x (data is sorted by x).
-    // The rest needs ln(alpha + T) and ln(alpha + t_x): T and t_x take few distinct values
-    // (whole days or weeks), so an evaluation takes the logarithm of each distinct value
-    // once and a customer costs one exp and one ln_1p.
-    // Per half of the customers (see `halves`): (x, total weight, rows) per distinct x.
-    let parallel = data.len() >= PARALLEL_FIT;
-    let parts: [Vec<(f64, f64, std::ops::Range<usize>)>; 2] = split(data.len()).map(|half| {
-        let mut by_x: Vec<(f64, f64, std::ops::Range<usize>)> = Vec::new();
-        for i in half {
-            let (c, w) = &data[i];
-            match by_x.last_mut() {
-                Some((x, total, range)) if *x == c.x => {
-                    *total += w;
-                    range.end = i + 1;
-                }
-                _ => by_x.push((c.x, *w, i..i + 1)),
-            }
+impl Parameters<4> for BgNbd {
+    fn from_logs(p: &[f64]) -> Self {
+        BgNbd {
+            r: p[0].exp(),
+            alpha: p[1].exp(),
+            a: p[2].exp(),
+            b: p[3].exp(),
         }
-        by_x
-    });
-    let mut times: Vec<f64> = data.iter().flat_map(|(c, _)| [c.t, c.t_x]).collect();
-    times.sort_by(f64::total_cmp);
-    times.dedup();
-    let index = |v: f64| times.partition_point(|t| *t < v) as u32;
-    let slots: Vec<(u32, u32)> = data
-        .iter()
-        .map(|(c, _)| (index(c.t), index(c.t_x)))
-        .collect();
-    // Per evaluation, for every distinct time v: ln(1 + v/alpha), ln(alpha + v) and
-    // v / (alpha + v) (see `BgNbd::ln_likelihood` for why these forms).
-    let tables = |alpha: f64| -> Vec<[f64; 3]> {
-        times
-            .iter()
-            .map(|v| {
-                let l1 = (v / alpha).ln_1p();
-                [l1, (alpha + v).ln(), v / (alpha + v)]
-            })
-            .collect()
-    };
-    // Visits every customer with its weight, x, the x-only part of A4 (ln a - ln(b + x -
-    // 1), or None without repeat purchases) and its two time slots.
-    let each =
-        |m: &BgNbd, by_x: &[(f64, f64, std::ops::Range<usize>)], mut visit: Box<Visit<'_>>| {
-            for (x, _, range) in by_x {
-                let cx = (*x > 0.0).then(|| m.a.ln() - (m.b + (x - 1.0)).ln());
-                for i in range.clone() {
-                    let (t, tx) = slots[i];
-                    visit(data[i].1, *x, cx, t, tx);
-                }
-            }
-        };
-    // ln(e^A3 + e^A4) and the weight of A4 in it, from A3 and A4.
-    let mix = |a3: f64, a4: Option<f64>| -> (f64, f64) {
-        match a4 {
-            None => (a3, 0.0),
-            Some(a4) => {
-                let e = (-(a4 - a3).abs()).exp();
-                let big = 1.0 / (1.0 + e);
-                if a4 > a3 {
-                    (a4 + e.ln_1p(), big)
-                } else {
-                    (a3 + e.ln_1p(), 1.0 - big)
-                }
-            }
+    }
+
+    fn values(&self) -> [f64; 4] {
+        [self.r, self.alpha, self.a, self.b]
+    }
+}
+
+impl Parameters<3> for GammaGamma {
+    fn from_logs(p: &[f64]) -> Self {
+        GammaGamma {
+            p: p[0].exp(),
+            q: p[1].exp(),
+            v: p[2].exp(),
         }
-    };
-    // The log-likelihood and, when `with_gradient`, its derivatives in ln r, ln alpha, ln a
-    // and ln b, in one pass: the two share every logarithm and exponential.
-    let evaluate = |m: &BgNbd, with_gradient: bool| -> (f64, [f64; 4]) {
-        let BgNbd { r, alpha: _, a, b } = *m;
-        let table = tables(m.alpha);
-        let [first, second] = halves(parallel, |k| {
-            let gammas: f64 = parts[k]
-                .iter()
-                .map(|(x, w, _)| w * (ln_rising(r, *x) + ln_rising(b, *x) - ln_rising(a + b, *x)))
-                .sum();
-            let mut g = [0.0f64; 4];
-            if with_gradient {
-                for (x, w, _) in &parts[k] {
-                    let ab = digamma_rising(a + b, *x);
-                    g[0] += w * r * digamma_rising(r, *x);
-                    g[2] -= w * a * ab;
-                    g[3] += w * b * (digamma_rising(b, *x) - ab);
-                }
-            }
-            let mut rest = 0.0;
-            each(
-                m,
-                &parts[k],
-                Box::new(|w, x, cx, t, tx| {
-                    let ([l1t, lt, ut], [l1x, lx, ux]) = (table[t as usize], table[tx as usize]);
-                    let a3 = -r * l1t - x * lt;
-                    let a4 = cx.map(|c| c - r * l1x - x * lx);
-                    // ln of the customer's likelihood but the ln Γ terms, and the weight of
-                    // A4 in it.
-                    let (ln_alive, w4) = mix(a3, a4);
-                    rest += w * ln_alive;
-                    if with_gradient {
-                        let w3 = 1.0 - w4;
-                        g[0] -= w * r * (w3 * l1t + w4 * l1x);
-                        // alpha d/dalpha of -r ln(1 + v/alpha) - x ln(alpha + v).
-                        g[1] +=
-                            w * (w3 * (r * ut - x * (1.0 - ut)) + w4 * (r * ux - x * (1.0 - ux)));
-                        if cx.is_some() {
-                            g[2] += w * w4;
-                            g[3] -= w * w4 * b / (b + (x - 1.0));
-                        }
-                    }
-                }),
-            );
-            (gammas + rest, g)
-        });
-        let g = std::array::from_fn(|k| first.1[k] + second.1[k]);
-        (first.0 + second.0, g)
-    };
-    let ll = |m: &BgNbd| evaluate(m, false).0;
-    let penalised = |m: &BgNbd, ll: f64| {
-        let pen = penalty * weight * (m.r.powi(2) + m.alpha.powi(2) + m.a.powi(2) + m.b.powi(2));
-        finite_or_infinity(-ll + pen)
+    }
+
+    fn values(&self) -> [f64; 3] {
+        [self.p, self.q, self.v]
+    }
+}
+
+/// Fits a model by maximum likelihood: [`minimise`]s, from `start` (then from the data's
+/// `moments`), the negative log-likelihood that `evaluate` gives (with, when asked, its
+/// derivatives in the log-parameters) plus the L2 penalty: `penalty` times the customers'
+/// total `weight` times the sum of the squared parameters. A fit of data that cannot
+/// identify the model (`identified` false) never converges.
+fn maximise_likelihood<P: Parameters<N>, const N: usize>(
+    evaluate: impl Fn(&P, bool) -> (f64, [f64; N]),
+    penalty: f64,
+    weight: f64,
+    start: Start,
+    moments: &[f64],
+    identified: bool,
+) -> Fit<P> {
+    let ll = |m: &P| evaluate(m, false).0;
+    let penalised = |m: &P, ll: f64| {
+        let squares: f64 = m.values().iter().map(|t| t.powi(2)).sum();
+        finite_or_infinity(-ll + penalty * weight * squares)
     };
     let objective = |p: &[f64]| {
-        let m = params(p);
+        let m = P::from_logs(p);
         penalised(&m, ll(&m))
     };
     // The objective and its gradient in the log-parameters.
     let with_gradient = |p: &[f64]| -> (f64, Vec<f64>) {
-        let m = params(p);
+        let m = P::from_logs(p);
         let (ll, g) = evaluate(&m, true);
-        let theta = [m.r, m.alpha, m.a, m.b];
-        let gradient = (0..4)
+        let theta = m.values();
+        let gradient = (0..N)
             .map(|k| -g[k] + 2.0 * penalty * weight * theta[k] * theta[k])
             .collect();
         (penalised(&m, ll), gradient)
     };
-    let search = minimise(&objective, &with_gradient, start, &bgnbd_moments(&data));
-    let m = params(&search.x);
-    // Four parameters need four distinct summaries, and without a repeat purchase a and b
-    // do not enter the likelihood at all.
-    let identified = data.len() >= 4 && data.iter().any(|(c, _)| c.x > 0.0);
-    let ln_likelihood = ll(&m);
+    let search = minimise(&objective, &with_gradient, start, moments);
+    let params = P::from_logs(&search.x);
+    let ln_likelihood = ll(&params);
     let method = search
         .method
         .filter(|_| identified && ln_likelihood.is_finite());
     Fit {
-        params: m,
+        params,
         ln_likelihood,
         iterations: search.iterations,
         converged: method.is_some(),
@@ -280,9 +198,212 @@ pub(crate) fn fit_bgnbd_from(data: Vec<(Rfm, f64)>, penalty: f64, start: Start) 
     }
 }
 
-/// A visitor of the customers of a BG/NBD fit: weight, x, the x-only part of A4 (None
-/// without repeat purchases), and the slots of T and t_x in the table of distinct times.
-type Visit<'a> = dyn FnMut(f64, f64, Option<f64>, u32, u32) + 'a;
+/// The customers' total weight.
+fn total_weight<T>(data: &[(T, f64)]) -> f64 {
+    data.iter().map(|(_, w)| w).sum()
+}
+
+/// A log-likelihood and its gradient, summed over the two halves of the customers (see
+/// `halves`): the first half's plus the second's.
+fn sum_halves<const N: usize>(
+    parallel: bool,
+    half: impl Fn(usize) -> (f64, [f64; N]) + Sync,
+) -> (f64, [f64; N]) {
+    let [first, second] = halves(parallel, half);
+    let g = std::array::from_fn(|k| first.1[k] + second.1[k]);
+    (first.0 + second.0, g)
+}
+
+/// Per half of `data` (see `halves`), the runs of rows of one x (data is sorted by x).
+fn runs_of_x<T>(data: &[(T, f64)], x: impl Fn(&T) -> f64) -> [Vec<Range<usize>>; 2] {
+    split(data.len()).map(|half| {
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for i in half {
+            match runs.last_mut() {
+                Some(run) if x(&data[run.start].0) == x(&data[i].0) => run.end = i + 1,
+                _ => runs.push(i..i + 1),
+            }
+        }
+        runs
+    })
+}
+
+/// `term` summed over the rows of `run`, in order.
+fn run_sum<T>(data: &[T], run: &Range<usize>, term: impl Fn(&T) -> f64) -> f64 {
+    data[run.start + 1..run.end]
+        .iter()
+        .fold(term(&data[run.start]), |sum, row| sum + term(row))
+}
+
+/// Fits BG/NBD by maximum likelihood (BFGS on the analytic gradient) to weighted customers (weight = how many customers
+/// share the summary), with an optional L2 penalty on the parameters (as lifetimes'
+/// `penalizer_coef`: `penalty * (r² + alpha² + a² + b²)` per customer).
+pub fn fit_bgnbd(customers: Vec<(Rfm, f64)>, penalty: f64) -> Fit<BgNbd> {
+    let data = canonical(customers, |c| [c.x, c.t_x, c.t]);
+    let start = warm_start(&data, |sample| {
+        fit_bgnbd_from(sample, penalty, Start::Sample)
+    });
+    fit_bgnbd_from(data, penalty, start)
+}
+
+/// [`fit_bgnbd`] of customers in canonical order, from `start`.
+pub(crate) fn fit_bgnbd_from(data: Vec<(Rfm, f64)>, penalty: f64, start: Start) -> Fit<BgNbd> {
+    let customers = BgNbdCustomers::new(&data);
+    // Four parameters need four distinct summaries, and without a repeat purchase a and b
+    // do not enter the likelihood at all.
+    let identified = data.len() >= 4 && data.iter().any(|(c, _)| c.x > 0.0);
+    maximise_likelihood(
+        |m, with_gradient| customers.evaluate(m, with_gradient),
+        penalty,
+        total_weight(&data),
+        start,
+        &bgnbd_moments(&data),
+        identified,
+    )
+}
+
+/// Customers of one frequency x in a BG/NBD fit: x, their total weight, their rows.
+type BgNbdGroup = (f64, f64, Range<usize>);
+
+/// The customers of a BG/NBD fit (in canonical order), arranged for evaluating the
+/// likelihood. The ln Γ terms depend on x only: summed once per distinct x (data is sorted
+/// by x). The rest needs ln(alpha + T) and ln(alpha + t_x): T and t_x take few distinct
+/// values (whole days or weeks), so an evaluation takes the logarithm of each distinct
+/// value once and a customer costs one exp and one ln_1p.
+struct BgNbdCustomers<'a> {
+    data: &'a [(Rfm, f64)],
+    /// Whether the halves are summed on two threads (see `halves`).
+    parallel: bool,
+    /// Per half of the customers: their groups by x.
+    parts: [Vec<BgNbdGroup>; 2],
+    /// The distinct values of T and t_x, ascending.
+    times: Vec<f64>,
+    /// Per customer, the slots of its T and t_x in `times`.
+    slots: Vec<(u32, u32)>,
+}
+
+impl<'a> BgNbdCustomers<'a> {
+    fn new(data: &'a [(Rfm, f64)]) -> Self {
+        let parts = runs_of_x(data, |c| c.x).map(|runs| {
+            let group =
+                |run: Range<usize>| (data[run.start].0.x, run_sum(data, &run, |(_, w)| *w), run);
+            runs.into_iter().map(group).collect()
+        });
+        let mut times: Vec<f64> = data.iter().flat_map(|(c, _)| [c.t, c.t_x]).collect();
+        times.sort_by(f64::total_cmp);
+        times.dedup();
+        let index = |v: f64| times.partition_point(|t| *t < v) as u32;
+        let slots = data
+            .iter()
+            .map(|(c, _)| (index(c.t), index(c.t_x)))
+            .collect();
+        BgNbdCustomers {
+            data,
+            parallel: data.len() >= PARALLEL_FIT,
+            parts,
+            times,
+            slots,
+        }
+    }
+
+    /// For every distinct time v: ln(1 + v/alpha), ln(alpha + v) and v / (alpha + v) (see
+    /// `BgNbd::ln_likelihood` for why these forms).
+    fn tables(&self, alpha: f64) -> Vec<[f64; 3]> {
+        self.times
+            .iter()
+            .map(|v| {
+                let l1 = (v / alpha).ln_1p();
+                [l1, (alpha + v).ln(), v / (alpha + v)]
+            })
+            .collect()
+    }
+
+    /// Visits every customer of `by_x` with its weight, x, the x-only part of A4 (ln a -
+    /// ln(b + x - 1), or None without repeat purchases) and its two time slots.
+    fn each(
+        &self,
+        m: &BgNbd,
+        by_x: &[BgNbdGroup],
+        mut visit: impl FnMut(f64, f64, Option<f64>, u32, u32),
+    ) {
+        for (x, _, range) in by_x {
+            let cx = (*x > 0.0).then(|| m.a.ln() - (m.b + (x - 1.0)).ln());
+            for i in range.clone() {
+                let (t, tx) = self.slots[i];
+                visit(self.data[i].1, *x, cx, t, tx);
+            }
+        }
+    }
+
+    /// The log-likelihood and, when `with_gradient`, its derivatives in ln r, ln alpha, ln a
+    /// and ln b, in one pass: the two share every logarithm and exponential.
+    fn evaluate(&self, m: &BgNbd, with_gradient: bool) -> (f64, [f64; 4]) {
+        let table = self.tables(m.alpha);
+        sum_halves(self.parallel, |k| {
+            self.evaluate_half(&self.parts[k], m, &table, with_gradient)
+        })
+    }
+
+    /// [`Self::evaluate`] on the customers of `by_x`, with the `table` of `tables`.
+    fn evaluate_half(
+        &self,
+        by_x: &[BgNbdGroup],
+        m: &BgNbd,
+        table: &[[f64; 3]],
+        with_gradient: bool,
+    ) -> (f64, [f64; 4]) {
+        let BgNbd { r, alpha: _, a, b } = *m;
+        let gammas: f64 = by_x
+            .iter()
+            .map(|(x, w, _)| w * (ln_rising(r, *x) + ln_rising(b, *x) - ln_rising(a + b, *x)))
+            .sum();
+        let mut g = [0.0f64; 4];
+        if with_gradient {
+            for (x, w, _) in by_x {
+                let ab = digamma_rising(a + b, *x);
+                g[0] += w * r * digamma_rising(r, *x);
+                g[2] -= w * a * ab;
+                g[3] += w * b * (digamma_rising(b, *x) - ab);
+            }
+        }
+        let mut rest = 0.0;
+        self.each(m, by_x, |w, x, cx, t, tx| {
+            let ([l1t, lt, ut], [l1x, lx, ux]) = (table[t as usize], table[tx as usize]);
+            let a3 = -r * l1t - x * lt;
+            let a4 = cx.map(|c| c - r * l1x - x * lx);
+            // ln of the customer's likelihood but the ln Γ terms, and the weight of A4 in it.
+            let (ln_alive, w4) = mix(a3, a4);
+            rest += w * ln_alive;
+            if with_gradient {
+                let w3 = 1.0 - w4;
+                g[0] -= w * r * (w3 * l1t + w4 * l1x);
+                // alpha d/dalpha of -r ln(1 + v/alpha) - x ln(alpha + v).
+                g[1] += w * (w3 * (r * ut - x * (1.0 - ut)) + w4 * (r * ux - x * (1.0 - ux)));
+                if cx.is_some() {
+                    g[2] += w * w4;
+                    g[3] -= w * w4 * b / (b + (x - 1.0));
+                }
+            }
+        });
+        (gammas + rest, g)
+    }
+}
+
+/// ln(e^A3 + e^A4) and the weight of A4 in it, from A3 and A4 (None: no A4).
+fn mix(a3: f64, a4: Option<f64>) -> (f64, f64) {
+    match a4 {
+        None => (a3, 0.0),
+        Some(a4) => {
+            let e = (-(a4 - a3).abs()).exp();
+            let big = 1.0 / (1.0 + e);
+            if a4 > a3 {
+                (a4 + e.ln_1p(), big)
+            } else {
+                (a3 + e.ln_1p(), 1.0 - big)
+            }
+        }
+    }
+}
 
 /// A BG/NBD start from the data's moments, in log-parameters: the purchase rates x / T of
 /// customers observed for some time have mean m and, less the Poisson noise of counting
@@ -346,10 +467,7 @@ pub fn fit_gamma_gamma(customers: Vec<((f64, f64), f64)>, penalty: f64) -> Fit<G
         |(x, m)| [*x, *m, 0.0],
     );
     let start = warm_start(&data, |sample| {
-        let f = fit_gamma_gamma_from(sample, penalty, Start::Sample);
-        let GammaGamma { p, q, v } = f.params;
-        f.converged
-            .then(|| (vec![p.ln(), q.ln(), v.ln()], f.inverse_hessian))
+        fit_gamma_gamma_from(sample, penalty, Start::Sample)
     });
     fit_gamma_gamma_from(data, penalty, start)
 }
@@ -360,37 +478,59 @@ pub(crate) fn fit_gamma_gamma_from(
     penalty: f64,
     start: Start,
 ) -> Fit<GammaGamma> {
-    let weight: f64 = data.iter().map(|(_, w)| w).sum();
-    let params = |p: &[f64]| GammaGamma {
-        p: p[0].exp(),
-        q: p[1].exp(),
-        v: p[2].exp(),
-    };
-    // Everything but ln(x m + v) depends on x alone: per distinct x (data is sorted by x)
-    // the weight W, the sum S of w ln m, and per evaluation the sums L of w ln(x m + v) and
-    // R of w / (x m + v) over its customers: one logarithm per customer.
-    // Per half of the customers (see `halves`).
-    let parallel = data.len() >= PARALLEL_FIT;
-    let parts: [Vec<GgGroup>; 2] = split(data.len()).map(|half| {
-        let mut by_x: Vec<GgGroup> = Vec::new();
-        for i in half {
-            let ((x, m), w) = &data[i];
-            match by_x.last_mut() {
-                Some((bx, total, logs, range)) if *bx == *x => {
-                    *total += w;
-                    *logs += w * m.ln();
-                    range.end = i + 1;
-                }
-                _ => by_x.push((*x, *w, w * m.ln(), i..i + 1)),
-            }
+    let buyers = GammaGammaBuyers::new(&data);
+    // Three parameters need three distinct (frequency, monetary) summaries.
+    let identified = data.len() >= 3;
+    maximise_likelihood(
+        |g, with_gradient| buyers.evaluate(g, with_gradient),
+        penalty,
+        total_weight(&data),
+        start,
+        &gamma_gamma_moments(&data),
+        identified,
+    )
+}
+
+/// Repeat buyers of one frequency x in a Gamma-Gamma fit: x, their total weight, the sum of
+/// w ln m, their rows.
+type GgGroup = (f64, f64, f64, Range<usize>);
+
+/// The repeat buyers of a Gamma-Gamma fit (in canonical order), arranged for evaluating the
+/// likelihood. Everything but ln(x m + v) depends on x alone: per distinct x (data is sorted
+/// by x) the weight W, the sum S of w ln m, and per evaluation the sums L of w ln(x m + v)
+/// and R of w / (x m + v) over its customers: one logarithm per customer.
+struct GammaGammaBuyers<'a> {
+    data: &'a [((f64, f64), f64)],
+    /// Whether the halves are summed on two threads (see `halves`).
+    parallel: bool,
+    /// Per half of the buyers: their groups by x.
+    parts: [Vec<GgGroup>; 2],
+}
+
+impl<'a> GammaGammaBuyers<'a> {
+    fn new(data: &'a [((f64, f64), f64)]) -> Self {
+        let parts = runs_of_x(data, |(x, _)| *x).map(|runs| {
+            let group = |run: Range<usize>| {
+                let ((x, _), _) = data[run.start];
+                let total = run_sum(data, &run, |(_, w)| *w);
+                let logs = run_sum(data, &run, |((_, m), w)| w * m.ln());
+                (x, total, logs, run)
+            };
+            runs.into_iter().map(group).collect()
+        });
+        GammaGammaBuyers {
+            data,
+            parallel: data.len() >= PARALLEL_FIT,
+            parts,
         }
-        by_x
-    });
-    // Per x, the sums over its customers of w ln(1 + x m / v), w ln(1 + v / (x m)) and
-    // w x m / (x m + v) (see `GammaGamma::ln_likelihood` for why these forms).
-    let sums = |x_range: &std::ops::Range<usize>, v: f64, with_gradient: bool| -> [f64; 3] {
+    }
+
+    /// Over the buyers of `run` (one x), the sums of w ln(1 + x m / v), w ln(1 + v / (x m))
+    /// and, when `with_gradient`, w x m / (x m + v) (see `GammaGamma::ln_likelihood` for why
+    /// these forms).
+    fn sums(&self, run: &Range<usize>, v: f64, with_gradient: bool) -> [f64; 3] {
         let mut l = [0.0; 3];
-        for ((x, m), w) in &data[x_range.clone()] {
+        for ((x, m), w) in &self.data[run.clone()] {
             let xm = x * m;
             l[0] += w * (xm / v).ln_1p();
             l[1] += w * (v / xm).ln_1p();
@@ -399,18 +539,19 @@ pub(crate) fn fit_gamma_gamma_from(
             }
         }
         l
-    };
-    // The log-likelihood and, when `with_gradient`, its derivatives in ln p, ln q and ln v,
-    // in one pass: the two share every logarithm.
-    let evaluate = |g: &GammaGamma, with_gradient: bool| -> (f64, [f64; 3]) {
+    }
+
+    /// The log-likelihood and, when `with_gradient`, its derivatives in ln p, ln q and ln v,
+    /// in one pass: the two share every logarithm.
+    fn evaluate(&self, g: &GammaGamma, with_gradient: bool) -> (f64, [f64; 3]) {
         let GammaGamma { p, q, v } = *g;
-        let [first, second] = halves(parallel, |k| {
+        sum_halves(self.parallel, |k| {
             let mut d = [0.0f64; 3];
-            let value = parts[k]
+            let value = self.parts[k]
                 .iter()
                 .map(|(x, w, s, range)| {
                     let px = p * x;
-                    let [la, lb, u] = sums(range, v, with_gradient);
+                    let [la, lb, u] = self.sums(range, v, with_gradient);
                     if with_gradient {
                         d[0] += px * (w * digamma_rising(px, q) - lb);
                         d[1] += q * (w * digamma_rising(q, px) - la);
@@ -420,47 +561,6 @@ pub(crate) fn fit_gamma_gamma_from(
                 })
                 .sum::<f64>();
             (value, d)
-        });
-        let d = std::array::from_fn(|k| first.1[k] + second.1[k]);
-        (first.0 + second.0, d)
-    };
-    let ll = |g: &GammaGamma| evaluate(g, false).0;
-    let penalised = |g: &GammaGamma, ll: f64| {
-        finite_or_infinity(-ll + penalty * weight * (g.p.powi(2) + g.q.powi(2) + g.v.powi(2)))
-    };
-    let objective = |p: &[f64]| {
-        let g = params(p);
-        penalised(&g, ll(&g))
-    };
-    // The objective and its gradient in the log-parameters.
-    let with_gradient = |p: &[f64]| -> (f64, Vec<f64>) {
-        let g = params(p);
-        let (ll, d) = evaluate(&g, true);
-        let theta = [g.p, g.q, g.v];
-        let gradient = (0..3)
-            .map(|k| -d[k] + 2.0 * penalty * weight * theta[k] * theta[k])
-            .collect();
-        (penalised(&g, ll), gradient)
-    };
-    let search = minimise(
-        &objective,
-        &with_gradient,
-        start,
-        &gamma_gamma_moments(&data),
-    );
-    let g = params(&search.x);
-    // Three parameters need three distinct (frequency, monetary) summaries.
-    let identified = data.len() >= 3;
-    let ln_likelihood = ll(&g);
-    let method = search
-        .method
-        .filter(|_| identified && ln_likelihood.is_finite());
-    Fit {
-        params: g,
-        ln_likelihood,
-        iterations: search.iterations,
-        converged: method.is_some(),
-        method,
-        inverse_hessian: search.inverse_hessian,
+        })
     }
 }

@@ -316,7 +316,3 @@ pub(crate) fn bfgs(
     }
     (x, max_iterations, false, h)
 }
-
-/// Repeat buyers of one frequency x in a Gamma-Gamma fit: x, their total weight, the sum of
-/// w ln m, their rows.
-pub(crate) type GgGroup = (f64, f64, f64, std::ops::Range<usize>);

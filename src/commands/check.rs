@@ -14,17 +14,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::prelude::SessionContext;
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::ingest::input_schemas;
 use crate::models::{
-    check_queries, model_params, plan_model, plan_models, unused_params, CheckQuery,
+    check_queries, model_params, plan_model, plan_models, unused_params, CheckQuery, PlanReport,
 };
 use crate::models::{
-    discover_models_lenient, discover_tests_lenient, order_models, Model, ModelSources,
+    discover_models_lenient, discover_tests_lenient, order_models, DataTest, Model, ModelSources,
     INPUT_TABLES,
 };
 use crate::session::build_session;
@@ -259,12 +260,46 @@ pub async fn check(settings: &Settings) -> Result<CheckReport> {
     for e in broken.iter().chain(broken_tests.iter()) {
         report.findings.push(finding_from(e, None));
     }
+    let ordered = order_reporting(&mut models, &mut report)?;
 
-    // Unknown tables and cycles: report each, drop the model, order the rest.
+    // Plan against the real input schemas (Parquet footers only).
+    let ctx = build_session(settings)?;
+    let orders_schema = input_schemas(&ctx, settings).await?;
+    let as_of = settings.as_of.unwrap_or_else(|| Utc::now().date_naive());
+    let planned = plan_models(&ctx, settings, orders_schema, &ordered, as_of, true).await?;
+    for (name, e) in &planned.failures {
+        let m = ordered.iter().find(|m| &m.name == name);
+        report.findings.push(finding_from(e, m));
+    }
+    report.skipped.extend(planned.skipped.iter().cloned());
+    for m in &ordered {
+        if let Some(schema) = planned.schemas.get(&m.name) {
+            report
+                .findings
+                .extend(header_findings(m, schema, &planned.schemas));
+            let checks = check_findings(m, schema, &planned.planner).await;
+            report.findings.extend(checks);
+        }
+    }
+    report.models_ok = planned.schemas.len();
+    check_data_tests(&tests, &ordered, &planned, as_of, settings, &mut report).await;
+    report
+        .findings
+        .extend(unused_param_findings(settings, &models, &tests));
+    report.findings.sort_by(|a, b| {
+        (&a.file, a.at, a.level, &a.message).cmp(&(&b.file, b.at, b.level, &b.message))
+    });
+    Ok(report)
+}
+
+/// Orders `models`, reporting each model that reads an unknown table and each dependency
+/// cycle: such models are dropped from `models` (one reading a model dropped before is
+/// noted as skipped, not reported), and the rest ordered.
+fn order_reporting(models: &mut Vec<Model>, report: &mut CheckReport) -> Result<Vec<Model>> {
     let mut removed: BTreeSet<String> = BTreeSet::new();
-    let ordered = loop {
+    loop {
         match order_models(models.clone()) {
-            Ok(ordered) => break ordered,
+            Ok(ordered) => return Ok(ordered),
             Err(Error::UnknownTable {
                 file,
                 model,
@@ -300,58 +335,54 @@ pub async fn check(settings: &Settings) -> Result<CheckReport> {
             }
             Err(e) => return Err(e),
         }
-    };
-
-    // Plan against the real input schemas (Parquet footers only).
-    let ctx = build_session(settings)?;
-    let orders_schema = input_schemas(&ctx, settings).await?;
-    let as_of = settings.as_of.unwrap_or_else(|| Utc::now().date_naive());
-    let planned = plan_models(&ctx, settings, orders_schema, &ordered, as_of, true).await?;
-    for (name, e) in &planned.failures {
-        let m = ordered.iter().find(|m| &m.name == name);
-        report.findings.push(finding_from(e, m));
     }
-    report.skipped.extend(planned.skipped.iter().cloned());
+}
 
-    for m in &ordered {
-        if let Some(schema) = planned.schemas.get(&m.name) {
-            report
-                .findings
-                .extend(header_findings(m, schema, &planned.schemas));
-            for CheckQuery { label, sql, .. } in check_queries(m) {
-                let kind = label.split(':').next().unwrap_or_default().to_string();
-                let (name, args) = kind.split_once('(').unwrap_or((&kind, ""));
-                let args = args.trim_end_matches(')');
-                // A missing column of these is reported above already.
-                let columns_named = matches!(name, "unique" | "not_null" | "accepted_values")
-                    .then(|| args.split(',').map(str::trim).collect::<Vec<_>>())
-                    .or_else(|| {
-                        (name == "relationships")
-                            .then(|| vec![args.split(" -> ").next().unwrap_or_default()])
-                    });
-                if columns_named
-                    .is_some_and(|cs| cs.iter().any(|c| schema.field_with_name(c).is_err()))
-                {
-                    continue;
-                }
-                if let Err(e) = planned.planner.sql(&sql).await {
-                    let word = args.split(',').next().unwrap_or(args).trim();
-                    let message = e.strip_backtrace().replace('\n', " ");
-                    report.findings.push(header_finding(
-                        m,
-                        "[checks]",
-                        if word.is_empty() { name } else { word },
-                        format!("check {kind} cannot run: {message}"),
-                    ));
-                }
-            }
+/// The `[checks]` of `m` (planned with `schema`) that cannot run, each planned on `planner`.
+/// A check naming a column `m` does not output is left out: [`header_findings`] reports it.
+async fn check_findings(m: &Model, schema: &SchemaRef, planner: &SessionContext) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for CheckQuery { label, sql, .. } in check_queries(m) {
+        let kind = label.split(':').next().unwrap_or_default().to_string();
+        let (name, args) = kind.split_once('(').unwrap_or((&kind, ""));
+        let args = args.trim_end_matches(')');
+        // A missing column of these is reported by `header_findings` already.
+        let columns_named = matches!(name, "unique" | "not_null" | "accepted_values")
+            .then(|| args.split(',').map(str::trim).collect::<Vec<_>>())
+            .or_else(|| {
+                (name == "relationships")
+                    .then(|| vec![args.split(" -> ").next().unwrap_or_default()])
+            });
+        if columns_named.is_some_and(|cs| cs.iter().any(|c| schema.field_with_name(c).is_err())) {
+            continue;
+        }
+        if let Err(e) = planner.sql(&sql).await {
+            let word = args.split(',').next().unwrap_or(args).trim();
+            let message = e.strip_backtrace().replace('\n', " ");
+            out.push(header_finding(
+                m,
+                "[checks]",
+                if word.is_empty() { name } else { word },
+                format!("check {kind} cannot run: {message}"),
+            ));
         }
     }
-    report.models_ok = planned.schemas.len();
+    out
+}
 
-    // Data tests, planned against the same empty tables.
+/// Plans the data tests against the same empty tables as the `ordered` models: a test
+/// reading an unknown table, or that does not plan, is a finding; one reading a model that
+/// did not plan is skipped.
+async fn check_data_tests(
+    tests: &[DataTest],
+    ordered: &[Model],
+    planned: &PlanReport,
+    as_of: NaiveDate,
+    settings: &Settings,
+    report: &mut CheckReport,
+) {
     let all: BTreeSet<String> = ordered.iter().map(|m| m.name.clone()).collect();
-    for t in &tests {
+    for t in tests {
         let m = &t.model;
         let tables = m.deps.iter().chain(m.previous_deps.iter());
         if let Some(unknown) = tables.clone().find(|d| !all.contains(*d)) {
@@ -378,30 +409,36 @@ pub async fn check(settings: &Settings) -> Result<CheckReport> {
             report.findings.push(finding_from(&e, Some(m)));
         }
     }
+}
 
-    // Parameters nothing uses.
+/// Parameters (of the config or the environment) that none of `models` and `tests` uses,
+/// located in the config's `[params]`.
+fn unused_param_findings(
+    settings: &Settings,
+    models: &[Model],
+    tests: &[DataTest],
+) -> Vec<Finding> {
     let config_text = std::fs::read_to_string(&settings.config_path).unwrap_or_default();
     let params_at = config_text.find("[params]").unwrap_or(0);
     let users = models.iter().chain(tests.iter().map(|t| &t.model));
-    for (source, name) in unused_params(&settings.params, users) {
-        let from_env = source.starts_with("SEGFLOW_");
-        report.findings.push(Finding {
-            level: Level::Error,
-            file: if from_env {
-                "environment".into()
-            } else {
-                settings.config_path.display().to_string()
-            },
-            at: (!from_env)
-                .then(|| find_word(&config_text, &name, params_at))
-                .flatten(),
-            message: format!("{source}: no model or data test uses the parameter `${name}`"),
-        });
-    }
-    report.findings.sort_by(|a, b| {
-        (&a.file, a.at, a.level, &a.message).cmp(&(&b.file, b.at, b.level, &b.message))
-    });
-    Ok(report)
+    unused_params(&settings.params, users)
+        .into_iter()
+        .map(|(source, name)| {
+            let from_env = source.starts_with("SEGFLOW_");
+            Finding {
+                level: Level::Error,
+                file: if from_env {
+                    "environment".into()
+                } else {
+                    settings.config_path.display().to_string()
+                },
+                at: (!from_env)
+                    .then(|| find_word(&config_text, &name, params_at))
+                    .flatten(),
+                message: format!("{source}: no model or data test uses the parameter `${name}`"),
+            }
+        })
+        .collect()
 }
 
 /// Front-matter entries that name columns the model does not output: `grain`, `[columns]`

@@ -2,7 +2,7 @@
 //! to `concurrent_models` at a time), streaming its result to staging Parquet, and
 //! registered for the models downstream (no result is held in memory).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,59 @@ pub(crate) struct Scheduler<'a> {
     previous_schema: Arc<MemorySchemaProvider>,
 }
 
+/// Where a run stands: which models started and finished, which shared the memory pool,
+/// which wait to rerun alone.
+struct RunState {
+    /// Each model's output, once it is staged.
+    finished: Vec<Option<ModelOutput>>,
+    started: Vec<bool>,
+    /// Whether another model ran while it did (it shared the memory pool).
+    shared: Vec<bool>,
+    /// Models to rerun alone, one by one, once the running ones finish.
+    reruns: VecDeque<usize>,
+    /// The keys of the staged models, for the models downstream.
+    known: HashMap<String, Vec<BTreeSet<String>>>,
+}
+
+impl RunState {
+    fn new(models: usize) -> Self {
+        RunState {
+            finished: vec![None; models],
+            started: vec![false; models],
+            shared: vec![false; models],
+            reruns: VecDeque::new(),
+            known: HashMap::new(),
+        }
+    }
+
+    /// The outputs of the models staged so far.
+    fn staged(&self) -> Vec<&ModelOutput> {
+        self.finished.iter().flatten().collect()
+    }
+
+    /// Marks the model at `position`, starting beside running models, and the models
+    /// started and not finished as sharing the memory pool.
+    fn share(&mut self, position: usize) {
+        self.shared[position] = true;
+        for (p, s) in self.shared.iter_mut().enumerate() {
+            *s |= self.started[p] && self.finished[p].is_none() && p != position;
+        }
+    }
+
+    /// Every model's output, in the run's order (an internal error if one never started).
+    fn outputs(self, models: &[Model]) -> Result<Vec<ModelOutput>> {
+        if let Some(position) = self.finished.iter().position(Option::is_none) {
+            let model = &models[position];
+            return Err(Error::Model {
+                file: model.file.clone(),
+                model: model.name.clone(),
+                message: "was never started: a model it reads did not run (internal error)".into(),
+            });
+        }
+        Ok(self.finished.into_iter().flatten().collect())
+    }
+}
+
 impl<'a> Scheduler<'a> {
     /// Runs the models, up to `run.concurrency` side by side, started in the run's order as
     /// soon as the models they read (current or previous tables) are staged; with one at a
@@ -145,117 +198,140 @@ impl<'a> Scheduler<'a> {
         } else {
             run.concurrency.max(1)
         };
-        let mut finished: Vec<Option<ModelOutput>> = vec![None; models.len()];
-        let mut started = vec![false; models.len()];
-        // Whether another model ran while it did (it shared the memory pool).
-        let mut shared = vec![false; models.len()];
-        // Models to rerun alone, one by one, once the running ones finish.
-        let mut reruns: std::collections::VecDeque<usize> = Default::default();
-        // The keys of the staged models, for the models downstream.
-        let mut known: HashMap<String, Vec<BTreeSet<String>>> = HashMap::new();
+        let mut state = RunState::new(models.len());
         loop {
-            let mut starting = Vec::new();
-            match reruns.front() {
-                // Alone: nothing else starts before it finishes.
-                Some(&position) if running.is_empty() => {
-                    reruns.pop_front();
-                    starting.push(position);
-                }
-                Some(_) => {}
-                None => {
-                    for (position, model) in models.iter().enumerate() {
-                        if running.len() + starting.len() >= limit {
-                            break;
-                        }
-                        let ready = !started[position]
-                            && model
-                                .tables_read()
-                                .filter(|d| names.contains(d.as_str()))
-                                .all(|d| finished.iter().flatten().any(|o| &o.name == d));
-                        if ready {
-                            started[position] = true;
-                            starting.push(position);
-                        }
-                    }
-                }
-            }
-            for position in starting {
+            for position in self.to_start(&mut state, &names, running.len(), limit) {
                 let model = &models[position];
-                let staged: Vec<&ModelOutput> = finished.iter().flatten().collect();
-                let (df, params) = self.plan(model, &staged).await?;
+                let (df, params) = self.plan(model, &state.staged()).await?;
                 if run.until == Some(model.name.as_str()) {
-                    let outputs = finished.into_iter().flatten().collect();
+                    let outputs = state.finished.into_iter().flatten().collect();
                     return Ok((outputs, Some(df)));
                 }
                 if !running.is_empty() {
-                    shared[position] = true;
-                    for (p, s) in shared.iter_mut().enumerate() {
-                        *s |= started[p] && finished[p].is_none() && p != position;
-                    }
+                    state.share(position);
                 }
                 debug!(model = %model.name, beside = running.len(), "model started");
-                let unique_keys = crate::models::keys::unique_keys(&df, &known);
-                let progress =
-                    crate::progress::ModelProgress::start(&model.name, position + 1, models.len());
-                let (ctx, staging) = (self.ctx, self.staging);
-                running.push(Box::pin(async move {
-                    let clock = Instant::now();
-                    let computed = compute_model(ctx, model, &params, df, staging).await;
-                    let computed = computed.map(|(staged, schema)| {
-                        let duration = clock.elapsed();
-                        progress.finish(&model.name, staged.rows, duration);
-                        (staged, schema, duration)
-                    });
-                    (position, unique_keys, computed)
-                }));
+                running.push(self.start(position, df, params, &state.known));
             }
             let Some((position, unique_keys, computed)) = running.next().await else {
                 break;
             };
-            let model = &models[position];
-            let (staged, schema, duration) = match computed {
-                Ok(c) => c,
-                Err(Failed {
-                    error,
-                    out_of_memory: true,
-                }) if shared[position] => {
-                    warn!(model = %model.name, %error,
-                        "model ran out of memory beside other models; rerunning it alone once they finish");
-                    self.staging
-                        .out
-                        .delete_prefix(&self.staging.table_rel(&model.name, model.header.publish))
-                        .await?;
-                    shared[position] = false;
-                    reruns.push_back(position);
-                    continue;
+            self.finish(&mut state, position, unique_keys, computed)
+                .await?;
+        }
+        Ok((state.outputs(models)?, None))
+    }
+
+    /// The models to start now, beside `running` ones (marked started): once none runs, the
+    /// next model to rerun (alone: nothing else starts before it finishes); while none waits
+    /// to rerun, and fewer than `limit` run, each model not started whose models read (those
+    /// of `names`) are staged.
+    fn to_start(
+        &self,
+        state: &mut RunState,
+        names: &BTreeSet<&str>,
+        running: usize,
+        limit: usize,
+    ) -> Vec<usize> {
+        let mut starting = Vec::new();
+        match state.reruns.front() {
+            Some(&position) if running == 0 => {
+                state.reruns.pop_front();
+                starting.push(position);
+            }
+            Some(_) => {}
+            None => {
+                for (position, model) in self.models.iter().enumerate() {
+                    if running + starting.len() >= limit {
+                        break;
+                    }
+                    let ready = !state.started[position]
+                        && model
+                            .tables_read()
+                            .filter(|d| names.contains(d.as_str()))
+                            .all(|d| state.finished.iter().flatten().any(|o| &o.name == d));
+                    if ready {
+                        state.started[position] = true;
+                        starting.push(position);
+                    }
                 }
-                Err(f) => return Err(f.error),
-            };
-            info!(model = %model.name, rows = staged.rows, duration_ms = duration.as_millis() as u64, "model computed");
-            let output = ModelOutput {
-                name: model.name.clone(),
-                file: model.file.clone(),
-                schema,
-                rows: staged.rows,
-                duration,
-                publish: model.header.publish,
-                partition_by: model.header.partition_by.clone(),
-                staged,
-                unique_keys,
-            };
-            known.extend(known_keys(model, &output, self.staging));
-            finished[position] = Some(output);
-            failpoint::hit("staging").await;
+            }
         }
-        if let Some(position) = finished.iter().position(Option::is_none) {
-            let model = &models[position];
-            return Err(Error::Model {
-                file: model.file.clone(),
-                model: model.name.clone(),
-                message: "was never started: a model it reads did not run (internal error)".into(),
+        starting
+    }
+
+    /// Computes the model at `position`, planned as `df` with `params`, into staging (see
+    /// [`compute_model`]), showing its progress; gives its unique keys (given the `known`
+    /// keys of the models it reads) and what it took.
+    fn start(
+        &self,
+        position: usize,
+        df: DataFrame,
+        params: BTreeMap<String, ScalarValue>,
+        known: &HashMap<String, Vec<BTreeSet<String>>>,
+    ) -> Computing<'a> {
+        let (ctx, models, staging) = (self.ctx, self.models, self.staging);
+        let model = &models[position];
+        let unique_keys = crate::models::keys::unique_keys(&df, known);
+        let progress =
+            crate::progress::ModelProgress::start(&model.name, position + 1, models.len());
+        Box::pin(async move {
+            let clock = Instant::now();
+            let computed = compute_model(ctx, model, &params, df, staging).await;
+            let computed = computed.map(|(staged, schema)| {
+                let duration = clock.elapsed();
+                progress.finish(&model.name, staged.rows, duration);
+                (staged, schema, duration)
             });
-        }
-        Ok((finished.into_iter().flatten().collect(), None))
+            (position, unique_keys, computed)
+        })
+    }
+
+    /// Records the model at `position` as computed, for the models downstream; or, when it
+    /// ran out of memory beside other models, removes what it staged and queues it to
+    /// rerun alone.
+    async fn finish(
+        &self,
+        state: &mut RunState,
+        position: usize,
+        unique_keys: Vec<BTreeSet<String>>,
+        computed: Computed,
+    ) -> Result<()> {
+        let model = &self.models[position];
+        let (staged, schema, duration) = match computed {
+            Ok(c) => c,
+            Err(Failed {
+                error,
+                out_of_memory: true,
+            }) if state.shared[position] => {
+                warn!(model = %model.name, %error,
+                    "model ran out of memory beside other models; rerunning it alone once they finish");
+                self.staging
+                    .out
+                    .delete_prefix(&self.staging.table_rel(&model.name, model.header.publish))
+                    .await?;
+                state.shared[position] = false;
+                state.reruns.push_back(position);
+                return Ok(());
+            }
+            Err(f) => return Err(f.error),
+        };
+        info!(model = %model.name, rows = staged.rows, duration_ms = duration.as_millis() as u64, "model computed");
+        let output = ModelOutput {
+            name: model.name.clone(),
+            file: model.file.clone(),
+            schema,
+            rows: staged.rows,
+            duration,
+            publish: model.header.publish,
+            partition_by: model.header.partition_by.clone(),
+            staged,
+            unique_keys,
+        };
+        state.known.extend(known_keys(model, &output, self.staging));
+        state.finished[position] = Some(output);
+        failpoint::hit("staging").await;
+        Ok(())
     }
 
     /// Plans `model` over the staged tables, with `previous.*` registered; returns the plan

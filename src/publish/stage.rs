@@ -20,9 +20,12 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{cast, lit, Expr};
 use datafusion::prelude::{DataFrame, SessionContext};
 use object_store::{ObjectStoreExt, PutPayload};
+use parquet::arrow::{arrow_writer::ArrowWriterOptions, ArrowWriter, AsyncArrowWriter};
 
 use super::{staging_rel, ColumnEntry, Output};
 use crate::storage::{retrying, Location};
@@ -109,60 +112,10 @@ impl Staging {
         let rel = self.table_rel(name, publish);
         let df = published_form(df, partition_by, publish)?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut options = TableParquetOptions::default();
-        // Published tables: zstd and dictionaries (but for floats) for readers; internal ones
-        // (read back once or twice, by segflow) are written fast: not compressed on local
-        // disk (lz4 took ~10 % of a run), lz4 on object storage (fewer bytes to upload),
-        // dictionaries only for label strings — not for keys (`*_id`: interning every string
-        // of a high-cardinality key column cost ~10 % of a run), while a label (channel, country,
-        // category, ...) shrinks to a few bits a row: at 10 M lines the staged orders take
-        // 533 MB instead of 870, purchase_orders 143 instead of 350 — page-cache pages the run
-        // no longer fills and reads back (fresh pages cost this machine's kernel ~13 µs each
-        // once the recently freed ones are used up; the run got ~1 s faster); no
-        // min/max statistics (comparing every string of the key columns; nothing prunes by
-        // them: the row counts the planner uses are in the footer anyway); keys without
-        // dictionaries and no statistics took the 10 M-line run's CPU time down by ~5 %.
+        let options = parquet_options(&schema, publish, loc.local.is_some());
         // Internal tables without hive partitions go through [`write_internal`]; for one with
         // partitions, DataFusion's writer encodes each file by one task (its files are already
         // written side by side; encoding one file's columns in parallel too only added copies).
-        if publish {
-            // zstd level 1, and no dictionary for floating-point columns (amounts, rates,
-            // predictions rarely repeat: their dictionary was filled, then abandoned for plain
-            // encoding). Against level 3 with dictionaries everywhere, on 10 M lines: the
-            // samples in zstd and the dictionary interner 673 -> 423 and every published
-            // table 2-11 % smaller.
-            options.global.compression = Some("zstd(1)".into());
-            for field in schema.fields() {
-                if field.data_type().is_floating() {
-                    options.column_specific_options.insert(
-                        field.name().clone(),
-                        ParquetColumnOptions {
-                            dictionary_enabled: Some(false),
-                            ..Default::default()
-                        },
-                    );
-                }
-            }
-        } else {
-            let local = loc.local.is_some();
-            options.global.compression =
-                Some(if local { "uncompressed" } else { "lz4_raw" }.into());
-            options.global.max_row_group_size = INTERNAL_ROW_GROUP_ROWS;
-            options.global.dictionary_enabled = Some(false);
-            for field in schema.fields() {
-                if is_label(field) {
-                    options.column_specific_options.insert(
-                        field.name().clone(),
-                        ParquetColumnOptions {
-                            dictionary_enabled: Some(true),
-                            ..Default::default()
-                        },
-                    );
-                }
-            }
-            options.global.statistics_enabled = Some("none".into());
-            options.global.allow_single_file_parallelism = false;
-        }
         let (rows, schema, buckets) = if publish || !partition_by.is_empty() {
             let written = df
                 .write_parquet(
@@ -176,48 +129,9 @@ impl Staging {
             write_internal(df, loc, &rel, &options, tap).await?
         };
         if rows == 0 {
-            // DataFusion writes no file for an empty result; readers need one carrying the
-            // schema. A partitioned table puts it under `col=/` without the partition
-            // columns, as the partitioned writer would.
-            let mut file = rel.clone();
-            for p in partition_by {
-                file.push_str(&format!("/{p}="));
-            }
-            file.push_str("/part-0.parquet");
-            let fields: Vec<Field> = schema
-                .fields()
-                .iter()
-                .filter(|f| !partition_by.contains(f.name()))
-                .map(|f| f.as_ref().clone())
-                .collect();
-            let bytes = empty_parquet(Arc::new(Schema::new(fields)))?;
-            let path = loc.path(&file);
-            let payload = PutPayload::from(bytes);
-            retrying("put", || loc.store.put(&path, payload.clone())).await?;
+            write_empty_table(loc, &rel, &schema, partition_by).await?;
         }
-        let mut files = Vec::new();
-        let mut bytes = 0;
-        for meta in loc.list(&rel).await? {
-            let Some(full) = loc.rel(&meta.location) else {
-                continue;
-            };
-            let Some(file) = full.strip_prefix(&format!("{rel}/")) else {
-                continue;
-            };
-            if !file.ends_with(".parquet") {
-                continue;
-            }
-            check_partition_path(file)?;
-            files.push(file.to_string());
-            bytes += meta.size;
-        }
-        files.sort();
-        if files.is_empty() {
-            return Err(StageError::Engine(DataFusionError::Execution(format!(
-                "no file was written under {}",
-                loc.display(&rel)
-            ))));
-        }
+        let (files, bytes) = staged_files(loc, &rel).await?;
         if publish {
             let marker = loc.path(&format!("{rel}/_SUCCESS"));
             retrying("put", || loc.store.put(&marker, PutPayload::new())).await?;
@@ -227,18 +141,135 @@ impl Staging {
             rows,
             files,
             bytes,
-            columns: schema
-                .fields()
-                .iter()
-                .map(|f| ColumnEntry {
-                    name: f.name().clone(),
-                    data_type: f.data_type().to_string(),
-                })
-                .collect(),
+            columns: column_entries(&schema),
             partition_by: partition_by.to_vec(),
             buckets,
         })
     }
+}
+
+/// The Parquet writer options of a staged table with `schema`: a published one's, or an
+/// internal one's (`local`: on local disk).
+///
+/// Published tables: zstd and dictionaries (but for floats) for readers; internal ones
+/// (read back once or twice, by segflow) are written fast: not compressed on local
+/// disk (lz4 took ~10 % of a run), lz4 on object storage (fewer bytes to upload),
+/// dictionaries only for label strings — not for keys (`*_id`: interning every string
+/// of a high-cardinality key column cost ~10 % of a run), while a label (channel, country,
+/// category, ...) shrinks to a few bits a row: at 10 M lines the staged orders take
+/// 533 MB instead of 870, purchase_orders 143 instead of 350 — page-cache pages the run
+/// no longer fills and reads back (fresh pages cost this machine's kernel ~13 µs each
+/// once the recently freed ones are used up; the run got ~1 s faster); no
+/// min/max statistics (comparing every string of the key columns; nothing prunes by
+/// them: the row counts the planner uses are in the footer anyway); keys without
+/// dictionaries and no statistics took the 10 M-line run's CPU time down by ~5 %.
+fn parquet_options(schema: &Schema, publish: bool, local: bool) -> TableParquetOptions {
+    let mut options = TableParquetOptions::default();
+    if publish {
+        // zstd level 1, and no dictionary for floating-point columns (amounts, rates,
+        // predictions rarely repeat: their dictionary was filled, then abandoned for plain
+        // encoding). Against level 3 with dictionaries everywhere, on 10 M lines: the
+        // samples in zstd and the dictionary interner 673 -> 423 and every published
+        // table 2-11 % smaller.
+        options.global.compression = Some("zstd(1)".into());
+        set_dictionaries(&mut options, schema, |f| f.data_type().is_floating(), false);
+    } else {
+        options.global.compression = Some(if local { "uncompressed" } else { "lz4_raw" }.into());
+        options.global.max_row_group_size = INTERNAL_ROW_GROUP_ROWS;
+        options.global.dictionary_enabled = Some(false);
+        set_dictionaries(&mut options, schema, is_label, true);
+        options.global.statistics_enabled = Some("none".into());
+        options.global.allow_single_file_parallelism = false;
+    }
+    options
+}
+
+/// Turns dictionaries on (`enabled`) or off for the columns of `schema` that `pick` picks.
+fn set_dictionaries(
+    options: &mut TableParquetOptions,
+    schema: &Schema,
+    pick: impl Fn(&Field) -> bool,
+    enabled: bool,
+) {
+    for field in schema.fields() {
+        if pick(field) {
+            options.column_specific_options.insert(
+                field.name().clone(),
+                ParquetColumnOptions {
+                    dictionary_enabled: Some(enabled),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+}
+
+/// Writes the file of a table without rows: DataFusion writes no file for an empty
+/// result; readers need one carrying the schema. A partitioned table puts it under `col=/`
+/// without the partition columns, as the partitioned writer would.
+async fn write_empty_table(
+    loc: &Location,
+    rel: &str,
+    schema: &Schema,
+    partition_by: &[String],
+) -> Result<(), StageError> {
+    let mut file = rel.to_string();
+    for p in partition_by {
+        file.push_str(&format!("/{p}="));
+    }
+    file.push_str("/part-0.parquet");
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .filter(|f| !partition_by.contains(f.name()))
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let bytes = empty_parquet(Arc::new(Schema::new(fields)))?;
+    let path = loc.path(&file);
+    let payload = PutPayload::from(bytes);
+    retrying("put", || loc.store.put(&path, payload.clone())).await?;
+    Ok(())
+}
+
+/// The data files written under `rel` (relative to it, sorted) and their bytes; an error
+/// when there are none, or when a partition value cannot be a path.
+async fn staged_files(loc: &Location, rel: &str) -> Result<(Vec<String>, u64), StageError> {
+    let mut files = Vec::new();
+    let mut bytes = 0;
+    for meta in loc.list(rel).await? {
+        let Some(full) = loc.rel(&meta.location) else {
+            continue;
+        };
+        let Some(file) = full.strip_prefix(&format!("{rel}/")) else {
+            continue;
+        };
+        if !file.ends_with(".parquet") {
+            continue;
+        }
+        check_partition_path(file)?;
+        files.push(file.to_string());
+        bytes += meta.size;
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(StageError::Engine(DataFusionError::Execution(format!(
+            "no file was written under {}",
+            loc.display(rel)
+        ))));
+    }
+    Ok((files, bytes))
+}
+
+/// The published columns and types of `schema`.
+fn column_entries(schema: &Schema) -> Vec<ColumnEntry> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| ColumnEntry {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        })
+        .collect()
 }
 
 /// The row count DataFusion's writers return.
@@ -303,14 +334,11 @@ async fn write_internal(
     options: &TableParquetOptions,
     tap: Option<Arc<dyn BatchTap>>,
 ) -> DfResult<(u64, SchemaRef, Option<crate::ext::buckets::Buckets>)> {
-    use datafusion::common::file_options::parquet_writer::ParquetWriterOptions;
     use datafusion::execution::memory_pool::MemoryConsumer;
     use datafusion::physical_plan::repartition::RepartitionExec;
     use datafusion::physical_plan::{
         execute_stream_partitioned, ExecutionPlanProperties, Partitioning,
     };
-    use futures::StreamExt;
-    use parquet::arrow::{arrow_writer::ArrowWriterOptions, ArrowWriter, AsyncArrowWriter};
 
     let task_ctx = Arc::new(df.task_ctx());
     let target = task_ctx.session_config().target_partitions();
@@ -330,87 +358,145 @@ async fn write_internal(
         Some(t) => t.written_schema(&plan.schema())?,
         None => plan.schema(),
     };
-    // The Arrow schema goes into the footer's metadata, as DataFusion's writer puts it.
-    let mut options = options.clone();
-    options.arrow_schema(&schema);
-    let props = ParquetWriterOptions::try_from(&options)?
-        .writer_options()
-        .clone();
-    let writer_options = ArrowWriterOptions::new()
-        .with_properties(props)
-        .with_skip_arrow_metadata(true);
+    let writer_options = arrow_writer_options(options, &schema)?;
     if let Some(root) = &loc.local {
         std::fs::create_dir_all(root.join(rel))?;
     }
-    /// The file a partition is written to.
-    enum Writer {
-        Local(Box<ArrowWriter<std::fs::File>>),
-        Store(Box<AsyncArrowWriter<object_store::buffered::BufWriter>>),
-    }
     let mut tasks: tokio::task::JoinSet<DfResult<u64>> = tokio::task::JoinSet::new();
-    for (i, mut stream) in execute_stream_partitioned(plan, task_ctx.clone())?
+    for (i, stream) in execute_stream_partitioned(plan, task_ctx.clone())?
         .into_iter()
         .enumerate()
     {
         let file = format!("{rel}/part-{i}.parquet");
-        let local = loc.local.as_ref().map(|root| root.join(&file));
-        let (store, path) = (loc.store.clone(), loc.path(&file));
+        let file = PartFile {
+            local: loc.local.as_ref().map(|root| root.join(&file)),
+            store: loc.store.clone(),
+            path: loc.path(&file),
+        };
         let (schema, writer_options, tap) = (schema.clone(), writer_options.clone(), tap.clone());
         let reservation = MemoryConsumer::new(format!("internal table writer[{i}]"))
             .register(task_ctx.memory_pool());
-        tasks.spawn(async move {
-            let mut writer: Option<Writer> = None;
-            let mut rows = 0u64;
-            while let Some(batch) = stream.next().await {
-                let mut batch = batch?;
-                if let Some(t) = &tap {
-                    batch = t.tap(batch)?;
-                }
-                if batch.num_rows() == 0 {
-                    continue;
-                }
-                let w = match &mut writer {
-                    Some(w) => w,
-                    None => writer.insert(match &local {
-                        Some(p) => Writer::Local(Box::new(ArrowWriter::try_new_with_options(
-                            std::fs::File::create(p)?,
-                            schema.clone(),
-                            writer_options.clone(),
-                        )?)),
-                        None => Writer::Store(Box::new(AsyncArrowWriter::try_new_with_options(
-                            object_store::buffered::BufWriter::new(store.clone(), path.clone()),
-                            schema.clone(),
-                            writer_options.clone(),
-                        )?)),
-                    }),
-                };
-                let size = match w {
-                    Writer::Local(w) => {
-                        w.write(&batch)?;
-                        w.memory_size()
-                    }
-                    Writer::Store(w) => {
-                        w.write(&batch).await?;
-                        w.memory_size()
-                    }
-                };
-                rows += batch.num_rows() as u64;
-                reservation.try_resize(size)?;
-            }
-            // Writes the footer and flushes what is buffered.
-            match writer {
-                Some(Writer::Local(w)) => drop(w.into_inner()?),
-                Some(Writer::Store(w)) => drop(w.close().await?),
-                None => {}
-            }
-            DfResult::Ok(rows)
-        });
+        tasks.spawn(write_part(
+            stream,
+            file,
+            schema,
+            writer_options,
+            tap,
+            reservation,
+        ));
     }
     let mut rows = 0;
     while let Some(done) = tasks.join_next().await {
         rows += done.map_err(|e| DataFusionError::External(Box::new(e)))??;
     }
     Ok((rows, schema, buckets))
+}
+
+/// The Arrow writer's options for `schema` from `options`, the Arrow schema going into the
+/// footer's metadata, as DataFusion's writer puts it.
+fn arrow_writer_options(
+    options: &TableParquetOptions,
+    schema: &SchemaRef,
+) -> DfResult<ArrowWriterOptions> {
+    use datafusion::common::file_options::parquet_writer::ParquetWriterOptions;
+    let mut options = options.clone();
+    options.arrow_schema(schema);
+    let props = ParquetWriterOptions::try_from(&options)?
+        .writer_options()
+        .clone();
+    Ok(ArrowWriterOptions::new()
+        .with_properties(props)
+        .with_skip_arrow_metadata(true))
+}
+
+/// The file of one partition of an internal table: a path on local disk, or else a path in
+/// the store.
+struct PartFile {
+    local: Option<std::path::PathBuf>,
+    store: Arc<dyn object_store::ObjectStore>,
+    path: object_store::path::Path,
+}
+
+/// The writer of a [`PartFile`].
+enum PartWriter {
+    Local(Box<ArrowWriter<std::fs::File>>),
+    Store(Box<AsyncArrowWriter<object_store::buffered::BufWriter>>),
+}
+
+impl PartWriter {
+    fn create(file: &PartFile, schema: &SchemaRef, options: &ArrowWriterOptions) -> DfResult<Self> {
+        Ok(match &file.local {
+            Some(p) => PartWriter::Local(Box::new(ArrowWriter::try_new_with_options(
+                std::fs::File::create(p)?,
+                schema.clone(),
+                options.clone(),
+            )?)),
+            None => PartWriter::Store(Box::new(AsyncArrowWriter::try_new_with_options(
+                object_store::buffered::BufWriter::new(file.store.clone(), file.path.clone()),
+                schema.clone(),
+                options.clone(),
+            )?)),
+        })
+    }
+
+    /// Writes `batch`; returns the bytes the writer now buffers.
+    async fn write(&mut self, batch: &RecordBatch) -> DfResult<usize> {
+        Ok(match self {
+            PartWriter::Local(w) => {
+                w.write(batch)?;
+                w.memory_size()
+            }
+            PartWriter::Store(w) => {
+                w.write(batch).await?;
+                w.memory_size()
+            }
+        })
+    }
+
+    /// Writes the footer and flushes what is buffered.
+    async fn close(self) -> DfResult<()> {
+        match self {
+            PartWriter::Local(w) => drop(w.into_inner()?),
+            PartWriter::Store(w) => drop(w.close().await?),
+        }
+        Ok(())
+    }
+}
+
+/// Writes one partition's `stream` to `file` (created at its first row; none without rows),
+/// each batch seen by `tap` first, the buffered bytes held in `reservation`; returns the
+/// rows written.
+async fn write_part(
+    mut stream: SendableRecordBatchStream,
+    file: PartFile,
+    schema: SchemaRef,
+    options: ArrowWriterOptions,
+    tap: Option<Arc<dyn BatchTap>>,
+    reservation: MemoryReservation,
+) -> DfResult<u64> {
+    use futures::StreamExt;
+    let mut writer: Option<PartWriter> = None;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let mut batch = batch?;
+        if let Some(t) = &tap {
+            batch = t.tap(batch)?;
+        }
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let w = match &mut writer {
+            Some(w) => w,
+            None => writer.insert(PartWriter::create(&file, &schema, &options)?),
+        };
+        let size = w.write(&batch).await?;
+        rows += batch.num_rows() as u64;
+        reservation.try_resize(size)?;
+    }
+    if let Some(w) = writer {
+        w.close().await?;
+    }
+    Ok(rows)
 }
 
 /// Casts to the published types: partition columns to strings (a NULL int/date/bool would
