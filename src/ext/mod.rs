@@ -24,7 +24,7 @@ use datafusion::prelude::SessionContext;
 /// Everything segflow adds to a DataFusion session, in one list: the local session
 /// registers it, and a distributed engine's scheduler and executors take the same list.
 pub struct Extensions {
-    /// Scalar functions model files may call.
+    /// Scalar functions model files may call (the input mapping's among them).
     pub scalars: Vec<ScalarUDF>,
     /// Aggregates model files may call (`min` and `max` replace DataFusion's own).
     pub aggregates: Vec<AggregateUDF>,
@@ -34,7 +34,12 @@ pub struct Extensions {
 
 /// Every function, aggregate and optimizer rule segflow adds.
 pub fn functions() -> Extensions {
-    let mut scalars = vec![scalars::raise_error()];
+    let mut scalars = vec![
+        scalars::raise_error(),
+        scalars::local_date_udf(),
+        scalars::utc_timestamp_udf(),
+        scalars::integer_text_udf(),
+    ];
     scalars.extend(btyd::scalars());
     let mut aggregates = minmax::aggregates();
     aggregates.extend(argbest::aggregates());

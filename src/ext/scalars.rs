@@ -9,29 +9,50 @@ use datafusion::common::{exec_err, Result, ScalarValue};
 use datafusion::logical_expr::{Signature, Volatility};
 
 /// The calendar date of UTC timestamps in a time zone (UTC when `None`), as an expression
-/// for the input mapping. Exact like a cast through a zoned timestamp, but each offset is
-/// looked up once per quarter hour of UTC time instead of once per row: a quarter hour
+/// for the input mapping: `segflow_local_date(ts, 'Europe/Berlin')` (the zone a literal,
+/// NULL or left out for UTC). Exact like a cast through a zoned timestamp, but each offset
+/// is looked up once per quarter hour of UTC time instead of once per row: a quarter hour
 /// whose two ends have the same offset has it throughout (time zones change offset months
 /// apart); one with a change inside is converted row by row.
 pub fn local_date(
     ts: datafusion::prelude::Expr,
     tz: Option<chrono_tz::Tz>,
 ) -> datafusion::prelude::Expr {
-    datafusion::logical_expr::ScalarUDF::new_from_impl(LocalDate::new(tz)).call(vec![ts])
+    let zone = ScalarValue::Utf8(tz.map(|tz| tz.name().to_string()));
+    local_date_udf().call(vec![ts, datafusion::prelude::lit(zone)])
+}
+
+/// `segflow_local_date(ts [, zone])`: see [`local_date`]. The zone is an argument, not a
+/// setting of the function, so that a plan using it names only registered functions.
+pub(crate) fn local_date_udf() -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(LocalDate {
+        signature: Signature::variadic_any(Volatility::Immutable),
+    })
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct LocalDate {
-    tz: Option<chrono_tz::Tz>,
     signature: Signature,
 }
 
-impl LocalDate {
-    fn new(tz: Option<chrono_tz::Tz>) -> Self {
-        Self {
-            tz,
-            signature: Signature::any(1, Volatility::Immutable),
-        }
+/// The time zone argument of `segflow_local_date`: a string literal, NULL or absent (UTC).
+fn zone_argument(
+    args: &[datafusion::logical_expr::ColumnarValue],
+) -> Result<Option<chrono_tz::Tz>> {
+    use datafusion::logical_expr::ColumnarValue;
+    match args {
+        [_] => Ok(None),
+        [_, ColumnarValue::Scalar(zone)] if zone.is_null() => Ok(None),
+        [_, ColumnarValue::Scalar(zone)] => match zone.try_as_str() {
+            Some(None) => Ok(None),
+            Some(Some(name)) => match name.parse::<chrono_tz::Tz>() {
+                Ok(tz) => Ok(Some(tz)),
+                Err(_) => exec_err!("segflow_local_date: unknown time zone `{name}`"),
+            },
+            None => exec_err!("segflow_local_date: the time zone must be a string"),
+        },
+        [_, _] => exec_err!("segflow_local_date: the time zone must be a literal"),
+        _ => exec_err!("segflow_local_date takes a timestamp and a time zone"),
     }
 }
 
@@ -69,18 +90,19 @@ impl datafusion::logical_expr::ScalarUDFImpl for LocalDate {
         use datafusion::arrow::array::{Date32Array, TimestampMicrosecondArray};
         use datafusion::arrow::datatypes::TimeUnit;
         use datafusion::logical_expr::ColumnarValue;
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let Some(input) = arrays.first() else {
-            return exec_err!("segflow_local_date takes one argument");
+        let tz = zone_argument(&args.args)?;
+        let Some(input) = args.args.first() else {
+            return exec_err!("segflow_local_date takes a timestamp and a time zone");
         };
+        let input = input.to_array(args.number_rows)?;
         let micros = datafusion::arrow::compute::cast(
-            input,
+            &input,
             &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         )?;
         let Some(micros) = micros.as_any().downcast_ref::<TimestampMicrosecondArray>() else {
             return exec_err!("segflow_local_date: not a timestamp");
         };
-        let days: Date32Array = match self.tz {
+        let days: Date32Array = match tz {
             None => micros.unary(|us| us.div_euclid(DAY_US) as i32),
             Some(tz) => {
                 // (quarter hour, its offset when constant over it)
@@ -127,10 +149,14 @@ impl datafusion::logical_expr::ScalarUDFImpl for LocalDate {
 /// The same values as `CAST(ts AS TIMESTAMP WITH TIME ZONE 'UTC')`, whose kernel converts
 /// every naive value through the time zone database; here only the unit changes.
 pub fn utc_timestamp(ts: datafusion::prelude::Expr) -> datafusion::prelude::Expr {
+    utc_timestamp_udf().call(vec![ts])
+}
+
+/// `segflow_utc_timestamp(ts)`: see [`utc_timestamp`].
+pub(crate) fn utc_timestamp_udf() -> datafusion::logical_expr::ScalarUDF {
     datafusion::logical_expr::ScalarUDF::new_from_impl(UtcTimestamp {
         signature: Signature::any(1, Volatility::Immutable),
     })
-    .call(vec![ts])
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -190,10 +216,14 @@ impl datafusion::logical_expr::ScalarUDFImpl for UtcTimestamp {
 /// data buffer) instead of through `Display` into a string array — customer and order ids
 /// of integer sources are converted for every line staged.
 pub fn integer_text(value: datafusion::prelude::Expr) -> datafusion::prelude::Expr {
+    integer_text_udf().call(vec![value])
+}
+
+/// `segflow_integer_text(value)`: see [`integer_text`].
+pub(crate) fn integer_text_udf() -> datafusion::logical_expr::ScalarUDF {
     datafusion::logical_expr::ScalarUDF::new_from_impl(IntegerText {
         signature: Signature::any(1, Volatility::Immutable),
     })
-    .call(vec![value])
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]

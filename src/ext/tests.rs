@@ -217,6 +217,39 @@ async fn local_date_equals_a_cast_through_the_zoned_timestamp_across_dst_changes
 }
 
 #[tokio::test]
+async fn local_date_by_name_takes_its_zone_as_an_argument_and_rejects_an_unknown_zone() {
+    // 2024-03-31 23:30 UTC: already April 1st in Berlin (UTC+2 since that morning).
+    let ts = "timestamp '2024-03-31T23:30:00Z'";
+    let got = query(
+        1,
+        &format!(
+            "select segflow_local_date({ts}, 'Europe/Berlin') as berlin, \
+             segflow_local_date({ts}, null) as utc_null, segflow_local_date({ts}) as utc"
+        ),
+    )
+    .await;
+    let expected = "+------------+------------+------------+\n\
+                    | berlin     | utc_null   | utc        |\n\
+                    +------------+------------+------------+\n\
+                    | 2024-04-01 | 2024-03-31 | 2024-03-31 |\n\
+                    +------------+------------+------------+";
+    assert_eq!(got, expected);
+    let ctx = SessionContext::new();
+    super::register(&ctx);
+    let err = match ctx
+        .sql(&format!("select segflow_local_date({ts}, 'Mars/Olympus')"))
+        .await
+    {
+        Ok(df) => df.collect().await.expect_err("an unknown zone is an error"),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string().contains("unknown time zone `Mars/Olympus`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn integer_text_equals_the_cast_to_text_for_every_integer_type() {
     use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray};
     use datafusion::arrow::compute::cast;

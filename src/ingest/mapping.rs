@@ -5,9 +5,10 @@ use std::collections::BTreeSet;
 
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::{Column, ScalarValue};
+use datafusion::execution::FunctionRegistry;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{cast, col, lit, Expr, ExprFunctionExt, SortExpr};
-use datafusion::prelude::DataFrame;
+use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::config::canonical::{canonical_columns, ts_type};
 use crate::config::{InputSpec, Settings};
@@ -17,11 +18,19 @@ use super::*;
 
 /// Selects and casts the canonical columns; a missing or ill-typed source column is an
 /// error naming both the source and the canonical column.
+///
+/// The casts segflow adds (`segflow_integer_text`, `segflow_utc_timestamp`,
+/// `segflow_local_date`) are the session's registered functions, taken by name.
 pub(super) fn map_columns(
+    ctx: &SessionContext,
     raw: DataFrame,
     spec: &InputSpec,
     settings: &Settings,
 ) -> Result<(DataFrame, BTreeSet<&'static str>)> {
+    let function = |name: &str| {
+        ctx.udf(name)
+            .map_err(|e| Error::engine(format!("function {name}"), e))
+    };
     let schema = raw.schema().clone();
     let available: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let mut exprs: Vec<Expr> = Vec::new();
@@ -81,10 +90,10 @@ pub(super) fn map_columns(
             // cast copied every string of every line.
             (DataType::Utf8, DataType::Utf8View) => column,
             (DataType::Utf8, from) if from.is_integer() => {
-                crate::ext::scalars::integer_text(column)
+                function("segflow_integer_text")?.call(vec![column])
             }
             (DataType::Timestamp(..), DataType::Timestamp(..)) => {
-                crate::ext::scalars::utc_timestamp(column)
+                function("segflow_utc_timestamp")?.call(vec![column])
             }
             (DataType::Timestamp(..), _) => cast(column, ts_type()),
             (DataType::Date32, DataType::Timestamp(..)) => {
@@ -99,7 +108,10 @@ pub(super) fn map_columns(
                     Expr::Column(Column::new_unqualified(source)),
                     DataType::Date32,
                 ),
-                _ => local_date(expr.clone(), settings),
+                _ => {
+                    let zone = ScalarValue::Utf8(settings.timezone.map(|tz| tz.name().into()));
+                    function("segflow_local_date")?.call(vec![expr.clone(), lit(zone)])
+                }
             });
         }
         exprs.push(expr.alias(canonical));
@@ -111,11 +123,6 @@ pub(super) fn map_columns(
         .select(exprs)
         .map_err(|e| input_err(spec, format!("cannot map columns: {e}")))?;
     Ok((df, present))
-}
-
-/// The calendar date of a UTC timestamp in the configured time zone.
-pub(super) fn local_date(ts: Expr, settings: &Settings) -> Expr {
-    crate::ext::scalars::local_date(ts, settings.timezone)
 }
 
 pub(super) fn check_castable(

@@ -30,6 +30,7 @@ use crate::config::{InputSpec, Policy, Settings};
 use crate::error::{Error, Result};
 use crate::ingest::fingerprints::Fingerprints;
 use crate::ingest::gates::{Catch, GateCounts, GateRules, GateTally, DUPLICATE_LINES, GATES};
+use crate::publish::layout::REJECTED;
 use crate::publish::manifest::{GateStat, InputStats};
 use crate::publish::stage::{open_staged, StageError, StagedTable, Staging};
 use crate::redact::redact;
@@ -84,7 +85,7 @@ pub async fn open_sources<'s>(
         let table = match settings.inputs.get(name) {
             Some(spec) => {
                 let (raw, _) = read_parquet_input(ctx, spec).await?;
-                map_columns(raw, spec, settings)?.0.into_view()
+                map_columns(ctx, raw, spec, settings)?.0.into_view()
             }
             None => {
                 let schema = Arc::new(Schema::new(
@@ -110,7 +111,7 @@ pub async fn open_sources<'s>(
             message: "the orders input is required".into(),
         })?;
     let (raw, files) = read_parquet_input(ctx, orders_spec).await?;
-    let (mapped, present) = map_columns(raw, orders_spec, settings)?;
+    let (mapped, present) = map_columns(ctx, raw, orders_spec, settings)?;
     let (visible, tally) = visible_orders(mapped.clone(), &present, orders_spec, settings)?;
     Ok(OrdersSource {
         visible,
@@ -194,15 +195,14 @@ pub async fn stage_orders(
                 .read_error(orders_spec, "cannot read", &e)
                 .await)
         }
-        Err(StageError::PartitionValue { .. }) => {
-            return Err(input_err(orders_spec, "unexpected partition"))
-        }
+        Err(e) => return Err(staging_failed(orders_spec, "", e)),
     };
+    debug!(rows = staged.rows, "orders staged");
+    // What the staging pass counted decides the gates, as_of and what else is staged.
     let counts = source.tally.counts();
     let engine = |e: datafusion::error::DataFusionError| {
         input_err(orders_spec, redact(&e.strip_backtrace()))
     };
-    debug!(rows = staged.rows, "orders staged");
     let duplicates = match fingerprints {
         Some(f) => {
             let d = Duplicates::new(f.repeated().map_err(engine)?).map_err(engine)?;
@@ -221,25 +221,46 @@ pub async fn stage_orders(
     )?;
     staging.as_of = as_of;
     let drop_duplicates = duplicates.as_ref().filter(|d| d.extra > 0 && drop_repeated);
-    let staged = match drop_duplicates {
-        Some(d) => {
-            stats.rows_visible -= d.extra;
-            stats.rows_rejected += d.extra;
-            one_copy_each(ctx, d, &staged, &staging, &planned, orders_spec).await?
-        }
-        None => staged,
-    };
-    let rejected = stage_rejected(
+    let rejected = rejected_plan(
         ctx,
         &source.mapped,
         &source.present,
         &source.tally.rules,
         counts.rejected,
         drop_duplicates,
-        &staging,
-        orders_spec,
     )
-    .await?;
+    .await
+    .map_err(engine)?;
+    let one_copy_each = match drop_duplicates {
+        Some(d) => {
+            stats.rows_visible -= d.extra;
+            stats.rows_rejected += d.extra;
+            Some(d.one_copy_each(ctx, &planned).map_err(engine)?)
+        }
+        None => None,
+    };
+    // Then the staged tables that follow from it.
+    let staged = match one_copy_each {
+        Some(transform) => staging
+            .restage(ctx, &staged, "orders_deduplicated", transform)
+            .await
+            .map_err(|e| staging_failed(orders_spec, "", e))?,
+        None => staged,
+    };
+    let rejected = match rejected {
+        Some(rows) => {
+            let r = staging
+                .write_table(rows, REJECTED, true, &[])
+                .await
+                .map_err(|e| staging_failed(orders_spec, "cannot write the rejected rows: ", e))?;
+            info!(
+                rows = r.rows,
+                "rows left out by the gates staged under {REJECTED}"
+            );
+            Some(r)
+        }
+        None => None,
+    };
     let (table, _) = open_staged(ctx, &staged, &staging.out.loc, &planned)
         .await
         .map_err(|e| input_err(orders_spec, redact(&e.strip_backtrace())))?;
@@ -258,31 +279,6 @@ pub async fn stage_orders(
     ))
 }
 
-/// The staged orders with one copy of each repeated line: what the models see when
-/// `duplicate_lines` drops.
-async fn one_copy_each(
-    ctx: &SessionContext,
-    duplicates: &Duplicates,
-    staged: &StagedTable,
-    staging: &Staging,
-    planned: &Schema,
-    spec: &InputSpec,
-) -> Result<StagedTable> {
-    let engine =
-        |e: datafusion::error::DataFusionError| input_err(spec, redact(&e.strip_backtrace()));
-    let deduped = duplicates
-        .deduplicated(ctx, staged, &staging.out.loc, planned)
-        .await
-        .map_err(engine)?;
-    staging
-        .write_table(deduped, "orders_deduplicated", false, &[])
-        .await
-        .map_err(|e| match e {
-            StageError::Engine(e) => engine(e),
-            StageError::PartitionValue { .. } => input_err(spec, "unexpected partition"),
-        })
-}
-
 /// The columns of `schema` that some model reads (`used`), in schema order; at least one,
 /// so that the staged table has a schema.
 fn staged_columns<'a>(schema: &'a SchemaRef, used: &BTreeSet<String>) -> Vec<&'a str> {
@@ -296,6 +292,14 @@ fn staged_columns<'a>(schema: &'a SchemaRef, used: &BTreeSet<String>) -> Vec<&'a
     match keep.len() {
         0 => vec!["customer_id"],
         _ => keep,
+    }
+}
+
+/// A table of the staging pass that cannot be staged, `what` saying which.
+fn staging_failed(spec: &InputSpec, what: &str, e: StageError) -> Error {
+    match e {
+        StageError::Engine(e) => input_err(spec, redact(&format!("{what}{}", e.strip_backtrace()))),
+        StageError::PartitionValue { .. } => input_err(spec, "unexpected partition"),
     }
 }
 

@@ -10,68 +10,33 @@ use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{col, lit, Expr, ExprFunctionExt, ScalarUDF};
 use datafusion::prelude::{DataFrame, SessionContext};
 
-use crate::config::InputSpec;
-use crate::error::Result;
 use crate::ingest::fingerprints::{Repeated, COLUMNS as FINGERPRINT};
 use crate::ingest::gates::{GateReason, GateRules, GateTally, LineHash};
-use crate::publish::layout::REJECTED;
-use crate::publish::stage::{open_dir, StageError, StagedTable, Staging};
-use crate::redact::redact;
-use tracing::info;
 
 use super::*;
 
-/// Stages the rows the gates left out under `_rejected` (the rows a `drop` gate caught,
+/// The rows the gates left out, to stage under `_rejected` (the rows a `drop` gate caught,
 /// and the extra copies of repeated lines when `duplicate_lines` drops), if there are any.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn stage_rejected(
+pub(super) async fn rejected_plan(
     ctx: &SessionContext,
     mapped: &DataFrame,
     present: &BTreeSet<&'static str>,
     rules: &GateRules,
     rejected_lines: u64,
     drop_duplicates: Option<&Duplicates>,
-    staging: &Staging,
-    spec: &InputSpec,
-) -> Result<Option<StagedTable>> {
-    if rejected_lines == 0 && drop_duplicates.is_none() {
-        return Ok(None);
-    }
-    let engine =
-        |e: datafusion::error::DataFusionError| input_err(spec, redact(&e.strip_backtrace()));
+) -> datafusion::error::Result<Option<DataFrame>> {
     let mut rows = match rejected_lines {
         0 => None,
-        _ => Some(rejected_rows(mapped.clone(), present, rules).map_err(engine)?),
+        _ => Some(rejected_rows(mapped.clone(), present, rules)?),
     };
     if let Some(d) = drop_duplicates {
-        let copies = d
-            .extra_copies(ctx, mapped.clone(), present, rules)
-            .await
-            .map_err(engine)?;
+        let copies = d.extra_copies(ctx, mapped.clone(), present, rules).await?;
         rows = Some(match rows {
-            Some(r) => r.union(copies).map_err(engine)?,
+            Some(r) => r.union(copies)?,
             None => copies,
         });
     }
-    let rows = rows.ok_or_else(|| input_err(spec, "no rejected rows"))?;
-    let staged = staging
-        .write_table(rows, REJECTED, true, &[])
-        .await
-        .map_err(|e| match e {
-            StageError::Engine(e) => input_err(
-                spec,
-                redact(&format!(
-                    "cannot write the rejected rows: {}",
-                    e.strip_backtrace()
-                )),
-            ),
-            StageError::PartitionValue { .. } => input_err(spec, "unexpected partition"),
-        })?;
-    info!(
-        rows = staged.rows,
-        "rows left out by the gates staged under {REJECTED}"
-    );
-    Ok(Some(staged))
+    Ok(rows)
 }
 
 /// The line fingerprint (two 64-bit hashes of every mapped column, `_line_a`, `_line_b`).
@@ -136,31 +101,34 @@ impl Duplicates {
         ])
     }
 
-    /// The staged orders with one copy of each duplicated line, in the `planned` columns.
-    pub(crate) async fn deduplicated(
+    /// What turns the staged orders into the orders with one copy of each duplicated
+    /// line, in the `planned` columns (for [`Staging::restage`]).
+    pub(crate) fn one_copy_each(
         &self,
         ctx: &SessionContext,
-        staged: &StagedTable,
-        loc: &crate::storage::Location,
         planned: &Schema,
-    ) -> datafusion::error::Result<DataFrame> {
+    ) -> datafusion::error::Result<impl FnOnce(DataFrame) -> datafusion::error::Result<DataFrame>>
+    {
         use datafusion::common::JoinType;
-        let lines = open_dir(ctx, loc, &staged.rel, &[]).await?;
-        let names: Vec<&str> = planned.fields().iter().map(|f| f.name().as_str()).collect();
-        let on = FINGERPRINT;
-        let keys = ["_dup_a", "_dup_b"];
-        let single = lines
-            .clone()
-            .join(self.keys(ctx)?, JoinType::LeftAnti, &on, &keys, None)?
-            .select_columns(&names)?;
-        let mut with_keys = names.clone();
-        with_keys.extend(on);
-        let one_copy = lines
-            .join(self.keys(ctx)?, JoinType::LeftSemi, &on, &keys, None)?
-            .select_columns(&with_keys)?
-            .distinct()?
-            .select_columns(&names)?;
-        single.union(one_copy)
+        let keys = self.keys(ctx)?;
+        let names: Vec<String> = planned.fields().iter().map(|f| f.name().clone()).collect();
+        Ok(move |lines: DataFrame| {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let on = FINGERPRINT;
+            let dup = ["_dup_a", "_dup_b"];
+            let single = lines
+                .clone()
+                .join(keys.clone(), JoinType::LeftAnti, &on, &dup, None)?
+                .select_columns(&names)?;
+            let mut with_keys = names.clone();
+            with_keys.extend(on);
+            let one_copy = lines
+                .join(keys, JoinType::LeftSemi, &on, &dup, None)?
+                .select_columns(&with_keys)?
+                .distinct()?
+                .select_columns(&names)?;
+            single.union(one_copy)
+        })
     }
 
     /// The source rows beyond the first copy of each duplicated line the run uses, in the

@@ -16,6 +16,7 @@
 //!    the lock released.
 
 pub mod commit;
+pub mod draft;
 pub mod layout;
 pub mod lock;
 pub mod manifest;

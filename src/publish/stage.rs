@@ -98,6 +98,19 @@ impl Staging {
             .await
     }
 
+    /// Reads an internal table this run staged back and stages `transform` of it as
+    /// internal table `name` (e.g. the orders with one copy of each repeated line).
+    pub async fn restage(
+        &self,
+        ctx: &SessionContext,
+        staged: &StagedTable,
+        name: &str,
+        transform: impl FnOnce(DataFrame) -> DfResult<DataFrame>,
+    ) -> Result<StagedTable, StageError> {
+        let table = open_dir(ctx, &self.out.loc, &staged.rel, &[]).await?;
+        self.write_table(transform(table)?, name, false, &[]).await
+    }
+
     /// [`Staging::write_table`], with `tap` seeing every batch of an internal table before
     /// it is written.
     pub async fn write_table_tapped(

@@ -24,8 +24,9 @@ use crate::models::plan_models;
 use crate::models::select_run;
 use crate::models::{concurrent_models, run_checks, run_data_tests, run_models, Previous};
 use crate::models::{DataTest, Model};
+use crate::publish::draft::StagedModel;
 use crate::publish::stage::Staging;
-use crate::publish::{LockInfo, Manifest, ModelTiming, Output, RejectedEntry, TableEntry};
+use crate::publish::{LockInfo, Manifest, Output};
 use crate::session::build_session;
 use crate::shutdown::Shutdown;
 
@@ -160,7 +161,6 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
     // Models first: a broken model fails before any I/O.
     let selection = select_run(settings)?;
     info!(models = selection.models.len(), "models discovered");
-    let _governor = crate::memory::Governor::start(settings.memory_limit);
     let started_at = Utc::now();
     let clock = Instant::now();
     let run_id = format!(
@@ -170,6 +170,7 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
     );
     let tests: Vec<&DataTest> = selection.tests.iter().collect();
     let output = Output::open(&settings.output, &settings.s3)?;
+    let _governor = crate::memory::Governor::start(settings.memory_limit);
     let me = LockInfo::new(&run_id, started_at);
     let lock = tokio::select! {
         l = output.acquire_lock(&me, settings.lock_timeout) => Arc::new(l?),
@@ -230,32 +231,29 @@ async fn prepare(
     output.loc.register(&ctx);
     let computed = compute(&ctx, settings, output, run_id, selected).await?;
     let as_of = computed.sources.as_of;
-    let publish_only = selected.publish_only;
-    let (tables, mut staged) =
-        staged_tables(output, run_id, as_of, &computed.outputs, publish_only);
-    let rejected = computed.sources.rejected.as_ref().map(|r| {
-        let name = crate::publish::layout::REJECTED;
-        staged.insert(name.to_string(), r.files.clone());
-        RejectedEntry {
-            path: format!("{name}/as_of={as_of}"),
-            rows: r.rows,
-            files: r
-                .files
-                .iter()
-                .map(|f| output.published_file(run_id, name, as_of, f))
-                .collect(),
-            bytes: r.bytes,
-        }
-    });
-    let staged_names: BTreeSet<String> = tables.keys().cloned().collect();
+    let models: Vec<StagedModel> = computed
+        .outputs
+        .iter()
+        .map(|o| StagedModel {
+            name: &o.name,
+            rows: o.rows,
+            duration: o.duration,
+            published: o.publish && selected.publish_only.contains(&o.name),
+            partition_by: &o.partition_by,
+            staged: &o.staged,
+        })
+        .collect();
     // A partial (--select) run keeps the other tables of the snapshot it replaces.
-    let mut all_tables = BTreeMap::new();
-    if !settings.select.is_empty() {
-        if let Some(existing) = output.manifest(as_of).await? {
-            all_tables = existing.tables;
-        }
-    }
-    all_tables.extend(tables);
+    let draft = output
+        .draft(
+            run_id,
+            as_of,
+            &models,
+            computed.sources.rejected.as_ref(),
+            !settings.select.is_empty(),
+        )
+        .await?;
+    let mut staged = draft.staged;
     let mut manifest = Manifest {
         run_id: run_id.to_string(),
         as_of,
@@ -266,15 +264,15 @@ async fn prepare(
         finished_at: Utc::now(),
         duration_ms: clock.elapsed().as_millis() as u64,
         input: Some(computed.sources.orders.clone()),
-        models: model_timings(&computed.outputs, publish_only),
-        tables: all_tables,
-        rejected,
+        models: draft.models,
+        tables: draft.tables,
+        rejected: draft.rejected,
         report: None,
         warnings: computed.warnings,
     };
     // The report reads the snapshot's tables back: what this run staged, and what a
     // `--select` run keeps of the snapshot it replaces.
-    let report = crate::report::stage(&ctx, output, &manifest, &staged_names).await?;
+    let report = crate::report::stage(&ctx, output, &manifest, &draft.staged_names).await?;
     staged.insert(
         crate::publish::layout::REPORT.to_string(),
         vec![crate::publish::layout::REPORT_FILE.to_string()],
@@ -348,57 +346,4 @@ async fn compute(
         outputs,
         warnings: findings.warnings,
     })
-}
-
-/// The manifest entries of the tables this run publishes, and the staged files of each.
-fn staged_tables(
-    output: &Output,
-    run_id: &str,
-    as_of: chrono::NaiveDate,
-    outputs: &[crate::models::ModelOutput],
-    publish_only: &BTreeSet<String>,
-) -> (BTreeMap<String, TableEntry>, BTreeMap<String, Vec<String>>) {
-    let mut tables = BTreeMap::new();
-    let mut staged = BTreeMap::new();
-    for o in outputs
-        .iter()
-        .filter(|o| o.publish && publish_only.contains(&o.name))
-    {
-        let files = o
-            .staged
-            .files
-            .iter()
-            .map(|f| output.published_file(run_id, &o.name, as_of, f))
-            .collect();
-        let entry = TableEntry {
-            path: format!("{}/as_of={as_of}", o.name),
-            rows: o.rows,
-            files,
-            bytes: o.staged.bytes,
-            partition_by: o.partition_by.clone(),
-            duration_ms: o.duration.as_millis() as u64,
-            columns: o.staged.columns.clone(),
-        };
-        tables.insert(o.name.clone(), entry);
-        staged.insert(o.name.clone(), o.staged.files.clone());
-    }
-    (tables, staged)
-}
-
-/// Rows and time of every model computed, and whether it is published.
-fn model_timings(
-    outputs: &[crate::models::ModelOutput],
-    publish_only: &BTreeSet<String>,
-) -> BTreeMap<String, ModelTiming> {
-    outputs
-        .iter()
-        .map(|o| {
-            let timing = ModelTiming {
-                rows: o.rows,
-                duration_ms: o.duration.as_millis() as u64,
-                published: o.publish && publish_only.contains(&o.name),
-            };
-            (o.name.clone(), timing)
-        })
-        .collect()
 }
