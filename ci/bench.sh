@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark (a script, not a test): segflow vs DuckDB on the same generated order history.
 #
-#   ci/bench.sh [--sizes "1000000 10000000"] [--runs 3] [--with-100m]
+#   ci/bench.sh [--sizes "1000000 10000000"] [--runs 3] [--with-100m] [--baseline BINARY]
 #
 # For each size (order lines), `segflow generate --lines N` writes the data once into
 # ${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}/generated-N (reused when present). Then
@@ -21,6 +21,11 @@
 # model durations against DuckDB's own timings, with the tables only segflow computes);
 # then how time grows with the line count. --with-100m adds one segflow run over 100 M
 # lines with memory_limit = "4g" (completion, wall, peak RSS).
+# --baseline BINARY (another segflow release build, e.g. of an older commit) adds a
+# fourth run each round, "baseline": that binary's whole run on the same data and config,
+# interleaved with the others; the table then shows segflow's ratio to it, and the last
+# outputs of both are compared with ci/compare_binaries.py --compare-dirs (tables, metadata,
+# manifest; a difference stops the script with exit 1).
 #
 # Caveats: segflow also computes customer_affinity, segment_migration (empty without a
 # previous snapshot), the predictive CLV models (clv, clv_model, clv_backtest: two BG/NBD
@@ -37,15 +42,21 @@ REPO="$(pwd)"
 SIZES="1000000 10000000"
 RUNS=3
 WITH_100M=0
+BASELINE=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --sizes) SIZES="$2"; shift 2 ;;
         --runs) RUNS="$2"; shift 2 ;;
         --with-100m) WITH_100M=1; shift ;;
+        --baseline) BASELINE="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+if [ -n "$BASELINE" ]; then
+    [ -x "$BASELINE" ] || { echo "--baseline: not an executable: $BASELINE" >&2; exit 2; }
+    BASELINE="$(cd "$(dirname "$BASELINE")" && pwd)/$(basename "$BASELINE")"
+fi
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
 for n in $SIZES; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "--sizes: not a line count: $n" >&2; exit 2; }
@@ -123,11 +134,12 @@ time_report() {
 # `set -e` stays in force inside; it is off in functions called from `||` lists).
 STATUS=0
 run_segflow() {  # size lines run data memory_limit [tool name, extra run arguments...]
-    local out="$WORK/sf-out" status=0 tool="${6:-segflow}"
+    local out="$WORK/sf-out" status=0 tool="${6:-segflow}" bin="$BIN"
+    [ "$tool" = baseline ] && bin="$BASELINE"
     rm -rf "$out" "$WORK/spill"; mkdir -p "$WORK/spill"
     local cfg; cfg="$(segflow_config "$4" "$out" "$5")"
     /usr/bin/time -v -o "$WORK/time.txt" env TOKIO_WORKER_THREADS="$THREADS" \
-        "$BIN" --log-format json run --config "$cfg" --as-of "$AS_OF" "${@:7}" \
+        "$bin" --log-format json run --config "$cfg" --as-of "$AS_OF" "${@:7}" \
         > "$WORK/sf.stdout" 2> "$WORK/sf.stderr" || status=$?
     local rows="-\t-\t-"
     if [ "$status" -eq 0 ]; then
@@ -146,6 +158,8 @@ PY
             cp "$out/_manifest/as_of=$AS_OF.json" "$WORK/last-manifest.json"
             cp "$WORK/sf.stderr" "$WORK/last-log.json"
             rm -rf "$WORK/last-sf-out"; mv "$out" "$WORK/last-sf-out"   # compared afterwards
+        elif [ "$tool" = baseline ]; then
+            rm -rf "$WORK/last-base-out"; mv "$out" "$WORK/last-base-out"
         fi
     else
         echo "segflow failed (exit $status); last lines of stderr:" >&2
@@ -233,8 +247,17 @@ for n in $SIZES; do
         run_segflow "$n" "$lines" "$run" "$dir" 4g segflow-7 --select $SEVEN
         [ "$STATUS" -eq 0 ] || exit 1
         echo "  run $run segflow --select (7 tables): $(tail -1 "$RESULTS" | cut -f6,7 | awk '{printf "%s s, %.0f MiB", $1, $2/1024}')" >&2
+        if [ -n "$BASELINE" ]; then
+            run_segflow "$n" "$lines" "$run" "$dir" 4g baseline
+            [ "$STATUS" -eq 0 ] || exit 1
+            echo "  run $run baseline: $(tail -1 "$RESULTS" | cut -f6,7 | awk '{printf "%s s, %.0f MiB", $1, $2/1024}')" >&2
+        fi
     done
     check_rows
+    if [ -n "$BASELINE" ] && ! "$PY" ci/compare_binaries.py --compare-dirs "$WORK/last-base-out" "$WORK/last-sf-out" >&2; then
+        echo "segflow and the baseline published different tables (above)" >&2
+        exit 1
+    fi
     table_times
 done
 
@@ -246,7 +269,7 @@ if [ "$WITH_100M" -eq 1 ]; then
     run_segflow "$n" "$lines" 1 "$dir" 4g
 fi
 
-"$PY" - "$RESULTS" "$RUNS" <<'PY'
+"$PY" - "$RESULTS" "$RUNS" "${BASELINE:-}" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 runs = sys.argv[2]
@@ -262,12 +285,17 @@ def mib(kb):
 print()
 print(f"segflow vs DuckDB, as_of 2026-11-21, 2 cores, 2 threads and memory limit 4 GiB each, {runs} interleaved run(s) per tool")
 print("segflow: every model (18), gates, checks, report; segflow-7: --select of DuckDB's 7 tables; duckdb: the 7 tables")
+baseline = sys.argv[3]
+if baseline:
+    print(f"baseline: {baseline} (whole run, interleaved); x baseline = segflow's median over the baseline's")
 hdr = f"{'lines':>13}  {'tool':<10} {'median wall':>11} {'(min..max)':>15} {'peak RSS':>11} {'rows out (7)':>12} {'rows out (all)':>14} {'x duckdb':>9}"
+if baseline:
+    hdr += f" {'x baseline':>10}"
 print(hdr)
 print("-" * len(hdr))
 medians = {}
 for size in sorted({s for s, _ in by}):
-    for tool in ("segflow", "segflow-7", "duckdb"):
+    for tool in ("segflow", "segflow-7", "duckdb", "baseline"):
         rs = by.get((size, tool))
         if not rs:
             continue
@@ -280,14 +308,19 @@ for size in sorted({s for s, _ in by}):
         medians[(size, tool)] = (med, ok[0]["lines"])
         rng = f"({min(r['wall'] for r in ok):.2f}..{max(r['wall'] for r in ok):.2f})"
         ratio = ""
-        if tool != "duckdb" and (size, "duckdb") in by:
+        if tool not in ("duckdb", "baseline") and (size, "duckdb") in by:
             d = [r["wall"] for r in by[(size, "duckdb")] if r["ok"]]
             if d:
                 ratio = f"{med / statistics.median(d):.2f}x"
+        vs_base = ""
+        if baseline and tool == "segflow":
+            b = [r["wall"] for r in by.get((size, "baseline"), []) if r["ok"]]
+            if b:
+                vs_base = f" {med / statistics.median(b):>9.3f}x"
         fails = len(rs) - len(ok)
         note = f"  ({fails} failed)" if fails else ""
         print(f"{lines:>13}  {tool:<10} {med:>9.2f} s {rng:>15} {mib(max(r['rss'] for r in rs)):>11} "
-              f"{ok[0]['rows7']:>12} {ok[0]['rows_all']:>14} {ratio:>9}{note}")
+              f"{ok[0]['rows7']:>12} {ok[0]['rows_all']:>14} {ratio:>9}{vs_base}{note}")
     sf = [r for r in by.get((size, "segflow"), []) if r["ok"] and r["extra"] != "-"]
     if sf and (size, "duckdb") in by:
         print(f"{'':>13}  (segflow model time for customer_affinity, segment_migration and the clv models, not computed by "

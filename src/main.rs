@@ -133,30 +133,34 @@ enum Command {
     },
     /// Write a deterministic synthetic order history (hive-partitioned Parquet by month).
     #[command(after_help = GENERATE_HELP)]
-    Generate {
-        /// Output root (local path or s3://, az:// URL); must not hold any object.
-        #[arg(long)]
-        out: String,
-        /// Order lines to write (the count lands within about 0.5 % of it).
-        #[arg(long, default_value_t = segflow::commands::generate::DEFAULT_LINES)]
-        lines: u64,
-        /// Customers [default: lines / 15.625]; each orders at least once.
-        #[arg(long)]
-        customers: Option<u64>,
-        /// Months of history (1..=600), ending with the month of --end.
-        #[arg(long, default_value_t = segflow::commands::generate::DEFAULT_MONTHS)]
-        months: u32,
-        /// Last day of history (YYYY-MM-DD).
-        #[arg(long, default_value = segflow::commands::generate::DEFAULT_END)]
-        end: String,
-        /// Random seed: the same seed gives byte-identical files.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Worker threads, one month each [default: 2, at most the CPUs]; the files do not
-        /// depend on it.
-        #[arg(long)]
-        threads: Option<usize>,
-    },
+    Generate(GenerateArgs),
+}
+
+/// `segflow generate`'s arguments.
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Output root (local path or s3://, az:// URL); must not hold any object.
+    #[arg(long)]
+    out: String,
+    /// Order lines to write (the count lands within about 0.5 % of it).
+    #[arg(long, default_value_t = segflow::commands::generate::DEFAULT_LINES)]
+    lines: u64,
+    /// Customers [default: lines / 15.625]; each orders at least once.
+    #[arg(long)]
+    customers: Option<u64>,
+    /// Months of history (1..=600), ending with the month of --end.
+    #[arg(long, default_value_t = segflow::commands::generate::DEFAULT_MONTHS)]
+    months: u32,
+    /// Last day of history (YYYY-MM-DD).
+    #[arg(long, default_value = segflow::commands::generate::DEFAULT_END)]
+    end: String,
+    /// Random seed: the same seed gives byte-identical files.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Worker threads, one month each [default: 2, at most the CPUs]; the files do not
+    /// depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -269,25 +273,17 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             let summary = run::run_command(&config, &overrides, metrics.as_deref()).await?;
             print!("{}", summary.render());
         }
-        Command::Generate {
-            out,
-            lines,
-            customers,
-            months,
-            end,
-            seed,
-            threads,
-        } => {
-            let threads = threads.unwrap_or_else(|| {
+        Command::Generate(args) => {
+            let threads = args.threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
             });
             let options = generate::GenerateOptions {
-                out,
-                lines,
-                customers,
-                months,
-                end,
-                seed,
+                out: args.out,
+                lines: args.lines,
+                customers: args.customers,
+                months: args.months,
+                end: args.end,
+                seed: args.seed,
                 threads,
                 progress: std::io::stderr().is_terminal(),
             };

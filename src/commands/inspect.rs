@@ -13,7 +13,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use crate::commands::run::stage_inputs;
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::models::{concurrent_models, run_models_until, Previous, Run};
+use crate::models::{concurrent_models, run_models_until, ModelRun, Previous, Run};
 use crate::models::{discover_models, order_models, Model, ModelSources};
 use crate::publish::stage::Staging;
 use crate::publish::{Manifest, Output};
@@ -215,13 +215,16 @@ async fn scratch_run(
         output: real.as_ref().unwrap_or(&scratch),
         manifest: previous_manifest.as_ref(),
     };
+    let inputs = ModelRun {
+        ctx: &ctx,
+        models: &models,
+        as_of: sources.as_of,
+        config_params: &settings.params,
+        previous: &previous,
+        staging: &staging,
+    };
     let (outputs, planned) = run_models_until(
-        &ctx,
-        &models,
-        sources.as_of,
-        &settings.params,
-        &previous,
-        &staging,
+        inputs,
         Run {
             until: plan_only.then_some(target),
             concurrency: concurrent_models(&settings, sources.staged_bytes),

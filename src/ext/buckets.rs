@@ -277,10 +277,6 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
     use datafusion::arrow::datatypes::{Field, Schema};
-    use datafusion::datasource::file_format::parquet::ParquetFormat;
-    use datafusion::datasource::listing::{
-        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-    };
     use datafusion::physical_plan::{collect, displayable, execute_stream_partitioned};
     use datafusion::prelude::{SessionConfig, SessionContext};
     use futures::StreamExt;
@@ -378,15 +374,7 @@ mod tests {
                 w.close().expect("close");
             }
         }
-        let url = ListingTableUrl::parse(dir.to_str().expect("path")).expect("url");
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new(url)
-            .with_listing_options(options)
-            .infer_schema(&ctx.state())
-            .await
-            .expect("schema");
-        let inner = Arc::new(ListingTable::try_new(config).expect("listing"));
+        let inner = Arc::new(crate::ext::tests::listing_table(&ctx, &dir).await);
         ctx.register_table("bucketed", Arc::new(BucketedTable { inner, buckets }))
             .expect("register");
 

@@ -183,10 +183,6 @@ async fn bucket_files_hold_the_rows_datafusions_hash_repartitioning_sends_to_the
 /// partitioning (results stay right, the shuffles come back).
 #[tokio::test]
 async fn strings_read_back_from_parquet_as_the_string_views_buckets_are_hashed_as() {
-    use datafusion::datasource::file_format::parquet::ParquetFormat;
-    use datafusion::datasource::listing::{
-        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-    };
     use datafusion::datasource::TableProvider;
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -202,16 +198,7 @@ async fn strings_read_back_from_parquet_as_the_string_views_buckets_are_hashed_a
     writer.close().expect("close");
 
     let ctx = SessionContext::new();
-    // As publish::stage opens internal tables.
-    let url = ListingTableUrl::parse(dir.path().to_str().expect("path")).expect("url");
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(url)
-        .with_listing_options(options)
-        .infer_schema(&ctx.state())
-        .await
-        .expect("schema");
-    let table = ListingTable::try_new(config).expect("listing");
+    let table = super::tests::listing_table(&ctx, dir.path()).await;
     let read_as = table
         .schema()
         .field_with_name(KEY)
@@ -234,21 +221,16 @@ async fn strings_read_back_from_parquet_as_the_string_views_buckets_are_hashed_a
 /// `i64` once scaled (arrow's path) in a batch of their own, and NULLs.
 fn doubles() -> Vec<Float64Array> {
     vec![
-        Float64Array::from(vec![
-            Some(0.0),
-            Some(-0.0),
-            Some(12.345_678_5),
-            Some(-12.345_678_5),
-            Some(0.000_000_5),
-            Some(-0.000_000_5),
-            Some(0.000_001_5),
-            Some(19.99),
-            Some(0.1 + 0.2),
-            Some(f64::MIN_POSITIVE),
-            Some(9_223_372_036_854.775),
-            Some(-9_223_372_036_854.775),
-            None,
-        ]),
+        Float64Array::from(
+            super::decimal::tests::doubles_to_round()
+                .into_iter()
+                .chain([
+                    Some(0.000_001_5),
+                    Some(9_223_372_036_854.775),
+                    Some(-9_223_372_036_854.775),
+                ])
+                .collect::<Vec<_>>(),
+        ),
         Float64Array::from(vec![Some(1e13), Some(-1e13), Some(1.5), None]),
     ]
 }

@@ -181,14 +181,16 @@ impl OptimizerRule for FloatDecimalRule {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use datafusion::arrow::array::Float64Array;
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
-    fn floats() -> ArrayRef {
-        Arc::new(Float64Array::from(vec![
+    /// Doubles with every kind of rounding a cast to a decimal does (halves both ways, tiny
+    /// and large values, a sum with a binary tail) and a NULL.
+    pub(crate) fn doubles_to_round() -> Vec<Option<f64>> {
+        vec![
             Some(0.0),
             Some(-0.0),
             Some(12.345_678_5),
@@ -202,7 +204,11 @@ mod tests {
             Some(9_223_372_036_854.0),
             Some(f64::MIN_POSITIVE),
             Some(0.1 + 0.2),
-        ]))
+        ]
+    }
+
+    fn floats() -> ArrayRef {
+        Arc::new(Float64Array::from(doubles_to_round()))
     }
 
     fn run(udf: &FloatDecimal, input: &ArrayRef) -> Result<ArrayRef> {

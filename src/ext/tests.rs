@@ -22,6 +22,27 @@ async fn query_with(config: SessionConfig, sql: &str) -> String {
     pretty(&ctx, sql).await
 }
 
+/// A directory of Parquet files as a listing table, as `publish::stage` opens internal
+/// tables.
+pub(crate) async fn listing_table(
+    ctx: &SessionContext,
+    dir: &std::path::Path,
+) -> datafusion::datasource::listing::ListingTable {
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::{
+        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    };
+    let url = ListingTableUrl::parse(dir.to_str().expect("path")).expect("url");
+    let options = ListingOptions::new(std::sync::Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet");
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await
+        .expect("schema");
+    ListingTable::try_new(config).expect("listing")
+}
+
 /// A session that skips every partial aggregation from the first batch on: each row
 /// becomes its own state (`convert_to_state`) and the final stage merges them.
 pub(crate) fn skipping_partial_aggregation(partitions: usize) -> SessionConfig {

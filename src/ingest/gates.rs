@@ -274,7 +274,9 @@ impl GateRules {
 
     /// Judges one batch. Arguments: the NULL-or-empty customer flag, order_ts (UTC µs),
     /// order_date, status, revenue.
-    fn judge(&self, arrays: &[ArrayRef], rows: usize) -> datafusion::error::Result<Judged> {
+    fn judge(&self, args: &ScalarFunctionArgs) -> datafusion::error::Result<Judged> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let err = |what: &str, a: &ArrayRef| {
             udf_err("segflow_gates", format!("{what} is {}", a.data_type()))
         };
@@ -417,8 +419,7 @@ impl ScalarUDFImpl for GateTally {
         args: ScalarFunctionArgs,
     ) -> datafusion::error::Result<ColumnarValue> {
         let rows = args.number_rows;
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let judged = self.rules.judge(&arrays, rows)?;
+        let judged = self.rules.judge(&args)?;
         self.total().add(&judged.counts);
         let mut keep = BooleanBufferBuilder::new(rows);
         for k in judged.keep {
@@ -454,9 +455,7 @@ impl ScalarUDFImpl for GateReason {
         &self,
         args: ScalarFunctionArgs,
     ) -> datafusion::error::Result<ColumnarValue> {
-        let rows = args.number_rows;
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let judged = self.0.judge(&arrays, rows)?;
+        let judged = self.0.judge(&args)?;
         let reasons: StringArray = judged
             .rejected_by
             .iter()

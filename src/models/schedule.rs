@@ -23,26 +23,28 @@ use crate::redact::redact;
 
 use super::*;
 
+/// What a run's models are computed from.
+#[derive(Clone, Copy)]
+pub struct ModelRun<'a> {
+    pub ctx: &'a SessionContext,
+    /// The models in order.
+    pub models: &'a [Model],
+    pub as_of: NaiveDate,
+    /// `[params]` of the config.
+    pub config_params: &'a BTreeMap<String, ParamValue>,
+    /// The snapshot before this one, read as `previous.<model>`.
+    pub previous: &'a Previous<'a>,
+    pub staging: &'a Staging,
+}
+
 /// Runs every model in order, writing each once to staging and registering the staged
 /// table for the models downstream; returns their outputs (internal models included).
-pub async fn run_models(
-    ctx: &SessionContext,
-    models: &[Model],
-    as_of: NaiveDate,
-    config_params: &BTreeMap<String, ParamValue>,
-    previous: &Previous<'_>,
-    staging: &Staging,
-    concurrency: usize,
-) -> Result<Vec<ModelOutput>> {
+pub async fn run_models(inputs: ModelRun<'_>, concurrency: usize) -> Result<Vec<ModelOutput>> {
     let run = Run {
         until: None,
         concurrency,
     };
-    Ok(
-        run_models_until(ctx, models, as_of, config_params, previous, staging, run)
-            .await?
-            .0,
-    )
+    Ok(run_models_until(inputs, run).await?.0)
 }
 
 /// How [`run_models_until`] runs the models.
@@ -72,24 +74,14 @@ pub fn concurrent_models(settings: &crate::config::Settings, staged_orders_bytes
 /// staged tables upstream, with its parameters bound and `previous.*` registered, and
 /// returned unexecuted (for `segflow explain`).
 pub async fn run_models_until(
-    ctx: &SessionContext,
-    models: &[Model],
-    as_of: NaiveDate,
-    config_params: &BTreeMap<String, ParamValue>,
-    previous: &Previous<'_>,
-    staging: &Staging,
+    inputs: ModelRun<'_>,
     run: Run<'_>,
 ) -> Result<(Vec<ModelOutput>, Option<DataFrame>)> {
     use futures::stream::{FuturesUnordered, StreamExt};
     let mut running = FuturesUnordered::new();
     let scheduler = Scheduler {
-        ctx,
-        models,
-        as_of,
-        config_params,
-        previous,
-        staging,
-        previous_schema: register_previous_schema(ctx)?,
+        previous_schema: register_previous_schema(inputs.ctx)?,
+        inputs,
     };
     let result = scheduler.schedule(run, &mut running).await;
     if result.is_err() {
@@ -118,12 +110,7 @@ pub(crate) struct Failed {
 
 /// Starts each model once the models it reads are staged (see [`run_models_until`]).
 pub(crate) struct Scheduler<'a> {
-    ctx: &'a SessionContext,
-    models: &'a [Model],
-    as_of: NaiveDate,
-    config_params: &'a BTreeMap<String, ParamValue>,
-    previous: &'a Previous<'a>,
-    staging: &'a Staging,
+    inputs: ModelRun<'a>,
     previous_schema: Arc<MemorySchemaProvider>,
 }
 
@@ -191,7 +178,7 @@ impl<'a> Scheduler<'a> {
         running: &mut futures::stream::FuturesUnordered<Computing<'a>>,
     ) -> Result<(Vec<ModelOutput>, Option<DataFrame>)> {
         use futures::stream::StreamExt;
-        let models = self.models;
+        let models = self.inputs.models;
         let names: BTreeSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
         let limit = if run.until.is_some() {
             1
@@ -241,7 +228,7 @@ impl<'a> Scheduler<'a> {
             }
             Some(_) => {}
             None => {
-                for (position, model) in self.models.iter().enumerate() {
+                for (position, model) in self.inputs.models.iter().enumerate() {
                     if running + starting.len() >= limit {
                         break;
                     }
@@ -270,7 +257,7 @@ impl<'a> Scheduler<'a> {
         params: BTreeMap<String, ScalarValue>,
         known: &HashMap<String, Vec<BTreeSet<String>>>,
     ) -> Computing<'a> {
-        let (ctx, models, staging) = (self.ctx, self.models, self.staging);
+        let (ctx, models, staging) = (self.inputs.ctx, self.inputs.models, self.inputs.staging);
         let model = &models[position];
         let unique_keys = crate::models::keys::unique_keys(&df, known);
         let progress =
@@ -297,7 +284,7 @@ impl<'a> Scheduler<'a> {
         unique_keys: Vec<BTreeSet<String>>,
         computed: Computed,
     ) -> Result<()> {
-        let model = &self.models[position];
+        let model = &self.inputs.models[position];
         let (staged, schema, duration) = match computed {
             Ok(c) => c,
             Err(Failed {
@@ -306,9 +293,15 @@ impl<'a> Scheduler<'a> {
             }) if state.shared[position] => {
                 warn!(model = %model.name, %error,
                     "model ran out of memory beside other models; rerunning it alone once they finish");
-                self.staging
+                self.inputs
+                    .staging
                     .out
-                    .delete_prefix(&self.staging.table_rel(&model.name, model.header.publish))
+                    .delete_prefix(
+                        &self
+                            .inputs
+                            .staging
+                            .table_rel(&model.name, model.header.publish),
+                    )
                     .await?;
                 state.shared[position] = false;
                 state.reruns.push_back(position);
@@ -328,7 +321,9 @@ impl<'a> Scheduler<'a> {
             staged,
             unique_keys,
         };
-        state.known.extend(known_keys(model, &output, self.staging));
+        state
+            .known
+            .extend(known_keys(model, &output, self.inputs.staging));
         state.finished[position] = Some(output);
         failpoint::hit("staging").await;
         Ok(())
@@ -341,17 +336,17 @@ impl<'a> Scheduler<'a> {
         model: &Model,
         staged: &[&ModelOutput],
     ) -> Result<(DataFrame, BTreeMap<String, ScalarValue>)> {
-        let params = model_params(model, self.as_of, self.config_params)?;
+        let params = model_params(model, self.inputs.as_of, self.inputs.config_params)?;
         register_previous_deps(
-            self.ctx,
+            self.inputs.ctx,
             model,
             &params,
             &self.previous_schema,
-            self.previous,
+            self.inputs.previous,
             staged,
         )
         .await?;
-        Ok((plan_model(self.ctx, model, &params).await?, params))
+        Ok((plan_model(self.inputs.ctx, model, &params).await?, params))
     }
 }
 

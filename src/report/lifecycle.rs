@@ -62,19 +62,12 @@ pub(super) async fn lifecycle(tables: &Tables) -> Result<Option<Section>> {
         source: "lifecycle".to_string(),
         caption: "Customers by stage".to_string(),
         headers: ["stage", "customers", "share"].map(String::from).to_vec(),
-        rows: idx
-            .iter()
-            .zip(&labels)
-            .map(|(&i, label)| Row {
-                key: label.clone(),
-                label: label.clone(),
-                cells: vec![
-                    Value::i("customers", customers[i]).derived(),
-                    Value::f("share", share(i), fmt_pct).derived(),
-                ],
-                flag: None,
-            })
-            .collect(),
+        rows: Row::per_label(&idx, &labels, |i| {
+            vec![
+                Value::i("customers", customers[i]).derived(),
+                Value::f("share", share(i), fmt_pct).derived(),
+            ]
+        }),
         open: false,
     });
     Ok(Some(section))

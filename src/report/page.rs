@@ -61,6 +61,19 @@ pub(super) struct Row {
 }
 
 impl Row {
+    /// One row per label, keyed by it: the cells of the `n`-th label from the `n`-th of
+    /// `idx` (row indices into the columns `cells` reads).
+    pub(crate) fn per_label(
+        idx: &[usize],
+        labels: &[String],
+        cells: impl Fn(usize) -> Vec<Value>,
+    ) -> Vec<Row> {
+        idx.iter()
+            .zip(labels)
+            .map(|(&i, label)| Row::new(label.clone(), label.clone(), cells(i)))
+            .collect()
+    }
+
     /// A row without a flag.
     pub(crate) fn new(key: String, label: String, cells: Vec<Value>) -> Row {
         Row {

@@ -59,22 +59,15 @@ pub(super) async fn product_value(tables: &Tables) -> Result<Option<Section>> {
         ]
         .map(String::from)
         .to_vec(),
-        rows: idx
-            .iter()
-            .zip(&labels)
-            .map(|(&i, label)| Row {
-                key: label.clone(),
-                label: label.clone(),
-                cells: vec![
-                    Value::i("customers", customers[i]),
-                    Value::f("repeat_rate", repeat[i], fmt_pct),
-                    Value::f("avg_revenue_per_customer", value[i], fmt_money),
-                    Value::f("avg_revenue_365d", v365[i], fmt_money),
-                    Value::f("avg_margin_365d", m365[i], fmt_money),
-                ],
-                flag: None,
-            })
-            .collect(),
+        rows: Row::per_label(&idx, &labels, |i| {
+            vec![
+                Value::i("customers", customers[i]),
+                Value::f("repeat_rate", repeat[i], fmt_pct),
+                Value::f("avg_revenue_per_customer", value[i], fmt_money),
+                Value::f("avg_revenue_365d", v365[i], fmt_money),
+                Value::f("avg_margin_365d", m365[i], fmt_money),
+            ]
+        }),
         open: true,
     });
     Ok(Some(section))

@@ -22,7 +22,9 @@ use crate::failpoint;
 use crate::ingest::{open_sources, planning_as_of, stage_orders, Sources};
 use crate::models::plan_models;
 use crate::models::select_run;
-use crate::models::{concurrent_models, run_checks, run_data_tests, run_models, Previous};
+use crate::models::{
+    concurrent_models, run_checks, run_data_tests, run_models, ModelRun, Previous,
+};
 use crate::models::{DataTest, Model};
 use crate::publish::draft::StagedModel;
 use crate::publish::stage::Staging;
@@ -322,16 +324,15 @@ async fn compute(
         output,
         manifest: previous.as_ref(),
     };
-    let outputs = run_models(
+    let inputs = ModelRun {
         ctx,
         models,
         as_of,
-        &settings.params,
-        &previous,
-        &staging,
-        concurrency,
-    )
-    .await?;
+        config_params: &settings.params,
+        previous: &previous,
+        staging: &staging,
+    };
+    let outputs = run_models(inputs, concurrency).await?;
 
     let mut findings = run_checks(ctx, models, &outputs).await?;
     findings.extend(run_data_tests(ctx, tests, as_of, &settings.params).await?);
