@@ -149,41 +149,16 @@ pub async fn stage_orders(
     used: &BTreeSet<String>,
     staging: impl FnOnce(NaiveDate) -> Staging,
 ) -> Result<(Sources, Staging)> {
-    let schema = source.schema();
-    let (orders, orders_spec) = (source.visible, source.spec);
+    let orders_spec = source.spec;
     let mut staging = staging(planning_as_of(settings));
-    let keep = staged_columns(&schema, used);
-    let planned = orders
-        .clone()
-        .select_columns(&keep)
-        .map_err(|e| input_err(orders_spec, e.to_string()))?
-        .schema()
-        .as_arrow()
-        .clone();
-    // With order ids mapped, each line's fingerprint is staged too, for the duplicate gate.
-    let fingerprint = source.present.contains("order_id");
-    let mut columns: Vec<Expr> = keep.iter().map(|c| col(*c)).collect();
-    if fingerprint {
-        columns.extend(line_fingerprint(&source.present));
-    }
-    let orders = orders
-        .select(columns)
-        .map_err(|e| input_err(orders_spec, e.to_string()))?;
-    // The duplicate gate's fingerprints are collected as the lines are staged; they stay
-    // in the staged table only for the drop policy, which joins on them.
     let policies = source.tally.rules.policies;
     let drop_repeated = gates::policy(&policies, DUPLICATE_LINES) == Policy::Drop;
-    let fingerprints = fingerprint.then(|| {
-        let runtime = ctx.runtime_env();
-        Arc::new(Fingerprints::new(
-            &runtime.memory_pool,
-            runtime.disk_manager.clone(),
-            drop_repeated,
-        ))
-    });
+    let (orders, planned, fingerprints) = staged_orders(ctx, &source, used, drop_repeated)?;
     let tap = fingerprints
         .clone()
         .map(|f| f as Arc<dyn crate::publish::stage::BatchTap>);
+    // How a table of the pass that cannot be staged is reported.
+    let failed = |what: &'static str| move |e: StageError| staging_failed(orders_spec, what, e);
     let staged = match staging
         .write_table_tapped(orders, "orders", false, &[], tap)
         .await
@@ -195,7 +170,7 @@ pub async fn stage_orders(
                 .read_error(orders_spec, "cannot read", &e)
                 .await)
         }
-        Err(e) => return Err(staging_failed(orders_spec, "", e)),
+        Err(e) => return Err(failed("")(e)),
     };
     debug!(rows = staged.rows, "orders staged");
     // What the staging pass counted decides the gates, as_of and what else is staged.
@@ -244,7 +219,7 @@ pub async fn stage_orders(
         Some(transform) => staging
             .restage(ctx, &staged, "orders_deduplicated", transform)
             .await
-            .map_err(|e| staging_failed(orders_spec, "", e))?,
+            .map_err(failed(""))?,
         None => staged,
     };
     let rejected = match rejected {
@@ -252,7 +227,7 @@ pub async fn stage_orders(
             let r = staging
                 .write_table(rows, REJECTED, true, &[])
                 .await
-                .map_err(|e| staging_failed(orders_spec, "cannot write the rejected rows: ", e))?;
+                .map_err(failed("cannot write the rejected rows: "))?;
             info!(
                 rows = r.rows,
                 "rows left out by the gates staged under {REJECTED}"
@@ -277,6 +252,44 @@ pub async fn stage_orders(
         },
         staging,
     ))
+}
+
+/// What the staging pass writes: the `used` columns of the visible orders, with each line's
+/// fingerprint when order ids are mapped (for the duplicate gate, whose fingerprints are
+/// collected as the lines are staged: they stay in the staged table only for the drop
+/// policy, which joins on them); the schema the models see; the fingerprint collector.
+fn staged_orders(
+    ctx: &SessionContext,
+    source: &OrdersSource<'_>,
+    used: &BTreeSet<String>,
+    drop_repeated: bool,
+) -> Result<(DataFrame, Schema, Option<Arc<Fingerprints>>)> {
+    let schema = source.schema();
+    let keep = staged_columns(&schema, used);
+    let err = |e: datafusion::error::DataFusionError| input_err(source.spec, e.to_string());
+    let planned = source
+        .visible
+        .clone()
+        .select_columns(&keep)
+        .map_err(err)?
+        .schema()
+        .as_arrow()
+        .clone();
+    let fingerprint = source.present.contains("order_id");
+    let mut columns: Vec<Expr> = keep.iter().map(|c| col(*c)).collect();
+    if fingerprint {
+        columns.extend(line_fingerprint(&source.present));
+    }
+    let orders = source.visible.clone().select(columns).map_err(err)?;
+    let fingerprints = fingerprint.then(|| {
+        let runtime = ctx.runtime_env();
+        Arc::new(Fingerprints::new(
+            &runtime.memory_pool,
+            runtime.disk_manager.clone(),
+            drop_repeated,
+        ))
+    });
+    Ok((orders, planned, fingerprints))
 }
 
 /// The columns of `schema` that some model reads (`used`), in schema order; at least one,
