@@ -12,13 +12,20 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
 mkdir -p "$CARGO_TARGET_DIR"
 
+# Debian packages, installed when their command is missing (the package lists are
+# refreshed only when an install fails without).
+apt_install() {  # command packages...
+    local cmd="$1"; shift
+    command -v "$cmd" > /dev/null && return 0
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo apt-get install -y -q "$@" > /dev/null \
+        || { $sudo apt-get update -q > /dev/null && $sudo apt-get install -y -q "$@" > /dev/null; }
+}
 # The report test loads the demo report in Debian's Chromium.
-if ! command -v chromium > /dev/null; then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-    $SUDO apt-get install -y -q chromium > /dev/null \
-        || { $SUDO apt-get update -q > /dev/null && $SUDO apt-get install -y -q chromium > /dev/null; }
-fi
+apt_install chromium chromium
+# Spark (the catalog check) runs on Java 17 or newer.
+apt_install java openjdk-17-jre-headless
 
 VENV="${TEST_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
@@ -32,12 +39,7 @@ export TEST_VENV_PYTHON="$(cd "$VENV" && pwd)/bin/python"
 # installed once into a cache outside the clone (CI keeps it warm); 3.35.0 runs on Node 20.
 AZURITE_DIR="${AZURITE_DIR:-$HOME/.cache/segflow-npm}"
 if [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
-    if ! command -v npm > /dev/null; then
-        SUDO=""
-        if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-        $SUDO apt-get install -y -q nodejs npm > /dev/null \
-            || { $SUDO apt-get update -q > /dev/null && $SUDO apt-get install -y -q nodejs npm > /dev/null; }
-    fi
+    apt_install npm nodejs npm
     mkdir -p "$AZURITE_DIR"
     npm install --prefix "$AZURITE_DIR" azurite@3.35.0 --no-audit --no-fund --silent
 fi
@@ -71,6 +73,15 @@ if ! "$CARGO_TARGET_DIR/debug/segflow" --log-format json run \
     exit 1
 fi
 "$VENV/bin/python" ci/duckdb_check.py --orders fixtures/demo/orders --out "$OUT" --as-of 2026-11-21
+
+echo "== the catalog of two demo snapshots, executed by DuckDB and Spark SQL"
+CATALOG_OUT="$OUT/_catalog_check"
+for as_of in 2026-10-31 2026-11-21; do
+    "$CARGO_TARGET_DIR/debug/segflow" --log-format json run --config "$OUT/_segflow.toml" \
+        --as-of "$as_of" --output "$CATALOG_OUT/out" 2> "$OUT/_catalog_run.log" \
+        || { cat "$OUT/_catalog_run.log" >&2; exit 1; }
+done
+"$VENV/bin/python" ci/catalog_check.py "$CATALOG_OUT/out"
 
 echo "== the demo run's metrics file, read by the Prometheus client's parser"
 "$VENV/bin/python" ci/metrics_check.py "$OUT/_segflow.prom" "$OUT" 2026-11-21

@@ -10,6 +10,16 @@ pub const REPORT_FILE: &str = "index.html";
 /// The folder (a table name in staging) of the rows the gates left out.
 pub const REJECTED: &str = "_rejected";
 
+/// The catalog's directory: DDL that opens the tables by name (see `publish::catalog`).
+pub const CATALOG: &str = "_catalog";
+/// The catalog's files.
+pub const CATALOG_FILES: [&str; 3] = ["duckdb.sql", "spark.sql", "README.md"];
+
+/// `_catalog/<file>`, relative to the output root.
+pub fn catalog_rel(file: &str) -> String {
+    format!("{CATALOG}/{file}")
+}
+
 /// `_staging/<run_id>`, relative to the output root.
 pub fn staging_rel(run_id: &str) -> String {
     format!("_staging/{run_id}")

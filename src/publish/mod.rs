@@ -15,6 +15,7 @@
 //! 4. staging is removed, old snapshots beyond `keep_snapshots` deleted (manifest first),
 //!    the lock released.
 
+pub mod catalog;
 pub mod commit;
 pub mod draft;
 pub mod layout;
@@ -87,8 +88,7 @@ impl Output {
         }
     }
 
-    /// Writes JSON so readers see the old or the new content: one put on object storage
-    /// (atomic there), temp file + rename on local disk.
+    /// Writes JSON so readers see the old or the new content (see [`Output::put_atomic`]).
     pub(crate) async fn put_json<T: Serialize>(
         &self,
         rel: &str,
@@ -97,6 +97,13 @@ impl Output {
     ) -> Result<()> {
         let bytes =
             serde_json::to_vec_pretty(value).map_err(|e| self.err(format!("encode {rel}"), e))?;
+        self.put_atomic(rel, bytes, run_id).await
+    }
+
+    /// Writes a file so readers see the old or the new content: one put on object storage
+    /// (atomic there), temp file `<dir>/.tmp-<run_id>` + rename on local disk (recovery
+    /// deletes a temp file a killed run left).
+    pub(crate) async fn put_atomic(&self, rel: &str, bytes: Vec<u8>, run_id: &str) -> Result<()> {
         if self.loc.local.is_none() {
             return self
                 .loc
@@ -106,7 +113,8 @@ impl Output {
                 .map(|_| ())
                 .map_err(|e| self.err(format!("write {rel}"), e));
         }
-        let tmp = format!("_manifest/.tmp-{run_id}.json");
+        let dir = rel.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let tmp = format!("{dir}/.tmp-{run_id}");
         self.loc
             .store
             .put(&self.loc.path(&tmp), PutPayload::from(bytes))

@@ -5,9 +5,10 @@
 //! 1. Each `_staging/<run_id>/` of another run: on local disk, a run killed mid-commit
 //!    (journal present, its manifest not written) has its swaps undone; on object storage,
 //!    a run killed after its manifest has its report put in place; then it is removed.
-//! 2. Leftover temp files are removed: manifest temp files (`_manifest/.tmp-*`), lock
-//!    temp files of dead runs (`_lock.*`) and the staged files of puts a kill interrupted
-//!    on local disk (`_lock#<n>`, `_manifest/<file>#<n>`).
+//! 2. Leftover temp files are removed: manifest and catalog temp files (`_manifest/.tmp-*`,
+//!    `_catalog/.tmp-*`), lock temp files of dead runs (`_lock.*`) and the staged files of
+//!    puts a kill interrupted on local disk (`_lock#<n>`, `_manifest/<file>#<n>`,
+//!    `_catalog/<file>#<n>`).
 //! 3. Every file under `<model>/as_of=D/` (and `_rejected/`, `_report/as_of=D/`) that the manifest of
 //!    `D` does not list (and is not
 //!    the `_SUCCESS` of one of its tables) is deleted: copies of a run killed before its
@@ -49,9 +50,10 @@ fn interrupted_write(rel: &str) -> bool {
     let staged = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
     staged
         && (name == "_lock"
-            || name
-                .strip_prefix("_manifest/")
-                .is_some_and(|f| !f.contains('/')))
+            || ["_manifest/", "_catalog/"].iter().any(|dir| {
+                name.strip_prefix(dir)
+                    .is_some_and(|f| !f.is_empty() && !f.contains('/'))
+            }))
 }
 
 impl Output {
@@ -62,6 +64,7 @@ impl Output {
         let mut removed = 0usize;
         for rel in self.all_files().await? {
             let debris = rel.starts_with("_manifest/.tmp-")
+                || rel.starts_with(&format!("{}/.tmp-", crate::publish::layout::CATALOG))
                 || (rel.starts_with("_lock.") && !rel.ends_with(me))
                 || interrupted_write(&rel);
             if debris {
@@ -284,6 +287,7 @@ mod tests {
             "_lock#12",
             "_manifest/latest.json#3",
             "_manifest/as_of=2026-11-21.json#1",
+            "_catalog/duckdb.sql#2",
         ] {
             assert!(interrupted_write(staged), "{staged}");
         }
@@ -293,6 +297,7 @@ mod tests {
             "_lock#a1",
             "notes#1",
             "_manifest/latest.json",
+            "_catalog/#1",
             "rfm/as_of=2026-11-21/x#1",
         ] {
             assert!(!interrupted_write(other), "{other}");

@@ -83,7 +83,8 @@ pub fn assert_manifests_complete(tree: &Tree) {
 }
 
 /// After a successful run: manifests complete, and the output holds only the manifests,
-/// `_manifest/latest.json` and the files they list (no staging, no lock, no temp file).
+/// `_manifest/latest.json`, the catalog's three files and the files the manifests list (no
+/// staging, no lock, no temp file).
 pub fn assert_consistent(tree: &Tree) {
     assert_manifests_complete(tree);
     let ms = manifests(tree);
@@ -95,8 +96,17 @@ pub fn assert_consistent(tree: &Tree) {
                 .strip_prefix("_manifest/as_of=")
                 .and_then(|d| d.strip_suffix(".json"))
                 .is_some_and(|d| ms.contains_key(d));
+        let catalog = [
+            "_catalog/duckdb.sql",
+            "_catalog/spark.sql",
+            "_catalog/README.md",
+        ]
+        .contains(&rel.as_str());
         let owned = table_date(rel).is_some_and(|d| ms.get(d).is_some_and(|m| lists(m, rel)));
-        assert!(manifest || owned, "{rel} is listed by no manifest");
+        assert!(
+            manifest || catalog || owned,
+            "{rel} is listed by no manifest"
+        );
     }
 }
 
@@ -335,6 +345,29 @@ fn keep_snapshots_deletes_the_oldest_whole_snapshots() {
     assert!(!out.join("_report/as_of=2026-08-31").exists());
     assert!(out.join("_report/as_of=2026-10-31/index.html").exists());
     assert_consistent(&tree);
+    // The catalog follows retention: its history is the kept snapshots, every table named.
+    let duckdb = String::from_utf8(tree["_catalog/duckdb.sql"].clone()).unwrap();
+    let spark = String::from_utf8(tree["_catalog/spark.sql"].clone()).unwrap();
+    for text in [&duckdb, &spark] {
+        assert!(
+            !text.contains("2026-08-31"),
+            "a deleted snapshot in:\n{text}"
+        );
+        assert!(text.contains("as_of=2026-09-30") && text.contains("as_of=2026-10-31"));
+    }
+    let m = manifest(&out, "2026-10-31");
+    for table in m["tables"].as_object().unwrap().keys() {
+        assert!(duckdb.contains(&format!("CREATE OR REPLACE VIEW \"{table}\" AS")));
+        assert!(duckdb.contains(&format!("CREATE OR REPLACE VIEW \"{table}_history\" AS")));
+        assert!(spark.contains(&format!("CREATE TABLE `{table}_history`")));
+        assert!(spark.contains(&format!("CREATE OR REPLACE VIEW `{table}` AS")));
+    }
+    // Locations are absolute.
+    let rfm = out.join("rfm/as_of=2026-10-31").display().to_string();
+    assert!(
+        duckdb.contains(&rfm) && spark.contains(&rfm),
+        "{rfm} not named"
+    );
 }
 
 #[test]

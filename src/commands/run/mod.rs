@@ -205,6 +205,13 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
         }
         info!(as_of = %m.as_of, keep, "retention applied");
     }
+    if result.is_ok() {
+        // After the manifest and retention, so the catalog is never ahead of them; a
+        // catalog that cannot be written is rewritten by the next run.
+        if let Err(e) = output.write_catalog(&run_id).await {
+            warn!(error = %e, "cannot write the catalog");
+        }
+    }
     drop(heartbeat);
     lock.release().await;
     result.map(|manifest| RunSummary { manifest, output })
