@@ -78,7 +78,7 @@ echo "== the catalog of two demo snapshots, executed by DuckDB and Spark SQL"
 CATALOG_OUT="$OUT/_catalog_check"
 for as_of in 2026-10-31 2026-11-21; do
     "$CARGO_TARGET_DIR/debug/segflow" --log-format json run --config "$OUT/_segflow.toml" \
-        --as-of "$as_of" --output "$CATALOG_OUT/out" 2> "$OUT/_catalog_run.log" \
+        --as-of "$as_of" --output "$CATALOG_OUT/out" > /dev/null 2> "$OUT/_catalog_run.log" \
         || { cat "$OUT/_catalog_run.log" >&2; exit 1; }
 done
 "$VENV/bin/python" ci/catalog_check.py "$CATALOG_OUT/out"

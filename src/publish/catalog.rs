@@ -278,6 +278,10 @@ fn percent_decoded(v: &str) -> String {
 /// `_catalog/spark.sql`.
 fn spark_sql(loc: &Location, manifests: &[Manifest]) -> String {
     let mut out = header(loc, manifests, "Spark SQL (Databricks, EMR, Glue)");
+    out.push_str(
+        "-- It drops and re-creates each <model>_history table (external: dropping one never\n\
+         -- deletes data): run it in a schema of its own, not beside managed tables of these names.\n",
+    );
     for m in models(manifests) {
         let table = spark_ident(&format!("{}_history", m.name));
         let history = m.history_columns();

@@ -92,6 +92,11 @@ impl RunSummary {
             "  manifest: {}",
             loc.display(&crate::publish::manifest_rel(m.as_of))
         );
+        let _ = writeln!(
+            out,
+            "  catalog:  {} (DuckDB; spark.sql beside it)",
+            loc.display(&crate::publish::layout::catalog_rel("duckdb.sql"))
+        );
         out
     }
 }
