@@ -8,14 +8,13 @@
 //! the manifests list, so they never see a table mid-replacement; Spark's `<model>_history`
 //! is an external table over `<output>/<model>/` with one partition per published directory.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::str::FromStr;
 
 use datafusion::arrow::datatypes::DataType;
 
 use crate::error::Result;
-use crate::publish::layout::{catalog_rel, CATALOG_FILES};
+use crate::publish::layout::catalog_rel;
 use crate::publish::manifest::{Manifest, TableEntry};
 use crate::publish::Output;
 use crate::storage::Location;
@@ -408,17 +407,11 @@ impl Output {
         if manifests.is_empty() {
             return Ok(());
         }
-        let files: BTreeMap<&str, String> = CATALOG_FILES
-            .iter()
-            .map(|name| {
-                let text = match *name {
-                    "duckdb.sql" => duckdb_sql(&self.loc, &manifests),
-                    "spark.sql" => spark_sql(&self.loc, &manifests),
-                    _ => readme(&self.loc, &manifests),
-                };
-                (*name, text)
-            })
-            .collect();
+        let files = [
+            ("duckdb.sql", duckdb_sql(&self.loc, &manifests)),
+            ("spark.sql", spark_sql(&self.loc, &manifests)),
+            ("README.md", readme(&self.loc, &manifests)),
+        ];
         for (name, text) in files {
             self.put_atomic(&catalog_rel(name), text.into_bytes(), run_id)
                 .await?;

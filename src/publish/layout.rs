@@ -12,8 +12,6 @@ pub const REJECTED: &str = "_rejected";
 
 /// The catalog's directory: DDL that opens the tables by name (see `publish::catalog`).
 pub const CATALOG: &str = "_catalog";
-/// The catalog's files.
-pub const CATALOG_FILES: [&str; 3] = ["duckdb.sql", "spark.sql", "README.md"];
 
 /// `_catalog/<file>`, relative to the output root.
 pub fn catalog_rel(file: &str) -> String {
