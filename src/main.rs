@@ -165,7 +165,10 @@ struct GenerateArgs {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SEGFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // delta-rs's kernel logs every log replay at INFO and errors it also returns at ERROR;
+    // segflow reports those errors itself.
+    let filter = EnvFilter::try_from_env("SEGFLOW_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,buoyant_kernel=off,deltalake_core=warn"));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

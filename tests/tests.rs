@@ -17,6 +17,9 @@ mod cli_errors;
 mod clv;
 /// Crash, signal and retention tests, shared by local disk and the object-store emulators.
 mod crash;
+/// Delta Lake output: one commit per table per run, recovery across table commits,
+/// retention with vacuum, schema changes.
+mod delta;
 /// Input gates with their policies, the freshness gate, damaged input files.
 mod gates;
 /// Google Cloud Storage inputs against fake-gcs-server.

@@ -36,7 +36,10 @@ fn existing_output(settings: &Settings) -> Result<Option<Output>> {
     if loc.local.as_ref().is_some_and(|p| !p.exists()) {
         return Ok(None);
     }
-    Ok(Some(Output { loc }))
+    Ok(Some(Output {
+        loc,
+        tables: settings.tables.clone(),
+    }))
 }
 
 /// The newest published snapshot's manifest, if any.
@@ -197,7 +200,11 @@ async fn scratch_run(
         .prefix("segflow-scratch-")
         .tempdir_in(&base)
         .map_err(|e| Error::io("create temp dir", &base, e))?;
-    let scratch = Output::open(&dir.path().display().to_string(), &settings.s3)?;
+    let scratch = Output::open(
+        &dir.path().display().to_string(),
+        &settings.s3,
+        &Default::default(),
+    )?;
     let ctx = build_session(&settings)?;
     let run_id = format!("scratch-{}", std::process::id());
     let (sources, staging) = stage_inputs(&ctx, &settings, &models, |as_of| Staging {

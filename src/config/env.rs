@@ -20,6 +20,7 @@ pub(super) fn apply(
         match name {
             "AS_OF" => settings.as_of = Some(parse_date(key, value)?),
             "OUTPUT" | "OUTPUT_URI" => *output = Some(resolve_uri(value, cwd)),
+            "OUTPUT_FORMAT" => settings.tables.format = TableFormat::parse(key, value)?,
             "MEMORY_LIMIT" => settings.memory_limit = Some(parse_size(key, value)?),
             "TIMEZONE" => settings.timezone = Some(parse_tz(key, value)?),
             // Read by the CLI itself.
@@ -52,7 +53,7 @@ pub(super) fn apply(
             _ => {
                 return Err(Error::ConfigValue {
                     key: key.clone(),
-                    message: "unknown SEGFLOW_* environment variable (known: SEGFLOW_AS_OF, SEGFLOW_OUTPUT, SEGFLOW_MEMORY_LIMIT, SEGFLOW_TIMEZONE, SEGFLOW_PARAM_<NAME>, SEGFLOW_INPUT_<NAME>_URI, SEGFLOW_CONFIG, SEGFLOW_LOG_FORMAT)".into(),
+                    message: "unknown SEGFLOW_* environment variable (known: SEGFLOW_AS_OF, SEGFLOW_OUTPUT, SEGFLOW_OUTPUT_FORMAT, SEGFLOW_MEMORY_LIMIT, SEGFLOW_TIMEZONE, SEGFLOW_PARAM_<NAME>, SEGFLOW_INPUT_<NAME>_URI, SEGFLOW_CONFIG, SEGFLOW_LOG_FORMAT)".into(),
                 })
             }
         }

@@ -7,6 +7,9 @@
 
 pub mod canonical;
 mod env;
+pub mod output;
+
+pub use output::{SchemaChange, TableFormat, TableSettings};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -251,6 +254,12 @@ pub struct OutputConfig {
     pub lock_timeout: Option<String>,
     /// Published snapshots to keep (oldest deleted first); default: all.
     pub keep_snapshots: Option<usize>,
+    /// `"parquet"` (default) or `"delta"`.
+    pub format: Option<String>,
+    /// Delta: how long files a retention delete removed stay for readers of old versions.
+    pub vacuum_after: Option<String>,
+    /// Delta: `"fail"` (default) or `"overwrite"` when a model's columns change.
+    pub schema_change: Option<String>,
 }
 
 /// `[models]`
@@ -331,6 +340,8 @@ pub struct Settings {
     pub datafusion: Vec<(String, String)>,
     pub lock_timeout: Duration,
     pub keep_snapshots: Option<usize>,
+    /// `[output] format`, `vacuum_after`, `schema_change`.
+    pub tables: TableSettings,
     pub s3: S3Settings,
     pub select: Vec<String>,
     /// Input gate policies.
@@ -422,6 +433,7 @@ impl Settings {
                 None => Duration::from_secs(10 * 60),
             },
             keep_snapshots: file.output.keep_snapshots,
+            tables: output::table_settings(&file.output)?,
             lineage: match &file.lineage {
                 None => None,
                 Some(l) => Some(lineage_settings(l, path, &base)?),

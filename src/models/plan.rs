@@ -22,7 +22,7 @@ use datafusion::scalar::ScalarValue;
 use crate::config::{date_to_days, toml_to_scalar, ParamValue};
 use crate::error::{Error, Result};
 use crate::models::{parse_statement, type_placeholders, Model, PREVIOUS_SCHEMA};
-use crate::publish::stage::{conform, open_dir, StagedTable};
+use crate::publish::stage::{conform, StagedTable};
 use crate::publish::{Manifest, Output};
 use crate::redact::redact;
 
@@ -58,14 +58,19 @@ impl Previous<'_> {
         model: &str,
         target: &SchemaRef,
     ) -> std::result::Result<Arc<dyn TableProvider>, DataFusionError> {
-        match self
+        let found = self
             .manifest
-            .and_then(|m| m.tables.get(model))
-            .filter(|e| e.rows > 0)
-        {
-            Some(entry) => {
-                let df = open_dir(ctx, &self.output.loc, &entry.path, &entry.partition_by).await?;
-                Ok(conform(df, target, &entry.partition_by)?.into_view())
+            .and_then(|m| m.tables.get(model).map(|e| (m.as_of, e)))
+            .filter(|(_, e)| e.rows > 0);
+        match found {
+            Some((as_of, entry)) => {
+                let df = self.output.open_snapshot(ctx, model, entry, as_of).await?;
+                // Parquet folders give partition columns back as strings; Delta typed.
+                let as_strings: &[String] = match entry.delta_version {
+                    Some(_) => &[],
+                    None => &entry.partition_by,
+                };
+                Ok(conform(df, target, as_strings)?.into_view())
             }
             None => Ok(Arc::new(MemTable::try_new(target.clone(), vec![vec![]])?)),
         }

@@ -201,6 +201,10 @@ fn duckdb_select(
 fn duckdb_sql(loc: &Location, manifests: &[Manifest]) -> String {
     let mut out = header(loc, manifests, "DuckDB (and MotherDuck)");
     for m in models(manifests) {
+        if m.newest.delta_version.is_some() {
+            out.push_str(&duckdb_delta(loc, &m));
+            continue;
+        }
         let history = m.history_columns();
         let partitions: Vec<(&str, DataType)> = history
             .iter()
@@ -227,6 +231,47 @@ fn duckdb_sql(loc: &Location, manifests: &[Manifest]) -> String {
         );
     }
     out
+}
+
+/// DuckDB views of a Delta table (its delta extension's `delta_scan`): `<model>_history` is
+/// the table, `<model>` its newest snapshot's partition.
+fn duckdb_delta(loc: &Location, m: &Model<'_>) -> String {
+    let names: Vec<String> = m.columns().iter().map(|(n, _)| ident(n)).collect();
+    let scan = format!("delta_scan({})", quoted(&loc.display(m.name)));
+    format!(
+        "\n-- {name}: the snapshot of {as_of} (Delta table, version {version})\n\
+         CREATE OR REPLACE VIEW {view} AS\nSELECT {cols} FROM {scan} WHERE \"as_of\" = DATE {date};\n\
+         \n-- {name}: every kept snapshot ({history})\n\
+         CREATE OR REPLACE VIEW {history_view} AS\nSELECT {cols}, \"as_of\" FROM {scan};\n",
+        name = m.name,
+        as_of = m.newest_as_of,
+        version = m.newest.delta_version.unwrap_or_default(),
+        view = ident(m.name),
+        cols = names.join(", "),
+        date = quoted(&m.newest_as_of.to_string()),
+        history = as_of_list(&m.history),
+        history_view = ident(&format!("{}_history", m.name)),
+    )
+}
+
+/// Spark SQL over a Delta table: `<model>_history` is the table at its location (schema
+/// and partitions from its log), `<model>` a view of the newest snapshot.
+fn spark_delta(loc: &Location, m: &Model<'_>) -> String {
+    let table = spark_ident(&format!("{}_history", m.name));
+    let names: Vec<String> = m.columns().iter().map(|(n, _)| spark_ident(n)).collect();
+    format!(
+        "\n-- {name}: every kept snapshot ({history}; Delta table)\nDROP TABLE IF EXISTS {table};\n\
+         CREATE TABLE {table} USING delta LOCATION {location};\n\
+         \n-- {name}: the snapshot of {as_of}\nCREATE OR REPLACE VIEW {view} AS\n\
+         SELECT {cols} FROM {table} WHERE `as_of` = DATE {date};\n",
+        name = m.name,
+        history = as_of_list(&m.history),
+        location = quoted(&loc.display(m.name)),
+        as_of = m.newest_as_of,
+        view = spark_ident(m.name),
+        cols = names.join(", "),
+        date = quoted(&m.newest_as_of.to_string()),
+    )
 }
 
 /// The partition directories of a table's files: `model/as_of=D[/col=v]*`, in order.
@@ -282,6 +327,10 @@ fn spark_sql(loc: &Location, manifests: &[Manifest]) -> String {
          -- deletes data): run it in a schema of its own, not beside managed tables of these names.\n",
     );
     for m in models(manifests) {
+        if m.newest.delta_version.is_some() {
+            out.push_str(&spark_delta(loc, &m));
+            continue;
+        }
         let table = spark_ident(&format!("{}_history", m.name));
         let history = m.history_columns();
         let columns: Vec<String> = history
@@ -394,6 +443,38 @@ retention deleted then read as empty.\n",
     )
 }
 
+/// The README's section on Delta tables (empty when the newest snapshot has none).
+fn delta_readme(manifests: &[Manifest]) -> String {
+    let Some(newest) = manifests.last() else {
+        return String::new();
+    };
+    let versions: Vec<String> = newest
+        .tables
+        .iter()
+        .filter_map(|(n, t)| t.delta_version.map(|v| format!("`{n}` {v}")))
+        .collect();
+    if versions.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## Delta tables\n\n\
+Each model is one Delta Lake table at `<output>/<model>/`, partitioned by `as_of` (then the\n\
+model's `partition_by`); the sections above apply with these differences. DuckDB needs its delta\n\
+extension (`INSTALL delta; LOAD delta;`, then `.read duckdb.sql`: the views use `delta_scan`).\n\
+Spark needs Delta Lake (`delta-spark`, or Databricks); `spark.sql` registers each table\n\
+`USING delta LOCATION`. Trino: `CALL delta.system.register_table(schema_name => '...',\n\
+table_name => '<model>_history', table_location => '<output>/<model>')`. Athena:\n\
+`CREATE EXTERNAL TABLE <model>_history LOCATION '<output>/<model>/' TBLPROPERTIES\n\
+('table_type' = 'DELTA')`. Fabric / Power BI Direct Lake: a OneLake shortcut to the table\n\
+folder. polars: `pl.read_delta('<output>/<model>')`.\n\n\
+Time travel: the run manifest `_manifest/as_of=D.json` names the table version that holds\n\
+snapshot D (`tables.<model>.delta_version`); read `as_of = D` at that version or later. The\n\
+newest snapshot ({as_of}) is at versions {versions}.\n",
+        as_of = newest.as_of,
+        versions = versions.join(", "),
+    )
+}
+
 impl Output {
     /// Rewrites `_catalog/` from the kept snapshots' manifests (after a publish and its
     /// retention). No snapshot: nothing is written.
@@ -410,7 +491,10 @@ impl Output {
         let files = [
             ("duckdb.sql", duckdb_sql(&self.loc, &manifests)),
             ("spark.sql", spark_sql(&self.loc, &manifests)),
-            ("README.md", readme(&self.loc, &manifests)),
+            (
+                "README.md",
+                readme(&self.loc, &manifests) + &delta_readme(&manifests),
+            ),
         ];
         for (name, text) in files {
             self.put_atomic(&catalog_rel(name), text.into_bytes(), run_id)

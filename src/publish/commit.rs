@@ -18,6 +18,7 @@ use chrono::NaiveDate;
 use object_store::{ObjectStoreExt, PutPayload};
 use tracing::{info, warn};
 
+use super::delta::DeltaInputs;
 use super::{manifest_rel, staging_rel, Manifest, Output, OutputLock};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -39,23 +40,35 @@ impl Output {
     }
 
     /// Moves the staged tables into place and writes the manifest: the commit point.
-    /// `staged` maps each table to its staged files (relative to its staging directory).
+    /// `staged` maps each folder to publish to its staged files (relative to its staging
+    /// directory); `delta` (Delta output) holds the tables written as Delta commits first,
+    /// whose versions and files the manifest then records.
     pub async fn commit(
         &self,
         lock: &OutputLock,
-        manifest: &Manifest,
+        manifest: &mut Manifest,
         staged: &BTreeMap<String, Vec<String>>,
+        delta: Option<&DeltaInputs<'_>>,
     ) -> Result<()> {
-        let run_id = manifest.run_id.as_str();
         let as_of = manifest.as_of;
         lock.heartbeat().await?;
         failpoint::hit("before_commit").await;
         let replaced = self.manifest(as_of).await?;
-        if self.loc.local.is_some() {
-            self.commit_local(lock, manifest, staged).await?;
+        let written = match delta {
+            Some(inputs) => self.commit_delta(manifest, inputs).await?,
+            None => Vec::new(),
+        };
+        let manifest: &Manifest = manifest;
+        let run_id = manifest.run_id.as_str();
+        let placed = if self.loc.local.is_some() {
+            self.commit_local(lock, manifest, staged).await
         } else {
             self.commit_copy(lock, manifest, staged, replaced.as_ref())
-                .await?;
+                .await
+        };
+        if let Err(e) = placed {
+            self.undo_delta(&written).await;
+            return Err(e);
         }
         let mut keep_staging = false;
         if self.loc.local.is_none() && staged.contains_key(REPORT) {
@@ -293,7 +306,8 @@ impl Output {
     }
 
     /// Deletes whole snapshots beyond the newest `keep`, oldest first: the manifest first
-    /// (so a half-deleted snapshot is never listed), then its files.
+    /// (so a half-deleted snapshot is never listed), then its files (Delta tables: their
+    /// partition, then a vacuum of files older than `vacuum_after`).
     pub async fn apply_retention(&self, keep: usize) -> Result<()> {
         let dates = self.snapshots().await?;
         let excess = dates.len().saturating_sub(keep);
@@ -305,6 +319,9 @@ impl Output {
             let dirs: BTreeSet<&str> = old.dirs().map(|(path, _)| path).collect();
             for dir in dirs {
                 self.delete_prefix(dir).await?;
+            }
+            for (name, _) in old.tables.iter().filter(|(_, t)| t.delta_version.is_some()) {
+                self.drop_delta_partition(name, as_of).await?;
             }
             info!(%as_of, "old snapshot deleted (keep_snapshots)");
         }

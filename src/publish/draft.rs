@@ -61,6 +61,7 @@ impl Output {
                 partition_by: m.partition_by.to_vec(),
                 duration_ms: m.duration.as_millis() as u64,
                 columns: m.staged.columns.clone(),
+                delta_version: None,
             };
             tables.insert(m.name.to_string(), entry);
             staged.insert(m.name.to_string(), m.staged.files.clone());

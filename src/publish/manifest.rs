@@ -21,6 +21,11 @@ pub struct TableEntry {
     pub partition_by: Vec<String>,
     pub duration_ms: u64,
     pub columns: Vec<ColumnEntry>,
+    /// Delta output: the table's version that holds this snapshot (the table is
+    /// `<model>/`, the snapshot its partition `as_of=D`; `files` are that partition's
+    /// files at this version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_version: Option<u64>,
 }
 
 /// A column name and its Arrow type.
@@ -91,11 +96,13 @@ impl Manifest {
         })
     }
 
-    /// Every directory the snapshot publishes (tables, then the rejected rows and the
-    /// report) with its files.
+    /// Every directory the snapshot publishes and owns file by file (Parquet tables, then
+    /// the rejected rows and the report) with its files. A Delta table's files belong to
+    /// its log, which keeps them for older versions until vacuum: they are not listed.
     pub fn dirs(&self) -> impl Iterator<Item = (&str, &[String])> {
         self.tables
             .values()
+            .filter(|t| t.delta_version.is_none())
             .map(|t| (t.path.as_str(), t.files.as_slice()))
             .chain(
                 self.rejected

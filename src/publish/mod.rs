@@ -17,6 +17,7 @@
 
 pub mod catalog;
 pub mod commit;
+pub mod delta;
 pub mod draft;
 pub mod layout;
 pub mod lock;
@@ -25,12 +26,13 @@ pub mod recover;
 pub mod stage;
 
 use chrono::NaiveDate;
+use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::config::S3Settings;
+use crate::config::{S3Settings, TableFormat, TableSettings};
 use crate::error::{Error, Result};
 use crate::redact::redact;
 use crate::storage::Location;
@@ -43,6 +45,8 @@ pub use manifest::{ColumnEntry, Manifest, ModelTiming, RejectedEntry, ReportEntr
 #[derive(Clone, Debug)]
 pub struct Output {
     pub loc: Location,
+    /// How this run writes published models (readers follow each manifest entry).
+    pub tables: TableSettings,
 }
 
 pub(crate) fn out_err(uri: &str, operation: impl Into<String>, message: impl ToString) -> Error {
@@ -54,14 +58,27 @@ pub(crate) fn out_err(uri: &str, operation: impl Into<String>, message: impl ToS
 }
 
 impl Output {
-    /// Opens an output root (a local directory is created).
-    pub fn open(uri: &str, s3: &S3Settings) -> Result<Output> {
+    /// Opens an output root (a local directory is created). Delta tables are written on
+    /// local disk and S3 only.
+    pub fn open(uri: &str, s3: &S3Settings, tables: &TableSettings) -> Result<Output> {
         let loc = Location::resolve_output(uri, s3)?;
+        if tables.format == TableFormat::Delta && !(loc.local.is_some() || uri.starts_with("s3://"))
+        {
+            return Err(Error::ConfigValue {
+                key: "output.format".into(),
+                message: format!(
+                    "Delta output is written on local disk and s3:// only, not to {uri}: use format = \"parquet\" there"
+                ),
+            });
+        }
         if let Some(root) = &loc.local {
             std::fs::create_dir_all(root)
                 .map_err(|e| Error::io("create output directory", root, e))?;
         }
-        Ok(Output { loc })
+        Ok(Output {
+            loc,
+            tables: tables.clone(),
+        })
     }
 
     /// An output error naming this location.
@@ -196,6 +213,22 @@ impl Output {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// The rows of table `name` in the published snapshot `as_of` (`entry` is its manifest
+    /// entry): its Parquet folder (partition columns as strings), or its Delta table's
+    /// partition `as_of`.
+    pub async fn open_snapshot(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        entry: &TableEntry,
+        as_of: NaiveDate,
+    ) -> datafusion::error::Result<DataFrame> {
+        if entry.delta_version.is_some() {
+            return self.read_delta_snapshot(ctx, name, as_of).await;
+        }
+        stage::open_dir(ctx, &self.loc, &entry.path, &entry.partition_by).await
     }
 
     /// Reads the manifest of a snapshot.

@@ -9,7 +9,9 @@
 //!    `_catalog/.tmp-*`), lock temp files of dead runs (`_lock.*`) and the staged files of
 //!    puts a kill interrupted on local disk (`_lock#<n>`, `_manifest/<file>#<n>`,
 //!    `_catalog/<file>#<n>`).
-//! 3. Every file under `<model>/as_of=D/` (and `_rejected/`, `_report/as_of=D/`) that the manifest of
+//! 3. Delta tables (see [`super::delta`]): a write no manifest lists is restored away,
+//!    a table no manifest lists removed; their files are left to their logs.
+//! 4. Every file under `<model>/as_of=D/` (and `_rejected/`, `_report/as_of=D/`) that the manifest of
 //!    `D` does not list (and is not
 //!    the `_SUCCESS` of one of its tables) is deleted: copies of a run killed before its
 //!    manifest, files of a replaced snapshot whose deletion was cut short, local temp files.
@@ -38,6 +40,21 @@ fn snapshot_date(rel: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()
 }
 
+/// The tables (top-level folders not starting with `_`) that hold a Delta log.
+fn delta_tables(files: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = files
+        .iter()
+        .filter_map(|rel| {
+            let (table, rest) = rel.split_once('/')?;
+            let is_log = rest.starts_with("_delta_log/");
+            (is_log && !table.starts_with('_')).then(|| table.to_string())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Whether `rel` is the staged file of a write that a kill interrupted, outside the
 /// snapshots' folders (which recovery sweeps by their manifests): object_store's
 /// `LocalFileSystem` stages every put as `<name>#<n>` and renames it into place, and
@@ -62,7 +79,18 @@ impl Output {
         self.recover_staging(me).await?;
         let mut manifests: BTreeMap<NaiveDate, Option<Manifest>> = BTreeMap::new();
         let mut removed = 0usize;
-        for rel in self.all_files().await? {
+        let files = self.all_files().await?;
+        // Delta tables keep the files of older versions until vacuum: their log, not a
+        // manifest, says which are live; a write no manifest lists is restored away.
+        let delta_tables = delta_tables(&files);
+        self.recover_delta(&delta_tables).await?;
+        for rel in files {
+            if rel
+                .split_once('/')
+                .is_some_and(|(table, _)| delta_tables.iter().any(|t| t == table))
+            {
+                continue;
+            }
             let debris = rel.starts_with("_manifest/.tmp-")
                 || rel.starts_with(&format!("{}/.tmp-", crate::publish::layout::CATALOG))
                 || (rel.starts_with("_lock.") && !rel.ends_with(me))

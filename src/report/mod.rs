@@ -46,7 +46,6 @@ use tracing::info;
 
 use crate::error::{Error, Result};
 use crate::publish::layout::{report_file_rel, report_rel, staged_report_rel};
-use crate::publish::stage::open_dir;
 use crate::publish::{Manifest, Output, ReportEntry};
 use crate::storage::retrying;
 
@@ -82,7 +81,7 @@ pub async fn stage(
         let df = if computed.contains(name) {
             ctx.table(name.as_str()).await
         } else {
-            open_dir(ctx, &output.loc, &entry.path, &entry.partition_by).await
+            output.open_snapshot(ctx, name, entry, manifest.as_of).await
         }
         .map_err(|e| Error::engine(format!("report: read table {name}"), e))?;
         map.insert(name.clone(), df);

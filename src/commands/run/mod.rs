@@ -16,7 +16,9 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::config::Settings;
+use datafusion::prelude::SessionContext;
+
+use crate::config::{Settings, TableFormat};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::ingest::{open_sources, planning_as_of, stage_orders, Sources};
@@ -26,6 +28,7 @@ use crate::models::{
     concurrent_models, run_checks, run_data_tests, run_models, ModelRun, Previous,
 };
 use crate::models::{DataTest, Model};
+use crate::publish::delta::{DeltaInputs, StagedTables};
 use crate::publish::draft::StagedModel;
 use crate::publish::stage::Staging;
 use crate::publish::{LockInfo, Manifest, Output};
@@ -75,13 +78,11 @@ impl RunSummary {
         );
         for (name, t) in &m.tables {
             if m.models.get(name).is_some_and(|x| x.published) {
-                let _ = writeln!(
-                    out,
-                    "  {:<20} {:>8} rows  {}",
-                    name,
-                    t.rows,
-                    loc.display(&t.path)
-                );
+                let place = match t.delta_version {
+                    Some(v) => format!("{} (Delta table, version {v})", loc.display(name)),
+                    None => loc.display(&t.path),
+                };
+                let _ = writeln!(out, "  {:<20} {:>8} rows  {}", name, t.rows, place);
             }
         }
         if let Some(file) = m.report.as_ref().and_then(|r| r.files.first()) {
@@ -158,8 +159,10 @@ async fn run_with_lineage(settings: &Settings) -> Result<RunSummary> {
 /// A run's staged result, ready to commit.
 struct Prepared {
     manifest: Manifest,
-    /// Staged files of each table to publish, relative to its staging directory.
+    /// Staged files of each folder to publish, relative to its staging directory.
     staged: BTreeMap<String, Vec<String>>,
+    /// Delta output: the run's session and the published tables, written as Delta commits.
+    delta: Option<(SessionContext, StagedTables)>,
 }
 
 /// Runs the whole job: exit 0 only when everything is published.
@@ -176,7 +179,7 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
         std::process::id()
     );
     let tests: Vec<&DataTest> = selection.tests.iter().collect();
-    let output = Output::open(&settings.output, &settings.s3)?;
+    let output = Output::open(&settings.output, &settings.s3, &settings.tables)?;
     let _governor = crate::memory::Governor::start(settings.memory_limit);
     let me = LockInfo::new(&run_id, started_at);
     let lock = tokio::select! {
@@ -194,10 +197,16 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
         s = shutdown.wait() => Err(Error::Interrupted { signal: s }),
     };
     let result = match prepared {
-        Ok(p) => output
-            .commit(&lock, &p.manifest, &p.staged)
-            .await
-            .map(|()| p.manifest),
+        Ok(mut p) => {
+            let delta = p
+                .delta
+                .as_ref()
+                .map(|(ctx, tables)| DeltaInputs { ctx, tables });
+            output
+                .commit(&lock, &mut p.manifest, &p.staged, delta.as_ref())
+                .await
+                .map(|()| p.manifest)
+        }
         Err(e) => Err(e),
     };
     if result.is_err() {
@@ -268,6 +277,16 @@ async fn prepare(
         )
         .await?;
     let mut staged = draft.staged;
+    let delta = (output.tables.format == TableFormat::Delta).then(|| {
+        // Published tables go in as Delta commits, not as folders.
+        let tables = computed
+            .outputs
+            .iter()
+            .filter(|o| staged.remove(&o.name).is_some())
+            .map(|o| (o.name.clone(), (o.staged.clone(), o.schema.clone())))
+            .collect();
+        (ctx.clone(), tables)
+    });
     let mut manifest = Manifest {
         run_id: run_id.to_string(),
         as_of,
@@ -294,7 +313,11 @@ async fn prepare(
     manifest.report = Some(report);
     manifest.finished_at = Utc::now();
     manifest.duration_ms = clock.elapsed().as_millis() as u64;
-    Ok(Prepared { manifest, staged })
+    Ok(Prepared {
+        manifest,
+        staged,
+        delta,
+    })
 }
 
 /// What a run computed: the staged inputs, the staged models, the warnings of their checks.
