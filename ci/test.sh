@@ -83,6 +83,15 @@ for as_of in 2026-10-31 2026-11-21; do
 done
 "$VENV/bin/python" ci/catalog_check.py "$CATALOG_OUT/out"
 
+echo "== the same two snapshots as Delta tables, read by deltalake, polars and DuckDB"
+DELTA_OUT="$OUT/_delta_check"
+for as_of in 2026-10-31 2026-11-21; do
+    SEGFLOW_OUTPUT_FORMAT=delta "$CARGO_TARGET_DIR/debug/segflow" --log-format json run \
+        --config "$OUT/_segflow.toml" --as-of "$as_of" --output "$DELTA_OUT/out" \
+        > /dev/null 2> "$OUT/_delta_run.log" || { cat "$OUT/_delta_run.log" >&2; exit 1; }
+done
+"$VENV/bin/python" ci/delta_check.py "$DELTA_OUT/out" "$CATALOG_OUT/out"
+
 echo "== the demo run's metrics file, read by the Prometheus client's parser"
 "$VENV/bin/python" ci/metrics_check.py "$OUT/_segflow.prom" "$OUT" 2026-11-21
 

@@ -214,7 +214,7 @@ pub fn download(rt: &tokio::runtime::Runtime, store: &dyn ObjectStore, prefix: &
 
 /// The demo config with orders read from `s3://bucket/input/orders` and the output at
 /// `s3://bucket/out`, plus `extra` config text.
-fn s3_config(dir: &Path, extra: &str) -> PathBuf {
+pub(crate) fn s3_config(dir: &Path, extra: &str) -> PathBuf {
     let c = demo_config(dir, extra);
     let text = std::fs::read_to_string(&c).unwrap();
     let text = text
@@ -241,7 +241,7 @@ fn s3_config_with_lock_timeout(dir: &Path, timeout: &str) -> PathBuf {
     config
 }
 
-fn moto_with_demo() -> Moto {
+pub(crate) fn moto_with_demo() -> Moto {
     let moto = Moto::start(&[]);
     moto.create_bucket("bucket");
     moto.upload_dir(
