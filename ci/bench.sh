@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark (a script, not a test): segflow vs DuckDB on the same generated order history.
 #
-#   ci/bench.sh [--sizes "1000000 10000000"] [--runs 3] [--with-100m] [--baseline BINARY]
+#   ci/bench.sh [--sizes "1000000 10000000"] [--runs 3] [--with-100m] [--baseline BINARY] [--delta]
 #
 # For each size (order lines), `segflow generate --lines N` writes the data once into
 # ${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}/generated-N (reused when present). Then
@@ -27,6 +27,9 @@
 # outputs of both are compared with ci/compare_binaries.py --compare-dirs (tables, metadata,
 # manifest; a difference stops the script with exit 1).
 #
+# --delta adds a run each round, "segflow-delta": the whole run with [output] format =
+# "delta" (SEGFLOW_OUTPUT_FORMAT), shown against the Parquet run's wall time, with the bytes
+# both published (every file under the table folders: data, plus the Delta logs).
 # Caveats: segflow also computes customer_affinity, segment_migration (empty without a
 # previous snapshot), the predictive CLV models (clv, clv_model, clv_backtest: two BG/NBD
 # and Gamma-Gamma fits) and the clv rows of segment_summary, and stages the canonical orders and every internal model as Parquet
@@ -43,12 +46,14 @@ SIZES="1000000 10000000"
 RUNS=3
 WITH_100M=0
 BASELINE=""
+DELTA=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --sizes) SIZES="$2"; shift 2 ;;
         --runs) RUNS="$2"; shift 2 ;;
         --with-100m) WITH_100M=1; shift ;;
         --baseline) BASELINE="$2"; shift 2 ;;
+        --delta) DELTA=1; shift ;;
         -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -134,12 +139,13 @@ time_report() {
 # `set -e` stays in force inside; it is off in functions called from `||` lists).
 STATUS=0
 run_segflow() {  # size lines run data memory_limit [tool name, extra run arguments...]
-    local out="$WORK/sf-out" status=0 tool="${6:-segflow}" bin="$BIN"
+    local out="$WORK/sf-out" status=0 tool="${6:-segflow}" bin="$BIN" format=parquet
     [ "$tool" = baseline ] && bin="$BASELINE"
+    [ "$tool" = segflow-delta ] && format=delta
     rm -rf "$out" "$WORK/spill"; mkdir -p "$WORK/spill"
     local cfg; cfg="$(segflow_config "$4" "$out" "$5")"
     /usr/bin/time -v -o "$WORK/time.txt" env TOKIO_WORKER_THREADS="$THREADS" \
-        "$bin" --log-format json run --config "$cfg" --as-of "$AS_OF" "${@:7}" \
+        SEGFLOW_OUTPUT_FORMAT="$format" "$bin" --log-format json run --config "$cfg" --as-of "$AS_OF" "${@:7}" \
         > "$WORK/sf.stdout" 2> "$WORK/sf.stderr" || status=$?
     local rows="-\t-\t-"
     if [ "$status" -eq 0 ]; then
@@ -154,6 +160,12 @@ extra = sum(v["duration_ms"] for k, v in m["models"].items()
 print(f'{sum(m["tables"][t]["rows"] for t in seven)}\t{sum(t["rows"] for t in m["tables"].values())}\t{extra}')
 PY
 )"
+        # Bytes under the published table folders (data files, _SUCCESS, Delta logs).
+        "$PY" -c 'import os, sys
+root = sys.argv[1]
+print(sum(os.path.getsize(os.path.join(d, f)) for top in os.listdir(root) if not top.startswith("_")
+          for d, _, fs in os.walk(os.path.join(root, top)) for f in fs))' "$out" |
+            sed "s/^/$1\t$tool\t/" >> "$WORK/bytes.tsv"
         if [ "$tool" = segflow ]; then
             cp "$out/_manifest/as_of=$AS_OF.json" "$WORK/last-manifest.json"
             cp "$WORK/sf.stderr" "$WORK/last-log.json"
@@ -247,6 +259,11 @@ for n in $SIZES; do
         run_segflow "$n" "$lines" "$run" "$dir" 4g segflow-7 --select $SEVEN
         [ "$STATUS" -eq 0 ] || exit 1
         echo "  run $run segflow --select (7 tables): $(tail -1 "$RESULTS" | cut -f6,7 | awk '{printf "%s s, %.0f MiB", $1, $2/1024}')" >&2
+        if [ "$DELTA" -eq 1 ]; then
+            run_segflow "$n" "$lines" "$run" "$dir" 4g segflow-delta
+            [ "$STATUS" -eq 0 ] || exit 1
+            echo "  run $run segflow, Delta output: $(tail -1 "$RESULTS" | cut -f6,7 | awk '{printf "%s s, %.0f MiB", $1, $2/1024}')" >&2
+        fi
         if [ -n "$BASELINE" ]; then
             run_segflow "$n" "$lines" "$run" "$dir" 4g baseline
             [ "$STATUS" -eq 0 ] || exit 1
@@ -269,7 +286,8 @@ if [ "$WITH_100M" -eq 1 ]; then
     run_segflow "$n" "$lines" 1 "$dir" 4g
 fi
 
-"$PY" - "$RESULTS" "$RUNS" "${BASELINE:-}" <<'PY'
+touch "$WORK/bytes.tsv"
+"$PY" - "$RESULTS" "$RUNS" "${BASELINE:-}" "$WORK/bytes.tsv" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 runs = sys.argv[2]
@@ -295,7 +313,7 @@ print(hdr)
 print("-" * len(hdr))
 medians = {}
 for size in sorted({s for s, _ in by}):
-    for tool in ("segflow", "segflow-7", "duckdb", "baseline"):
+    for tool in ("segflow", "segflow-7", "duckdb", "baseline", "segflow-delta"):
         rs = by.get((size, tool))
         if not rs:
             continue
@@ -308,7 +326,7 @@ for size in sorted({s for s, _ in by}):
         medians[(size, tool)] = (med, ok[0]["lines"])
         rng = f"({min(r['wall'] for r in ok):.2f}..{max(r['wall'] for r in ok):.2f})"
         ratio = ""
-        if tool not in ("duckdb", "baseline") and (size, "duckdb") in by:
+        if tool not in ("duckdb", "baseline", "segflow-delta") and (size, "duckdb") in by:
             d = [r["wall"] for r in by[(size, "duckdb")] if r["ok"]]
             if d:
                 ratio = f"{med / statistics.median(d):.2f}x"
@@ -321,6 +339,15 @@ for size in sorted({s for s, _ in by}):
         note = f"  ({fails} failed)" if fails else ""
         print(f"{lines:>13}  {tool:<10} {med:>9.2f} s {rng:>15} {mib(max(r['rss'] for r in rs)):>11} "
               f"{ok[0]['rows7']:>12} {ok[0]['rows_all']:>14} {ratio:>9}{vs_base}{note}")
+    if (size, "segflow-delta") in medians and (size, "segflow") in medians:
+        published = {}
+        for l in open(sys.argv[4]):
+            s, tool, b = l.split("\t")
+            if int(s) == size:
+                published[tool] = int(b)
+        pq, dl = published.get("segflow", 0), published.get("segflow-delta", 0)
+        print(f"{'':>13}  Delta output: {medians[(size, 'segflow-delta')][0] / medians[(size, 'segflow')][0]:.3f}x the Parquet "
+              f"run's median wall; published bytes {dl:,} vs {pq:,} ({dl / pq if pq else float('nan'):.3f}x)")
     sf = [r for r in by.get((size, "segflow"), []) if r["ok"] and r["extra"] != "-"]
     if sf and (size, "duckdb") in by:
         print(f"{'':>13}  (segflow model time for customer_affinity, segment_migration and the clv models, not computed by "

@@ -488,3 +488,29 @@ fn delta_s3_sigkill_between_table_commits_is_restored_to_the_manifest_by_the_nex
     ];
     kill_between_table_commits(&config, &env, &|| moto.tree("bucket", "out"), &cases);
 }
+
+/// Two runs on one Delta output: the second, started while the first holds the lock just
+/// before its table commits, exits 2 naming the holder; the first then commits each table
+/// exactly once.
+#[test]
+fn delta_two_runs_on_one_output_exactly_one_commits_each_table_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = delta_config(tmp.path(), "");
+    let out = tmp.path().join("out");
+    let (first, flag) = crate::crash::paused_run(&config, &[], "before_commit", tmp.path());
+    let second = run_at_env(&config, crate::util::DEMO_AS_OF, &[]);
+    assert_eq!(second.code, 2, "{}", second.stderr);
+    let err = error_line(&second);
+    assert!(
+        err.contains("locked") && err.contains(&format!("pid {}", first.id())),
+        "{err}"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    crate::util::assert_finishes_ok(first, "the resumed first run");
+    let tree = snapshot_files(&out);
+    assert_delta_consistent(&tree);
+    assert_eq!(manifests(&tree).len(), 1);
+    for name in tables(&tree) {
+        assert_eq!(Log::read(&tree, &name).operations(), ["WRITE"], "{name}");
+    }
+}
