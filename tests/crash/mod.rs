@@ -62,7 +62,7 @@ fn lists(m: &serde_json::Value, rel: &str) -> bool {
         .any(|(path, files)| rel == format!("{path}/_SUCCESS") || files.iter().any(|f| f == rel))
 }
 
-fn manifests(tree: &Tree) -> BTreeMap<String, serde_json::Value> {
+pub fn manifests(tree: &Tree) -> BTreeMap<String, serde_json::Value> {
     tree.iter()
         .filter_map(|(k, v)| {
             let d = k.strip_prefix("_manifest/as_of=")?.strip_suffix(".json")?;

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::crash::{assert_same_tree, Tree};
+use crate::crash::{assert_same_tree, manifests, Tree};
 use crate::util::{demo_config_with, error_line, run_at_env, snapshot_files, Run};
 
 /// The demo config writing Delta tables to `out`, plus `extra` lines in `[output]`.
@@ -110,15 +110,6 @@ impl Log {
         }
         live
     }
-}
-
-fn manifests(tree: &Tree) -> BTreeMap<String, serde_json::Value> {
-    tree.iter()
-        .filter_map(|(k, v)| {
-            let d = k.strip_prefix("_manifest/as_of=")?.strip_suffix(".json")?;
-            Some((d.to_string(), serde_json::from_slice(v).unwrap()))
-        })
-        .collect()
 }
 
 /// The Delta tables of an output (folders holding a `_delta_log/`).
