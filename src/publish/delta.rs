@@ -129,19 +129,19 @@ impl Output {
                 .staged_with_as_of(inputs.ctx, staged, schema, manifest.as_of)
                 .await
                 .map_err(|e| self.err(format!("read staged {name}"), e.strip_backtrace()))?;
-            if self.tables.schema_change == SchemaChange::Fail {
-                if let Some(table) = self.open_delta(name).await? {
-                    self.check_schema(name, &table, df.schema().as_arrow())?;
-                }
+            // Each table's log is read once, here: its schema, version and txn come from it.
+            let table = self.open_delta(name).await?;
+            if let (SchemaChange::Fail, Some(t)) = (self.tables.schema_change, &table) {
+                self.check_schema(name, t, df.schema().as_arrow())?;
             }
-            frames.push((name, staged, df));
+            frames.push((name, staged, df, table));
         }
         let mut written: Vec<Written> = Vec::new();
         let result = async {
-            for (name, staged, df) in frames {
-                let before = self.open_delta(name).await?.and_then(|t| t.version());
+            for (name, staged, df, table) in frames {
+                let before = table.as_ref().and_then(|t| t.version());
                 let (version, files, bytes) = self
-                    .write_delta(inputs.ctx, name, manifest, staged, df)
+                    .write_delta(inputs.ctx, name, manifest, staged, df, table)
                     .await?;
                 written.push(Written {
                     name: name.clone(),
@@ -215,13 +215,14 @@ impl Output {
         manifest: &Manifest,
         staged: &StagedTable,
         df: DataFrame,
+        table: Option<DeltaTable>,
     ) -> Result<(u64, Vec<String>, u64)> {
         let as_of = manifest.as_of;
         let op = format!("write Delta table {name}");
-        let table = self
-            .open_delta(name)
-            .await?
-            .unwrap_or(self.delta_table(name)?);
+        let table = match table {
+            Some(t) => t,
+            None => self.delta_table(name)?,
+        };
         let txn = match table.snapshot() {
             Ok(s) => s
                 .transaction_version(table.log_store().as_ref(), APP_ID)
