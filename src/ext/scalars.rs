@@ -231,21 +231,45 @@ struct IntegerText {
     signature: Signature,
 }
 
-/// `values` as decimal text views, NULL where `nulls` says so.
+/// `values` as decimal text views, NULL where `nulls` says so. The views are made
+/// directly (a number of up to 12 digits inside its view, a longer one in the one data
+/// buffer): the view builder's per-value bookkeeping cost as much as formatting the digits.
 fn integer_views<T: itoa::Integer + Copy>(
     values: &[T],
     nulls: Option<&datafusion::arrow::buffer::NullBuffer>,
-) -> datafusion::arrow::array::StringViewArray {
-    let mut builder = datafusion::arrow::array::StringViewBuilder::with_capacity(values.len());
+) -> Result<datafusion::arrow::array::StringViewArray> {
+    use datafusion::arrow::array::builder::make_view;
+    use datafusion::arrow::buffer::{Buffer, ScalarBuffer};
+    let mut views: Vec<u128> = Vec::with_capacity(values.len());
+    let mut data: Vec<u8> = Vec::new();
     let mut text = itoa::Buffer::new();
-    for (i, v) in values.iter().enumerate() {
-        if nulls.is_some_and(|n| n.is_null(i)) {
-            builder.append_null();
-        } else {
-            builder.append_value(text.format(*v));
+    for v in values {
+        // A NULL slot gets the text of whatever value it holds: a valid view all the same.
+        let digits = text.format(*v).as_bytes();
+        let offset = u32::try_from(data.len()).map_err(|_| {
+            datafusion::error::DataFusionError::Execution(
+                "segflow_integer_text: batch text over 4 GiB".into(),
+            )
+        })?;
+        views.push(make_view(digits, 0, offset));
+        if digits.len() > 12 {
+            data.extend_from_slice(digits);
         }
     }
-    builder.finish()
+    let buffers = match data.is_empty() {
+        true => vec![],
+        false => vec![Buffer::from_vec(data)],
+    };
+    // SAFETY: every view is made by `make_view` from ASCII digits (valid UTF-8), inline
+    // or pointing at those digits in `buffers[0]` (buffer 0, the offset they were copied
+    // to), and `nulls` (if any) has one bit per value: what `try_new` would check.
+    Ok(unsafe {
+        datafusion::arrow::array::StringViewArray::new_unchecked(
+            ScalarBuffer::from(views),
+            buffers,
+            nulls.cloned(),
+        )
+    })
 }
 
 impl datafusion::logical_expr::ScalarUDFImpl for IntegerText {
@@ -290,14 +314,14 @@ impl datafusion::logical_expr::ScalarUDFImpl for IntegerText {
         let nulls = input.logical_nulls();
         let nulls = nulls.as_ref();
         let text = match input.data_type() {
-            DataType::Int8 => integer_views(input.as_primitive::<Int8Type>().values(), nulls),
-            DataType::Int16 => integer_views(input.as_primitive::<Int16Type>().values(), nulls),
-            DataType::Int32 => integer_views(input.as_primitive::<Int32Type>().values(), nulls),
-            DataType::Int64 => integer_views(input.as_primitive::<Int64Type>().values(), nulls),
-            DataType::UInt8 => integer_views(input.as_primitive::<UInt8Type>().values(), nulls),
-            DataType::UInt16 => integer_views(input.as_primitive::<UInt16Type>().values(), nulls),
-            DataType::UInt32 => integer_views(input.as_primitive::<UInt32Type>().values(), nulls),
-            DataType::UInt64 => integer_views(input.as_primitive::<UInt64Type>().values(), nulls),
+            DataType::Int8 => integer_views(input.as_primitive::<Int8Type>().values(), nulls)?,
+            DataType::Int16 => integer_views(input.as_primitive::<Int16Type>().values(), nulls)?,
+            DataType::Int32 => integer_views(input.as_primitive::<Int32Type>().values(), nulls)?,
+            DataType::Int64 => integer_views(input.as_primitive::<Int64Type>().values(), nulls)?,
+            DataType::UInt8 => integer_views(input.as_primitive::<UInt8Type>().values(), nulls)?,
+            DataType::UInt16 => integer_views(input.as_primitive::<UInt16Type>().values(), nulls)?,
+            DataType::UInt32 => integer_views(input.as_primitive::<UInt32Type>().values(), nulls)?,
+            DataType::UInt64 => integer_views(input.as_primitive::<UInt64Type>().values(), nulls)?,
             other => return exec_err!("segflow_integer_text: {other} is not an integer type"),
         };
         Ok(ColumnarValue::Array(Arc::new(text)))

@@ -323,6 +323,12 @@ async fn integer_text_equals_the_cast_to_text_for_every_integer_type() {
             .await
             .expect("run");
         assert_eq!(got[0].column(0).data_type(), &DataType::Utf8View);
+        // the views are made without the builder: they must pass arrow's full validation
+        got[0]
+            .column(0)
+            .to_data()
+            .validate_full()
+            .expect("valid views");
         let got = cast(got[0].column(0), &DataType::Utf8).expect("to utf8");
         let (got, expected) = (
             got.as_any().downcast_ref::<StringArray>().expect("strings"),
