@@ -97,6 +97,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// An error from the query engine outside any single model (session setup, sources).
+    #[error("Ballista scheduler {scheduler}: {message}")]
+    Cluster { scheduler: String, message: String },
+
     #[error("{context}: {source}")]
     Engine {
         context: String,

@@ -17,7 +17,8 @@
 //! `after_manifest` (the snapshot is committed, its report in place; replaced files and
 //! staging not yet removed). `out_of_memory` (with `error`): the first model computed fails as
 //! if the memory pool had refused an allocation. `segflow generate` has
-//! `generate_file_written` (the first month's file is complete).
+//! `generate_file_written` (the first month's file is complete). `segflow executor` has
+//! `executor_task` (with `kill`: the executor is handed its first task of a model's query).
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -77,6 +78,20 @@ pub fn fails(name: &str) -> bool {
         .iter()
         .any(|(point, action)| point == name && action == "error")
         && fire(name)
+}
+
+/// [`hit`] where the code cannot wait (inside the engine's synchronous calls): `kill` only.
+pub fn hit_now(name: &str) {
+    let killed = points()
+        .iter()
+        .any(|(point, action)| point == name && action == "kill");
+    if killed && fire(name) {
+        tracing::warn!(failpoint = name, "failpoint: killing the process");
+        // SAFETY: raising a signal in our own process has no memory-safety effects.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
+    }
 }
 
 /// Passes the failpoint `name`: does nothing unless a test armed it (and only once).

@@ -8,6 +8,7 @@
 //! in [`ext`], the CLV mathematics in [`btyd`].
 
 pub mod btyd;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod error;

@@ -1,5 +1,6 @@
 //! The `segflow` command line: `run` publishes a snapshot, `init` scaffolds a project,
-//! `generate` writes a synthetic order history for tests and benchmarks.
+//! `generate` writes a synthetic order history for tests and benchmarks, `scheduler` and
+//! `executor` serve a Ballista cluster that computes the models.
 //!
 //! Exit codes: 0 = published; 1 = the data or models were checked and failed (model
 //! checks, input gates); 2 = the run was stopped (config, SQL, I/O, lock held, empty input).
@@ -134,6 +135,50 @@ enum Command {
     /// Write a deterministic synthetic order history (hive-partitioned Parquet by month).
     #[command(after_help = GENERATE_HELP)]
     Generate(GenerateArgs),
+    /// Serve a Ballista scheduler that runs segflow's models (`[runtime] engine = "ballista"`).
+    Scheduler {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:50050")]
+        bind: String,
+        /// Host name executors and runs reach this scheduler at [default: the --bind host,
+        /// or this machine's name when bound to every interface].
+        #[arg(long)]
+        external_host: Option<String>,
+        /// A project config whose [storage.*] settings apply to every object store the
+        /// scheduler lists (the rest of the file is ignored); default: the AWS_* environment.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a Ballista executor for segflow's models, registered with a scheduler.
+    Executor {
+        /// The scheduler, HOST:PORT or df://HOST:PORT.
+        #[arg(long)]
+        scheduler: String,
+        /// Arrow Flight address (results and shuffle data).
+        #[arg(long, default_value = "0.0.0.0:50051")]
+        bind: String,
+        /// gRPC port for the scheduler's calls [default: the --bind port + 1].
+        #[arg(long)]
+        grpc_port: Option<u16>,
+        /// Host name the scheduler and runs reach this executor at [default: the --bind
+        /// host, or this machine's name when bound to every interface].
+        #[arg(long)]
+        external_host: Option<String>,
+        /// Directory for shuffle files and spills (created when missing).
+        #[arg(long)]
+        work_dir: PathBuf,
+        /// Tasks run side by side [default: the CPUs].
+        #[arg(long)]
+        concurrent_tasks: Option<usize>,
+        /// Memory pool shared by the tasks, e.g. "8g" [default: 70 % of the machine's].
+        #[arg(long)]
+        memory_limit: Option<String>,
+        /// A project config whose [storage.*] settings apply to every object store the
+        /// executor reads or writes (the rest of the file is ignored); default: the AWS_*
+        /// environment.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// `segflow generate`'s arguments.
@@ -197,7 +242,15 @@ fn main() -> ExitCode {
     segflow::failpoint::warn_if_ignored();
     // A progress line per model on a terminal; none off one.
     segflow::progress::enable(std::io::stderr().is_terminal());
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Ballista's processes plan deep trees on their worker threads (its binaries take 32 MiB).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(
+        cli.command,
+        Command::Scheduler { .. } | Command::Executor { .. }
+    ) {
+        builder.thread_stack_size(32 * 1024 * 1024);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -214,7 +267,7 @@ fn main() -> ExitCode {
 }
 
 async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
-    use segflow::commands::{check, docs, generate, init, inspect, run, until_signal};
+    use segflow::commands::{check, cluster, docs, generate, init, inspect, run, until_signal};
     let load = |config: &std::path::Path, overrides: Overrides| Settings::load(config, &overrides);
     match command {
         Command::List { config } => {
@@ -291,6 +344,36 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
                 progress: std::io::stderr().is_terminal(),
             };
             print!("{}", generate::generate(&options).await?.render());
+        }
+        Command::Scheduler {
+            bind,
+            external_host,
+            config,
+        } => {
+            cluster::until_stopped(cluster::scheduler(&bind, external_host, config.as_deref()))
+                .await?
+        }
+        Command::Executor {
+            scheduler,
+            bind,
+            grpc_port,
+            external_host,
+            work_dir,
+            concurrent_tasks,
+            memory_limit,
+            config,
+        } => {
+            let args = cluster::ExecutorArgs {
+                scheduler,
+                bind,
+                external_host,
+                grpc_port,
+                work_dir,
+                concurrent_tasks,
+                memory_limit,
+                config,
+            };
+            cluster::until_stopped(cluster::executor(args)).await?
         }
         Command::Init { dir } => {
             init::init_project(&dir)?;

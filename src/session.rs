@@ -16,13 +16,13 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::storage::Location;
 
-/// Builds the DataFusion session for a run.
+/// The engine config of a run.
 ///
 /// `[datafusion]` keys are applied with `ConfigOptions::set`, with the `datafusion.` prefix
 /// added when missing; an unknown key is an error naming it. With `[runtime] memory_limit`,
 /// sorts and aggregations share a fair spilling pool (90 % of the limit: the pool tracks only
 /// large consumers) and spill to `[runtime] temp_dir` or the system temp directory.
-pub fn build_session(settings: &Settings) -> Result<SessionContext> {
+pub fn session_config(settings: &Settings) -> Result<SessionConfig> {
     let mut config = SessionConfig::new().with_information_schema(true);
     {
         let options = config.options_mut();
@@ -59,7 +59,12 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
                 message: format!("{e} (in {})", settings.config_path.display()),
             })?;
     }
+    Ok(config)
+}
 
+/// The engine runtime of a run: the memory pool of `[runtime] memory_limit`, spill files in
+/// `[runtime] temp_dir` (or the system temp dir).
+pub fn runtime_builder(settings: &Settings) -> RuntimeEnvBuilder {
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(limit) = settings.memory_limit {
         let pool_bytes = limit / 10 * 9;
@@ -74,8 +79,13 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
         }
         None => DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory),
     };
-    let runtime = runtime
-        .with_disk_manager_builder(disk)
+    runtime.with_disk_manager_builder(disk)
+}
+
+/// Builds the DataFusion session for a run (see [`session_config`] and [`runtime_builder`]).
+pub fn build_session(settings: &Settings) -> Result<SessionContext> {
+    let config = session_config(settings)?;
+    let runtime = runtime_builder(settings)
         .build_arc()
         .map_err(|e| Error::engine("cannot create the engine runtime", e))?;
 
@@ -86,7 +96,12 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
         .build();
     let ctx = SessionContext::new_with_state(state);
     crate::ext::register(&ctx);
-    // Object stores by URL: every input and the output.
+    register_input_stores(&ctx, settings)?;
+    Ok(ctx)
+}
+
+/// Makes the object store of every input given by URL known to `ctx`.
+pub fn register_input_stores(ctx: &SessionContext, settings: &Settings) -> Result<()> {
     for input in settings.inputs.values() {
         if input.uri.contains("://") {
             Location::resolve(&input.uri, &settings.s3)
@@ -95,8 +110,8 @@ pub fn build_session(settings: &Settings) -> Result<SessionContext> {
                     uri: input.uri.clone(),
                     message: e.to_string(),
                 })?
-                .register(&ctx);
+                .register(ctx);
         }
     }
-    Ok(ctx)
+    Ok(())
 }

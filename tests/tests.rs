@@ -13,6 +13,8 @@ mod azure;
 /// Bad input: every config, environment, input and model mistake exits non-zero naming
 /// what is wrong, and publishes nothing.
 mod cli_errors;
+/// The Ballista engine: a scheduler and executors on loopback compute the models.
+mod cluster;
 /// CLV fits that fail: predictions from the previous snapshot or NULL, with warnings.
 mod clv;
 /// Crash, signal and retention tests, shared by local disk and the object-store emulators.

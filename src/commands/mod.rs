@@ -1,6 +1,7 @@
 //! The commands of the `segflow` binary, one module each.
 
 pub mod check;
+pub mod cluster;
 pub mod docs;
 pub mod generate;
 pub mod init;

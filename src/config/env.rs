@@ -23,6 +23,8 @@ pub(super) fn apply(
             "OUTPUT_FORMAT" => settings.tables.format = TableFormat::parse(key, value)?,
             "MEMORY_LIMIT" => settings.memory_limit = Some(parse_size(key, value)?),
             "TIMEZONE" => settings.timezone = Some(parse_tz(key, value)?),
+            // Combined with the file's `[runtime]` by `Settings::load`.
+            "RUNTIME_ENGINE" | "RUNTIME_SCHEDULER" => {}
             // Read by the CLI itself.
             "CONFIG" | "LOG_FORMAT" | "LOG" | "FAILPOINTS" => continue,
             _ if name.starts_with("PARAM_") => {
@@ -53,7 +55,7 @@ pub(super) fn apply(
             _ => {
                 return Err(Error::ConfigValue {
                     key: key.clone(),
-                    message: "unknown SEGFLOW_* environment variable (known: SEGFLOW_AS_OF, SEGFLOW_OUTPUT, SEGFLOW_OUTPUT_FORMAT, SEGFLOW_MEMORY_LIMIT, SEGFLOW_TIMEZONE, SEGFLOW_PARAM_<NAME>, SEGFLOW_INPUT_<NAME>_URI, SEGFLOW_CONFIG, SEGFLOW_LOG_FORMAT)".into(),
+                    message: "unknown SEGFLOW_* environment variable (known: SEGFLOW_AS_OF, SEGFLOW_OUTPUT, SEGFLOW_OUTPUT_FORMAT, SEGFLOW_MEMORY_LIMIT, SEGFLOW_TIMEZONE, SEGFLOW_RUNTIME_ENGINE, SEGFLOW_RUNTIME_SCHEDULER, SEGFLOW_PARAM_<NAME>, SEGFLOW_INPUT_<NAME>_URI, SEGFLOW_CONFIG, SEGFLOW_LOG_FORMAT)".into(),
                 })
             }
         }

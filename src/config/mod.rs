@@ -299,6 +299,38 @@ pub struct RuntimeConfig {
     pub temp_dir: Option<String>,
     /// Models computed side by side; default: see [`Settings::concurrent_models`].
     pub concurrent_models: Option<usize>,
+    /// `"local"` (default: in this process) or `"ballista"` (on a cluster).
+    pub engine: Option<String>,
+    /// The Ballista scheduler, `df://HOST:PORT` (default `df://localhost:50050`).
+    pub scheduler: Option<String>,
+}
+
+/// Where a run's models are computed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// In the run's own process.
+    #[default]
+    Local,
+    /// On the Ballista cluster behind the scheduler.
+    Ballista(crate::cluster::SchedulerAddr),
+}
+
+/// `[runtime] engine` and `scheduler` (or their variables) as an [`Engine`].
+pub(crate) fn engine(
+    (engine_key, engine): (&str, Option<&str>),
+    (scheduler_key, scheduler): (&str, Option<&str>),
+) -> Result<Engine> {
+    match engine.unwrap_or("local") {
+        "local" => Ok(Engine::Local),
+        "ballista" => Ok(Engine::Ballista(crate::cluster::SchedulerAddr::parse(
+            scheduler_key,
+            scheduler.unwrap_or("df://localhost:50050"),
+        )?)),
+        other => Err(Error::ConfigValue {
+            key: engine_key.to_string(),
+            message: format!("unknown engine `{other}` (expected \"local\" or \"ballista\")"),
+        }),
+    }
 }
 
 /// Overrides given on the command line (highest precedence).
@@ -337,6 +369,8 @@ pub struct Settings {
     /// `[runtime] concurrent_models`: how many models may run side by side (None: two while
     /// the staged orders take at most a quarter of `memory_limit`, else one).
     pub concurrent_models: Option<usize>,
+    /// `[runtime] engine` / `scheduler`: where the models are computed.
+    pub engine: Engine,
     pub datafusion: Vec<(String, String)>,
     pub lock_timeout: Duration,
     pub keep_snapshots: Option<usize>,
@@ -374,6 +408,26 @@ impl Settings {
             }
         }
         Self::load_with_env(path, overrides, &env)
+    }
+
+    /// The `[storage.*]` settings of a config file, the rest of it ignored (what a cluster
+    /// process takes from a project's config).
+    pub fn load_storage(path: &Path) -> Result<S3Settings> {
+        /// A config file as far as its storage goes.
+        #[derive(Deserialize)]
+        struct StorageOnly {
+            #[serde(default)]
+            storage: StorageConfig,
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: StorageOnly = toml::from_str(&text).map_err(|e| Error::ConfigParse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        file.storage.s3.resolve()
     }
 
     /// Like [`Settings::load`] with an explicit environment (for tests).
@@ -427,6 +481,7 @@ impl Settings {
                 .as_ref()
                 .map(|p| absolute(Path::new(p), &base)),
             concurrent_models: file.runtime.concurrent_models,
+            engine: Engine::Local,
             datafusion: datafusion_options(&file.datafusion)?,
             lock_timeout: match &file.output.lock_timeout {
                 Some(s) => parse_duration("output.lock_timeout", s)?,
@@ -447,6 +502,38 @@ impl Settings {
         settings.s3 = file.storage.s3.resolve()?;
 
         let mut hash_extra = env::apply(env, &mut settings, &mut output, &cwd, path)?;
+        // `[runtime] engine` and `scheduler`, each overridden by its variable.
+        let setting = |var: &'static str, key: &'static str, file: &Option<String>| match env
+            .iter()
+            .find(|(k, _)| k == var)
+        {
+            Some((_, v)) => (var, Some(v.clone())),
+            None => (key, file.clone()),
+        };
+        let (engine_key, engine_value) = setting(
+            "SEGFLOW_RUNTIME_ENGINE",
+            "runtime.engine",
+            &file.runtime.engine,
+        );
+        let (scheduler_key, scheduler_value) = setting(
+            "SEGFLOW_RUNTIME_SCHEDULER",
+            "runtime.scheduler",
+            &file.runtime.scheduler,
+        );
+        settings.engine = engine(
+            (engine_key, engine_value.as_deref()),
+            (scheduler_key, scheduler_value.as_deref()),
+        )?;
+        if settings.engine != Engine::Local && settings.tables.format == TableFormat::Delta {
+            return Err(Error::ConfigValue {
+                key: engine_key.to_string(),
+                message: "the ballista engine writes Parquet output only: a model reading the \
+                    previous snapshot of a Delta table reads it through delta-rs's table \
+                    provider, which Ballista's plans cannot carry (set output.format = \
+                    \"parquet\" or engine = \"local\")"
+                    .into(),
+            });
+        }
         // Flags.
         if let Some(d) = &overrides.as_of {
             settings.as_of = Some(parse_date("--as-of", d)?);

@@ -15,7 +15,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Decimal128Array};
 use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{exec_err, Result};
+use datafusion::common::{exec_err, Result, ScalarValue};
 use datafusion::logical_expr::expr::Cast;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::utils::merge_schema;
@@ -26,35 +26,51 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
-/// `segflow_float_to_decimal(x)`: `CAST(x AS DECIMAL(precision, scale))` for a Float64 `x`.
+/// `segflow_float_to_decimal(x, precision, scale)`: `CAST(x AS DECIMAL(precision, scale))`
+/// for a Float64 `x`, with `precision` a UInt8 and `scale` an Int8 literal. The type is in
+/// the arguments, not in the function, so that one function, known by its name, serves every
+/// decimal type: plans sent to a Ballista cluster carry functions by name only.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct FloatDecimal {
-    precision: u8,
-    scale: i8,
     signature: Signature,
 }
 
-impl FloatDecimal {
-    fn new(precision: u8, scale: i8) -> Self {
-        Self {
-            precision,
-            scale,
-            signature: Signature::exact(vec![DataType::Float64], Volatility::Immutable),
+/// The function [`FloatDecimalRule`] calls (registered like every segflow function).
+pub fn float_decimal_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(FloatDecimal {
+        signature: Signature::exact(
+            vec![DataType::Float64, DataType::UInt8, DataType::Int8],
+            Volatility::Immutable,
+        ),
+    })
+}
+
+/// A call of [`float_decimal_udf`] casting `x` to `DECIMAL(precision, scale)`.
+fn float_to_decimal(x: Expr, precision: u8, scale: i8) -> Expr {
+    float_decimal_udf().call(vec![
+        x,
+        Expr::Literal(ScalarValue::UInt8(Some(precision)), None),
+        Expr::Literal(ScalarValue::Int8(Some(scale)), None),
+    ])
+}
+
+/// The decimal type of a call: its literal precision and scale.
+fn decimal_type(precision: Option<&ScalarValue>, scale: Option<&ScalarValue>) -> Result<DataType> {
+    match (precision, scale) {
+        (Some(ScalarValue::UInt8(Some(p))), Some(ScalarValue::Int8(Some(s)))) => {
+            Ok(DataType::Decimal128(*p, *s))
         }
+        _ => exec_err!("segflow_float_to_decimal(x, precision, scale): precision and scale must be UInt8 and Int8 literals"),
     }
+}
 
-    fn data_type(&self) -> DataType {
-        DataType::Decimal128(self.precision, self.scale)
-    }
-
-    /// Arrow's cast, as `CAST` runs it (an overflow is an error).
-    fn arrow_cast(&self, input: &ArrayRef) -> Result<ArrayRef> {
-        let options = CastOptions {
-            safe: false,
-            ..Default::default()
-        };
-        Ok(cast_with_options(input, &self.data_type(), &options)?)
-    }
+/// Arrow's cast to `to`, as `CAST` runs it (an overflow is an error).
+fn arrow_cast(input: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    let options = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    Ok(cast_with_options(input, to, &options)?)
 }
 
 /// Scaled values at or beyond this are left to arrow (2^63: what fits in an `i64`).
@@ -70,30 +86,34 @@ impl ScalarUDFImpl for FloatDecimal {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(self.data_type())
+        exec_err!("segflow_float_to_decimal: the type comes from its literal arguments")
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let data_type = decimal_type(
+            args.scalar_arguments.get(1).copied().flatten(),
+            args.scalar_arguments.get(2).copied().flatten(),
+        )?;
         // NULL exactly where the input is, like the cast it replaces
         let nullable = args.arg_fields.first().is_none_or(|f| f.is_nullable());
-        Ok(Arc::new(Field::new(
-            self.name(),
-            self.data_type(),
-            nullable,
-        )))
+        Ok(Arc::new(Field::new(self.name(), data_type, nullable)))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let Some(input) = arrays.first() else {
-            return exec_err!("segflow_float_to_decimal takes one argument");
+        let to = args.return_field.data_type().clone();
+        let DataType::Decimal128(precision, scale) = to else {
+            return exec_err!("segflow_float_to_decimal returns {to}");
         };
-        if input.data_type() != &DataType::Float64 || self.precision < 19 {
-            return Ok(ColumnarValue::Array(self.arrow_cast(input)?));
+        let Some(input) = args.args.first() else {
+            return exec_err!("segflow_float_to_decimal takes three arguments");
+        };
+        let input = input.to_array(args.number_rows)?;
+        if input.data_type() != &DataType::Float64 || precision < 19 {
+            return Ok(ColumnarValue::Array(arrow_cast(&input, &to)?));
         }
         let floats = input.as_primitive::<Float64Type>();
         let nulls = floats.nulls();
-        let mul = 10_f64.powi(self.scale as i32);
+        let mul = 10_f64.powi(scale as i32);
         let mut scaled = Vec::with_capacity(floats.len());
         for (i, x) in floats.values().iter().enumerate() {
             if nulls.is_some_and(|n| n.is_null(i)) {
@@ -103,12 +123,12 @@ impl ScalarUDFImpl for FloatDecimal {
             let r = (mul * x).round();
             // false for NaN too
             if !(r > -I64_LIMIT && r < I64_LIMIT) {
-                return Ok(ColumnarValue::Array(self.arrow_cast(input)?));
+                return Ok(ColumnarValue::Array(arrow_cast(&input, &to)?));
             }
             scaled.push(i128::from(r as i64));
         }
         let decimals = Decimal128Array::new(scaled.into(), nulls.cloned())
-            .with_precision_and_scale(self.precision, self.scale)?;
+            .with_precision_and_scale(precision, scale)?;
         Ok(ColumnarValue::Array(Arc::new(decimals)))
     }
 }
@@ -165,11 +185,9 @@ impl OptimizerRule for FloatDecimalRule {
                         ) =>
                 {
                     match field.data_type() {
-                        DataType::Decimal128(precision, scale) => {
-                            let udf =
-                                ScalarUDF::new_from_impl(FloatDecimal::new(*precision, *scale));
-                            Ok(Transformed::yes(udf.call(vec![inner.as_ref().clone()])))
-                        }
+                        DataType::Decimal128(precision, scale) => Ok(Transformed::yes(
+                            float_to_decimal(inner.as_ref().clone(), *precision, *scale),
+                        )),
                         _ => Ok(Transformed::no(e)),
                     }
                 }
@@ -211,15 +229,26 @@ pub(crate) mod tests {
         Arc::new(Float64Array::from(doubles_to_round()))
     }
 
-    fn run(udf: &FloatDecimal, input: &ArrayRef) -> Result<ArrayRef> {
+    fn run(to: &DataType, input: &ArrayRef) -> Result<ArrayRef> {
+        let DataType::Decimal128(p, s) = to else {
+            panic!("{to}")
+        };
         let args = ScalarFunctionArgs {
-            args: vec![ColumnarValue::Array(Arc::clone(input))],
-            arg_fields: vec![Arc::new(Field::new("x", DataType::Float64, true))],
+            args: vec![
+                ColumnarValue::Array(Arc::clone(input)),
+                ColumnarValue::Scalar(ScalarValue::UInt8(Some(*p))),
+                ColumnarValue::Scalar(ScalarValue::Int8(Some(*s))),
+            ],
+            arg_fields: vec![
+                Arc::new(Field::new("x", DataType::Float64, true)),
+                Arc::new(Field::new("p", DataType::UInt8, false)),
+                Arc::new(Field::new("s", DataType::Int8, false)),
+            ],
             number_rows: input.len(),
-            return_field: Arc::new(Field::new("d", udf.data_type(), true)),
+            return_field: Arc::new(Field::new("d", to.clone(), true)),
             config_options: Arc::new(Default::default()),
         };
-        match udf.invoke_with_args(args)? {
+        match float_decimal_udf().invoke_with_args(args)? {
             ColumnarValue::Array(a) => Ok(a),
             ColumnarValue::Scalar(s) => s.to_array(),
         }
@@ -249,10 +278,10 @@ pub(crate) mod tests {
             (10, 6),
             (38, -2),
         ] {
-            let udf = FloatDecimal::new(precision, scale);
+            let to = DataType::Decimal128(precision, scale);
             for input in &inputs {
-                let fast = run(&udf, input).map_err(|e| e.to_string());
-                let arrow = udf.arrow_cast(input).map_err(|e| e.to_string());
+                let fast = run(&to, input).map_err(|e| e.to_string());
+                let arrow = arrow_cast(input, &to).map_err(|e| e.to_string());
                 match (&fast, &arrow) {
                     (Ok(f), Ok(a)) => assert_eq!(f.as_ref(), a.as_ref(), "({precision}, {scale})"),
                     (Err(f), Err(a)) => assert!(f.contains(a.as_str()), "{f} vs {a}"),

@@ -39,6 +39,7 @@ pub fn functions() -> Extensions {
         scalars::local_date_udf(),
         scalars::utc_timestamp_udf(),
         scalars::integer_text_udf(),
+        decimal::float_decimal_udf(),
     ];
     scalars.extend(btyd::scalars());
     let mut aggregates = minmax::aggregates();
@@ -68,4 +69,29 @@ pub fn register(ctx: &SessionContext) {
     for rule in rules {
         ctx.add_optimizer_rule(rule);
     }
+}
+
+/// `state` with [`functions`] registered (a Ballista scheduler's sessions).
+pub fn with_extensions(
+    state: datafusion::execution::SessionState,
+) -> datafusion::error::Result<datafusion::execution::SessionState> {
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::execution::FunctionRegistry;
+    let Extensions {
+        scalars,
+        aggregates,
+        rules,
+    } = functions();
+    let mut builder = SessionStateBuilder::new_from_existing(state);
+    for rule in rules {
+        builder = builder.with_optimizer_rule(rule);
+    }
+    let mut state = builder.build();
+    for f in scalars {
+        state.register_udf(Arc::new(f))?;
+    }
+    for f in aggregates {
+        state.register_udaf(Arc::new(f))?;
+    }
+    Ok(state)
 }

@@ -40,7 +40,7 @@ fn started_beside(r: &Run) -> Vec<String> {
 
 /// Every published table of `out` at `as_of`, sorted, floats as their shortest round-trip
 /// text (equal text = equal bits).
-async fn published_dumps(out: &Path, as_of: &str) -> BTreeMap<String, Vec<String>> {
+pub(crate) async fn published_dumps(out: &Path, as_of: &str) -> BTreeMap<String, Vec<String>> {
     let m = manifest(out, as_of);
     let mut tables = BTreeMap::new();
     for model in m["tables"].as_object().unwrap().keys() {

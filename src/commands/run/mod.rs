@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use datafusion::prelude::SessionContext;
 
-use crate::config::{Settings, TableFormat};
+use crate::config::{Engine, Settings, TableFormat};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::ingest::{open_sources, planning_as_of, stage_orders, Sources};
@@ -180,6 +180,10 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
     );
     let tests: Vec<&DataTest> = selection.tests.iter().collect();
     let output = Output::open(&settings.output, &settings.s3, &settings.tables)?;
+    // A cluster that cannot be reached stops the run before the lock is taken.
+    if let Engine::Ballista(scheduler) = &settings.engine {
+        crate::cluster::reachable(scheduler).await?;
+    }
     let _governor = crate::memory::Governor::start(settings.memory_limit);
     let me = LockInfo::new(&run_id, started_at);
     let lock = tokio::select! {
@@ -252,7 +256,27 @@ async fn prepare(
     failpoint::hit("after_lock").await;
     let ctx = build_session(settings)?;
     output.loc.register(&ctx);
-    let computed = compute(&ctx, settings, output, run_id, selected).await?;
+    // The models' session: this one, or one bound to the cluster.
+    let models_ctx = match &settings.engine {
+        Engine::Local => ctx.clone(),
+        Engine::Ballista(scheduler) => {
+            let cluster = crate::cluster::connect(settings, scheduler).await?;
+            output.loc.register(&cluster);
+            cluster
+        }
+    };
+    let computed = compute(&ctx, &models_ctx, settings, output, run_id, selected).await?;
+    if ctx.session_id() != models_ctx.session_id() {
+        // The report reads the staged models in this process.
+        for o in &computed.outputs {
+            let table = models_ctx
+                .table_provider(o.name.as_str())
+                .await
+                .map_err(|e| Error::engine(format!("open {}", o.name), e))?;
+            ctx.register_table(o.name.as_str(), table)
+                .map_err(|e| Error::engine(format!("register {}", o.name), e))?;
+        }
+    }
     let as_of = computed.sources.as_of;
     let models: Vec<StagedModel> = computed
         .outputs
@@ -327,10 +351,12 @@ struct Computed {
     warnings: Vec<String>,
 }
 
-/// Stages the inputs, computes the selected models (beside the previous snapshot), and
-/// runs their checks and data tests: an error among them fails the run.
+/// Stages the inputs (in `ctx`, this process's session), computes the selected models
+/// (beside the previous snapshot) in `models_ctx` (the same session, or one bound to a
+/// cluster), and runs their checks and data tests there: an error among them fails the run.
 async fn compute(
     ctx: &datafusion::prelude::SessionContext,
+    models_ctx: &datafusion::prelude::SessionContext,
     settings: &Settings,
     output: &Output,
     run_id: &str,
@@ -345,6 +371,19 @@ async fn compute(
     .await?;
     let as_of = sources.as_of;
     info!(%as_of, rows = sources.orders.rows_visible, "inputs registered");
+    if ctx.session_id() != models_ctx.session_id() {
+        // The staged inputs, as the models' session sees them.
+        for name in crate::models::INPUT_TABLES {
+            let table = ctx
+                .table_provider(*name)
+                .await
+                .map_err(|e| Error::engine(format!("open {name}"), e))?;
+            models_ctx
+                .register_table(*name, table)
+                .map_err(|e| Error::engine(format!("register {name}"), e))?;
+        }
+    }
+    let ctx = models_ctx;
 
     let previous = output.previous_snapshot(as_of).await?;
     if let Some(p) = &previous {

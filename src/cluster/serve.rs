@@ -1,0 +1,243 @@
+//! `segflow scheduler` and `segflow executor`: Ballista's scheduler and executor processes,
+//! each knowing segflow's functions, codec and object stores.
+//!
+//! Liveness is tuned for nightly batch runs rather than Ballista's long-lived defaults: an
+//! executor heartbeats every [`HEARTBEAT`]; the scheduler declares one lost after
+//! [`EXECUTOR_TIMEOUT`] without a heartbeat and runs its tasks again on the others (and the
+//! finished stages whose output it held); a job with no executor left fails after
+//! [`NO_EXECUTORS_GRACE`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::RuntimeProducer;
+use ballista_executor::execution_engine::{
+    DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
+};
+use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::start_server;
+use ballista_scheduler::SessionBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::SessionConfig;
+use tracing::info;
+
+use super::codec::SegflowLogicalCodec;
+use super::{SchedulerAddr, StoreRegistry};
+use crate::config::S3Settings;
+use crate::error::{Error, Result};
+
+/// How often an executor tells the scheduler it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long the scheduler waits for a heartbeat before it declares an executor lost.
+pub const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a job waits for an executor when none is left.
+pub const NO_EXECUTORS_GRACE: Duration = Duration::from_secs(30);
+
+/// `segflow scheduler`: serves Ballista's scheduler on `bind` until the process ends.
+pub async fn run_scheduler(bind: SocketAddr, external_host: String, s3: S3Settings) -> Result<()> {
+    let stores = Arc::new(StoreRegistry::new(s3));
+    let session_builder: SessionBuilder = Arc::new(move |config: SessionConfig| {
+        let state = ballista_core::utils::default_session_builder(config)?;
+        let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
+            .with_object_store_registry(stores.clone())
+            .build_arc()?;
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_runtime_env(runtime)
+            .build();
+        crate::ext::with_extensions(state)
+    });
+    let config = SchedulerConfig {
+        bind_host: bind.ip().to_string(),
+        external_host,
+        bind_port: bind.port(),
+        executor_timeout_seconds: EXECUTOR_TIMEOUT.as_secs(),
+        expire_dead_executor_interval_seconds: 1,
+        no_executors_grace_period_seconds: NO_EXECUTORS_GRACE.as_secs(),
+        override_session_builder: Some(session_builder),
+        override_logical_codec: Some(Arc::new(SegflowLogicalCodec::default())),
+        ..Default::default()
+    };
+    let failed = |e: ballista_core::error::BallistaError| Error::Cluster {
+        scheduler: bind.to_string(),
+        message: e.to_string(),
+    };
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(failed)?;
+    info!(%bind, "scheduler listening");
+    start_server(cluster, bind, Arc::new(config))
+        .await
+        .map_err(failed)
+}
+
+/// What `segflow executor` serves.
+pub struct ExecutorOptions {
+    pub scheduler: SchedulerAddr,
+    /// The Arrow Flight address (results and shuffle data); gRPC on `grpc_port`.
+    pub bind: SocketAddr,
+    /// The host other processes reach this executor at.
+    pub external_host: String,
+    pub grpc_port: u16,
+    /// Shuffle files and spills.
+    pub work_dir: PathBuf,
+    /// Tasks run side by side (default: the cores).
+    pub concurrent_tasks: usize,
+    /// The executor's memory pool, shared by its tasks (default: Ballista's, 70 % of RAM).
+    pub memory_limit: Option<u64>,
+    pub s3: S3Settings,
+}
+
+/// `segflow executor`: registers with the scheduler and runs tasks until the process ends
+/// (SIGTERM or Ctrl-C stop it after its running tasks).
+pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
+    let ExecutorOptions {
+        scheduler,
+        bind,
+        external_host,
+        grpc_port,
+        work_dir,
+        concurrent_tasks,
+        memory_limit,
+        s3,
+    } = options;
+    std::fs::create_dir_all(&work_dir).map_err(|e| Error::io("create", &work_dir, e))?;
+    let work = work_dir.to_string_lossy().into_owned();
+    // DataFusion's functions (the nested ones too, which Ballista's default registry lacks),
+    // then segflow's.
+    let mut functions =
+        BallistaFunctionRegistry::from(&SessionStateBuilder::new().with_default_features().build());
+    let extensions = crate::ext::functions();
+    for f in extensions.scalars {
+        functions
+            .scalar_functions
+            .insert(f.name().to_string(), Arc::new(f));
+    }
+    for f in extensions.aggregates {
+        functions
+            .aggregate_functions
+            .insert(f.name().to_string(), Arc::new(f));
+    }
+    let stores = Arc::new(StoreRegistry::new(s3));
+    let spill_dir = work.clone();
+    let runtime: RuntimeProducer = Arc::new(move |_config: &SessionConfig| {
+        RuntimeEnvBuilder::new()
+            .with_temp_file_path(spill_dir.clone())
+            .with_object_store_registry(stores.clone())
+            .build_arc()
+    });
+    let config = ExecutorProcessConfig {
+        bind_host: bind.ip().to_string(),
+        external_host: Some(external_host),
+        port: bind.port(),
+        grpc_port,
+        scheduler_host: scheduler.host.clone(),
+        scheduler_port: scheduler.port,
+        // One attempt: an executor started before its scheduler exits (and is restarted by
+        // whatever supervises it) instead of waiting.
+        scheduler_connect_timeout_seconds: 0,
+        vcores: concurrent_tasks,
+        work_dir: Some(work),
+        executor_heartbeat_interval_seconds: HEARTBEAT.as_secs(),
+        memory_pool_size: memory_limit,
+        override_function_registry: Some(Arc::new(functions)),
+        override_runtime_producer: Some(runtime),
+        override_logical_codec: Some(Arc::new(SegflowLogicalCodec::default())),
+        override_execution_engine: Some(Arc::new(SegflowEngine(DefaultExecutionEngine::new()))),
+        ..Default::default()
+    };
+    info!(%bind, grpc_port, %scheduler, "executor starting");
+    start_executor_process(Arc::new(config))
+        .await
+        .map_err(|e| Error::Cluster {
+            scheduler: scheduler.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// The failpoint an executor passes when it is handed a task.
+const TASK_FAILPOINT: &str = "executor_task";
+
+/// Ballista's execution engine, with two changes: tasks report no per-operator metrics, and
+/// (in tests) [`TASK_FAILPOINT`] is passed as each task is created.
+///
+/// Ballista 55's scheduler keeps the first task's operator metrics of a stage and refuses
+/// the status of a later task whose plan (restricted to that task's partitions) has a
+/// different number of operators ("task metrics array size 11 does not equal with the
+/// stage metrics array size 10"): the task never counts as finished and the job hangs.
+/// The built-in `rfm` model's joins of window aggregates do that on two executors. The
+/// metrics only feed the scheduler's plan display; everything else a task reports is
+/// passed on. (Ballista's shuffle client pool is private to its executor process: shuffle
+/// reads open their own connections.)
+struct SegflowEngine(DefaultExecutionEngine);
+
+impl ExecutionEngine for SegflowEngine {
+    fn create_query_stage_exec(
+        &self,
+        job_id: ballista_core::JobId,
+        stage_id: usize,
+        task_id: usize,
+        global_output_partition_ids: Vec<usize>,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        work_dir: &str,
+        config: &SessionConfig,
+    ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
+        crate::failpoint::hit_now(TASK_FAILPOINT);
+        let stage = self.0.create_query_stage_exec(
+            job_id,
+            stage_id,
+            task_id,
+            global_output_partition_ids,
+            plan,
+            work_dir,
+            config,
+        )?;
+        Ok(Arc::new(WithoutOperatorMetrics(stage)))
+    }
+}
+
+/// A query stage reporting no per-operator metrics (see [`SegflowEngine`]).
+#[derive(Debug)]
+struct WithoutOperatorMetrics(Arc<dyn QueryStageExecutor>);
+
+impl std::fmt::Display for WithoutOperatorMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[async_trait::async_trait]
+impl QueryStageExecutor for WithoutOperatorMetrics {
+    async fn execute_query_stage(
+        &self,
+        task_id: usize,
+        context: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::error::Result<Vec<ballista_core::serde::protobuf::ShuffleWritePartition>> {
+        self.0.execute_query_stage(task_id, context).await
+    }
+
+    fn collect_plan_metrics(&self) -> Vec<datafusion::physical_plan::metrics::MetricsSet> {
+        Vec::new()
+    }
+
+    fn collect_runtime_stats_reports(
+        &self,
+    ) -> Vec<ballista_core::serde::protobuf::RuntimeStatsReport> {
+        self.0.collect_runtime_stats_reports()
+    }
+
+    fn collect_window_state_reports(
+        &self,
+    ) -> datafusion::error::Result<Vec<ballista_core::serde::protobuf::WindowStateReport>> {
+        self.0.collect_window_state_reports()
+    }
+
+    fn collect_column_stats(&self) -> Vec<ballista_core::serde::protobuf::TaskColumnStats> {
+        self.0.collect_column_stats()
+    }
+}

@@ -1,0 +1,245 @@
+//! The Ballista engine: a scheduler and two executors of the built binary on loopback
+//! (free ports, killed when the test ends) compute the demo's models; the tables equal the
+//! local engine's, bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use crate::s3::{free_port, moto_with_demo, s3_config, wait_for_port};
+use crate::scheduler::published_dumps;
+use crate::util::{
+    demo_config, error_line, run_at_env, segflow_command, snapshot_files, DEMO_AS_OF,
+};
+
+/// A scheduler and its executors, killed on drop.
+struct Cluster {
+    scheduler: Child,
+    executors: Vec<Child>,
+    port: u16,
+    _work: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.executors.iter_mut().chain([&mut self.scheduler]) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts a scheduler and one executor per entry of `executor_env` (each with that
+    /// extra environment, on top of `env`), two task slots each.
+    fn start(env: &[(String, String)], executor_env: &[Vec<(String, String)>]) -> Cluster {
+        let work = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let dir = work.path().to_path_buf();
+        let log = move |name: &str| {
+            std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file")
+        };
+        let mut scheduler = segflow_command()
+            .args(["--log-format", "json", "scheduler", "--bind"])
+            .arg(format!("127.0.0.1:{port}"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log("scheduler"))
+            .spawn()
+            .expect("scheduler starts");
+        wait_for_port(port, &mut scheduler, "scheduler");
+        let mut cluster = Cluster {
+            scheduler,
+            executors: Vec::new(),
+            port,
+            _work: work,
+        };
+        for (i, extra) in executor_env.iter().enumerate() {
+            let flight = free_port();
+            let grpc = free_port();
+            let dir = cluster._work.path().join(format!("executor-{i}"));
+            let mut child = segflow_command()
+                .args(["--log-format", "json", "executor", "--scheduler"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--bind")
+                .arg(format!("127.0.0.1:{flight}"))
+                .args(["--grpc-port", &grpc.to_string()])
+                .arg("--work-dir")
+                .arg(&dir)
+                .args(["--concurrent-tasks", "2"])
+                .envs(env.iter().chain(extra).map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(log(&format!("executor-{i}")))
+                .spawn()
+                .expect("executor starts");
+            wait_for_port(flight, &mut child, "executor");
+            cluster.executors.push(child);
+        }
+        cluster
+    }
+
+    /// The environment that sends a run's models to this cluster.
+    fn run_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("SEGFLOW_RUNTIME_ENGINE".into(), "ballista".into()),
+            (
+                "SEGFLOW_RUNTIME_SCHEDULER".into(),
+                format!("df://127.0.0.1:{}", self.port),
+            ),
+        ]
+    }
+
+    /// A process's log, for failure messages.
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self._work.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let mut all = format!("--- scheduler\n{}", self.log("scheduler"));
+        for i in 0..self.executors.len() {
+            let name = format!("executor-{i}");
+            all.push_str(&format!("\n--- {name}\n{}", self.log(&name)));
+        }
+        all
+    }
+}
+
+/// Every published table of the snapshot `as_of` in `out` (see [`published_dumps`]).
+fn tables(out: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(published_dumps(out, DEMO_AS_OF))
+}
+
+/// The demo run on the local engine, in `dir`: its published tables.
+fn local_tables(dir: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    let config = demo_config(dir, "");
+    let r = run_at_env(&config, DEMO_AS_OF, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    tables(&dir.join("out"))
+}
+
+fn assert_same_tables(
+    local: &std::collections::BTreeMap<String, Vec<String>>,
+    cluster: &std::collections::BTreeMap<String, Vec<String>>,
+) {
+    assert_eq!(
+        local.keys().collect::<Vec<_>>(),
+        cluster.keys().collect::<Vec<_>>()
+    );
+    for (model, rows) in local {
+        assert_eq!(
+            rows, &cluster[model],
+            "{model}: the cluster's rows differ from the local engine's"
+        );
+    }
+}
+
+/// The demo project's input and output on moto S3, its models on a scheduler and two
+/// executors (which reach S3 through the AWS_* environment): every published table equals
+/// the local engine's, row for row, floats bit-equal.
+#[test]
+fn the_demo_on_two_executors_with_s3_output_publishes_the_local_engines_tables() {
+    let reference = tempfile::tempdir().unwrap();
+    let local = local_tables(reference.path());
+
+    let moto = moto_with_demo();
+    let cluster = Cluster::start(&moto.env(), &[vec![], vec![]]);
+    let tmp = tempfile::tempdir().unwrap();
+    let config = s3_config(tmp.path(), "");
+    let mut env = moto.env();
+    env.extend(cluster.run_env());
+    let r = run_at_env(&config, DEMO_AS_OF, &env);
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, cluster.logs());
+    let out = tmp.path().join("s3-out");
+    moto.download("bucket", "out", &out);
+    assert_same_tables(&local, &tables(&out));
+}
+
+/// One of two executors is SIGKILLed as it is handed its first task (a failpoint): the
+/// scheduler declares it lost after the heartbeat timeout and runs its tasks on the other;
+/// the run completes with the local engine's tables, and the output holds one whole
+/// snapshot.
+#[test]
+fn an_executor_killed_at_its_first_task_is_replaced_and_the_run_publishes_the_same_tables() {
+    let reference = tempfile::tempdir().unwrap();
+    let local = local_tables(reference.path());
+
+    let kill = vec![(
+        "SEGFLOW_FAILPOINTS".to_string(),
+        "executor_task=kill".to_string(),
+    )];
+    let mut cluster = Cluster::start(&[], &[kill, vec![]]);
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let r = run_at_env(&config, DEMO_AS_OF, &cluster.run_env());
+    let killed = cluster.executors[0].try_wait().expect("status");
+    assert!(
+        killed.is_some(),
+        "the executor with the failpoint is still running\n{}",
+        cluster.logs()
+    );
+    assert!(
+        cluster
+            .log("executor-0")
+            .contains("failpoint: killing the process"),
+        "{}",
+        cluster.logs()
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, cluster.logs());
+    assert_same_tables(&local, &tables(&tmp.path().join("out")));
+    let files = snapshot_files(&tmp.path().join("out"));
+    assert!(
+        !files
+            .keys()
+            .any(|f| f.starts_with("_staging") || f == "_lock"),
+        "{:?}",
+        files.keys().collect::<Vec<_>>()
+    );
+}
+
+/// A scheduler nobody listens for: exit 2 naming HOST:PORT, before the lock is taken; the
+/// output (holding an earlier snapshot) is exactly as it was.
+#[test]
+fn an_unreachable_scheduler_exits_2_naming_it_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let first = run_at_env(&config, "2026-10-31", &[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let out: PathBuf = tmp.path().join("out");
+    let before = snapshot_files(&out);
+    let port = free_port();
+    let env = vec![
+        ("SEGFLOW_RUNTIME_ENGINE".to_string(), "ballista".to_string()),
+        (
+            "SEGFLOW_RUNTIME_SCHEDULER".to_string(),
+            format!("df://127.0.0.1:{port}"),
+        ),
+    ];
+    let r = run_at_env(&config, DEMO_AS_OF, &env);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let line = error_line(&r);
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    assert!(line.contains("scheduler"), "{line}");
+    assert_eq!(snapshot_files(&out), before, "the output changed");
+}
+
+/// `segflow executor` refuses a scheduler address it cannot parse, naming the flag.
+#[test]
+fn an_executor_with_a_bad_scheduler_address_exits_2_naming_the_flag() {
+    let out = segflow_command()
+        .args([
+            "executor",
+            "--scheduler",
+            "df://host:notaport",
+            "--work-dir",
+            "/tmp/never-created-by-segflow",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--scheduler") && stderr.contains("notaport"),
+        "{stderr}"
+    );
+}
