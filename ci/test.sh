@@ -98,6 +98,9 @@ echo "== the demo run's metrics file, read by the Prometheus client's parser"
 echo "== the demo run's OpenLineage events, validated against the OpenLineage JSON schemas"
 "$VENV/bin/python" ci/lineage_check.py "$OUT/_lineage.jsonl"
 
+echo "== the Kubernetes manifests against the Kubernetes API's models and segflow's command line"
+"$VENV/bin/python" ci/k8s_check.py --segflow "$CARGO_TARGET_DIR/debug/segflow" deploy/kubernetes/segflow.yaml
+
 echo "== the demo run's report in headless Chromium, its numbers against the tables"
 # The screenshot is kept as the CI artifact.
 ARTIFACTS="$(pwd)/test-output"

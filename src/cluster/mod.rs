@@ -13,7 +13,6 @@ pub mod codec;
 pub mod serve;
 mod stores;
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,62 +23,8 @@ use datafusion::prelude::SessionContext;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 
+pub use crate::config::{SchedulerAddr, DEFAULT_SCHEDULER_PORT};
 pub use stores::StoreRegistry;
-
-/// The scheduler's port when none is given.
-pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
-
-/// Where a scheduler listens: `HOST:PORT`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SchedulerAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl SchedulerAddr {
-    /// Parses `df://HOST:PORT`, `HOST:PORT` or `HOST` (port 50050); `key` names the setting
-    /// or flag in the error.
-    pub fn parse(key: &str, value: &str) -> Result<SchedulerAddr> {
-        let bad = |message: String| Error::ConfigValue {
-            key: key.to_string(),
-            message: format!("`{value}`: {message} (expected df://HOST:PORT)"),
-        };
-        let rest = match value.split_once("://") {
-            Some(("df", rest)) => rest,
-            Some((scheme, _)) => return Err(bad(format!("unknown scheme `{scheme}://`"))),
-            None => value,
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| bad(format!("`{port}` is not a port")))?,
-            ),
-            None => (rest, DEFAULT_SCHEDULER_PORT),
-        };
-        if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
-            return Err(bad("no host".into()));
-        }
-        Ok(SchedulerAddr {
-            host: host.to_string(),
-            port,
-        })
-    }
-
-    /// The URL Ballista's client takes.
-    pub fn url(&self) -> String {
-        format!("df://{}:{}", self.host, self.port)
-    }
-}
-
-impl fmt::Display for SchedulerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
-}
 
 /// How long a run waits for the scheduler's port to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,37 +86,6 @@ pub async fn connect(settings: &Settings, scheduler: &SchedulerAddr) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scheduler_addresses_parse_with_and_without_scheme_and_port() {
-        let addr = |h: &str, p| SchedulerAddr {
-            host: h.into(),
-            port: p,
-        };
-        for (text, want) in [
-            ("df://127.0.0.1:50150", addr("127.0.0.1", 50150)),
-            ("df://scheduler:50050/", addr("scheduler", 50050)),
-            (
-                "scheduler.segflow.svc",
-                addr("scheduler.segflow.svc", 50050),
-            ),
-            ("10.0.0.7:6000", addr("10.0.0.7", 6000)),
-        ] {
-            assert_eq!(SchedulerAddr::parse("k", text).unwrap(), want, "{text}");
-        }
-        assert_eq!(addr("h", 1).url(), "df://h:1");
-        for bad in [
-            "http://h:1",
-            "df://h:x",
-            "df://:50050",
-            "df://h:0",
-            "h:70000",
-        ] {
-            let e = SchedulerAddr::parse("runtime.scheduler", bad).unwrap_err();
-            assert!(e.to_string().contains("runtime.scheduler"), "{e}");
-            assert!(e.to_string().contains(bad), "{e}");
-        }
-    }
 
     #[tokio::test]
     async fn an_unreachable_scheduler_is_named() {

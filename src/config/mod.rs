@@ -8,8 +8,11 @@
 pub mod canonical;
 mod env;
 pub mod output;
+mod runtime;
 
 pub use output::{SchemaChange, TableFormat, TableSettings};
+use runtime::engine;
+pub use runtime::{Engine, SchedulerAddr, DEFAULT_SCHEDULER_PORT};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -303,34 +306,6 @@ pub struct RuntimeConfig {
     pub engine: Option<String>,
     /// The Ballista scheduler, `df://HOST:PORT` (default `df://localhost:50050`).
     pub scheduler: Option<String>,
-}
-
-/// Where a run's models are computed.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Engine {
-    /// In the run's own process.
-    #[default]
-    Local,
-    /// On the Ballista cluster behind the scheduler.
-    Ballista(crate::cluster::SchedulerAddr),
-}
-
-/// `[runtime] engine` and `scheduler` (or their variables) as an [`Engine`].
-pub(crate) fn engine(
-    (engine_key, engine): (&str, Option<&str>),
-    (scheduler_key, scheduler): (&str, Option<&str>),
-) -> Result<Engine> {
-    match engine.unwrap_or("local") {
-        "local" => Ok(Engine::Local),
-        "ballista" => Ok(Engine::Ballista(crate::cluster::SchedulerAddr::parse(
-            scheduler_key,
-            scheduler.unwrap_or("df://localhost:50050"),
-        )?)),
-        other => Err(Error::ConfigValue {
-            key: engine_key.to_string(),
-            message: format!("unknown engine `{other}` (expected \"local\" or \"ballista\")"),
-        }),
-    }
 }
 
 /// Overrides given on the command line (highest precedence).

@@ -8,7 +8,8 @@ use std::process::{Child, Stdio};
 use crate::s3::{free_port, moto_with_demo, s3_config, wait_for_port};
 use crate::scheduler::published_dumps;
 use crate::util::{
-    demo_config, error_line, run_at_env, segflow_command, snapshot_files, DEMO_AS_OF,
+    demo_config, error_line, output_within, run_at_env, run_command, segflow_command,
+    snapshot_files, Deadline, DEMO_AS_OF, RUN_DEADLINE,
 };
 
 /// A scheduler and its executors, killed on drop.
@@ -34,16 +35,13 @@ impl Cluster {
     fn start(env: &[(String, String)], executor_env: &[Vec<(String, String)>]) -> Cluster {
         let work = tempfile::tempdir().unwrap();
         let port = free_port();
-        let dir = work.path().to_path_buf();
-        let log = move |name: &str| {
-            std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file")
-        };
+        let log = std::fs::File::create(work.path().join("scheduler.log")).expect("log file");
         let mut scheduler = segflow_command()
             .args(["--log-format", "json", "scheduler", "--bind"])
             .arg(format!("127.0.0.1:{port}"))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(log("scheduler"))
+            .stderr(log)
             .spawn()
             .expect("scheduler starts");
         wait_for_port(port, &mut scheduler, "scheduler");
@@ -53,28 +51,37 @@ impl Cluster {
             port,
             _work: work,
         };
-        for (i, extra) in executor_env.iter().enumerate() {
-            let flight = free_port();
-            let grpc = free_port();
-            let dir = cluster._work.path().join(format!("executor-{i}"));
-            let mut child = segflow_command()
-                .args(["--log-format", "json", "executor", "--scheduler"])
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--bind")
-                .arg(format!("127.0.0.1:{flight}"))
-                .args(["--grpc-port", &grpc.to_string()])
-                .arg("--work-dir")
-                .arg(&dir)
-                .args(["--concurrent-tasks", "2"])
-                .envs(env.iter().chain(extra).map(|(k, v)| (k, v)))
-                .stdout(Stdio::null())
-                .stderr(log(&format!("executor-{i}")))
-                .spawn()
-                .expect("executor starts");
-            wait_for_port(flight, &mut child, "executor");
-            cluster.executors.push(child);
+        for extra in executor_env {
+            cluster.add_executor(env, extra);
         }
         cluster
+    }
+
+    /// Starts one more executor (with `env` and `extra`), two task slots, and waits until
+    /// it listens.
+    fn add_executor(&mut self, env: &[(String, String)], extra: &[(String, String)]) {
+        let i = self.executors.len();
+        let flight = free_port();
+        let grpc = free_port();
+        let dir = self._work.path().join(format!("executor-{i}"));
+        let log = std::fs::File::create(self._work.path().join(format!("executor-{i}.log")))
+            .expect("log file");
+        let mut child = segflow_command()
+            .args(["--log-format", "json", "executor", "--scheduler"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{flight}"))
+            .args(["--grpc-port", &grpc.to_string()])
+            .arg("--work-dir")
+            .arg(&dir)
+            .args(["--concurrent-tasks", "2"])
+            .envs(env.iter().chain(extra).map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("executor starts");
+        wait_for_port(flight, &mut child, "executor");
+        self.executors.push(child);
     }
 
     /// The environment that sends a run's models to this cluster.
@@ -155,10 +162,10 @@ fn the_demo_on_two_executors_with_s3_output_publishes_the_local_engines_tables()
     assert_same_tables(&local, &tables(&out));
 }
 
-/// One of two executors is SIGKILLed as it is handed its first task (a failpoint): the
-/// scheduler declares it lost after the heartbeat timeout and runs its tasks on the other;
-/// the run completes with the local engine's tables, and the output holds one whole
-/// snapshot.
+/// The only executor is SIGKILLed as it is handed its first task (a failpoint); a second
+/// one joins once it is dead. The scheduler declares the first lost after the heartbeat
+/// timeout and runs its task on the second: the run completes with the local engine's
+/// tables, and the output holds one whole snapshot (no staging, no lock).
 #[test]
 fn an_executor_killed_at_its_first_task_is_replaced_and_the_run_publishes_the_same_tables() {
     let reference = tempfile::tempdir().unwrap();
@@ -168,24 +175,38 @@ fn an_executor_killed_at_its_first_task_is_replaced_and_the_run_publishes_the_sa
         "SEGFLOW_FAILPOINTS".to_string(),
         "executor_task=kill".to_string(),
     )];
-    let mut cluster = Cluster::start(&[], &[kill, vec![]]);
+    let mut cluster = Cluster::start(&[], &[kill]);
     let tmp = tempfile::tempdir().unwrap();
     let config = demo_config(tmp.path(), "");
-    let r = run_at_env(&config, DEMO_AS_OF, &cluster.run_env());
-    let killed = cluster.executors[0].try_wait().expect("status");
-    assert!(
-        killed.is_some(),
-        "the executor with the failpoint is still running\n{}",
-        cluster.logs()
-    );
-    assert!(
-        cluster
-            .log("executor-0")
-            .contains("failpoint: killing the process"),
+    let run = run_command(&["--log-format", "json"], &config, DEMO_AS_OF)
+        .envs(cluster.run_env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run starts");
+    let deadline = Deadline::after(std::time::Duration::from_secs(120));
+    let killed = loop {
+        if let Some(status) = cluster.executors[0].try_wait().expect("status") {
+            break status;
+        }
+        deadline.check(|| format!("the executor with the failpoint to die\n{}", cluster.logs()));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed),
+        Some(9),
         "{}",
         cluster.logs()
     );
-    assert_eq!(r.code, 0, "{}\n{}", r.stderr, cluster.logs());
+    cluster.add_executor(&[], &[]);
+    let out = output_within(run, RUN_DEADLINE, "the run on the cluster");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", cluster.logs());
+    assert!(
+        cluster.log("scheduler").contains("heartbeat timed out"),
+        "{}",
+        cluster.logs()
+    );
     assert_same_tables(&local, &tables(&tmp.path().join("out")));
     let files = snapshot_files(&tmp.path().join("out"));
     assert!(
