@@ -3,7 +3,7 @@
     python ci/k8s_check.py --segflow target/debug/segflow [deploy/kubernetes/segflow.yaml]
 
 1. Every document is a Kubernetes object whose every field exists in the Kubernetes API, as
-   the official Python client's models describe it (kubernetes==37, API 1.37): an unknown or
+   the official Python client's models describe it (kubernetes==36, API 1.36): an unknown or
    misspelt field, a list where an object belongs or a missing required field fails, with
    the field's path.
 2. The pieces fit: the scheduler container binds the port its Service targets; executors
@@ -53,7 +53,7 @@ def walk(value, type_name, path, problems):
         for i, v in enumerate(value):
             walk(v, m.group(1), f"{path}[{i}]", problems)
         return
-    m = re.fullmatch(r"(?:dict\(str, (.+)\)|Dict\[str, (.+)\])", type_name)
+    m = re.fullmatch(r"(?:[dD]ict\(str, (.+)\)|[dD]ict\[str, (.+)\])", type_name)
     if m:
         if not isinstance(value, dict):
             problems.append(f"{path}: expected a map, got {type(value).__name__}")
