@@ -218,6 +218,29 @@ fn an_executor_killed_at_its_first_task_is_replaced_and_the_run_publishes_the_sa
     );
 }
 
+/// The only executor is SIGKILLed at its first task and none other joins: after the
+/// scheduler's grace period the job fails, the run exits 2 with the scheduler's error, and
+/// the output (holding an earlier snapshot) is exactly as it was.
+#[test]
+fn a_run_whose_last_executor_dies_exits_2_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let first = run_at_env(&config, "2026-10-31", &[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let out: PathBuf = tmp.path().join("out");
+    let before = snapshot_files(&out);
+    let kill = vec![(
+        "SEGFLOW_FAILPOINTS".to_string(),
+        "executor_task=kill".to_string(),
+    )];
+    let cluster = Cluster::start(&[], &[kill]);
+    let r = run_at_env(&config, DEMO_AS_OF, &cluster.run_env());
+    assert_eq!(r.code, 2, "{}\n{}", r.stderr, cluster.logs());
+    let line = error_line(&r);
+    assert!(line.contains("Job") && line.contains("failed"), "{line}");
+    assert_eq!(snapshot_files(&out), before, "the output changed");
+}
+
 /// A scheduler nobody listens for: exit 2 naming HOST:PORT, before the lock is taken; the
 /// output (holding an earlier snapshot) is exactly as it was.
 #[test]
