@@ -150,35 +150,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run a Ballista executor for segflow's models, registered with a scheduler.
-    Executor {
-        /// The scheduler, HOST:PORT or df://HOST:PORT.
-        #[arg(long)]
-        scheduler: String,
-        /// Arrow Flight address (results and shuffle data).
-        #[arg(long, default_value = "0.0.0.0:50051")]
-        bind: String,
-        /// gRPC port for the scheduler's calls [default: the --bind port + 1].
-        #[arg(long)]
-        grpc_port: Option<u16>,
-        /// Host name the scheduler and runs reach this executor at [default: the --bind
-        /// host, or this machine's name when bound to every interface].
-        #[arg(long)]
-        external_host: Option<String>,
-        /// Directory for shuffle files and spills (created when missing).
-        #[arg(long)]
-        work_dir: PathBuf,
-        /// Tasks run side by side [default: the CPUs].
-        #[arg(long)]
-        concurrent_tasks: Option<usize>,
-        /// Memory pool shared by the tasks, e.g. "8g" [default: 70 % of the machine's].
-        #[arg(long)]
-        memory_limit: Option<String>,
-        /// A project config whose [storage.*] settings apply to every object store the
-        /// executor reads or writes (the rest of the file is ignored); default: the AWS_*
-        /// environment.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Executor(segflow::commands::cluster::ExecutorArgs),
 }
 
 /// `segflow generate`'s arguments.
@@ -246,7 +218,7 @@ fn main() -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if matches!(
         cli.command,
-        Command::Scheduler { .. } | Command::Executor { .. }
+        Command::Scheduler { .. } | Command::Executor(_)
     ) {
         builder.thread_stack_size(32 * 1024 * 1024);
     }
@@ -353,28 +325,7 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             cluster::until_stopped(cluster::scheduler(&bind, external_host, config.as_deref()))
                 .await?
         }
-        Command::Executor {
-            scheduler,
-            bind,
-            grpc_port,
-            external_host,
-            work_dir,
-            concurrent_tasks,
-            memory_limit,
-            config,
-        } => {
-            let args = cluster::ExecutorArgs {
-                scheduler,
-                bind,
-                external_host,
-                grpc_port,
-                work_dir,
-                concurrent_tasks,
-                memory_limit,
-                config,
-            };
-            cluster::until_stopped(cluster::executor(args)).await?
-        }
+        Command::Executor(args) => cluster::until_stopped(cluster::executor(args)).await?,
         Command::Init { dir } => {
             init::init_project(&dir)?;
             println!(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::config::Settings;
@@ -82,18 +82,22 @@ pub fn runtime_builder(settings: &Settings) -> RuntimeEnvBuilder {
     runtime.with_disk_manager_builder(disk)
 }
 
-/// Builds the DataFusion session for a run (see [`session_config`] and [`runtime_builder`]).
-pub fn build_session(settings: &Settings) -> Result<SessionContext> {
-    let config = session_config(settings)?;
-    let runtime = runtime_builder(settings)
+/// The session state of a run from its engine `config` and `runtime` (DataFusion's
+/// default features on top).
+pub fn session_state(config: SessionConfig, runtime: RuntimeEnvBuilder) -> Result<SessionState> {
+    let runtime = runtime
         .build_arc()
         .map_err(|e| Error::engine("cannot create the engine runtime", e))?;
-
-    let state = SessionStateBuilder::new()
+    Ok(SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
-        .build();
+        .build())
+}
+
+/// Builds the DataFusion session for a run (see [`session_config`] and [`runtime_builder`]).
+pub fn build_session(settings: &Settings) -> Result<SessionContext> {
+    let state = session_state(session_config(settings)?, runtime_builder(settings))?;
     let ctx = SessionContext::new_with_state(state);
     crate::ext::register(&ctx);
     register_input_stores(&ctx, settings)?;

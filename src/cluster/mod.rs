@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
-use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionContext;
 
 use crate::config::Settings;
@@ -65,14 +64,8 @@ pub async fn connect(settings: &Settings, scheduler: &SchedulerAddr) -> Result<S
         // planner runs every model.
         .with_ballista_adaptive_query_planner(false);
     let runtime = crate::session::runtime_builder(settings)
-        .with_object_store_registry(Arc::new(StoreRegistry::new(settings.s3.clone())))
-        .build_arc()
-        .map_err(|e| Error::engine("cannot create the engine runtime", e))?;
-    let state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(runtime)
-        .with_default_features()
-        .build();
+        .with_object_store_registry(Arc::new(StoreRegistry::new(settings.s3.clone())));
+    let state = crate::session::session_state(config, runtime)?;
     let ctx = SessionContext::remote_with_state(&scheduler.url(), state)
         .await
         .map_err(|e| Error::Cluster {

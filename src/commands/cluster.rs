@@ -49,14 +49,34 @@ pub async fn scheduler(bind: &str, external: Option<String>, config: Option<&Pat
 }
 
 /// `segflow executor`'s flags.
+#[derive(clap::Args)]
 pub struct ExecutorArgs {
+    /// The scheduler, HOST:PORT or df://HOST:PORT.
+    #[arg(long)]
     pub scheduler: String,
+    /// Arrow Flight address (results and shuffle data).
+    #[arg(long, default_value = "0.0.0.0:50051")]
     pub bind: String,
+    /// Host name the scheduler and runs reach this executor at [default: the --bind
+    /// host, or this machine's name when bound to every interface].
+    #[arg(long)]
     pub external_host: Option<String>,
+    /// gRPC port for the scheduler's calls [default: the --bind port + 1].
+    #[arg(long)]
     pub grpc_port: Option<u16>,
+    /// Directory for shuffle files and spills (created when missing).
+    #[arg(long)]
     pub work_dir: PathBuf,
+    /// Tasks run side by side [default: the CPUs].
+    #[arg(long)]
     pub concurrent_tasks: Option<usize>,
+    /// Memory pool shared by the tasks, e.g. "8g" [default: 70 % of the machine's].
+    #[arg(long)]
     pub memory_limit: Option<String>,
+    /// A project config whose [storage.*] settings apply to every object store the
+    /// executor reads or writes (the rest of the file is ignored); default: the AWS_*
+    /// environment.
+    #[arg(long)]
     pub config: Option<PathBuf>,
 }
 

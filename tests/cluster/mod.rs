@@ -141,6 +141,29 @@ fn assert_same_tables(
     }
 }
 
+/// A demo project whose output holds the snapshot of 2026-10-31: (its directory, config,
+/// every output file before the test's run).
+fn with_earlier_snapshot() -> (
+    tempfile::TempDir,
+    PathBuf,
+    std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let first = run_at_env(&config, "2026-10-31", &[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let before = snapshot_files(&tmp.path().join("out"));
+    (tmp, config, before)
+}
+
+/// The environment of an executor that dies as it is handed its first task.
+fn killed_at_first_task() -> Vec<(String, String)> {
+    vec![(
+        "SEGFLOW_FAILPOINTS".to_string(),
+        "executor_task=kill".to_string(),
+    )]
+}
+
 /// The demo project's input and output on moto S3, its models on a scheduler and two
 /// executors (which reach S3 through the AWS_* environment): every published table equals
 /// the local engine's, row for row, floats bit-equal.
@@ -171,11 +194,7 @@ fn an_executor_killed_at_its_first_task_is_replaced_and_the_run_publishes_the_sa
     let reference = tempfile::tempdir().unwrap();
     let local = local_tables(reference.path());
 
-    let kill = vec![(
-        "SEGFLOW_FAILPOINTS".to_string(),
-        "executor_task=kill".to_string(),
-    )];
-    let mut cluster = Cluster::start(&[], &[kill]);
+    let mut cluster = Cluster::start(&[], &[killed_at_first_task()]);
     let tmp = tempfile::tempdir().unwrap();
     let config = demo_config(tmp.path(), "");
     let run = run_command(&["--log-format", "json"], &config, DEMO_AS_OF)
@@ -223,17 +242,9 @@ fn an_executor_killed_at_its_first_task_is_replaced_and_the_run_publishes_the_sa
 /// the output (holding an earlier snapshot) is exactly as it was.
 #[test]
 fn a_run_whose_last_executor_dies_exits_2_and_changes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = demo_config(tmp.path(), "");
-    let first = run_at_env(&config, "2026-10-31", &[]);
-    assert_eq!(first.code, 0, "{}", first.stderr);
+    let (tmp, config, before) = with_earlier_snapshot();
     let out: PathBuf = tmp.path().join("out");
-    let before = snapshot_files(&out);
-    let kill = vec![(
-        "SEGFLOW_FAILPOINTS".to_string(),
-        "executor_task=kill".to_string(),
-    )];
-    let cluster = Cluster::start(&[], &[kill]);
+    let cluster = Cluster::start(&[], &[killed_at_first_task()]);
     let r = run_at_env(&config, DEMO_AS_OF, &cluster.run_env());
     assert_eq!(r.code, 2, "{}\n{}", r.stderr, cluster.logs());
     let line = error_line(&r);
@@ -245,12 +256,8 @@ fn a_run_whose_last_executor_dies_exits_2_and_changes_nothing() {
 /// output (holding an earlier snapshot) is exactly as it was.
 #[test]
 fn an_unreachable_scheduler_exits_2_naming_it_and_changes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = demo_config(tmp.path(), "");
-    let first = run_at_env(&config, "2026-10-31", &[]);
-    assert_eq!(first.code, 0, "{}", first.stderr);
+    let (tmp, config, before) = with_earlier_snapshot();
     let out: PathBuf = tmp.path().join("out");
-    let before = snapshot_files(&out);
     let port = free_port();
     let env = vec![
         ("SEGFLOW_RUNTIME_ENGINE".to_string(), "ballista".to_string()),
