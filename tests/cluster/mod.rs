@@ -100,6 +100,19 @@ impl Cluster {
         std::fs::read_to_string(self._work.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
+    /// The id executor `i` registered under (from its start-up log line).
+    fn executor_id(&self, i: usize) -> String {
+        let log = self.log(&format!("executor-{i}"));
+        let start = log
+            .find("Executor id: ")
+            .unwrap_or_else(|| panic!("executor-{i} logged no id\n{}", self.logs()))
+            + "Executor id: ".len();
+        log[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect()
+    }
+
     fn logs(&self) -> String {
         let mut all = format!("--- scheduler\n{}", self.log("scheduler"));
         for i in 0..self.executors.len() {
@@ -221,8 +234,13 @@ fn an_executor_killed_at_its_first_task_is_replaced_and_the_run_publishes_the_sa
     let out = output_within(run, RUN_DEADLINE, "the run on the cluster");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", cluster.logs());
+    // The scheduler notices the death either by the missed heartbeats or by a failed task
+    // launch; both paths remove the executor by its id.
+    let dead = cluster.executor_id(0);
     assert!(
-        cluster.log("scheduler").contains("heartbeat timed out"),
+        cluster
+            .log("scheduler")
+            .contains(&format!("Removing executor {dead}")),
         "{}",
         cluster.logs()
     );
