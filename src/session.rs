@@ -119,3 +119,28 @@ pub fn register_input_stores(ctx: &SessionContext, settings: &Settings) -> Resul
     }
     Ok(())
 }
+
+/// `df`'s plans as EXPLAIN gives them: (plan type, plan text) in order; with `analyze`,
+/// `df` is executed and the physical plan carries its metrics.
+pub async fn explain_sections(
+    df: datafusion::prelude::DataFrame,
+    analyze: bool,
+) -> datafusion::error::Result<Vec<(String, String)>> {
+    use datafusion::arrow::array::{Array, StringArray};
+    let batches = df.explain(false, analyze)?.collect().await?;
+    let mut sections = Vec::new();
+    for b in &batches {
+        let (Some(kind), Some(plan)) = (
+            b.column(0).as_any().downcast_ref::<StringArray>(),
+            b.column(1).as_any().downcast_ref::<StringArray>(),
+        ) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            if kind.is_valid(i) && plan.is_valid(i) {
+                sections.push((kind.value(i).to_string(), plan.value(i).to_string()));
+            }
+        }
+    }
+    Ok(sections)
+}

@@ -17,7 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
-use datafusion::prelude::SessionContext;
+use ballista_scheduler::planner::{DefaultDistributedPlanner, DistributedPlanner};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{displayable, ExecutionPlan};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -46,23 +51,96 @@ pub async fn reachable(scheduler: &SchedulerAddr) -> Result<()> {
     }
 }
 
-/// The session of a run's models on the cluster behind `scheduler`: the run's engine config
-/// (`[datafusion]`, target partitions) under Ballista's restrictions, segflow's codec, the
-/// object stores of the inputs and output, and segflow's functions registered after the
-/// session is bound to the cluster (binding replaces the function maps).
-pub async fn connect(settings: &Settings, scheduler: &SchedulerAddr) -> Result<SessionContext> {
-    reachable(scheduler).await?;
+/// The engine config of a run's model session on the cluster: the run's (`[datafusion]`,
+/// target partitions) under Ballista's restrictions, with segflow's codec.
+pub fn cluster_config(settings: &Settings) -> Result<SessionConfig> {
     // Ballista's restrictions first (no round-robin repartitioning, no dynamic filters
     // across stages, sort-merge joins, no string views over Flight): setting any Ballista
     // option before them would mark the config as already restricted.
-    let config = crate::session::session_config(settings)?
+    Ok(crate::session::session_config(settings)?
         .upgrade_for_ballista()
         .with_ballista_logical_extension_codec(Arc::new(codec::SegflowLogicalCodec::default()))
         // Ballista 55's adaptive planner loses track of a stage's task metrics on the
         // built-in models' joins of window aggregates ("task metrics array size 11 does not
         // equal with the stage metrics array size 10") and the job never finishes; the static
         // planner runs every model.
-        .with_ballista_adaptive_query_planner(false);
+        .with_ballista_adaptive_query_planner(false))
+}
+
+/// The session state the scheduler plans a job in, from the config the client sent:
+/// Ballista's default state (its logical rules and function set), the object stores, and
+/// segflow's functions, aggregates and rule.
+pub(crate) fn job_state(
+    config: SessionConfig,
+    stores: Arc<StoreRegistry>,
+) -> datafusion::error::Result<SessionState> {
+    let state = ballista_core::utils::default_session_builder(config)?;
+    let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
+        .with_object_store_registry(stores)
+        .build_arc()?;
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_runtime_env(runtime)
+        .build();
+    crate::ext::with_extensions(state)
+}
+
+/// One section of `segflow explain` on the cluster engine: a title and its text.
+pub type PlanSection = (String, String);
+
+/// What `segflow explain` shows for `plan` with `engine = "ballista"`, planned here exactly
+/// as the scheduler plans a job: the optimized logical plan and the physical plan under the
+/// cluster's config, then the stages Ballista's distributed planner splits the physical plan
+/// into (each a shuffle writer; `UnresolvedShuffleExec` marks where a stage reads the
+/// output of an earlier one). With `analyze`, the physical plan is executed in this process
+/// and shown with its metrics. No scheduler is contacted.
+pub async fn explain(
+    settings: &Settings,
+    plan: LogicalPlan,
+    analyze: bool,
+) -> Result<Vec<PlanSection>> {
+    let stores = Arc::new(StoreRegistry::new(settings.s3.clone()));
+    let planning =
+        |e: datafusion::error::DataFusionError| Error::engine("plan the model for the cluster", e);
+    let state = job_state(cluster_config(settings)?, stores).map_err(planning)?;
+    let mut sections =
+        crate::session::explain_sections(DataFrame::new(state.clone(), plan.clone()), analyze)
+            .await
+            .map_err(planning)?;
+    let physical = state.create_physical_plan(&plan).await.map_err(planning)?;
+    let stages = DefaultDistributedPlanner::new()
+        .plan_query_stages(
+            &ballista_core::JobId::new("explain"),
+            physical,
+            state.config().options(),
+        )
+        .map_err(|e| Error::Cluster {
+            scheduler: "(planned locally)".into(),
+            message: e.to_string(),
+        })?;
+    let mut text = String::new();
+    for (i, stage) in stages.iter().enumerate() {
+        let output = match stage.shuffle_output_partitioning() {
+            _ if i + 1 == stages.len() => "the job's result".to_string(),
+            Some(p) => format!("shuffled by {p}"),
+            None => "kept in its partitions".to_string(),
+        };
+        text.push_str(&format!(
+            "Stage {} ({} task(s)) -> {output}\n{}\n",
+            stage.stage_id(),
+            stage.input_partition_count(),
+            displayable(stage.as_ref() as &dyn ExecutionPlan).indent(false)
+        ));
+    }
+    sections.push(("distributed_plan".to_string(), text));
+    Ok(sections)
+}
+
+/// The session of a run's models on the cluster behind `scheduler`: [`cluster_config`], the
+/// object stores of the inputs and output, and segflow's functions registered after the
+/// session is bound to the cluster (binding replaces the function maps).
+pub async fn connect(settings: &Settings, scheduler: &SchedulerAddr) -> Result<SessionContext> {
+    reachable(scheduler).await?;
+    let config = cluster_config(settings)?;
     let runtime = crate::session::runtime_builder(settings)
         .with_object_store_registry(Arc::new(StoreRegistry::new(settings.s3.clone())));
     let state = crate::session::session_state(config, runtime)?;

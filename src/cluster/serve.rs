@@ -42,16 +42,8 @@ pub const NO_EXECUTORS_GRACE: Duration = Duration::from_secs(30);
 /// `segflow scheduler`: serves Ballista's scheduler on `bind` until the process ends.
 pub async fn run_scheduler(bind: SocketAddr, external_host: String, s3: S3Settings) -> Result<()> {
     let stores = Arc::new(StoreRegistry::new(s3));
-    let session_builder: SessionBuilder = Arc::new(move |config: SessionConfig| {
-        let state = ballista_core::utils::default_session_builder(config)?;
-        let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
-            .with_object_store_registry(stores.clone())
-            .build_arc()?;
-        let state = SessionStateBuilder::new_from_existing(state)
-            .with_runtime_env(runtime)
-            .build();
-        crate::ext::with_extensions(state)
-    });
+    let session_builder: SessionBuilder =
+        Arc::new(move |config: SessionConfig| super::job_state(config, stores.clone()));
     let config = SchedulerConfig {
         bind_host: bind.ip().to_string(),
         external_host,

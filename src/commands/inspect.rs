@@ -6,12 +6,12 @@
 use std::collections::BTreeSet;
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::commands::run::stage_inputs;
-use crate::config::Settings;
+use crate::config::{Engine, Settings};
 use crate::error::{Error, Result};
 use crate::models::{concurrent_models, run_models_until, ModelRun, Previous, Run};
 use crate::models::{discover_models, order_models, Model, ModelSources};
@@ -288,30 +288,24 @@ pub async fn explain(settings: &Settings, model: &str, analyze: bool) -> Result<
         flag: "MODEL",
         message: format!("model `{model}` was not planned"),
     })?;
+    let render = |sections: Vec<(String, String)>| {
+        sections
+            .into_iter()
+            .map(|(kind, plan)| format!("== {kind} ==\n{plan}\n\n"))
+            .collect::<String>()
+    };
+    if let Engine::Ballista(_) = &settings.engine {
+        let sections =
+            crate::cluster::explain(settings, df.logical_plan().clone(), analyze).await?;
+        return Ok(render(sections));
+    }
     let engine = |e: datafusion::error::DataFusionError| Error::Model {
         file: String::new(),
         model: model.to_string(),
         message: redact(&e.strip_backtrace()),
     };
-    let batches = df
-        .explain(false, analyze)
-        .map_err(engine)?
-        .collect()
+    let sections = crate::session::explain_sections(df, analyze)
         .await
         .map_err(engine)?;
-    let mut out = String::new();
-    for b in &batches {
-        let (Some(kind), Some(plan)) = (
-            b.column(0).as_any().downcast_ref::<StringArray>(),
-            b.column(1).as_any().downcast_ref::<StringArray>(),
-        ) else {
-            continue;
-        };
-        for i in 0..b.num_rows() {
-            if kind.is_valid(i) && plan.is_valid(i) {
-                out.push_str(&format!("== {} ==\n{}\n\n", kind.value(i), plan.value(i)));
-            }
-        }
-    }
-    Ok(out)
+    Ok(render(sections))
 }

@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use crate::s3::{free_port, moto_with_demo, s3_config, wait_for_port};
 use crate::scheduler::published_dumps;
 use crate::util::{
-    demo_config, error_line, output_within, run_at_env, run_command, segflow_command,
+    demo_config, error_line, output_within, run_at_env, run_command, segflow_command, segflow_env,
     snapshot_files, Deadline, DEMO_AS_OF, RUN_DEADLINE,
 };
 
@@ -310,5 +310,86 @@ fn an_executor_with_a_bad_scheduler_address_exits_2_naming_the_flag() {
     assert!(
         stderr.contains("--scheduler") && stderr.contains("notaport"),
         "{stderr}"
+    );
+}
+
+/// `segflow explain` with `engine = "ballista"` shows the stages the scheduler splits the
+/// model into — numbered in order, each reading only earlier stages' shuffles, the last one
+/// the job's result — planned in the process, so no scheduler needs to listen.
+#[test]
+fn explain_on_the_cluster_engine_shows_the_distributed_stages_without_a_scheduler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = demo_config(tmp.path(), "");
+    let env = vec![
+        ("SEGFLOW_RUNTIME_ENGINE".to_string(), "ballista".to_string()),
+        (
+            "SEGFLOW_RUNTIME_SCHEDULER".to_string(),
+            format!("df://127.0.0.1:{}", free_port()),
+        ),
+    ];
+    // A grouping by (dimension, value): a partial aggregate, a hash shuffle, the final one.
+    let r = segflow_env(
+        &[
+            "explain",
+            "acquisition_value",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let distributed = r
+        .stdout
+        .split("== distributed_plan ==")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no distributed plan:\n{}", r.stdout));
+    for needle in [
+        "Stage 1 (",
+        "-> shuffled by Hash([dimension@0, value@1], 2)",
+        "AggregateExec: mode=Partial",
+        "Stage 2 (2 task(s)) -> the job's result",
+        "UnresolvedShuffleExec: stage=1",
+        "AggregateExec: mode=FinalPartitioned",
+    ] {
+        assert!(
+            distributed.contains(needle),
+            "`{needle}` missing:\n{distributed}"
+        );
+    }
+    assert!(r.stdout.contains("== physical_plan =="), "{}", r.stdout);
+
+    // A model of many stages: each reads only the shuffles of earlier ones.
+    let r = segflow_env(
+        &[
+            "explain",
+            "cohort_retention",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let distributed = r.stdout.split("== distributed_plan ==").nth(1).unwrap();
+    let stages: Vec<&str> = distributed.split("\nStage ").skip(1).collect();
+    assert!(stages.len() > 3, "{distributed}");
+    for (i, stage) in stages.iter().enumerate() {
+        let number: usize = stage.split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(number, i + 1, "{distributed}");
+        for read in stage.split("UnresolvedShuffleExec: stage=").skip(1) {
+            let from: usize = read.split(',').next().unwrap().parse().unwrap();
+            assert!(
+                from < number,
+                "stage {number} reads stage {from}:\n{distributed}"
+            );
+        }
+        assert_eq!(
+            stage.contains("-> the job's result"),
+            i + 1 == stages.len(),
+            "{distributed}"
+        );
+    }
+    assert!(
+        !tmp.path().join("out").exists(),
+        "explain created the output"
     );
 }
