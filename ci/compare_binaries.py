@@ -23,7 +23,11 @@ Compared (exit 1 on any difference, 0 when equal; 2 on usage errors or a failed 
   created_by, and the rows as sorted lists of tuples;
 - JSON files (manifest, latest.json) after dropping IGNORED_JSON_KEYS;
 - the HTML report line by line after masking (HTML_MASKS);
+- the catalog's SQL files line by line after masking the run id they name and the data
+  files' names (the lists of files they read compared as lists of distinct names);
 - any other file (_SUCCESS) byte for byte.
+--ignore-config-hash also drops the manifest's config_hash and masks the report's: for
+trees written under settings that differ on purpose (ci/bench_cluster.sh: the engine).
 
 Ignored, because they differ between two runs of the SAME binary (observed on the demo):
 - file names: DataFusion names written files `<16 random chars>[_N].parquet` (object
@@ -229,6 +233,25 @@ def html_diffs(text_a, text_b, fl):
     return out
 
 
+CATALOG_FILE = re.compile(r"[A-Za-z0-9]{16}(?:_\d+)?\.parquet")
+
+
+def catalog_diffs(text_a, text_b):
+    """Line by line, with the run id and the data files' names masked; the file lists are
+    compared as lists of distinct paths (a table's `_N` file count varies between runs)."""
+    def norm(text):
+        out = []
+        for line in RUN_ID.sub("<run_id>", text).splitlines():
+            line = CATALOG_FILE.sub("<id>.parquet", line).rstrip(",")
+            if not out or out[-1] != line:
+                out.append(line)
+        return out
+    la, lb = norm(text_a), norm(text_b)
+    if len(la) != len(lb):
+        return [f"{len(la)} lines vs {len(lb)} (after masking)"]
+    return [f"line {n}:\n      A {x[:300]}\n      B {y[:300]}" for n, (x, y) in enumerate(zip(la, lb), 1) if x != y]
+
+
 def compare_dirs(a, b, rtol, report_rtol):
     """Prints a line per table and file; True when anything differs."""
     fa, fb = tree(a), tree(b)
@@ -251,6 +274,8 @@ def compare_dirs(a, b, rtol, report_rtol):
             kind, diffs = "json", json_diffs(clean_json(json.load(open(pa_))), clean_json(json.load(open(pb))), fl)
         elif rel.endswith(".html"):
             kind, diffs = "html", html_diffs(open(pa_, encoding="utf-8").read(), open(pb, encoding="utf-8").read(), fl)
+        elif rel.startswith("_catalog/") and rel.endswith(".sql"):  # names the run that wrote it
+            kind, diffs = "sql", catalog_diffs(open(pa_, encoding="utf-8").read(), open(pb, encoding="utf-8").read())
         else:
             kind, diffs = "file", [] if open(pa_, "rb").read() == open(pb, "rb").read() else ["bytes differ"]
             if not diffs:
@@ -306,7 +331,13 @@ def main():
     ap.add_argument("--report-float-rtol", type=float, default=1e-12, help="report and JSON numbers: relative tolerance")
     ap.add_argument("--compare-dirs", nargs=2, metavar=("OUT_A", "OUT_B"), help="compare two existing output trees")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (output trees, run logs)")
+    ap.add_argument("--ignore-config-hash", action="store_true",
+                    help="the trees come from settings that differ on purpose (e.g. the engine): "
+                         "ignore the manifest's config_hash and the report's")
     args = ap.parse_args()
+    if args.ignore_config_hash:
+        IGNORED_JSON_KEYS.add("config_hash")
+        HTML_MASKS.append((re.compile(r"config hash [0-9a-f]{64}"), "config hash <hash>"))
     if args.compare_dirs:
         if args.binaries:
             ap.error("--compare-dirs takes no binaries")

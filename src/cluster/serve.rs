@@ -180,6 +180,7 @@ impl ExecutionEngine for SegflowEngine {
         config: &SessionConfig,
     ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
         crate::failpoint::hit_now(TASK_FAILPOINT);
+        let job = job_id.to_string();
         let stage = self.0.create_query_stage_exec(
             job_id,
             stage_id,
@@ -189,17 +190,27 @@ impl ExecutionEngine for SegflowEngine {
             work_dir,
             config,
         )?;
-        Ok(Arc::new(WithoutOperatorMetrics(stage)))
+        Ok(Arc::new(WithoutOperatorMetrics {
+            stage,
+            job,
+            stage_id,
+        }))
     }
 }
 
-/// A query stage reporting no per-operator metrics (see [`SegflowEngine`]).
+/// A query stage reporting no per-operator metrics (see [`SegflowEngine`]); it logs what
+/// each task wrote to its shuffle files (rows and bytes; the last stage's are the job's
+/// result, fetched by the client).
 #[derive(Debug)]
-struct WithoutOperatorMetrics(Arc<dyn QueryStageExecutor>);
+struct WithoutOperatorMetrics {
+    stage: Arc<dyn QueryStageExecutor>,
+    job: String,
+    stage_id: usize,
+}
 
 impl std::fmt::Display for WithoutOperatorMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        self.stage.fmt(f)
     }
 }
 
@@ -210,7 +221,17 @@ impl QueryStageExecutor for WithoutOperatorMetrics {
         task_id: usize,
         context: Arc<datafusion::execution::TaskContext>,
     ) -> datafusion::error::Result<Vec<ballista_core::serde::protobuf::ShuffleWritePartition>> {
-        self.0.execute_query_stage(task_id, context).await
+        let written = self.stage.execute_query_stage(task_id, context).await?;
+        info!(
+            job = %self.job,
+            stage = self.stage_id,
+            task = task_id,
+            partitions = written.len(),
+            rows = written.iter().map(|p| p.num_rows).sum::<u64>(),
+            bytes = written.iter().map(|p| p.num_bytes).sum::<u64>(),
+            "task wrote its shuffle output"
+        );
+        Ok(written)
     }
 
     fn collect_plan_metrics(&self) -> Vec<datafusion::physical_plan::metrics::MetricsSet> {
@@ -220,16 +241,16 @@ impl QueryStageExecutor for WithoutOperatorMetrics {
     fn collect_runtime_stats_reports(
         &self,
     ) -> Vec<ballista_core::serde::protobuf::RuntimeStatsReport> {
-        self.0.collect_runtime_stats_reports()
+        self.stage.collect_runtime_stats_reports()
     }
 
     fn collect_window_state_reports(
         &self,
     ) -> datafusion::error::Result<Vec<ballista_core::serde::protobuf::WindowStateReport>> {
-        self.0.collect_window_state_reports()
+        self.stage.collect_window_state_reports()
     }
 
     fn collect_column_stats(&self) -> Vec<ballista_core::serde::protobuf::TaskColumnStats> {
-        self.0.collect_column_stats()
+        self.stage.collect_column_stats()
     }
 }
