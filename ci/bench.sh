@@ -40,7 +40,6 @@
 # DuckDB's RSS includes the Python interpreter (~40 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO="$(pwd)"
 
 SIZES="1000000 10000000"
 RUNS=3
@@ -70,23 +69,9 @@ done
 AS_OF=2026-11-21
 THREADS=2
 SEVEN="customer_facts rfm lifecycle cohort_retention product_value channel_value segment_summary"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
-BIN="$CARGO_TARGET_DIR/release/segflow"
-DATA_ROOT="${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}"
-VENV="${TEST_VENV:-.venv}"
-PY="$VENV/bin/python"
-DEMO="$REPO/fixtures/demo"
-# segflow rejects unknown SEGFLOW_* variables (and known ones would change the run).
-for v in $(compgen -e | grep '^SEGFLOW_' || true); do unset "$v"; done
-
-if [ ! -x "$PY" ]; then
-    python3 -m venv "$VENV"
-fi
-if ! "$PY" -c 'import duckdb, pyarrow' 2>/dev/null; then
-    "$PY" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
-fi
-echo "building $BIN (release; ~40 min from scratch, seconds when up to date) ..." >&2
-cargo build --release --quiet
+. ci/bench_lib.sh
+bench_venv duckdb pyarrow
+bench_build
 grep -q '"execution.target_partitions" = "2"' fixtures/demo/segflow.toml ||
     { echo "fixtures/demo/segflow.toml no longer sets target_partitions = 2" >&2; exit 1; }
 
@@ -94,19 +79,6 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/segflow-bench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 RESULTS="$WORK/results.tsv"   # size lines tool run status wall_s rss_kb rows7 rows_all extra_ms
 : > "$RESULTS"
-mkdir -p "$DATA_ROOT"
-
-# Data for N lines, generated once (into a temp name, renamed when complete).
-data_dir() {
-    local n="$1" dir="$DATA_ROOT/generated-$1"
-    if [ ! -d "$dir" ]; then
-        echo "generating $n lines into $dir ..." >&2
-        rm -rf "$dir.tmp"
-        "$BIN" generate --lines "$n" --out "$dir.tmp" >&2
-        mv "$dir.tmp" "$dir"
-    fi
-    echo "$dir"
-}
 
 # Actual line count of a data dir (Parquet metadata only).
 line_count() {
@@ -116,23 +88,8 @@ print(sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob(sys.argv[1] + "
 
 # segflow config: the demo's, with absolute inputs, output in $WORK and a 4 GiB pool.
 segflow_config() {  # data_dir out_dir memory_limit -> path
-    local cfg="$WORK/segflow.toml"
-    sed -e "s|^uri = \"orders\"|uri = \"$1\"|" \
-        -e "s|^uri = \"customers.parquet\"|uri = \"$DEMO/customers.parquet\"|" \
-        -e "s|^uri = \"marketing_spend.parquet\"|uri = \"$DEMO/marketing_spend.parquet\"|" \
-        -e "s|^uri = \"../../out\"|uri = \"$2\"|" \
-        fixtures/demo/segflow.toml > "$cfg"
-    printf '\n[runtime]\nmemory_limit = "%s"\ntemp_dir = "%s"\n' "$3" "$WORK/spill" >> "$cfg"
-    grep -q "uri = \"$1\"" "$cfg" || { echo "could not rewrite the orders uri in $cfg" >&2; exit 1; }
-    echo "$cfg"
-}
-
-# Wall seconds and peak RSS (KiB) from a /usr/bin/time -v report.
-time_report() {
-    awk -F': ' '
-        /Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; wall = s }
-        /Maximum resident set size/ { rss = $2 }
-        END { printf "%.2f\t%d\n", wall, rss }' "$1"
+    demo_config "$WORK/segflow.toml" "$1" "$2" "$3" "$WORK/spill"
+    echo "$WORK/segflow.toml"
 }
 
 # One timed run each: append a result line and set STATUS (always return 0, so that
@@ -244,7 +201,7 @@ PY
 echo "segflow $("$BIN" --version | awk '{print $2}') vs DuckDB $("$PY" -c 'import duckdb; print(duckdb.__version__)');" \
      "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), as_of $AS_OF, $RUNS run(s) each" >&2
 for n in $SIZES; do
-    dir="$(data_dir "$n")"
+    dir="$(bench_data "generated-$n" "$n")"
     lines="$(line_count "$dir")"
     echo "== $n lines ($lines generated, $(du -sh "$dir" | cut -f1)) ==" >&2
     find "$dir" -name '*.parquet' -exec cat {} + > /dev/null   # same warm page cache for both
@@ -280,7 +237,7 @@ done
 
 if [ "$WITH_100M" -eq 1 ]; then
     n=100000000
-    dir="$(data_dir "$n")"
+    dir="$(bench_data "generated-$n" "$n")"
     lines="$(line_count "$dir")"
     echo "== $n lines ($lines generated, $(du -sh "$dir" | cut -f1)), segflow only, memory_limit 4g ==" >&2
     run_segflow "$n" "$lines" 1 "$dir" 4g

@@ -25,7 +25,6 @@
 # by side (the staging pass as "orders").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO="$(pwd)"
 
 LINES=10000000
 RUNS=3
@@ -51,24 +50,10 @@ done
 
 AS_OF=2026-11-21
 THREADS=2
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
-DATA_ROOT="${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}"
-VENV="${TEST_VENV:-.venv}"
-PY="$VENV/bin/python"
-DEMO="$REPO/fixtures/demo"
-# segflow rejects unknown SEGFLOW_* variables (and known ones would change the run).
-for v in $(compgen -e | grep '^SEGFLOW_' || true); do unset "$v"; done
-
-if [ ! -x "$PY" ]; then
-    python3 -m venv "$VENV"
-fi
-if ! "$PY" -c 'import pyarrow' 2>/dev/null; then
-    "$PY" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
-fi
+. ci/bench_lib.sh
+bench_venv pyarrow
 if [ -z "$BIN" ]; then
-    BIN="$CARGO_TARGET_DIR/release/segflow"
-    echo "building $BIN (release; ~45 min from scratch, seconds when up to date) ..." >&2
-    cargo build --release --quiet
+    bench_build
 fi
 [ -x "$BIN" ] || { echo "--bin: not an executable: $BIN" >&2; exit 2; }
 
@@ -83,14 +68,7 @@ trap cleanup EXIT
 RESULTS="$WORK/results.tsv"   # tool run status wall_s rss_kb cluster_cpu_s shuffle_rows shuffle_bytes tasks
 : > "$RESULTS"
 
-data="$DATA_ROOT/generated-$LINES"
-if [ ! -d "$data" ]; then
-    echo "generating $LINES lines into $data ..." >&2
-    mkdir -p "$DATA_ROOT"
-    rm -rf "$data.tmp"
-    "$BIN" generate --lines "$LINES" --out "$data.tmp" >&2
-    mv "$data.tmp" "$data"
-fi
+data="$(bench_data "generated-$LINES" "$LINES")"
 
 free_port() {
     "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -120,13 +98,7 @@ for i in $(seq 1 "$EXECUTORS"); do
 done
 
 cfg="$WORK/segflow.toml"
-sed -e "s|^uri = \"orders\"|uri = \"$data\"|" \
-    -e "s|^uri = \"customers.parquet\"|uri = \"$DEMO/customers.parquet\"|" \
-    -e "s|^uri = \"marketing_spend.parquet\"|uri = \"$DEMO/marketing_spend.parquet\"|" \
-    -e "s|^uri = \"../../out\"|uri = \"$WORK/out\"|" \
-    fixtures/demo/segflow.toml > "$cfg"
-printf '\n[runtime]\nmemory_limit = "4g"\ntemp_dir = "%s"\n' "$WORK/spill" >> "$cfg"
-grep -q "uri = \"$data\"" "$cfg" || { echo "could not rewrite the orders uri in $cfg" >&2; exit 1; }
+demo_config "$cfg" "$data" "$WORK/out" 4g "$WORK/spill"
 
 # CPU seconds (user + system) the cluster's processes have used so far.
 cluster_cpu() {
@@ -168,10 +140,7 @@ run() {  # tool run_number
         exit 1
     fi
     local wall_rss cpu shuffle
-    wall_rss="$(awk -F': ' '
-        /Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; wall = s }
-        /Maximum resident set size/ { rss = $2 }
-        END { printf "%.2f\t%d\n", wall, rss }' "$WORK/time.txt")"
+    wall_rss="$(time_report "$WORK/time.txt")"
     cpu="$(echo "$(cluster_cpu) $cpu_before" | awk '{ printf "%.2f", $1 - $2 }')"
     shuffle="$(shuffle_since "${offsets[@]}")"
     printf '%s\t%s\t0\t%s\t%s\t%s\n' "$tool" "$2" "$wall_rss" "$cpu" "$shuffle" >> "$RESULTS"

@@ -11,7 +11,6 @@
 # median and the range of the wall times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO="$(pwd)"
 LINES=10000000
 RUNS=5
 while [ $# -gt 0 ]; do
@@ -23,30 +22,14 @@ while [ $# -gt 0 ]; do
 done
 [[ "$LINES" =~ ^[1-9][0-9]*$ ]] || { echo "--lines must be a positive integer" >&2; exit 2; }
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
-for v in $(compgen -e | grep '^SEGFLOW_' || true); do unset "$v"; done
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
-BIN="$CARGO_TARGET_DIR/release/segflow"
-echo "building $BIN (release; ~40 min from scratch, seconds when up to date) ..." >&2
-cargo build --release --quiet
-
-DATA_ROOT="${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}"
-DATA="$DATA_ROOT/generated-$LINES"
-if [ ! -d "$DATA" ]; then
-    echo "generating $LINES lines into $DATA ..." >&2
-    mkdir -p "$DATA_ROOT"
-    rm -rf "$DATA.tmp"
-    "$BIN" generate --lines "$LINES" --out "$DATA.tmp" >&2
-    mv "$DATA.tmp" "$DATA"
-fi
+. ci/bench_lib.sh
+bench_build
+DATA="$(bench_data "generated-$LINES" "$LINES")"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/segflow-check-bench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 # The demo config with the generated data as its orders input (same source schema).
-sed -e "s#^uri = \"orders\"#uri = \"$DATA\"#" \
-    -e "s#\"customers.parquet\"#\"$REPO/fixtures/demo/customers.parquet\"#" \
-    -e "s#\"marketing_spend.parquet\"#\"$REPO/fixtures/demo/marketing_spend.parquet\"#" \
-    -e "s#^uri = \"../../out\"#uri = \"$WORK/out\"#" \
-    fixtures/demo/segflow.toml > "$WORK/big.toml"
+demo_config "$WORK/big.toml" "$DATA" "$WORK/out"
 
 measure() {
     local label="$1" config="$2" times=()

@@ -18,7 +18,6 @@
 # parameters (they must agree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO="$(pwd)"
 
 CUSTOMERS=1000000
 RUNS=3
@@ -36,28 +35,10 @@ done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "--runs must be a positive integer" >&2; exit 2; }
 
 AS_OF=2026-11-21
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
-BIN="$CARGO_TARGET_DIR/release/segflow"
-DATA="${BENCH_DATA_DIR:-$HOME/.cache/segflow-bench}/clv-$CUSTOMERS"
-VENV="${TEST_VENV:-.venv}"
-PY="$VENV/bin/python"
-for v in $(compgen -e | grep '^SEGFLOW_' || true); do unset "$v"; done
-
-if [ ! -x "$PY" ]; then
-    python3 -m venv "$VENV"
-fi
-if ! "$PY" -c 'import duckdb, lifetimes' 2>/dev/null; then
-    "$PY" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
-fi
-echo "building $BIN (release; ~40 min from scratch, seconds when up to date) ..." >&2
-cargo build --release --quiet
-
-if [ ! -d "$DATA" ]; then
-    echo "generating $CUSTOMERS customers into $DATA ..." >&2
-    rm -rf "$DATA.tmp"
-    "$BIN" generate --customers "$CUSTOMERS" --lines "$((CUSTOMERS * 15625 / 1000))" --out "$DATA.tmp" >&2
-    mv "$DATA.tmp" "$DATA"
-fi
+. ci/bench_lib.sh
+bench_venv duckdb lifetimes
+bench_build
+DATA="$(bench_data "clv-$CUSTOMERS" "$((CUSTOMERS * 15625 / 1000))" --customers "$CUSTOMERS")"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/segflow-clv-bench.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT

@@ -8,32 +8,23 @@
 # DATA_DIR is generated when it does not exist (default /tmp/segflow-orders-12m).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/segflow-target}"
 DATA="${1:-/tmp/segflow-orders-12m}"
 LINES="${2:-12500000}"
-VENV="${TEST_VENV:-.venv}"
-if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
-cargo build --release --quiet
-BIN="$CARGO_TARGET_DIR/release/segflow"
+. ci/bench_lib.sh
+bench_venv pyarrow
+bench_build
 if [ ! -d "$DATA" ]; then
     "$BIN" generate --out "$DATA" --lines "$LINES"
 fi
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-demo="$(pwd)/fixtures/demo"
 for limit in 1g none; do
     cfg="$WORK/segflow-$limit.toml"
-    sed -e "s|^uri = \"orders\"|uri = \"$DATA\"|" \
-        -e "s|^uri = \"customers.parquet\"|uri = \"$demo/customers.parquet\"|" \
-        -e "s|^uri = \"marketing_spend.parquet\"|uri = \"$demo/marketing_spend.parquet\"|" \
-        -e "s|^uri = \"../../out\"|uri = \"$WORK/out-$limit\"|" \
-        fixtures/demo/segflow.toml > "$cfg"
     if [ "$limit" != none ]; then
-        printf '\n[runtime]\nmemory_limit = "%s"\ntemp_dir = "%s"\n' "$limit" "$WORK" >> "$cfg"
+        demo_config "$cfg" "$DATA" "$WORK/out-$limit" "$limit" "$WORK"
+    else
+        demo_config "$cfg" "$DATA" "$WORK/out-$limit"
     fi
     /usr/bin/time -v "$BIN" --log-format json run --config "$cfg" --as-of 2026-11-21 \
         > "$WORK/stdout-$limit" 2> "$WORK/stderr-$limit" || {

@@ -327,22 +327,22 @@ fn explain_on_the_cluster_engine_shows_the_distributed_stages_without_a_schedule
             format!("df://127.0.0.1:{}", free_port()),
         ),
     ];
+    // The distributed plan `explain` prints for `model`.
+    let distributed_plan = |model: &str| {
+        let r = segflow_env(
+            &["explain", model, "--config", config.to_str().unwrap()],
+            &env,
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.contains("== physical_plan =="), "{}", r.stdout);
+        r.stdout
+            .split("== distributed_plan ==")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no distributed plan:\n{}", r.stdout))
+            .to_string()
+    };
     // A grouping by (dimension, value): a partial aggregate, a hash shuffle, the final one.
-    let r = segflow_env(
-        &[
-            "explain",
-            "acquisition_value",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &env,
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let distributed = r
-        .stdout
-        .split("== distributed_plan ==")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no distributed plan:\n{}", r.stdout));
+    let distributed = distributed_plan("acquisition_value");
     for needle in [
         "Stage 1 (",
         "-> shuffled by Hash([dimension@0, value@1], 2)",
@@ -356,20 +356,9 @@ fn explain_on_the_cluster_engine_shows_the_distributed_stages_without_a_schedule
             "`{needle}` missing:\n{distributed}"
         );
     }
-    assert!(r.stdout.contains("== physical_plan =="), "{}", r.stdout);
 
     // A model of many stages: each reads only the shuffles of earlier ones.
-    let r = segflow_env(
-        &[
-            "explain",
-            "cohort_retention",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &env,
-    );
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let distributed = r.stdout.split("== distributed_plan ==").nth(1).unwrap();
+    let distributed = distributed_plan("cohort_retention");
     let stages: Vec<&str> = distributed.split("\nStage ").skip(1).collect();
     assert!(stages.len() > 3, "{distributed}");
     for (i, stage) in stages.iter().enumerate() {
