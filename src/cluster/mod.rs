@@ -12,6 +12,7 @@
 pub mod codec;
 pub mod serve;
 mod stores;
+mod views;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -24,6 +24,7 @@ use ballista_scheduler::scheduler_process::start_server;
 use ballista_scheduler::SessionBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::prelude::SessionConfig;
 use tracing::info;
 
@@ -155,8 +156,9 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
 /// The failpoint an executor passes when it is handed a task.
 const TASK_FAILPOINT: &str = "executor_task";
 
-/// Ballista's execution engine, with two changes: tasks report no per-operator metrics, and
-/// (in tests) [`TASK_FAILPOINT`] is passed as each task is created.
+/// Ballista's execution engine, with three changes: each stage's shuffle writer gets its
+/// input's string views compacted ([`super::views::CompactViews`]), tasks report no
+/// per-operator metrics, and (in tests) [`TASK_FAILPOINT`] is passed as each task is created.
 ///
 /// Ballista 55's scheduler keeps the first task's operator metrics of a stage and refuses
 /// the status of a later task whose plan (restricted to that task's partitions) has a
@@ -181,6 +183,17 @@ impl ExecutionEngine for SegflowEngine {
     ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
         crate::failpoint::hit_now(TASK_FAILPOINT);
         let job = job_id.to_string();
+        // The shuffle writer's input, with its string views compacted (see `views`).
+        let plan = match plan.children().first() {
+            Some(&input) => {
+                let input = super::views::CompactViews::over(Arc::clone(input));
+                Arc::clone(&plan).replace_children(
+                    vec![input],
+                    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+                )?
+            }
+            None => plan,
+        };
         let stage = self.0.create_query_stage_exec(
             job_id,
             stage_id,
