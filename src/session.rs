@@ -120,12 +120,16 @@ pub fn register_input_stores(ctx: &SessionContext, settings: &Settings) -> Resul
     Ok(())
 }
 
+/// One section of `segflow explain`: the plan's type (`logical_plan`, `physical_plan`, ...)
+/// and its text.
+pub type PlanSection = (String, String);
+
 /// `df`'s plans as EXPLAIN gives them: (plan type, plan text) in order; with `analyze`,
 /// `df` is executed and the physical plan carries its metrics.
 pub async fn explain_sections(
     df: datafusion::prelude::DataFrame,
     analyze: bool,
-) -> datafusion::error::Result<Vec<(String, String)>> {
+) -> datafusion::error::Result<Vec<PlanSection>> {
     use datafusion::arrow::array::{Array, StringArray};
     let batches = df.explain(false, analyze)?.collect().await?;
     let mut sections = Vec::new();

@@ -27,6 +27,7 @@ use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::session::PlanSection;
 
 pub use crate::config::{SchedulerAddr, DEFAULT_SCHEDULER_PORT};
 pub use stores::StoreRegistry;
@@ -85,9 +86,6 @@ pub(crate) fn job_state(
     crate::ext::with_extensions(state)
 }
 
-/// One section of `segflow explain` on the cluster engine: a title and its text.
-pub type PlanSection = (String, String);
-
 /// What `segflow explain` shows for `plan` with `engine = "ballista"`, planned here exactly
 /// as the scheduler plans a job: the optimized logical plan and the physical plan under the
 /// cluster's config, then the stages Ballista's distributed planner splits the physical plan
@@ -114,10 +112,7 @@ pub async fn explain(
             physical,
             state.config().options(),
         )
-        .map_err(|e| Error::Cluster {
-            scheduler: "(planned locally)".into(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| planning(e.into_datafusion()))?;
     let mut text = String::new();
     for (i, stage) in stages.iter().enumerate() {
         let output = match stage.shuffle_output_partitioning() {

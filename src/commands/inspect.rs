@@ -288,7 +288,7 @@ pub async fn explain(settings: &Settings, model: &str, analyze: bool) -> Result<
         flag: "MODEL",
         message: format!("model `{model}` was not planned"),
     })?;
-    let render = |sections: Vec<(String, String)>| {
+    let render = |sections: Vec<crate::session::PlanSection>| {
         sections
             .into_iter()
             .map(|(kind, plan)| format!("== {kind} ==\n{plan}\n\n"))
