@@ -26,6 +26,8 @@ Compared (exit 1 on any difference, 0 when equal; 2 on usage errors or a failed 
 - the catalog's SQL files line by line after masking the run id they name and the data
   files' names (the lists of files they read compared as lists of distinct names);
 - any other file (_SUCCESS) byte for byte.
+--tables-only (with --compare-dirs) compares the Parquet tables alone: for an incremental and
+a full run of one date, whose manifests and reports differ on purpose (input counts, run mode).
 --ignore-config-hash also drops the manifest's config_hash and masks the report's: for
 trees written under settings that differ on purpose (ci/bench_cluster.sh: the engine).
 
@@ -116,12 +118,14 @@ def tree(root):
 
 
 def tables(files):
-    """{table (`<name>/as_of=D`, else the file's dir): [(path, {hive column: value})]}."""
+    """{table (`<name>/as_of=D`, `_state/as_of=D/<model>`, else the file's dir): [(path, {hive column: value})]}."""
     out = {}
     for rel, paths in files.items():
         if rel.endswith(".parquet"):
             parts = rel.split("/")
             i = next((k for k, p in enumerate(parts[:-1]) if p.startswith("as_of=")), len(parts) - 2)
+            if parts[0] == "_state":  # `_state/as_of=D/<model>/`: one table per model
+                i += 1
             hive = dict(map(unquote, p.split("=", 1)) for p in parts[i + 1:-1] if "=" in p)
             out.setdefault("/".join(parts[:i + 1]), []).extend((p, hive) for p in paths)
     return out
@@ -252,9 +256,14 @@ def catalog_diffs(text_a, text_b):
     return [f"line {n}:\n      A {x[:300]}\n      B {y[:300]}" for n, (x, y) in enumerate(zip(la, lb), 1) if x != y]
 
 
-def compare_dirs(a, b, rtol, report_rtol):
-    """Prints a line per table and file; True when anything differs."""
+def compare_dirs(a, b, rtol, report_rtol, tables_only=False):
+    """Prints a line per table and file; True when anything differs. `tables_only`: the
+    Parquet tables alone (runs that computed the same tables differently: their manifests
+    and reports say how)."""
     fa, fb = tree(a), tree(b)
+    if tables_only:
+        fa = {k: v for k, v in fa.items() if k.endswith(".parquet")}
+        fb = {k: v for k, v in fb.items() if k.endswith(".parquet")}
     only_a, only_b = sorted(set(fa) - set(fb)), sorted(set(fb) - set(fa))
     diff = bool(only_a or only_b)
     print(f"DIFF  files: only in A {only_a[:10]}, only in B {only_b[:10]}" if diff else
@@ -334,6 +343,9 @@ def main():
     ap.add_argument("--ignore-config-hash", action="store_true",
                     help="the trees come from settings that differ on purpose (e.g. the engine): "
                          "ignore the manifest's config_hash and the report's")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="with --compare-dirs: compare the Parquet tables only (e.g. an incremental "
+                         "and a full run of the same date, whose manifests differ on purpose)")
     args = ap.parse_args()
     if args.ignore_config_hash:
         IGNORED_JSON_KEYS.add("config_hash")
@@ -345,7 +357,7 @@ def main():
             if not os.path.isdir(d):
                 ap.error(f"not a directory: {d}")
         print(f"A = {args.compare_dirs[0]}\nB = {args.compare_dirs[1]}")
-        diff = compare_dirs(*args.compare_dirs, args.float_rtol, args.report_float_rtol)
+        diff = compare_dirs(*args.compare_dirs, args.float_rtol, args.report_float_rtol, args.tables_only)
         print("DIFFERENT" if diff else "EQUAL")
         return 1 if diff else 0
     if len(args.binaries) != 2:

@@ -13,14 +13,6 @@ unique   = ["customer_id"]
 not_null = ["customer_id", "top_category", "categories_bought"]
 relationships = { customer_id = "customer_facts.customer_id" }
 ---*/
-with spend as (
-    select customer_id, coalesce(category, 'unknown') as category,
-           sum(cast(revenue as decimal(38, 6))) as revenue
-    from orders
-    where revenue >= 0
-    group by 1, 2
-)
-
 -- The top category is the one with the largest spend (arg_max breaks ties by the smallest
 -- name), so its spend is the largest spend.
 select
@@ -29,5 +21,5 @@ select
     case when sum(revenue) > 0 then cast(max(revenue) as double) / cast(sum(revenue) as double) end
         as top_category_share,
     count(*) as categories_bought
-from spend
+from customer_category_spend
 group by customer_id

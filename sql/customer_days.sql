@@ -1,7 +1,15 @@
 /*---
-description = "Internal. One row per customer and calendar day with any kept order line (refunds included): exact revenue and margin of that day and whether it was a purchase day."
+description = "Internal, kept as incremental state. One row per customer and calendar day with any kept order line (refunds included): exact revenue and margin of that day and whether it was a purchase day."
 grain = ["customer_id", "order_date"]
 publish = false
+materialized = "incremental"
+# A day's kept row and the row of its new lines (a late line dated that day) add up.
+merge = """
+select customer_id, order_date,
+       sum(revenue) as revenue, sum(margin) as margin, bool_or(is_purchase) as is_purchase
+from (select * from state union all select * from slice) both_rows
+group by customer_id, order_date
+"""
 
 [columns]
 customer_id = "Customer key."

@@ -23,6 +23,7 @@ pub mod redact;
 pub mod report;
 pub mod session;
 pub mod shutdown;
+pub mod state;
 pub mod storage;
 
 pub use error::{Error, Result};

@@ -72,6 +72,10 @@ enum Command {
         /// Publish only these models (their inputs are computed, not published).
         #[arg(long, num_args = 1..)]
         select: Vec<String>,
+        /// Compute everything from every order line, even when the kept state would allow
+        /// an incremental run.
+        #[arg(long)]
+        full_refresh: bool,
         /// Also write the run's metrics to FILE in the Prometheus text format (for
         /// node-exporter's textfile collector), whether the run succeeds or fails.
         #[arg(long, value_name = "FILE")]
@@ -291,12 +295,14 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             as_of,
             output,
             select,
+            full_refresh,
             metrics,
         } => {
             let overrides = Overrides {
                 as_of,
                 output,
                 select,
+                full_refresh,
             };
             let summary = run::run_command(&config, &overrides, metrics.as_deref()).await?;
             print!("{}", summary.render());

@@ -31,6 +31,8 @@ mod generate;
 /// Golden outputs: the hand-computed fixture, the demo run and its identical re-run, and
 /// values worked out by hand on minimal inputs.
 mod golden;
+/// Incremental nightly runs: the same tables as full runs, full runs that say why.
+mod incremental;
 /// What a run reports about itself: the Prometheus metrics file, progress lines on a
 /// terminal, OpenLineage events.
 mod metrics_lineage;

@@ -58,7 +58,7 @@ impl BgNbd {
         }
         let BgNbd { r, alpha, a, b } = *self;
         let ln_odds_dead =
-            (r + c.x) * ((alpha + c.t) / (alpha + c.t_x)).ln() + (a / (b + (c.x - 1.0))).ln();
+            (r + c.x) * ((c.t - c.t_x) / (alpha + c.t_x)).ln_1p() + (a / (b + (c.x - 1.0))).ln();
         1.0 / (1.0 + ln_odds_dead.exp())
     }
 
@@ -101,7 +101,13 @@ impl BgNbd {
         }
         let first = (a + b + (x - 1.0)) / (a - 1.0);
         for (e, h) in out.iter_mut().zip(horizons) {
-            let second = 1.0 - (e.ln() + (r + x) * ((alpha + t) / (alpha + t + h)).ln()).exp();
+            // 1 - 2F1 * ((alpha + T) / (alpha + T + h))^(r + x), as -expm1 of its log with
+            // the ratio's log taken by ln_1p: when the fit drifts to the Poisson limit (r
+            // and alpha huge, a tiny, b huge) the two logs nearly cancel and `first` is
+            // huge, and ln of the ratio itself lost every digit of the difference
+            // (expected purchases came out negative, or smaller over 90 days than over 30).
+            let ln_ratio = (-h / (alpha + t + h)).ln_1p();
+            let second = -(e.ln() + (r + x) * ln_ratio).exp_m1();
             *e = first * second;
         }
         true
@@ -112,7 +118,8 @@ impl BgNbd {
         let BgNbd { r, alpha, a, b } = *self;
         let x = c.x;
         if x > 0.0 {
-            1.0 + (a / (b + (x - 1.0))) * ((alpha + c.t) / (alpha + c.t_x)).powf(r + x)
+            1.0 + (a / (b + (x - 1.0)))
+                * ((r + x) * ((c.t - c.t_x) / (alpha + c.t_x)).ln_1p()).exp()
         } else {
             1.0
         }

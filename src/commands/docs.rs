@@ -103,10 +103,10 @@ fn model_entry(
     read_by: &BTreeMap<&str, BTreeSet<&str>>,
     schemas: &BTreeMap<String, SchemaRef>,
 ) {
-    let kind = if m.header.publish {
-        "<span class=\"kind\">table</span>"
-    } else {
-        "<span class=\"kind internal\">internal</span>"
+    let kind = match (m.header.publish, m.incremental()) {
+        (true, _) => "<span class=\"kind\">table</span>",
+        (false, true) => "<span class=\"kind internal\">internal, incremental</span>",
+        (false, false) => "<span class=\"kind internal\">internal</span>",
     };
     let _ = write!(
         h,

@@ -87,10 +87,10 @@ pub async fn list(settings: &Settings) -> Result<String> {
         };
         rows.push(vec![
             m.name.clone(),
-            if m.header.publish {
-                "table"
-            } else {
-                "internal"
+            match (m.header.publish, m.incremental()) {
+                (true, _) => "table",
+                (false, true) => "incremental",
+                (false, false) => "internal",
             }
             .into(),
             or_dash(&m.header.grain),
@@ -207,11 +207,17 @@ async fn scratch_run(
     )?;
     let ctx = build_session(&settings)?;
     let run_id = format!("scratch-{}", std::process::id());
-    let (sources, staging) = stage_inputs(&ctx, &settings, &models, |as_of| Staging {
-        out: scratch.clone(),
-        run_id: run_id.clone(),
-        as_of,
-    })
+    let (sources, staging) = stage_inputs(
+        &ctx,
+        &settings,
+        &models,
+        |as_of| Staging {
+            out: scratch.clone(),
+            run_id: run_id.clone(),
+            as_of,
+        },
+        |_| crate::ingest::Lines::All,
+    )
     .await?;
     let real = existing_output(&settings)?;
     let previous_manifest = match &real {
@@ -229,6 +235,7 @@ async fn scratch_run(
         config_params: &settings.params,
         previous: &previous,
         staging: &staging,
+        state: crate::models::StateRun::default(),
     };
     let (outputs, planned) = run_models_until(
         inputs,

@@ -314,6 +314,8 @@ pub struct Overrides {
     pub as_of: Option<String>,
     pub output: Option<String>,
     pub select: Vec<String>,
+    /// `--full-refresh`: no incremental run.
+    pub full_refresh: bool,
 }
 
 /// One resolved input.
@@ -353,6 +355,8 @@ pub struct Settings {
     pub tables: TableSettings,
     pub s3: S3Settings,
     pub select: Vec<String>,
+    /// `--full-refresh`: compute every model from every line.
+    pub full_refresh: bool,
     /// Input gate policies.
     pub gates: Gates,
     /// `[lineage]`, when set.
@@ -470,6 +474,7 @@ impl Settings {
             },
             s3: S3Settings::default(),
             select: overrides.select.clone(),
+            full_refresh: overrides.full_refresh,
             gates: Gates::default(),
             config_hash: String::new(),
         };

@@ -249,6 +249,11 @@ pub struct GateRules {
     pub now_us: i64,
     /// The policy of each of [`GATES`].
     pub policies: [Policy; GATES.len()],
+    /// An incremental run's slice: the state holds the lines dated up to this day (days
+    /// since the epoch) of the files it lists. A line is judged (and counted) only when it
+    /// is new to the state: from a new file (the sixth argument true) dated up to then or
+    /// undated, or from any file dated after.
+    pub slice: Option<i32>,
 }
 
 /// One batch judged: the counts, whether each row is kept, and the gate that rejected it.
@@ -317,15 +322,29 @@ impl GateRules {
         let revenue = arrays[4]
             .as_primitive_opt::<Float64Type>()
             .ok_or_else(|| err("revenue", &arrays[4]))?;
-        let mut counts = GateCounts {
-            rows: rows as u64,
-            ..GateCounts::default()
+        let new_file = match (self.slice, arrays.get(5)) {
+            (Some(_), Some(a)) => Some(a.as_boolean_opt().ok_or_else(|| err("new-file flag", a))?),
+            _ => None,
         };
+        let mut counts = GateCounts::default();
         let mut keep = Vec::with_capacity(rows);
         let mut rejected_by = Vec::with_capacity(rows);
         for (i, &(dropped, returned)) in status.iter().enumerate() {
             let t = ts.is_valid(i).then(|| ts.value(i));
             let d = dates.is_valid(i).then(|| dates.value(i));
+            if let (Some(through), Some(new_file)) = (self.slice, new_file) {
+                let new = new_file.is_valid(i) && new_file.value(i);
+                let in_slice = match new {
+                    true => d.is_none_or(|d| d <= through),
+                    false => d.is_some_and(|d| d > through),
+                };
+                if !in_slice {
+                    keep.push(false);
+                    rejected_by.push(None);
+                    continue;
+                }
+            }
+            counts.rows += 1;
             let future = t.is_some_and(|t| t > self.now_us);
             if !dropped && t.is_some() && !future {
                 counts.latest = counts.latest.max(d);
@@ -374,10 +393,10 @@ impl GateRules {
 
 fn gate_signature() -> &'static Signature {
     static SIGNATURE: std::sync::OnceLock<Signature> = std::sync::OnceLock::new();
-    SIGNATURE.get_or_init(|| Signature::any(5, Volatility::Volatile))
+    SIGNATURE.get_or_init(|| Signature::any(6, Volatility::Volatile))
 }
 
-/// `segflow_gate_tally(null_customer, order_ts, order_date, status, revenue)`: the filter
+/// `segflow_gate_tally(null_customer, order_ts, order_date, status, revenue, new_file)`: the filter
 /// of the staging pass. True for the rows the models see; each batch's counts are added to
 /// the total. Volatile, so the optimizer neither folds nor moves it; a filter evaluates it
 /// once per row.

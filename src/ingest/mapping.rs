@@ -119,6 +119,9 @@ pub(super) fn map_columns(
     if let Some(order_date) = order_date {
         exprs.insert(3, order_date.alias("order_date"));
     }
+    if available.iter().any(|c| c == NEW_FILE) {
+        exprs.push(Expr::Column(Column::new_unqualified(NEW_FILE)));
+    }
     let df = raw
         .select(exprs)
         .map_err(|e| input_err(spec, format!("cannot map columns: {e}")))?;

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::ingest::fingerprints::Fingerprints;
 use crate::ingest::gates::{Catch, GateCounts, GateRules, GateTally, DUPLICATE_LINES, GATES};
 use crate::publish::layout::REJECTED;
-use crate::publish::manifest::{GateStat, InputStats};
+use crate::publish::manifest::{GateStat, InputFile, InputStats};
 use crate::publish::stage::{open_staged, StageError, StagedTable, Staging};
 use crate::redact::redact;
 use tracing::{debug, info, warn};
@@ -45,7 +45,41 @@ pub struct Sources {
     pub rejected: Option<StagedTable>,
     /// Bytes of the staged orders the models read.
     pub staged_bytes: u64,
+    /// The orders input's files as read (what a state kept by this run covers).
+    pub files: Vec<InputFile>,
+    /// The latest order date of a kept line up to as_of, and of a line the models see.
+    pub latest: Option<NaiveDate>,
+    pub latest_visible: Option<NaiveDate>,
+    /// Whether the source maps order ids (else each line is its own, synthetic, order).
+    pub order_ids: bool,
 }
+
+/// Which order lines a run stages.
+#[derive(Debug, Clone, Default)]
+pub enum Lines {
+    /// Every line.
+    #[default]
+    All,
+    /// What a kept state does not hold yet (an incremental run).
+    Since(Since),
+}
+
+/// The lines a state kept through `through` does not hold: every line of a file it does
+/// not list (late lines of old orders included), and the lines dated after `through` of
+/// the files it lists.
+#[derive(Debug, Clone)]
+pub struct Since {
+    pub through: NaiveDate,
+    /// The files the state lists (their locations).
+    pub known: BTreeSet<String>,
+    /// What the state's run saw: its latest order dates (for the default as_of and the
+    /// freshness gate of a run that finds no new line).
+    pub latest: Option<NaiveDate>,
+    pub latest_visible: Option<NaiveDate>,
+}
+
+/// The column that marks, in an incremental run, the lines of files the state does not list.
+pub(crate) const NEW_FILE: &str = "_segflow_new_file";
 
 /// The orders input opened: the rows the models see (not yet staged), the mapped source
 /// (for the rejected rows), the tally of the gates.
@@ -56,6 +90,7 @@ pub struct OrdersSource<'s> {
     tally: Arc<GateTally>,
     files: InputFiles,
     spec: &'s InputSpec,
+    lines: Lines,
 }
 
 /// The schema of the `orders` view (canonical columns plus `order_date`).
@@ -76,10 +111,12 @@ impl OrdersSource<'_> {
 }
 
 /// Registers `customers` and `marketing_spend` and opens the `orders` source: the rows the
-/// models see (not yet staged), the tally of the gates, the number of files.
+/// models see (not yet staged), the tally of the gates, the number of files. `choose` picks,
+/// from the orders input's files, which lines to stage (all, or an incremental slice).
 pub async fn open_sources<'s>(
     ctx: &SessionContext,
     settings: &'s Settings,
+    choose: impl FnOnce(&[InputFile]) -> Lines,
 ) -> Result<OrdersSource<'s>> {
     for name in ["customers", "marketing_spend"] {
         let table = match settings.inputs.get(name) {
@@ -111,8 +148,18 @@ pub async fn open_sources<'s>(
             message: "the orders input is required".into(),
         })?;
     let (raw, files) = read_parquet_input(ctx, orders_spec).await?;
+    let lines = choose(&files.watermark());
+    let raw = match &lines {
+        Lines::All => raw,
+        Lines::Since(since) => slice_of(ctx, raw, &files, since, orders_spec)
+            .map_err(|e| input_err(orders_spec, redact(&e.strip_backtrace())))?,
+    };
     let (mapped, present) = map_columns(ctx, raw, orders_spec, settings)?;
-    let (visible, tally) = visible_orders(mapped.clone(), &present, orders_spec, settings)?;
+    let slice = match &lines {
+        Lines::All => None,
+        Lines::Since(s) => Some(crate::config::date_to_days(s.through)),
+    };
+    let (visible, tally) = visible_orders(mapped.clone(), &present, orders_spec, settings, slice)?;
     Ok(OrdersSource {
         visible,
         mapped,
@@ -120,6 +167,75 @@ pub async fn open_sources<'s>(
         tally,
         files,
         spec: orders_spec,
+        lines,
+    })
+}
+
+/// The source rows an incremental run reads: the lines of the files `since` lists that may
+/// be dated after its day (row groups whose source time column ends before that day are
+/// skipped by their statistics), and every line of the files it does not list, marked by
+/// [`NEW_FILE`] (the gate tally keeps of each only what the state does not hold).
+fn slice_of(
+    ctx: &SessionContext,
+    raw: DataFrame,
+    files: &InputFiles,
+    since: &Since,
+    spec: &InputSpec,
+) -> datafusion::error::Result<DataFrame> {
+    let schema = raw.schema().as_arrow().clone();
+    let mut old = raw.with_column(NEW_FILE, lit(false))?;
+    let source = spec
+        .columns
+        .get("order_ts")
+        .map(String::as_str)
+        .unwrap_or("order_ts");
+    if let Some(bound) = schema
+        .field_with_name(source)
+        .ok()
+        .and_then(|f| day_start(f.data_type(), since.through))
+    {
+        // A line dated after `through` in any time zone is at or after that day's start in
+        // UTC (zones are at most 14 hours off): a superset the tally narrows exactly.
+        let column = Expr::Column(datafusion::common::Column::new_unqualified(source));
+        old = old.filter(column.gt_eq(lit(bound)))?;
+    }
+    let mut all = old;
+    for file in files
+        .files
+        .iter()
+        .filter(|f| !since.known.contains(&files.display(f)))
+    {
+        let one = files
+            .read_one(ctx, file, &schema)?
+            .with_column(NEW_FILE, lit(true))?;
+        all = all.union(one)?;
+    }
+    Ok(all)
+}
+
+/// The start of `day` (UTC midnight) as a literal of a source time column's type, if it is
+/// one whose row-group statistics can skip what came before.
+fn day_start(t: &DataType, day: NaiveDate) -> Option<ScalarValue> {
+    use datafusion::arrow::datatypes::TimeUnit;
+    let days = crate::config::date_to_days(day);
+    let secs = i64::from(days) * 86_400;
+    Some(match t {
+        DataType::Timestamp(unit, tz) => {
+            let tz = tz.clone();
+            match unit {
+                TimeUnit::Second => ScalarValue::TimestampSecond(Some(secs), tz),
+                TimeUnit::Millisecond => ScalarValue::TimestampMillisecond(Some(secs * 1_000), tz),
+                TimeUnit::Microsecond => {
+                    ScalarValue::TimestampMicrosecond(Some(secs * 1_000_000), tz)
+                }
+                TimeUnit::Nanosecond => {
+                    ScalarValue::TimestampNanosecond(Some(secs * 1_000_000_000), tz)
+                }
+            }
+        }
+        DataType::Date32 => ScalarValue::Date32(Some(days)),
+        DataType::Date64 => ScalarValue::Date64(Some(secs * 1_000)),
+        _ => return None,
     })
 }
 
@@ -132,7 +248,7 @@ pub fn planning_as_of(settings: &Settings) -> NaiveDate {
 /// Registers `customers` and `marketing_spend` and returns the schema `orders` has in a
 /// run, reading only the inputs' Parquet footers (for `segflow check`).
 pub async fn input_schemas(ctx: &SessionContext, settings: &Settings) -> Result<SchemaRef> {
-    let source = open_sources(ctx, settings).await?;
+    let source = open_sources(ctx, settings, |_| Lines::All).await?;
     Ok(Arc::new(source.visible.schema().as_arrow().clone()))
 }
 
@@ -186,6 +302,10 @@ pub async fn stage_orders(
         }
         None => None,
     };
+    let since = match &source.lines {
+        Lines::All => None,
+        Lines::Since(s) => Some(s),
+    };
     let (mut stats, as_of) = settle_gates(
         &counts,
         duplicates.as_ref(),
@@ -193,6 +313,7 @@ pub async fn stage_orders(
         settings,
         &policies,
         source.files.len(),
+        since,
     )?;
     staging.as_of = as_of;
     let drop_duplicates = duplicates.as_ref().filter(|d| d.extra > 0 && drop_repeated);
@@ -243,12 +364,22 @@ pub async fn stage_orders(
         .map_err(|e| Error::engine("register orders", e))?;
     info!(rows = staged.rows, "canonical orders staged");
 
+    let day = |d: Option<i32>| d.map(|d| epoch_day(d).min(as_of));
+    let (mut latest, mut latest_visible) = (day(counts.latest), day(counts.latest_visible));
+    if let Some(s) = since {
+        latest = latest.max(s.latest);
+        latest_visible = latest_visible.max(s.latest_visible);
+    }
     Ok((
         Sources {
             as_of,
             orders: stats,
             rejected,
             staged_bytes: staged.bytes,
+            files: source.files.watermark(),
+            latest,
+            latest_visible,
+            order_ids: source.present.contains("order_id"),
         },
         staging,
     ))
@@ -333,6 +464,7 @@ fn visible_orders(
     present: &BTreeSet<&'static str>,
     spec: &InputSpec,
     settings: &Settings,
+    slice: Option<i32>,
 ) -> Result<(DataFrame, Arc<GateTally>)> {
     let err = |e: datafusion::error::DataFusionError| input_err(spec, e.to_string());
     let tally = Arc::new(GateTally::new(GateRules {
@@ -342,8 +474,10 @@ fn visible_orders(
         as_of: settings.as_of.map(crate::config::date_to_days),
         now_us: Utc::now().timestamp_micros(),
         policies: gates::policies(&settings.gates)?,
+        slice,
     }));
-    let predicate = ScalarUDF::new_from_shared_impl(tally.clone()).call(gate_args(present));
+    let predicate =
+        ScalarUDF::new_from_shared_impl(tally.clone()).call(gate_args(present, &tally.rules));
     let mut visible = mapped.filter(predicate).map_err(err)?;
     if !present.contains("order_id") {
         visible = synthetic_order_ids(visible).map_err(err)?;
@@ -352,8 +486,9 @@ fn visible_orders(
 }
 
 /// The arguments of the gate functions: the NULL-or-empty customer flag, order_ts,
-/// order_date, status (NULL when not mapped), revenue.
-fn gate_args(present: &BTreeSet<&'static str>) -> Vec<Expr> {
+/// order_date, status (NULL when not mapped), revenue, and in an incremental run the
+/// new-file flag (NULL otherwise).
+fn gate_args(present: &BTreeSet<&'static str>, rules: &GateRules) -> Vec<Expr> {
     let status = if present.contains("status") {
         col("status")
     } else {
@@ -367,6 +502,10 @@ fn gate_args(present: &BTreeSet<&'static str>) -> Vec<Expr> {
         col("order_date"),
         status,
         col("revenue"),
+        match rules.slice {
+            Some(_) => col(NEW_FILE),
+            None => lit(ScalarValue::Boolean(None)),
+        },
     ]
 }
 
@@ -380,8 +519,9 @@ fn settle_gates(
     settings: &Settings,
     policies: &[Policy; GATES.len()],
     files: usize,
+    since: Option<&Since>,
 ) -> Result<(InputStats, NaiveDate)> {
-    if counts.rows == 0 {
+    if counts.rows == 0 && since.is_none() {
         return Err(input_err(
             spec,
             "the input is empty: the Parquet files hold no rows",
@@ -433,20 +573,26 @@ fn settle_gates(
             details: failures.join("\n"),
         });
     }
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
+    // An incremental run also counts what its state saw.
+    let state_latest = since.and_then(|s| s.latest);
     let as_of = match settings.as_of {
         Some(d) => d,
-        None => {
-            let days = counts.latest.ok_or_else(|| {
+        None => counts
+            .latest
+            .map(epoch_day)
+            .max(state_latest)
+            .ok_or_else(|| {
                 input_err(
                     spec,
                     "the input is empty: every row was dropped by drop_status",
                 )
-            })?;
-            epoch + chrono::Duration::days(days as i64)
-        }
+            })?,
     };
-    let Some(latest) = counts.latest_visible else {
+    let latest_visible = counts
+        .latest_visible
+        .map(epoch_day)
+        .max(since.and_then(|s| s.latest_visible));
+    let Some(latest) = latest_visible else {
         return Err(input_err(
             spec,
             format!(
@@ -454,7 +600,6 @@ fn settle_gates(
             ),
         ));
     };
-    let latest = epoch + chrono::Duration::days(latest as i64);
     if let Some(max_age) = settings.gates.max_input_age_days {
         let age = (as_of - latest).num_days();
         if age > i64::from(max_age) {
@@ -487,6 +632,11 @@ fn settle_gates(
         );
     }
     Ok((stats, as_of))
+}
+
+/// The date `days` days after 1970-01-01.
+fn epoch_day(days: i32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch") + chrono::Duration::days(days as i64)
 }
 
 #[cfg(test)]

@@ -81,14 +81,16 @@ pub(super) async fn read_parquet_input(
         .map_err(|e| input_err(spec, redact(&format!("cannot infer hive partitions: {e}"))))?;
     let options = options.with_table_partition_cols(
         partitions
-            .into_iter()
-            .map(|p| (p, DataType::Utf8))
+            .iter()
+            .map(|p| (p.clone(), DataType::Utf8))
             .collect(),
     );
     let input = InputFiles {
         base: url.object_store().as_str().to_string(),
         store,
         files,
+        partitions,
+        prefix: url.prefix().to_string(),
     };
     let config = match ListingTableConfig::new(url)
         .with_listing_options(options)
@@ -114,7 +116,11 @@ pub(crate) struct InputFiles {
     /// `file:///` or `s3://bucket/`: the store's URL, which the file paths follow.
     base: String,
     store: Arc<dyn object_store::ObjectStore>,
-    files: Vec<object_store::ObjectMeta>,
+    pub(crate) files: Vec<object_store::ObjectMeta>,
+    /// Hive partition columns (inferred from the folders).
+    pub(crate) partitions: Vec<String>,
+    /// The listing's path prefix in its store (partition folders follow it).
+    prefix: String,
 }
 
 impl InputFiles {
@@ -173,11 +179,7 @@ impl InputFiles {
                 Ok::<(), String>(())
             };
             if let Err(why) = read.await {
-                let base = match self.base.as_str() {
-                    "file:///" => "/",
-                    other => other,
-                };
-                return Some((format!("{base}{}", f.location), why));
+                return Some((self.display(f), why));
             }
         }
         None
@@ -185,6 +187,79 @@ impl InputFiles {
 
     pub(crate) fn len(&self) -> usize {
         self.files.len()
+    }
+
+    /// A file's path as messages and a state's watermark show it (`/dir/file.parquet`,
+    /// `s3://bucket/key`).
+    pub(crate) fn display(&self, f: &object_store::ObjectMeta) -> String {
+        let base = match self.base.as_str() {
+            "file:///" => "/",
+            other => other,
+        };
+        format!("{base}{}", f.location)
+    }
+
+    /// The files as a state's watermark records them.
+    pub(crate) fn watermark(&self) -> Vec<crate::publish::manifest::InputFile> {
+        self.files
+            .iter()
+            .map(|f| crate::publish::manifest::InputFile {
+                path: self.display(f),
+                size: f.size,
+                modified: f.last_modified,
+                etag: f.e_tag.clone(),
+            })
+            .collect()
+    }
+
+    /// One file of the input as a table with the whole input's columns (`schema`, hive
+    /// partition columns last): the file's own columns, then its partition values parsed
+    /// from its folders.
+    pub(crate) fn read_one(
+        &self,
+        ctx: &SessionContext,
+        file: &object_store::ObjectMeta,
+        schema: &datafusion::arrow::datatypes::Schema,
+    ) -> datafusion::error::Result<DataFrame> {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        use datafusion::common::{Column, ScalarValue};
+        use datafusion::logical_expr::{lit, Expr};
+        let url = ListingTableUrl::parse(format!("{}{}", self.base, file.location))?;
+        let file_schema = Schema::new(
+            schema
+                .fields()
+                .iter()
+                .filter(|f| !self.partitions.contains(f.name()))
+                .map(|f| f.as_ref().clone())
+                .collect::<Vec<Field>>(),
+        );
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(Arc::new(file_schema));
+        let df = ctx.read_table(Arc::new(ListingTable::try_new(config)?))?;
+        let location = file.location.as_ref();
+        let below = location
+            .strip_prefix(self.prefix.trim_end_matches('/'))
+            .unwrap_or(location);
+        let value = |name: &str| {
+            below.split('/').find_map(|segment| {
+                segment
+                    .strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('='))
+                    .map(str::to_string)
+            })
+        };
+        let columns: Vec<_> = schema
+            .fields()
+            .iter()
+            .map(|f| match self.partitions.contains(f.name()) {
+                true => lit(ScalarValue::Utf8(value(f.name()))).alias(f.name()),
+                false => Expr::Column(Column::new_unqualified(f.name())),
+            })
+            .collect();
+        df.select(columns)
     }
 }
 

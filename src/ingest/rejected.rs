@@ -149,7 +149,8 @@ impl Duplicates {
             .collect();
         // The rows the run uses, judged again (the counts of this pass are not kept).
         let used = ScalarUDF::new_from_shared_impl(Arc::new(GateTally::new(rules.clone())))
-            .call(gate_args(present));
+            .call(gate_args(present, rules));
+        let names: Vec<String> = names.into_iter().filter(|n| n != NEW_FILE).collect();
         let mut columns: Vec<Expr> = names.iter().map(|n| col(n.as_str())).collect();
         columns.extend(line_fingerprint(present));
         let copy = row_number()
@@ -181,11 +182,13 @@ pub(super) fn rejected_rows(
     present: &BTreeSet<&'static str>,
     rules: &GateRules,
 ) -> datafusion::error::Result<DataFrame> {
-    let reason = ScalarUDF::new_from_impl(GateReason(rules.clone())).call(gate_args(present));
+    let reason =
+        ScalarUDF::new_from_impl(GateReason(rules.clone())).call(gate_args(present, rules));
     let mut columns: Vec<Expr> = mapped
         .schema()
         .fields()
         .iter()
+        .filter(|f| f.name() != NEW_FILE)
         .map(|f| col(f.name().as_str()))
         .collect();
     columns.push(reason.alias("gate"));

@@ -6,6 +6,7 @@
 //! topologically; a cycle is an error naming the chain.
 
 mod checks;
+pub mod incremental;
 pub mod keys;
 mod plan;
 mod schedule;
@@ -64,6 +65,24 @@ pub struct Header {
     /// Data checks run on the result before publishing.
     #[serde(default)]
     pub checks: Checks,
+    /// `table` (default: computed from all its input each run) or `incremental` (kept as
+    /// state; a run merges the new order lines into it with `merge`).
+    #[serde(default)]
+    pub materialized: Materialized,
+    /// Incremental models: the query that merges `slice` (the model's query over the new
+    /// order lines) into `state` (the kept rows whose grain `slice` holds); its rows replace
+    /// those of `state`.
+    #[serde(default)]
+    pub merge: Option<String>,
+}
+
+/// How a model's table is computed from run to run.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Materialized {
+    #[default]
+    Table,
+    Incremental,
 }
 
 fn default_true() -> bool {
@@ -140,6 +159,11 @@ pub struct Model {
 }
 
 impl Model {
+    /// Whether the model is kept as state and merged incrementally.
+    pub fn incremental(&self) -> bool {
+        self.header.materialized == Materialized::Incremental
+    }
+
     /// The tables the model reads, current or `previous.*`, but itself (a model may read
     /// its own previous snapshot).
     pub fn tables_read(&self) -> impl Iterator<Item = &String> {
@@ -444,7 +468,7 @@ fn parse_model_with(name: &str, file: &str, sql: String, header: Header) -> Resu
         }
     }
     let params_used = placeholders(file, &statement)?;
-    Ok(Model {
+    let model = Model {
         name: name.into(),
         file: file.into(),
         sql,
@@ -453,7 +477,9 @@ fn parse_model_with(name: &str, file: &str, sql: String, header: Header) -> Resu
         previous_deps,
         inputs,
         params_used,
-    })
+    };
+    incremental::validate(&model)?;
+    Ok(model)
 }
 
 /// Parses the model SQL into exactly one query statement; anything else names the file.

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::models::Model;
 use crate::publish::stage::{open_staged, StageError, StagedTable, Staging};
+use crate::publish::{Manifest, Output};
 use crate::redact::redact;
 
 use super::*;
@@ -35,6 +36,28 @@ pub struct ModelRun<'a> {
     /// The snapshot before this one, read as `previous.<model>`.
     pub previous: &'a Previous<'a>,
     pub staging: &'a Staging,
+    /// How incremental models are computed and kept.
+    pub state: StateRun<'a>,
+}
+
+/// How a run computes its incremental models.
+#[derive(Clone, Copy, Default)]
+pub struct StateRun<'a> {
+    /// The run keeps a state: incremental models are staged into its folder.
+    pub keep: bool,
+    /// An incremental run: the snapshot whose state the new lines merge into (the staged
+    /// `orders` hold only those lines). None: computed from every line.
+    pub base: Option<(&'a Output, &'a Manifest)>,
+}
+
+impl StateRun<'_> {
+    /// Where `model` is staged: its state folder, or the usual table folder.
+    fn staged_rel(&self, staging: &Staging, model: &Model) -> String {
+        match self.keep && model.incremental() {
+            true => staging.state_rel(&model.name),
+            false => staging.table_rel(&model.name, model.header.publish),
+        }
+    }
 }
 
 /// Runs every model in order, writing each once to staging and registering the staged
@@ -258,13 +281,14 @@ impl<'a> Scheduler<'a> {
         known: &HashMap<String, Vec<BTreeSet<String>>>,
     ) -> Computing<'a> {
         let (ctx, models, staging) = (self.inputs.ctx, self.inputs.models, self.inputs.staging);
+        let state = self.inputs.state;
         let model = &models[position];
         let unique_keys = crate::models::keys::unique_keys(&df, known);
         let progress =
             crate::progress::ModelProgress::start(&model.name, position + 1, models.len());
         Box::pin(async move {
             let clock = Instant::now();
-            let computed = compute_model(ctx, model, &params, df, staging).await;
+            let computed = compute_model(ctx, model, &params, df, staging, state).await;
             let computed = computed.map(|(staged, schema)| {
                 let duration = clock.elapsed();
                 progress.finish(&model.name, staged.rows, duration);
@@ -293,15 +317,10 @@ impl<'a> Scheduler<'a> {
             }) if state.shared[position] => {
                 warn!(model = %model.name, %error,
                     "model ran out of memory beside other models; rerunning it alone once they finish");
-                self.inputs
-                    .staging
+                let staging = self.inputs.staging;
+                staging
                     .out
-                    .delete_prefix(
-                        &self
-                            .inputs
-                            .staging
-                            .table_rel(&model.name, model.header.publish),
-                    )
+                    .delete_prefix(&self.inputs.state.staged_rel(staging, model))
                     .await?;
                 state.shared[position] = false;
                 state.reruns.push_back(position);
@@ -346,8 +365,35 @@ impl<'a> Scheduler<'a> {
             staged,
         )
         .await?;
-        Ok((plan_model(self.inputs.ctx, model, &params).await?, params))
+        let df = plan_model(self.inputs.ctx, model, &params).await?;
+        match self.inputs.state.base {
+            Some((output, base)) if model.incremental() => {
+                let df = plan_incremental(self.inputs.ctx, model, df, output, base).await?;
+                Ok((df, params))
+            }
+            _ => Ok((df, params)),
+        }
     }
+}
+
+/// An incremental model in an incremental run: `slice` (the model over the new lines)
+/// merged into the rows `base`'s state keeps (see [`crate::models::incremental`]).
+async fn plan_incremental(
+    ctx: &SessionContext,
+    model: &Model,
+    slice: DataFrame,
+    output: &Output,
+    base: &Manifest,
+) -> Result<DataFrame> {
+    use crate::models::incremental::{merged_state, plan_merge, touched_state};
+    let kept = output
+        .open_state(ctx, base, &model.name)
+        .await
+        .map_err(|e| model_error(model, e))?;
+    let schema = slice.schema().as_arrow().clone();
+    let touched = touched_state(model, kept.clone(), &slice)?;
+    let merged = plan_merge(ctx, model, touched, slice.clone()).await?;
+    merged_state(model, kept, &slice, merged, &schema)
 }
 
 /// Executes a planned model into staging (rerunning it on sort-merge joins if hash joins
@@ -358,6 +404,7 @@ pub(crate) async fn compute_model(
     params: &BTreeMap<String, ScalarValue>,
     df: DataFrame,
     staging: &Staging,
+    state: StateRun<'_>,
 ) -> std::result::Result<(StagedTable, SchemaRef), Failed> {
     let failed = |error: Error| Failed {
         error,
@@ -374,23 +421,33 @@ pub(crate) async fn compute_model(
             out_of_memory: true,
         });
     }
-    let stage = |df: DataFrame| {
-        staging.write_table(
-            df,
-            &model.name,
-            model.header.publish,
-            &model.header.partition_by,
-        )
+    let into_state = state.keep && model.incremental();
+    let stage = |df: DataFrame| async move {
+        match into_state {
+            true => staging.write_state(df, &model.name).await,
+            false => {
+                staging
+                    .write_table(
+                        df,
+                        &model.name,
+                        model.header.publish,
+                        &model.header.partition_by,
+                    )
+                    .await
+            }
+        }
     };
+    // A merge is planned from the kept state, not from the model's query alone.
+    let replannable = !(model.incremental() && state.base.is_some());
     let staged = match stage(df).await {
-        Err(StageError::Engine(e)) if out_of_memory_in_hash_join(ctx, &e) => {
+        Err(StageError::Engine(e)) if replannable && out_of_memory_in_hash_join(ctx, &e) => {
             // Hash joins are fast but keep their build side in memory; sort-merge joins
             // spill. Rerun the model with them, from a clean staging directory.
             warn!(model = %model.name, error = %redact(&e.strip_backtrace()),
                 "model ran out of memory with hash joins; rerunning it with sort-merge joins, which spill");
             staging
                 .out
-                .delete_prefix(&staging.table_rel(&model.name, model.header.publish))
+                .delete_prefix(&state.staged_rel(staging, model))
                 .await
                 .map_err(failed)?;
             let mut state = ctx.state();

@@ -10,6 +10,9 @@ pub const REPORT_FILE: &str = "index.html";
 /// The folder (a table name in staging) of the rows the gates left out.
 pub const REJECTED: &str = "_rejected";
 
+/// Folder of the kept incremental state, `_state/as_of=D/<model>/`.
+pub const STATE: &str = "_state";
+
 /// The catalog's directory: DDL that opens the tables by name (see `publish::catalog`).
 pub const CATALOG: &str = "_catalog";
 

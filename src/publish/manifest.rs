@@ -60,6 +60,88 @@ pub struct Manifest {
     /// model file): the run published, but someone should look.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// How the run computed the snapshot: from every line, or incrementally from the
+    /// kept state of an earlier one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
+    /// The line-level aggregates this snapshot keeps for the next run, `_state/as_of=D/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateEntry>,
+}
+
+/// How a snapshot was computed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunInfo {
+    pub mode: RunMode,
+    /// Why a run was full (None when incremental): `no state`, `--full-refresh`, `as_of
+    /// before state`, `models or config changed`, `input changed: <path>`, `segflow
+    /// version changed`.
+    pub full_reason: Option<String>,
+    /// Incremental runs: the snapshot whose state they started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_from: Option<NaiveDate>,
+}
+
+/// Whether a run read every line or only the new ones.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    Full,
+    Incremental,
+}
+
+/// The kept state of a snapshot: each incremental model's rows, and what they cover.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateEntry {
+    /// `_state/as_of=D`.
+    pub path: String,
+    /// Every data file of the state, relative to the output root.
+    pub files: Vec<String>,
+    pub bytes: u64,
+    /// Each incremental model's rows.
+    pub tables: BTreeMap<String, StateTable>,
+    /// Hash of everything that shapes the rows: the incremental models, the orders
+    /// mapping and statuses, the gates, the time zone, their parameters.
+    pub hash: String,
+    /// What the state covers of the input.
+    pub watermark: Watermark,
+}
+
+/// One incremental model's kept rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateTable {
+    pub rows: u64,
+    /// Data files relative to the output root.
+    pub files: Vec<String>,
+    /// How many files the rows are bucketed into by customer (see `ext::buckets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<usize>,
+}
+
+/// What the state covers: every line of `files` dated up to `through` (the snapshot's
+/// as_of) that the gates let through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Watermark {
+    pub through: NaiveDate,
+    /// The latest order date among the lines it covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_order_date: Option<NaiveDate>,
+    /// The latest order date among the lines the models saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_visible: Option<NaiveDate>,
+    /// The orders input's files as they were read.
+    pub files: Vec<InputFile>,
+}
+
+/// One input file as read: a later run trusts the state only while it is unchanged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InputFile {
+    /// The file's location in its store.
+    pub path: String,
+    pub size: u64,
+    pub modified: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 }
 
 /// The report of a snapshot.
@@ -113,6 +195,11 @@ impl Manifest {
                 self.report
                     .iter()
                     .map(|r| (r.path.as_str(), r.files.as_slice())),
+            )
+            .chain(
+                self.state
+                    .iter()
+                    .map(|s| (s.path.as_str(), s.files.as_slice())),
             )
     }
 }

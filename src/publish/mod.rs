@@ -24,6 +24,7 @@ pub mod lock;
 pub mod manifest;
 pub mod recover;
 pub mod stage;
+pub mod state;
 
 use chrono::NaiveDate;
 use datafusion::prelude::{DataFrame, SessionContext};

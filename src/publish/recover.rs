@@ -11,7 +11,7 @@
 //!    `_catalog/<file>#<n>`).
 //! 3. Delta tables (see [`super::delta`]): a write no manifest lists is restored away,
 //!    a table no manifest lists removed; their files are left to their logs.
-//! 4. Every file under `<model>/as_of=D/` (and `_rejected/`, `_report/as_of=D/`) that the manifest of
+//! 4. Every file under `<model>/as_of=D/` (and `_rejected/`, `_report/`, `_state/as_of=D/`) that the manifest of
 //!    `D` does not list (and is not
 //!    the `_SUCCESS` of one of its tables) is deleted: copies of a run killed before its
 //!    manifest, files of a replaced snapshot whose deletion was cut short, local temp files.
@@ -30,8 +30,8 @@ use crate::storage::retrying;
 fn snapshot_date(rel: &str) -> Option<NaiveDate> {
     let mut parts = rel.split('/');
     let model = parts.next()?;
-    let published_dir =
-        model == crate::publish::layout::REJECTED || model == crate::publish::layout::REPORT;
+    use crate::publish::layout::{REJECTED, REPORT, STATE};
+    let published_dir = [REJECTED, REPORT, STATE].contains(&model);
     if model.is_empty() || (model.starts_with('_') && !published_dir) {
         return None;
     }
@@ -305,6 +305,10 @@ mod tests {
         assert_eq!(snapshot_date("_manifest/as_of=2026-11-21.json"), None);
         assert_eq!(snapshot_date("_rejected/as_of=2026-11-21/x.parquet"), d);
         assert_eq!(snapshot_date("_report/as_of=2026-11-21/index.html"), d);
+        assert_eq!(
+            snapshot_date("_state/as_of=2026-11-21/customer_days/part-0.parquet"),
+            d
+        );
         assert_eq!(snapshot_date("notes.txt"), None);
     }
 

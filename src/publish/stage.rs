@@ -121,8 +121,36 @@ impl Staging {
         partition_by: &[String],
         tap: Option<Arc<dyn BatchTap>>,
     ) -> Result<StagedTable, StageError> {
-        let loc = &self.out.loc;
         let rel = self.table_rel(name, publish);
+        self.write_at(rel, df, publish, partition_by, tap).await
+    }
+
+    /// The staging directory of an incremental model's state (published with the
+    /// snapshot as `_state/as_of=D/<name>`), relative to the output root.
+    pub fn state_rel(&self, name: &str) -> String {
+        format!(
+            "{}/{}/as_of={}/{name}",
+            staging_rel(&self.run_id),
+            crate::publish::layout::STATE,
+            self.as_of
+        )
+    }
+
+    /// Writes an incremental model's rows, as an internal table, into its state directory.
+    pub async fn write_state(&self, df: DataFrame, name: &str) -> Result<StagedTable, StageError> {
+        self.write_at(self.state_rel(name), df, false, &[], None)
+            .await
+    }
+
+    async fn write_at(
+        &self,
+        rel: String,
+        df: DataFrame,
+        publish: bool,
+        partition_by: &[String],
+        tap: Option<Arc<dyn BatchTap>>,
+    ) -> Result<StagedTable, StageError> {
+        let loc = &self.out.loc;
         let df = published_form(df, partition_by, publish)?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let options = parquet_options(&schema, publish, loc.local.is_some());

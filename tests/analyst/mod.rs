@@ -35,7 +35,7 @@ fn check_on_the_demo_project_is_clean_and_touches_no_output() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert_eq!(
         r.stdout,
-        "checked 18 model(s) and 0 data test(s): 0 error(s), 0 warning(s)\n"
+        "checked 19 model(s) and 0 data test(s): 0 error(s), 0 warning(s)\n"
     );
     assert!(!tmp.path().join("out").exists(), "check created the output");
 
@@ -248,7 +248,7 @@ fn list_shows_kind_grain_partitioning_reads_and_what_is_published() {
         po[..6],
         [
             "purchase_orders",
-            "internal",
+            "incremental",
             "customer_id, order_id",
             "-",
             "orders",
@@ -257,7 +257,7 @@ fn list_shows_kind_grain_partitioning_reads_and_what_is_published() {
     );
     assert!(
         r.stdout.ends_with(&format!(
-            "\n18 model(s); no snapshot published at {} yet\n",
+            "\n19 model(s); no snapshot published at {} yet\n",
             tmp.path().join("out").display()
         )),
         "{}",
@@ -270,7 +270,7 @@ fn list_shows_kind_grain_partitioning_reads_and_what_is_published() {
     assert_eq!(line(&r.stdout, "rfm")[5], format!("as_of={DEMO_AS_OF}"));
     assert!(
         r.stdout
-            .contains(&format!("18 model(s); newest snapshot as_of={DEMO_AS_OF}")),
+            .contains(&format!("19 model(s); newest snapshot as_of={DEMO_AS_OF}")),
         "{}",
         r.stdout
     );
@@ -335,7 +335,7 @@ fn explain_prints_the_plans_and_analyze_adds_metrics() {
     for needle in [
         "== logical_plan ==",
         "== physical_plan ==",
-        "Aggregate: groupBy=[[spend.customer_id]]",
+        "Aggregate: groupBy=[[customer_category_spend.customer_id]]",
         "AggregateExec",
     ] {
         assert!(

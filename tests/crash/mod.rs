@@ -17,18 +17,19 @@ use crate::util::{
 /// Every file of an output, by path relative to its root.
 pub type Tree = BTreeMap<String, Vec<u8>>;
 
-/// `model/as_of=D/...` → D (a table file, rejected rows, the report); None for
-/// `_manifest`, `_staging`, `_lock`.
+/// `model/as_of=D/...` → D (a table file, rejected rows, the report, the kept state); None
+/// for `_manifest`, `_staging`, `_lock`.
 fn table_date(rel: &str) -> Option<&str> {
     let mut parts = rel.split('/');
     let model = parts.next()?;
-    if model.starts_with('_') && model != "_report" && model != "_rejected" {
+    if model.starts_with('_') && !["_report", "_rejected", "_state"].contains(&model) {
         return None;
     }
     parts.next()?.strip_prefix("as_of=")
 }
 
-/// Every directory a manifest publishes (tables, rejected rows, report) with its files.
+/// Every directory a manifest publishes (tables, rejected rows, report, kept state) with its
+/// files.
 pub fn listed_dirs(m: &serde_json::Value) -> Vec<(String, Vec<String>)> {
     let entry = |t: &serde_json::Value| {
         (
@@ -47,7 +48,7 @@ pub fn listed_dirs(m: &serde_json::Value) -> Vec<(String, Vec<String>)> {
         .values()
         .map(entry)
         .collect();
-    for key in ["rejected", "report"] {
+    for key in ["rejected", "report", "state"] {
         if !m[key].is_null() {
             dirs.push(entry(&m[key]));
         }

@@ -21,19 +21,21 @@ use datafusion::prelude::SessionContext;
 use crate::config::{Engine, Settings, TableFormat};
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::ingest::{open_sources, planning_as_of, stage_orders, Sources};
+use crate::ingest::{open_sources, planning_as_of, stage_orders, Lines, Sources};
 use crate::models::plan_models;
 use crate::models::select_run;
 use crate::models::{
-    concurrent_models, run_checks, run_data_tests, run_models, ModelRun, Previous,
+    concurrent_models, run_checks, run_data_tests, run_models, ModelRun, Previous, StateRun,
 };
 use crate::models::{DataTest, Model};
 use crate::publish::delta::{DeltaInputs, StagedTables};
 use crate::publish::draft::StagedModel;
+use crate::publish::manifest::{RunInfo, Watermark};
 use crate::publish::stage::Staging;
 use crate::publish::{LockInfo, Manifest, Output};
 use crate::session::build_session;
 use crate::shutdown::Shutdown;
+use crate::state::{self, Start};
 
 /// Opens the inputs, plans `models` to learn which order columns they read, and stages
 /// those columns of the canonical `orders` (see [`stage_orders`]).
@@ -42,8 +44,9 @@ pub(crate) async fn stage_inputs(
     settings: &Settings,
     models: &[Model],
     staging: impl FnOnce(chrono::NaiveDate) -> Staging,
+    lines: impl FnOnce(&[crate::publish::manifest::InputFile]) -> Lines,
 ) -> Result<(Sources, Staging)> {
-    let source = open_sources(ctx, settings).await?;
+    let source = open_sources(ctx, settings, lines).await?;
     let used = plan_models(
         ctx,
         settings,
@@ -326,7 +329,34 @@ async fn prepare(
         rejected: draft.rejected,
         report: None,
         warnings: computed.warnings,
+        run: Some(computed.run),
+        state: None,
     };
+    if let Some(hash) = computed.state_hash {
+        let tables: Vec<(&str, &crate::publish::stage::StagedTable)> = computed
+            .outputs
+            .iter()
+            .filter(|o| {
+                selected
+                    .models
+                    .iter()
+                    .any(|m| m.name == o.name && m.incremental())
+            })
+            .map(|o| (o.name.as_str(), &o.staged))
+            .collect();
+        let watermark = Watermark {
+            through: as_of,
+            latest_order_date: computed.sources.latest,
+            latest_visible: computed.sources.latest_visible,
+            files: computed.sources.files.clone(),
+        };
+        let (entry, files) = output.state_entry(run_id, as_of, &tables, hash, watermark);
+        staged.insert(crate::publish::layout::STATE.to_string(), files);
+        manifest.state = Some(entry);
+    } else if !settings.select.is_empty() {
+        // A partial run keeps the state of the snapshot it replaces (it covers what it did).
+        manifest.state = output.manifest(as_of).await?.and_then(|m| m.state);
+    }
     // The report reads the snapshot's tables back: what this run staged, and what a
     // `--select` run keeps of the snapshot it replaces.
     let report = crate::report::stage(&ctx, output, &manifest, &draft.staged_names).await?;
@@ -344,11 +374,14 @@ async fn prepare(
     })
 }
 
-/// What a run computed: the staged inputs, the staged models, the warnings of their checks.
+/// What a run computed: the staged inputs, the staged models, the warnings of their checks,
+/// how (full or incremental), and the hash of the state it keeps (if it keeps one).
 struct Computed {
     sources: Sources,
     outputs: Vec<crate::models::ModelOutput>,
     warnings: Vec<String>,
+    run: RunInfo,
+    state_hash: Option<String>,
 }
 
 /// Stages the inputs (in `ctx`, this process's session), computes the selected models
@@ -363,14 +396,56 @@ async fn compute(
     selected: &Selected<'_>,
 ) -> Result<Computed> {
     let (models, tests) = (selected.models, selected.tests);
-    let (sources, staging) = stage_inputs(ctx, settings, models, |as_of| Staging {
-        out: output.clone(),
-        run_id: run_id.to_string(),
-        as_of,
-    })
-    .await?;
+    let hash = state::state_hash(settings, models);
+    let keep_state = match state::cannot_keep(settings, models) {
+        Some(why) => {
+            info!(why = %why, "this run keeps no incremental state");
+            false
+        }
+        None => true,
+    };
+    let mut start = state::start(output, settings, settings.as_of, &hash, keep_state).await?;
+    let (sources, staging) = loop {
+        let staging = |as_of| Staging {
+            out: output.clone(),
+            run_id: run_id.to_string(),
+            as_of,
+        };
+        let (sources, staging) = stage_inputs(ctx, settings, models, staging, |files| {
+            state::choose_lines(&mut start, files)
+        })
+        .await?;
+        match &start {
+            // The latest order date is the state's own (no later line came): a rerun of
+            // that date, which starts from the state before it.
+            Start::From(base) if sources.as_of <= base.as_of => {
+                output.remove_staging(run_id).await;
+                start =
+                    state::start(output, settings, Some(sources.as_of), &hash, keep_state).await?;
+            }
+            _ => break (sources, staging),
+        }
+    };
     let as_of = sources.as_of;
-    info!(%as_of, rows = sources.orders.rows_visible, "inputs registered");
+    let keep_state = keep_state
+        && (sources.order_ids || {
+            info!(
+                why = state::NO_ORDER_IDS,
+                "this run keeps no incremental state"
+            );
+            false
+        });
+    let run = state::run_info(&start);
+    match &run.full_reason {
+        None => info!(%as_of, state_as_of = ?run.state_from, rows = sources.orders.rows_visible,
+            "incremental run: new lines staged"),
+        Some(why) => info!(%as_of, full_reason = %why, rows = sources.orders.rows_visible,
+            "full run: every line staged"),
+    }
+    let base = match &start {
+        Start::From(m) => Some((output, m.as_ref())),
+        Start::Full(_) => None,
+    };
     if ctx.session_id() != models_ctx.session_id() {
         // The staged inputs, as the models' session sees them.
         for name in crate::models::INPUT_TABLES {
@@ -405,6 +480,10 @@ async fn compute(
         config_params: &settings.params,
         previous: &previous,
         staging: &staging,
+        state: StateRun {
+            keep: keep_state,
+            base,
+        },
     };
     let outputs = run_models(inputs, concurrency).await?;
 
@@ -420,5 +499,7 @@ async fn compute(
         sources,
         outputs,
         warnings: findings.warnings,
+        run,
+        state_hash: keep_state.then_some(hash),
     })
 }
