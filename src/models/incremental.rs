@@ -203,7 +203,11 @@ pub fn touched_state(model: &Model, kept: DataFrame, slice: &DataFrame) -> Resul
 
 /// The merge query's rows in the model's columns and types; a column it lacks, adds or
 /// types differently is an error naming the model.
-fn conform_merge(model: &Model, merged: DataFrame, schema: &Schema) -> Result<DataFrame> {
+pub(crate) fn conform_merge(
+    model: &Model,
+    merged: DataFrame,
+    schema: &Schema,
+) -> Result<DataFrame> {
     let have = merged.schema().as_arrow().clone();
     let names =
         |s: &Schema| -> Vec<String> { s.fields().iter().map(|f| f.name().clone()).collect() };

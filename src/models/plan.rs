@@ -340,6 +340,18 @@ pub(crate) async fn plan_empty(
     let df = plan_model(&report.planner, model, &params).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     check_partition_by(model, &schema)?;
+    if model.incremental() {
+        // The merge, planned over empty kept and new rows of the model's schema, must give
+        // the model's columns and types.
+        let empty = || {
+            empty_table(schema.clone())
+                .and_then(|t| report.planner.read_table(t))
+                .map_err(|e| model_error(model, e))
+        };
+        let merged =
+            super::incremental::plan_merge(&report.planner, model, empty()?, empty()?).await?;
+        super::incremental::conform_merge(model, merged, &schema)?;
+    }
     let plan = df
         .into_optimized_plan()
         .map_err(|e| model_error(model, e))?;

@@ -457,3 +457,52 @@ async fn a_run_killed_before_its_manifest_leaves_no_state_a_later_run_trusts() {
         snapshot_rows(&full, &date(12)).await
     );
 }
+
+/// An incremental model whose merge gives other columns than the model, or that breaks a
+/// rule, is an error `check` reports naming the file (exit 1), and the run stops on it as on
+/// any model error (exit 2) before anything is written.
+#[test]
+fn a_broken_incremental_model_is_reported_by_check_and_stops_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let config = crate::util::demo_config(
+        tmp.path(),
+        &format!("[models]\npaths = [\"{}\"]\n", models.display()),
+    );
+    let cases = [
+        (
+            "merge = \"select category, sum(lines) as lines from (select * from state union all select * from slice) u group by category\"",
+            "select coalesce(category, 'none') as category, count(*) as lines, sum(quantity) as units from orders group by 1",
+            "the merge query must give the model's columns; it lacks `units`",
+        ),
+        (
+            "merge = \"select category, sum(lines) as lines from state group by category\"",
+            "select coalesce(category, 'none') as category, count(*) as lines from orders where order_date <= $as_of group by 1",
+            "must not use $as_of",
+        ),
+    ];
+    for (merge, query, needle) in cases {
+        std::fs::write(
+            models.join("category_lines.sql"),
+            format!("/*---\ngrain = [\"category\"]\npublish = false\nmaterialized = \"incremental\"\n{merge}\n---*/\n{query}\n"),
+        )
+        .unwrap();
+        let r = segflow(&["check", "--config", config.to_str().unwrap()]);
+        assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+        let text = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            text.contains("category_lines.sql") && text.contains(needle),
+            "{text}"
+        );
+        let r = run_at(&config, crate::util::DEMO_AS_OF);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains(needle), "{}", r.stderr);
+        let out = tmp.path().join("out");
+        let left = match out.exists() {
+            true => crate::util::snapshot_files(&out),
+            false => Default::default(),
+        };
+        assert!(left.is_empty(), "the run left {:?}", left.keys());
+    }
+}
