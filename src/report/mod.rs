@@ -143,8 +143,17 @@ pub async fn render(tables: &Tables, manifest: &Manifest) -> Result<String> {
         });
     }
     if let Some(input) = &manifest.input {
+        // An incremental run read only the lines its state lacked.
+        let incremental = manifest
+            .run
+            .as_ref()
+            .is_some_and(|r| r.full_reason.is_none());
         facts.push(Fact {
-            label: "order lines",
+            label: if incremental {
+                "new order lines"
+            } else {
+                "order lines"
+            },
             text: fmt_int(input.rows_visible as i64),
         });
     }

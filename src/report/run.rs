@@ -6,11 +6,21 @@ use super::*;
 
 /// Run facts from the manifest: inputs, gates, models, versions.
 pub(super) fn run_facts(manifest: &Manifest) -> Section {
+    let how = match &manifest.run {
+        Some(r) => match (&r.full_reason, r.state_from) {
+            (None, Some(from)) => format!(
+                " Incremental: the order lines below are those the state kept by the snapshot of {from} lacked."
+            ),
+            (Some(why), _) => format!(" Full run ({why})."),
+            (None, None) => String::new(),
+        },
+        None => String::new(),
+    };
     let mut section = Section::new(
         "run",
         "Run",
         format!(
-            "Run {} of segflow {} on DataFusion {}, config hash {}.",
+            "Run {} of segflow {} on DataFusion {}, config hash {}.{how}",
             manifest.run_id,
             manifest.segflow_version,
             manifest.datafusion_version,
