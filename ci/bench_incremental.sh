@@ -17,9 +17,10 @@
 #      interleaved, each from a hard-linked copy of the base output: "incremental" (a plain
 #      run for the last day: it must say run.mode = incremental) and "full" (the same with
 #      --full-refresh).
-# Every run is timed under /usr/bin/time -v. The last incremental and full outputs are
-# compared table by table with ci/compare_binaries.py --tables-only (rows, floats bit-equal,
-# the kept state included); a difference exits 1. Printed: median wall (min..max) and peak
+# Every run is timed under /usr/bin/time -v. The last incremental and full snapshots are
+# compared table by table with DuckDB (each published table and each kept state table, by
+# the files the manifests list: EXCEPT ALL both ways, values exactly equal); a difference
+# exits 1. Printed: median wall (min..max) and peak
 # RSS of each, incremental / full, and per model the seconds of the last runs side by side
 # (the staging pass as "orders"), with the state's bytes. --keep leaves the temp dir.
 set -euo pipefail
@@ -129,8 +130,34 @@ for r in $(seq 1 "$RUNS"); do
     done
 done
 
-if ! "$PY" ci/compare_binaries.py --tables-only --compare-dirs "$WORK/incremental" "$WORK/full" > "$WORK/compare.txt"; then
-    grep -v '^OK' "$WORK/compare.txt" >&2
+# Table by table (and each kept state table), by the files the manifests list: rows equal
+# as multisets (EXCEPT ALL both ways: exact equality, floats to the bit but -0.0 = 0.0).
+if ! "$PY" - "$WORK/incremental" "$WORK/full" "$LAST" <<'PY' >&2
+import duckdb, json, sys
+a, b, day = sys.argv[1:]
+def entries(out):
+    m = json.load(open(f"{out}/_manifest/as_of={day}.json"))
+    t = {k: v["files"] for k, v in m["tables"].items()}
+    t.update({f"_state/{k}": v["files"] for k, v in m["state"]["tables"].items()})
+    return t
+ea, eb = entries(a), entries(b)
+con = duckdb.connect()
+bad = sorted(set(ea) ^ set(eb))
+for name in sorted(set(ea) & set(eb)):
+    fa = [f"{a}/{f}" for f in ea[name]]
+    fb = [f"{b}/{f}" for f in eb[name]]
+    read = lambda fs: f"read_parquet({fs!r}, hive_partitioning = true, union_by_name = true)"
+    n = con.execute(f"""SELECT (SELECT count(*) FROM (SELECT * FROM {read(fa)} EXCEPT ALL SELECT * FROM {read(fb)})),
+                               (SELECT count(*) FROM (SELECT * FROM {read(fb)} EXCEPT ALL SELECT * FROM {read(fa)})),
+                               (SELECT count(*) FROM {read(fa)})""").fetchone()
+    print(f"  {'OK  ' if n[:2] == (0, 0) else 'DIFF'} {name}: {n[2]:,} rows" + ("" if n[:2] == (0, 0) else f", {n[0]} only incremental, {n[1]} only full"))
+    if n[:2] != (0, 0):
+        bad.append(name)
+if bad:
+    print(f"different: {bad}")
+    sys.exit(1)
+PY
+then
     echo "the incremental run published different tables than the full run (above)" >&2
     exit 1
 fi
@@ -164,7 +191,7 @@ def seconds(kind):
 (full, fm), (inc, im) = seconds("full"), seconds("incremental")
 print(f"lines staged: full {fm['input']['rows_visible']:,}, incremental {im['input']['rows_visible']:,}; "
       f"state kept: {im['state']['bytes'] / 1048576:,.0f} MiB "
-      f"({', '.join(f'{k} {v['rows']:,} rows' for k, v in im['state']['tables'].items())})")
+      "(" + ", ".join(f"{k} {v['rows']:,} rows" for k, v in im["state"]["tables"].items()) + ")")
 items = sorted(full, key=lambda k: -max(full[k], inc.get(k, 0)))
 print("per model, last runs (s, full / incremental; models overlap, two at a time; orders = staging pass):")
 for k in items:
