@@ -116,17 +116,34 @@ with_facts as (
     join members m on m.customer_id = f.customer_id
 ),
 
-with_previous as (
-    select m.*, p.segment as previous_segment
-    from previous_members p
-    right join with_facts m
-      on p.segmentation = m.segmentation and p.customer_id = m.customer_id
+-- Stability without joining every membership to the previous one (38 M rows a side at
+-- 100 M lines: neither a hash join's build side nor a sort-merge join's sorts fitted in
+-- 4 GB): both memberships go through one aggregation per segmentation and customer, which
+-- spills.
+pairs as (
+    select segmentation, customer_id,
+           max(case when is_current then segment end)     as segment,
+           max(case when not is_current then segment end) as previous_segment,
+           bool_or(is_current) as in_current
+    from (
+        select segmentation, segment, customer_id, true as is_current from members
+        union all
+        select segmentation, segment, customer_id, false from previous_members
+    ) both_snapshots
+    group by segmentation, customer_id
+),
+
+stayed as (
+    select segmentation, segment, count(*) as stayed
+    from pairs
+    where in_current and previous_segment = segment
+    group by segmentation, segment
 ),
 
 joined as (
     select m.*, coalesce(o.opted_in, false) as opted_in
     from attributes o
-    right join with_previous m on o.customer_id = m.customer_id
+    right join with_facts m on o.customer_id = m.customer_id
 ),
 
 stats as (
@@ -138,8 +155,7 @@ stats as (
         sum(margin)  as margin,
         sum(orders) as orders,
         count(*) filter (where orders >= 2) as repeaters,
-        count(*) filter (where opted_in) as reachable,
-        count(*) filter (where previous_segment = segment) as stayed
+        count(*) filter (where opted_in) as reachable
     from joined
     group by segmentation, segment
 )
@@ -157,9 +173,10 @@ select
     cast(s.repeaters as double) / s.customers as repeat_rate,
     case when k.email_opt_in then cast(s.reachable as double) / s.customers end as reachable_share,
     case when h.yes and s.segmentation not in ('age_band', 'gender', 'email_opt_in')
-         then cast(s.stayed as double) / s.customers end as stability,
+         then cast(coalesce(st.stayed, 0) as double) / s.customers end as stability,
     s.customers < $min_segment_customers as below_min_size
 from stats s
+left join stayed st on st.segmentation = s.segmentation and st.segment = s.segment
 cross join totals t
 cross join has_previous h
 cross join known k

@@ -464,7 +464,13 @@ async fn compute(
     if let Some(p) = &previous {
         info!(previous_as_of = %p.as_of, "previous snapshot found");
     }
-    let concurrency = concurrent_models(settings, sources.staged_bytes);
+    // The models read the staged lines and, in an incremental run, the kept state: what
+    // decides whether two of them fit in memory side by side.
+    let state_bytes = match &start {
+        Start::From(m) => m.state.as_ref().map_or(0, |s| s.bytes),
+        Start::Full(_) => 0,
+    };
+    let concurrency = concurrent_models(settings, sources.staged_bytes + state_bytes);
     info!(
         concurrent_models = concurrency,
         "models computed up to this many at a time"
