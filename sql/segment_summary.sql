@@ -119,14 +119,16 @@ with_facts as (
 -- Stability without joining every membership to the previous one (38 M rows a side at
 -- 100 M lines: neither a hash join's build side nor a sort-merge join's sorts fitted in
 -- 4 GB): both memberships go through one aggregation per segmentation and customer, which
--- spills.
+-- spills (and costs nothing when there is no previous snapshot).
 pairs as (
     select segmentation, customer_id,
            max(case when is_current then segment end)     as segment,
            max(case when not is_current then segment end) as previous_segment,
            bool_or(is_current) as in_current
     from (
-        select segmentation, segment, customer_id, true as is_current from members
+        -- Without a previous snapshot there is nothing to compare: no row goes through.
+        select segmentation, segment, customer_id, true as is_current
+        from members cross join has_previous h where h.yes
         union all
         select segmentation, segment, customer_id, false from previous_members
     ) both_snapshots
