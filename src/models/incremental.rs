@@ -163,32 +163,28 @@ pub fn merged_state(
     merged: DataFrame,
     schema: &Schema,
 ) -> Result<DataFrame> {
-    let err = |e: datafusion::error::DataFusionError| crate::models::model_error(model, e);
-    let grain: Vec<&str> = model.header.grain.iter().map(String::as_str).collect();
-    let keys = slice
-        .clone()
-        .select(grain.iter().map(|g| col(*g)).collect::<Vec<Expr>>())
-        .and_then(|k| k.distinct())
-        .map_err(err)?;
-    let kept = crate::publish::stage::conform(kept, schema, &[]).map_err(err)?;
-    let untouched = kept
-        .join(keys, JoinType::LeftAnti, &grain, &grain, None)
-        .map_err(err)?;
+    let untouched = by_slice_keys(model, kept, slice, schema, JoinType::LeftAnti)?;
     let merged = conform_merge(model, merged, schema)?;
-    let untouched = untouched
-        .select(
-            schema
-                .fields()
-                .iter()
-                .map(|f| col(f.name()))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(err)?;
-    untouched.union(merged).map_err(err)
+    untouched
+        .union(merged)
+        .map_err(|e| crate::models::model_error(model, e))
 }
 
 /// The kept rows whose grain `slice` holds: what `merge` reads as `state`.
 pub fn touched_state(model: &Model, kept: DataFrame, slice: &DataFrame) -> Result<DataFrame> {
+    let schema = slice.schema().as_arrow().clone();
+    by_slice_keys(model, kept, slice, &schema, JoinType::LeftSemi)
+}
+
+/// The kept rows, in `schema`'s columns and types, whose grain `slice` holds (`LeftSemi`)
+/// or does not hold (`LeftAnti`).
+fn by_slice_keys(
+    model: &Model,
+    kept: DataFrame,
+    slice: &DataFrame,
+    schema: &Schema,
+    join: JoinType,
+) -> Result<DataFrame> {
     let err = |e: datafusion::error::DataFusionError| crate::models::model_error(model, e);
     let grain: Vec<&str> = model.header.grain.iter().map(String::as_str).collect();
     let keys = slice
@@ -196,8 +192,8 @@ pub fn touched_state(model: &Model, kept: DataFrame, slice: &DataFrame) -> Resul
         .select(grain.iter().map(|g| col(*g)).collect::<Vec<Expr>>())
         .and_then(|k| k.distinct())
         .map_err(err)?;
-    let kept = crate::publish::stage::conform(kept, slice.schema().as_arrow(), &[]).map_err(err)?;
-    kept.join(keys, JoinType::LeftSemi, &grain, &grain, None)
+    crate::publish::stage::conform(kept, schema, &[])
+        .and_then(|kept| kept.join(keys, join, &grain, &grain, None))
         .map_err(err)
 }
 
