@@ -82,6 +82,7 @@ for as_of in 2026-10-31 2026-11-21; do
         || { cat "$OUT/_catalog_run.log" >&2; exit 1; }
 done
 "$VENV/bin/python" ci/catalog_check.py "$CATALOG_OUT/out"
+"$VENV/bin/python" ci/stability_check.py "$CATALOG_OUT/out"
 
 echo "== the same two snapshots as Delta tables, read by deltalake, polars and DuckDB"
 DELTA_OUT="$OUT/_delta_check"

@@ -82,15 +82,6 @@ members as (
     union all select segmentation, segment, customer_id from demographic_members
 ),
 
-previous_members as (
-    select 'rfm' as segmentation, segment, customer_id from previous.rfm
-    union all select 'lifecycle', stage, customer_id from previous.lifecycle
-    union all select 'clv', clv_segment, customer_id from previous.clv
-    union all select 'channel', acquisition_channel, customer_id from previous.customer_facts
-    union all select 'country', acquisition_country, customer_id from previous.customer_facts
-    union all select 'device',  acquisition_device,  customer_id from previous.customer_facts
-),
-
 has_previous as (
     select count(*) > 0 as yes from previous.customer_facts
 ),
@@ -100,7 +91,7 @@ totals as (
 ),
 
 -- A hash join keeps its left input in memory: the small sides (customer_facts, the
--- previous members, the attributes) are written on the left and the members (customers x
+-- attributes) are written on the left and the members (customers x
 -- segmentations) stream through as the right, preserved side.
 -- The exact amounts once per customer, not once per membership.
 facts as (
@@ -118,27 +109,79 @@ with_facts as (
 
 -- Stability without joining every membership to the previous one (38 M rows a side at
 -- 100 M lines: neither a hash join's build side nor a sort-merge join's sorts fitted in
--- 4 GB): both memberships go through one aggregation per segmentation and customer, which
--- spills (and costs nothing when there is no previous snapshot).
-pairs as (
-    select segmentation, customer_id,
-           max(case when is_current then segment end)     as segment,
-           max(case when not is_current then segment end) as previous_segment,
-           bool_or(is_current) as in_current
+-- 4 GB): each customer's six segments, now and in the previous snapshot, come together in
+-- one spillable aggregation by customer (6.4 M groups at 100 M lines, not 38 M
+-- customer-segmentation pairs), which costs nothing when there is no previous snapshot.
+both_snapshots as (
+    select customer_id,
+           max(rfm) as rfm, max(stage) as stage, max(clv_segment) as clv_segment,
+           max(channel) as channel, max(country) as country, max(device) as device,
+           max(previous_rfm) as previous_rfm, max(previous_stage) as previous_stage,
+           max(previous_clv_segment) as previous_clv_segment,
+           max(previous_channel) as previous_channel, max(previous_country) as previous_country,
+           max(previous_device) as previous_device
     from (
-        -- Without a previous snapshot there is nothing to compare: no row goes through.
-        select segmentation, segment, customer_id, true as is_current
-        from members cross join has_previous h where h.yes
+        -- One row per customer and table, each filling its own columns. Without a previous
+        -- snapshot there is nothing to compare: no current row goes through.
+        select rfm.customer_id,
+               rfm.segment as rfm,
+               cast(null as varchar) as stage,
+               cast(null as varchar) as clv_segment,
+               cast(null as varchar) as channel,
+               cast(null as varchar) as country,
+               cast(null as varchar) as device,
+               cast(null as varchar) as previous_rfm,
+               cast(null as varchar) as previous_stage,
+               cast(null as varchar) as previous_clv_segment,
+               cast(null as varchar) as previous_channel,
+               cast(null as varchar) as previous_country,
+               cast(null as varchar) as previous_device
+        from rfm cross join has_previous h where h.yes
         union all
-        select segmentation, segment, customer_id, false from previous_members
-    ) both_snapshots
-    group by segmentation, customer_id
+        select lifecycle.customer_id, null as rfm, lifecycle.stage as stage, null as clv_segment, null as channel, null as country, null as device, null as previous_rfm, null as previous_stage, null as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        from lifecycle cross join has_previous h where h.yes
+        union all
+        select clv.customer_id, null as rfm, null as stage, clv.clv_segment as clv_segment, null as channel, null as country, null as device, null as previous_rfm, null as previous_stage, null as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        from clv cross join has_previous h where h.yes
+        union all
+        select customer_facts.customer_id, null as rfm, null as stage, null as clv_segment, customer_facts.acquisition_channel as channel, customer_facts.acquisition_country as country, customer_facts.acquisition_device as device, null as previous_rfm, null as previous_stage, null as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        from customer_facts cross join has_previous h where h.yes
+        union all
+        select previous.rfm.customer_id, null as rfm, null as stage, null as clv_segment, null as channel, null as country, null as device, previous.rfm.segment as previous_rfm, null as previous_stage, null as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        from previous.rfm
+        union all
+        select previous.lifecycle.customer_id, null as rfm, null as stage, null as clv_segment, null as channel, null as country, null as device, null as previous_rfm, previous.lifecycle.stage as previous_stage, null as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        from previous.lifecycle
+        union all
+        select previous.clv.customer_id, null as rfm, null as stage, null as clv_segment, null as channel, null as country, null as device, null as previous_rfm, null as previous_stage, previous.clv.clv_segment as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        from previous.clv
+        union all
+        select previous.customer_facts.customer_id, null as rfm, null as stage, null as clv_segment, null as channel, null as country, null as device, null as previous_rfm, null as previous_stage, null as previous_clv_segment, previous.customer_facts.acquisition_channel as previous_channel, previous.customer_facts.acquisition_country as previous_country, previous.customer_facts.acquisition_device as previous_device
+        from previous.customer_facts
+    ) memberships
+    group by customer_id
 ),
 
+-- A customer stayed in a segment when it is theirs now and was in the previous snapshot.
+-- One pass over the customers' rows (a CTE read twice is computed twice), unpivoted by a
+-- cross join with the six segmentations (the small side, kept in memory).
 stayed as (
     select segmentation, segment, count(*) as stayed
-    from pairs
-    where in_current and previous_segment = segment
+    from (
+        select t.segmentation,
+               case t.segmentation
+                   when 'rfm' then case when b.rfm = b.previous_rfm then b.rfm end
+                   when 'lifecycle' then case when b.stage = b.previous_stage then b.stage end
+                   when 'clv' then case when b.clv_segment = b.previous_clv_segment then b.clv_segment end
+                   when 'channel' then case when b.channel = b.previous_channel then b.channel end
+                   when 'country' then case when b.country = b.previous_country then b.country end
+                   else case when b.device = b.previous_device then b.device end
+               end as segment
+        from (values ('rfm'), ('lifecycle'), ('clv'), ('channel'), ('country'), ('device'))
+             as t(segmentation)
+        cross join both_snapshots b
+    ) stayers
+    where segment is not null
     group by segmentation, segment
 ),
 
