@@ -27,11 +27,12 @@ use crate::ext::buckets::{BucketedTable, Buckets};
 const BUCKETED: u8 = 1;
 const EMPTY: u8 = 2;
 
-/// A bucketed internal table as it travels: its directory, hive partition columns (read
-/// back as strings) and buckets; the schema travels beside it in the plan.
+/// A bucketed internal table as it travels: its directory (or, a kept state layer, its
+/// files), hive partition columns (read back as strings) and buckets; the schema travels
+/// beside it in the plan.
 #[derive(Serialize, Deserialize)]
 struct BucketedSpec {
-    url: String,
+    urls: Vec<String>,
     partition_cols: Vec<String>,
     count: usize,
     hashed: String,
@@ -54,13 +55,12 @@ fn encode_bucketed(table: &BucketedTable, buf: &mut Vec<u8>) -> Result<()> {
             "a bucketed table that is not a listing of files".into(),
         ));
     };
-    let [url] = listing.table_paths().as_slice() else {
-        return Err(not_carried(
-            "a bucketed table of several directories".into(),
-        ));
-    };
     let spec = BucketedSpec {
-        url: url.as_str().to_string(),
+        urls: listing
+            .table_paths()
+            .iter()
+            .map(|u| u.as_str().to_string())
+            .collect(),
         partition_cols: listing
             .options()
             .table_partition_cols
@@ -95,7 +95,12 @@ fn decode_bucketed(buf: &[u8], schema: SchemaRef) -> Result<Arc<dyn TableProvide
                 .map(|p| (p.clone(), DataType::Utf8))
                 .collect(),
         );
-    let config = ListingTableConfig::new(ListingTableUrl::parse(&spec.url)?)
+    let urls = spec
+        .urls
+        .iter()
+        .map(ListingTableUrl::parse)
+        .collect::<Result<Vec<_>>>()?;
+    let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(Arc::new(files));
     Ok(Arc::new(BucketedTable {

@@ -95,13 +95,32 @@ pub fn by_bucket(
     Ok((plan, Some(buckets)))
 }
 
-/// The bucket a data file of a bucketed table holds: `i` of `part-<i>.parquet`.
+/// The bucket a data file of a bucketed table holds: `i` of `part-<i>.parquet`, or of
+/// `<run>-part-<i>.parquet` (a kept state file, named by the run that wrote it).
 fn bucket_of(path: &str) -> Option<usize> {
     let name = path.rsplit('/').next()?;
-    name.strip_prefix("part-")?
-        .strip_suffix(".parquet")?
-        .parse()
-        .ok()
+    let (run, bucket) = name.rsplit_once("part-")?;
+    if !(run.is_empty() || run.ends_with('-')) {
+        return None;
+    }
+    bucket.strip_suffix(".parquet")?.parse().ok()
+}
+
+/// The type a key of `data_type` was hashed as when its table was bucketed (strings as
+/// string views); None for a type tables are not bucketed by.
+pub fn hashed_as(data_type: &DataType) -> Option<DataType> {
+    match data_type {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(DataType::Utf8View),
+        t @ (DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64) => Some(t.clone()),
+        _ => None,
+    }
 }
 
 /// A bucketed internal table: scans of `inner` (a listing of its files) read one bucket per
@@ -448,5 +467,11 @@ mod tests {
         assert_eq!(bucket_of("part-12.parquet"), Some(12));
         assert_eq!(bucket_of("part-x.parquet"), None);
         assert_eq!(bucket_of("other-1.parquet"), None);
+        // Kept state files carry the id of the run that wrote them.
+        assert_eq!(
+            bucket_of("_state/as_of=2026-11-21/customer_days/0196f-a1-part-3.parquet"),
+            Some(3)
+        );
+        assert_eq!(bucket_of("_state/as_of=2026-11-21/m/xpart-3.parquet"), None);
     }
 }

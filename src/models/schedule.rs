@@ -387,14 +387,27 @@ async fn plan_incremental(
     base: &Manifest,
 ) -> Result<DataFrame> {
     use crate::models::incremental::{merged_state, plan_merge, touched_state};
+    let err = |e| model_error(model, e);
     let kept = output
-        .open_state(ctx, base, &model.name)
+        .open_state(ctx, base, &model.name, &model.header.grain)
         .await
-        .map_err(|e| model_error(model, e))?;
+        .map_err(err)?;
     let schema = slice.schema().as_arrow().clone();
     let touched = touched_state(model, kept.clone(), &slice)?;
     let merged = plan_merge(ctx, model, touched, slice.clone()).await?;
-    merged_state(model, kept, &slice, merged, &schema)
+    match crate::publish::state::shared_base(Some(base), &model.name) {
+        // The base stays shared: the run writes the delta's rows it keeps, and the merged.
+        Some(table) if !table.delta.is_empty() => {
+            let delta = output
+                .open_files(ctx, &table.delta, table.buckets)
+                .await
+                .map_err(err)?;
+            merged_state(model, delta, &slice, merged, &schema)
+        }
+        Some(_) => crate::models::incremental::conform_merge(model, merged, &schema),
+        // A new base: every kept row the new lines leave as it was, and the merged.
+        None => merged_state(model, kept, &slice, merged, &schema),
+    }
 }
 
 /// Executes a planned model into staging (rerunning it on sort-merge joins if hash joins
@@ -467,6 +480,27 @@ pub(crate) async fn compute_model(
     let (table, schema) = open_staged(ctx, &staged, &staging.out.loc, &planned)
         .await
         .map_err(|e| failed(model_error(model, e)))?;
+    // An incremental run that wrote a delta: models downstream read it over the shared base.
+    let shared = match (into_state, state.base) {
+        (true, Some((output, base))) => {
+            crate::publish::state::shared_base(Some(base), &model.name).map(|t| (output, t))
+        }
+        _ => None,
+    };
+    let table = match shared {
+        Some((output, kept)) => {
+            let layered = async {
+                let base = output.open_base(ctx, kept, &schema).await?;
+                let delta = ctx.read_table(table)?;
+                crate::publish::state::layered(base, delta, &model.header.grain)
+            };
+            layered
+                .await
+                .map_err(|e| failed(model_error(model, e)))?
+                .into_view()
+        }
+        None => table,
+    };
     ctx.register_table(model.name.as_str(), table)
         .map_err(|e| failed(model_error(model, e)))?;
     Ok((staged, schema))

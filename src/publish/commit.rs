@@ -11,6 +11,10 @@
 //!   index.html` and the files of the snapshot it replaced are deleted. A failed commit
 //!   deletes what it copied; a killed one is swept by the next run, which also puts the
 //!   report of a run killed after its manifest in place.
+//! - Kept state (`_state/`), on every store: files are placed one by one under names of
+//!   the run that wrote them, before the manifest; after it, every state file no kept
+//!   manifest lists is deleted (later states may share an older snapshot's files, see
+//!   [`super::state`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,7 +26,7 @@ use super::delta::DeltaInputs;
 use super::{manifest_rel, staging_rel, Manifest, Output, OutputLock};
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::publish::layout::{report_file_rel, staged_report_rel, REPORT};
+use crate::publish::layout::{report_file_rel, staged_report_rel, REPORT, STATE};
 use crate::storage::retrying;
 
 impl Output {
@@ -106,6 +110,10 @@ impl Output {
                 }
             }
         }
+        // State files of the replaced snapshot that no kept state shares.
+        if let Err(e) = self.sweep_state().await {
+            warn!(error = %e, "cannot delete replaced state files; the next run will");
+        }
         if !keep_staging {
             self.remove_staging(run_id).await;
         }
@@ -158,7 +166,10 @@ impl Output {
             for (name, files) in staged.iter().filter(|(n, _)| *n != REPORT) {
                 let from_dir = format!("{}/{name}/as_of={as_of}", staging_rel(run_id));
                 for f in files {
-                    let to = self.published_file(run_id, name, as_of, f);
+                    let to = match name.as_str() {
+                        STATE => self.state_file(run_id, as_of, f),
+                        _ => self.published_file(run_id, name, as_of, f),
+                    };
                     let (src, dst) = (
                         self.loc.path(&format!("{from_dir}/{f}")),
                         self.loc.path(&to),
@@ -168,7 +179,8 @@ impl Output {
                         .map_err(|e| self.err(format!("copy {name} into place ({to})"), e))?;
                     created.push(to);
                 }
-                if !replaced.is_some_and(|m| m.tables.contains_key(name)) {
+                let first = !replaced.is_some_and(|m| m.tables.contains_key(name));
+                if first && name != STATE {
                     let success = format!("{name}/as_of={as_of}/_SUCCESS");
                     let marker = self.loc.path(&success);
                     retrying("put", || self.loc.store.put(&marker, PutPayload::new()))
@@ -211,9 +223,13 @@ impl Output {
             serde_json::json!({ "as_of": as_of.to_string() }).to_string(),
         )
         .map_err(|e| Error::io("write commit journal", &journal, e))?;
-        let names: Vec<String> = staged.keys().cloned().collect();
+        let names: Vec<String> = staged.keys().filter(|n| *n != STATE).cloned().collect();
         let mut swapped: Vec<String> = Vec::new();
+        let mut placed: Vec<String> = Vec::new();
         let mut result = self.swap_tables(run_id, as_of, &names, &mut swapped).await;
+        if let (Ok(()), Some(files)) = (&result, staged.get(STATE)) {
+            result = self.place_state(run_id, as_of, files, &mut placed).await;
+        }
         if result.is_ok() {
             failpoint::hit("before_manifest").await;
             result = lock.heartbeat().await;
@@ -223,7 +239,39 @@ impl Output {
         }
         if let Err(e) = result {
             self.roll_back(run_id, as_of, &swapped);
+            for f in &placed {
+                if let Err(e) = self.delete_file(f).await {
+                    warn!(file = %f, error = %e, "roll back: cannot delete a placed state file");
+                }
+            }
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Moves the staged state files (relative to the state's staging folder) to their
+    /// run-named paths, one by one: no snapshot lists them before the manifest, and an
+    /// older snapshot's state files stay where later states may share them.
+    async fn place_state(
+        &self,
+        run_id: &str,
+        as_of: NaiveDate,
+        files: &[String],
+        placed: &mut Vec<String>,
+    ) -> Result<()> {
+        let root = self.local_root()?;
+        let from_dir = root.join(format!("{}/{STATE}/as_of={as_of}", staging_rel(run_id)));
+        for f in files {
+            let to = self.state_file(run_id, as_of, f);
+            let target = root.join(&to);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io("create state directory", parent, e))?;
+            }
+            std::fs::rename(from_dir.join(f), &target)
+                .map_err(|e| Error::io("move state file into place", &target, e))?;
+            placed.push(to);
+            failpoint::hit("mid_commit").await;
         }
         Ok(())
     }
@@ -324,6 +372,10 @@ impl Output {
                 self.drop_delta_partition(name, as_of).await?;
             }
             info!(%as_of, "old snapshot deleted (keep_snapshots)");
+        }
+        if excess > 0 {
+            // Its state files, unless a kept state shares them.
+            self.sweep_state().await?;
         }
         Ok(())
     }

@@ -107,15 +107,37 @@ pub struct StateEntry {
     pub watermark: Watermark,
 }
 
-/// One incremental model's kept rows.
+/// One incremental model's kept rows, in two layers: a base and, when the state shares an
+/// earlier snapshot's base, the rows written since (`delta`), which replace the base's rows
+/// of the same grain. The rows are the base's rows of a grain `delta` does not hold, and
+/// every row of `delta`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StateTable {
+    /// Rows of the base layer.
     pub rows: u64,
-    /// Data files relative to the output root.
+    /// The base layer's data files, relative to the output root: this snapshot's own, or
+    /// those of the earlier snapshot whose base it shares.
     pub files: Vec<String>,
+    /// Bytes of the base layer's files.
+    #[serde(default)]
+    pub bytes: u64,
     /// How many files the rows are bucketed into by customer (see `ext::buckets`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buckets: Option<usize>,
+    /// The delta layer's data files (written by this snapshot's run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delta: Vec<String>,
+    #[serde(default)]
+    pub delta_rows: u64,
+    #[serde(default)]
+    pub delta_bytes: u64,
+}
+
+impl StateTable {
+    /// Every data file the table's rows are read from (base, then delta).
+    pub fn all_files(&self) -> impl Iterator<Item = &String> {
+        self.files.iter().chain(self.delta.iter())
+    }
 }
 
 /// What the state covers: every line of `files` dated up to `through` (the snapshot's
@@ -196,11 +218,13 @@ impl Manifest {
                     .iter()
                     .map(|r| (r.path.as_str(), r.files.as_slice())),
             )
-            .chain(
-                self.state
-                    .iter()
-                    .map(|s| (s.path.as_str(), s.files.as_slice())),
-            )
+    }
+
+    /// Every data file of the kept state: this snapshot's own and those it shares with
+    /// earlier snapshots (state files are not in [`Self::dirs`]: a file is deleted only
+    /// when no kept snapshot's state lists it, see `Output::sweep_state`).
+    pub fn state_files(&self) -> impl Iterator<Item = &String> {
+        self.state.iter().flat_map(|s| s.files.iter())
     }
 }
 

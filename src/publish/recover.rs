@@ -11,10 +11,12 @@
 //!    `_catalog/<file>#<n>`).
 //! 3. Delta tables (see [`super::delta`]): a write no manifest lists is restored away,
 //!    a table no manifest lists removed; their files are left to their logs.
-//! 4. Every file under `<model>/as_of=D/` (and `_rejected/`, `_report/`, `_state/as_of=D/`) that the manifest of
-//!    `D` does not list (and is not
-//!    the `_SUCCESS` of one of its tables) is deleted: copies of a run killed before its
-//!    manifest, files of a replaced snapshot whose deletion was cut short, local temp files.
+//! 4. Every file under `<model>/as_of=D/` (and `_rejected/`, `_report/`) that the manifest
+//!    of `D` does not list (and is not the `_SUCCESS` of one of its tables) is deleted:
+//!    copies of a run killed before its manifest, files of a replaced snapshot whose
+//!    deletion was cut short, local temp files.
+//! 5. Every file under `_state/` that no manifest's state lists is deleted (state files may
+//!    be shared by later snapshots, so not by one manifest: see [`super::state`]).
 
 use std::collections::BTreeMap;
 
@@ -30,8 +32,8 @@ use crate::storage::retrying;
 fn snapshot_date(rel: &str) -> Option<NaiveDate> {
     let mut parts = rel.split('/');
     let model = parts.next()?;
-    use crate::publish::layout::{REJECTED, REPORT, STATE};
-    let published_dir = [REJECTED, REPORT, STATE].contains(&model);
+    use crate::publish::layout::{REJECTED, REPORT};
+    let published_dir = [REJECTED, REPORT].contains(&model);
     if model.is_empty() || (model.starts_with('_') && !published_dir) {
         return None;
     }
@@ -120,6 +122,7 @@ impl Output {
                 "removed table files no manifest lists (a killed run)"
             );
         }
+        self.sweep_state().await?;
         if let Some(root) = &self.loc.local {
             remove_empty_dirs(root, true);
         }
@@ -268,7 +271,7 @@ fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) ->
 
 /// Removes empty directories below `dir` (never `dir` itself when `keep` is set), e.g. the
 /// partition folders of deleted files.
-fn remove_empty_dirs(dir: &std::path::Path, keep: bool) -> bool {
+pub(crate) fn remove_empty_dirs(dir: &std::path::Path, keep: bool) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return false;
     };
@@ -305,9 +308,10 @@ mod tests {
         assert_eq!(snapshot_date("_manifest/as_of=2026-11-21.json"), None);
         assert_eq!(snapshot_date("_rejected/as_of=2026-11-21/x.parquet"), d);
         assert_eq!(snapshot_date("_report/as_of=2026-11-21/index.html"), d);
+        // State files are swept by whether any manifest lists them, not by their folder.
         assert_eq!(
-            snapshot_date("_state/as_of=2026-11-21/customer_days/part-0.parquet"),
-            d
+            snapshot_date("_state/as_of=2026-11-21/customer_days/r-part-0.parquet"),
+            None
         );
         assert_eq!(snapshot_date("notes.txt"), None);
     }

@@ -1,31 +1,79 @@
-//! The kept incremental state of a snapshot, `_state/as_of=D/<model>/`: its manifest entry
-//! from what a run staged, and its rows read back by the next run.
+//! The kept incremental state of a snapshot: its manifest entry from what a run staged, its
+//! rows read back by the next run, and the sweep that deletes state files no kept snapshot
+//! lists.
+//!
+//! A model's state has two layers (see [`StateTable`]): a base, and the rows written since
+//! by grain (`delta`). A full run writes a base. An incremental run shares the base of the
+//! state it starts from and writes only a new delta (the old delta's rows of grains the new
+//! lines do not touch, and the merged rows of those they do), so a night writes what
+//! changed; once a delta reaches a tenth of its base, the run writes a new base instead.
+//! State files are named by the run that wrote them and listed by every manifest whose
+//! state reads them: a rerun of an older date never replaces a file a later state shares.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
+use datafusion::arrow::datatypes::Schema;
+use datafusion::common::JoinType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::col;
 use datafusion::prelude::{DataFrame, SessionContext};
+use tracing::info;
 
+use crate::error::Result;
+use crate::ext::buckets::{BucketedTable, Buckets};
 use crate::publish::layout::STATE;
 use crate::publish::manifest::{StateEntry, StateTable, Watermark};
 use crate::publish::stage::StagedTable;
 use crate::publish::{Manifest, Output};
 
+/// A delta layer larger than this share of its base is folded into a new base.
+const COMPACT_AT: u64 = 10;
+
+/// The kept table whose base layer a new state of `name` shares, when the run merges into
+/// `base`'s state and its delta is still small; None when the run writes a new base.
+pub fn shared_base<'m>(base: Option<&'m Manifest>, name: &str) -> Option<&'m StateTable> {
+    let table = base?.state.as_ref()?.tables.get(name)?;
+    (table.delta_rows.saturating_mul(COMPACT_AT) <= table.rows).then_some(table)
+}
+
+/// The rows of a layered table: `base` without the grains `delta` holds, and `delta`.
+pub fn layered(base: DataFrame, delta: DataFrame, grain: &[String]) -> DfResult<DataFrame> {
+    let grain: Vec<&str> = grain.iter().map(String::as_str).collect();
+    let keys = delta
+        .clone()
+        .select(grain.iter().map(|g| col(*g)).collect::<Vec<_>>())?;
+    base.join(keys, JoinType::LeftAnti, &grain, &grain, None)?
+        .union(delta)
+}
+
 impl Output {
+    /// The published path of a state file `run_id` staged for `as_of` (`file` relative to
+    /// the state's staging folder, `<model>/part-<i>.parquet`): named by the run on every
+    /// store, since state files are placed one by one and may outlive their snapshot.
+    pub fn state_file(&self, run_id: &str, as_of: NaiveDate, file: &str) -> String {
+        match file.rsplit_once('/') {
+            Some((dir, name)) => format!("{STATE}/as_of={as_of}/{dir}/{run_id}-{name}"),
+            None => format!("{STATE}/as_of={as_of}/{run_id}-{file}"),
+        }
+    }
+
     /// The manifest entry of the state `run_id` staged for `as_of` (`tables`: each
-    /// incremental model's staged rows), and its staged files relative to the state's
-    /// staging folder (for the commit, which publishes them as folder `_state`).
+    /// incremental model's staged rows; `base`: the snapshot an incremental run merged
+    /// into, whose base layers it shares where [`shared_base`] says so), and the staged
+    /// files relative to the state's staging folder, for the commit.
     pub fn state_entry(
         &self,
         run_id: &str,
         as_of: NaiveDate,
         tables: &[(&str, &StagedTable)],
+        base: Option<&Manifest>,
         hash: String,
         watermark: Watermark,
     ) -> (StateEntry, Vec<String>) {
@@ -40,31 +88,42 @@ impl Output {
         let mut staged = Vec::new();
         for (name, table) in tables {
             let rel: Vec<String> = table.files.iter().map(|f| format!("{name}/{f}")).collect();
-            let published: Vec<String> = rel
+            let written: Vec<String> = rel
                 .iter()
-                .map(|f| self.published_file(run_id, STATE, as_of, f))
+                .map(|f| self.state_file(run_id, as_of, f))
                 .collect();
-            entry.files.extend(published.iter().cloned());
-            entry.bytes += table.bytes;
-            entry.tables.insert(
-                name.to_string(),
-                StateTable {
-                    rows: table.rows,
-                    files: published,
-                    buckets: table.buckets.as_ref().map(|b| b.count),
+            let kept = match shared_base(base, name) {
+                Some(shared) => StateTable {
+                    delta: written,
+                    delta_rows: table.rows,
+                    delta_bytes: table.bytes,
+                    ..shared.clone()
                 },
-            );
+                None => StateTable {
+                    rows: table.rows,
+                    files: written,
+                    bytes: table.bytes,
+                    buckets: table.buckets.as_ref().map(|b| b.count),
+                    delta: Vec::new(),
+                    delta_rows: 0,
+                    delta_bytes: 0,
+                },
+            };
+            entry.files.extend(kept.all_files().cloned());
+            entry.bytes += kept.bytes + kept.delta_bytes;
+            entry.tables.insert(name.to_string(), kept);
             staged.extend(rel);
         }
         (entry, staged)
     }
 
-    /// The rows of incremental model `name` that snapshot `base` keeps.
+    /// The rows of incremental model `name` (its `grain`) that snapshot `base` keeps.
     pub async fn open_state(
         &self,
         ctx: &SessionContext,
         base: &Manifest,
         name: &str,
+        grain: &[String],
     ) -> DfResult<DataFrame> {
         let table = base
             .state
@@ -76,8 +135,37 @@ impl Output {
                     base.as_of
                 ))
             })?;
-        let urls = table
-            .files
+        let rows = self.open_files(ctx, &table.files, table.buckets).await?;
+        if table.delta.is_empty() {
+            return Ok(rows);
+        }
+        let delta = self.open_files(ctx, &table.delta, table.buckets).await?;
+        let schema = rows.schema().as_arrow().clone();
+        let delta = crate::publish::stage::conform(delta, &schema, &[])?;
+        layered(rows, delta, grain)
+    }
+
+    /// The base layer of kept table `table` read as a table of `schema`'s columns and
+    /// types, for the layered rows a run's models read (see [`layered`]).
+    pub async fn open_base(
+        &self,
+        ctx: &SessionContext,
+        table: &StateTable,
+        schema: &Schema,
+    ) -> DfResult<DataFrame> {
+        let rows = self.open_files(ctx, &table.files, table.buckets).await?;
+        crate::publish::stage::conform(rows, schema, &[])
+    }
+
+    /// State files as one table; bucketed by customer when they were written so (one file
+    /// per bucket, `<run>-part-<i>.parquet`).
+    pub(crate) async fn open_files(
+        &self,
+        ctx: &SessionContext,
+        files: &[String],
+        buckets: Option<usize>,
+    ) -> DfResult<DataFrame> {
+        let urls = files
             .iter()
             .map(|f| {
                 let url = self.loc.dir_url(f);
@@ -90,6 +178,56 @@ impl Output {
             .with_listing_options(options)
             .infer_schema(&ctx.state())
             .await?;
-        ctx.read_table(Arc::new(ListingTable::try_new(config)?))
+        let mut table: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(config)?);
+        let key = table
+            .schema()
+            .field_with_name(crate::ext::buckets::KEY)
+            .ok()
+            .and_then(|f| crate::ext::buckets::hashed_as(f.data_type()));
+        if let (Some(count), Some(hashed)) = (buckets.filter(|n| *n == files.len()), key) {
+            table = Arc::new(BucketedTable {
+                inner: table,
+                buckets: Buckets { count, hashed },
+            });
+        }
+        ctx.read_table(table)
+    }
+
+    /// Deletes every file under `_state/` that no kept snapshot's state lists: the files
+    /// of replaced and retired snapshots no later state shares, and those a killed run
+    /// placed before its manifest. Called with the lock held, after a commit, retention
+    /// and recovery.
+    pub async fn sweep_state(&self) -> Result<usize> {
+        let mut listed: BTreeSet<String> = BTreeSet::new();
+        for as_of in self.snapshots().await? {
+            if let Some(m) = self.manifest(as_of).await? {
+                listed.extend(m.state_files().cloned());
+            }
+        }
+        let found = self
+            .loc
+            .list(STATE)
+            .await
+            .map_err(|e| self.err(format!("list {STATE}"), e))?;
+        let mut removed = 0;
+        for meta in found {
+            let Some(rel) = self.loc.rel(&meta.location) else {
+                continue;
+            };
+            if !listed.contains(&rel) {
+                self.delete_file(&rel).await?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            info!(
+                files = removed,
+                "deleted state files no kept snapshot lists"
+            );
+        }
+        if let Some(root) = &self.loc.local {
+            crate::publish::recover::remove_empty_dirs(&root.join(STATE), true);
+        }
+        Ok(removed)
     }
 }

@@ -17,19 +17,28 @@ use crate::util::{
 /// Every file of an output, by path relative to its root.
 pub type Tree = BTreeMap<String, Vec<u8>>;
 
-/// `model/as_of=D/...` → D (a table file, rejected rows, the report, the kept state); None
-/// for `_manifest`, `_staging`, `_lock`.
+/// `model/as_of=D/...` → D (a table file, rejected rows, the report); None for `_manifest`,
+/// `_staging`, `_lock` and the kept state (whose files later snapshots may share).
 fn table_date(rel: &str) -> Option<&str> {
     let mut parts = rel.split('/');
     let model = parts.next()?;
-    if model.starts_with('_') && !["_report", "_rejected", "_state"].contains(&model) {
+    if model.starts_with('_') && !["_report", "_rejected"].contains(&model) {
         return None;
     }
     parts.next()?.strip_prefix("as_of=")
 }
 
-/// Every directory a manifest publishes (tables, rejected rows, report, kept state) with its
-/// files.
+/// The kept state files manifest `m` lists (its own and those it shares).
+pub fn state_files(m: &serde_json::Value) -> Vec<String> {
+    m["state"]["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every directory a manifest publishes (tables, rejected rows, report) with its files.
 pub fn listed_dirs(m: &serde_json::Value) -> Vec<(String, Vec<String>)> {
     let entry = |t: &serde_json::Value| {
         (
@@ -48,7 +57,7 @@ pub fn listed_dirs(m: &serde_json::Value) -> Vec<(String, Vec<String>)> {
         .values()
         .map(entry)
         .collect();
-    for key in ["rejected", "report", "state"] {
+    for key in ["rejected", "report"] {
         if !m[key].is_null() {
             dirs.push(entry(&m[key]));
         }
@@ -80,6 +89,9 @@ pub fn assert_manifests_complete(tree: &Tree) {
                 assert!(tree.contains_key(&f), "{d} {dir}: {f} listed but missing");
             }
         }
+        for f in state_files(&m) {
+            assert!(tree.contains_key(&f), "{d} state: {f} listed but missing");
+        }
     }
 }
 
@@ -104,8 +116,9 @@ pub fn assert_consistent(tree: &Tree) {
         ]
         .contains(&rel.as_str());
         let owned = table_date(rel).is_some_and(|d| ms.get(d).is_some_and(|m| lists(m, rel)));
+        let state = rel.starts_with("_state/") && ms.values().any(|m| state_files(m).contains(rel));
         assert!(
-            manifest || catalog || owned,
+            manifest || catalog || owned || state,
             "{rel} is listed by no manifest"
         );
     }
@@ -118,10 +131,12 @@ fn snapshot(tree: &Tree, as_of: &str, all_files: bool) -> Tree {
     let manifest = format!("_manifest/as_of={as_of}.json");
     let listed = manifests(tree).remove(as_of);
     let owned = |k: &str| listed.as_ref().is_some_and(|m| lists(m, k));
+    let state = listed.as_ref().map(state_files).unwrap_or_default();
     tree.iter()
         .filter(|(k, _)| {
             k.as_str() == manifest
                 || (table_date(k) == Some(as_of) && (all_files || owned(k.as_str())))
+                || state.contains(k)
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
@@ -342,6 +357,11 @@ fn keep_snapshots_deletes_the_oldest_whole_snapshots() {
         tree.keys().all(|k| table_date(k) != Some("2026-08-31")),
         "files of the deleted snapshot remain"
     );
+    // Its state files remain only where a kept state shares them.
+    let kept: Vec<String> = manifests(&tree).values().flat_map(state_files).collect();
+    for k in tree.keys().filter(|k| k.starts_with("_state/")) {
+        assert!(kept.contains(k), "{k} is kept by no snapshot's state");
+    }
     assert!(!out.join("rfm/as_of=2026-08-31").exists());
     assert!(!out.join("_report/as_of=2026-08-31").exists());
     assert!(out.join("_report/as_of=2026-10-31/index.html").exists());

@@ -286,11 +286,104 @@ async fn snapshot_rows(out: &Path, as_of: &str) -> BTreeMap<String, Vec<String>>
         let dir = out.join(entry["path"].as_str().unwrap());
         tables.insert(name.clone(), folder_rows(&dir, partitions).await);
     }
-    for name in m["state"]["tables"].as_object().unwrap().keys() {
-        let dir = out.join(format!("_state/as_of={as_of}/{name}"));
-        tables.insert(format!("_state/{name}"), folder_rows(&dir, vec![]).await);
+    for (name, table) in m["state"]["tables"].as_object().unwrap() {
+        tables.insert(format!("_state/{name}"), state_rows(out, name, table).await);
     }
     tables
+}
+
+/// The grain of each incremental model of these runs: the columns a delta layer's rows
+/// replace base rows by.
+fn grain(model: &str) -> &'static [&'static str] {
+    match model {
+        "purchase_orders" => &["customer_id", "order_id"],
+        "customer_days" => &["customer_id", "order_date"],
+        "customer_category_spend" => &["customer_id", "category"],
+        "category_days" => &["category", "order_date"],
+        other => panic!("no grain known for {other}"),
+    }
+}
+
+fn listed(out: &Path, files: &serde_json::Value) -> Vec<String> {
+    files
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| out.join(f.as_str().unwrap()).display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rows a kept state table holds, from the files its manifest entry lists: the base
+/// layer's rows of a grain the delta layer does not hold, and the delta's rows.
+async fn state_rows(out: &Path, name: &str, table: &serde_json::Value) -> Vec<String> {
+    let ctx = SessionContext::new();
+    let base = listed(out, &table["files"]);
+    let delta = listed(out, &table["delta"]);
+    let read = |files: Vec<String>| {
+        let ctx = ctx.clone();
+        async move {
+            ctx.read_parquet(files, ParquetReadOptions::default())
+                .await
+                .unwrap()
+                .into_view()
+        }
+    };
+    ctx.register_table("base", read(base).await).unwrap();
+    let sql = if delta.is_empty() {
+        "select * from base".to_string()
+    } else {
+        ctx.register_table("delta", read(delta).await).unwrap();
+        let same = grain(name)
+            .iter()
+            .map(|g| format!("d.{g} = b.{g}"))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        format!(
+            "select * from base b where not exists (select 1 from delta d where {same}) \
+             union all select * from delta"
+        )
+    };
+    let df = ctx.sql(&sql).await.unwrap();
+    sorted_dump(&display_rows(&df.collect().await.unwrap()))
+}
+
+/// Every file under the output's `_state/`, relative to the output.
+fn state_files_on_disk(out: &Path) -> std::collections::BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, found: &mut std::collections::BTreeSet<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, found);
+            } else {
+                found.insert(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut found = std::collections::BTreeSet::new();
+    walk(out, &out.join("_state"), &mut found);
+    found
+}
+
+/// Every state file the kept manifests list.
+fn state_files_listed(out: &Path) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(out.join("_manifest")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("as_of=") && name.ends_with(".json") {
+            let m: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap();
+            for t in m["state"]["tables"].as_object().into_iter().flatten() {
+                for key in ["files", "delta"] {
+                    for f in t.1[key].as_array().into_iter().flatten() {
+                        found.insert(f.as_str().unwrap().to_string());
+                    }
+                }
+            }
+        }
+    }
+    found
 }
 
 fn run_info(out: &Path, as_of: &str) -> (String, Option<String>) {
@@ -320,7 +413,7 @@ async fn nightly_incremental_runs_publish_the_same_tables_as_full_runs() {
     for (d, lines) in files.iter().enumerate().take(10) {
         write_lines(&file_of(d), lines);
     }
-    let mut modes = Vec::new();
+    let (mut modes, mut shared, mut bases) = (Vec::new(), Vec::new(), Vec::new());
     for d in 10..40 {
         write_lines(&file_of(d), &files[d]);
         if d == 25 {
@@ -370,7 +463,26 @@ async fn nightly_incremental_runs_publish_the_same_tables_as_full_runs() {
             );
         }
         modes.push((d, run_info(&inc, &as_of)));
+        // Every state file on disk is one a kept manifest lists, and each listed one exists.
+        assert_eq!(
+            state_files_on_disk(&inc),
+            state_files_listed(&inc),
+            "{as_of}: state files"
+        );
+        if d > 10 {
+            let (now, before) = (manifest(&inc, &as_of), manifest(&inc, &date(d - 1)));
+            let base = |m: &serde_json::Value| m["state"]["tables"]["customer_days"].clone();
+            match base(&now)["files"] == base(&before)["files"] {
+                true => shared.push(d),
+                false => bases.push(d),
+            }
+        }
     }
+    // Most nights share the base layer and write a delta; some fold the delta into a new base.
+    assert!(
+        shared.len() > 15 && bases.len() >= 3,
+        "nights that shared the base: {shared:?}; that wrote one: {bases:?}"
+    );
     let reexported = format!("input changed: {}", file_of(10).display());
     for (d, (mode, reason)) in &modes {
         let expected = match d {
@@ -398,8 +510,136 @@ async fn nightly_incremental_runs_publish_the_same_tables_as_full_runs() {
     );
 }
 
-/// A run SIGKILLed as it commits (its state staged and, on local disk, already swapped
-/// into place) leaves no state a later run trusts: the next run starts from the state of
+/// An incremental night writes only a delta layer and shares the base files of the state it
+/// started from; retention and a rerun of an older date delete a state file only when no
+/// kept snapshot's state lists it, and the runs after them still publish what full runs do.
+#[tokio::test(flavor = "multi_thread")]
+async fn nights_share_state_files_which_are_deleted_only_when_no_kept_state_lists_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let orders = dir.join("orders");
+    std::fs::create_dir_all(&orders).unwrap();
+    write_models(&dir.join("models"), "count(*)");
+    let (inc, full) = (dir.join("incremental"), dir.join("full"));
+    let (inc_config, full_config) = (write_config(dir, &inc), write_config(dir, &full));
+    let text = std::fs::read_to_string(&inc_config).unwrap();
+    let kept = text.replacen("[output]\n", "[output]\nkeep_snapshots = 2\n", 1);
+    std::fs::write(&inc_config, kept).unwrap();
+    let files = history();
+    for (d, lines) in files.iter().enumerate().take(13) {
+        write_lines(&orders.join(format!("day-{d:02}.parquet")), lines);
+    }
+    let tables = |m: &serde_json::Value| m["state"]["tables"].as_object().unwrap().clone();
+    let bases = |m: &serde_json::Value| -> Vec<serde_json::Value> {
+        tables(m).values().map(|t| t["files"].clone()).collect()
+    };
+    let on_disk_under = |as_of: &str| -> std::collections::BTreeSet<String> {
+        state_files_on_disk(&inc)
+            .into_iter()
+            .filter(|f| f.starts_with(&format!("_state/as_of={as_of}/")))
+            .collect()
+    };
+
+    assert_eq!(run_at(&inc_config, &date(10)).code, 0);
+    let first = manifest(&inc, &date(10));
+    let r = run_at(&inc_config, &date(11));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let second = manifest(&inc, &date(11));
+    assert_eq!(second["run"]["mode"], "incremental");
+    // The night shares every base layer and wrote only its deltas, far smaller.
+    assert_eq!(bases(&second), bases(&first));
+    let deltas: std::collections::BTreeSet<String> = tables(&second)
+        .values()
+        .flat_map(|t| t["delta"].as_array().unwrap().clone())
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deltas.len(), 4 * 2, "one delta file per model and bucket");
+    assert_eq!(on_disk_under(&date(11)), deltas);
+    let sum = |key: &str| -> u64 {
+        tables(&second)
+            .values()
+            .map(|t| t[key].as_u64().unwrap())
+            .sum()
+    };
+    assert!(
+        sum("delta_rows") * 5 < sum("rows"),
+        "delta {} rows, base {}",
+        sum("delta_rows"),
+        sum("rows")
+    );
+
+    // Retention (2 snapshots) retires the first snapshot, not its base files: both kept
+    // states read them.
+    let r = run_at(&inc_config, &date(12));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!inc
+        .join(format!("_manifest/as_of={}.json", date(10)))
+        .exists());
+    // (A table whose delta outgrew a tenth of its base wrote a new base instead.)
+    let third = manifest(&inc, &date(12));
+    let sharing: Vec<String> = tables(&third)
+        .into_iter()
+        .filter(|(_, t)| t.get("delta").is_some())
+        .map(|(name, t)| {
+            assert_eq!(t["files"], tables(&first)[&name]["files"], "{name}");
+            name
+        })
+        .collect();
+    assert!(sharing.len() >= 2, "only {sharing:?} kept a delta");
+    assert!(!on_disk_under(&date(10)).is_empty());
+    assert_eq!(state_files_on_disk(&inc), state_files_listed(&inc));
+
+    // A full rerun of the middle date replaces its deltas with a base of its own; the files
+    // of the first snapshot stay, the next night's state shares them.
+    let r = segflow(&[
+        "run",
+        "--config",
+        inc_config.to_str().unwrap(),
+        "--as-of",
+        &date(11),
+        "--full-refresh",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rerun = manifest(&inc, &date(11));
+    assert!(tables(&rerun).values().all(|t| t.get("delta").is_none()));
+    assert!(on_disk_under(&date(11)).is_disjoint(&deltas));
+    assert!(!on_disk_under(&date(10)).is_empty());
+    assert_eq!(state_files_on_disk(&inc), state_files_listed(&inc));
+
+    // The next night merges into the shared base and the twelfth night's delta; retention
+    // then retires the rerun, whose base no kept state lists.
+    write_lines(&orders.join("day-13.parquet"), &files[13]);
+    let r = run_at(&inc_config, &date(13));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let last = manifest(&inc, &date(13));
+    assert_eq!(last["run"]["mode"], "incremental");
+    assert_eq!(last["run"]["state_from"], date(12).as_str());
+    assert!(on_disk_under(&date(11)).is_empty());
+    assert_eq!(state_files_on_disk(&inc), state_files_listed(&inc));
+    // Full runs of the last two dates (the previous snapshot shapes migration and stability).
+    for d in [12, 13] {
+        let r = segflow(&[
+            "run",
+            "--config",
+            full_config.to_str().unwrap(),
+            "--as-of",
+            &date(d),
+            "--full-refresh",
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let (a, b) = (
+        snapshot_rows(&inc, &date(13)).await,
+        snapshot_rows(&full, &date(13)).await,
+    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, rows) in &a {
+        assert!(rows == &b[name], "table {name} differs from the full run's");
+    }
+}
+
+/// A run SIGKILLed as it commits (its state staged and, before its manifest, already placed
+/// under `_state/`) leaves no state a later run trusts: the next run starts from the state of
 /// the last committed snapshot, keeps no trace of the killed one, and publishes what a full
 /// run publishes.
 #[tokio::test(flavor = "multi_thread")]

@@ -350,7 +350,8 @@ async fn prepare(
             latest_visible: computed.sources.latest_visible,
             files: computed.sources.files.clone(),
         };
-        let (entry, files) = output.state_entry(run_id, as_of, &tables, hash, watermark);
+        let base = computed.state_base.as_ref();
+        let (entry, files) = output.state_entry(run_id, as_of, &tables, base, hash, watermark);
         staged.insert(crate::publish::layout::STATE.to_string(), files);
         manifest.state = Some(entry);
     } else if !settings.select.is_empty() {
@@ -382,6 +383,8 @@ struct Computed {
     warnings: Vec<String>,
     run: RunInfo,
     state_hash: Option<String>,
+    /// The snapshot an incremental run merged into (its state's base layers may be shared).
+    state_base: Option<Manifest>,
 }
 
 /// Stages the inputs (in `ctx`, this process's session), computes the selected models
@@ -507,5 +510,9 @@ async fn compute(
         warnings: findings.warnings,
         run,
         state_hash: keep_state.then_some(hash),
+        state_base: match start {
+            Start::From(m) => Some(*m),
+            Start::Full(_) => None,
+        },
     })
 }
