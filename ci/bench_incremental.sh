@@ -135,21 +135,29 @@ done
 if ! "$PY" - "$WORK/incremental" "$WORK/full" "$LAST" <<'PY' >&2
 import duckdb, json, sys
 a, b, day = sys.argv[1:]
+read = lambda fs: f"read_parquet({fs!r}, hive_partitioning = true, union_by_name = true)"
 def entries(out):
+    """{table: SQL of its rows}; a kept state table is its base without the grains its delta
+    holds, plus the delta (see the README, "When a run is incremental")."""
     m = json.load(open(f"{out}/_manifest/as_of={day}.json"))
-    t = {k: v["files"] for k, v in m["tables"].items()}
-    t.update({f"_state/{k}": v["files"] for k, v in m["state"]["tables"].items()})
+    t = {k: read([f"{out}/{f}" for f in v["files"]]) for k, v in m["tables"].items()}
+    for k, v in m["state"]["tables"].items():
+        base = read([f"{out}/{f}" for f in v["files"]])
+        if v.get("delta"):
+            delta = read([f"{out}/{f}" for f in v["delta"]])
+            same = " AND ".join(f"d.{g} = b.{g}" for g in v["grain"])
+            base = (f"(SELECT * FROM {base} b WHERE NOT EXISTS (SELECT 1 FROM {delta} d WHERE {same}) "
+                    f"UNION ALL SELECT * FROM {delta})")
+        t[f"_state/{k}"] = base
     return t
 ea, eb = entries(a), entries(b)
 con = duckdb.connect()
 bad = sorted(set(ea) ^ set(eb))
 for name in sorted(set(ea) & set(eb)):
-    fa = [f"{a}/{f}" for f in ea[name]]
-    fb = [f"{b}/{f}" for f in eb[name]]
-    read = lambda fs: f"read_parquet({fs!r}, hive_partitioning = true, union_by_name = true)"
-    n = con.execute(f"""SELECT (SELECT count(*) FROM (SELECT * FROM {read(fa)} EXCEPT ALL SELECT * FROM {read(fb)})),
-                               (SELECT count(*) FROM (SELECT * FROM {read(fb)} EXCEPT ALL SELECT * FROM {read(fa)})),
-                               (SELECT count(*) FROM {read(fa)})""").fetchone()
+    ra, rb = ea[name], eb[name]
+    n = con.execute(f"""SELECT (SELECT count(*) FROM (SELECT * FROM {ra} EXCEPT ALL SELECT * FROM {rb})),
+                               (SELECT count(*) FROM (SELECT * FROM {rb} EXCEPT ALL SELECT * FROM {ra})),
+                               (SELECT count(*) FROM {ra})""").fetchone()
     print(f"  {'OK  ' if n[:2] == (0, 0) else 'DIFF'} {name}: {n[2]:,} rows" + ("" if n[:2] == (0, 0) else f", {n[0]} only incremental, {n[1]} only full"))
     if n[:2] != (0, 0):
         bad.append(name)
@@ -190,8 +198,10 @@ def seconds(kind):
     return out, m
 (full, fm), (inc, im) = seconds("full"), seconds("incremental")
 print(f"lines staged: full {fm['input']['rows_visible']:,}, incremental {im['input']['rows_visible']:,}; "
-      f"state kept: {im['state']['bytes'] / 1048576:,.0f} MiB "
-      "(" + ", ".join(f"{k} {v['rows']:,} rows" for k, v in im["state"]["tables"].items()) + ")")
+      f"state kept: {im['state']['bytes'] / 1048576:,.0f} MiB, of which the incremental night wrote "
+      f"{sum(v['delta_bytes'] if v.get('delta') else v['bytes'] for v in im['state']['tables'].values()) / 1048576:,.1f} MiB "
+      "(" + ", ".join(f"{k} {v['rows']:,} base rows + {v.get('delta_rows', 0):,} delta rows"
+                      for k, v in im["state"]["tables"].items()) + ")")
 items = sorted(full, key=lambda k: -max(full[k], inc.get(k, 0)))
 print("per model, last runs (s, full / incremental; models overlap, two at a time; orders = staging pass):")
 for k in items:

@@ -12,8 +12,8 @@ Writes three synthetic (fake) e-commerce inputs:
     rows are exact duplicates; about 0.5% of lines have a null category and
     about 1% of orders a null utm_source.
 * fixtures/demo/customers.parquet
-    One row per customer (customer_ref = client_id) with signup time and
-    some nullable demographic columns.
+    One row per customer (customer_ref = client_id) with signup time, some
+    nullable demographic columns and a synthetic email under example.com.
 * fixtures/demo/marketing_spend.parquet
     Monthly spend per paid channel, 2023-12 .. 2026-11.
 
@@ -46,6 +46,18 @@ EPOCH = datetime(1970, 1, 1)
 START = datetime(2023, 12, 1, 0, 0, 0)
 END = datetime(2026, 11, 21, 23, 59, 59)  # inclusive upper bound
 
+
+
+def demo_email(customer_ref):
+    """A synthetic address under the reserved example.com domain (RFC 2606), from the id
+    alone (no draw from the generator, so the other columns stay as they were): missing for
+    one customer in 25, written with stray spaces and capitals for one in 7 (what a
+    normalising upload must trim and lower-case)."""
+    if customer_ref % 25 == 0:
+        return None
+    if customer_ref % 7 == 0:
+        return f"  Customer.{customer_ref}@Example.COM "
+    return f"customer.{customer_ref}@example.com"
 
 def to_ms(dt: datetime) -> int:
     return (dt - EPOCH) // timedelta(milliseconds=1)
@@ -326,7 +338,7 @@ def main() -> None:
         gender = pick(rng, ["f", "m", "x", None], [56, 37, 2, 5])
         nr = rng.random()
         newsletter = None if nr < 0.04 else (nr < 0.04 + 0.40)
-        cust_rows.append((c["id"], signup, birth_year, gender, newsletter))
+        cust_rows.append((c["id"], signup, birth_year, gender, newsletter, demo_email(c["id"])))
 
     cols = list(zip(*cust_rows))
     customers_table = pa.Table.from_arrays(
@@ -336,6 +348,7 @@ def main() -> None:
             pa.array(cols[2], pa.int32()),
             pa.array(cols[3], pa.string()),
             pa.array(cols[4], pa.bool_()),
+            pa.array(cols[5], pa.string()),
         ],
         schema=pa.schema(
             [
@@ -344,6 +357,7 @@ def main() -> None:
                 pa.field("birth_year", pa.int32()),
                 pa.field("gender", pa.string()),
                 pa.field("newsletter", pa.bool_()),
+                pa.field("email", pa.string()),
             ]
         ),
     )

@@ -107,6 +107,9 @@ echo "== the demo run's report in headless Chromium, its numbers against the tab
 ARTIFACTS="$(pwd)/test-output"
 "$VENV/bin/python" ci/report_check.py "$OUT" 2026-11-21 "$ARTIFACTS"
 
+echo "== pseudonymised demo runs: ids against Python's hmac, no raw id in any file or log"
+"$VENV/bin/python" ci/privacy_check.py --segflow "$CARGO_TARGET_DIR/debug/segflow"
+
 echo "== independent lifetimes check of the CLV models (demo run and the CDNOW sample)"
 "$VENV/bin/python" ci/clv_check.py --segflow "$CARGO_TARGET_DIR/debug/segflow" \
     --out "$OUT" --as-of 2026-11-21 --work "$OUT/_cdnow"

@@ -57,6 +57,14 @@ pub enum Error {
     /// Model checks or input gates failed (exit code 1).
     #[error("{count} check(s) failed:\n{details}")]
     ChecksFailed { count: usize, details: String },
+    /// A published model outputs a column of personal data that `[privacy] publish_pii`
+    /// does not list (exit code 1).
+    #[error("{file}: model `{model}` would publish column `{column}`, personal data: publishing it needs [privacy] publish_pii = [\"{column}\"] (or leave it out of the model)")]
+    PersonalData {
+        file: String,
+        model: String,
+        column: String,
+    },
     /// Another run holds the output lock.
     #[error("output {uri} is locked by another run: {holder}")]
     Locked { uri: String, holder: String },
@@ -112,7 +120,7 @@ impl Error {
     /// The process exit code for this error: 1 for failed checks, 2 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::ChecksFailed { .. } => 1,
+            Error::ChecksFailed { .. } | Error::PersonalData { .. } => 1,
             _ => 2,
         }
     }

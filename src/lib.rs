@@ -17,6 +17,7 @@ pub mod failpoint;
 pub mod ingest;
 pub mod memory;
 pub mod models;
+pub mod privacy;
 pub mod progress;
 pub mod publish;
 pub mod redact;

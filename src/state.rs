@@ -35,8 +35,8 @@ pub mod reason {
 }
 
 /// The hash of what shapes a state's rows: the incremental models (name and file text),
-/// the orders mapping and statuses, the gates' policies, the time zone and the parameters
-/// those models read.
+/// the orders mapping and statuses, the gates' policies, the time zone, the parameters
+/// those models read and the pseudonym key's fingerprint.
 pub fn state_hash(settings: &Settings, models: &[Model]) -> String {
     let mut h = Sha256::new();
     for m in models.iter().filter(|m| m.incremental()) {
@@ -55,6 +55,11 @@ pub fn state_hash(settings: &Settings, models: &[Model]) -> String {
     h.update(format!(
         "timezone {:?}\n",
         settings.timezone.map(|t| t.name())
+    ));
+    // Pseudonymised ids: the kept rows hold the pseudonyms of one key.
+    h.update(format!(
+        "pseudonym key {:?}\n",
+        settings.privacy.pseudonym.as_ref().map(|k| k.fingerprint())
     ));
     format!("{:x}", h.finalize())
 }

@@ -32,6 +32,11 @@ pub fn canonical_columns(input: &str) -> Vec<(&'static str, DataType, bool)> {
             ("birth_year", DataType::Int64, false),
             ("gender", DataType::Utf8, false),
             ("email_opt_in", DataType::Boolean, false),
+            // Contact data: personal, never published unless `[privacy] publish_pii`
+            // lists it; emails leave only in consented email audiences.
+            ("email", DataType::Utf8, false),
+            ("name", DataType::Utf8, false),
+            ("phone", DataType::Utf8, false),
         ],
         "marketing_spend" => vec![
             ("month", DataType::Date32, true),

@@ -27,6 +27,8 @@ pub(super) fn apply(
             "RUNTIME_ENGINE" | "RUNTIME_SCHEDULER" => {}
             // Read by the CLI itself.
             "CONFIG" | "LOG_FORMAT" | "LOG" | "FAILPOINTS" => continue,
+            // Read with `[privacy]`; never part of the config hash.
+            "PSEUDONYM_KEY" => continue,
             _ if name.starts_with("PARAM_") => {
                 let param = name["PARAM_".len()..].to_lowercase();
                 settings.params.insert(param, ParamValue::Text(value.clone()));
@@ -55,7 +57,7 @@ pub(super) fn apply(
             _ => {
                 return Err(Error::ConfigValue {
                     key: key.clone(),
-                    message: "unknown SEGFLOW_* environment variable (known: SEGFLOW_AS_OF, SEGFLOW_OUTPUT, SEGFLOW_OUTPUT_FORMAT, SEGFLOW_MEMORY_LIMIT, SEGFLOW_TIMEZONE, SEGFLOW_RUNTIME_ENGINE, SEGFLOW_RUNTIME_SCHEDULER, SEGFLOW_PARAM_<NAME>, SEGFLOW_INPUT_<NAME>_URI, SEGFLOW_CONFIG, SEGFLOW_LOG_FORMAT)".into(),
+                    message: "unknown SEGFLOW_* environment variable (known: SEGFLOW_AS_OF, SEGFLOW_OUTPUT, SEGFLOW_OUTPUT_FORMAT, SEGFLOW_MEMORY_LIMIT, SEGFLOW_TIMEZONE, SEGFLOW_RUNTIME_ENGINE, SEGFLOW_RUNTIME_SCHEDULER, SEGFLOW_PARAM_<NAME>, SEGFLOW_INPUT_<NAME>_URI, SEGFLOW_CONFIG, SEGFLOW_LOG_FORMAT, SEGFLOW_PSEUDONYM_KEY)".into(),
                 })
             }
         }

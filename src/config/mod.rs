@@ -60,6 +60,43 @@ pub struct ConfigFile {
     /// Where OpenLineage run events go.
     #[serde(default)]
     pub lineage: Option<LineageConfig>,
+    /// Pseudonymised ids and personal-data columns.
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+}
+
+/// `[privacy]`
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Publish every customer id as its HMAC-SHA256 under `SEGFLOW_PSEUDONYM_KEY`.
+    #[serde(default)]
+    pub pseudonymise: bool,
+    /// Column names of personal data beyond the built-in list.
+    #[serde(default)]
+    pub pii_columns: Vec<String>,
+    /// Personal-data columns a published table may carry.
+    #[serde(default)]
+    pub publish_pii: Vec<String>,
+}
+
+/// `[privacy]`, resolved: the key (from the environment) when ids are pseudonymised.
+#[derive(Debug, Clone, Default)]
+pub struct PrivacySettings {
+    pub pseudonym: Option<crate::privacy::PseudonymKey>,
+    pub pii_columns: Vec<String>,
+    pub publish_pii: Vec<String>,
+}
+
+impl PrivacySettings {
+    /// Whether a published table may not carry `column`.
+    pub fn forbids(&self, column: &str) -> bool {
+        crate::privacy::is_pii(column, &self.pii_columns)
+            && !self
+                .publish_pii
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(column))
+    }
 }
 
 /// `[lineage]`: OpenLineage run events to a JSON-lines file and/or POSTed to a URL.
@@ -361,6 +398,8 @@ pub struct Settings {
     pub gates: Gates,
     /// `[lineage]`, when set.
     pub lineage: Option<LineageSettings>,
+    /// `[privacy]`.
+    pub privacy: PrivacySettings,
     /// SHA-256 of the config file bytes and the effective overrides.
     pub config_hash: String,
 }
@@ -476,6 +515,11 @@ impl Settings {
             select: overrides.select.clone(),
             full_refresh: overrides.full_refresh,
             gates: Gates::default(),
+            privacy: PrivacySettings {
+                pseudonym: None,
+                pii_columns: file.privacy.pii_columns.clone(),
+                publish_pii: file.privacy.publish_pii.clone(),
+            },
             config_hash: String::new(),
         };
         at_least_one(&file, path)?;
@@ -538,6 +582,24 @@ impl Settings {
             ),
         })?;
 
+        if file.privacy.pseudonymise {
+            let key = env
+                .iter()
+                .find(|(k, _)| k == crate::privacy::KEY_ENV)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default();
+            settings.privacy.pseudonym = Some(crate::privacy::PseudonymKey::new(key).ok_or_else(
+                || Error::ConfigValue {
+                    key: crate::privacy::KEY_ENV.into(),
+                    message: format!(
+                        "[privacy] pseudonymise = true in {} needs the pseudonym key in the \
+                         environment variable {} (not set or empty)",
+                        path.display(),
+                        crate::privacy::KEY_ENV
+                    ),
+                },
+            )?);
+        }
         let mut hasher = Sha256::new();
         hasher.update(text.as_bytes());
         hasher.update(hash_extra.as_bytes());

@@ -101,6 +101,11 @@ pub(super) fn map_columns(
             }
             _ => cast(column, target.clone()),
         };
+        // Pseudonymised here, before anything is staged, gated or rejected.
+        let expr = match (&settings.privacy.pseudonym, canonical) {
+            (Some(key), "customer_id") => crate::privacy::pseudonymised(key, expr),
+            _ => expr,
+        };
         if spec.name == "orders" && canonical == "order_ts" {
             // A date source is already the local calendar day.
             order_date = Some(match source_type {

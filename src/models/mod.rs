@@ -602,7 +602,7 @@ fn parse_front_matter<H: serde::de::DeserializeOwned>(file: &str, sql: &str) -> 
 }
 
 /// 1-based line number of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 

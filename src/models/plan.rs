@@ -339,6 +339,7 @@ pub(crate) async fn plan_empty(
     }
     let df = plan_model(&report.planner, model, &params).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    check_personal_data(model, &schema, &settings.privacy)?;
     check_partition_by(model, &schema)?;
     if model.incremental() {
         // The merge, planned over empty kept and new rows of the model's schema, must give
@@ -371,6 +372,57 @@ pub(crate) async fn plan_empty(
     })
     .map_err(|e| model_error(model, e))?;
     Ok((schema, used))
+}
+
+/// A published model must not output a column of personal data (`[privacy]`): an error
+/// naming the file and the line of the query where the column first appears.
+pub(crate) fn check_personal_data(
+    model: &Model,
+    schema: &SchemaRef,
+    privacy: &crate::config::PrivacySettings,
+) -> Result<()> {
+    if !model.header.publish {
+        return Ok(());
+    }
+    let Some(column) = schema
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .find(|c| privacy.forbids(c))
+    else {
+        return Ok(());
+    };
+    let file = match query_line_naming(&model.sql, column) {
+        Some(line) => format!("{}:{line}", model.file),
+        None => model.file.clone(),
+    };
+    Err(Error::PersonalData {
+        file,
+        model: model.name.clone(),
+        column: column.clone(),
+    })
+}
+
+/// The 1-based line of the first query line (after the front matter) that names `word`
+/// (case-insensitive, as a whole identifier).
+fn query_line_naming(sql: &str, word: &str) -> Option<usize> {
+    let start = sql.find("---*/").map_or(0, |i| i + "---*/".len());
+    let word = word.to_lowercase();
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut offset = start;
+    for line in sql[start..].split_inclusive('\n') {
+        let lower = line.to_lowercase();
+        let found = lower.match_indices(&word).any(|(i, _)| {
+            let before = lower[..i].chars().next_back();
+            let after = lower[i + word.len()..].chars().next();
+            !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+        });
+        if found && !line.trim_start().starts_with("--") {
+            return Some(crate::models::line_of(sql, offset));
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// Every `partition_by` column must be a column of the model.

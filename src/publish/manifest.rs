@@ -67,6 +67,16 @@ pub struct Manifest {
     /// The line-level aggregates this snapshot keeps for the next run, `_state/as_of=D/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateEntry>,
+    /// Pseudonymised ids: the key's fingerprint (never the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyEntry>,
+}
+
+/// How a snapshot's customer ids were published.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrivacyEntry {
+    /// The first 16 hex digits of SHA-256 of the pseudonym key.
+    pub key_fingerprint: String,
 }
 
 /// How a snapshot was computed.
@@ -124,6 +134,9 @@ pub struct StateTable {
     /// How many files the rows are bucketed into by customer (see `ext::buckets`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buckets: Option<usize>,
+    /// The model's grain: the columns by which the delta's rows replace the base's.
+    #[serde(default)]
+    pub grain: Vec<String>,
     /// The delta layer's data files (written by this snapshot's run).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delta: Vec<String>,

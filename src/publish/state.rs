@@ -65,14 +65,14 @@ impl Output {
     }
 
     /// The manifest entry of the state `run_id` staged for `as_of` (`tables`: each
-    /// incremental model's staged rows; `base`: the snapshot an incremental run merged
+    /// incremental model's grain and staged rows; `base`: the snapshot an incremental run merged
     /// into, whose base layers it shares where [`shared_base`] says so), and the staged
     /// files relative to the state's staging folder, for the commit.
     pub fn state_entry(
         &self,
         run_id: &str,
         as_of: NaiveDate,
-        tables: &[(&str, &StagedTable)],
+        tables: &[(&str, &[String], &StagedTable)],
         base: Option<&Manifest>,
         hash: String,
         watermark: Watermark,
@@ -86,7 +86,7 @@ impl Output {
             watermark,
         };
         let mut staged = Vec::new();
-        for (name, table) in tables {
+        for (name, grain, table) in tables {
             let rel: Vec<String> = table.files.iter().map(|f| format!("{name}/{f}")).collect();
             let written: Vec<String> = rel
                 .iter()
@@ -94,6 +94,7 @@ impl Output {
                 .collect();
             let kept = match shared_base(base, name) {
                 Some(shared) => StateTable {
+                    grain: grain.to_vec(),
                     delta: written,
                     delta_rows: table.rows,
                     delta_bytes: table.bytes,
@@ -104,6 +105,7 @@ impl Output {
                     files: written,
                     bytes: table.bytes,
                     buckets: table.buckets.as_ref().map(|b| b.count),
+                    grain: grain.to_vec(),
                     delta: Vec::new(),
                     delta_rows: 0,
                     delta_bytes: 0,

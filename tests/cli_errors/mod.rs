@@ -256,3 +256,68 @@ fn unique_check_ignores_null_keys_and_still_catches_duplicates() {
         &["keys.sql", "unique(k): 1 duplicated value(s)"],
     );
 }
+
+/// A published model that selects a personal-data column (`email`, or a name added by
+/// `[privacy] pii_columns`) is an error at the line that names it: `check` exits 1 and `run`
+/// exits 1 with nothing published; `[privacy] publish_pii` lets it through.
+#[test]
+fn a_model_publishing_personal_data_is_refused_at_its_line_unless_allowed() {
+    let sql = "/*---\ndescription = \"Contacts.\"\n---*/\nselect customer_id,\n       email\nfrom customers\n";
+    assert_model_fails(
+        "contacts.sql",
+        sql,
+        1,
+        &["contacts.sql:5", "`contacts`", "`email`", "publish_pii"],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let config = with_model(tmp.path(), "contacts.sql", sql);
+    let r = crate::util::segflow(&["check", "--config", config.to_str().unwrap()]);
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 1, "{said}");
+    assert!(
+        said.contains("contacts.sql:5") && said.contains("`email`"),
+        "{said}"
+    );
+    // A name of one's own, declared personal, the same way.
+    let own = "select customer_id, 'x' as loyalty_card from customers";
+    let (code, err) = failing(|d| {
+        let config = with_model(d, "cards.sql", own);
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            format!("{text}\n[privacy]\npii_columns = [\"Loyalty_Card\"]\n"),
+        )
+        .unwrap();
+        config
+    });
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cards.sql:1") && err.contains("`loyalty_card`"),
+        "{err}"
+    );
+    // Allowed: published.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = with_model(tmp.path(), "contacts.sql", sql);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[privacy]\npublish_pii = [\"email\"]\n"),
+    )
+    .unwrap();
+    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    assert!(tmp
+        .path()
+        .join(format!("out/contacts/as_of={DEMO_AS_OF}"))
+        .exists());
+}
+
+/// `pseudonymise = true` needs the key: without it the run exits 2 naming the variable.
+#[test]
+fn pseudonymising_without_a_key_exits_2_naming_the_variable() {
+    let (code, err) = failing(|d| demo_config(d, "[privacy]\npseudonymise = true\n"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("SEGFLOW_PSEUDONYM_KEY") && err.contains("pseudonymise"),
+        "{err}"
+    );
+}

@@ -238,6 +238,43 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
     result.map(|manifest| RunSummary { manifest, output })
 }
 
+/// The ids of a new snapshot must join those of the kept ones: a run whose pseudonym key
+/// (or whose choice to pseudonymise) differs from the newest kept snapshot's stops, naming
+/// both fingerprints.
+async fn check_pseudonyms(settings: &Settings, output: &Output) -> Result<()> {
+    let Some(newest) = output.snapshots().await?.pop() else {
+        return Ok(());
+    };
+    let Some(kept) = output.manifest(newest).await? else {
+        return Ok(());
+    };
+    let now = settings.privacy.pseudonym.as_ref().map(|k| k.fingerprint());
+    let then = kept.privacy.as_ref().map(|p| p.key_fingerprint.as_str());
+    let message = match (then, now) {
+        (Some(a), Some(b)) if a == b => return Ok(()),
+        (None, None) => return Ok(()),
+        (Some(a), Some(b)) => format!(
+            "the pseudonym key changed: snapshot {newest} was published under the key with \
+             fingerprint {a}, this run's key has fingerprint {b}; its ids would not join the \
+             kept history (set the key back, or publish to a new output)"
+        ),
+        (Some(a), None) => format!(
+            "snapshot {newest} was published with pseudonymised ids (key fingerprint {a}): \
+             this run would publish raw ids beside them; set [privacy] pseudonymise = true \
+             and {}",
+            crate::privacy::KEY_ENV
+        ),
+        (None, Some(_)) => format!(
+            "snapshot {newest} was published with raw customer ids: pseudonymised ids would \
+             not join its history (and it holds raw ids): publish to a new output"
+        ),
+    };
+    Err(Error::ConfigValue {
+        key: crate::privacy::KEY_ENV.into(),
+        message,
+    })
+}
+
 /// What a run computes: the models in order, the data tests that can run, the models to
 /// publish.
 #[derive(Clone, Copy)]
@@ -256,6 +293,7 @@ async fn prepare(
     selected: &Selected<'_>,
 ) -> Result<Prepared> {
     output.recover(run_id).await?;
+    check_pseudonyms(settings, output).await?;
     failpoint::hit("after_lock").await;
     let ctx = build_session(settings)?;
     output.loc.register(&ctx);
@@ -331,18 +369,23 @@ async fn prepare(
         warnings: computed.warnings,
         run: Some(computed.run),
         state: None,
+        privacy: settings.privacy.pseudonym.as_ref().map(|k| {
+            crate::publish::manifest::PrivacyEntry {
+                key_fingerprint: k.fingerprint().to_string(),
+            }
+        }),
     };
     if let Some(hash) = computed.state_hash {
-        let tables: Vec<(&str, &crate::publish::stage::StagedTable)> = computed
+        let tables: Vec<(&str, &[String], &crate::publish::stage::StagedTable)> = computed
             .outputs
             .iter()
-            .filter(|o| {
-                selected
+            .filter_map(|o| {
+                let model = selected
                     .models
                     .iter()
-                    .any(|m| m.name == o.name && m.incremental())
+                    .find(|m| m.name == o.name && m.incremental())?;
+                Some((o.name.as_str(), model.header.grain.as_slice(), &o.staged))
             })
-            .map(|o| (o.name.as_str(), &o.staged))
             .collect();
         let watermark = Watermark {
             through: as_of,
