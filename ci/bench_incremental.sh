@@ -135,16 +135,17 @@ done
 if ! "$PY" - "$WORK/incremental" "$WORK/full" "$LAST" <<'PY' >&2
 import duckdb, json, sys
 a, b, day = sys.argv[1:]
-read = lambda fs: f"read_parquet({fs!r}, hive_partitioning = true, union_by_name = true)"
+read = lambda fs, hive=True: f"read_parquet({fs!r}, hive_partitioning = {str(hive).lower()}, union_by_name = true)"
 def entries(out):
     """{table: SQL of its rows}; a kept state table is its base without the grains its delta
     holds, plus the delta (see the README, "When a run is incremental")."""
     m = json.load(open(f"{out}/_manifest/as_of={day}.json"))
     t = {k: read([f"{out}/{f}" for f in v["files"]]) for k, v in m["tables"].items()}
     for k, v in m["state"]["tables"].items():
-        base = read([f"{out}/{f}" for f in v["files"]])
+        # (no hive columns: a shared base lies under an earlier snapshot's as_of folder)
+        base = read([f"{out}/{f}" for f in v["files"]], False)
         if v.get("delta"):
-            delta = read([f"{out}/{f}" for f in v["delta"]])
+            delta = read([f"{out}/{f}" for f in v["delta"]], False)
             same = " AND ".join(f"d.{g} = b.{g}" for g in v["grain"])
             base = (f"(SELECT * FROM {base} b WHERE NOT EXISTS (SELECT 1 FROM {delta} d WHERE {same}) "
                     f"UNION ALL SELECT * FROM {delta})")

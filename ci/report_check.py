@@ -187,6 +187,15 @@ def expected_cells(source, tables, manifest):
             for c in ["customers", "predicted_purchases", "actual_purchases", "purchases_mae",
                       "predicted_revenue", "actual_revenue", "revenue_mae"]:
                 put("total", c, r[c])
+    elif source == "audience_members":
+        for r in tables.rows(source, "select audience, count(*) filter (where change <> 'left') m, "
+                                     "count(*) filter (where change = 'entered') e, "
+                                     "count(*) filter (where change = 'stayed') s, "
+                                     "count(*) filter (where change = 'left') l from t group by all"):
+            put(r["audience"], "members", r["m"], True)
+            put(r["audience"], "entered", r["e"], True)
+            put(r["audience"], "stayed", r["s"], True)
+            put(r["audience"], "left", r["l"], True)
     elif source == "manifest:input":
         for k, v in manifest["input"].items():
             if k != "gates":

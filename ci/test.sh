@@ -110,6 +110,11 @@ ARTIFACTS="$(pwd)/test-output"
 echo "== pseudonymised demo runs: ids against Python's hmac, no raw id in any file or log"
 "$VENV/bin/python" ci/privacy_check.py --segflow "$CARGO_TARGET_DIR/debug/segflow"
 
+echo "== demo audiences: members, changes and upload files against DuckDB and hashlib; their report"
+"$VENV/bin/python" ci/audience_check.py --segflow "$CARGO_TARGET_DIR/debug/segflow" \
+    --out "$OUT/_audiences_check"
+"$VENV/bin/python" ci/report_check.py "$OUT/_audiences_check" 2026-11-21 "$ARTIFACTS/audiences"
+
 echo "== independent lifetimes check of the CLV models (demo run and the CDNOW sample)"
 "$VENV/bin/python" ci/clv_check.py --segflow "$CARGO_TARGET_DIR/debug/segflow" \
     --out "$OUT" --as-of 2026-11-21 --work "$OUT/_cdnow"

@@ -7,6 +7,7 @@
 //! [`publish`] commits; all I/O goes through [`storage`], every DataFusion extension lives
 //! in [`ext`], the CLV mathematics in [`btyd`].
 
+pub mod audiences;
 pub mod btyd;
 pub mod cluster;
 pub mod commands;

@@ -248,10 +248,7 @@ fn header_finding(model: &Model, section: &str, word: &str, message: String) -> 
 
 /// Runs `segflow check`.
 pub async fn check(settings: &Settings) -> Result<CheckReport> {
-    let sources = ModelSources {
-        builtin: settings.builtin_models,
-        paths: settings.model_paths.clone(),
-    };
+    let sources = ModelSources::of(settings);
     let mut report = CheckReport::default();
     let (mut models, broken) = discover_models_lenient(&sources)?;
     let (tests, broken_tests) = discover_tests_lenient(&sources)?;

@@ -20,10 +20,7 @@ use crate::session::build_session;
 
 /// Writes `<out>/index.html`; returns its path.
 pub async fn write_docs(settings: &Settings, out: &Path) -> Result<PathBuf> {
-    let sources = ModelSources {
-        builtin: settings.builtin_models,
-        paths: settings.model_paths.clone(),
-    };
+    let sources = ModelSources::of(settings);
     let models = order_models(discover_models(&sources)?)?;
     let tests = discover_tests(&sources)?;
     let ctx = build_session(settings)?;

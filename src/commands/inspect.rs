@@ -23,10 +23,7 @@ use crate::storage::Location;
 
 /// The models in run order.
 fn ordered_models(settings: &Settings) -> Result<Vec<Model>> {
-    order_models(discover_models(&ModelSources {
-        builtin: settings.builtin_models,
-        paths: settings.model_paths.clone(),
-    })?)
+    order_models(discover_models(&ModelSources::of(settings))?)
 }
 
 /// The output, read only: None when nothing was ever published there (a local folder that

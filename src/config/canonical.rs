@@ -32,6 +32,8 @@ pub fn canonical_columns(input: &str) -> Vec<(&'static str, DataType, bool)> {
             ("birth_year", DataType::Int64, false),
             ("gender", DataType::Utf8, false),
             ("email_opt_in", DataType::Boolean, false),
+            // Consent to be reached through ads platforms (an audience's `consent`).
+            ("ads_opt_in", DataType::Boolean, false),
             // Contact data: personal, never published unless `[privacy] publish_pii`
             // lists it; emails leave only in consented email audiences.
             ("email", DataType::Utf8, false),

@@ -5,6 +5,7 @@
 //! flags or env vars resolve against the working directory. Unknown keys are errors that
 //! name the key, so a typo never silently falls back to a default.
 
+pub mod audiences;
 pub mod canonical;
 mod env;
 pub mod output;
@@ -63,6 +64,21 @@ pub struct ConfigFile {
     /// Pseudonymised ids and personal-data columns.
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    /// `[[audiences]]`: segments exported to email and ads tools.
+    #[serde(default)]
+    pub audiences: Vec<AudienceConfig>,
+}
+
+/// One `[[audiences]]` entry.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceConfig {
+    pub name: Option<String>,
+    pub segmentation: Option<String>,
+    #[serde(default)]
+    pub segments: Vec<String>,
+    pub channel: Option<String>,
+    pub consent: Option<String>,
 }
 
 /// `[privacy]`
@@ -400,6 +416,8 @@ pub struct Settings {
     pub lineage: Option<LineageSettings>,
     /// `[privacy]`.
     pub privacy: PrivacySettings,
+    /// `[[audiences]]`, checked.
+    pub audiences: Vec<audiences::Audience>,
     /// SHA-256 of the config file bytes and the effective overrides.
     pub config_hash: String,
 }
@@ -520,6 +538,7 @@ impl Settings {
                 pii_columns: file.privacy.pii_columns.clone(),
                 publish_pii: file.privacy.publish_pii.clone(),
             },
+            audiences: audiences::from_config(&file.audiences)?,
             config_hash: String::new(),
         };
         at_least_one(&file, path)?;

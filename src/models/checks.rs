@@ -392,10 +392,7 @@ pub struct Selection {
 /// broken model, a cycle, an unused parameter or an unknown `--select` fails here, before
 /// any I/O.
 pub fn select_run(settings: &crate::config::Settings) -> Result<Selection> {
-    let sources = ModelSources {
-        builtin: settings.builtin_models,
-        paths: settings.model_paths.clone(),
-    };
+    let sources = ModelSources::of(settings);
     let models = order_models(discover_models(&sources)?)?;
     let tests = discover_tests(&sources)?;
     reject_unused_params(

@@ -179,6 +179,31 @@ impl Model {
 pub struct ModelSources {
     pub builtin: bool,
     pub paths: Vec<PathBuf>,
+    /// Models the config generates (name, file as shown in messages, text): the
+    /// `audience_members` of `[[audiences]]`.
+    pub generated: Vec<(String, String, String)>,
+}
+
+impl ModelSources {
+    /// The models of `settings`: the built-in library, its model paths, and those its
+    /// `[[audiences]]` generate.
+    pub fn of(settings: &crate::config::Settings) -> ModelSources {
+        let generated = crate::audiences::model_sql(&settings.audiences)
+            .map(|sql| {
+                (
+                    crate::audiences::MODEL.to_string(),
+                    format!("[[audiences]] of {}", settings.config_path.display()),
+                    sql,
+                )
+            })
+            .into_iter()
+            .collect();
+        ModelSources {
+            builtin: settings.builtin_models,
+            paths: settings.model_paths.clone(),
+            generated,
+        }
+    }
 }
 
 /// Finds every model: the built-in library (unless disabled), then each path in order,
@@ -329,6 +354,20 @@ fn sql_files(sources: &ModelSources, tests: bool) -> Result<Vec<SqlFile>> {
                 .map_err(|e| Error::io("read model", &path, e))
                 .map(|text| (name.clone(), file, text));
             by_name.insert(name, text);
+        }
+    }
+    if !tests {
+        for (name, file, text) in &sources.generated {
+            if let Some(Ok((_, other, _))) = by_name.get(name) {
+                broken.push(Err(Error::ModelFile {
+                    file: other.clone(),
+                    message: format!(
+                        "model `{name}` is the table {file} publish: rename this model"
+                    ),
+                }));
+                continue;
+            }
+            by_name.insert(name.clone(), Ok((name.clone(), file.clone(), text.clone())));
         }
     }
     broken.extend(by_name.into_values());

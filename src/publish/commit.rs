@@ -26,7 +26,7 @@ use super::delta::DeltaInputs;
 use super::{manifest_rel, staging_rel, Manifest, Output, OutputLock};
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::publish::layout::{report_file_rel, staged_report_rel, REPORT, STATE};
+use crate::publish::layout::{report_file_rel, staged_report_rel, AUDIENCES, REPORT, STATE};
 use crate::storage::retrying;
 
 impl Output {
@@ -85,17 +85,32 @@ impl Output {
                 keep_staging = true;
             }
         }
+        if let (None, Some(a)) = (&self.loc.local, &manifest.audiences) {
+            if staged.contains_key(AUDIENCES) {
+                if let Err(e) = self.place_staged(run_id, &a.files).await {
+                    warn!(error = %e, "cannot put the audience files in place yet; the next run will");
+                    keep_staging = true;
+                }
+            }
+        }
         failpoint::hit("after_manifest").await;
         self.update_latest(as_of, run_id).await;
-        if let (Some(root), None) = (&self.loc.local, &manifest.rejected) {
-            // Rejected rows of the snapshot this one replaced (this run rejected none).
-            let dir = root.join(format!(
-                "{}/as_of={as_of}",
-                crate::publish::layout::REJECTED
-            ));
-            if dir.exists() {
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    warn!(dir = %dir.display(), error = %e, "cannot delete replaced rejected rows");
+        if let Some(root) = &self.loc.local {
+            // Rejected rows and audience files of the snapshot this one replaced, when this
+            // run has none.
+            let gone = [
+                (
+                    crate::publish::layout::REJECTED,
+                    manifest.rejected.is_none(),
+                ),
+                (AUDIENCES, manifest.audiences.is_none()),
+            ];
+            for (folder, _) in gone.iter().filter(|(_, none)| *none) {
+                let dir = root.join(format!("{folder}/as_of={as_of}"));
+                if dir.exists() {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        warn!(dir = %dir.display(), error = %e, "cannot delete replaced files");
+                    }
                 }
             }
         }
@@ -128,6 +143,19 @@ impl Output {
         retrying("copy", || self.loc.store.copy(&src, &dst))
             .await
             .map_err(|e| self.err(format!("copy the report into place ({to})"), e))
+    }
+
+    /// Copies staged files of `run_id` (`files`: their published paths, the same below the
+    /// run's staging) into place (object storage).
+    pub(crate) async fn place_staged(&self, run_id: &str, files: &[String]) -> Result<()> {
+        for to in files {
+            let from = format!("{}/{to}", staging_rel(run_id));
+            let (src, dst) = (self.loc.path(&from), self.loc.path(to));
+            retrying("copy", || self.loc.store.copy(&src, &dst))
+                .await
+                .map_err(|e| self.err(format!("copy {to} into place"), e))?;
+        }
+        Ok(())
     }
 
     /// `_manifest/latest.json` names the newest snapshot (a backfill never moves it back).
@@ -163,7 +191,12 @@ impl Output {
         let as_of = manifest.as_of;
         let mut created: Vec<String> = Vec::new();
         let result = async {
-            for (name, files) in staged.iter().filter(|(n, _)| *n != REPORT) {
+            // The report and the audiences' files have fixed names: put in place once the
+            // manifest is (see `commit`).
+            let copied = staged
+                .iter()
+                .filter(|(n, _)| *n != REPORT && *n != AUDIENCES);
+            for (name, files) in copied {
                 let from_dir = format!("{}/{name}/as_of={as_of}", staging_rel(run_id));
                 for f in files {
                     let to = match name.as_str() {

@@ -13,6 +13,9 @@ pub const REJECTED: &str = "_rejected";
 /// Folder of the kept incremental state, `_state/as_of=D/<model>/`.
 pub const STATE: &str = "_state";
 
+/// Folder of the audiences' upload files, `_audiences/as_of=D/<name>.csv`.
+pub const AUDIENCES: &str = "_audiences";
+
 /// The catalog's directory: DDL that opens the tables by name (see `publish::catalog`).
 pub const CATALOG: &str = "_catalog";
 

@@ -67,9 +67,39 @@ pub struct Manifest {
     /// The line-level aggregates this snapshot keeps for the next run, `_state/as_of=D/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateEntry>,
+    /// The audiences' upload files, `_audiences/as_of=D/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audiences: Option<AudiencesEntry>,
     /// Pseudonymised ids: the key's fingerprint (never the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<PrivacyEntry>,
+}
+
+/// The upload files of a snapshot's audiences.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AudiencesEntry {
+    /// `_audiences/as_of=D`.
+    pub path: String,
+    /// Every upload file, relative to the output root.
+    pub files: Vec<String>,
+    pub bytes: u64,
+    /// Each audience: what it holds and its files.
+    pub audiences: BTreeMap<String, AudienceSummary>,
+}
+
+/// One audience of a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AudienceSummary {
+    /// `email` or `ads`.
+    pub channel: String,
+    pub segmentation: String,
+    pub segments: Vec<String>,
+    /// Members now (entered + stayed): the rows of its upload files.
+    pub members: u64,
+    pub entered: u64,
+    pub stayed: u64,
+    pub left: u64,
+    pub files: Vec<String>,
 }
 
 /// How a snapshot's customer ids were published.
@@ -230,6 +260,11 @@ impl Manifest {
                 self.report
                     .iter()
                     .map(|r| (r.path.as_str(), r.files.as_slice())),
+            )
+            .chain(
+                self.audiences
+                    .iter()
+                    .map(|a| (a.path.as_str(), a.files.as_slice())),
             )
     }
 

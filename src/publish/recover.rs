@@ -4,14 +4,15 @@
 //!
 //! 1. Each `_staging/<run_id>/` of another run: on local disk, a run killed mid-commit
 //!    (journal present, its manifest not written) has its swaps undone; on object storage,
-//!    a run killed after its manifest has its report put in place; then it is removed.
+//!    a run killed after its manifest has its report and audience files put in place; then
+//!    it is removed.
 //! 2. Leftover temp files are removed: manifest and catalog temp files (`_manifest/.tmp-*`,
 //!    `_catalog/.tmp-*`), lock temp files of dead runs (`_lock.*`) and the staged files of
 //!    puts a kill interrupted on local disk (`_lock#<n>`, `_manifest/<file>#<n>`,
 //!    `_catalog/<file>#<n>`).
 //! 3. Delta tables (see [`super::delta`]): a write no manifest lists is restored away,
 //!    a table no manifest lists removed; their files are left to their logs.
-//! 4. Every file under `<model>/as_of=D/` (and `_rejected/`, `_report/`) that the manifest
+//! 4. Every file under `<model>/as_of=D/` (and `_rejected/`, `_report/`, `_audiences/`) that the manifest
 //!    of `D` does not list (and is not the `_SUCCESS` of one of its tables) is deleted:
 //!    copies of a run killed before its manifest, files of a replaced snapshot whose
 //!    deletion was cut short, local temp files.
@@ -32,8 +33,8 @@ use crate::storage::retrying;
 fn snapshot_date(rel: &str) -> Option<NaiveDate> {
     let mut parts = rel.split('/');
     let model = parts.next()?;
-    use crate::publish::layout::{REJECTED, REPORT};
-    let published_dir = [REJECTED, REPORT].contains(&model);
+    use crate::publish::layout::{AUDIENCES, REJECTED, REPORT};
+    let published_dir = [REJECTED, REPORT, AUDIENCES].contains(&model);
     if model.is_empty() || (model.starts_with('_') && !published_dir) {
         return None;
     }
@@ -208,6 +209,31 @@ impl Output {
             if committed {
                 warn!(%run, %as_of, "putting the report of a run killed after its commit in place");
                 self.place_report(run, as_of).await?;
+            }
+        }
+        // Its audience files the same way.
+        let prefix = format!("{}/{}", staging_rel(run), crate::publish::layout::AUDIENCES);
+        let listed = self
+            .loc
+            .list(&prefix)
+            .await
+            .map_err(|e| self.err(format!("list {prefix}"), e))?;
+        for rel in listed.iter().filter_map(|m| self.loc.rel(&m.location)) {
+            let Some(published) = rel.strip_prefix(&format!("{}/", staging_rel(run))) else {
+                continue;
+            };
+            let Some(as_of) = snapshot_date(published) else {
+                continue;
+            };
+            let committed = self.manifest(as_of).await?.is_some_and(|m| {
+                m.run_id == run
+                    && m.audiences
+                        .as_ref()
+                        .is_some_and(|a| a.files.iter().any(|f| f == published))
+            });
+            if committed {
+                warn!(%run, %as_of, file = published, "putting an audience file of a run killed after its commit in place");
+                self.place_staged(run, &[published.to_string()]).await?;
             }
         }
         Ok(())

@@ -11,6 +11,7 @@
 //! A section whose table is absent, or lacks a column the section needs, is left out (a
 //! project without the built-in models gets a report with its run facts).
 
+mod audiences;
 mod channels;
 pub mod charts;
 mod clv;
@@ -25,6 +26,7 @@ mod rfm;
 mod run;
 mod scorecard;
 
+use audiences::*;
 use channels::*;
 use clv::*;
 use cohorts::*;
@@ -124,6 +126,7 @@ pub async fn render(tables: &Tables, manifest: &Manifest) -> Result<String> {
         channel_value(tables).await?,
         migration(tables).await?,
         clv(tables).await?,
+        audiences(tables).await?,
     ]
     .into_iter()
     .flatten()

@@ -14,15 +14,18 @@ use crate::util::{
     RUN_DEADLINE,
 };
 
+/// An email audience of the demo's RFM Champions (its file `_audiences/as_of=D/champions.csv`).
+pub const AUDIENCE: &str = "[[audiences]]\nname = \"champions\"\nsegmentation = \"rfm\"\nsegments = [\"Champions\"]\nchannel = \"email\"\n";
+
 /// Every file of an output, by path relative to its root.
 pub type Tree = BTreeMap<String, Vec<u8>>;
 
-/// `model/as_of=D/...` → D (a table file, rejected rows, the report); None for `_manifest`,
+/// `model/as_of=D/...` → D (a table file, rejected rows, the report, audience files); None for `_manifest`,
 /// `_staging`, `_lock` and the kept state (whose files later snapshots may share).
 fn table_date(rel: &str) -> Option<&str> {
     let mut parts = rel.split('/');
     let model = parts.next()?;
-    if model.starts_with('_') && !["_report", "_rejected"].contains(&model) {
+    if model.starts_with('_') && !["_report", "_rejected", "_audiences"].contains(&model) {
         return None;
     }
     parts.next()?.strip_prefix("as_of=")
@@ -57,7 +60,7 @@ pub fn listed_dirs(m: &serde_json::Value) -> Vec<(String, Vec<String>)> {
         .values()
         .map(entry)
         .collect();
-    for key in ["rejected", "report"] {
+    for key in ["rejected", "report", "audiences"] {
         if !m[key].is_null() {
             dirs.push(entry(&m[key]));
         }
@@ -291,7 +294,8 @@ pub fn sigterm_while_paused(config: &Path, env: &[(String, String)], dir: &Path)
 #[test]
 fn local_sigkill_at_every_publish_step_keeps_the_snapshot_and_the_next_run_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = demo_config(tmp.path(), "");
+    // With an audience: its files are published (and rolled back) with the snapshot.
+    let config = demo_config(tmp.path(), AUDIENCE);
     let out = tmp.path().join("out");
     kill_at_every_step(&config, &[], &|| snapshot_files(&out), true);
 }

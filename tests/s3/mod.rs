@@ -14,7 +14,9 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::crash::{assert_consistent, assert_same_tree, kill_at_every_step, paused_run, Tree};
+use crate::crash::{
+    assert_consistent, assert_same_tree, kill_at_every_step, paused_run, Tree, AUDIENCE,
+};
 use crate::util::{
     assert_finishes_ok, demo_config, demo_config_with, demo_orders, error_line, manifest,
     read_table, repo, run_ok, segflow_env, snapshot_files, sorted_dump, wait_until, Run,
@@ -287,8 +289,11 @@ fn s3_round_trip_equals_the_local_run_and_a_rerun_leaves_one_snapshot() {
     let moto = moto_with_demo();
     let tmp = tempfile::tempdir().unwrap();
     let local = tempfile::tempdir().unwrap();
-    run_ok(&demo_config(local.path(), ""), &["--as-of", DEMO_AS_OF]);
-    let config = s3_config(tmp.path(), "");
+    run_ok(
+        &demo_config(local.path(), AUDIENCE),
+        &["--as-of", DEMO_AS_OF],
+    );
+    let config = s3_config(tmp.path(), AUDIENCE);
     for round in 0..2 {
         let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
         assert_eq!(r.code, 0, "round {round}: {}", r.stderr);
@@ -307,6 +312,18 @@ fn s3_round_trip_equals_the_local_run_and_a_rerun_leaves_one_snapshot() {
     assert!(String::from_utf8_lossy(&tree[&report]).contains(m["run_id"].as_str().unwrap()));
     let under_report: Vec<&String> = tree.keys().filter(|k| k.starts_with("_report/")).collect();
     assert_eq!(under_report, vec![&report]);
+    // So do the audience files, equal to the local run's.
+    let audience = format!("_audiences/as_of={DEMO_AS_OF}/champions.csv");
+    assert_eq!(m["audiences"]["files"], serde_json::json!([audience]));
+    let under: Vec<&String> = tree
+        .keys()
+        .filter(|k| k.starts_with("_audiences/"))
+        .collect();
+    assert_eq!(under, vec![&audience]);
+    assert_eq!(
+        tree[&audience],
+        std::fs::read(local.path().join("out").join(&audience)).unwrap()
+    );
 
     let down = tmp.path().join("down");
     moto.download("bucket", "out", &down);
@@ -332,7 +349,7 @@ fn s3_sigkill_at_every_publish_step_keeps_the_snapshot_and_the_next_run_cleans_u
 fn s3_run_killed_after_its_manifest_before_its_report_gets_the_report_put_by_the_next_run() {
     let moto = moto_with_demo();
     let tmp = tempfile::tempdir().unwrap();
-    let config = s3_config(tmp.path(), "");
+    let config = s3_config(tmp.path(), AUDIENCE);
     let mut env = moto.env();
     env.push(("SEGFLOW_FAILPOINTS".into(), "before_report=kill".into()));
     let r = run_env(&config, &env, &["--as-of", "2026-10-31"]);
@@ -345,6 +362,8 @@ fn s3_run_killed_after_its_manifest_before_its_report_gets_the_report_put_by_the
         !tree.contains_key(report),
         "the report was put before the kill"
     );
+    let audience = "_audiences/as_of=2026-10-31/champions.csv";
+    assert!(!tree.contains_key(audience));
 
     // The next run (another snapshot) finishes the dead run's commit from its staging.
     let r = run_env(&config, &moto.env(), &["--as-of", DEMO_AS_OF]);
@@ -357,6 +376,8 @@ fn s3_run_killed_after_its_manifest_before_its_report_gets_the_report_put_by_the
         "not the dead run's report"
     );
     assert_eq!(m["report"]["bytes"], tree[report].len());
+    // And its audience file, as the dead run staged it.
+    assert!(tree[audience].starts_with(b"email\n"));
 }
 
 /// An object store emulator the storage tests run segflow against (moto, Azurite).

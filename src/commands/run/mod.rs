@@ -369,6 +369,7 @@ async fn prepare(
         warnings: computed.warnings,
         run: Some(computed.run),
         state: None,
+        audiences: None,
         privacy: settings.privacy.pseudonym.as_ref().map(|k| {
             crate::publish::manifest::PrivacyEntry {
                 key_fingerprint: k.fingerprint().to_string(),
@@ -400,6 +401,18 @@ async fn prepare(
     } else if !settings.select.is_empty() {
         // A partial run keeps the state of the snapshot it replaces (it covers what it did).
         manifest.state = output.manifest(as_of).await?.and_then(|m| m.state);
+    }
+    // The audiences' upload files, from the members this run computed (a `--select` run
+    // that did not compute them keeps the replaced snapshot's).
+    if draft.staged_names.contains(crate::audiences::MODEL) {
+        let staged_files =
+            crate::audiences::stage(&ctx, output, run_id, as_of, &settings.audiences).await?;
+        if let Some((entry, files)) = staged_files {
+            staged.insert(crate::publish::layout::AUDIENCES.to_string(), files);
+            manifest.audiences = Some(entry);
+        }
+    } else if !settings.select.is_empty() {
+        manifest.audiences = output.manifest(as_of).await?.and_then(|m| m.audiences);
     }
     // The report reads the snapshot's tables back: what this run staged, and what a
     // `--select` run keeps of the snapshot it replaces.
