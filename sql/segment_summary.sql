@@ -177,8 +177,8 @@ stayed as (
                    when 'country' then case when b.country = b.previous_country then b.country end
                    else case when b.device = b.previous_device then b.device end
                end as segment
-        from (values ('rfm'), ('lifecycle'), ('clv'), ('channel'), ('country'), ('device'))
-             as t(segmentation)
+        from (select 'rfm' as segmentation union all select 'lifecycle' union all select 'clv'
+              union all select 'channel' union all select 'country' union all select 'device') t
         cross join both_snapshots b
     ) stayers
     where segment is not null
