@@ -134,6 +134,8 @@ REWRITES = [
     (re.compile(r"cast\(([^()]+?) as int\)"), r"((\1) - DATE '1970-01-01')"),
     # No BG/NBD in DuckDB: segment_summary's clv segmentation is left out.
     (re.compile(r"\n\s*union all select 'clv', clv_segment, customer_id from (previous\.)?clv\b"), ""),
+    # ... and its branches of the stability aggregation (`select clv.customer_id, ... from clv`).
+    (re.compile(r"\n\s*union all\n\s*select (previous\.)?clv\.customer_id,.*?\n\s*from (previous\.)?clv\b[^\n]*", re.S), ""),
     # Integer division of the RFM scores (BIGINT, as in DataFusion: DuckDB's `//` on the
     # HUGEINT of 5 * count gives a DOUBLE).
     (re.compile(r"(1 \+ \(5 \* w\.\w+\)) / p\.n\b"), r"CAST(\1 // p.n AS BIGINT)"),

@@ -124,39 +124,65 @@ both_snapshots as (
         -- One row per customer and table, each filling its own columns. Without a previous
         -- snapshot there is nothing to compare: no current row goes through.
         select rfm.customer_id,
-               rfm.segment as rfm,
-               cast(null as varchar) as stage,
-               cast(null as varchar) as clv_segment,
-               cast(null as varchar) as channel,
-               cast(null as varchar) as country,
-               cast(null as varchar) as device,
-               cast(null as varchar) as previous_rfm,
-               cast(null as varchar) as previous_stage,
-               cast(null as varchar) as previous_clv_segment,
-               cast(null as varchar) as previous_channel,
-               cast(null as varchar) as previous_country,
-               cast(null as varchar) as previous_device
+               rfm.segment as rfm, cast(null as varchar) as stage,
+               cast(null as varchar) as clv_segment, cast(null as varchar) as channel,
+               cast(null as varchar) as country, cast(null as varchar) as device,
+               cast(null as varchar) as previous_rfm, cast(null as varchar) as previous_stage,
+               cast(null as varchar) as previous_clv_segment, cast(null as varchar) as previous_channel,
+               cast(null as varchar) as previous_country, cast(null as varchar) as previous_device
         from rfm cross join has_previous h where h.yes
         union all
-        select lifecycle.customer_id, null as rfm, lifecycle.stage as stage, null as clv_segment, null as channel, null as country, null as device, null as previous_rfm, null as previous_stage, null as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        select lifecycle.customer_id,
+               null as rfm, lifecycle.stage as stage, null as clv_segment,
+               null as channel, null as country, null as device,
+               null as previous_rfm, null as previous_stage, null as previous_clv_segment,
+               null as previous_channel, null as previous_country, null as previous_device
         from lifecycle cross join has_previous h where h.yes
         union all
-        select clv.customer_id, null as rfm, null as stage, clv.clv_segment as clv_segment, null as channel, null as country, null as device, null as previous_rfm, null as previous_stage, null as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        select clv.customer_id,
+               null as rfm, null as stage, clv.clv_segment as clv_segment,
+               null as channel, null as country, null as device,
+               null as previous_rfm, null as previous_stage, null as previous_clv_segment,
+               null as previous_channel, null as previous_country, null as previous_device
         from clv cross join has_previous h where h.yes
         union all
-        select customer_facts.customer_id, null as rfm, null as stage, null as clv_segment, customer_facts.acquisition_channel as channel, customer_facts.acquisition_country as country, customer_facts.acquisition_device as device, null as previous_rfm, null as previous_stage, null as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        select customer_facts.customer_id,
+               null as rfm, null as stage, null as clv_segment,
+               customer_facts.acquisition_channel as channel,
+               customer_facts.acquisition_country as country,
+               customer_facts.acquisition_device as device,
+               null as previous_rfm, null as previous_stage, null as previous_clv_segment,
+               null as previous_channel, null as previous_country, null as previous_device
         from customer_facts cross join has_previous h where h.yes
         union all
-        select previous.rfm.customer_id, null as rfm, null as stage, null as clv_segment, null as channel, null as country, null as device, previous.rfm.segment as previous_rfm, null as previous_stage, null as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        select previous.rfm.customer_id,
+               null as rfm, null as stage, null as clv_segment,
+               null as channel, null as country, null as device,
+               previous.rfm.segment as previous_rfm, null as previous_stage, null as previous_clv_segment,
+               null as previous_channel, null as previous_country, null as previous_device
         from previous.rfm
         union all
-        select previous.lifecycle.customer_id, null as rfm, null as stage, null as clv_segment, null as channel, null as country, null as device, null as previous_rfm, previous.lifecycle.stage as previous_stage, null as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        select previous.lifecycle.customer_id,
+               null as rfm, null as stage, null as clv_segment,
+               null as channel, null as country, null as device,
+               null as previous_rfm, previous.lifecycle.stage as previous_stage, null as previous_clv_segment,
+               null as previous_channel, null as previous_country, null as previous_device
         from previous.lifecycle
         union all
-        select previous.clv.customer_id, null as rfm, null as stage, null as clv_segment, null as channel, null as country, null as device, null as previous_rfm, null as previous_stage, previous.clv.clv_segment as previous_clv_segment, null as previous_channel, null as previous_country, null as previous_device
+        select previous.clv.customer_id,
+               null as rfm, null as stage, null as clv_segment,
+               null as channel, null as country, null as device,
+               null as previous_rfm, null as previous_stage, previous.clv.clv_segment as previous_clv_segment,
+               null as previous_channel, null as previous_country, null as previous_device
         from previous.clv
         union all
-        select previous.customer_facts.customer_id, null as rfm, null as stage, null as clv_segment, null as channel, null as country, null as device, null as previous_rfm, null as previous_stage, null as previous_clv_segment, previous.customer_facts.acquisition_channel as previous_channel, previous.customer_facts.acquisition_country as previous_country, previous.customer_facts.acquisition_device as previous_device
+        select previous.customer_facts.customer_id,
+               null as rfm, null as stage, null as clv_segment,
+               null as channel, null as country, null as device,
+               null as previous_rfm, null as previous_stage, null as previous_clv_segment,
+               previous.customer_facts.acquisition_channel as previous_channel,
+               previous.customer_facts.acquisition_country as previous_country,
+               previous.customer_facts.acquisition_device as previous_device
         from previous.customer_facts
     ) memberships
     group by customer_id
