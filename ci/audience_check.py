@@ -26,6 +26,8 @@ import tempfile
 
 import duckdb
 
+from demo_project import demo_config_text
+
 DATES = ["2026-10-31", "2026-11-21"]
 EMAIL = ("champions_email", "rfm", "segment", ["Champions", "Loyal"])
 ADS = ("high_value_ads", "clv", "clv_segment",
@@ -40,14 +42,7 @@ def fail(message):
 
 
 def config(work, out):
-    demo = os.path.abspath("fixtures/demo")
-    with open(os.path.join(demo, "segflow.toml")) as f:
-        text = f.read()
-    text = (
-        text.replace('uri = "orders"', f'uri = "{demo}/orders"')
-        .replace('uri = "customers.parquet"', f'uri = "{demo}/customers.parquet"')
-        .replace('uri = "marketing_spend.parquet"', f'uri = "{demo}/marketing_spend.parquet"')
-    )
+    text = demo_config_text()
     for name, segmentation, _, segments in [EMAIL, ADS]:
         channel = "email" if name == EMAIL[0] else "ads"
         text += (f'\n[[audiences]]\nname = "{name}"\nsegmentation = "{segmentation}"\n'

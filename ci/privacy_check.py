@@ -28,6 +28,8 @@ import sys
 import tempfile
 
 import duckdb
+
+from demo_project import demo_config_text
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -45,14 +47,7 @@ def fail(message):
 
 
 def config(work, out, pseudonymise):
-    demo = os.path.abspath("fixtures/demo")
-    with open(os.path.join(demo, "segflow.toml")) as f:
-        text = f.read()
-    text = (
-        text.replace('uri = "orders"', f'uri = "{demo}/orders"')
-        .replace('uri = "customers.parquet"', f'uri = "{demo}/customers.parquet"')
-        .replace('uri = "marketing_spend.parquet"', f'uri = "{demo}/marketing_spend.parquet"')
-    )
+    text = demo_config_text()
     if pseudonymise:
         text += "\n[privacy]\npseudonymise = true\n"
     path = os.path.join(work, os.path.basename(out) + ".toml")

@@ -38,23 +38,13 @@ pub struct Buckets {
 /// the schema has no bucketing key.
 fn key_expr(schema: &SchemaRef) -> Option<(Arc<dyn PhysicalExpr>, DataType)> {
     let (index, field) = schema.column_with_name(KEY)?;
+    let hashed = hashed_as(field.data_type())?;
     let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(KEY, index));
-    match field.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 => Some((
-            Arc::new(CastExpr::new(column, DataType::Utf8View, None)),
-            DataType::Utf8View,
-        )),
-        t @ (DataType::Utf8View
-        | DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64) => Some((column, t.clone())),
-        _ => None,
-    }
+    let expr: Arc<dyn PhysicalExpr> = match field.data_type() == &hashed {
+        true => column,
+        false => Arc::new(CastExpr::new(column, hashed.clone(), None)),
+    };
+    Some((expr, hashed))
 }
 
 /// Whether `plan`'s output is already hash partitioned on the key alone, `count` ways.

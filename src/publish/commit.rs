@@ -26,7 +26,7 @@ use super::delta::DeltaInputs;
 use super::{manifest_rel, staging_rel, Manifest, Output, OutputLock};
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::publish::layout::{report_file_rel, staged_report_rel, AUDIENCES, REPORT, STATE};
+use crate::publish::layout::{report_file_rel, AUDIENCES, REPORT, STATE};
 use crate::storage::retrying;
 
 impl Output {
@@ -80,7 +80,7 @@ impl Output {
             // The report has one fixed name per snapshot, so it is replaced only once the
             // snapshot is committed; a failure here leaves the staging for the next run's
             // recovery, which puts it in place (see `recover`).
-            if let Err(e) = self.place_report(run_id, as_of).await {
+            if let Err(e) = self.place_staged(run_id, &[report_file_rel(as_of)]).await {
                 warn!(error = %e, "cannot put the report in place yet; the next run will");
                 keep_staging = true;
             }
@@ -133,16 +133,6 @@ impl Output {
             self.remove_staging(run_id).await;
         }
         Ok(())
-    }
-
-    /// Copies the staged report of `run_id` to `_report/as_of=D/index.html` (object storage).
-    pub(crate) async fn place_report(&self, run_id: &str, as_of: NaiveDate) -> Result<()> {
-        let to = report_file_rel(as_of);
-        let from = staged_report_rel(run_id, as_of);
-        let (src, dst) = (self.loc.path(&from), self.loc.path(&to));
-        retrying("copy", || self.loc.store.copy(&src, &dst))
-            .await
-            .map_err(|e| self.err(format!("copy the report into place ({to})"), e))
     }
 
     /// Copies staged files of `run_id` (`files`: their published paths, the same below the

@@ -185,55 +185,35 @@ impl Output {
         Ok(())
     }
 
-    /// Object storage: a run killed after its manifest and before its report was copied
-    /// into place (or whose copy failed) left the report in its staging; put it in place
-    /// if that run's manifest is still the snapshot's.
+    /// Object storage: a run killed after its manifest and before its report and audience
+    /// files were copied into place (or whose copy failed) left them in its staging; put
+    /// each in place if that run's manifest is still the snapshot's and lists it.
     async fn finish_report(&self, run: &str) -> Result<()> {
-        let prefix = format!("{}/{}", staging_rel(run), crate::publish::layout::REPORT);
-        let listed = self
-            .loc
-            .list(&prefix)
-            .await
-            .map_err(|e| self.err(format!("list {prefix}"), e))?;
-        for rel in listed.iter().filter_map(|m| self.loc.rel(&m.location)) {
-            let Some(as_of) = rel
-                .strip_prefix(&format!("{}/", staging_rel(run)))
-                .and_then(snapshot_date)
-            else {
-                continue;
-            };
-            let committed = self
-                .manifest(as_of)
-                .await?
-                .is_some_and(|m| m.run_id == run && m.report.is_some());
-            if committed {
-                warn!(%run, %as_of, "putting the report of a run killed after its commit in place");
-                self.place_report(run, as_of).await?;
-            }
-        }
-        // Its audience files the same way.
-        let prefix = format!("{}/{}", staging_rel(run), crate::publish::layout::AUDIENCES);
-        let listed = self
-            .loc
-            .list(&prefix)
-            .await
-            .map_err(|e| self.err(format!("list {prefix}"), e))?;
-        for rel in listed.iter().filter_map(|m| self.loc.rel(&m.location)) {
-            let Some(published) = rel.strip_prefix(&format!("{}/", staging_rel(run))) else {
-                continue;
-            };
-            let Some(as_of) = snapshot_date(published) else {
-                continue;
-            };
-            let committed = self.manifest(as_of).await?.is_some_and(|m| {
-                m.run_id == run
-                    && m.audiences
-                        .as_ref()
-                        .is_some_and(|a| a.files.iter().any(|f| f == published))
-            });
-            if committed {
-                warn!(%run, %as_of, file = published, "putting an audience file of a run killed after its commit in place");
-                self.place_staged(run, &[published.to_string()]).await?;
+        use crate::publish::layout::{AUDIENCES, REPORT};
+        let staging = format!("{}/", staging_rel(run));
+        for folder in [REPORT, AUDIENCES] {
+            let prefix = format!("{staging}{folder}");
+            let listed = self
+                .loc
+                .list(&prefix)
+                .await
+                .map_err(|e| self.err(format!("list {prefix}"), e))?;
+            for rel in listed.iter().filter_map(|m| self.loc.rel(&m.location)) {
+                let Some(published) = rel.strip_prefix(&staging) else {
+                    continue;
+                };
+                let Some(as_of) = snapshot_date(published) else {
+                    continue;
+                };
+                let committed = self
+                    .manifest(as_of)
+                    .await?
+                    .is_some_and(|m| m.run_id == run && m.owns(published));
+                if committed {
+                    warn!(%run, %as_of, file = published,
+                        "putting a file of a run killed after its commit in place");
+                    self.place_staged(run, &[published.to_string()]).await?;
+                }
             }
         }
         Ok(())

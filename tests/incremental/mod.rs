@@ -386,6 +386,43 @@ fn state_files_listed(out: &Path) -> std::collections::BTreeSet<String> {
     found
 }
 
+/// The orders folder, the user's models, and two outputs with their configs: one run
+/// incremental where it can be, one with `--full-refresh`.
+struct Outputs {
+    orders: PathBuf,
+    inc: PathBuf,
+    full: PathBuf,
+    inc_config: PathBuf,
+    full_config: PathBuf,
+}
+
+fn outputs(dir: &Path) -> Outputs {
+    let orders = dir.join("orders");
+    std::fs::create_dir_all(&orders).unwrap();
+    write_models(&dir.join("models"), "count(*)");
+    let (inc, full) = (dir.join("incremental"), dir.join("full"));
+    let (inc_config, full_config) = (write_config(dir, &inc), write_config(dir, &full));
+    Outputs {
+        orders,
+        inc,
+        full,
+        inc_config,
+        full_config,
+    }
+}
+
+/// `segflow run --full-refresh` of `config` for `as_of`.
+fn full_refresh(config: &Path, as_of: &str) -> crate::util::Run {
+    segflow(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--as-of",
+        as_of,
+        "--full-refresh",
+    ])
+}
+
 fn run_info(out: &Path, as_of: &str) -> (String, Option<String>) {
     let m = manifest(out, as_of);
     (
@@ -403,11 +440,13 @@ fn run_info(out: &Path, as_of: &str) -> (String, Option<String>) {
 async fn nightly_incremental_runs_publish_the_same_tables_as_full_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let orders = dir.join("orders");
-    std::fs::create_dir_all(&orders).unwrap();
-    write_models(&dir.join("models"), "count(*)");
-    let (inc, full) = (dir.join("incremental"), dir.join("full"));
-    let (inc_config, full_config) = (write_config(dir, &inc), write_config(dir, &full));
+    let Outputs {
+        orders,
+        inc,
+        full,
+        inc_config,
+        full_config,
+    } = outputs(dir);
     let files = history();
     let file_of = |d: usize| orders.join(format!("day-{d:02}.parquet"));
     for (d, lines) in files.iter().enumerate().take(10) {
@@ -432,14 +471,7 @@ async fn nightly_incremental_runs_publish_the_same_tables_as_full_runs() {
             "incremental run of {as_of} failed:\n{}",
             r.stderr
         );
-        let r = segflow(&[
-            "run",
-            "--config",
-            full_config.to_str().unwrap(),
-            "--as-of",
-            &as_of,
-            "--full-refresh",
-        ]);
+        let r = full_refresh(&full_config, &as_of);
         assert_eq!(r.code, 0, "full run of {as_of} failed:\n{}", r.stderr);
         assert_eq!(
             run_info(&full, &as_of),
@@ -517,11 +549,13 @@ async fn nightly_incremental_runs_publish_the_same_tables_as_full_runs() {
 async fn nights_share_state_files_which_are_deleted_only_when_no_kept_state_lists_them() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let orders = dir.join("orders");
-    std::fs::create_dir_all(&orders).unwrap();
-    write_models(&dir.join("models"), "count(*)");
-    let (inc, full) = (dir.join("incremental"), dir.join("full"));
-    let (inc_config, full_config) = (write_config(dir, &inc), write_config(dir, &full));
+    let Outputs {
+        orders,
+        inc,
+        full,
+        inc_config,
+        full_config,
+    } = outputs(dir);
     let text = std::fs::read_to_string(&inc_config).unwrap();
     let kept = text.replacen("[output]\n", "[output]\nkeep_snapshots = 2\n", 1);
     std::fs::write(&inc_config, kept).unwrap();
@@ -591,14 +625,7 @@ async fn nights_share_state_files_which_are_deleted_only_when_no_kept_state_list
 
     // A full rerun of the middle date replaces its deltas with a base of its own; the files
     // of the first snapshot stay, the next night's state shares them.
-    let r = segflow(&[
-        "run",
-        "--config",
-        inc_config.to_str().unwrap(),
-        "--as-of",
-        &date(11),
-        "--full-refresh",
-    ]);
+    let r = full_refresh(&inc_config, &date(11));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let rerun = manifest(&inc, &date(11));
     assert!(tables(&rerun).values().all(|t| t.get("delta").is_none()));
@@ -618,14 +645,7 @@ async fn nights_share_state_files_which_are_deleted_only_when_no_kept_state_list
     assert_eq!(state_files_on_disk(&inc), state_files_listed(&inc));
     // Full runs of the last two dates (the previous snapshot shapes migration and stability).
     for d in [12, 13] {
-        let r = segflow(&[
-            "run",
-            "--config",
-            full_config.to_str().unwrap(),
-            "--as-of",
-            &date(d),
-            "--full-refresh",
-        ]);
+        let r = full_refresh(&full_config, &date(d));
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
     let (a, b) = (
@@ -646,11 +666,13 @@ async fn nights_share_state_files_which_are_deleted_only_when_no_kept_state_list
 async fn a_run_killed_before_its_manifest_leaves_no_state_a_later_run_trusts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let orders = dir.join("orders");
-    std::fs::create_dir_all(&orders).unwrap();
-    write_models(&dir.join("models"), "count(*)");
-    let (inc, full) = (dir.join("incremental"), dir.join("full"));
-    let (inc_config, full_config) = (write_config(dir, &inc), write_config(dir, &full));
+    let Outputs {
+        orders,
+        inc,
+        full,
+        inc_config,
+        full_config,
+    } = outputs(dir);
     let files = history();
     for (d, lines) in files.iter().enumerate().take(13) {
         write_lines(&orders.join(format!("day-{d:02}.parquet")), lines);
@@ -682,14 +704,7 @@ async fn a_run_killed_before_its_manifest_leaves_no_state_a_later_run_trusts() {
         "the killed run's state is still there"
     );
     for d in [10, 12] {
-        let r = segflow(&[
-            "run",
-            "--config",
-            full_config.to_str().unwrap(),
-            "--as-of",
-            &date(d),
-            "--full-refresh",
-        ]);
+        let r = full_refresh(&full_config, &date(d));
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
     assert_eq!(
