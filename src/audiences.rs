@@ -82,7 +82,7 @@ with contacts as (
     select customer_id,
            coalesce(bool_or(email_opt_in), false) as email_opt_in,
            coalesce(bool_or(ads_opt_in), false)   as ads_opt_in,
-           min(case when trim(email) <> '' then trim(email) end) as email
+           {CONTACT_EMAIL} as email
     from customers
     group by customer_id
 ),
@@ -111,30 +111,33 @@ full join before_members b on b.audience = n.audience and b.customer_id = n.cust
     ))
 }
 
-/// One upload file of an audience: its name and the query of its one column.
-fn uploads(a: &Audience) -> Vec<(String, &'static str, String)> {
+/// A customer's email address in `customers`: the smallest trimmed, non-empty one (the
+/// model's membership and the upload files take the same).
+const CONTACT_EMAIL: &str = "min(case when trim(email) <> '' then trim(email) end)";
+
+/// An audience's upload files (name and header) and the query of their one column: the
+/// same rows for every file of the audience.
+fn uploads(a: &Audience) -> (String, Vec<(String, &'static str)>) {
     let members = format!(
-        "select c.email from {MODEL} m join (select customer_id, \
-         min(case when trim(email) <> '' then trim(email) end) as email from customers \
-         group by customer_id) c on c.customer_id = m.customer_id \
+        "select c.email from {MODEL} m join (select customer_id, {CONTACT_EMAIL} as email \
+         from customers group by customer_id) c on c.customer_id = m.customer_id \
          where m.audience = {} and m.change <> 'left' and c.email is not null",
         quote(&a.name)
     );
     match a.channel {
-        Channel::Email => vec![(
-            format!("{}.csv", a.name),
-            "email",
+        Channel::Email => (
             format!("select email from ({members}) u order by email"),
-        )],
-        Channel::Ads => {
-            let hashed = format!(
+            vec![(format!("{}.csv", a.name), "email")],
+        ),
+        Channel::Ads => (
+            format!(
                 "select distinct encode(sha256(lower(email)), 'hex') as h from ({members}) u order by h"
-            );
+            ),
             vec![
-                (format!("{}.google.csv", a.name), "Email", hashed.clone()),
-                (format!("{}.meta.csv", a.name), "email", hashed),
-            ]
-        }
+                (format!("{}.google.csv", a.name), "Email"),
+                (format!("{}.meta.csv", a.name), "email"),
+            ],
+        ),
     }
 }
 
@@ -215,28 +218,30 @@ pub async fn stage(
             left: count("left"),
             files: Vec::new(),
         };
-        for (file, header, query) in uploads(a) {
-            let what = format!("audience {}: {file}", a.name);
-            let mut text = format!("{header}\n");
-            let mut stream = ctx
-                .sql(&query)
-                .await
-                .map_err(engine(what.clone()))?
-                .execute_stream()
-                .await
-                .map_err(engine(what.clone()))?;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(engine(what.clone()))?;
-                let values = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8)
-                    .map_err(|e| Error::engine(what.clone(), e.into()))?;
-                let values = values.as_string::<i32>();
-                for r in 0..values.len() {
-                    if values.is_valid(r) {
-                        text.push_str(&csv_field(values.value(r)));
-                        text.push('\n');
-                    }
+        let (query, files) = uploads(a);
+        let what = format!("audience {}", a.name);
+        let mut body = String::new();
+        let mut stream = ctx
+            .sql(&query)
+            .await
+            .map_err(engine(what.clone()))?
+            .execute_stream()
+            .await
+            .map_err(engine(what.clone()))?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(engine(what.clone()))?;
+            let values = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8)
+                .map_err(|e| Error::engine(what.clone(), e.into()))?;
+            let values = values.as_string::<i32>();
+            for r in 0..values.len() {
+                if values.is_valid(r) {
+                    body.push_str(&csv_field(values.value(r)));
+                    body.push('\n');
                 }
             }
+        }
+        for (file, header) in files {
+            let text = format!("{header}\n{body}");
             let rel = format!("{}/{folder}/{file}", staging_rel(run_id));
             let path = output.loc.path(&rel);
             entry.bytes += text.len() as u64;

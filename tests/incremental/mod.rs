@@ -411,6 +411,28 @@ fn outputs(dir: &Path) -> Outputs {
     }
 }
 
+/// Snapshot `as_of` of the incremental output holds the same tables and kept state, row
+/// for row, as that of the full one (naming the table that differs).
+async fn assert_same_snapshot(inc: &Path, full: &Path, as_of: &str) {
+    let (a, b) = (
+        snapshot_rows(inc, as_of).await,
+        snapshot_rows(full, as_of).await,
+    );
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{as_of}: tables"
+    );
+    for (name, rows) in &a {
+        assert!(
+            rows == &b[name],
+            "{as_of}: table {name} differs between the incremental and the full run\nincremental:\n{}\nfull:\n{}",
+            rows.join("\n"),
+            b[name].join("\n")
+        );
+    }
+}
+
 /// `segflow run --full-refresh` of `config` for `as_of`.
 fn full_refresh(config: &Path, as_of: &str) -> crate::util::Run {
     segflow(&[
@@ -477,23 +499,7 @@ async fn nightly_incremental_runs_publish_the_same_tables_as_full_runs() {
             run_info(&full, &as_of),
             ("full".to_string(), Some("--full-refresh".to_string()))
         );
-        let (a, b) = (
-            snapshot_rows(&inc, &as_of).await,
-            snapshot_rows(&full, &as_of).await,
-        );
-        assert_eq!(
-            a.keys().collect::<Vec<_>>(),
-            b.keys().collect::<Vec<_>>(),
-            "{as_of}: tables"
-        );
-        for (name, rows) in &a {
-            assert!(
-                rows == &b[name],
-                "{as_of}: table {name} differs between the incremental and the full run\nincremental:\n{}\nfull:\n{}",
-                rows.join("\n"),
-                b[name].join("\n")
-            );
-        }
+        assert_same_snapshot(&inc, &full, &as_of).await;
         modes.push((d, run_info(&inc, &as_of)));
         // Every state file on disk is one a kept manifest lists, and each listed one exists.
         assert_eq!(
@@ -648,14 +654,7 @@ async fn nights_share_state_files_which_are_deleted_only_when_no_kept_state_list
         let r = full_refresh(&full_config, &date(d));
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
-    let (a, b) = (
-        snapshot_rows(&inc, &date(13)).await,
-        snapshot_rows(&full, &date(13)).await,
-    );
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    for (name, rows) in &a {
-        assert!(rows == &b[name], "table {name} differs from the full run's");
-    }
+    assert_same_snapshot(&inc, &full, &date(13)).await;
 }
 
 /// A run SIGKILLed as it commits (its state staged and, before its manifest, already placed
@@ -707,10 +706,7 @@ async fn a_run_killed_before_its_manifest_leaves_no_state_a_later_run_trusts() {
         let r = full_refresh(&full_config, &date(d));
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
-    assert_eq!(
-        snapshot_rows(&inc, &date(12)).await,
-        snapshot_rows(&full, &date(12)).await
-    );
+    assert_same_snapshot(&inc, &full, &date(12)).await;
 }
 
 /// An incremental model whose merge gives other columns than the model, or that breaks a
