@@ -93,6 +93,9 @@ pub enum Error {
         reason: String,
         cleanup: String,
     },
+    /// The customers file of `segflow forget` cannot be read or holds no id.
+    #[error("customers to forget, {file}: {message}")]
+    ForgetList { file: PathBuf, message: String },
     /// The run report could not be made (a section, a chart or the template).
     #[error("report: {section}: {message}")]
     Report { section: String, message: String },

@@ -22,6 +22,17 @@ const CHECK_HELP: &str = "Exit codes:
   1  errors in models, data tests, checks or params (each printed as file:line:col)
   2  the check could not run: config, inputs, I/O";
 
+const FORGET_HELP: &str =
+    "Their ids are kept as salted hashes in <output>/_privacy/erased.parquet, so that
+every later run leaves them out though the source still holds them. Each kept snapshot
+is rewritten through the same locked, atomic commit as a run; run it again after an
+interruption to finish.
+
+Exit codes:
+  0  every kept snapshot is without them
+  2  stopped: config, the customers file, I/O, lock held, SIGTERM/SIGINT (each snapshot
+     is whole: before or after the erasure)";
+
 const GENERATE_HELP: &str =
     "Writes <out>/month=YYYY-MM/part-0.parquet (zstd) in the demo's source schema
 (fixtures/demo/segflow.toml reads it unchanged); order_no is SO-<client_id>-<kkkk>, k
@@ -80,6 +91,18 @@ enum Command {
         /// node-exporter's textfile collector), whether the run succeeds or fails.
         #[arg(long, value_name = "FILE")]
         metrics: Option<PathBuf>,
+    },
+    /// Erase customers from every kept snapshot (tables, rejected rows, state, audience
+    /// files) and keep them out of later runs.
+    #[command(after_help = FORGET_HELP)]
+    Forget {
+        /// The customers: one id per line as the source holds it, or a Parquet file with a
+        /// `customer_id` column.
+        #[arg(long, value_name = "FILE")]
+        customers: PathBuf,
+        /// Config file.
+        #[arg(long, default_value = "segflow.toml", env = "SEGFLOW_CONFIG")]
+        config: PathBuf,
     },
     /// Parse and plan every model, check and data test against the input schemas (reads no
     /// data, takes no lock, writes nothing); report every problem.
@@ -243,7 +266,9 @@ fn main() -> ExitCode {
 }
 
 async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
-    use segflow::commands::{check, cluster, docs, generate, init, inspect, run, until_signal};
+    use segflow::commands::{
+        check, cluster, docs, forget, generate, init, inspect, run, until_signal,
+    };
     let load = |config: &std::path::Path, overrides: Overrides| Settings::load(config, &overrides);
     match command {
         Command::List { config } => {
@@ -279,6 +304,11 @@ async fn main_inner(command: Command) -> Result<ExitCode, segflow::Error> {
             let settings = load(&config, Overrides::default())?;
             let path = docs::write_docs(&settings, &out).await?;
             println!("wrote {}", path.display());
+        }
+        Command::Forget { customers, config } => {
+            let settings = load(&config, Overrides::default())?;
+            let summary = until_signal(forget::forget(&settings, &customers)).await?;
+            print!("{}", summary.render());
         }
         Command::Check { config } => {
             let report = check::check(&load(&config, Overrides::default())?).await?;

@@ -124,6 +124,20 @@ pub fn hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The bytes of hex text; None when it is not hex.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    let b = text.as_bytes();
+    if !b.len().is_multiple_of(2) {
+        return None;
+    }
+    b.chunks(2)
+        .map(|pair| {
+            let digit = |c: u8| (c as char).to_digit(16);
+            Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
+        })
+        .collect()
+}
+
 /// The scalar function applying a [`PseudonymKey`].
 struct Pseudonymise {
     key: PseudonymKey,
@@ -203,6 +217,182 @@ impl ScalarUDFImpl for Pseudonymise {
     }
 }
 
+/// The erased customers (`segflow forget`): each published id (the pseudonym when ids are
+/// pseudonymised) kept only as `lower(hex(HMAC-SHA256(salt, id)))`, the salt random per
+/// output. A run drops every line and customer whose id hashes into the set; `forget`
+/// removes their rows from the kept snapshots.
+#[derive(Clone)]
+pub struct ErasedIds {
+    salt: Vec<u8>,
+    mac: Hmac<Sha256>,
+    hashes: std::collections::HashSet<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ErasedIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ErasedIds({} ids)", self.hashes.len())
+    }
+}
+
+impl ErasedIds {
+    /// An empty set under a new random salt.
+    pub fn new_salted() -> std::io::Result<ErasedIds> {
+        let mut salt = vec![0u8; 32];
+        getrandom::fill(&mut salt).map_err(std::io::Error::other)?;
+        Ok(Self::with_salt(salt))
+    }
+
+    /// An empty set under `salt`.
+    pub fn with_salt(salt: Vec<u8>) -> ErasedIds {
+        // HMAC takes a key of any length.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&salt)
+            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new_from_slice(&[0]).expect("key"));
+        ErasedIds {
+            salt,
+            mac,
+            hashes: Default::default(),
+        }
+    }
+
+    pub fn salt(&self) -> &[u8] {
+        &self.salt
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    fn digest(&self, id: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(id);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The salted hash of a published id, as stored (lower-case hex).
+    pub fn hash_hex(&self, id: &str) -> String {
+        hex(&self.digest(id.as_bytes()))
+    }
+
+    /// Adds a published id; whether it was new.
+    pub fn insert(&mut self, id: &str) -> bool {
+        let d = self.digest(id.as_bytes());
+        self.hashes.insert(d)
+    }
+
+    /// Adds a stored hash (64 hex digits); false when it is not one.
+    pub fn insert_hash_hex(&mut self, text: &str) -> bool {
+        match unhex(text).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+            Some(d) => {
+                self.hashes.insert(d);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every stored hash as lower-case hex, sorted.
+    pub fn hashes_hex(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.hashes.iter().map(|d| hex(d)).collect();
+        out.sort();
+        out
+    }
+
+    /// Whether the published id `id` is erased (a missing id never is).
+    pub fn contains(&self, id: &str) -> bool {
+        !id.is_empty()
+            && !self.hashes.is_empty()
+            && self.hashes.contains(&self.digest(id.as_bytes()))
+    }
+
+    /// Which rows of `ids` (a string column of published ids) are erased.
+    pub fn erased_rows(&self, ids: &dyn Array) -> Result<datafusion::arrow::array::BooleanArray> {
+        use datafusion::arrow::array::BooleanArray;
+        let ids: ArrayRef = match ids.data_type() {
+            DataType::Utf8View => datafusion::arrow::array::make_array(ids.to_data()),
+            _ => datafusion::arrow::compute::cast(ids, &DataType::Utf8View)?,
+        };
+        let ids = ids.as_string_view();
+        Ok(ids
+            .iter()
+            .map(|id| Some(id.is_some_and(|id| self.contains(id))))
+            .collect::<BooleanArray>())
+    }
+
+    /// `segflow_erased(customer_id)`: true for an erased id (never NULL).
+    pub fn udf(self: &Arc<Self>) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Erased {
+            ids: self.clone(),
+            signature: Signature::any(1, Volatility::Immutable),
+        })
+    }
+}
+
+/// The scalar function testing ids against [`ErasedIds`].
+struct Erased {
+    ids: Arc<ErasedIds>,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for Erased {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "segflow_erased({:?})", self.ids)
+    }
+}
+
+impl PartialEq for Erased {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.ids, &other.ids)
+    }
+}
+
+impl Eq for Erased {}
+
+impl std::hash::Hash for Erased {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.ids.salt.hash(state);
+        self.ids.hashes.len().hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Erased {
+    fn name(&self) -> &str {
+        "segflow_erased"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn return_field_from_args(&self, _args: ReturnFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(Field::new(self.name(), DataType::Boolean, false)))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(input) = arrays.first() else {
+            return exec_err!("segflow_erased takes one argument");
+        };
+        Ok(ColumnarValue::Array(Arc::new(self.ids.erased_rows(input)?)))
+    }
+}
+
+/// `df` without the rows whose `customer_id` is erased.
+pub fn without_erased(
+    ids: &Arc<ErasedIds>,
+    df: datafusion::prelude::DataFrame,
+) -> Result<datafusion::prelude::DataFrame> {
+    use datafusion::logical_expr::{col, not};
+    df.filter(not(ids.udf().call(vec![col("customer_id")])))
+}
+
 /// `expr` (a customer id as text) pseudonymised under `key`.
 pub fn pseudonymised(key: &PseudonymKey, expr: Expr) -> Expr {
     key.udf().call(vec![expr])
@@ -238,6 +428,29 @@ mod tests {
         let key = PseudonymKey::new("k").unwrap();
         assert_ne!(key.pseudonym("007"), key.pseudonym("7"));
         assert_ne!(key.pseudonym(" 7"), key.pseudonym("7"));
+    }
+
+    #[test]
+    fn erased_ids_are_matched_by_their_salted_hash_only() {
+        let mut erased = ErasedIds::with_salt(b"salt".to_vec());
+        assert!(!erased.contains("42"));
+        assert!(erased.insert("42"));
+        assert!(!erased.insert("42"));
+        assert!(erased.contains("42"));
+        assert!(!erased.contains("042") && !erased.contains("") && !erased.contains("4"));
+        // The stored form is HMAC-SHA256(salt, id): `printf 42 | openssl dgst -sha256 -hmac salt`.
+        let stored = erased.hashes_hex();
+        assert_eq!(
+            stored,
+            vec!["98c2d78e000f17f1958ac5ae7ca5293f16a4dcdf996afc0253bcd8accac9c6a2".to_string()]
+        );
+        let mut reread = ErasedIds::with_salt(b"salt".to_vec());
+        assert!(reread.insert_hash_hex(&stored[0]));
+        assert!(reread.contains("42"));
+        assert!(!reread.insert_hash_hex("xyz"));
+        // Another salt: another hash.
+        let other = ErasedIds::with_salt(b"pepper".to_vec());
+        assert_ne!(other.hash_hex("42"), stored[0]);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod reason {
     pub const CHANGED: &str = "models or config changed";
     pub const VERSION: &str = "segflow version changed";
     pub const SELECT: &str = "--select";
+    pub const ERASED: &str = "customers erased since the state";
     /// `input changed: <path>`.
     pub fn input_changed(path: &str) -> String {
         format!("input changed: {path}")
@@ -152,6 +153,16 @@ pub async fn start(
         }
         if state.hash != hash {
             return Ok(Start::Full(reason::CHANGED.into()));
+        }
+        // A state that still holds customers erased since (a `forget` cut short) is not
+        // trusted: a full run leaves them out.
+        let erased = settings
+            .privacy
+            .erased
+            .as_ref()
+            .map_or(0, |e| e.len() as u64);
+        if m.erased_ids() != erased {
+            return Ok(Start::Full(reason::ERASED.into()));
         }
         return Ok(Start::From(Box::new(m)));
     }

@@ -22,6 +22,9 @@ mod crash;
 /// Delta Lake output: one commit per table per run, recovery across table commits,
 /// retention with vacuum, schema changes.
 mod delta;
+/// `segflow forget`: erasure from every kept snapshot and from later runs, and a kill at
+/// each of its steps.
+mod forget;
 /// Input gates with their policies, the freshness gate, damaged input files.
 mod gates;
 /// Google Cloud Storage inputs against fake-gcs-server.

@@ -224,6 +224,7 @@ async fn scratch_run(
     let previous = Previous {
         output: real.as_ref().unwrap_or(&scratch),
         manifest: previous_manifest.as_ref(),
+        erased: None,
     };
     let inputs = ModelRun {
         ctx: &ctx,

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod cluster;
 pub mod docs;
+pub mod forget;
 pub mod generate;
 pub mod init;
 pub mod inspect;

@@ -100,6 +100,9 @@ pub struct PrivacyConfig {
 #[derive(Debug, Clone, Default)]
 pub struct PrivacySettings {
     pub pseudonym: Option<crate::privacy::PseudonymKey>,
+    /// The erased customers (`_privacy/erased.parquet` of the output), set by a run once it
+    /// holds the lock: their lines and rows are dropped as the inputs are mapped.
+    pub erased: Option<std::sync::Arc<crate::privacy::ErasedIds>>,
     pub pii_columns: Vec<String>,
     pub publish_pii: Vec<String>,
 }
@@ -535,6 +538,7 @@ impl Settings {
             gates: Gates::default(),
             privacy: PrivacySettings {
                 pseudonym: None,
+                erased: None,
                 pii_columns: file.privacy.pii_columns.clone(),
                 publish_pii: file.privacy.publish_pii.clone(),
             },

@@ -127,9 +127,16 @@ pub(super) fn map_columns(
     if available.iter().any(|c| c == NEW_FILE) {
         exprs.push(Expr::Column(Column::new_unqualified(NEW_FILE)));
     }
-    let df = raw
+    let mut df = raw
         .select(exprs)
         .map_err(|e| input_err(spec, format!("cannot map columns: {e}")))?;
+    let erased = settings.privacy.erased.as_ref().filter(|e| !e.is_empty());
+    if let Some(erased) = erased.filter(|_| present.contains("customer_id")) {
+        // Erased customers (`segflow forget`) are left out before anything is staged,
+        // gated or rejected, though the source may still hold them.
+        df = crate::privacy::without_erased(erased, df)
+            .map_err(|e| input_err(spec, format!("cannot leave out erased customers: {e}")))?;
+    }
     Ok((df, present))
 }
 

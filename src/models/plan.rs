@@ -46,6 +46,8 @@ pub struct ModelOutput {
 pub struct Previous<'a> {
     pub output: &'a Output,
     pub manifest: Option<&'a Manifest>,
+    /// Erased customers: a snapshot an erasure has not rewritten yet may still hold them.
+    pub erased: Option<&'a Arc<crate::privacy::ErasedIds>>,
 }
 
 impl Previous<'_> {
@@ -64,7 +66,11 @@ impl Previous<'_> {
             .filter(|(_, e)| e.rows > 0);
         match found {
             Some((as_of, entry)) => {
-                let df = self.output.open_snapshot(ctx, model, entry, as_of).await?;
+                let mut df = self.output.open_snapshot(ctx, model, entry, as_of).await?;
+                let holds_customers = df.schema().has_column_with_unqualified_name("customer_id");
+                if let Some(erased) = self.erased.filter(|_| holds_customers) {
+                    df = crate::privacy::without_erased(erased, df)?;
+                }
                 // Parquet folders give partition columns back as strings; Delta typed.
                 let as_strings: &[String] = match entry.delta_version {
                     Some(_) => &[],

@@ -16,6 +16,12 @@ pub const STATE: &str = "_state";
 /// Folder of the audiences' upload files, `_audiences/as_of=D/<name>.csv`.
 pub const AUDIENCES: &str = "_audiences";
 
+/// Folder of what erasure keeps (`segflow forget`): `_privacy/erased.parquet`.
+pub const PRIVACY: &str = "_privacy";
+
+/// The erased customers' salted ids, relative to the output root.
+pub const ERASED_FILE: &str = "_privacy/erased.parquet";
+
 /// The catalog's directory: DDL that opens the tables by name (see `publish::catalog`).
 pub const CATALOG: &str = "_catalog";
 

@@ -73,6 +73,40 @@ pub struct Manifest {
     /// Pseudonymised ids: the key's fingerprint (never the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<PrivacyEntry>,
+    /// Erased customers (`segflow forget`): how many this snapshot no longer holds, and
+    /// each erasure that rewrote it (counts and times, never the ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<ErasureEntry>,
+}
+
+/// The erasures a snapshot reflects.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErasureEntry {
+    /// How many of the erased ids (`_privacy/erased.parquet`) the snapshot was computed
+    /// or rewritten without.
+    pub erased_ids: u64,
+    /// Each `segflow forget` that rewrote the snapshot, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub erasures: Vec<ErasureRecord>,
+}
+
+/// One `segflow forget` applied to a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErasureRecord {
+    pub at: DateTime<Utc>,
+    /// Customers the request named.
+    pub customers: u64,
+    /// Rows removed from the snapshot's tables, rejected rows and state.
+    pub rows_removed: u64,
+    /// Files rewritten without them.
+    pub files_rewritten: u64,
+}
+
+impl Manifest {
+    /// How many erased ids the snapshot is without.
+    pub fn erased_ids(&self) -> u64 {
+        self.erasure.as_ref().map_or(0, |e| e.erased_ids)
+    }
 }
 
 /// The upload files of a snapshot's audiences.

@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod commit;
 pub mod delta;
 pub mod draft;
+pub mod erase;
 pub mod layout;
 pub mod lock;
 pub mod manifest;

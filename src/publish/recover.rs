@@ -70,7 +70,7 @@ fn interrupted_write(rel: &str) -> bool {
     let staged = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
     staged
         && (name == "_lock"
-            || ["_manifest/", "_catalog/"].iter().any(|dir| {
+            || ["_manifest/", "_catalog/", "_privacy/"].iter().any(|dir| {
                 name.strip_prefix(dir)
                     .is_some_and(|f| !f.is_empty() && !f.contains('/'))
             }))
@@ -96,6 +96,7 @@ impl Output {
             }
             let debris = rel.starts_with("_manifest/.tmp-")
                 || rel.starts_with(&format!("{}/.tmp-", crate::publish::layout::CATALOG))
+                || rel.starts_with(&format!("{}/.tmp-", crate::publish::layout::PRIVACY))
                 || (rel.starts_with("_lock.") && !rel.ends_with(me))
                 || interrupted_write(&rel);
             if debris {
@@ -330,6 +331,7 @@ mod tests {
             "_manifest/latest.json#3",
             "_manifest/as_of=2026-11-21.json#1",
             "_catalog/duckdb.sql#2",
+            "_privacy/erased.parquet#4",
         ] {
             assert!(interrupted_write(staged), "{staged}");
         }

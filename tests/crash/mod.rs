@@ -99,7 +99,7 @@ pub fn assert_manifests_complete(tree: &Tree) {
 }
 
 /// After a successful run: manifests complete, and the output holds only the manifests,
-/// `_manifest/latest.json`, the catalog's three files and the files the manifests list (no
+/// `_manifest/latest.json`, the catalog's three files, the erased ids and the files the manifests list (no
 /// staging, no lock, no temp file).
 pub fn assert_consistent(tree: &Tree) {
     assert_manifests_complete(tree);
@@ -118,6 +118,8 @@ pub fn assert_consistent(tree: &Tree) {
             "_catalog/README.md",
         ]
         .contains(&rel.as_str());
+        // The erased customers' salted ids (`segflow forget`).
+        let catalog = catalog || rel == "_privacy/erased.parquet";
         let owned = table_date(rel).is_some_and(|d| ms.get(d).is_some_and(|m| lists(m, rel)));
         let state = rel.starts_with("_state/") && ms.values().any(|m| state_files(m).contains(rel));
         assert!(

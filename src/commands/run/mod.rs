@@ -241,7 +241,7 @@ pub async fn run(settings: &Settings) -> Result<RunSummary> {
 /// The ids of a new snapshot must join those of the kept ones: a run whose pseudonym key
 /// (or whose choice to pseudonymise) differs from the newest kept snapshot's stops, naming
 /// both fingerprints.
-async fn check_pseudonyms(settings: &Settings, output: &Output) -> Result<()> {
+pub(crate) async fn check_pseudonyms(settings: &Settings, output: &Output) -> Result<()> {
     let Some(newest) = output.snapshots().await?.pop() else {
         return Ok(());
     };
@@ -294,6 +294,17 @@ async fn prepare(
 ) -> Result<Prepared> {
     output.recover(run_id).await?;
     check_pseudonyms(settings, output).await?;
+    // Erased customers (`segflow forget`) are left out as the inputs are mapped.
+    let with_erased;
+    let settings = match output.erased_ids().await? {
+        Some(erased) if !erased.is_empty() => {
+            let mut s = settings.clone();
+            s.privacy.erased = Some(Arc::new(erased));
+            with_erased = s;
+            &with_erased
+        }
+        _ => settings,
+    };
     failpoint::hit("after_lock").await;
     let ctx = build_session(settings)?;
     output.loc.register(&ctx);
@@ -352,30 +363,37 @@ async fn prepare(
             .collect();
         (ctx.clone(), tables)
     });
-    let mut manifest = Manifest {
-        run_id: run_id.to_string(),
-        as_of,
-        segflow_version: env!("CARGO_PKG_VERSION").to_string(),
-        datafusion_version: datafusion::DATAFUSION_VERSION.to_string(),
-        config_hash: settings.config_hash.clone(),
-        started_at,
-        finished_at: Utc::now(),
-        duration_ms: clock.elapsed().as_millis() as u64,
-        input: Some(computed.sources.orders.clone()),
-        models: draft.models,
-        tables: draft.tables,
-        rejected: draft.rejected,
-        report: None,
-        warnings: computed.warnings,
-        run: Some(computed.run),
-        state: None,
-        audiences: None,
-        privacy: settings.privacy.pseudonym.as_ref().map(|k| {
-            crate::publish::manifest::PrivacyEntry {
-                key_fingerprint: k.fingerprint().to_string(),
-            }
-        }),
-    };
+    let mut manifest =
+        Manifest {
+            run_id: run_id.to_string(),
+            as_of,
+            segflow_version: env!("CARGO_PKG_VERSION").to_string(),
+            datafusion_version: datafusion::DATAFUSION_VERSION.to_string(),
+            config_hash: settings.config_hash.clone(),
+            started_at,
+            finished_at: Utc::now(),
+            duration_ms: clock.elapsed().as_millis() as u64,
+            input: Some(computed.sources.orders.clone()),
+            models: draft.models,
+            tables: draft.tables,
+            rejected: draft.rejected,
+            report: None,
+            warnings: computed.warnings,
+            run: Some(computed.run),
+            state: None,
+            audiences: None,
+            privacy: settings.privacy.pseudonym.as_ref().map(|k| {
+                crate::publish::manifest::PrivacyEntry {
+                    key_fingerprint: k.fingerprint().to_string(),
+                }
+            }),
+            erasure: settings.privacy.erased.as_ref().map(|e| {
+                crate::publish::manifest::ErasureEntry {
+                    erased_ids: e.len() as u64,
+                    erasures: Vec::new(),
+                }
+            }),
+        };
     if let Some(hash) = computed.state_hash {
         let tables: Vec<(&str, &[String], &crate::publish::stage::StagedTable)> = computed
             .outputs
@@ -537,6 +555,7 @@ async fn compute(
     let previous = Previous {
         output,
         manifest: previous.as_ref(),
+        erased: settings.privacy.erased.as_ref(),
     };
     let inputs = ModelRun {
         ctx,

@@ -1,0 +1,717 @@
+//! Erasure (`segflow forget`): customers removed from every kept snapshot, and kept out of
+//! later runs.
+//!
+//! - The erased ids live in `_privacy/erased.parquet`: one column `hash`, each the salted
+//!   hash of a published id (see [`ErasedIds`]), the salt in the file's key-value metadata
+//!   (`segflow.erased.salt`). It is written first, in one atomic put, so a run after an
+//!   interrupted erasure already leaves the customers out.
+//! - Each kept snapshot whose manifest says it is without fewer ids than the file holds
+//!   (`erasure.erased_ids`) is rewritten through the commit every run uses: each Parquet
+//!   file of a table, of the rejected rows or of the state that holds an erased id is
+//!   written again without those rows (other files stay as they are), the audiences' upload
+//!   files lose the erased customers' addresses, and the manifest, put last, lists the new
+//!   files. A state file shared by several snapshots is rewritten once. A kill leaves each
+//!   snapshot whole, before or after; running `forget` again finishes the others.
+//! - Aggregates (segment_summary, cohorts, ...) of kept snapshots are left as they were:
+//!   they hold no customer.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::{filter_record_batch, not};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::async_writer::AsyncArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use tracing::info;
+
+use super::layout::{AUDIENCES, ERASED_FILE, REJECTED, STATE};
+use super::manifest::{ErasureEntry, ErasureRecord};
+use super::{staging_rel, Manifest, Output, OutputLock};
+use crate::error::Result;
+use crate::privacy::{hex, unhex, ErasedIds};
+use crate::storage::retrying;
+
+/// The key-value metadata entry of `_privacy/erased.parquet` that holds the salt (hex).
+const SALT_KEY: &str = "segflow.erased.salt";
+/// Its column of salted hashes.
+const HASH_COLUMN: &str = "hash";
+/// The column of customer ids in every table, rejected row and state file.
+const CUSTOMER_ID: &str = "customer_id";
+
+/// The contact addresses of the erased customers, as the audiences' upload files hold
+/// them: trimmed (email audiences) and as SHA-256 hex of the trimmed, lower-cased address
+/// (ads audiences).
+#[derive(Debug, Default)]
+pub struct Contacts {
+    pub emails: HashSet<String>,
+    pub hashed: HashSet<String>,
+}
+
+impl Contacts {
+    /// The contacts of `emails` (as the customers input holds them).
+    pub fn of<'a>(emails: impl IntoIterator<Item = &'a str>) -> Contacts {
+        use sha2::{Digest, Sha256};
+        let mut out = Contacts::default();
+        for e in emails.into_iter().map(str::trim).filter(|e| !e.is_empty()) {
+            out.hashed
+                .insert(hex(&Sha256::digest(e.to_lowercase().as_bytes())));
+            out.emails.insert(e.to_string());
+        }
+        out
+    }
+
+    fn holds(&self, line: &str) -> bool {
+        let value = line.trim_end_matches('\r');
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .map(|v| v.replace("\"\"", "\""))
+            .unwrap_or_else(|| value.to_string());
+        self.emails.contains(&value) || self.hashed.contains(&value)
+    }
+}
+
+/// One erasure: the whole set of erased ids (the new ones included), the addresses of the
+/// erased customers, and what the request named.
+pub struct Erasure<'a> {
+    pub ids: &'a ErasedIds,
+    pub contacts: &'a Contacts,
+    /// The table of audience memberships (`audience`, `change`), whose counts the
+    /// manifest's audience summaries repeat.
+    pub members_table: &'a str,
+    pub at: DateTime<Utc>,
+    /// Customers the request named.
+    pub customers: u64,
+}
+
+/// What an erasure did to one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotErasure {
+    pub as_of: NaiveDate,
+    pub rows_removed: u64,
+    pub files_rewritten: u64,
+}
+
+/// A Parquet file written again without the erased rows.
+#[derive(Debug, Clone)]
+struct Filtered {
+    removed: u64,
+    rows: u64,
+    bytes: u64,
+    /// The removed rows (the erased customers' only).
+    dropped: Vec<RecordBatch>,
+}
+
+/// A rewritten state file: where it went, its rows and bytes.
+#[derive(Debug, Clone)]
+struct Placed {
+    rel: String,
+    removed: u64,
+    bytes: u64,
+}
+
+/// The run id's prefix of a file name (`<run_id>-`, the run id being
+/// `YYYYMMDDTHHMMSS.ffffffZ-<pid>`), stripped so that a rewritten file gets one prefix.
+fn without_run_prefix(name: &str) -> &str {
+    let b = name.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let stamp = b.len() > 25
+        && digits(0..8)
+        && b[8] == b'T'
+        && digits(9..15)
+        && b[15] == b'.'
+        && digits(16..22)
+        && b[22] == b'Z'
+        && b[23] == b'-';
+    if !stamp {
+        return name;
+    }
+    let rest = &name[24..];
+    match rest.find('-') {
+        Some(i) if i > 0 && rest[..i].bytes().all(|c| c.is_ascii_digit()) => &rest[i + 1..],
+        _ => name,
+    }
+}
+
+/// `_privacy/erased.parquet` as bytes.
+fn encode_erased(ids: &ErasedIds) -> std::result::Result<Vec<u8>, String> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        HASH_COLUMN,
+        DataType::Utf8,
+        false,
+    )]));
+    let hashes = StringArray::from(ids.hashes_hex());
+    let batch =
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(hashes)]).map_err(|e| e.to_string())?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            SALT_KEY.to_string(),
+            hex(ids.salt()),
+        )]))
+        .build();
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(|e| e.to_string())?;
+    w.write(&batch).map_err(|e| e.to_string())?;
+    w.close().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// The erased ids in `_privacy/erased.parquet`'s bytes.
+fn decode_erased(bytes: bytes::Bytes) -> std::result::Result<ErasedIds, String> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| e.to_string())?;
+    let salt = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == SALT_KEY))
+        .and_then(|k| k.value.as_deref())
+        .and_then(unhex)
+        .ok_or_else(|| format!("no salt ({SALT_KEY}) in its metadata"))?;
+    let mut ids = ErasedIds::with_salt(salt);
+    for batch in builder.build().map_err(|e| e.to_string())? {
+        let batch = batch.map_err(|e| e.to_string())?;
+        let column = batch
+            .column_by_name(HASH_COLUMN)
+            .ok_or_else(|| format!("no column `{HASH_COLUMN}`"))?;
+        let column =
+            datafusion::arrow::compute::cast(column, &DataType::Utf8).map_err(|e| e.to_string())?;
+        for h in column.as_string::<i32>().iter() {
+            if !h.is_some_and(|h| ids.insert_hash_hex(h)) {
+                return Err(format!("`{HASH_COLUMN}` holds {h:?}, not a SHA-256 in hex"));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+impl Output {
+    /// The erased ids of this output (`_privacy/erased.parquet`), if any customer was ever
+    /// erased.
+    pub async fn erased_ids(&self) -> Result<Option<ErasedIds>> {
+        let path = self.loc.path(ERASED_FILE);
+        let read = retrying("read", || async {
+            self.loc.store.get(&path).await?.bytes().await
+        })
+        .await;
+        match read {
+            Ok(bytes) => decode_erased(bytes)
+                .map(Some)
+                .map_err(|m| self.err(format!("read {ERASED_FILE}"), m)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(format!("read {ERASED_FILE}"), e)),
+        }
+    }
+
+    /// Replaces `_privacy/erased.parquet` (one atomic put).
+    pub async fn put_erased_ids(&self, ids: &ErasedIds, run_id: &str) -> Result<()> {
+        let bytes = encode_erased(ids).map_err(|m| self.err(format!("encode {ERASED_FILE}"), m))?;
+        self.put_atomic(ERASED_FILE, bytes, run_id).await
+    }
+
+    /// Rewrites every kept snapshot that still holds an erased id (see the module docs),
+    /// oldest first, each through the commit; returns what changed in each.
+    pub async fn erase(
+        &self,
+        lock: &OutputLock,
+        run_id: &str,
+        erasure: &Erasure<'_>,
+    ) -> Result<Vec<SnapshotErasure>> {
+        let total = erasure.ids.len() as u64;
+        // State files rewritten for an earlier snapshot, which later ones share.
+        let mut shared: HashMap<String, Option<Placed>> = HashMap::new();
+        let mut done = Vec::new();
+        for as_of in self.snapshots().await? {
+            let Some(old) = self.manifest(as_of).await? else {
+                continue;
+            };
+            if old.erased_ids() >= total {
+                continue;
+            }
+            lock.heartbeat().await?;
+            let mut job = Rewrite {
+                out: self,
+                run_id,
+                as_of,
+                erasure,
+                staged: BTreeMap::new(),
+                removed: 0,
+                files: 0,
+                shared: &mut shared,
+            };
+            let mut m = old.clone();
+            let rewritten = job.snapshot(&mut m).await;
+            let (staged, removed, files) = (job.staged, job.removed, job.files);
+            if let Err(e) = rewritten {
+                self.remove_staging(run_id).await;
+                return Err(e);
+            }
+            m.run_id = run_id.to_string();
+            let entry = m.erasure.get_or_insert_with(ErasureEntry::default);
+            entry.erased_ids = total;
+            entry.erasures.push(ErasureRecord {
+                at: erasure.at,
+                customers: erasure.customers,
+                rows_removed: removed,
+                files_rewritten: files,
+            });
+            if staged.is_empty() {
+                // No file changes: the manifest alone (one atomic write) records it.
+                self.put_json(&super::manifest_rel(as_of), &m, run_id)
+                    .await?;
+            } else {
+                self.commit(lock, &mut m, &staged, None).await?;
+            }
+            info!(%as_of, rows = removed, files, "snapshot rewritten without the erased customers");
+            done.push(SnapshotErasure {
+                as_of,
+                rows_removed: removed,
+                files_rewritten: files,
+            });
+        }
+        Ok(done)
+    }
+
+    /// `from` (a Parquet file) written again at `to` without the rows of erased customers;
+    /// None (nothing written) when it has none or no customer column.
+    async fn filter_parquet(
+        &self,
+        from: &str,
+        to: &str,
+        ids: &ErasedIds,
+    ) -> Result<Option<Filtered>> {
+        let path = self.loc.path(from);
+        let bytes = retrying("read", || async {
+            self.loc.store.get(&path).await?.bytes().await
+        })
+        .await
+        .map_err(|e| self.err(format!("read {from}"), e))?;
+        let read_err = |e: parquet::errors::ParquetError| self.err(format!("read {from}"), e);
+        let open = || ParquetRecordBatchReaderBuilder::try_new(bytes.clone());
+        let builder = open().map_err(read_err)?;
+        let Ok(column) = builder.schema().index_of(CUSTOMER_ID) else {
+            return Ok(None);
+        };
+        // First the ids alone: most files hold no erased customer.
+        let ids_only = ProjectionMask::roots(builder.parquet_schema(), [column]);
+        let mut erased = 0usize;
+        for batch in builder
+            .with_projection(ids_only)
+            .build()
+            .map_err(read_err)?
+        {
+            let batch = batch.map_err(|e| self.err(format!("read {from}"), e))?;
+            erased += ids
+                .erased_rows(batch.column(0))
+                .map_err(|e| self.err(format!("read {from}"), e))?
+                .true_count();
+        }
+        if erased == 0 {
+            return Ok(None);
+        }
+        let builder = open().map_err(read_err)?;
+        let schema = builder.schema().clone();
+        let batches = builder.build().map_err(read_err)?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let write_err = |e: parquet::errors::ParquetError| self.err(format!("write {to}"), e);
+        let sink =
+            object_store::buffered::BufWriter::new(self.loc.store.clone(), self.loc.path(to));
+        let mut writer = AsyncArrowWriter::try_new(sink, schema, Some(props)).map_err(write_err)?;
+        let mut out = Filtered {
+            removed: 0,
+            rows: 0,
+            bytes: 0,
+            dropped: Vec::new(),
+        };
+        for batch in batches {
+            let batch = batch.map_err(|e| self.err(format!("read {from}"), e))?;
+            let arrow_err =
+                |e: datafusion::arrow::error::ArrowError| self.err(format!("rewrite {from}"), e);
+            let mask = ids
+                .erased_rows(batch.column(column))
+                .map_err(|e| self.err(format!("read {from}"), e))?;
+            if mask.true_count() > 0 {
+                out.dropped
+                    .push(filter_record_batch(&batch, &mask).map_err(arrow_err)?);
+            }
+            let kept =
+                filter_record_batch(&batch, &not(&mask).map_err(arrow_err)?).map_err(arrow_err)?;
+            out.removed += (batch.num_rows() - kept.num_rows()) as u64;
+            out.rows += kept.num_rows() as u64;
+            writer.write(&kept).await.map_err(write_err)?;
+        }
+        writer.close().await.map_err(write_err)?;
+        out.bytes = self.size_of(to).await?;
+        Ok(Some(out))
+    }
+
+    async fn size_of(&self, rel: &str) -> Result<u64> {
+        let path = self.loc.path(rel);
+        retrying("head", || self.loc.store.head(&path))
+            .await
+            .map(|m| m.size)
+            .map_err(|e| self.err(format!("read {rel}"), e))
+    }
+
+    /// Local disk: links `rel` into this run's staging (a table folder is swapped whole).
+    fn link_into_staging(&self, run_id: &str, rel: &str) -> Result<()> {
+        let root = self.local_root()?;
+        let from = root.join(rel);
+        let to = root.join(staging_rel(run_id)).join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| crate::Error::io("create staging", parent, e))?;
+        }
+        std::fs::hard_link(&from, &to).map_err(|e| crate::Error::io("link into staging", &from, e))
+    }
+}
+
+/// The rewrite of one snapshot.
+struct Rewrite<'a, 'e> {
+    out: &'a Output,
+    run_id: &'a str,
+    as_of: NaiveDate,
+    erasure: &'a Erasure<'e>,
+    /// What the commit publishes: folder → staged files (relative to its staging folder).
+    staged: BTreeMap<String, Vec<String>>,
+    removed: u64,
+    files: u64,
+    shared: &'a mut HashMap<String, Option<Placed>>,
+}
+
+impl Rewrite<'_, '_> {
+    async fn snapshot(&mut self, m: &mut Manifest) -> Result<()> {
+        let names: Vec<String> = m.tables.keys().cloned().collect();
+        for name in names {
+            let Some(t) = m
+                .tables
+                .get_mut(&name)
+                .filter(|t| t.delta_version.is_none())
+            else {
+                continue;
+            };
+            let (path, mut files) = (t.path.clone(), t.files.clone());
+            let tally = (name == self.erasure.members_table).then(Vec::new);
+            if let Some(r) = self.folder(&name, &path, &mut files, tally).await? {
+                let t = m.tables.get_mut(&name).expect("listed above");
+                t.files = files;
+                t.rows = t.rows.saturating_sub(r.removed);
+                t.bytes = r.bytes;
+                if let (Some(a), Some(dropped)) = (m.audiences.as_mut(), r.dropped) {
+                    for (audience, change, n) in dropped {
+                        if let Some(s) = a.audiences.get_mut(&audience) {
+                            match change.as_str() {
+                                "entered" => s.entered = s.entered.saturating_sub(n),
+                                "stayed" => s.stayed = s.stayed.saturating_sub(n),
+                                "left" => s.left = s.left.saturating_sub(n),
+                                _ => {}
+                            }
+                            s.members = s.entered + s.stayed;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(r) = m.rejected.as_mut() {
+            let mut files = r.files.clone();
+            let path = r.path.clone();
+            if let Some(f) = self.folder(REJECTED, &path, &mut files, None).await? {
+                r.files = files;
+                r.rows = r.rows.saturating_sub(f.removed);
+                r.bytes = f.bytes;
+            }
+        }
+        self.state(m).await?;
+        self.audiences(m).await?;
+        Ok(())
+    }
+
+    /// Rewrites the files of one folder (a table or the rejected rows); updates `files`
+    /// to their published names. `tally`: count the removed rows by audience and change.
+    async fn folder(
+        &mut self,
+        name: &str,
+        dir: &str,
+        files: &mut [String],
+        tally: Option<Vec<(String, String, u64)>>,
+    ) -> Result<Option<FolderResult>> {
+        let local = self.out.loc.local.is_some();
+        let staging = staging_rel(self.run_id);
+        let mut changed: Vec<(usize, String)> = Vec::new();
+        let mut result = FolderResult {
+            removed: 0,
+            bytes: 0,
+            dropped: tally,
+        };
+        let mut sizes: Vec<Option<u64>> = vec![None; files.len()];
+        for (i, f) in files.iter().enumerate() {
+            let Some(inner) = f.strip_prefix(&format!("{dir}/")) else {
+                continue;
+            };
+            let staged = match inner.rsplit_once('/') {
+                _ if local => inner.to_string(),
+                Some((d, base)) => format!("{d}/{}", without_run_prefix(base)),
+                None => without_run_prefix(inner).to_string(),
+            };
+            let to = format!("{staging}/{dir}/{staged}");
+            let Some(filtered) = self.out.filter_parquet(f, &to, self.erasure.ids).await? else {
+                continue;
+            };
+            result.removed += filtered.removed;
+            sizes[i] = Some(filtered.bytes);
+            if let Some(t) = result.dropped.as_mut() {
+                tally_changes(t, &filtered.dropped);
+            }
+            changed.push((i, staged));
+        }
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        self.removed += result.removed;
+        self.files += changed.len() as u64;
+        let mut staged_files: Vec<String> = Vec::new();
+        if local {
+            // The folder is swapped whole: the unchanged files (and `_SUCCESS`) are linked.
+            for (i, f) in files.iter().enumerate() {
+                if sizes[i].is_none() {
+                    self.out.link_into_staging(self.run_id, f)?;
+                }
+            }
+            let success = format!("{dir}/_SUCCESS");
+            if self.out.local_root()?.join(&success).exists() {
+                self.out.link_into_staging(self.run_id, &success)?;
+            }
+            staged_files.extend(changed.iter().map(|(_, s)| s.clone()));
+        } else {
+            for (i, staged) in &changed {
+                files[*i] = self
+                    .out
+                    .published_file(self.run_id, name, self.as_of, staged);
+                staged_files.push(staged.clone());
+            }
+        }
+        for (i, f) in files.iter().enumerate() {
+            result.bytes += match sizes[i] {
+                Some(b) => b,
+                None => self.out.size_of(f).await?,
+            };
+        }
+        self.staged.insert(name.to_string(), staged_files);
+        Ok(Some(result))
+    }
+
+    /// Rewrites the state's files that hold an erased customer (once per erasure, for
+    /// every snapshot that shares them).
+    async fn state(&mut self, m: &mut Manifest) -> Result<()> {
+        let Some(state) = m.state.as_mut() else {
+            return Ok(());
+        };
+        let staging = format!("{}/{STATE}/as_of={}", staging_rel(self.run_id), self.as_of);
+        for (model, table) in state.tables.iter_mut() {
+            for (layer, files) in [("base", &mut table.files), ("delta", &mut table.delta)] {
+                let mut removed = 0u64;
+                for f in files.iter_mut() {
+                    let placed = match self.shared.get(f.as_str()) {
+                        Some(p) => p.clone(),
+                        None => {
+                            let base = f.rsplit('/').next().unwrap_or(f);
+                            let part = base.find("part-").map_or(base, |i| &base[i..]);
+                            let staged = format!("{model}/{layer}-{part}");
+                            let to = format!("{staging}/{staged}");
+                            let filtered =
+                                self.out.filter_parquet(f, &to, self.erasure.ids).await?;
+                            let placed = filtered.map(|r| Placed {
+                                rel: self.out.state_file(self.run_id, self.as_of, &staged),
+                                removed: r.removed,
+                                bytes: r.bytes,
+                            });
+                            if placed.is_some() {
+                                self.staged
+                                    .entry(STATE.to_string())
+                                    .or_default()
+                                    .push(staged);
+                                self.files += 1;
+                            }
+                            self.shared.insert(f.clone(), placed.clone());
+                            placed
+                        }
+                    };
+                    if let Some(p) = placed {
+                        removed += p.removed;
+                        *f = p.rel;
+                    }
+                }
+                self.removed += removed;
+                match layer {
+                    "base" => table.rows = table.rows.saturating_sub(removed),
+                    _ => table.delta_rows = table.delta_rows.saturating_sub(removed),
+                }
+            }
+        }
+        // Bytes of every file, as rewritten or shared.
+        let mut total = 0u64;
+        let mut all: Vec<String> = Vec::new();
+        for table in state.tables.values_mut() {
+            let mut bytes = [0u64; 2];
+            for (i, files) in [&table.files, &table.delta].into_iter().enumerate() {
+                for f in files {
+                    let b = match self.shared.values().flatten().find(|p| &p.rel == f) {
+                        Some(p) => p.bytes,
+                        None => self.out.size_of(f).await?,
+                    };
+                    bytes[i] += b;
+                    all.push(f.clone());
+                }
+            }
+            table.bytes = bytes[0];
+            table.delta_bytes = bytes[1];
+            total += bytes[0] + bytes[1];
+        }
+        state.files = all;
+        state.bytes = total;
+        Ok(())
+    }
+
+    /// The audiences' upload files without the erased customers' addresses.
+    async fn audiences(&mut self, m: &mut Manifest) -> Result<()> {
+        let Some(a) = m.audiences.as_mut() else {
+            return Ok(());
+        };
+        let contacts = self.erasure.contacts;
+        let staging = staging_rel(self.run_id);
+        let mut texts: Vec<(String, String, bool)> = Vec::new();
+        for f in &a.files {
+            let path = self.out.loc.path(f);
+            let bytes = retrying("read", || async {
+                self.out.loc.store.get(&path).await?.bytes().await
+            })
+            .await
+            .map_err(|e| self.out.err(format!("read {f}"), e))?;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let mut lines = text.split_inclusive('\n');
+            let mut kept: String = lines.next().unwrap_or_default().to_string();
+            let mut changed = false;
+            for line in lines {
+                if contacts.holds(line.trim_end_matches('\n')) {
+                    changed = true;
+                } else {
+                    kept.push_str(line);
+                }
+            }
+            texts.push((f.clone(), kept, changed));
+        }
+        if !texts.iter().any(|(_, _, c)| *c) {
+            return Ok(());
+        }
+        // Every file of the folder is staged: it is swapped (local) or put in place (object
+        // storage) whole.
+        let mut bytes = 0u64;
+        for (f, text, changed) in &texts {
+            let to = self.out.loc.path(&format!("{staging}/{f}"));
+            let body = object_store::PutPayload::from(text.clone().into_bytes());
+            retrying("put", || self.out.loc.store.put(&to, body.clone()))
+                .await
+                .map_err(|e| self.out.err(format!("write the rewritten {f}"), e))?;
+            bytes += text.len() as u64;
+            if *changed {
+                self.files += 1;
+            }
+        }
+        a.bytes = bytes;
+        let prefix = format!("{}/", a.path);
+        let staged = a
+            .files
+            .iter()
+            .map(|f| f.strip_prefix(&prefix).unwrap_or(f).to_string())
+            .collect();
+        self.staged.insert(AUDIENCES.to_string(), staged);
+        Ok(())
+    }
+}
+
+/// What one folder's rewrite removed.
+struct FolderResult {
+    removed: u64,
+    /// Bytes of the folder's files afterwards.
+    bytes: u64,
+    /// Removed rows by (audience, change), for the membership table.
+    dropped: Option<Vec<(String, String, u64)>>,
+}
+
+/// Adds the removed membership rows of `batches` by audience and change.
+fn tally_changes(tally: &mut Vec<(String, String, u64)>, batches: &[RecordBatch]) {
+    for b in batches {
+        let (Some(audience), Some(change)) =
+            (b.column_by_name("audience"), b.column_by_name("change"))
+        else {
+            continue;
+        };
+        let (Ok(audience), Ok(change)) = (
+            datafusion::arrow::compute::cast(audience, &DataType::Utf8),
+            datafusion::arrow::compute::cast(change, &DataType::Utf8),
+        ) else {
+            continue;
+        };
+        let (audience, change) = (audience.as_string::<i32>(), change.as_string::<i32>());
+        for i in 0..b.num_rows() {
+            if audience.is_null(i) || change.is_null(i) {
+                continue;
+            }
+            let (a, c) = (audience.value(i), change.value(i));
+            match tally.iter_mut().find(|(x, y, _)| x == a && y == c) {
+                Some(t) => t.2 += 1,
+                None => tally.push((a.to_string(), c.to_string(), 1)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rewritten_file_keeps_one_run_prefix() {
+        assert_eq!(
+            without_run_prefix("20261206T220401.123456Z-4242-part-0.parquet"),
+            "part-0.parquet"
+        );
+        assert_eq!(without_run_prefix("part-0.parquet"), "part-0.parquet");
+        assert_eq!(
+            without_run_prefix("20261206T220401.123456Z-x-part-0.parquet"),
+            "20261206T220401.123456Z-x-part-0.parquet"
+        );
+    }
+
+    #[test]
+    fn the_erased_file_round_trips_with_its_salt() {
+        let mut ids = ErasedIds::with_salt(b"s".to_vec());
+        ids.insert("a");
+        ids.insert("b");
+        let back = decode_erased(encode_erased(&ids).unwrap().into()).unwrap();
+        assert_eq!(back.salt(), b"s");
+        assert_eq!(back.hashes_hex(), ids.hashes_hex());
+        assert!(back.contains("a") && !back.contains("c"));
+    }
+
+    #[test]
+    fn upload_lines_match_trimmed_or_hashed_addresses() {
+        let c = Contacts::of([" Ann@Example.com "]);
+        assert!(c.holds("Ann@Example.com"));
+        assert!(c.holds("\"Ann@Example.com\"\r"));
+        // SHA-256 of "ann@example.com".
+        use sha2::{Digest, Sha256};
+        assert!(c.holds(&hex(&Sha256::digest(b"ann@example.com"))));
+        assert!(!c.holds("bob@example.com"));
+    }
+}

@@ -1,0 +1,530 @@
+//! `segflow forget`: erased customers leave every file of every kept snapshot (tables,
+//! rejected rows, state, audience files) while every other row stays as it was; later runs
+//! leave them out though the input still holds them; a kill at any step of the erasure
+//! leaves each snapshot whole, and `forget` again finishes it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{BooleanArray, Date32Array, Float64Array, Int64Array, StringArray};
+use sha2::{Digest, Sha256};
+
+use crate::crash::{
+    assert_consistent, assert_manifests_complete, listed_dirs, manifests, state_files, Tree,
+};
+use crate::util::{display_rows, segflow, segflow_env, snapshot_files, sorted_dump, write_columns};
+
+/// The customer every test erases: a champion with many orders, one line the
+/// `invalid_revenue` gate rejects, and an email address in the audiences.
+const ERASED: i64 = 7;
+const DATES: [&str; 2] = ["1998-01-31", "1998-02-28"];
+const NEXT: &str = "1998-03-31";
+
+type Rows = Vec<BTreeMap<String, Option<String>>>;
+
+fn address(id: i64) -> String {
+    format!("  Customer.{id}@Example.com ")
+}
+
+/// A CDNOW-shaped history (integer customer ids, a purchase date, quantity and amount, and
+/// an order number) of 240 customers from 1997-01 to 1998-03, with one rejected line per
+/// tenth customer; and their customers file with addresses and consent.
+fn write_inputs(dir: &Path) {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+    let start = chrono::NaiveDate::from_ymd_opt(1997, 1, 1).unwrap();
+    let (mut ids, mut orders, mut days, mut qty, mut amount) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut order_no = 0i64;
+    for c in 1..=240i64 {
+        let n = if c == ERASED { 14 } else { 1 + (c * 7919) % 6 };
+        for k in 0..n {
+            order_no += 1;
+            let day = (c * 13 + k * (29 + c % 17)) % 450;
+            ids.push(c);
+            orders.push(order_no);
+            days.push((start + chrono::Duration::days(day) - epoch).num_days() as i32);
+            qty.push(1 + (c + k) % 3);
+            amount.push(
+                10.0 + ((c * 31 + k * 17) % 90) as f64 + if c == ERASED { 40.0 } else { 0.0 },
+            );
+        }
+        if c % 10 == 7 {
+            order_no += 1;
+            ids.push(c);
+            orders.push(order_no);
+            days.push((start + chrono::Duration::days(200) - epoch).num_days() as i32);
+            qty.push(1);
+            amount.push(f64::NAN);
+        }
+    }
+    std::fs::create_dir_all(dir.join("orders")).unwrap();
+    write_columns(
+        &dir.join("orders/cdnow.parquet"),
+        vec![
+            ("customer_id", Arc::new(Int64Array::from(ids)), false),
+            ("order_no", Arc::new(Int64Array::from(orders)), false),
+            ("date", Arc::new(Date32Array::from(days)), false),
+            ("quantity", Arc::new(Int64Array::from(qty)), false),
+            ("amount", Arc::new(Float64Array::from(amount)), false),
+        ],
+    );
+    let customers: Vec<i64> = (1..=240).collect();
+    let emails: Vec<String> = customers.iter().map(|c| address(*c)).collect();
+    write_columns(
+        &dir.join("customers.parquet"),
+        vec![
+            (
+                "customer_id",
+                Arc::new(Int64Array::from(customers.clone())),
+                false,
+            ),
+            ("email", Arc::new(StringArray::from(emails)), false),
+            (
+                "email_opt_in",
+                Arc::new(BooleanArray::from(vec![true; 240])),
+                false,
+            ),
+            (
+                "ads_opt_in",
+                Arc::new(BooleanArray::from(vec![true; 240])),
+                false,
+            ),
+        ],
+    );
+}
+
+fn project(dir: &Path) -> PathBuf {
+    write_inputs(dir);
+    let config = dir.join("segflow.toml");
+    std::fs::write(
+        &config,
+        r#"[input.orders]
+uri = "orders"
+[input.orders.columns]
+order_id = "order_no"
+order_ts = "date"
+revenue = "amount"
+
+[input.customers]
+uri = "customers.parquet"
+
+[output]
+uri = "out"
+
+[gates]
+invalid_revenue = "drop"
+
+[[audiences]]
+name = "best"
+segmentation = "rfm"
+segments = ["Champions", "Loyal"]
+channel = "email"
+
+[[audiences]]
+name = "valuable"
+segmentation = "clv"
+segments = ["high value, low risk", "high value, medium risk", "high value, high risk"]
+channel = "ads"
+"#,
+    )
+    .unwrap();
+    config
+}
+
+fn run(config: &Path, as_of: &str, extra: &[&str]) {
+    let mut args = vec![
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--as-of",
+        as_of,
+    ];
+    args.extend_from_slice(extra);
+    let r = segflow(&args);
+    assert_eq!(r.code, 0, "run {as_of}: {}", r.stderr);
+}
+
+fn forget(config: &Path, list: &Path, failpoints: &str) -> crate::util::Run {
+    let env: Vec<(String, String)> = match failpoints {
+        "" => vec![],
+        f => vec![("SEGFLOW_FAILPOINTS".into(), f.into())],
+    };
+    segflow_env(
+        &[
+            "forget",
+            "--customers",
+            list.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &env,
+    )
+}
+
+fn parquet_rows(bytes: &[u8]) -> Rows {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::copy_from_slice(bytes),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    display_rows(&batches)
+}
+
+/// Every Parquet folder of a snapshot (tables, rejected rows, each state table's base and
+/// delta) by name, with its rows as the files the manifest lists hold them.
+fn snapshot_rows(tree: &Tree, m: &serde_json::Value) -> BTreeMap<String, Rows> {
+    let mut out = BTreeMap::new();
+    for (dir, files) in listed_dirs(m) {
+        let rows = files
+            .iter()
+            .filter(|f| f.ends_with(".parquet"))
+            .flat_map(|f| parquet_rows(&tree[f]))
+            .collect();
+        out.insert(dir, rows);
+    }
+    for (model, t) in m["state"]["tables"].as_object().into_iter().flatten() {
+        for layer in ["files", "delta"] {
+            let rows = t[layer]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|f| parquet_rows(&tree[f.as_str().unwrap()]))
+                .collect();
+            out.insert(format!("state {model} {layer}"), rows);
+        }
+    }
+    out
+}
+
+fn holds(rows: &Rows, id: &str) -> bool {
+    rows.iter().any(|r| {
+        r.get("customer_id")
+            .is_some_and(|v| v.as_deref() == Some(id))
+    })
+}
+
+fn without(rows: &Rows, id: &str) -> Rows {
+    rows.iter()
+        .filter(|r| {
+            r.get("customer_id")
+                .is_none_or(|v| v.as_deref() != Some(id))
+        })
+        .cloned()
+        .collect()
+}
+
+/// The erased customer's address as each upload file holds it.
+fn upload_values(id: i64) -> [String; 2] {
+    let trimmed = address(id).trim().to_string();
+    let hashed: String = Sha256::digest(trimmed.to_lowercase().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    [trimmed, hashed]
+}
+
+/// Snapshot `d` of `after` is `before`'s without the erased customer: no row, state row or
+/// upload line of theirs, every other row as it was (aggregates included, which hold no
+/// customer).
+fn assert_erased(before: &Tree, after: &Tree, d: &str) {
+    let id = ERASED.to_string();
+    let (b, a) = (&manifests(before)[d], &manifests(after)[d]);
+    let (old, new) = (snapshot_rows(before, b), snapshot_rows(after, a));
+    assert_eq!(
+        old.keys().collect::<Vec<_>>(),
+        new.keys().collect::<Vec<_>>(),
+        "{d}"
+    );
+    for (name, rows) in &new {
+        assert!(!holds(rows, &id), "{d} {name} still holds customer {id}");
+        assert_eq!(
+            sorted_dump(rows),
+            sorted_dump(&without(&old[name], &id)),
+            "{d} {name}: rows other than customer {id}'s changed"
+        );
+    }
+    for f in a["audiences"]["files"].as_array().unwrap() {
+        let text = String::from_utf8_lossy(&after[f.as_str().unwrap()]).into_owned();
+        let old_text = String::from_utf8_lossy(&before[f.as_str().unwrap()]).into_owned();
+        let kept: Vec<&str> = old_text
+            .lines()
+            .filter(|l| !upload_values(ERASED).iter().any(|v| v == l))
+            .collect();
+        assert_eq!(text.lines().collect::<Vec<_>>(), kept, "{d} {f}");
+    }
+    let rows = |m: &serde_json::Value, t: &str| m["tables"][t]["rows"].as_u64().unwrap();
+    let members = |tree: &Tree, m: &serde_json::Value| {
+        snapshot_rows(tree, m)[m["tables"]["audience_members"]["path"].as_str().unwrap()].clone()
+    };
+    assert_eq!(
+        rows(a, "audience_members") as usize,
+        members(after, a).len()
+    );
+    let summary = &a["audiences"]["audiences"]["best"];
+    let counted = |change: &str| {
+        members(after, a)
+            .iter()
+            .filter(|r| {
+                r["audience"].as_deref() == Some("best") && r["change"].as_deref() == Some(change)
+            })
+            .count() as u64
+    };
+    assert_eq!(summary["entered"].as_u64(), Some(counted("entered")), "{d}");
+    assert_eq!(summary["stayed"].as_u64(), Some(counted("stayed")), "{d}");
+    assert_eq!(summary["left"].as_u64(), Some(counted("left")), "{d}");
+    assert_eq!(a["erasure"]["erased_ids"].as_u64(), Some(1), "{d}");
+}
+
+/// Snapshot `d` of `after` is exactly its erasure, or (its manifest not yet rewritten)
+/// each of its folders holds exactly its old rows or exactly its rows without the erased
+/// customer: on local disk a commit swaps folders one by one, and the next process rolls
+/// a commit cut short back (as for a run killed mid-commit).
+fn assert_whole(before: &Tree, after: &Tree, d: &str) {
+    let (b, a) = (&manifests(before)[d], &manifests(after)[d]);
+    if !a["erasure"].is_null() {
+        return assert_erased(before, after, d);
+    }
+    let id = ERASED.to_string();
+    let old = snapshot_rows(before, b);
+    for (name, rows) in snapshot_rows(after, a) {
+        let rows = sorted_dump(&rows);
+        assert!(
+            rows == sorted_dump(&old[&name]) || rows == sorted_dump(&without(&old[&name], &id)),
+            "{d} {name} is neither as it was nor erased"
+        );
+    }
+}
+
+fn tree(out: &Path) -> Tree {
+    snapshot_files(out)
+}
+
+fn published(dir: &Path) -> (PathBuf, Tree) {
+    let config = project(dir);
+    run(&config, DATES[0], &[]);
+    run(&config, DATES[1], &[]);
+    let before = tree(&dir.join("out"));
+    let ms = manifests(&before);
+    assert!(
+        ms.values().all(|m| !m["state"].is_null()),
+        "the runs keep state"
+    );
+    assert_eq!(ms[DATES[1]]["run"]["mode"], "incremental");
+    for d in DATES {
+        let rows = snapshot_rows(&before, &ms[d]);
+        let id = ERASED.to_string();
+        // An incremental run rejects only the new lines: the full one holds theirs.
+        let rejected = (d == DATES[0]).then(|| format!("_rejected/as_of={d}"));
+        let tables = [
+            format!("rfm/as_of={d}"),
+            format!("audience_members/as_of={d}"),
+        ];
+        for name in tables.into_iter().chain(rejected) {
+            let held = rows.get(&name).is_some_and(|r| holds(r, &id));
+            assert!(
+                held,
+                "the fixture puts customer {id} in {name} ({:?})",
+                rows.keys()
+            );
+        }
+        let best = format!("_audiences/as_of={d}/best.csv");
+        let text = String::from_utf8_lossy(&before[&best]).into_owned();
+        assert!(
+            text.lines().any(|l| l == upload_values(ERASED)[0]),
+            "{best}"
+        );
+    }
+    (config, before)
+}
+
+#[test]
+fn forget_removes_a_customer_from_every_kept_snapshot_and_later_runs_leave_them_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, before) = published(dir.path());
+    let list = dir.path().join("forget.txt");
+    std::fs::write(&list, format!("{ERASED}\n")).unwrap();
+    let r = forget(&config, &list, "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("erased 1 customer(s) (1 new"),
+        "{}",
+        r.stdout
+    );
+    let out = dir.path().join("out");
+    let after = tree(&out);
+    assert_consistent(&after);
+    assert!(after.contains_key("_privacy/erased.parquet"));
+    for d in DATES {
+        assert_erased(&before, &after, d);
+        let m = &manifests(&after)[d];
+        assert_eq!(m["erasure"]["erasures"][0]["customers"], 1);
+        assert!(
+            m["erasure"]["erasures"][0]["rows_removed"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+    }
+    // The erased list holds a salted hash, not the id.
+    let erased = parquet_rows(&after["_privacy/erased.parquet"]);
+    assert_eq!(erased.len(), 1);
+    assert_ne!(erased[0]["hash"].as_deref(), Some("7"));
+    // Nothing else is left: no file holds the erased customer's address.
+    for (f, bytes) in &after {
+        for v in upload_values(ERASED) {
+            assert!(
+                !String::from_utf8_lossy(bytes).contains(&v),
+                "{f} holds the erased customer's address"
+            );
+        }
+    }
+
+    // A second request for the same customer changes nothing.
+    let r = forget(&config, &list, "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("already without them"), "{}", r.stdout);
+    crate::crash::assert_same_tree(&tree(&out), &after, "a repeated forget");
+
+    // The next night: the input still holds the customer (and new lines of theirs); the
+    // run is incremental from the rewritten state and leaves them out, exactly as a full
+    // run over the same kept snapshots does.
+    let full_out = dir.path().join("full");
+    copy_dir(&out, &full_out);
+    run(&config, NEXT, &[]);
+    let next = tree(&out);
+    let m = &manifests(&next)[NEXT];
+    assert_eq!(m["run"]["mode"], "incremental", "{m}");
+    assert_eq!(m["erasure"]["erased_ids"], 1);
+    let full_flags = ["--full-refresh", "--output", full_out.to_str().unwrap()];
+    run(&config, NEXT, &full_flags);
+    let full = tree(&full_out);
+    let fm = &manifests(&full)[NEXT];
+    assert_eq!(fm["run"]["mode"], "full");
+    let (inc_rows, full_rows) = (snapshot_rows(&next, m), snapshot_rows(&full, fm));
+    for (dir_name, rows) in &inc_rows {
+        if dir_name.starts_with("state") || dir_name.starts_with("_report") {
+            continue;
+        }
+        assert!(
+            !holds(rows, &ERASED.to_string()),
+            "{NEXT} {dir_name} holds the erased customer"
+        );
+        assert_eq!(
+            sorted_dump(rows),
+            sorted_dump(&full_rows[dir_name]),
+            "{NEXT} {dir_name}: the incremental run differs from a full run"
+        );
+    }
+}
+
+#[test]
+fn a_customers_file_without_ids_or_the_column_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = project(dir.path());
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let r = forget(&config, &empty, "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("empty.txt") && r.stderr.contains("no customer id"),
+        "{}",
+        r.stderr
+    );
+    let wrong = dir.path().join("ids.parquet");
+    write_columns(
+        &wrong,
+        vec![("id", Arc::new(Int64Array::from(vec![7])), false)],
+    );
+    let r = forget(&config, &wrong, "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ids.parquet")
+            && r.stderr.contains("no column `customer_id` (columns: id)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !dir.path().join("out/_privacy").exists(),
+        "nothing recorded"
+    );
+}
+
+/// SIGKILL at each step of the erasure: every snapshot is whole (exactly as it was, or
+/// exactly erased), a run in between leaves the customer out, and `forget` again (the same
+/// list) finishes: every snapshot erased, no file left that no manifest lists.
+#[test]
+fn sigkill_during_forget_leaves_every_snapshot_whole_and_forget_again_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, before) = published(dir.path());
+    let out = dir.path().join("out");
+    let pristine = dir.path().join("pristine");
+    copy_dir(&out, &pristine);
+    let list = dir.path().join("forget.parquet");
+    write_columns(
+        &list,
+        vec![(
+            "customer_id",
+            Arc::new(Int64Array::from(vec![ERASED])),
+            false,
+        )],
+    );
+    for point in [
+        "erased_listed",
+        "before_commit",
+        "mid_commit",
+        "before_manifest",
+        "after_manifest",
+    ] {
+        std::fs::remove_dir_all(&out).unwrap();
+        copy_dir(&pristine, &out);
+        let r = forget(&config, &list, &format!("{point}=kill"));
+        assert_eq!(r.code, -1, "not killed at {point}: {}", r.stderr);
+        let killed = tree(&out);
+        assert_manifests_complete(&killed);
+        for d in DATES {
+            assert_whole(&before, &killed, d);
+        }
+        let r = forget(&config, &list, "");
+        assert_eq!(r.code, 0, "forget after a kill at {point}: {}", r.stderr);
+        let done = tree(&out);
+        assert_consistent(&done);
+        for d in DATES {
+            assert_erased(&before, &done, d);
+        }
+    }
+    // Killed before any snapshot was rewritten: the next run already leaves the customer
+    // out (a full run: the kept state still holds them).
+    std::fs::remove_dir_all(&out).unwrap();
+    copy_dir(&pristine, &out);
+    let r = forget(&config, &list, "erased_listed=kill");
+    assert_eq!(r.code, -1, "{}", r.stderr);
+    run(&config, NEXT, &[]);
+    let next = tree(&out);
+    let m = &manifests(&next)[NEXT];
+    assert_eq!(
+        m["run"]["full_reason"], "customers erased since the state",
+        "{m}"
+    );
+    for (name, rows) in snapshot_rows(&next, m) {
+        assert!(!holds(&rows, &ERASED.to_string()), "{NEXT} {name}");
+    }
+    for f in state_files(m) {
+        assert!(!holds(&parquet_rows(&next[&f]), &ERASED.to_string()), "{f}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
