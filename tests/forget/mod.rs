@@ -150,6 +150,10 @@ fn forget(config: &Path, list: &Path, failpoints: &str) -> crate::util::Run {
         "" => vec![],
         f => vec![("SEGFLOW_FAILPOINTS".into(), f.into())],
     };
+    forget_env(config, list, &env)
+}
+
+fn forget_env(config: &Path, list: &Path, env: &[(String, String)]) -> crate::util::Run {
     segflow_env(
         &[
             "forget",
@@ -158,7 +162,7 @@ fn forget(config: &Path, list: &Path, failpoints: &str) -> crate::util::Run {
             "--config",
             config.to_str().unwrap(),
         ],
-        &env,
+        env,
     )
 }
 
@@ -527,4 +531,84 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+/// On S3 the erasure copies only the rewritten files in under new names (the commit of
+/// object storage), deletes the replaced ones after the manifest, and puts the audience
+/// files in place: each snapshot ends exactly erased, and the objects of the files that
+/// held no erased customer are untouched.
+#[test]
+fn forget_on_s3_rewrites_only_the_files_that_hold_the_customer() {
+    let moto = crate::s3::Moto::start(&[]);
+    moto.create_bucket("bucket");
+    let dir = tempfile::tempdir().unwrap();
+    let local = project(dir.path());
+    moto.upload_dir("bucket", &dir.path().join("orders"), "input/orders");
+    let text = std::fs::read_to_string(&local)
+        .unwrap()
+        .replace("uri = \"orders\"", "uri = \"s3://bucket/input/orders\"")
+        .replace("uri = \"out\"", "uri = \"s3://bucket/out\"");
+    let config = dir.path().join("s3.toml");
+    std::fs::write(&config, text).unwrap();
+    for d in DATES {
+        let r = crate::s3::run_env(&config, &moto.env(), &["--as-of", d]);
+        assert_eq!(r.code, 0, "{d}: {}", r.stderr);
+    }
+    let before = moto.tree("bucket", "out");
+    let list = dir.path().join("forget.txt");
+    std::fs::write(&list, format!("{ERASED}\n")).unwrap();
+    let r = forget_env(&config, &list, &moto.env());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let after = moto.tree("bucket", "out");
+    assert_consistent(&after);
+    for d in DATES {
+        assert_erased(&before, &after, d);
+        let (b, a) = (&manifests(&before)[d], &manifests(&after)[d]);
+        let listed = |m: &serde_json::Value| -> Vec<String> {
+            let mut files: Vec<String> = listed_dirs(m).into_iter().flat_map(|(_, f)| f).collect();
+            files.extend(state_files(m));
+            files
+        };
+        let (old, new) = (listed(b), listed(a));
+        // Exactly the files that held the customer were replaced (audience files and the
+        // report keep their names); the others are the very same objects.
+        for f in old.iter().filter(|f| f.ends_with(".parquet")) {
+            let held = holds(&parquet_rows(&before[f]), &ERASED.to_string());
+            assert_eq!(held, !new.contains(f), "{d}: {f}");
+            if !held {
+                assert_eq!(after[f], before[f], "{d}: {f} was rewritten though kept");
+            }
+        }
+        assert!(old
+            .iter()
+            .any(|f| new.contains(f) && f.ends_with(".parquet")));
+    }
+}
+
+/// Delta tables are not rewritten by an erasure: `forget` on an output that publishes one
+/// exits 2 saying so, and changes nothing (no erased list either).
+#[test]
+fn forget_on_delta_output_exits_2_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::delta::delta_config(dir.path(), "");
+    let r = segflow(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--as-of",
+        crate::util::DEMO_AS_OF,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = dir.path().join("out");
+    let before = tree(&out);
+    let list = dir.path().join("forget.txt");
+    std::fs::write(&list, "100114\n").unwrap();
+    let r = forget(&config, &list, "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Delta table") && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.stderr
+    );
+    crate::crash::assert_same_tree(&tree(&out), &before, "a refused forget");
 }
