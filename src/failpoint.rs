@@ -17,7 +17,8 @@
 //! `after_manifest` (the snapshot is committed, its report in place; replaced files and
 //! staging not yet removed). `out_of_memory` (with `error`): the first model computed fails as
 //! if the memory pool had refused an allocation. `segflow forget` has `erased_listed` (the erased ids are written, no snapshot is
-//! rewritten yet), then the commit's points for each snapshot it rewrites. `segflow generate` has
+//! rewritten yet), `delta_erased` (Delta output: the erased rows are deleted from every
+//! table, no manifest names the new versions yet), then the commit's points for each snapshot it rewrites. `segflow generate` has
 //! `generate_file_written` (the first month's file is complete). `segflow executor` has
 //! `executor_task` (with `kill`: the executor is handed its first task of a model's query).
 

@@ -160,26 +160,6 @@ async fn contacts_of(settings: &Settings, ids: &[String]) -> Result<Contacts> {
     Ok(Contacts::of(emails.iter().map(String::as_str)))
 }
 
-/// Delta tables are not rewritten by an erasure: `forget` stops before it changes anything
-/// when a kept snapshot publishes one.
-async fn refuse_delta(output: &Output) -> Result<()> {
-    for as_of in output.snapshots().await? {
-        let Some(m) = output.manifest(as_of).await? else {
-            continue;
-        };
-        if let Some((name, _)) = m.tables.iter().find(|(_, t)| t.delta_version.is_some()) {
-            return Err(Error::ConfigValue {
-                key: "output.format".into(),
-                message: format!(
-                    "snapshot {as_of} publishes `{name}` as a Delta table, and segflow forget \
-                     rewrites Parquet snapshots only; nothing was changed"
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// `segflow forget`: takes the output's lock, adds the ids to the erased list, rewrites
 /// every kept snapshot that holds one (or an id an earlier, interrupted request named).
 pub async fn forget(settings: &Settings, file: &Path) -> Result<ForgetSummary> {
@@ -205,7 +185,6 @@ pub async fn forget(settings: &Settings, file: &Path) -> Result<ForgetSummary> {
         output.recover(&run_id).await?;
         // Ids are erased as published: the key must be the snapshots'.
         crate::commands::run::check_pseudonyms(settings, &output).await?;
-        refuse_delta(&output).await?;
         let mut ids = match output.erased_ids().await? {
             Some(ids) => ids,
             None => ErasedIds::new_salted()

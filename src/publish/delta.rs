@@ -242,6 +242,17 @@ impl Output {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
             .build();
+        // No statistics of customer ids in the log: its commits are kept after an erasure
+        // deletes the rows (and their min / max would name customers); every other column
+        // keeps them for data skipping. Set when a table is created.
+        let stats_columns: Vec<String> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != "customer_id" && !partitions.contains(n))
+            .collect();
+        let stats_columns = stats_columns.join(",");
         let mut write = table
             .write(vec![])
             .with_input_plan(df.into_unoptimized_plan())
@@ -249,7 +260,13 @@ impl Output {
             .with_save_mode(SaveMode::Overwrite)
             .with_replace_where(date_literal(as_of))
             .with_partition_columns(partitions)
-            .with_configuration([("delta.checkpointInterval", Some(CHECKPOINT_INTERVAL))])
+            .with_configuration([
+                ("delta.checkpointInterval", Some(CHECKPOINT_INTERVAL)),
+                (
+                    "delta.dataSkippingStatsColumns",
+                    Some(stats_columns.as_str()),
+                ),
+            ])
             .with_writer_properties(props)
             .with_commit_properties(commit);
         if self.tables.schema_change == SchemaChange::Overwrite {
@@ -298,6 +315,18 @@ impl Output {
         name: &str,
         as_of: NaiveDate,
     ) -> Result<(Vec<String>, u64)> {
+        let (files, bytes, _) = self.partition(table, name, as_of).await?;
+        Ok((files, bytes))
+    }
+
+    /// The data files, bytes and rows (from the files' statistics, None when one has none)
+    /// of partition `as_of`.
+    async fn partition(
+        &self,
+        table: &DeltaTable,
+        name: &str,
+        as_of: NaiveDate,
+    ) -> Result<(Vec<String>, u64, Option<u64>)> {
         let day = as_of.to_string();
         let filter = [(AS_OF, FilterOp::Eq, FilterValue::Scalar(day.as_str()))];
         let views: Vec<_> = table
@@ -306,12 +335,16 @@ impl Output {
             .await
             .map_err(|e| self.err(format!("list the files of Delta table {name}"), e))?;
         let bytes = views.iter().map(|v| v.size().max(0) as u64).sum();
+        let rows = views
+            .iter()
+            .map(|v| v.num_records().map(|n| n as u64))
+            .sum::<Option<u64>>();
         let mut files: Vec<String> = views
             .iter()
             .map(|v| format!("{name}/{}", v.object_store_path()))
             .collect();
         files.sort();
-        Ok((files, bytes))
+        Ok((files, bytes, rows))
     }
 
     /// Restores tables this run wrote to their previous versions (a table it created is
@@ -423,6 +456,99 @@ impl Output {
             .await
             .map(|_| ())
             .map_err(|e| self.err(format!("vacuum Delta table {name}"), e))
+    }
+
+    /// Erasure of Delta table `name`: one DELETE commit of the rows of erased customers
+    /// (with `segflow.run_id` in its commit info), when it holds any; returns the rows
+    /// deleted. A DELETE is not a write recovery restores: an erasure cut short before the
+    /// manifests is kept, and `forget` again records it.
+    pub(crate) async fn erase_delta(
+        &self,
+        name: &str,
+        ids: &Arc<crate::privacy::ErasedIds>,
+        run_id: &str,
+    ) -> Result<u64> {
+        use datafusion::prelude::col;
+        let Some(table) = self.open_delta(name).await? else {
+            return Ok(0);
+        };
+        let op = format!("erase customers from Delta table {name}");
+        let ctx = SessionContext::new();
+        let provider = table
+            .table_provider()
+            .with_session(Arc::new(ctx.state()))
+            .await
+            .map_err(|e| self.err(&op, e))?;
+        let df = ctx.read_table(provider).map_err(|e| self.err(&op, e))?;
+        if !df.schema().has_column_with_unqualified_name("customer_id") {
+            return Ok(0);
+        }
+        // Whether it holds any (the ids themselves never reach the log: the predicate is
+        // the salted-hash test, recorded as `segflow_erased(customer_id)`).
+        let erased = ids.udf().call(vec![col("customer_id")]);
+        let found = df
+            .filter(erased.clone())
+            .and_then(|d| d.limit(0, Some(1)))
+            .map_err(|e| self.err(&op, e))?
+            .count()
+            .await
+            .map_err(|e| self.err(&op, e))?;
+        if found == 0 {
+            return Ok(0);
+        }
+        let commit = CommitProperties::default()
+            .with_metadata([("segflow.run_id".to_string(), serde_json::json!(run_id))]);
+        let (_, metrics) = table
+            .delete()
+            .with_predicate(erased)
+            .with_session_state(Arc::new(delta_session(&ctx)))
+            .with_commit_properties(commit)
+            .await
+            .map_err(|e| self.err(&op, e))?;
+        let deleted = metrics.num_deleted_rows.unwrap_or(0) as u64;
+        info!(
+            table = name,
+            rows = deleted,
+            "erased customers deleted from the Delta table"
+        );
+        Ok(deleted)
+    }
+
+    /// A snapshot's entry of Delta table `name` at the table's newest version: version,
+    /// files, bytes and rows of partition `as_of` (after an erasure).
+    pub(crate) async fn delta_entry_now(
+        &self,
+        name: &str,
+        as_of: NaiveDate,
+        entry: &mut TableEntry,
+    ) -> Result<()> {
+        let Some(table) = self.open_delta(name).await? else {
+            return Ok(());
+        };
+        let (files, bytes, rows) = self.partition(&table, name, as_of).await?;
+        entry.delta_version = table.version();
+        entry.files = files;
+        entry.bytes = bytes;
+        if let Some(rows) = rows {
+            entry.rows = rows;
+        }
+        Ok(())
+    }
+
+    /// After an erasure: every file the tables' newest versions no longer reference is
+    /// deleted (a vacuum with zero retention), so the erased rows cannot be read through
+    /// time travel either.
+    pub(crate) async fn vacuum_erased(&self, name: &str) -> Result<()> {
+        let Some(table) = self.open_delta(name).await? else {
+            return Ok(());
+        };
+        table
+            .vacuum()
+            .with_retention_period(chrono::Duration::zero())
+            .with_enforce_retention_duration(false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(format!("vacuum Delta table {name} after the erasure"), e))
     }
 
     /// The rows of partition `as_of` of Delta table `name`, without the `as_of` column.

@@ -12,10 +12,14 @@
 //!   files lose the erased customers' addresses, and the manifest, put last, lists the new
 //!   files. A state file shared by several snapshots is rewritten once. A kill leaves each
 //!   snapshot whole, before or after; running `forget` again finishes the others.
+//! - Delta tables: the erased customers' rows are deleted from each table first (one
+//!   DELETE commit), each snapshot's manifest then names the table's new version, and at
+//!   the end a vacuum with zero retention deletes every file the newest versions no longer
+//!   reference: time travel to before the erasure ends.
 //! - Aggregates (segment_summary, cohorts, ...) of kept snapshots are left as they were:
 //!   they hold no customer.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -35,6 +39,7 @@ use super::layout::{AUDIENCES, ERASED_FILE, REJECTED, STATE};
 use super::manifest::{ErasureEntry, ErasureRecord};
 use super::{staging_rel, Manifest, Output, OutputLock};
 use crate::error::Result;
+use crate::failpoint;
 use crate::privacy::{hex, unhex, ErasedIds};
 use crate::storage::retrying;
 
@@ -226,16 +231,36 @@ impl Output {
         erasure: &Erasure<'_>,
     ) -> Result<Vec<SnapshotErasure>> {
         let total = erasure.ids.len() as u64;
+        let mut pending = Vec::new();
+        for as_of in self.snapshots().await? {
+            if let Some(m) = self
+                .manifest(as_of)
+                .await?
+                .filter(|m| m.erased_ids() < total)
+            {
+                pending.push(m);
+            }
+        }
+        // Delta tables first: one DELETE commit each; the manifests then name the new
+        // versions, and a vacuum ends time travel to before the erasure.
+        let delta: BTreeSet<String> = pending
+            .iter()
+            .flat_map(|m| m.tables.iter().filter(|(_, t)| t.delta_version.is_some()))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let ids = Arc::new(erasure.ids.clone());
+        for name in &delta {
+            lock.heartbeat().await?;
+            self.erase_delta(name, &ids, run_id).await?;
+        }
+        if !delta.is_empty() {
+            failpoint::hit("delta_erased").await;
+        }
         // State files rewritten for an earlier snapshot, which later ones share.
         let mut shared: HashMap<String, Option<Placed>> = HashMap::new();
         let mut done = Vec::new();
-        for as_of in self.snapshots().await? {
-            let Some(old) = self.manifest(as_of).await? else {
-                continue;
-            };
-            if old.erased_ids() >= total {
-                continue;
-            }
+        for old in pending {
+            let as_of = old.as_of;
             lock.heartbeat().await?;
             let mut job = Rewrite {
                 out: self,
@@ -267,6 +292,9 @@ impl Output {
                 // No file changes: the manifest alone (one atomic write) records it.
                 self.put_json(&super::manifest_rel(as_of), &m, run_id)
                     .await?;
+                // It may now share state files rewritten for an earlier snapshot: the
+                // files it listed before are left to no one.
+                self.sweep_state().await?;
             } else {
                 self.commit(lock, &mut m, &staged, None).await?;
             }
@@ -276,6 +304,9 @@ impl Output {
                 rows_removed: removed,
                 files_rewritten: files,
             });
+        }
+        for name in &delta {
+            self.vacuum_erased(name).await?;
         }
         Ok(done)
     }
@@ -393,13 +424,18 @@ impl Rewrite<'_, '_> {
     async fn snapshot(&mut self, m: &mut Manifest) -> Result<()> {
         let names: Vec<String> = m.tables.keys().cloned().collect();
         for name in names {
-            let Some(t) = m
-                .tables
-                .get_mut(&name)
-                .filter(|t| t.delta_version.is_none())
-            else {
+            let Some(t) = m.tables.get_mut(&name) else {
                 continue;
             };
+            if t.delta_version.is_some() {
+                // Its erased rows were deleted (see `Output::erase`): the entry takes the
+                // table's newest version.
+                let (rows, files) = (t.rows, t.files.clone());
+                self.out.delta_entry_now(&name, self.as_of, t).await?;
+                self.removed += rows.saturating_sub(t.rows);
+                self.files += t.files.iter().filter(|f| !files.contains(f)).count() as u64;
+                continue;
+            }
             let (path, mut files) = (t.path.clone(), t.files.clone());
             let tally = (name == self.erasure.members_table).then(Vec::new);
             if let Some(r) = self.folder(&name, &path, &mut files, tally).await? {

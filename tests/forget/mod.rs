@@ -585,30 +585,109 @@ fn forget_on_s3_rewrites_only_the_files_that_hold_the_customer() {
     }
 }
 
-/// Delta tables are not rewritten by an erasure: `forget` on an output that publishes one
-/// exits 2 saying so, and changes nothing (no erased list either).
+const DELTA_DATES: [&str; 2] = ["2026-10-31", crate::util::DEMO_AS_OF];
+/// A customer of the demo (in rfm's Delta files of both dates).
+const DEMO_CUSTOMER: &str = "100114";
+
+/// The demo on Delta output at two dates; the output's files.
+fn delta_published(dir: &Path) -> (PathBuf, Tree) {
+    let config = crate::delta::delta_config(dir, "");
+    for d in DELTA_DATES {
+        let r = segflow(&["run", "--config", config.to_str().unwrap(), "--as-of", d]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let before = tree(&dir.join("out"));
+    let rfm = &manifests(&before)[DELTA_DATES[1]]["tables"]["rfm"];
+    let held = rfm["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| holds(&parquet_rows(&before[f.as_str().unwrap()]), DEMO_CUSTOMER));
+    assert!(held, "the demo has customer {DEMO_CUSTOMER}");
+    (config, before)
+}
+
+/// Every kept manifest names its tables' newest versions, whose rows are the old ones
+/// without the customer's; no data file holds them and no log file names them.
+fn assert_delta_erased(before: &Tree, after: &Tree) {
+    let id = DEMO_CUSTOMER;
+    crate::delta::assert_delta_consistent(after);
+    for d in DELTA_DATES {
+        let (b, a) = (&manifests(before)[d], &manifests(after)[d]);
+        for (name, t) in a["tables"].as_object().unwrap() {
+            let rows = |tree: &Tree, t: &serde_json::Value| -> Rows {
+                t["files"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|f| parquet_rows(&tree[f.as_str().unwrap()]))
+                    .collect()
+            };
+            let (old, new) = (rows(before, &b["tables"][name]), rows(after, t));
+            assert_eq!(
+                sorted_dump(&new),
+                sorted_dump(&without(&old, id)),
+                "{d} {name}: rows other than customer {id}'s changed"
+            );
+            assert_eq!(t["rows"].as_u64(), Some(new.len() as u64), "{d} {name}");
+        }
+        assert_eq!(a["erasure"]["erased_ids"], 1, "{d}");
+    }
+    for (f, bytes) in after {
+        if f.ends_with(".parquet") {
+            assert!(
+                !holds(&parquet_rows(bytes), id),
+                "{f} still holds customer {id}"
+            );
+        }
+        // No statistics of customer ids in the log, and the DELETE's predicate is the
+        // salted-hash test, not the ids.
+        if f.contains("/_delta_log/") {
+            assert!(
+                !String::from_utf8_lossy(bytes).contains(id),
+                "{f} names customer {id}"
+            );
+        }
+    }
+}
+
+/// On Delta output each table gets one DELETE commit of the customer's rows; every kept
+/// manifest names the new version, and the vacuum that follows leaves no data file that
+/// holds them: time travel to before the erasure ends. No log file names the customer.
 #[test]
-fn forget_on_delta_output_exits_2_and_changes_nothing() {
+fn forget_on_delta_output_deletes_the_rows_and_vacuums_every_file_that_held_them() {
     let dir = tempfile::tempdir().unwrap();
-    let config = crate::delta::delta_config(dir.path(), "");
-    let r = segflow(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--as-of",
-        crate::util::DEMO_AS_OF,
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let out = dir.path().join("out");
-    let before = tree(&out);
+    let (config, before) = delta_published(dir.path());
     let list = dir.path().join("forget.txt");
-    std::fs::write(&list, "100114\n").unwrap();
+    std::fs::write(&list, format!("{DEMO_CUSTOMER}\n")).unwrap();
     let r = forget(&config, &list, "");
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("Delta table") && r.stderr.contains("nothing was changed"),
-        "{}",
-        r.stderr
-    );
-    crate::crash::assert_same_tree(&tree(&out), &before, "a refused forget");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_delta_erased(&before, &tree(&dir.path().join("out")));
+}
+
+/// Killed after the Delta deletes, before any manifest names the new versions: each
+/// snapshot still reads whole (its manifest's version, not yet vacuumed), a run in between
+/// keeps the deletes, and `forget` again finishes.
+#[test]
+fn forget_on_delta_killed_after_the_deletes_is_finished_by_forget_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, before) = delta_published(dir.path());
+    let list = dir.path().join("forget.txt");
+    std::fs::write(&list, format!("{DEMO_CUSTOMER}\n")).unwrap();
+    let r = forget(&config, &list, "delta_erased=kill");
+    assert_eq!(r.code, -1, "{}", r.stderr);
+    let out = dir.path().join("out");
+    let killed = tree(&out);
+    for d in DELTA_DATES {
+        let m = &manifests(&killed)[d];
+        assert!(m["erasure"].is_null(), "{d} not yet rewritten");
+        for t in m["tables"].as_object().unwrap().values() {
+            for f in t["files"].as_array().unwrap() {
+                assert!(killed.contains_key(f.as_str().unwrap()), "{d}: {f} missing");
+            }
+        }
+    }
+    let r = forget(&config, &list, "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_delta_erased(&before, &tree(&out));
 }
