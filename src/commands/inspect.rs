@@ -202,6 +202,13 @@ async fn scratch_run(
         &settings.s3,
         &Default::default(),
     )?;
+    // Customers erased from the output (`segflow forget`) are left out here too.
+    let real = existing_output(&settings)?;
+    if let Some(output) = &real {
+        if let Some(erased) = output.erased_ids().await?.filter(|e| !e.is_empty()) {
+            settings.privacy.erased = Some(std::sync::Arc::new(erased));
+        }
+    }
     let ctx = build_session(&settings)?;
     let run_id = format!("scratch-{}", std::process::id());
     let (sources, staging) = stage_inputs(
@@ -216,7 +223,6 @@ async fn scratch_run(
         |_| crate::ingest::Lines::All,
     )
     .await?;
-    let real = existing_output(&settings)?;
     let previous_manifest = match &real {
         Some(o) => o.previous_snapshot(sources.as_of).await?,
         None => None,
@@ -224,7 +230,7 @@ async fn scratch_run(
     let previous = Previous {
         output: real.as_ref().unwrap_or(&scratch),
         manifest: previous_manifest.as_ref(),
-        erased: None,
+        erased: settings.privacy.erased.as_ref(),
     };
     let inputs = ModelRun {
         ctx: &ctx,

@@ -386,6 +386,20 @@ fn forget_removes_a_customer_from_every_kept_snapshot_and_later_runs_leave_them_
         }
     }
 
+    // `preview` leaves them out too: its customer_facts has the erased snapshot's rows.
+    let r = segflow(&[
+        "preview",
+        "customer_facts",
+        "--config",
+        config.to_str().unwrap(),
+        "--as-of",
+        DATES[1],
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows = manifests(&after)[DATES[1]]["tables"]["customer_facts"]["rows"].clone();
+    let line = format!("customer_facts as_of={}: {rows} row(s)", DATES[1]);
+    assert!(r.stdout.contains(&line), "{line} not in\n{}", r.stdout);
+
     // A second request for the same customer changes nothing.
     let r = forget(&config, &list, "");
     assert_eq!(r.code, 0, "{}", r.stderr);
