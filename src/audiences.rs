@@ -113,7 +113,7 @@ full join before_members b on b.audience = n.audience and b.customer_id = n.cust
 
 /// A customer's email address in `customers`: the smallest trimmed, non-empty one (the
 /// model's membership and the upload files take the same).
-const CONTACT_EMAIL: &str = "min(case when trim(email) <> '' then trim(email) end)";
+pub(crate) const CONTACT_EMAIL: &str = "min(case when trim(email) <> '' then trim(email) end)";
 
 /// An audience's upload files (name and header) and the query of their one column: the
 /// same rows for every file of the audience.

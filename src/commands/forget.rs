@@ -13,7 +13,6 @@ use std::sync::Arc;
 use chrono::Utc;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::prelude::{col, lit};
 use tracing::info;
 
 use crate::config::Settings;
@@ -117,6 +116,8 @@ pub fn read_ids(file: &Path) -> Result<Vec<String>> {
     } else {
         let text = String::from_utf8(bytes)
             .map_err(|e| list_err(file, format!("neither Parquet nor UTF-8 text ({e})")))?;
+        // A byte-order mark is not part of the first id.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         for line in text.lines() {
             // A string id is erased exactly as the source holds it: nothing is trimmed.
             if !line.is_empty() {
@@ -130,34 +131,43 @@ pub fn read_ids(file: &Path) -> Result<Vec<String>> {
     Ok(ids.into_iter().collect())
 }
 
-/// The addresses of `ids` (published ids) in the `customers` input, which the audiences'
-/// upload files may hold.
-async fn contacts_of(settings: &Settings, ids: &[String]) -> Result<Contacts> {
+/// The address each erased customer (any of `ids`, earlier requests' too) has in the
+/// `customers` input, as the audiences export it.
+async fn contacts_of(settings: &Settings, ids: &Arc<ErasedIds>) -> Result<Contacts> {
+    let mut contacts = Contacts::default();
     if !settings.inputs.contains_key("customers") {
-        return Ok(Contacts::default());
+        return Ok(contacts);
     }
     let ctx = crate::session::build_session(settings)?;
     crate::ingest::input_schemas(&ctx, settings).await?;
+    ctx.register_udf(ids.udf());
     let engine = |e| Error::engine("read the erased customers' addresses from `customers`", e);
+    let sql = format!(
+        "select customer_id, {} as email from customers where segflow_erased(customer_id) \
+         group by customer_id",
+        crate::audiences::CONTACT_EMAIL
+    );
     let batches = ctx
-        .table("customers")
+        .sql(&sql)
         .await
-        .map_err(engine)?
-        .filter(col("customer_id").in_list(ids.iter().map(|i| lit(i.as_str())).collect(), false))
-        .map_err(engine)?
-        .select(vec![col("email")])
         .map_err(engine)?
         .collect()
         .await
         .map_err(engine)?;
-    let mut emails: Vec<String> = Vec::new();
     for b in &batches {
-        let text = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)
-            .map_err(|e| engine(e.into()))?;
-        let text = text.as_string::<i32>();
-        emails.extend(text.iter().flatten().map(str::to_string));
+        let text = |i: usize| {
+            datafusion::arrow::compute::cast(b.column(i), &DataType::Utf8)
+                .map_err(|e| engine(e.into()))
+        };
+        let (id, email) = (text(0)?, text(1)?);
+        let (id, email) = (id.as_string::<i32>(), email.as_string::<i32>());
+        for i in 0..b.num_rows() {
+            if id.is_valid(i) && email.is_valid(i) {
+                contacts.insert(id.value(i), email.value(i));
+            }
+        }
     }
-    Ok(Contacts::of(emails.iter().map(String::as_str)))
+    Ok(contacts)
 }
 
 /// `segflow forget`: takes the output's lock, adds the ids to the erased list, rewrites
@@ -203,7 +213,8 @@ pub async fn forget(settings: &Settings, file: &Path) -> Result<ForgetSummary> {
             erased = ids.len(),
             "erasing customers"
         );
-        let contacts = contacts_of(settings, &published).await?;
+        let ids = Arc::new(ids);
+        let contacts = contacts_of(settings, &ids).await?;
         let erasure = Erasure {
             ids: &ids,
             contacts: &contacts,
@@ -211,7 +222,13 @@ pub async fn forget(settings: &Settings, file: &Path) -> Result<ForgetSummary> {
             at: started,
             customers: published.len() as u64,
         };
-        let snapshots = output.erase(&lock, &run_id, &erasure).await?;
+        let erased = output.erase(&lock, &run_id, &erasure).await;
+        // The catalog lists files by name: after the erasure it names the new ones (also
+        // when it stopped part-way, after some snapshots).
+        if let Err(e) = output.write_catalog(&run_id).await {
+            tracing::warn!(error = %e, "cannot write the catalog; the next run will");
+        }
+        let snapshots = erased?;
         Ok(ForgetSummary {
             customers: published.len() as u64,
             new,

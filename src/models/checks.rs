@@ -356,6 +356,14 @@ pub async fn run_data_tests(
             info!(test = %m.name, "data test passed");
             continue;
         }
+        // Sample rows without customer ids: a snapshot's warnings and report are not
+        // rewritten when a customer is erased.
+        let df = match df.schema().has_column_with_unqualified_name("customer_id") {
+            true => df
+                .drop_columns(&["customer_id"])
+                .map_err(|e| model_error(m, e))?,
+            false => df,
+        };
         let sample = df
             .limit(0, Some(SAMPLE))
             .map_err(|e| model_error(m, e))?

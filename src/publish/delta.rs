@@ -529,9 +529,20 @@ impl Output {
         entry.delta_version = table.version();
         entry.files = files;
         entry.bytes = bytes;
-        if let Some(rows) = rows {
-            entry.rows = rows;
-        }
+        entry.rows = match rows {
+            Some(rows) => rows,
+            // A file without statistics: count the partition.
+            None => {
+                let ctx = SessionContext::new();
+                self.read_delta_snapshot(&ctx, name, as_of)
+                    .await
+                    .map_err(|e| self.err(format!("count {name} as_of={as_of}"), e))?
+                    .count()
+                    .await
+                    .map_err(|e| self.err(format!("count {name} as_of={as_of}"), e))?
+                    as u64
+            }
+        };
         Ok(())
     }
 

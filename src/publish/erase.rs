@@ -19,7 +19,7 @@
 //! - Aggregates (segment_summary, cohorts, ...) of kept snapshots are left as they were:
 //!   they hold no customer.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -33,7 +33,7 @@ use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::layout::{AUDIENCES, ERASED_FILE, REJECTED, STATE};
 use super::manifest::{ErasureEntry, ErasureRecord};
@@ -50,37 +50,32 @@ const HASH_COLUMN: &str = "hash";
 /// The column of customer ids in every table, rejected row and state file.
 const CUSTOMER_ID: &str = "customer_id";
 
-/// The contact addresses of the erased customers, as the audiences' upload files hold
-/// them: trimmed (email audiences) and as SHA-256 hex of the trimmed, lower-cased address
-/// (ads audiences).
+/// The address each erased customer's audience upload lines hold, by published id: the
+/// address as exported (trimmed, in email audiences) and the SHA-256 hex of it lower-cased
+/// (in ads audiences).
 #[derive(Debug, Default)]
 pub struct Contacts {
-    pub emails: HashSet<String>,
-    pub hashed: HashSet<String>,
+    pub by_id: HashMap<String, (String, String)>,
 }
 
 impl Contacts {
-    /// The contacts of `emails` (as the customers input holds them).
-    pub fn of<'a>(emails: impl IntoIterator<Item = &'a str>) -> Contacts {
+    /// Adds a customer's exported address (already trimmed, as `audiences` exports it).
+    pub fn insert(&mut self, id: &str, email: &str) {
         use sha2::{Digest, Sha256};
-        let mut out = Contacts::default();
-        for e in emails.into_iter().map(str::trim).filter(|e| !e.is_empty()) {
-            out.hashed
-                .insert(hex(&Sha256::digest(e.to_lowercase().as_bytes())));
-            out.emails.insert(e.to_string());
-        }
-        out
+        let hashed = hex(&Sha256::digest(email.to_lowercase().as_bytes()));
+        self.by_id
+            .insert(id.to_string(), (email.to_string(), hashed));
     }
+}
 
-    fn holds(&self, line: &str) -> bool {
-        let value = line.trim_end_matches('\r');
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .map(|v| v.replace("\"\"", "\""))
-            .unwrap_or_else(|| value.to_string());
-        self.emails.contains(&value) || self.hashed.contains(&value)
-    }
+/// An upload file's line as a value (a quoted CSV field unquoted).
+fn csv_value(line: &str) -> String {
+    let value = line.trim_end_matches(['\n', '\r']);
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .map(|v| v.replace("\"\"", "\""))
+        .unwrap_or_else(|| value.to_string())
 }
 
 /// One erasure: the whole set of erased ids (the new ones included), the addresses of the
@@ -271,6 +266,7 @@ impl Output {
                 removed: 0,
                 files: 0,
                 shared: &mut shared,
+                members: Vec::new(),
             };
             let mut m = old.clone();
             let rewritten = job.snapshot(&mut m).await;
@@ -297,6 +293,21 @@ impl Output {
                 self.sweep_state().await?;
             } else {
                 self.commit(lock, &mut m, &staged, None).await?;
+                if self.loc.local.is_none()
+                    && !self
+                        .loc
+                        .list(&staging_rel(run_id))
+                        .await
+                        .map_err(|e| self.err("list the staging", e))?
+                        .is_empty()
+                {
+                    // The audience files could not be put in place: the next run's recovery
+                    // does it from this staging, which the next snapshot would remove.
+                    return Err(self.err(
+                        format!("put the rewritten audience files of snapshot {as_of} in place"),
+                        "left for the next run's recovery; run segflow forget again after it",
+                    ));
+                }
             }
             info!(%as_of, rows = removed, files, "snapshot rewritten without the erased customers");
             done.push(SnapshotErasure {
@@ -305,7 +316,20 @@ impl Output {
                 files_rewritten: files,
             });
         }
-        for name in &delta {
+        // Every Delta table of the kept snapshots, also when an earlier erasure was cut
+        // short after its last manifest (a vacuum finds nothing to do the second time).
+        let mut tables: BTreeSet<String> = BTreeSet::new();
+        for as_of in self.snapshots().await? {
+            if let Some(m) = self.manifest(as_of).await? {
+                tables.extend(
+                    m.tables
+                        .iter()
+                        .filter(|(_, t)| t.delta_version.is_some())
+                        .map(|(n, _)| n.clone()),
+                );
+            }
+        }
+        for name in &tables {
             self.vacuum_erased(name).await?;
         }
         Ok(done)
@@ -418,6 +442,8 @@ struct Rewrite<'a, 'e> {
     removed: u64,
     files: u64,
     shared: &'a mut HashMap<String, Option<Placed>>,
+    /// The membership rows removed (audience, change, customer), whose upload lines go.
+    members: Vec<(String, String, String)>,
 }
 
 impl Rewrite<'_, '_> {
@@ -444,17 +470,18 @@ impl Rewrite<'_, '_> {
                 t.rows = t.rows.saturating_sub(r.removed);
                 t.bytes = r.bytes;
                 if let (Some(a), Some(dropped)) = (m.audiences.as_mut(), r.dropped) {
-                    for (audience, change, n) in dropped {
-                        if let Some(s) = a.audiences.get_mut(&audience) {
+                    for (audience, change, _) in &dropped {
+                        if let Some(s) = a.audiences.get_mut(audience) {
                             match change.as_str() {
-                                "entered" => s.entered = s.entered.saturating_sub(n),
-                                "stayed" => s.stayed = s.stayed.saturating_sub(n),
-                                "left" => s.left = s.left.saturating_sub(n),
+                                "entered" => s.entered = s.entered.saturating_sub(1),
+                                "stayed" => s.stayed = s.stayed.saturating_sub(1),
+                                "left" => s.left = s.left.saturating_sub(1),
                                 _ => {}
                             }
                             s.members = s.entered + s.stayed;
                         }
                     }
+                    self.members.extend(dropped);
                 }
             }
         }
@@ -479,7 +506,7 @@ impl Rewrite<'_, '_> {
         name: &str,
         dir: &str,
         files: &mut [String],
-        tally: Option<Vec<(String, String, u64)>>,
+        tally: Option<Vec<(String, String, String)>>,
     ) -> Result<Option<FolderResult>> {
         let local = self.out.loc.local.is_some();
         let staging = staging_rel(self.run_id);
@@ -618,50 +645,91 @@ impl Rewrite<'_, '_> {
         Ok(())
     }
 
-    /// The audiences' upload files without the erased customers' addresses.
+    /// The audiences' upload files without the lines of the members removed from the
+    /// membership table: in an email audience one line of the member's address per member,
+    /// in an ads audience its hash. An audience whose removed member has no address in the
+    /// `customers` input any more (so its line cannot be told) loses its upload files in
+    /// that snapshot: they could hold the customer.
     async fn audiences(&mut self, m: &mut Manifest) -> Result<()> {
         let Some(a) = m.audiences.as_mut() else {
             return Ok(());
         };
         let contacts = self.erasure.contacts;
         let staging = staging_rel(self.run_id);
-        let mut texts: Vec<(String, String, bool)> = Vec::new();
-        for f in &a.files {
-            let path = self.out.loc.path(f);
-            let bytes = retrying("read", || async {
-                self.out.loc.store.get(&path).await?.bytes().await
-            })
-            .await
-            .map_err(|e| self.out.err(format!("read {f}"), e))?;
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            let mut lines = text.split_inclusive('\n');
-            let mut kept: String = lines.next().unwrap_or_default().to_string();
-            let mut changed = false;
-            for line in lines {
-                if contacts.holds(line.trim_end_matches('\n')) {
-                    changed = true;
-                } else {
-                    kept.push_str(line);
-                }
+        // Per file: the values to remove (a count of each), or None to drop the file.
+        let mut plan: BTreeMap<String, Option<HashMap<String, usize>>> = BTreeMap::new();
+        for (name, summary) in a.audiences.iter_mut() {
+            let gone: Vec<&str> = self
+                .members
+                .iter()
+                .filter(|(aud, change, _)| aud == name && change != "left")
+                .map(|(_, _, id)| id.as_str())
+                .collect();
+            if gone.is_empty() {
+                continue;
             }
-            texts.push((f.clone(), kept, changed));
+            let addresses: Option<Vec<&(String, String)>> =
+                gone.iter().map(|id| contacts.by_id.get(*id)).collect();
+            let Some(addresses) = addresses else {
+                warn!(audience = %name, as_of = %self.as_of,
+                    "an erased member has no address in `customers` any more: the audience's upload files of this snapshot are deleted");
+                for f in summary.files.drain(..) {
+                    plan.insert(f, None);
+                }
+                continue;
+            };
+            let hashed = summary.channel != "email";
+            for f in &summary.files {
+                let mut remove: HashMap<String, usize> = HashMap::new();
+                for (email, hash) in &addresses {
+                    let value = if hashed { hash } else { email };
+                    // A hash is listed once however many members share the address.
+                    let n = remove.entry(value.clone()).or_insert(0);
+                    *n = if hashed { 1 } else { *n + 1 };
+                }
+                plan.insert(f.clone(), Some(remove));
+            }
         }
-        if !texts.iter().any(|(_, _, c)| *c) {
+        if plan.is_empty() {
             return Ok(());
         }
         // Every file of the folder is staged: it is swapped (local) or put in place (object
         // storage) whole.
+        a.files.retain(|f| !matches!(plan.get(f), Some(None)));
         let mut bytes = 0u64;
-        for (f, text, changed) in &texts {
-            let to = self.out.loc.path(&format!("{staging}/{f}"));
-            let body = object_store::PutPayload::from(text.clone().into_bytes());
-            retrying("put", || self.out.loc.store.put(&to, body.clone()))
-                .await
-                .map_err(|e| self.out.err(format!("write the rewritten {f}"), e))?;
-            bytes += text.len() as u64;
-            if *changed {
+        for f in &a.files {
+            let path = self.out.loc.path(f);
+            let body = retrying("read", || async {
+                self.out.loc.store.get(&path).await?.bytes().await
+            })
+            .await
+            .map_err(|e| self.out.err(format!("read {f}"), e))?;
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let mut lines = text.split_inclusive('\n');
+            let mut kept: String = lines.next().unwrap_or_default().to_string();
+            let mut remove = plan.get(f).cloned().flatten().unwrap_or_default();
+            for line in lines {
+                match remove.get_mut(&csv_value(line)) {
+                    Some(n) if *n > 0 => *n -= 1,
+                    _ => kept.push_str(line),
+                }
+            }
+            if plan.contains_key(f) {
                 self.files += 1;
             }
+            let to = self.out.loc.path(&format!("{staging}/{f}"));
+            let payload = object_store::PutPayload::from(kept.clone().into_bytes());
+            retrying("put", || self.out.loc.store.put(&to, payload.clone()))
+                .await
+                .map_err(|e| self.out.err(format!("write the rewritten {f}"), e))?;
+            bytes += kept.len() as u64;
+        }
+        self.files += plan.values().filter(|p| p.is_none()).count() as u64;
+        if let Some(root) = &self.out.loc.local {
+            // The folder is swapped in even when no file is left in it.
+            let dir = root.join(format!("{staging}/{}", a.path));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| crate::Error::io("create staging", &dir, e))?;
         }
         a.bytes = bytes;
         let prefix = format!("{}/", a.path);
@@ -680,34 +748,34 @@ struct FolderResult {
     removed: u64,
     /// Bytes of the folder's files afterwards.
     bytes: u64,
-    /// Removed rows by (audience, change), for the membership table.
-    dropped: Option<Vec<(String, String, u64)>>,
+    /// Removed membership rows (audience, change, customer), for the membership table.
+    dropped: Option<Vec<(String, String, String)>>,
 }
 
-/// Adds the removed membership rows of `batches` by audience and change.
-fn tally_changes(tally: &mut Vec<(String, String, u64)>, batches: &[RecordBatch]) {
+/// Adds the removed membership rows of `batches`: (audience, change, customer).
+fn tally_changes(tally: &mut Vec<(String, String, String)>, batches: &[RecordBatch]) {
     for b in batches {
-        let (Some(audience), Some(change)) =
-            (b.column_by_name("audience"), b.column_by_name("change"))
-        else {
+        let columns = ["audience", "change", CUSTOMER_ID].map(|c| {
+            b.column_by_name(c)
+                .and_then(|a| datafusion::arrow::compute::cast(a, &DataType::Utf8).ok())
+        });
+        let [Some(audience), Some(change), Some(id)] = columns else {
             continue;
         };
-        let (Ok(audience), Ok(change)) = (
-            datafusion::arrow::compute::cast(audience, &DataType::Utf8),
-            datafusion::arrow::compute::cast(change, &DataType::Utf8),
-        ) else {
-            continue;
-        };
-        let (audience, change) = (audience.as_string::<i32>(), change.as_string::<i32>());
+        let (audience, change, id) = (
+            audience.as_string::<i32>(),
+            change.as_string::<i32>(),
+            id.as_string::<i32>(),
+        );
         for i in 0..b.num_rows() {
-            if audience.is_null(i) || change.is_null(i) {
+            if audience.is_null(i) || change.is_null(i) || id.is_null(i) {
                 continue;
             }
-            let (a, c) = (audience.value(i), change.value(i));
-            match tally.iter_mut().find(|(x, y, _)| x == a && y == c) {
-                Some(t) => t.2 += 1,
-                None => tally.push((a.to_string(), c.to_string(), 1)),
-            }
+            tally.push((
+                audience.value(i).to_string(),
+                change.value(i).to_string(),
+                id.value(i).to_string(),
+            ));
         }
     }
 }
@@ -741,13 +809,13 @@ mod tests {
     }
 
     #[test]
-    fn upload_lines_match_trimmed_or_hashed_addresses() {
-        let c = Contacts::of([" Ann@Example.com "]);
-        assert!(c.holds("Ann@Example.com"));
-        assert!(c.holds("\"Ann@Example.com\"\r"));
+    fn upload_lines_are_read_as_csv_values_and_hashed_lower_cased() {
+        assert_eq!(csv_value("Ann@Example.com\r\n"), "Ann@Example.com");
+        assert_eq!(csv_value("\"a,\"\"b\"\"@x\"\n"), "a,\"b\"@x");
+        let mut c = Contacts::default();
+        c.insert("7", "Ann@Example.com");
         // SHA-256 of "ann@example.com".
         use sha2::{Digest, Sha256};
-        assert!(c.holds(&hex(&Sha256::digest(b"ann@example.com"))));
-        assert!(!c.holds("bob@example.com"));
+        assert_eq!(c.by_id["7"].1, hex(&Sha256::digest(b"ann@example.com")));
     }
 }

@@ -705,3 +705,99 @@ fn forget_on_delta_killed_after_the_deletes_is_finished_by_forget_again() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_delta_erased(&before, &tree(&out));
 }
+
+/// The customer's address is gone from `customers` before the erasure (the usual order of a
+/// deletion request): their upload lines cannot be told, so the upload files of each
+/// audience they were in are deleted from those snapshots; the rest is erased as usual.
+#[test]
+fn an_erased_member_without_an_address_any_more_takes_the_audience_files_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, before) = published(dir.path());
+    let customers: Vec<i64> = (1..=240).filter(|c| *c != ERASED).collect();
+    let emails: Vec<String> = customers.iter().map(|c| address(*c)).collect();
+    let n = customers.len();
+    write_columns(
+        &dir.path().join("customers.parquet"),
+        vec![
+            ("customer_id", Arc::new(Int64Array::from(customers)), false),
+            ("email", Arc::new(StringArray::from(emails)), false),
+            (
+                "email_opt_in",
+                Arc::new(BooleanArray::from(vec![true; n])),
+                false,
+            ),
+            (
+                "ads_opt_in",
+                Arc::new(BooleanArray::from(vec![true; n])),
+                false,
+            ),
+        ],
+    );
+    let list = dir.path().join("forget.txt");
+    std::fs::write(&list, format!("{ERASED}\n")).unwrap();
+    let r = forget(&config, &list, "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let after = tree(&dir.path().join("out"));
+    assert_consistent(&after);
+    for d in DATES {
+        let m = &manifests(&after)[d];
+        assert_eq!(
+            m["audiences"]["audiences"]["best"]["files"],
+            serde_json::json!([]),
+            "{d}"
+        );
+        assert!(
+            !after.contains_key(&format!("_audiences/as_of={d}/best.csv")),
+            "{d}"
+        );
+        for (name, rows) in snapshot_rows(&after, m) {
+            assert!(!holds(&rows, &ERASED.to_string()), "{d} {name}");
+        }
+        for f in m["audiences"]["files"].as_array().unwrap() {
+            let f = f.as_str().unwrap();
+            // What is left (the ads audience, if the customer was not in it) is unchanged.
+            assert_eq!(after[f], before[f], "{d} {f}");
+        }
+    }
+}
+
+/// A request cut short after the erased list was written, then another request: the second
+/// erasure also removes the first one's customer everywhere, upload lines included.
+#[test]
+fn forget_after_an_interrupted_request_erases_both_requests_customers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, before) = published(dir.path());
+    let first = dir.path().join("first.txt");
+    std::fs::write(&first, format!("{ERASED}\n")).unwrap();
+    let r = forget(&config, &first, "erased_listed=kill");
+    assert_eq!(r.code, -1, "{}", r.stderr);
+    let second = dir.path().join("second.txt");
+    std::fs::write(&second, "\u{feff}13\n").unwrap();
+    let r = forget(&config, &second, "");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("erased 1 customer(s) (1 new; 2 erased"),
+        "{}",
+        r.stdout
+    );
+    let after = tree(&dir.path().join("out"));
+    assert_consistent(&after);
+    for d in DATES {
+        let (b, a) = (&manifests(&before)[d], &manifests(&after)[d]);
+        let old = snapshot_rows(&before, b);
+        for (name, rows) in snapshot_rows(&after, a) {
+            let expected = without(&without(&old[&name], "7"), "13");
+            assert_eq!(sorted_dump(&rows), sorted_dump(&expected), "{d} {name}");
+        }
+        for f in a["audiences"]["files"].as_array().unwrap() {
+            let text = String::from_utf8_lossy(&after[f.as_str().unwrap()]).into_owned();
+            for v in upload_values(ERASED).iter().chain(upload_values(13).iter()) {
+                assert!(
+                    !text.lines().any(|l| l == v),
+                    "{d} {f} holds an erased address"
+                );
+            }
+        }
+        assert_eq!(a["erasure"]["erased_ids"], 2, "{d}");
+    }
+}
