@@ -569,13 +569,31 @@ impl Output {
         name: &str,
         as_of: NaiveDate,
     ) -> datafusion::error::Result<DataFrame> {
-        let table = self
+        self.read_delta_at(ctx, name, as_of, None).await
+    }
+
+    /// [`Output::read_delta_snapshot`] at `version` (None: the newest).
+    pub(crate) async fn read_delta_at(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        as_of: NaiveDate,
+        version: Option<u64>,
+    ) -> datafusion::error::Result<DataFrame> {
+        let external = |e| datafusion::error::DataFusionError::External(Box::new(e));
+        let mut table = self
             .open_delta(name)
             .await
-            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
+            .map_err(external)?
             .ok_or_else(|| {
                 datafusion::error::DataFusionError::Plan(format!("no Delta table at {name}/"))
             })?;
+        if let Some(v) = version.filter(|v| Some(*v) != table.version()) {
+            table
+                .load_version(v as _)
+                .await
+                .map_err(|e| external(self.err(format!("read {name} at version {v}"), e)))?;
+        }
         let provider = table
             .table_provider()
             .with_session(Arc::new(ctx.state()))

@@ -244,6 +244,25 @@ impl Output {
             .map(|(name, _)| name.clone())
             .collect();
         let ids = Arc::new(erasure.ids.clone());
+        // The membership rows the deletes remove, per snapshot: their upload lines go too.
+        let mut delta_members: BTreeMap<NaiveDate, Vec<(String, String, String)>> = BTreeMap::new();
+        if delta.contains(erasure.members_table) {
+            for m in &pending {
+                let is_delta = m
+                    .tables
+                    .get(erasure.members_table)
+                    .is_some_and(|t| t.delta_version.is_some());
+                if is_delta {
+                    // At the version the manifest names: a DELETE an interrupted erasure
+                    // already committed has not been vacuumed yet.
+                    let version = m.tables[erasure.members_table].delta_version;
+                    let rows = self
+                        .erased_members(erasure.members_table, m.as_of, version, &ids)
+                        .await?;
+                    delta_members.insert(m.as_of, rows);
+                }
+            }
+        }
         for name in &delta {
             lock.heartbeat().await?;
             self.erase_delta(name, &ids, run_id).await?;
@@ -267,6 +286,7 @@ impl Output {
                 files: 0,
                 shared: &mut shared,
                 members: Vec::new(),
+                delta_members: delta_members.remove(&as_of).unwrap_or_default(),
             };
             let mut m = old.clone();
             let rewritten = job.snapshot(&mut m).await;
@@ -333,6 +353,32 @@ impl Output {
             self.vacuum_erased(name).await?;
         }
         Ok(done)
+    }
+
+    /// Delta output: the rows (audience, change, customer) of membership table `name` in
+    /// snapshot `as_of` whose customer is erased, read before the DELETE removes them.
+    async fn erased_members(
+        &self,
+        name: &str,
+        as_of: NaiveDate,
+        version: Option<u64>,
+        ids: &Arc<ErasedIds>,
+    ) -> Result<Vec<(String, String, String)>> {
+        use datafusion::prelude::{col, SessionContext};
+        let ctx = SessionContext::new();
+        let op = || format!("read the erased members of {name} as_of={as_of}");
+        let batches = self
+            .read_delta_at(&ctx, name, as_of, version)
+            .await
+            .and_then(|df| df.filter(ids.udf().call(vec![col(CUSTOMER_ID)])))
+            .and_then(|df| df.select_columns(&["audience", "change", CUSTOMER_ID]))
+            .map_err(|e| self.err(op(), e))?
+            .collect()
+            .await
+            .map_err(|e| self.err(op(), e))?;
+        let mut rows = Vec::new();
+        tally_changes(&mut rows, &batches);
+        Ok(rows)
     }
 
     /// `from` (a Parquet file) written again at `to` without the rows of erased customers;
@@ -444,6 +490,8 @@ struct Rewrite<'a, 'e> {
     shared: &'a mut HashMap<String, Option<Placed>>,
     /// The membership rows removed (audience, change, customer), whose upload lines go.
     members: Vec<(String, String, String)>,
+    /// Delta output: the membership rows of this snapshot the table's DELETE removed.
+    delta_members: Vec<(String, String, String)>,
 }
 
 impl Rewrite<'_, '_> {
@@ -460,6 +508,10 @@ impl Rewrite<'_, '_> {
                 self.out.delta_entry_now(&name, self.as_of, t).await?;
                 self.removed += rows.saturating_sub(t.rows);
                 self.files += t.files.iter().filter(|f| !files.contains(f)).count() as u64;
+                if name == self.erasure.members_table {
+                    let dropped = std::mem::take(&mut self.delta_members);
+                    self.members_removed(m.audiences.as_mut(), dropped);
+                }
                 continue;
             }
             let (path, mut files) = (t.path.clone(), t.files.clone());
@@ -469,19 +521,8 @@ impl Rewrite<'_, '_> {
                 t.files = files;
                 t.rows = t.rows.saturating_sub(r.removed);
                 t.bytes = r.bytes;
-                if let (Some(a), Some(dropped)) = (m.audiences.as_mut(), r.dropped) {
-                    for (audience, change, _) in &dropped {
-                        if let Some(s) = a.audiences.get_mut(audience) {
-                            match change.as_str() {
-                                "entered" => s.entered = s.entered.saturating_sub(1),
-                                "stayed" => s.stayed = s.stayed.saturating_sub(1),
-                                "left" => s.left = s.left.saturating_sub(1),
-                                _ => {}
-                            }
-                            s.members = s.entered + s.stayed;
-                        }
-                    }
-                    self.members.extend(dropped);
+                if let Some(dropped) = r.dropped {
+                    self.members_removed(m.audiences.as_mut(), dropped);
                 }
             }
         }
@@ -497,6 +538,29 @@ impl Rewrite<'_, '_> {
         self.state(m).await?;
         self.audiences(m).await?;
         Ok(())
+    }
+
+    /// Membership rows removed (audience, change, customer): the audiences' counts follow,
+    /// and their upload lines go (see [`Self::audiences`]).
+    fn members_removed(
+        &mut self,
+        audiences: Option<&mut super::manifest::AudiencesEntry>,
+        dropped: Vec<(String, String, String)>,
+    ) {
+        if let Some(a) = audiences {
+            for (audience, change, _) in &dropped {
+                if let Some(s) = a.audiences.get_mut(audience) {
+                    match change.as_str() {
+                        "entered" => s.entered = s.entered.saturating_sub(1),
+                        "stayed" => s.stayed = s.stayed.saturating_sub(1),
+                        "left" => s.left = s.left.saturating_sub(1),
+                        _ => {}
+                    }
+                    s.members = s.entered + s.stayed;
+                }
+            }
+        }
+        self.members.extend(dropped);
     }
 
     /// Rewrites the files of one folder (a table or the rejected rows); updates `files`

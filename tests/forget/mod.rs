@@ -600,12 +600,16 @@ fn forget_on_s3_rewrites_only_the_files_that_hold_the_customer() {
 }
 
 const DELTA_DATES: [&str; 2] = ["2026-10-31", crate::util::DEMO_AS_OF];
-/// A customer of the demo (in rfm's Delta files of both dates).
+/// A customer of the demo (in rfm's Delta files of both dates, and a Champion or Loyal).
 const DEMO_CUSTOMER: &str = "100114";
+/// Their address as the demo's customers file holds it, trimmed (as exported).
+const DEMO_ADDRESS: &str = "Customer.100114@Example.COM";
 
 /// The demo on Delta output at two dates; the output's files.
 fn delta_published(dir: &Path) -> (PathBuf, Tree) {
-    let config = crate::delta::delta_config(dir, "");
+    let audience = "[[audiences]]\nname = \"best\"\nsegmentation = \"rfm\"\n\
+                    segments = [\"Champions\", \"Loyal\"]\nchannel = \"email\"\n";
+    let config = crate::delta::delta_config(dir, audience);
     for d in DELTA_DATES {
         let r = segflow(&["run", "--config", config.to_str().unwrap(), "--as-of", d]);
         assert_eq!(r.code, 0, "{}", r.stderr);
@@ -618,6 +622,13 @@ fn delta_published(dir: &Path) -> (PathBuf, Tree) {
         .iter()
         .any(|f| holds(&parquet_rows(&before[f.as_str().unwrap()]), DEMO_CUSTOMER));
     assert!(held, "the demo has customer {DEMO_CUSTOMER}");
+    let best = format!("_audiences/as_of={}/best.csv", DELTA_DATES[1]);
+    assert!(
+        String::from_utf8_lossy(&before[&best])
+            .lines()
+            .any(|l| l == DEMO_ADDRESS),
+        "customer {DEMO_CUSTOMER} is in the audience"
+    );
     (config, before)
 }
 
@@ -646,6 +657,31 @@ fn assert_delta_erased(before: &Tree, after: &Tree) {
             assert_eq!(t["rows"].as_u64(), Some(new.len() as u64), "{d} {name}");
         }
         assert_eq!(a["erasure"]["erased_ids"], 1, "{d}");
+        // The audience's upload file loses exactly the customer's line; its counts follow
+        // the membership table.
+        let best = format!("_audiences/as_of={d}/best.csv");
+        let old_lines: Vec<String> = String::from_utf8_lossy(&before[&best])
+            .lines()
+            .filter(|l| *l != DEMO_ADDRESS)
+            .map(str::to_string)
+            .collect();
+        let new_lines: Vec<String> = String::from_utf8_lossy(&after[&best])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(new_lines, old_lines, "{d} {best}");
+        let members: Rows = a["tables"]["audience_members"]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|f| parquet_rows(&after[f.as_str().unwrap()]))
+            .collect();
+        let summary = &a["audiences"]["audiences"]["best"];
+        let now = members
+            .iter()
+            .filter(|r| r["change"].as_deref() != Some("left"))
+            .count();
+        assert_eq!(summary["members"].as_u64(), Some(now as u64), "{d}");
     }
     for (f, bytes) in after {
         if f.ends_with(".parquet") {
