@@ -1,4 +1,5 @@
-//! The `segflow` command line: `run` publishes a snapshot, `init` scaffolds a project,
+//! The `segflow` command line: `run` publishes a snapshot, `forget` erases customers from
+//! the kept ones, `init` scaffolds a project,
 //! `generate` writes a synthetic order history for tests and benchmarks, `scheduler` and
 //! `executor` serve a Ballista cluster that computes the models.
 //!
