@@ -105,6 +105,8 @@ struct Filtered {
     removed: u64,
     rows: u64,
     bytes: u64,
+    /// Bytes of the file it replaces.
+    old_bytes: u64,
     /// The removed rows (the erased customers' only).
     dropped: Vec<RecordBatch>,
 }
@@ -114,7 +116,16 @@ struct Filtered {
 struct Placed {
     rel: String,
     removed: u64,
-    bytes: u64,
+    /// Bytes of the new file less those of the one it replaces.
+    grown: i64,
+}
+
+/// The names of a snapshot's Delta tables.
+fn delta_tables(m: &Manifest) -> impl Iterator<Item = String> + '_ {
+    m.tables
+        .iter()
+        .filter(|(_, t)| super::delta::is_delta(t))
+        .map(|(name, _)| name.clone())
 }
 
 /// The run id's prefix of a file name (`<run_id>-`, the run id being
@@ -226,36 +237,33 @@ impl Output {
         erasure: &Erasure<'_>,
     ) -> Result<Vec<SnapshotErasure>> {
         let total = erasure.ids.len() as u64;
+        // One read of every kept manifest: the snapshots to rewrite, and every Delta table
+        // (vacuumed at the end, also when an earlier erasure was cut short after its last
+        // manifest: a vacuum finds nothing to do the second time).
         let mut pending = Vec::new();
+        let mut all_delta: BTreeSet<String> = BTreeSet::new();
         for as_of in self.snapshots().await? {
-            if let Some(m) = self
-                .manifest(as_of)
-                .await?
-                .filter(|m| m.erased_ids() < total)
-            {
+            let Some(m) = self.manifest(as_of).await? else {
+                continue;
+            };
+            all_delta.extend(delta_tables(&m));
+            if m.erased_ids() < total {
                 pending.push(m);
             }
         }
         // Delta tables first: one DELETE commit each; the manifests then name the new
         // versions, and a vacuum ends time travel to before the erasure.
-        let delta: BTreeSet<String> = pending
-            .iter()
-            .flat_map(|m| m.tables.iter().filter(|(_, t)| t.delta_version.is_some()))
-            .map(|(name, _)| name.clone())
-            .collect();
+        let delta: BTreeSet<String> = pending.iter().flat_map(delta_tables).collect();
         let ids = Arc::new(erasure.ids.clone());
         // The membership rows the deletes remove, per snapshot: their upload lines go too.
         let mut delta_members: BTreeMap<NaiveDate, Vec<(String, String, String)>> = BTreeMap::new();
         if delta.contains(erasure.members_table) {
             for m in &pending {
-                let is_delta = m
-                    .tables
-                    .get(erasure.members_table)
-                    .is_some_and(|t| t.delta_version.is_some());
-                if is_delta {
+                let table = m.tables.get(erasure.members_table);
+                if let Some(version) = table.and_then(|t| t.delta_version) {
                     // At the version the manifest names: a DELETE an interrupted erasure
                     // already committed has not been vacuumed yet.
-                    let version = m.tables[erasure.members_table].delta_version;
+                    let version = Some(version);
                     let rows = self
                         .erased_members(erasure.members_table, m.as_of, version, &ids)
                         .await?;
@@ -336,20 +344,7 @@ impl Output {
                 files_rewritten: files,
             });
         }
-        // Every Delta table of the kept snapshots, also when an earlier erasure was cut
-        // short after its last manifest (a vacuum finds nothing to do the second time).
-        let mut tables: BTreeSet<String> = BTreeSet::new();
-        for as_of in self.snapshots().await? {
-            if let Some(m) = self.manifest(as_of).await? {
-                tables.extend(
-                    m.tables
-                        .iter()
-                        .filter(|(_, t)| t.delta_version.is_some())
-                        .map(|(n, _)| n.clone()),
-                );
-            }
-        }
-        for name in &tables {
+        for name in &all_delta {
             self.vacuum_erased(name).await?;
         }
         Ok(done)
@@ -432,6 +427,7 @@ impl Output {
             removed: 0,
             rows: 0,
             bytes: 0,
+            old_bytes: bytes.len() as u64,
             dropped: Vec::new(),
         };
         for batch in batches {
@@ -501,7 +497,7 @@ impl Rewrite<'_, '_> {
             let Some(t) = m.tables.get_mut(&name) else {
                 continue;
             };
-            if t.delta_version.is_some() {
+            if super::delta::is_delta(t) {
                 // Its erased rows were deleted (see `Output::erase`): the entry takes the
                 // table's newest version.
                 let (rows, files) = (t.rows, t.files.clone());
@@ -520,7 +516,7 @@ impl Rewrite<'_, '_> {
                 let t = m.tables.get_mut(&name).expect("listed above");
                 t.files = files;
                 t.rows = t.rows.saturating_sub(r.removed);
-                t.bytes = r.bytes;
+                t.bytes = t.bytes.saturating_add_signed(r.grown);
                 if let Some(dropped) = r.dropped {
                     self.members_removed(m.audiences.as_mut(), dropped);
                 }
@@ -532,7 +528,7 @@ impl Rewrite<'_, '_> {
             if let Some(f) = self.folder(REJECTED, &path, &mut files, None).await? {
                 r.files = files;
                 r.rows = r.rows.saturating_sub(f.removed);
-                r.bytes = f.bytes;
+                r.bytes = r.bytes.saturating_add_signed(f.grown);
             }
         }
         self.state(m).await?;
@@ -577,10 +573,10 @@ impl Rewrite<'_, '_> {
         let mut changed: Vec<(usize, String)> = Vec::new();
         let mut result = FolderResult {
             removed: 0,
-            bytes: 0,
+            grown: 0,
             dropped: tally,
         };
-        let mut sizes: Vec<Option<u64>> = vec![None; files.len()];
+        let mut rewritten = vec![false; files.len()];
         for (i, f) in files.iter().enumerate() {
             let Some(inner) = f.strip_prefix(&format!("{dir}/")) else {
                 continue;
@@ -595,7 +591,8 @@ impl Rewrite<'_, '_> {
                 continue;
             };
             result.removed += filtered.removed;
-            sizes[i] = Some(filtered.bytes);
+            result.grown += filtered.bytes as i64 - filtered.old_bytes as i64;
+            rewritten[i] = true;
             if let Some(t) = result.dropped.as_mut() {
                 tally_changes(t, &filtered.dropped);
             }
@@ -610,7 +607,7 @@ impl Rewrite<'_, '_> {
         if local {
             // The folder is swapped whole: the unchanged files (and `_SUCCESS`) are linked.
             for (i, f) in files.iter().enumerate() {
-                if sizes[i].is_none() {
+                if !rewritten[i] {
                     self.out.link_into_staging(self.run_id, f)?;
                 }
             }
@@ -627,12 +624,6 @@ impl Rewrite<'_, '_> {
                 staged_files.push(staged.clone());
             }
         }
-        for (i, f) in files.iter().enumerate() {
-            result.bytes += match sizes[i] {
-                Some(b) => b,
-                None => self.out.size_of(f).await?,
-            };
-        }
         self.staged.insert(name.to_string(), staged_files);
         Ok(Some(result))
     }
@@ -646,7 +637,7 @@ impl Rewrite<'_, '_> {
         let staging = format!("{}/{STATE}/as_of={}", staging_rel(self.run_id), self.as_of);
         for (model, table) in state.tables.iter_mut() {
             for (layer, files) in [("base", &mut table.files), ("delta", &mut table.delta)] {
-                let mut removed = 0u64;
+                let (mut removed, mut grown) = (0u64, 0i64);
                 for f in files.iter_mut() {
                     let placed = match self.shared.get(f.as_str()) {
                         Some(p) => p.clone(),
@@ -660,7 +651,7 @@ impl Rewrite<'_, '_> {
                             let placed = filtered.map(|r| Placed {
                                 rel: self.out.state_file(self.run_id, self.as_of, &staged),
                                 removed: r.removed,
-                                bytes: r.bytes,
+                                grown: r.bytes as i64 - r.old_bytes as i64,
                             });
                             if placed.is_some() {
                                 self.staged
@@ -675,37 +666,25 @@ impl Rewrite<'_, '_> {
                     };
                     if let Some(p) = placed {
                         removed += p.removed;
+                        grown += p.grown;
                         *f = p.rel;
                     }
                 }
                 self.removed += removed;
-                match layer {
-                    "base" => table.rows = table.rows.saturating_sub(removed),
-                    _ => table.delta_rows = table.delta_rows.saturating_sub(removed),
-                }
+                let (rows, bytes) = match layer {
+                    "base" => (&mut table.rows, &mut table.bytes),
+                    _ => (&mut table.delta_rows, &mut table.delta_bytes),
+                };
+                *rows = rows.saturating_sub(removed);
+                *bytes = bytes.saturating_add_signed(grown);
             }
         }
-        // Bytes of every file, as rewritten or shared.
-        let mut total = 0u64;
-        let mut all: Vec<String> = Vec::new();
-        for table in state.tables.values_mut() {
-            let mut bytes = [0u64; 2];
-            for (i, files) in [&table.files, &table.delta].into_iter().enumerate() {
-                for f in files {
-                    let b = match self.shared.values().flatten().find(|p| &p.rel == f) {
-                        Some(p) => p.bytes,
-                        None => self.out.size_of(f).await?,
-                    };
-                    bytes[i] += b;
-                    all.push(f.clone());
-                }
-            }
-            table.bytes = bytes[0];
-            table.delta_bytes = bytes[1];
-            total += bytes[0] + bytes[1];
-        }
-        state.files = all;
-        state.bytes = total;
+        state.files = state
+            .tables
+            .values()
+            .flat_map(|t| t.all_files().cloned())
+            .collect();
+        state.bytes = state.tables.values().map(|t| t.bytes + t.delta_bytes).sum();
         Ok(())
     }
 
@@ -810,8 +789,8 @@ impl Rewrite<'_, '_> {
 /// What one folder's rewrite removed.
 struct FolderResult {
     removed: u64,
-    /// Bytes of the folder's files afterwards.
-    bytes: u64,
+    /// Bytes of the rewritten files less those of the files they replace.
+    grown: i64,
     /// Removed membership rows (audience, change, customer), for the membership table.
     dropped: Option<Vec<(String, String, String)>>,
 }
