@@ -159,7 +159,11 @@ def main():
 
         # 2. No raw id (as a number of its own) and no key in any text file or log line.
         # JSON (manifests, log lines): its strings, not its numbers (sizes, counts).
+        # Run ids (`20261207T005131.643971Z-<pid>`) and file etags (local ones are inode,
+        # mtime and size in hex) are not customer data, but a process id or an inode can be
+        # any six digits: they are taken out before the search.
         number = re.compile(r"(?<![\d.])(\d{6})(?![\d.])")
+        run_id = re.compile(r"\d{8}T\d{6}\.\d{6}Z-\d+")
 
         def strings(value):
             if isinstance(value, str):
@@ -167,7 +171,8 @@ def main():
             elif isinstance(value, dict):
                 for k, v in value.items():
                     yield k
-                    yield from strings(v)
+                    if k != "etag":
+                        yield from strings(v)
             elif isinstance(value, list):
                 for v in value:
                     yield from strings(v)
@@ -189,7 +194,7 @@ def main():
                     lines.append(line)
             texts.append((f"log of run {i}", "\n".join(lines)))
         for rel, text in texts:
-            leaked = set(number.findall(text)) & ids
+            leaked = set(number.findall(run_id.sub("", text))) & ids
             if leaked:
                 fail(f"{rel} holds raw ids, e.g. {sorted(leaked)[:3]}")
             if KEY in text:
