@@ -14,7 +14,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::config::{ParquetColumnOptions, TableParquetOptions};
-use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -158,13 +157,8 @@ impl Staging {
         // partitions, DataFusion's writer encodes each file by one task (its files are already
         // written side by side; encoding one file's columns in parallel too only added copies).
         let (rows, schema, buckets) = if publish || !partition_by.is_empty() {
-            let written = df
-                .write_parquet(
-                    &loc.dir_url(&rel),
-                    DataFrameWriteOptions::new().with_partition_by(partition_by.to_vec()),
-                    Some(options),
-                )
-                .await?;
+            let written =
+                write_published(df, &loc.dir_url(&rel), partition_by, options, &rel).await?;
             (written_rows(written), schema, None)
         } else {
             write_internal(df, loc, &rel, &options, tap).await?
@@ -186,6 +180,48 @@ impl Staging {
             partition_by: partition_by.to_vec(),
             buckets,
         })
+    }
+}
+
+/// `df` written as Parquet under `url` by DataFusion's writer (what `DataFrame::write_parquet`
+/// plans), its executed plan with metrics logged at debug level (target `segflow::plan`).
+async fn write_published(
+    df: DataFrame,
+    url: &str,
+    partition_by: &[String],
+    options: TableParquetOptions,
+    rel: &str,
+) -> DfResult<Vec<RecordBatch>> {
+    use datafusion::datasource::file_format::format_as_file_type;
+    use datafusion::datasource::file_format::parquet::ParquetFormatFactory;
+    use datafusion::logical_expr::LogicalPlanBuilder;
+    let (state, plan) = df.into_parts();
+    let file_type = format_as_file_type(Arc::new(ParquetFormatFactory::new_with_options(options)));
+    let plan = LogicalPlanBuilder::copy_to(
+        plan,
+        url.into(),
+        file_type,
+        Default::default(),
+        partition_by.to_vec(),
+    )?
+    .build()?;
+    let df = DataFrame::new(state, plan);
+    let task_ctx = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    let written = datafusion::physical_plan::collect(plan.clone(), task_ctx).await?;
+    log_plan(rel, &plan);
+    Ok(written)
+}
+
+/// Logs an executed `plan` with its metrics (target `segflow::plan`, debug): where a model's
+/// time went.
+fn log_plan(rel: &str, plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) {
+    if tracing::enabled!(target: "segflow::plan", tracing::Level::DEBUG) {
+        let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+            plan.as_ref(),
+        )
+        .indent(true);
+        tracing::debug!(target: "segflow::plan", table = rel, "executed plan:\n{shown}");
     }
 }
 
@@ -404,7 +440,7 @@ async fn write_internal(
         std::fs::create_dir_all(root.join(rel))?;
     }
     let mut tasks: tokio::task::JoinSet<DfResult<u64>> = tokio::task::JoinSet::new();
-    for (i, stream) in execute_stream_partitioned(plan, task_ctx.clone())?
+    for (i, stream) in execute_stream_partitioned(plan.clone(), task_ctx.clone())?
         .into_iter()
         .enumerate()
     {
@@ -430,6 +466,7 @@ async fn write_internal(
     while let Some(done) = tasks.join_next().await {
         rows += done.map_err(|e| DataFusionError::External(Box::new(e)))??;
     }
+    log_plan(rel, &plan);
     Ok((rows, schema, buckets))
 }
 
