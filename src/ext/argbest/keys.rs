@@ -47,12 +47,15 @@ macro_rules! with_key_type {
 }
 
 /// Whether `arg_min`/`arg_max` over arguments of these types (value, keys...) can use
-/// [`TextByKey`].
+/// [`TextByKey`]: a string by one numeric or temporal key, and maybe a string key after it.
 pub(crate) fn supported(types: &[DataType]) -> bool {
-    matches!(
-        types,
-        [DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, key] if key_supported(key)
-    )
+    let text =
+        |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+    match types {
+        [value, key] => text(value) && key_supported(key),
+        [value, key, tie] => text(value) && key_supported(key) && text(tie),
+        _ => false,
+    }
 }
 
 /// Whether [`keys_of`] maps keys of this type to integers of the same order.

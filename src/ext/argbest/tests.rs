@@ -162,13 +162,24 @@ fn forms(value: &str, key: &str, max: bool, filter: &str) -> [String; 3] {
 
 #[test]
 fn strings_by_one_numeric_or_temporal_key_take_this_accumulator() {
+    use datafusion::arrow::datatypes::TimeUnit::Microsecond;
     use DataType::*;
+    #[allow(non_upper_case_globals)]
+    const TimestampMicrosecond: DataType = Timestamp(Microsecond, None);
     assert!(super::keys::supported(&[Utf8View, Int64]));
     assert!(super::keys::supported(&[Utf8, Decimal128(38, 6)]));
     assert!(super::keys::supported(&[LargeUtf8, Date32]));
     assert!(super::keys::supported(&[Utf8, Float64]));
     assert!(!super::keys::supported(&[Utf8, UInt64]));
-    assert!(!super::keys::supported(&[Utf8, Int64, Utf8]));
+    assert!(super::keys::supported(&[
+        Utf8View,
+        TimestampMicrosecond,
+        Utf8View
+    ]));
+    assert!(super::keys::supported(&[Utf8, Int64, LargeUtf8]));
+    assert!(!super::keys::supported(&[Utf8, Int64, Int64]));
+    assert!(!super::keys::supported(&[Utf8, Utf8, Utf8]));
+    assert!(!super::keys::supported(&[Utf8, Int64, Utf8, Utf8]));
     assert!(!super::keys::supported(&[Int64, Int64]));
 }
 
@@ -226,5 +237,81 @@ async fn string_by_one_key_equals_the_general_accumulator_and_ordered_first_valu
         assert_partial_aggregation_skipped(
             &query(skipping, &format!("explain analyze {sql}")).await,
         );
+    }
+}
+
+/// `arg_min` / `arg_max` by a numeric key and a string key breaking its ties (this
+/// accumulator) equal the general accumulator (a third, constant key) and DataFusion's
+/// ordered `first_value`; rows whose tie key is NULL take no part.
+#[tokio::test]
+async fn string_by_a_key_and_a_string_tie_key_equals_the_general_accumulator_and_first_value() {
+    let cases = [
+        ("v", "k", "substr(v, 1, 2)", true, ""),
+        ("v", "k", "substr(v, 1, 2)", false, ""),
+        (
+            "v",
+            "k",
+            "arrow_cast(substr(v, 2, 14), 'Utf8View')",
+            true,
+            "f",
+        ),
+        (
+            "arrow_cast(v, 'Utf8View')",
+            "to_timestamp_micros(k * 1000000)",
+            "concat(v, 'x')",
+            false,
+            "",
+        ),
+        (
+            "coalesce(v, 'unknown')",
+            "cast(k as double) / 3",
+            "arrow_cast(coalesce(substr(v, 3), ''), 'LargeUtf8')",
+            true,
+            "f",
+        ),
+        (
+            "v",
+            "k + 10",
+            "coalesce(substr(v, 1, 1), 'long tie key past the inline limit')",
+            false,
+            "f",
+        ),
+    ];
+    for (value, key, tie, max, filter) in cases {
+        let (f, dir) = if max {
+            ("arg_max", "desc")
+        } else {
+            ("arg_min", "asc")
+        };
+        let (with, and) = match filter {
+            "" => (String::new(), String::new()),
+            f => (format!(" filter (where {f})"), format!(" and {f}")),
+        };
+        let fast = format!("{f}({value}, {key}, {tie}){with}");
+        let general = format!("{f}({value}, {key}, {tie}, 0){with}");
+        let ordered = format!(
+            "first_value({value} order by {key} {dir}, {tie} {dir}, {value} asc nulls last) \
+             filter (where {key} is not null and {tie} is not null{and})"
+        );
+        let sql = format!(
+            "select g, {fast} as a, {general} as b, {ordered} as c from t group by g order by g"
+        );
+        let check = |out: &str| {
+            for line in out.lines().skip(3).filter(|l| l.starts_with("| ")) {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                assert!(
+                    cells[2] == cells[3] && cells[3] == cells[4],
+                    "{fast} / {general} / {ordered} differ: {line}"
+                );
+            }
+        };
+        for partitions in [1, 3] {
+            let config = SessionConfig::new().with_target_partitions(partitions);
+            let out = query(config, &sql).await;
+            assert!(out.lines().count() > 200, "every group: {out}");
+            check(&out);
+        }
+        let skipping = skipping_partial_aggregation(3);
+        check(&query(skipping, &sql).await);
     }
 }
