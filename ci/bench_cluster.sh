@@ -10,7 +10,7 @@
 # executors on 127.0.0.1 (free ports; each with --concurrent-tasks --tasks and a 2 GiB
 # memory limit; work dirs in a temp dir), kept up for every run. Then, interleaved, --runs
 # times each: "local", the whole run on the local engine (the demo's config with the
-# generated orders, memory_limit 4g, target_partitions 2, 2 tokio workers), and "cluster",
+# generated orders, memory_limit 4g, 2 tokio workers), and "cluster",
 # the same config and output path with SEGFLOW_RUNTIME_ENGINE=ballista (staging, lock and
 # publish in the run's process; every model, check and data test on the cluster). Each run
 # is timed under /usr/bin/time -v; the cluster's CPU seconds (scheduler and executors, from

@@ -43,7 +43,7 @@ bench_data() {  # name lines [generate arguments...]
     echo "$dir"
 }
 
-# Writes FILE: the demo's config (its column mapping, target_partitions 2) with `orders`
+# Writes FILE: the demo's config (its column mapping) with `orders`
 # read from DATA, the demo's customers and marketing spend, and the output at OUT; with a
 # memory limit, also [runtime] memory_limit and temp_dir.
 demo_config() {  # file data out [memory_limit temp_dir]

@@ -148,6 +148,15 @@ pub async fn open_sources<'s>(
             message: "the orders input is required".into(),
         })?;
     let (raw, files) = read_parquet_input(ctx, orders_spec).await?;
+    // The run's partitions follow the size of the whole input (an incremental night keeps
+    // the full run's). The read itself keeps one partition per core (planned before): the
+    // staged lines go to one bucket per partition of the run.
+    let bytes = files.files.iter().map(|f| f.size).sum();
+    let partitions = crate::session::set_partitions(ctx, settings, bytes);
+    debug!(
+        input_bytes = bytes,
+        partitions, "partitions of the run's plans"
+    );
     let lines = choose(&files.watermark());
     let raw = match &lines {
         Lines::All => raw,
@@ -275,8 +284,9 @@ pub async fn stage_orders(
         .map(|f| f as Arc<dyn crate::publish::stage::BatchTap>);
     // How a table of the pass that cannot be staged is reported.
     let failed = |what: &'static str| move |e: StageError| staging_failed(orders_spec, what, e);
+    let buckets = ctx.state().config().target_partitions();
     let staged = match staging
-        .write_table_tapped(orders, "orders", false, &[], tap)
+        .write_table_tapped(orders, "orders", false, &[], tap, Some(buckets))
         .await
     {
         Ok(s) => s,

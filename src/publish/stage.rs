@@ -93,7 +93,7 @@ impl Staging {
         publish: bool,
         partition_by: &[String],
     ) -> Result<StagedTable, StageError> {
-        self.write_table_tapped(df, name, publish, partition_by, None)
+        self.write_table_tapped(df, name, publish, partition_by, None, None)
             .await
     }
 
@@ -119,9 +119,11 @@ impl Staging {
         publish: bool,
         partition_by: &[String],
         tap: Option<Arc<dyn BatchTap>>,
+        buckets: Option<usize>,
     ) -> Result<StagedTable, StageError> {
         let rel = self.table_rel(name, publish);
-        self.write_at(rel, df, publish, partition_by, tap).await
+        self.write_at(rel, df, publish, partition_by, tap, buckets)
+            .await
     }
 
     /// The staging directory of an incremental model's state (published with the
@@ -137,7 +139,7 @@ impl Staging {
 
     /// Writes an incremental model's rows, as an internal table, into its state directory.
     pub async fn write_state(&self, df: DataFrame, name: &str) -> Result<StagedTable, StageError> {
-        self.write_at(self.state_rel(name), df, false, &[], None)
+        self.write_at(self.state_rel(name), df, false, &[], None, None)
             .await
     }
 
@@ -148,6 +150,7 @@ impl Staging {
         publish: bool,
         partition_by: &[String],
         tap: Option<Arc<dyn BatchTap>>,
+        buckets: Option<usize>,
     ) -> Result<StagedTable, StageError> {
         let loc = &self.out.loc;
         let df = published_form(df, partition_by, publish)?;
@@ -161,7 +164,7 @@ impl Staging {
                 write_published(df, &loc.dir_url(&rel), partition_by, options, &rel).await?;
             (written_rows(written), schema, None)
         } else {
-            write_internal(df, loc, &rel, &options, tap).await?
+            write_internal(df, loc, &rel, &options, tap, buckets).await?
         };
         if rows == 0 {
             write_empty_table(loc, &rel, &schema, partition_by).await?;
@@ -410,6 +413,7 @@ async fn write_internal(
     rel: &str,
     options: &TableParquetOptions,
     tap: Option<Arc<dyn BatchTap>>,
+    buckets: Option<usize>,
 ) -> DfResult<(u64, SchemaRef, Option<crate::ext::buckets::Buckets>)> {
     use datafusion::execution::memory_pool::MemoryConsumer;
     use datafusion::physical_plan::repartition::RepartitionExec;
@@ -420,9 +424,11 @@ async fn write_internal(
     let task_ctx = Arc::new(df.task_ctx());
     let target = task_ctx.session_config().target_partitions();
     let mut plan = df.create_physical_plan().await?;
-    // Rows with a customer key go to one file per bucket (see `crate::ext::buckets`).
+    // Rows with a customer key go to one file per bucket (see `crate::ext::buckets`): one
+    // per partition of the plan, or `buckets`.
+    let count = buckets.unwrap_or(target);
     let buckets;
-    (plan, buckets) = crate::ext::buckets::by_bucket(plan, target)?;
+    (plan, buckets) = crate::ext::buckets::by_bucket(plan, count)?;
     // A plan of fewer partitions than cores would encode on fewer cores than DataFusion's
     // writer (which spreads one stream over several files).
     if buckets.is_none() && plan.output_partitioning().partition_count() < target {
