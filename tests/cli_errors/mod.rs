@@ -19,13 +19,8 @@ fn unknown_config_key_is_named() {
 
 #[test]
 fn unknown_datafusion_key_is_named() {
-    let (code, err) = failing(|d| {
-        demo_config_with(
-            d,
-            "\"execution.target_partitions\"",
-            "\"execution.no_such_key\"",
-        )
-    });
+    let (code, err) =
+        failing(|d| demo_config(d, "[datafusion]\n\"execution.no_such_key\" = \"2\"\n"));
     assert_eq!(code, 2);
     assert!(err.contains("execution.no_such_key"), "{err}");
 }

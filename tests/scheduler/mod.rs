@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::util::{
-    demo_config, demo_config_with, error_line, failing, manifest, read_table, run_at_env, run_ok,
-    snapshot_files, sorted_dump, Run, DEMO_AS_OF,
+    demo_config, error_line, failing, manifest, read_table, run_at_env, run_ok, snapshot_files,
+    sorted_dump, Run, DEMO_AS_OF,
 };
 
 /// The log records of a run (`--log-format json`) with the given message, as their fields.
@@ -59,12 +59,11 @@ async fn reruns_are_bit_identical_at_one_and_eight_partitions_and_models_one_or_
     let mut dumps = Vec::new();
     for (partitions, concurrent) in [("1", 1), ("8", 2)] {
         let tmp = tempfile::tempdir().unwrap();
-        let config = demo_config_with(
+        let config = demo_config(
             tmp.path(),
-            "\"execution.target_partitions\" = \"2\"",
             &format!(
-                "\"execution.target_partitions\" = \"{partitions}\"\n\n\
-                 [runtime]\nconcurrent_models = {concurrent}"
+                "[datafusion]\n\"execution.target_partitions\" = \"{partitions}\"\n\n\
+                 [runtime]\nconcurrent_models = {concurrent}\n"
             ),
         );
         let r = run_at_env(&config, DEMO_AS_OF, &scheduler_logs());
