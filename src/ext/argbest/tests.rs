@@ -212,32 +212,41 @@ async fn string_by_one_key_equals_the_general_accumulator_and_ordered_first_valu
     ];
     for (value, key, max, filter) in cases {
         let [fast, general, ordered] = forms(value, key, max, filter);
-        let sql = format!(
-            "select g, {fast} as a, {general} as b, {ordered} as c from t group by g order by g"
-        );
-        let check = |out: &str| {
-            for line in out.lines().skip(3).filter(|l| l.starts_with("| ")) {
-                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-                assert!(
-                    cells[2] == cells[3] && cells[3] == cells[4],
-                    "{fast} / {general} / {ordered} differ: {line}"
-                );
-            }
-        };
-        for partitions in [1, 3] {
-            let config = SessionConfig::new().with_target_partitions(partitions);
-            let out = query(config, &sql).await;
-            assert!(out.lines().count() > 200, "every group: {out}");
-            check(&out);
-        }
-        // Every row its own partial state, merged by the final stage.
-        let skipping = skipping_partial_aggregation(3);
-        let out = query(skipping.clone(), &sql).await;
-        check(&out);
+        let sql = three_forms_agree(&fast, &general, &ordered).await;
         assert_partial_aggregation_skipped(
-            &query(skipping, &format!("explain analyze {sql}")).await,
+            &query(
+                skipping_partial_aggregation(3),
+                &format!("explain analyze {sql}"),
+            )
+            .await,
         );
     }
+}
+
+/// Asserts that the three forms of an aggregate give every group the same value, on one and
+/// three partitions and with every row its own partial state (merged by the final stage);
+/// returns the query.
+async fn three_forms_agree(fast: &str, general: &str, ordered: &str) -> String {
+    let sql = format!(
+        "select g, {fast} as a, {general} as b, {ordered} as c from t group by g order by g"
+    );
+    let check = |out: &str| {
+        for line in out.lines().skip(3).filter(|l| l.starts_with("| ")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            assert!(
+                cells[2] == cells[3] && cells[3] == cells[4],
+                "{fast} / {general} / {ordered} differ: {line}"
+            );
+        }
+    };
+    for partitions in [1, 3] {
+        let config = SessionConfig::new().with_target_partitions(partitions);
+        let out = query(config, &sql).await;
+        assert!(out.lines().count() > 200, "every group: {out}");
+        check(&out);
+    }
+    check(&query(skipping_partial_aggregation(3), &sql).await);
+    sql
 }
 
 /// `arg_min` / `arg_max` by a numeric key and a string key breaking its ties (this
@@ -293,25 +302,6 @@ async fn string_by_a_key_and_a_string_tie_key_equals_the_general_accumulator_and
             "first_value({value} order by {key} {dir}, {tie} {dir}, {value} asc nulls last) \
              filter (where {key} is not null and {tie} is not null{and})"
         );
-        let sql = format!(
-            "select g, {fast} as a, {general} as b, {ordered} as c from t group by g order by g"
-        );
-        let check = |out: &str| {
-            for line in out.lines().skip(3).filter(|l| l.starts_with("| ")) {
-                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-                assert!(
-                    cells[2] == cells[3] && cells[3] == cells[4],
-                    "{fast} / {general} / {ordered} differ: {line}"
-                );
-            }
-        };
-        for partitions in [1, 3] {
-            let config = SessionConfig::new().with_target_partitions(partitions);
-            let out = query(config, &sql).await;
-            assert!(out.lines().count() > 200, "every group: {out}");
-            check(&out);
-        }
-        let skipping = skipping_partial_aggregation(3);
-        check(&query(skipping, &sql).await);
+        three_forms_agree(&fast, &general, &ordered).await;
     }
 }
