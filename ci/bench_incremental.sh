@@ -10,8 +10,8 @@
 # then splits it, once, into nightly-N/: `orders/month=YYYY-MM/` with every line before the
 # history's last day (sorted by time, as an export would be) and `new-day.parquet` with the
 # last day's lines (new orders, and refunds of old ones). The release build (brought up to
-# date first, or --bin) runs the demo's config over `orders/` (memory_limit 4g, 2 target
-# partitions, 2 tokio workers):
+# date first, or --bin) runs the demo's config over `orders/` (memory_limit 4g, partitions by
+# input size, 2 tokio workers):
 #   1. "base": a full run for the day before the last, which keeps the state (timed, shown);
 #   2. then, with the last day's file added as `orders/month=M/day-D.parquet`, --runs times
 #      interleaved, each from a hard-linked copy of the base output: "incremental" (a plain
