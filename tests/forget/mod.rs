@@ -145,6 +145,13 @@ fn run(config: &Path, as_of: &str, extra: &[&str]) {
     assert_eq!(r.code, 0, "run {as_of}: {}", r.stderr);
 }
 
+/// A customers file `name` in `dir` holding `text`.
+fn id_list(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let list = dir.join(name);
+    std::fs::write(&list, text).unwrap();
+    list
+}
+
 fn forget(config: &Path, list: &Path, failpoints: &str) -> crate::util::Run {
     let env: Vec<(String, String)> = match failpoints {
         "" => vec![],
@@ -348,8 +355,7 @@ fn published(dir: &Path) -> (PathBuf, Tree) {
 fn forget_removes_a_customer_from_every_kept_snapshot_and_later_runs_leave_them_out() {
     let dir = tempfile::tempdir().unwrap();
     let (config, before) = published(dir.path());
-    let list = dir.path().join("forget.txt");
-    std::fs::write(&list, format!("{ERASED}\n")).unwrap();
+    let list = id_list(dir.path(), "forget.txt", &format!("{ERASED}\n"));
     let r = forget(&config, &list, "");
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
@@ -569,8 +575,7 @@ fn forget_on_s3_rewrites_only_the_files_that_hold_the_customer() {
         assert_eq!(r.code, 0, "{d}: {}", r.stderr);
     }
     let before = moto.tree("bucket", "out");
-    let list = dir.path().join("forget.txt");
-    std::fs::write(&list, format!("{ERASED}\n")).unwrap();
+    let list = id_list(dir.path(), "forget.txt", &format!("{ERASED}\n"));
     let r = forget_env(&config, &list, &moto.env());
     assert_eq!(r.code, 0, "{}", r.stderr);
     let after = moto.tree("bucket", "out");
@@ -708,8 +713,7 @@ fn assert_delta_erased(before: &Tree, after: &Tree) {
 fn forget_on_delta_output_deletes_the_rows_and_vacuums_every_file_that_held_them() {
     let dir = tempfile::tempdir().unwrap();
     let (config, before) = delta_published(dir.path());
-    let list = dir.path().join("forget.txt");
-    std::fs::write(&list, format!("{DEMO_CUSTOMER}\n")).unwrap();
+    let list = id_list(dir.path(), "forget.txt", &format!("{DEMO_CUSTOMER}\n"));
     let r = forget(&config, &list, "");
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_delta_erased(&before, &tree(&dir.path().join("out")));
@@ -722,8 +726,7 @@ fn forget_on_delta_output_deletes_the_rows_and_vacuums_every_file_that_held_them
 fn forget_on_delta_killed_after_the_deletes_is_finished_by_forget_again() {
     let dir = tempfile::tempdir().unwrap();
     let (config, before) = delta_published(dir.path());
-    let list = dir.path().join("forget.txt");
-    std::fs::write(&list, format!("{DEMO_CUSTOMER}\n")).unwrap();
+    let list = id_list(dir.path(), "forget.txt", &format!("{DEMO_CUSTOMER}\n"));
     let r = forget(&config, &list, "delta_erased=kill");
     assert_eq!(r.code, -1, "{}", r.stderr);
     let out = dir.path().join("out");
@@ -769,8 +772,7 @@ fn an_erased_member_without_an_address_any_more_takes_the_audience_files_with_th
             ),
         ],
     );
-    let list = dir.path().join("forget.txt");
-    std::fs::write(&list, format!("{ERASED}\n")).unwrap();
+    let list = id_list(dir.path(), "forget.txt", &format!("{ERASED}\n"));
     let r = forget(&config, &list, "");
     assert_eq!(r.code, 0, "{}", r.stderr);
     let after = tree(&dir.path().join("out"));
@@ -803,12 +805,10 @@ fn an_erased_member_without_an_address_any_more_takes_the_audience_files_with_th
 fn forget_after_an_interrupted_request_erases_both_requests_customers() {
     let dir = tempfile::tempdir().unwrap();
     let (config, before) = published(dir.path());
-    let first = dir.path().join("first.txt");
-    std::fs::write(&first, format!("{ERASED}\n")).unwrap();
+    let first = id_list(dir.path(), "first.txt", &format!("{ERASED}\n"));
     let r = forget(&config, &first, "erased_listed=kill");
     assert_eq!(r.code, -1, "{}", r.stderr);
-    let second = dir.path().join("second.txt");
-    std::fs::write(&second, "\u{feff}13\n").unwrap();
+    let second = id_list(dir.path(), "second.txt", "\u{feff}13\n");
     let r = forget(&config, &second, "");
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
