@@ -53,6 +53,18 @@ pub async fn reachable(scheduler: &SchedulerAddr) -> Result<()> {
     }
 }
 
+/// What a run says of a job the scheduler cancelled (Ballista's client reports it as "Job
+/// … failed: Cancelled"), given the error's `message`: segflow's scheduler cancels the jobs
+/// that wait [`serve::STRANDED_JOB_GRACE`] without a live executor.
+pub fn why_cancelled(message: &str) -> Option<String> {
+    message.trim_end().ends_with("failed: Cancelled").then(|| {
+        format!(
+            "the scheduler cancels a job that has waited {} s without a live executor; its log names the job",
+            serve::STRANDED_JOB_GRACE.as_secs()
+        )
+    })
+}
+
 /// The engine config of a run's model session on the cluster: the run's (`[datafusion]`,
 /// target partitions) under Ballista's restrictions, with segflow's codec.
 pub fn cluster_config(settings: &Settings) -> Result<SessionConfig> {
@@ -153,6 +165,13 @@ pub async fn connect(settings: &Settings, scheduler: &SchedulerAddr) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancelled_job_is_explained_and_other_failures_are_not() {
+        let why = why_cancelled("Execution error: Job bqXa3 failed: Cancelled").unwrap();
+        assert!(why.contains("40 s without a live executor"), "{why}");
+        assert_eq!(why_cancelled("Job bqXa3 failed: task 3 lost"), None);
+    }
 
     #[tokio::test]
     async fn an_unreachable_scheduler_is_named() {

@@ -5,12 +5,14 @@
 //! executor heartbeats every [`HEARTBEAT`]; the scheduler declares one lost after
 //! [`EXECUTOR_TIMEOUT`] without a heartbeat and runs its tasks again on the others (and the
 //! finished stages whose output it held); a job with no executor left fails after
-//! [`NO_EXECUTORS_GRACE`].
+//! [`NO_EXECUTORS_GRACE`], and one Ballista's check misses is cancelled after
+//! [`STRANDED_JOB_GRACE`] (see [`cancel_stranded_jobs`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_core::RuntimeProducer;
@@ -20,13 +22,15 @@ use ballista_executor::execution_engine::{
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::start_server;
+use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service};
+use ballista_scheduler::scheduler_server::SchedulerServer;
 use ballista_scheduler::SessionBuilder;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::prelude::SessionConfig;
-use tracing::info;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use tracing::{info, warn};
 
 use super::codec::SegflowLogicalCodec;
 use super::{SchedulerAddr, StoreRegistry};
@@ -39,6 +43,13 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a job waits for an executor when none is left.
 pub const NO_EXECUTORS_GRACE: Duration = Duration::from_secs(30);
+/// How long a running job may go without a live executor before `segflow scheduler`
+/// cancels it (see [`cancel_stranded_jobs`]): longer than [`NO_EXECUTORS_GRACE`], so that
+/// where Ballista's own check applies its message is the one the run reports.
+pub const STRANDED_JOB_GRACE: Duration = Duration::from_secs(40);
+
+/// The scheduler embedded in `segflow scheduler`.
+type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
 
 /// `segflow scheduler`: serves Ballista's scheduler on `bind` until the process ends.
 pub async fn run_scheduler(bind: SocketAddr, external_host: String, s3: S3Settings) -> Result<()> {
@@ -52,6 +63,8 @@ pub async fn run_scheduler(bind: SocketAddr, external_host: String, s3: S3Settin
         executor_timeout_seconds: EXECUTOR_TIMEOUT.as_secs(),
         expire_dead_executor_interval_seconds: 1,
         no_executors_grace_period_seconds: NO_EXECUTORS_GRACE.as_secs(),
+        // `cancel_stranded_jobs` reads "ready" as "an executor is alive".
+        min_ready_executors: 1,
         override_session_builder: Some(session_builder),
         override_logical_codec: Some(Arc::new(SegflowLogicalCodec::default())),
         ..Default::default()
@@ -63,10 +76,55 @@ pub async fn run_scheduler(bind: SocketAddr, external_host: String, s3: S3Settin
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(failed)?;
+    let config = Arc::new(config);
+    config.validate().map_err(failed)?;
+    let scheduler: Scheduler = create_scheduler(cluster, config).await.map_err(failed)?;
+    tokio::spawn(cancel_stranded_jobs(scheduler.clone()));
     info!(%bind, "scheduler listening");
-    start_server(cluster, bind, Arc::new(config))
-        .await
-        .map_err(failed)
+    start_grpc_service(bind, scheduler).await.map_err(failed)
+}
+
+/// Cancels every job that has been running for [`STRANDED_JOB_GRACE`] while no executor
+/// was alive, checking each second.
+///
+/// Ballista 55 fails the jobs left on a cluster whose last executor is lost, once
+/// [`NO_EXECUTORS_GRACE`] has passed without a new one; but only the jobs already running
+/// when that executor was lost. A job planned a moment later (a model submitted beside the
+/// one whose task killed the executor), or submitted to a scheduler no executor has joined,
+/// would wait for ever, and with it the run. Each such job gets its own window, counted
+/// from the first check that finds it running on an empty cluster; an executor joining in
+/// the meantime clears every window.
+async fn cancel_stranded_jobs(scheduler: Scheduler) {
+    let mut stranded_since: HashMap<ballista_core::JobId, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        // Ready: at least `min_ready_executors` (1) executor has sent a recent heartbeat.
+        if scheduler.is_ready() {
+            stranded_since.clear();
+            continue;
+        }
+        let running = scheduler.state.task_manager.get_running_job_cache();
+        stranded_since.retain(|job, _| running.contains_key(job));
+        let now = Instant::now();
+        for job in running.keys() {
+            let since = stranded_since.entry(job.clone()).or_insert(now);
+            if now.duration_since(*since) < STRANDED_JOB_GRACE {
+                continue;
+            }
+            warn!(
+                %job,
+                seconds = STRANDED_JOB_GRACE.as_secs(),
+                "cancelling the job: no executor has been alive to run its tasks"
+            );
+            if let Err(e) = scheduler.cancel_job(job.clone()).await {
+                warn!(%job, error = %e, "could not cancel the job");
+            }
+            // A job still running at the next checks (the cancel failed) waits another
+            // window before it is cancelled again.
+            *since = now;
+        }
+    }
 }
 
 /// What `segflow executor` serves.

@@ -166,6 +166,9 @@ pub fn model_error(model: &Model, e: DataFusionError) -> Error {
         }
         tracing::debug!(error = %full, "planning error");
     }
+    if let Some(why) = crate::cluster::why_cancelled(&message) {
+        message.push_str(&format!(" ({why})"));
+    }
     Error::Model {
         file,
         model: model.name.clone(),

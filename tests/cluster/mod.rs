@@ -8,8 +8,9 @@ use std::process::{Child, Stdio};
 use crate::s3::{free_port, moto_with_demo, s3_config, wait_for_port};
 use crate::scheduler::published_dumps;
 use crate::util::{
-    demo_config, error_line, output_within, run_at_env, run_command, segflow_command, segflow_env,
-    snapshot_files, Deadline, DEMO_AS_OF, RUN_DEADLINE,
+    demo_config, error_line, finish_within, output_within, run_at_env, run_command,
+    segflow_command, segflow_env, snapshot_files, stderr_tail, Deadline, Run, DEMO_AS_OF,
+    RUN_DEADLINE,
 };
 
 /// A scheduler and its executors, killed on drop.
@@ -113,6 +114,32 @@ impl Cluster {
             .collect()
     }
 
+    /// `segflow run` of `config` at `as_of` on this cluster (with `env` besides): a run
+    /// still going after [`RUN_DEADLINE`] is killed and fails the test with every process's
+    /// log.
+    fn run(&self, config: &Path, as_of: &str, env: &[(String, String)]) -> Run {
+        let child = run_command(&["--log-format", "json"], config, as_of)
+            .envs(env.iter().cloned().chain(self.run_env()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run starts");
+        let out = finish_within(child, RUN_DEADLINE).unwrap_or_else(|out| {
+            panic!(
+                "the run on the cluster did not finish in {} s; its stderr ended:\n{}\n{}",
+                RUN_DEADLINE.as_secs(),
+                stderr_tail(&out),
+                self.logs()
+            )
+        });
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     fn logs(&self) -> String {
         let mut all = format!("--- scheduler\n{}", self.log("scheduler"));
         for i in 0..self.executors.len() {
@@ -189,9 +216,7 @@ fn the_demo_on_two_executors_with_s3_output_publishes_the_local_engines_tables()
     let cluster = Cluster::start(&moto.env(), &[vec![], vec![]]);
     let tmp = tempfile::tempdir().unwrap();
     let config = s3_config(tmp.path(), "");
-    let mut env = moto.env();
-    env.extend(cluster.run_env());
-    let r = run_at_env(&config, DEMO_AS_OF, &env);
+    let r = cluster.run(&config, DEMO_AS_OF, &moto.env());
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, cluster.logs());
     let out = tmp.path().join("s3-out");
     moto.download("bucket", "out", &out);
@@ -263,10 +288,53 @@ fn a_run_whose_last_executor_dies_exits_2_and_changes_nothing() {
     let (tmp, config, before) = with_earlier_snapshot();
     let out: PathBuf = tmp.path().join("out");
     let cluster = Cluster::start(&[], &[killed_at_first_task()]);
-    let r = run_at_env(&config, DEMO_AS_OF, &cluster.run_env());
+    let r = cluster.run(&config, DEMO_AS_OF, &[]);
     assert_eq!(r.code, 2, "{}\n{}", r.stderr, cluster.logs());
     let line = error_line(&r);
     assert!(line.contains("Job") && line.contains("failed"), "{line}");
+    assert_eq!(snapshot_files(&out), before, "the output changed");
+}
+
+/// The only executor is SIGKILLed and the scheduler has declared it lost before the run
+/// starts: Ballista's own check (which covers only the jobs running when the executor was
+/// lost) never fails the run's jobs, the scheduler cancels them once they have waited
+/// `STRANDED_JOB_GRACE` without an executor, and the run exits 2 saying so; the output is
+/// exactly as it was.
+#[test]
+fn a_run_on_a_cluster_whose_executors_are_gone_exits_2_and_changes_nothing() {
+    let (tmp, config, before) = with_earlier_snapshot();
+    let out: PathBuf = tmp.path().join("out");
+    let mut cluster = Cluster::start(&[], &[vec![]]);
+    let gone = cluster.executor_id(0);
+    cluster.executors[0].kill().expect("kills the executor");
+    cluster.executors[0].wait().expect("reaps the executor");
+    let deadline = Deadline::after(std::time::Duration::from_secs(120));
+    while !cluster
+        .log("scheduler")
+        .contains(&format!("Removing executor {gone}"))
+    {
+        deadline.check(|| {
+            format!(
+                "the scheduler to remove executor {gone}\n{}",
+                cluster.logs()
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let r = cluster.run(&config, DEMO_AS_OF, &[]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stderr, cluster.logs());
+    let line = error_line(&r);
+    assert!(
+        line.contains("Cancelled") && line.contains("without a live executor"),
+        "{line}"
+    );
+    assert!(
+        cluster
+            .log("scheduler")
+            .contains("cancelling the job: no executor has been alive to run its tasks"),
+        "{}",
+        cluster.logs()
+    );
     assert_eq!(snapshot_files(&out), before, "the output changed");
 }
 

@@ -15,7 +15,10 @@ pub(crate) use tables::{
     assert_matches_csv, assert_rows_match_csv, display_rows, manifest, read_table, run_minimal,
     sorted_dump, write_columns, write_minimal_orders, write_orders_with_nulls,
 };
-pub(crate) use wait::{assert_finishes_ok, output_within, wait_until, Deadline, RUN_DEADLINE};
+pub(crate) use wait::{
+    assert_finishes_ok, finish_within, output_within, stderr_tail, wait_until, Deadline,
+    RUN_DEADLINE,
+};
 
 /// The `--as-of` of the demo runs: the day after the demo's newest order.
 pub(crate) const DEMO_AS_OF: &str = "2026-11-21";
@@ -45,15 +48,24 @@ pub(crate) fn segflow(args: &[&str]) -> Run {
     segflow_env(args, &[])
 }
 
-/// Runs segflow with extra environment variables.
+/// Runs segflow with extra environment variables; a process still running after
+/// [`RUN_DEADLINE`] is killed and fails the test.
 pub(crate) fn segflow_env(args: &[&str], env: &[(String, String)]) -> Run {
-    let out = segflow_command()
+    let child = segflow_command()
         .args(["--log-format", "json"])
         .args(args)
         .env_remove("SEGFLOW_CONFIG")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .expect("segflow runs");
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("segflow starts");
+    let out = output_within(
+        child,
+        RUN_DEADLINE,
+        &format!("`segflow {}`", args.join(" ")),
+    );
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

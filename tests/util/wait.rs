@@ -58,28 +58,48 @@ pub(crate) fn wait_until<T>(
     }
 }
 
-/// `child.wait_with_output()`, but after `timeout` the child is killed and the test fails
-/// naming `what` it was waiting for.
-pub(crate) fn output_within(child: Child, timeout: Duration, what: &str) -> Output {
+/// `child.wait_with_output()`, or, once `timeout` has passed, the child killed and what it
+/// had written as `Err`.
+pub(crate) fn finish_within(child: Child, timeout: Duration) -> Result<Output, Output> {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(timeout) {
-        Ok(out) => out.unwrap(),
+        Ok(out) => Ok(out.expect("waits for the child")),
         Err(_) => {
             // SAFETY: a signal to our own child process, not reaped yet (its waiter has not
             // returned).
             unsafe {
                 libc::kill(pid as libc::pid_t, libc::SIGKILL);
             }
-            panic!(
-                "gave up after {} s waiting for {what} (pid {pid}, now killed)",
-                timeout.as_secs()
-            );
+            Err(rx
+                .recv()
+                .expect("the waiter sends the output")
+                .expect("waits for the child"))
         }
     }
+}
+
+/// `child.wait_with_output()`, but after `timeout` the child is killed and the test fails
+/// naming `what` it was waiting for, with the end of what the child wrote to stderr.
+pub(crate) fn output_within(child: Child, timeout: Duration, what: &str) -> Output {
+    let pid = child.id();
+    finish_within(child, timeout).unwrap_or_else(|out| {
+        panic!(
+            "gave up after {} s waiting for {what} (pid {pid}, now killed); its stderr ended:\n{}",
+            timeout.as_secs(),
+            stderr_tail(&out)
+        )
+    })
+}
+
+/// The last lines a process wrote to stderr.
+pub(crate) fn stderr_tail(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// Waits ([`RUN_DEADLINE`] at most) for a segflow process, `what` it is, and asserts it
