@@ -9,8 +9,8 @@ use crate::s3::{free_port, moto_with_demo, s3_config, wait_for_port};
 use crate::scheduler::published_dumps;
 use crate::util::{
     demo_config, error_line, finish_within, output_within, run_at_env, run_command,
-    segflow_command, segflow_env, snapshot_files, stderr_tail, Deadline, Run, DEMO_AS_OF,
-    RUN_DEADLINE,
+    segflow_command, segflow_env, snapshot_files, stderr_tail, wait_until, Deadline, Run,
+    DEMO_AS_OF, RUN_DEADLINE,
 };
 
 /// A scheduler and its executors, killed on drop.
@@ -125,19 +125,16 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run starts");
-        let out = finish_within(child, RUN_DEADLINE).unwrap_or_else(|out| {
-            panic!(
-                "the run on the cluster did not finish in {} s; its stderr ended:\n{}\n{}",
-                RUN_DEADLINE.as_secs(),
-                stderr_tail(&out),
-                self.logs()
-            )
-        });
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        finish_within(child, RUN_DEADLINE)
+            .unwrap_or_else(|out| {
+                panic!(
+                    "the run on the cluster did not finish in {} s; its stderr ended:\n{}\n{}",
+                    RUN_DEADLINE.as_secs(),
+                    stderr_tail(&out),
+                    self.logs()
+                )
+            })
+            .into()
     }
 
     fn logs(&self) -> String {
@@ -308,19 +305,17 @@ fn a_run_on_a_cluster_whose_executors_are_gone_exits_2_and_changes_nothing() {
     let gone = cluster.executor_id(0);
     cluster.executors[0].kill().expect("kills the executor");
     cluster.executors[0].wait().expect("reaps the executor");
-    let deadline = Deadline::after(std::time::Duration::from_secs(120));
-    while !cluster
-        .log("scheduler")
-        .contains(&format!("Removing executor {gone}"))
-    {
-        deadline.check(|| {
-            format!(
-                "the scheduler to remove executor {gone}\n{}",
-                cluster.logs()
-            )
-        });
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until(
+        &format!("the scheduler to remove executor {gone}"),
+        std::time::Duration::from_secs(120),
+        std::time::Duration::from_millis(100),
+        || {
+            cluster
+                .log("scheduler")
+                .contains(&format!("Removing executor {gone}"))
+                .then_some(())
+        },
+    );
     let r = cluster.run(&config, DEMO_AS_OF, &[]);
     assert_eq!(r.code, 2, "{}\n{}", r.stderr, cluster.logs());
     let line = error_line(&r);

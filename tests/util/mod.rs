@@ -36,6 +36,16 @@ pub(crate) struct Run {
     pub(crate) stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 /// The `segflow` binary as a command, without the test harness's own variable
 /// [`UPDATE_SNAPSHOTS`] (segflow refuses `SEGFLOW_*` variables it does not know).
 pub(crate) fn segflow_command() -> Command {
@@ -61,16 +71,12 @@ pub(crate) fn segflow_env(args: &[&str], env: &[(String, String)]) -> Run {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("segflow starts");
-    let out = output_within(
+    output_within(
         child,
         RUN_DEADLINE,
         &format!("`segflow {}`", args.join(" ")),
-    );
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    )
+    .into()
 }
 
 /// The error line segflow printed (logs are JSON lines; the error is plain text).
