@@ -196,15 +196,17 @@ def seconds(kind):
     staged = [ts(e) for e in log if e["fields"].get("message") == "canonical orders staged"]
     if staged:
         out["orders"] = staged[0] - ts(log[0])
-    return out, m
-(full, fm), (inc, im) = seconds("full"), seconds("incremental")
+    at_a_time = [e["fields"]["concurrent_models"] for e in log
+                 if e["fields"].get("message") == "models computed up to this many at a time"]
+    return out, m, (at_a_time or ["?"])[0]
+(full, fm, full_at), (inc, im, inc_at) = seconds("full"), seconds("incremental")
 print(f"lines staged: full {fm['input']['rows_visible']:,}, incremental {im['input']['rows_visible']:,}; "
       f"state kept: {im['state']['bytes'] / 1048576:,.0f} MiB, of which the incremental night wrote "
       f"{sum(v['delta_bytes'] if v.get('delta') else v['bytes'] for v in im['state']['tables'].values()) / 1048576:,.1f} MiB "
       "(" + ", ".join(f"{k} {v['rows']:,} base rows + {v.get('delta_rows', 0):,} delta rows"
                       for k, v in im["state"]["tables"].items()) + ")")
 items = sorted(full, key=lambda k: -max(full[k], inc.get(k, 0)))
-print("per model, last runs (s, full / incremental; models overlap, two at a time; orders = staging pass):")
+print(f"per model, last runs (s, full / incremental; models at a time: {full_at} / {inc_at}; orders = staging pass):")
 for k in items:
     print(f"  {k:<24} {full[k]:>8.2f} {inc.get(k, float('nan')):>8.2f}")
 PY

@@ -40,31 +40,20 @@ grid as (
     from sizes s cross join as_of_index a
 ),
 
-activity as (
-    select
-        c.customer_id,
-        c.cohort_month,
-        cast(date_part('year', d.order_date) * 12 + date_part('month', d.order_date) as bigint) - c.cohort_index as period,
-        bool_or(d.is_purchase) as active,
-        sum(d.revenue) as revenue,
-        sum(d.margin)  as margin
-    from customer_days d
-    join customers c on c.customer_id = d.customer_id
-    group by 1, 2, 3
-),
-
 cells as (
     select
         cohort_month, period,
         count(*) filter (where active) as active_customers,
         sum(revenue) as revenue,
         sum(margin)  as margin
-    from activity
+    from customer_months
     group by cohort_month, period
 ),
 
+-- Whether any line has a cost: the first such customer day ends the scan.
 cost_known as (
-    select count(*) > 0 as known from customer_days where margin is not null
+    select count(*) > 0 as known
+    from (select 1 as one from customer_days where margin is not null limit 1) first_cost
 ),
 
 filled as (

@@ -34,77 +34,37 @@ unique   = ["customer_id"]
 not_null = ["customer_id", "first_order_ts", "orders", "revenue", "acquisition_channel"]
 expression = ["orders >= 1", "purchase_days <= orders", "recency_days <= tenure_days", "recency_days >= 0"]
 ---*/
--- One pass over the orders and one over the customer days; the first and latest order are
--- the smallest and largest (purchase_ts, order_id), as arg_min / arg_max pick them.
-with by_orders as (
+-- The customer's own totals are kept as state (customer_totals); what moves with as_of —
+-- recency, tenure, and whether a 90/180/365-day window has closed — is computed here, over
+-- every customer, each run.
+with facts as (
     select
-        customer_id,
-        min(purchase_ts)   as first_order_ts,
-        max(purchase_ts)   as last_order_ts,
-        min(purchase_date) as first_order_date,
-        max(purchase_date) as last_order_date,
-        count(*)           as orders,
-        arg_min(named_struct('channel', channel, 'country', country, 'device', device,
-                             'category', top_category),
-                purchase_ts, order_id)                 as first_order,
-        arg_max(top_category, purchase_ts, order_id) as last_category
-    from purchase_orders
-    group by customer_id
-),
-
-by_days as (
-    select
-        d.customer_id,
-        count(*) filter (where d.is_purchase) as purchase_days,
-        sum(d.revenue) as revenue,
-        sum(d.margin)  as margin,
-        sum(case when d.order_date > o.first_order_date then d.revenue end) as repeat_revenue,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 90  then d.revenue end) as revenue_90d,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 180 then d.revenue end) as revenue_180d,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 365 then d.revenue end) as revenue_365d,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 90  then d.margin end)  as margin_90d,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 180 then d.margin end)  as margin_180d,
-        sum(case when cast(d.order_date as int) - cast(o.first_order_date as int) between 0 and 365 then d.margin end)  as margin_365d
-    from customer_days d
-    join by_orders o on o.customer_id = d.customer_id
-    group by d.customer_id
-),
-
-final as (
-    select
-        o.customer_id,
-        o.first_order_ts,
-        o.last_order_ts,
-        o.first_order_date,
-        o.last_order_date,
-        cast(date_trunc('month', o.first_order_date) as date) as cohort_month,
-        o.orders,
-        m.purchase_days,
-        cast(m.revenue as double) as revenue,
-        cast(m.margin as double)  as margin,
-        cast(m.revenue as double) / o.orders as aov,
-        cast(cast($as_of as int) - cast(o.last_order_date as int) as bigint)  as recency_days,
-        cast(cast($as_of as int) - cast(o.first_order_date as int) as bigint) as tenure_days,
-        coalesce(o.first_order['channel'], 'unknown') as acquisition_channel,
-        coalesce(o.first_order['country'], 'unknown') as acquisition_country,
-        coalesce(o.first_order['device'], 'unknown')  as acquisition_device,
-        o.first_order['category'] as first_category,
-        o.last_category,
-        cast(coalesce(m.repeat_revenue, 0) as double) as repeat_revenue,
-        m.revenue_90d, m.revenue_180d, m.revenue_365d,
-        m.margin_90d, m.margin_180d, m.margin_365d
-    from by_orders o
-    join by_days m on m.customer_id = o.customer_id
+        customer_id, first_order_ts, last_order_ts, first_order_date, last_order_date,
+        orders, purchase_days, revenue, margin, last_category, repeat_revenue,
+        revenue_90d, revenue_180d, revenue_365d, margin_90d, margin_180d, margin_365d,
+        first_channel, first_country, first_device, first_category,
+        cast(cast($as_of as int) - cast(last_order_date as int) as bigint)  as recency_days,
+        cast(cast($as_of as int) - cast(first_order_date as int) as bigint) as tenure_days
+    from customer_totals
 )
 select
-    customer_id, first_order_ts, last_order_ts, first_order_date, last_order_date, cohort_month,
-    orders, purchase_days, revenue, margin, aov, recency_days, tenure_days,
-    acquisition_channel, acquisition_country, acquisition_device, first_category, last_category,
-    repeat_revenue,
+    customer_id, first_order_ts, last_order_ts, first_order_date, last_order_date,
+    cast(date_trunc('month', first_order_date) as date) as cohort_month,
+    orders, purchase_days,
+    cast(revenue as double) as revenue,
+    cast(margin as double)  as margin,
+    cast(revenue as double) / orders as aov,
+    recency_days, tenure_days,
+    coalesce(first_channel, 'unknown') as acquisition_channel,
+    coalesce(first_country, 'unknown') as acquisition_country,
+    coalesce(first_device, 'unknown')  as acquisition_device,
+    first_category,
+    last_category,
+    cast(coalesce(repeat_revenue, 0) as double) as repeat_revenue,
     case when tenure_days >= 90  then cast(revenue_90d as double)  end as revenue_90d,
     case when tenure_days >= 180 then cast(revenue_180d as double) end as revenue_180d,
     case when tenure_days >= 365 then cast(revenue_365d as double) end as revenue_365d,
     case when tenure_days >= 90  then cast(margin_90d as double)   end as margin_90d,
     case when tenure_days >= 180 then cast(margin_180d as double)  end as margin_180d,
     case when tenure_days >= 365 then cast(margin_365d as double)  end as margin_365d
-from final
+from facts

@@ -294,6 +294,12 @@ pub async fn check(settings: &Settings) -> Result<CheckReport> {
 /// noted as skipped, not reported), and the rest ordered.
 fn order_reporting(models: &mut Vec<Model>, report: &mut CheckReport) -> Result<Vec<Model>> {
     let mut removed: BTreeSet<String> = BTreeSet::new();
+    for (name, e) in crate::models::incremental::read_errors(models) {
+        let m = models.iter().find(|m| m.name == name).cloned();
+        report.findings.push(finding_from(&e, m.as_ref()));
+        models.retain(|m| m.name != name);
+        removed.insert(name);
+    }
     loop {
         match order_models(models.clone()) {
             Ok(ordered) => return Ok(ordered),

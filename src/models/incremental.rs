@@ -9,12 +9,16 @@
 //! (sums add, minima take the minimum, ...), so merging the new lines' rows into the old
 //! ones gives the rows of all the lines.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::Schema;
+use datafusion::catalog::TableProvider;
 use datafusion::common::JoinType;
-use datafusion::logical_expr::{col, Expr};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{cast, col, Expr};
 use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::scalar::ScalarValue;
 use datafusion::sql::resolve::resolve_table_references;
 
 use crate::error::{Error, Result};
@@ -23,6 +27,68 @@ use crate::models::{line_of, parse_statement, Model};
 /// The tables a `merge` query reads: the kept rows of the keys the new lines touch, and the
 /// model's query over the new lines.
 pub const MERGE_TABLES: [&str; 2] = ["state", "slice"];
+
+/// The key an incremental model over other incremental models is recomputed by.
+pub const CUSTOMER: &str = "customer_id";
+
+/// Whether `model` is incremental over other incremental models (not over the lines): an
+/// incremental run recomputes its rows of the customers the new lines touch.
+pub fn by_customer(model: &Model) -> bool {
+    model.incremental() && !model.inputs.contains("orders")
+}
+
+/// The columns by which an incremental model's new rows replace its kept rows: the grain of
+/// a model over the lines; the customer of a model over other incremental models (every row
+/// of a touched customer is recomputed, so a kept row of a key it no longer has goes too).
+pub fn replaced_by(model: &Model) -> &[String] {
+    static BY_CUSTOMER: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| vec![CUSTOMER.to_string()]);
+    match by_customer(model) {
+        true => BY_CUSTOMER.as_slice(),
+        false => &model.header.grain,
+    }
+}
+
+/// An incremental model over other models that reads a model which is not incremental
+/// itself is an error naming the file (checked once every model is known): the first one.
+pub fn validate_reads(models: &[Model]) -> Result<()> {
+    match read_errors(models).into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Each incremental model over other models that reads a model which is not incremental,
+/// with its error (for `segflow check`, which reports them all).
+pub fn read_errors(models: &[Model]) -> Vec<(String, Error)> {
+    let incremental: BTreeSet<&str> = models
+        .iter()
+        .filter(|m| m.incremental())
+        .map(|m| m.name.as_str())
+        .collect();
+    let mut errors = Vec::new();
+    for model in models.iter().filter(|m| by_customer(m)) {
+        let tables: Vec<String> = model
+            .deps
+            .iter()
+            .filter(|d| !incremental.contains(d.as_str()))
+            .map(|d| format!("`{d}`"))
+            .collect();
+        if !tables.is_empty() {
+            let file = match key_line(&model.sql, "materialized") {
+                Some(l) => format!("{}:{l}", model.file),
+                None => model.file.clone(),
+            };
+            let message = format!(
+                "an incremental model over other models reads only incremental models (their \
+                 kept rows of the touched customers); {} is not incremental",
+                tables.join(", ")
+            );
+            errors.push((model.name.clone(), Error::ModelFile { file, message }));
+        }
+    }
+    errors
+}
 
 /// The rules an incremental model's front matter and query must follow (before anything is
 /// planned); a table model must not carry a `merge`.
@@ -67,25 +133,35 @@ pub fn validate(model: &Model) -> Result<()> {
             "an incremental model needs a `grain`: the columns its merge replaces rows by".into(),
         );
     }
+    let reads_lines = model.inputs.contains("orders");
     let others: Vec<&String> = model
-        .deps
+        .previous_deps
         .iter()
-        .chain(model.previous_deps.iter())
         .chain(model.inputs.iter().filter(|i| i.as_str() != "orders"))
+        .chain(model.deps.iter().filter(|_| reads_lines))
         .collect();
-    if !others.is_empty() || !model.inputs.contains("orders") {
+    if !others.is_empty() || (!reads_lines && model.deps.is_empty()) {
         return fail(
             at,
             format!(
-                "an incremental model reads the order lines (`orders`) and nothing else; this one reads {}",
+                "an incremental model reads either the order lines (`orders`) or other incremental models, and nothing else; this one reads {}",
                 match others.is_empty() {
-                    true => "no `orders`".to_string(),
+                    true => "neither".to_string(),
                     false => others
                         .iter()
                         .map(|t| format!("`{t}`"))
                         .collect::<Vec<_>>()
                         .join(", "),
                 }
+            ),
+        );
+    }
+    if !reads_lines && !model.header.grain.iter().any(|g| g == CUSTOMER) {
+        return fail(
+            at,
+            format!(
+                "an incremental model over other incremental models is recomputed for the customers \
+                 the new lines touch, so its grain includes `{CUSTOMER}`"
             ),
         );
     }
@@ -186,7 +262,7 @@ fn by_slice_keys(
     join: JoinType,
 ) -> Result<DataFrame> {
     let err = |e: datafusion::error::DataFusionError| crate::models::model_error(model, e);
-    let grain: Vec<&str> = model.header.grain.iter().map(String::as_str).collect();
+    let grain: Vec<&str> = replaced_by(model).iter().map(String::as_str).collect();
     let keys = slice
         .clone()
         .select(grain.iter().map(|g| col(*g)).collect::<Vec<Expr>>())
@@ -267,6 +343,63 @@ fn quoted(names: &[&String]) -> String {
         .join(", ")
 }
 
+/// Plans `model`, incremental over other incremental models (see [`by_customer`]), over
+/// its inputs' rows of the customers the run's new lines (`orders`) touch: the slice whose
+/// rows replace those customers' kept rows. Each input is registered restricted for the
+/// planning and restored after it (models are planned one at a time).
+pub async fn plan_touched(
+    ctx: &SessionContext,
+    model: &Model,
+    params: &BTreeMap<String, ScalarValue>,
+) -> Result<DataFrame> {
+    let err = |e: DataFusionError| crate::models::model_error(model, e);
+    let touched = ctx
+        .table("orders")
+        .await
+        .and_then(|o| o.select(vec![col(CUSTOMER)]))
+        .and_then(|k| k.distinct())
+        .map_err(err)?;
+    let mut swapped: Vec<(&str, Arc<dyn TableProvider>)> = Vec::new();
+    let mut restricting = Ok(());
+    for dep in &model.deps {
+        let restricted = async {
+            let provider = ctx.table_provider(dep.as_str()).await?;
+            let rows = ctx.read_table(Arc::clone(&provider))?;
+            let key = rows
+                .schema()
+                .field_with_unqualified_name(CUSTOMER)?
+                .data_type()
+                .clone();
+            let only = touched
+                .clone()
+                .select(vec![cast(col(CUSTOMER), key).alias(TOUCHED)])?
+                .join(rows, JoinType::RightSemi, &[TOUCHED], &[CUSTOMER], None)?;
+            ctx.deregister_table(dep.as_str())?;
+            ctx.register_table(dep.as_str(), only.into_view())?;
+            Ok::<_, DataFusionError>(provider)
+        };
+        match restricted.await {
+            Ok(provider) => swapped.push((dep.as_str(), provider)),
+            Err(e) => {
+                restricting = Err(err(e));
+                break;
+            }
+        }
+    }
+    let planned = match restricting {
+        Ok(()) => crate::models::plan_model(ctx, model, params).await,
+        Err(e) => Err(e),
+    };
+    for (dep, provider) in swapped {
+        let _ = ctx.deregister_table(dep);
+        let _ = ctx.register_table(dep, provider);
+    }
+    planned
+}
+
+/// The touched customers' key column while an input is restricted to them.
+const TOUCHED: &str = "segflow_touched_customer";
+
 /// Plans `model`'s merge query in `ctx` with `state` and `slice` registered for it (and
 /// removed again: models are planned one at a time).
 pub async fn plan_merge(
@@ -328,6 +461,42 @@ mod tests {
     }
 
     #[test]
+    fn an_incremental_model_over_incremental_models_is_keyed_by_customer() {
+        let front = "grain = [\"customer_id\"]\npublish = false\nmaterialized = \"incremental\"\nmerge = \"select * from slice\"";
+        let totals = model(
+            front,
+            "select customer_id, count(*) as days from lines_by_day group by 1",
+        )
+        .unwrap();
+        assert!(super::by_customer(&totals));
+        let day_front = format!(
+            "grain = [\"customer_id\"]\npublish = false\nmaterialized = \"incremental\"\n{MERGE}"
+        );
+        let days = crate::models::parse_model(
+            "lines_by_day",
+            "models/lines_by_day.sql",
+            format!("/*---\n{day_front}\n---*/\nselect customer_id, count(*) as n from orders group by 1\n"),
+        )
+        .unwrap();
+        assert!(!super::by_customer(&days));
+        super::validate_reads(&[days.clone(), totals.clone()]).unwrap();
+        // Over a table model: its rows of a customer may depend on other customers'.
+        let table = crate::models::parse_model(
+            "lines_by_day",
+            "models/lines_by_day.sql",
+            "select customer_id, count(*) as n from orders group by 1".into(),
+        )
+        .unwrap();
+        let e = super::validate_reads(&[table, totals])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("models/m.sql:4") && e.contains("`lines_by_day` is not incremental"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn each_broken_rule_is_named_with_the_file_and_line() {
         let head = "grain = [\"k\"]\npublish = false\nmaterialized = \"incremental\"";
         let lines = "select customer_id as k, count(*) as n from orders group by 1";
@@ -336,9 +505,13 @@ mod tests {
             e.contains("models/m.sql:4") && e.contains("needs a `merge`"),
             "{e}"
         );
-        let e = error_of(&format!("{head}\n{MERGE}"), "select k, n from rfm");
+        let e = error_of(
+            &format!("{head}\n{MERGE}"),
+            "select o.customer_id as k, count(*) as n from orders o join rfm r using (customer_id) group by 1",
+        );
         assert!(
-            e.contains("reads the order lines (`orders`) and nothing else") && e.contains("`rfm`"),
+            e.contains("reads either the order lines (`orders`) or other incremental models")
+                && e.contains("`rfm`"),
             "{e}"
         );
         let e = error_of(
@@ -351,6 +524,11 @@ mod tests {
             e.contains("models/m.sql:5")
                 && e.contains("reads only `state` and `slice`")
                 && e.contains("`rfm`"),
+            "{e}"
+        );
+        let e = error_of(&format!("{head}\n{MERGE}"), "select k, n from other_state");
+        assert!(
+            e.contains("models/m.sql:4") && e.contains("its grain includes `customer_id`"),
             "{e}"
         );
         let e = error_of(&format!("grain = [\"k\"]\n{MERGE}"), lines);

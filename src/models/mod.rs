@@ -737,6 +737,7 @@ pub fn order_models(models: Vec<Model>) -> Result<Vec<Model>> {
             }
         }
     }
+    incremental::validate_reads(&models)?;
     let by_name: BTreeMap<String, Model> =
         models.into_iter().map(|m| (m.name.clone(), m)).collect();
     let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 = visiting, 2 = done

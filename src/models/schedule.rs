@@ -366,13 +366,19 @@ impl<'a> Scheduler<'a> {
             staged,
         )
         .await?;
-        let df = plan_model(self.inputs.ctx, model, &params).await?;
         match self.inputs.state.base {
             Some((output, base)) if model.incremental() => {
-                let df = plan_incremental(self.inputs.ctx, model, df, output, base).await?;
+                let slice = match crate::models::incremental::by_customer(model) {
+                    true => {
+                        crate::models::incremental::plan_touched(self.inputs.ctx, model, &params)
+                            .await?
+                    }
+                    false => plan_model(self.inputs.ctx, model, &params).await?,
+                };
+                let df = plan_incremental(self.inputs.ctx, model, slice, output, base).await?;
                 Ok((df, params))
             }
-            _ => Ok((df, params)),
+            _ => Ok((plan_model(self.inputs.ctx, model, &params).await?, params)),
         }
     }
 }
@@ -389,7 +395,12 @@ async fn plan_incremental(
     use crate::models::incremental::{merged_state, plan_merge, touched_state};
     let err = |e| model_error(model, e);
     let kept = output
-        .open_state(ctx, base, &model.name, &model.header.grain)
+        .open_state(
+            ctx,
+            base,
+            &model.name,
+            crate::models::incremental::replaced_by(model),
+        )
         .await
         .map_err(err)?;
     let schema = slice.schema().as_arrow().clone();
@@ -492,7 +503,11 @@ pub(crate) async fn compute_model(
             let layered = async {
                 let base = output.open_base(ctx, kept, &schema).await?;
                 let delta = ctx.read_table(table)?;
-                crate::publish::state::layered(base, delta, &model.header.grain)
+                crate::publish::state::layered(
+                    base,
+                    delta,
+                    crate::models::incremental::replaced_by(model),
+                )
             };
             layered
                 .await

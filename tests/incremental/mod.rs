@@ -218,6 +218,29 @@ group by 1, 2
         "/*---\ndescription = \"Lines per category and day.\"\ngrain = [\"category\", \"order_date\"]\n---*/\nselect * from category_days\n",
     )
     .unwrap();
+    // Incremental over an incremental model: each customer's rows are recomputed from all
+    // of that customer's kept categories when new lines touch the customer.
+    std::fs::write(
+        dir.join("category_shares.sql"),
+        r#"/*---
+description = "Each customer's share of purchase revenue per category."
+grain = ["customer_id", "category"]
+publish = false
+materialized = "incremental"
+merge = "select * from slice"
+---*/
+select customer_id, category, revenue,
+       revenue / sum(revenue) over (partition by customer_id) as share,
+       count(*) over (partition by customer_id) as categories
+from customer_category_spend
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("customer_category_shares.sql"),
+        "/*---\ndescription = \"Shares.\"\ngrain = [\"customer_id\", \"category\"]\n---*/\nselect * from category_shares\n",
+    )
+    .unwrap();
 }
 
 fn write_config(dir: &Path, out: &Path) -> PathBuf {
@@ -287,21 +310,9 @@ async fn snapshot_rows(out: &Path, as_of: &str) -> BTreeMap<String, Vec<String>>
         tables.insert(name.clone(), folder_rows(&dir, partitions).await);
     }
     for (name, table) in m["state"]["tables"].as_object().unwrap() {
-        tables.insert(format!("_state/{name}"), state_rows(out, name, table).await);
+        tables.insert(format!("_state/{name}"), state_rows(out, table).await);
     }
     tables
-}
-
-/// The grain of each incremental model of these runs: the columns a delta layer's rows
-/// replace base rows by.
-fn grain(model: &str) -> &'static [&'static str] {
-    match model {
-        "purchase_orders" => &["customer_id", "order_id"],
-        "customer_days" => &["customer_id", "order_date"],
-        "customer_category_spend" => &["customer_id", "category"],
-        "category_days" => &["category", "order_date"],
-        other => panic!("no grain known for {other}"),
-    }
 }
 
 fn listed(out: &Path, files: &serde_json::Value) -> Vec<String> {
@@ -317,7 +328,7 @@ fn listed(out: &Path, files: &serde_json::Value) -> Vec<String> {
 
 /// The rows a kept state table holds, from the files its manifest entry lists: the base
 /// layer's rows of a grain the delta layer does not hold, and the delta's rows.
-async fn state_rows(out: &Path, name: &str, table: &serde_json::Value) -> Vec<String> {
+async fn state_rows(out: &Path, table: &serde_json::Value) -> Vec<String> {
     let ctx = SessionContext::new();
     let base = listed(out, &table["files"]);
     let delta = listed(out, &table["delta"]);
@@ -335,9 +346,11 @@ async fn state_rows(out: &Path, name: &str, table: &serde_json::Value) -> Vec<St
         "select * from base".to_string()
     } else {
         ctx.register_table("delta", read(delta).await).unwrap();
-        let same = grain(name)
+        let same = table["grain"]
+            .as_array()
+            .unwrap()
             .iter()
-            .map(|g| format!("d.{g} = b.{g}"))
+            .map(|g| format!("d.{g} = b.{g}", g = g.as_str().unwrap()))
             .collect::<Vec<_>>()
             .join(" and ");
         format!(
@@ -593,7 +606,11 @@ async fn nights_share_state_files_which_are_deleted_only_when_no_kept_state_list
         .flat_map(|t| t["delta"].as_array().unwrap().clone())
         .map(|f| f.as_str().unwrap().to_string())
         .collect();
-    assert_eq!(deltas.len(), 4 * 2, "one delta file per model and bucket");
+    assert_eq!(
+        deltas.len(),
+        tables(&second).len() * 2,
+        "one delta file per model and bucket"
+    );
     assert_eq!(on_disk_under(&date(11)), deltas);
     let sum = |key: &str| -> u64 {
         tables(&second)
@@ -721,22 +738,39 @@ fn a_broken_incremental_model_is_reported_by_check_and_stops_the_run() {
         tmp.path(),
         &format!("[models]\npaths = [\"{}\"]\n", models.display()),
     );
+    let by_category = "grain = [\"category\"]";
+    let by_customer = "grain = [\"customer_id\"]";
     let cases = [
         (
+            by_category,
             "merge = \"select category, sum(lines) as lines from (select * from state union all select * from slice) u group by category\"",
             "select coalesce(category, 'none') as category, count(*) as lines, sum(quantity) as units from orders group by 1",
             "the merge query must give the model's columns; it lacks `units`",
         ),
         (
+            by_category,
             "merge = \"select category, sum(lines) as lines from state group by category\"",
             "select coalesce(category, 'none') as category, count(*) as lines from orders where order_date <= $as_of group by 1",
             "must not use $as_of",
         ),
+        // Over other models: only incremental ones, recomputed per touched customer.
+        (
+            by_customer,
+            "merge = \"select * from slice\"",
+            "select customer_id, count(*) as lines from rfm group by 1",
+            "`rfm` is not incremental",
+        ),
+        (
+            by_category,
+            "merge = \"select * from slice\"",
+            "select category, sum(revenue) as revenue from customer_category_spend group by 1",
+            "its grain includes `customer_id`",
+        ),
     ];
-    for (merge, query, needle) in cases {
+    for (grain, merge, query, needle) in cases {
         std::fs::write(
             models.join("category_lines.sql"),
-            format!("/*---\ngrain = [\"category\"]\npublish = false\nmaterialized = \"incremental\"\n{merge}\n---*/\n{query}\n"),
+            format!("/*---\n{grain}\npublish = false\nmaterialized = \"incremental\"\n{merge}\n---*/\n{query}\n"),
         )
         .unwrap();
         let r = segflow(&["check", "--config", config.to_str().unwrap()]);

@@ -403,7 +403,11 @@ async fn prepare(
                     .models
                     .iter()
                     .find(|m| m.name == o.name && m.incremental())?;
-                Some((o.name.as_str(), model.header.grain.as_slice(), &o.staged))
+                Some((
+                    o.name.as_str(),
+                    crate::models::incremental::replaced_by(model),
+                    &o.staged,
+                ))
             })
             .collect();
         let watermark = Watermark {
