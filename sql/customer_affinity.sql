@@ -13,13 +13,7 @@ unique   = ["customer_id"]
 not_null = ["customer_id", "top_category", "categories_bought"]
 relationships = { customer_id = "customer_facts.customer_id" }
 ---*/
--- The top category is the one with the largest spend (arg_max breaks ties by the smallest
--- name), so its spend is the largest spend.
-select
-    customer_id,
-    arg_max(category, revenue) as top_category,
-    case when sum(revenue) > 0 then cast(max(revenue) as double) / cast(sum(revenue) as double) end
-        as top_category_share,
-    count(*) as categories_bought
-from customer_category_spend
-group by customer_id
+-- Kept per customer as incremental state (category_affinity): a night recomputes only the
+-- customers its new lines touch.
+select customer_id, top_category, top_category_share, categories_bought
+from category_affinity

@@ -43,28 +43,40 @@ known as (
     from customers
 ),
 
--- One join of the customers to their attributes for the three demographic segmentations;
--- a segmentation whose column the customers input leaves empty is left out.
+-- Every customer once, with the exact amounts and their attributes (the attributes, small,
+-- on the left of the join: a hash join keeps its left input in memory).
+facts as (
+    select
+        f.customer_id, f.orders,
+        cast(f.revenue as decimal(38, 6)) as revenue,
+        cast(f.margin as decimal(38, 6))  as margin,
+        f.acquisition_channel, f.acquisition_country, f.acquisition_device,
+        a.birth_year, a.gender, a.opted_in
+    from attributes a
+    right join customer_facts f on a.customer_id = f.customer_id
+),
+
+-- The three demographic segmentations; one whose column the customers input leaves empty
+-- is left out.
 demographic_members as (
     select
         s.segmentation,
         case s.segmentation
             when 'age_band' then
                 case
-                    when a.birth_year is null then 'unknown'
-                    when extract(year from $as_of) - a.birth_year < 25 then 'under 25'
-                    when extract(year from $as_of) - a.birth_year < 35 then '25-34'
-                    when extract(year from $as_of) - a.birth_year < 45 then '35-44'
-                    when extract(year from $as_of) - a.birth_year < 55 then '45-54'
-                    when extract(year from $as_of) - a.birth_year < 65 then '55-64'
+                    when f.birth_year is null then 'unknown'
+                    when extract(year from $as_of) - f.birth_year < 25 then 'under 25'
+                    when extract(year from $as_of) - f.birth_year < 35 then '25-34'
+                    when extract(year from $as_of) - f.birth_year < 45 then '35-44'
+                    when extract(year from $as_of) - f.birth_year < 55 then '45-54'
+                    when extract(year from $as_of) - f.birth_year < 65 then '55-64'
                     else '65+'
                 end
-            when 'gender' then coalesce(nullif(a.gender, ''), 'unknown')
-            else case a.opted_in when true then 'opted in' when false then 'not opted in' else 'unknown' end
+            when 'gender' then coalesce(nullif(f.gender, ''), 'unknown')
+            else case f.opted_in when true then 'opted in' when false then 'not opted in' else 'unknown' end
         end as segment,
-        f.customer_id
-    from attributes a
-    right join customer_facts f on a.customer_id = f.customer_id
+        f.orders, f.revenue, f.margin, f.opted_in
+    from facts f
     cross join (select 'age_band' as segmentation union all select 'gender' union all select 'email_opt_in') as s
     cross join known k
     where (s.segmentation = 'age_band' and k.birth_year)
@@ -72,14 +84,24 @@ demographic_members as (
        or (s.segmentation = 'email_opt_in' and k.email_opt_in)
 ),
 
-members as (
+-- Each customer's membership of each segmentation, with the customer's amounts: those of
+-- customer_facts' own columns and the demographic ones straight from `facts`; only the
+-- segmentation tables are joined to it (one join of their 3 x customers rows, not of every
+-- segmentation's).
+segmented as (
     select 'rfm' as segmentation, segment, customer_id from rfm
     union all select 'lifecycle', stage, customer_id from lifecycle
     union all select 'clv', clv_segment, customer_id from clv
-    union all select 'channel', acquisition_channel, customer_id from customer_facts
-    union all select 'country', acquisition_country, customer_id from customer_facts
-    union all select 'device',  acquisition_device,  customer_id from customer_facts
-    union all select segmentation, segment, customer_id from demographic_members
+),
+
+with_facts as (
+    select m.segmentation, m.segment, f.orders, f.revenue, f.margin, f.opted_in
+    from facts f
+    join segmented m on m.customer_id = f.customer_id
+    union all select 'channel', acquisition_channel, orders, revenue, margin, opted_in from facts
+    union all select 'country', acquisition_country, orders, revenue, margin, opted_in from facts
+    union all select 'device',  acquisition_device,  orders, revenue, margin, opted_in from facts
+    union all select segmentation, segment, orders, revenue, margin, opted_in from demographic_members
 ),
 
 has_previous as (
@@ -88,23 +110,6 @@ has_previous as (
 
 totals as (
     select count(*) as customers, sum(cast(revenue as decimal(38, 6))) as revenue from customer_facts
-),
-
--- A hash join keeps its left input in memory: the small sides (customer_facts, the
--- attributes) are written on the left and the members (customers x
--- segmentations) stream through as the right, preserved side.
--- The exact amounts once per customer, not once per membership.
-facts as (
-    select customer_id, orders,
-           cast(revenue as decimal(38, 6)) as revenue,
-           cast(margin as decimal(38, 6))  as margin
-    from customer_facts
-),
-
-with_facts as (
-    select m.segmentation, m.segment, m.customer_id, f.orders, f.revenue, f.margin
-    from facts f
-    join members m on m.customer_id = f.customer_id
 ),
 
 -- A customer stayed in a segment when it is theirs now and was in the previous snapshot:
@@ -149,12 +154,6 @@ stayed as (
     group by segmentation, segment
 ),
 
-joined as (
-    select m.*, coalesce(o.opted_in, false) as opted_in
-    from attributes o
-    right join with_facts m on o.customer_id = m.customer_id
-),
-
 stats as (
     select
         segmentation,
@@ -165,7 +164,7 @@ stats as (
         sum(orders) as orders,
         count(*) filter (where orders >= 2) as repeaters,
         count(*) filter (where opted_in) as reachable
-    from joined
+    from with_facts
     group by segmentation, segment
 )
 

@@ -268,9 +268,30 @@ fn by_slice_keys(
         .select(grain.iter().map(|g| col(*g)).collect::<Vec<Expr>>())
         .and_then(|k| k.distinct())
         .map_err(err)?;
-    crate::publish::stage::conform(kept, schema, &[])
-        .and_then(|kept| kept.join(keys, join, &grain, &grain, None))
-        .map_err(err)
+    let kept = crate::publish::stage::conform(kept, schema, &[]).map_err(err)?;
+    // The kept rows of the touched customers first, by a join on the customer alone: the
+    // kept state is bucketed by customer, so that join reads it where it lies, and the join
+    // on the whole grain sees those rows only. (Joined on the whole grain at once, every
+    // kept row was shuffled by it: 36 M rows at 100 M lines, spilling, for 72 k keys.)
+    let kept = match join == JoinType::LeftSemi && grain.len() > 1 && grain.contains(&CUSTOMER) {
+        true => {
+            let customers = keys
+                .clone()
+                .select(vec![col(CUSTOMER)])
+                .and_then(|k| k.distinct())
+                .map_err(err)?;
+            kept.join(
+                customers,
+                JoinType::LeftSemi,
+                &[CUSTOMER],
+                &[CUSTOMER],
+                None,
+            )
+            .map_err(err)?
+        }
+        false => kept,
+    };
+    kept.join(keys, join, &grain, &grain, None).map_err(err)
 }
 
 /// The merge query's rows in the model's columns and types; a column it lacks, adds or
