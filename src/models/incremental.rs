@@ -75,10 +75,7 @@ pub fn read_errors(models: &[Model]) -> Vec<(String, Error)> {
             .map(|d| format!("`{d}`"))
             .collect();
         if !tables.is_empty() {
-            let file = match key_line(&model.sql, "materialized") {
-                Some(l) => format!("{}:{l}", model.file),
-                None => model.file.clone(),
-            };
+            let file = located(model, key_line(&model.sql, "materialized"));
             let message = format!(
                 "an incremental model over other models reads only incremental models (their \
                  kept rows of the touched customers); {} is not incremental",
@@ -94,11 +91,10 @@ pub fn read_errors(models: &[Model]) -> Vec<(String, Error)> {
 /// planned); a table model must not carry a `merge`.
 pub fn validate(model: &Model) -> Result<()> {
     let fail = |line: Option<usize>, message: String| {
-        let file = match line {
-            Some(l) => format!("{}:{l}", model.file),
-            None => model.file.clone(),
-        };
-        Err(Error::ModelFile { file, message })
+        Err(Error::ModelFile {
+            file: located(model, line),
+            message,
+        })
     };
     let merge_line = key_line(&model.sql, "merge");
     if !model.incremental() {
@@ -203,6 +199,14 @@ pub fn validate(model: &Model) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `model`'s file, with `line` when known (`file:line`).
+fn located(model: &Model, line: Option<usize>) -> String {
+    match line {
+        Some(l) => format!("{}:{l}", model.file),
+        None => model.file.clone(),
+    }
 }
 
 /// The 1-based line of the first front-matter line that sets `key`.
@@ -366,8 +370,7 @@ fn quoted(names: &[&String]) -> String {
 
 /// Plans `model`, incremental over other incremental models (see [`by_customer`]), over
 /// its inputs' rows of the customers the run's new lines (`orders`) touch: the slice whose
-/// rows replace those customers' kept rows. Each input is registered restricted for the
-/// planning and restored after it (models are planned one at a time).
+/// rows replace those customers' kept rows.
 pub async fn plan_touched(
     ctx: &SessionContext,
     model: &Model,
@@ -380,73 +383,90 @@ pub async fn plan_touched(
         .and_then(|o| o.select(vec![col(CUSTOMER)]))
         .and_then(|k| k.distinct())
         .map_err(err)?;
-    let mut swapped: Vec<(&str, Arc<dyn TableProvider>)> = Vec::new();
-    let mut restricting = Ok(());
+    let mut restricted = Vec::new();
     for dep in &model.deps {
-        let restricted = async {
-            let provider = ctx.table_provider(dep.as_str()).await?;
-            let rows = ctx.read_table(Arc::clone(&provider))?;
-            let key = rows
-                .schema()
-                .field_with_unqualified_name(CUSTOMER)?
-                .data_type()
-                .clone();
-            let only = touched
-                .clone()
-                .select(vec![cast(col(CUSTOMER), key).alias(TOUCHED)])?
-                .join(rows, JoinType::RightSemi, &[TOUCHED], &[CUSTOMER], None)?;
-            ctx.deregister_table(dep.as_str())?;
-            ctx.register_table(dep.as_str(), only.into_view())?;
-            Ok::<_, DataFusionError>(provider)
-        };
-        match restricted.await {
-            Ok(provider) => swapped.push((dep.as_str(), provider)),
-            Err(e) => {
-                restricting = Err(err(e));
-                break;
-            }
-        }
+        let rows = ctx.table(dep.as_str()).await.map_err(err)?;
+        let key = rows
+            .schema()
+            .field_with_unqualified_name(CUSTOMER)
+            .map_err(err)?
+            .data_type()
+            .clone();
+        let only = touched
+            .clone()
+            .select(vec![cast(col(CUSTOMER), key).alias(TOUCHED)])
+            .and_then(|t| t.join(rows, JoinType::RightSemi, &[TOUCHED], &[CUSTOMER], None))
+            .map_err(err)?;
+        restricted.push((dep.as_str(), only.into_view()));
     }
-    let planned = match restricting {
-        Ok(()) => crate::models::plan_model(ctx, model, params).await,
-        Err(e) => Err(e),
-    };
-    for (dep, provider) in swapped {
-        let _ = ctx.deregister_table(dep);
-        let _ = ctx.register_table(dep, provider);
-    }
-    planned
+    planned_with(
+        ctx,
+        model,
+        restricted,
+        crate::models::plan_model(ctx, model, params),
+    )
+    .await
 }
 
 /// The touched customers' key column while an input is restricted to them.
 const TOUCHED: &str = "segflow_touched_customer";
 
-/// Plans `model`'s merge query in `ctx` with `state` and `slice` registered for it (and
-/// removed again: models are planned one at a time).
+/// Plans `model`'s merge query in `ctx` with `state` and `slice` registered for it.
 pub async fn plan_merge(
     ctx: &SessionContext,
     model: &Model,
     state: DataFrame,
     slice: DataFrame,
 ) -> Result<DataFrame> {
-    let err = |e: datafusion::error::DataFusionError| crate::models::model_error(model, e);
     let merge = model.header.merge.as_deref().unwrap_or_default();
-    ctx.register_table("state", state.into_view())
-        .map_err(err)?;
-    ctx.register_table("slice", slice.into_view())
-        .map_err(err)?;
-    let planned = async {
+    let plan = async {
         let statement = parse_statement(&model.file, merge)?;
         let plan = ctx
             .state()
             .statement_to_plan(statement)
             .await
-            .map_err(err)?;
+            .map_err(|e| crate::models::model_error(model, e))?;
         Ok(DataFrame::new(ctx.state(), plan))
+    };
+    let tables = vec![
+        (MERGE_TABLES[0], state.into_view()),
+        (MERGE_TABLES[1], slice.into_view()),
+    ];
+    planned_with(ctx, model, tables, plan).await
+}
+
+/// Runs `plan` (a model's planning) with `tables` registered in `ctx` under their names,
+/// for the planning only: a name registered before gets its table back after (models are
+/// planned one at a time; a plan keeps the tables it resolved).
+async fn planned_with<T>(
+    ctx: &SessionContext,
+    model: &Model,
+    tables: Vec<(&str, Arc<dyn TableProvider>)>,
+    plan: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let mut before = Vec::new();
+    let mut registering = Ok(());
+    for (name, table) in tables {
+        let swapped = ctx
+            .deregister_table(name)
+            .and_then(|old| ctx.register_table(name, table).map(|_| old));
+        match swapped {
+            Ok(old) => before.push((name, old)),
+            Err(e) => {
+                registering = Err(crate::models::model_error(model, e));
+                break;
+            }
+        }
     }
-    .await;
-    for t in MERGE_TABLES {
-        let _ = ctx.deregister_table(t);
+    let planned = match registering {
+        Ok(()) => plan.await,
+        Err(e) => Err(e),
+    };
+    for (name, old) in before.into_iter().rev() {
+        let _ = ctx.deregister_table(name);
+        if let Some(old) = old {
+            let _ = ctx.register_table(name, old);
+        }
     }
     planned
 }
