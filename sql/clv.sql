@@ -82,15 +82,11 @@ valued as (
     from forecast
 ),
 
--- The customer count from its own aggregate, not `count(*) over ()`: a window over the whole
--- table keeps every row in memory at once, outside the memory limit.
-ranked as (
-    select
-        v.*,
-        -- customers with a strictly lower value / all customers: equal values, equal band
-        cast(rank() over (order by v.clv_365d) - 1 as double) / n.customers as below_share
-    from (select count(*) as customers from btyd_summary) n
-    cross join valued v
+-- The value bands by rank: a customer is in the top 20 % ("high") when at least 80 % of all
+-- customers have a strictly lower clv_365d, in the middle band at 50 %. rank_cuts gives the
+-- value above which each share is reached (from the values alone, not a sort of every row).
+bands as (
+    select rank_cuts(clv_365d, 0.5, 0.8) as cut from valued
 )
 
 select
@@ -111,9 +107,11 @@ from (
         end as churn_risk,
         case
             when clv_365d is null then 'unknown'
-            when below_share >= 0.8 then 'high'
-            when below_share >= 0.5 then 'medium'
+            when clv_365d > b.cut[2] then 'high'
+            when clv_365d > b.cut[1] then 'medium'
             else 'low'
         end as value_band
-    from ranked
+    -- the one-row side first: the other way round a cross join emits a batch per row
+    from bands b
+    cross join valued v
 )

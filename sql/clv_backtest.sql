@@ -38,27 +38,10 @@ not_null = ["scope", "customers"]
 accepted_values = { scope = ["decile", "total"] }
 expression = ["decile is null or (decile >= 1 and decile <= 10)"]
 ---*/
-with fits as (
-    select
-        bgnbd_fit(frequency, recency, t, $clv_penalty)     as bg,
-        gamma_gamma_fit(frequency, monetary, $clv_penalty) as gg
-    from clv_holdout_summary
-),
-
-model as (
-    select
-        -- a refit that did not converge predicts nothing (NULL)
-        case when bg['converged'] then bg['r'] end     as r,
-        case when bg['converged'] then bg['alpha'] end as alpha,
-        case when bg['converged'] then bg['a'] end     as a,
-        case when bg['converged'] then bg['b'] end     as b,
-        case when gg['converged'] then gg['p'] end as p,
-        case when gg['converged'] then gg['q'] end as q,
-        case when gg['converged'] then gg['v'] end as v,
-        coalesce(bg['converged'] and gg['converged'], false) as converged,
-        case when gg['converged'] then gamma_gamma_expected_spend(gg['p'], gg['q'], gg['v'], 0, 0) end as population_mean_spend,
-        case lower($time_unit) when 'weeks' then 7.0 else 1.0 end as unit
-    from fits
+-- The refits are clv_backtest_fit's (one row): `predicted` is read twice below, and a fit
+-- here would run twice.
+with model as (
+    select r, alpha, a, b, p, q, v, converged, population_mean_spend, unit from clv_backtest_fit
 ),
 
 predicted as (
@@ -77,16 +60,39 @@ predicted as (
     cross join clv_holdout_summary s
 ),
 
--- The customer count from its own aggregate, not `count(*) over ()` (a window over the
--- whole table keeps every row in memory at once, outside the memory limit).
+-- The deciles by rank: decile d + 1 or higher when at least d / 10 of all customers have a
+-- strictly lower predicted revenue (rank_cuts gives the value above which each share is
+-- reached, from the values alone, not a sort of every row). Customers without a prediction
+-- (a refit did not converge) rank after every value, as NULLs sort last: their decile is
+-- that of a customer with every prediction below.
+cuts as (
+    select
+        rank_cuts(predicted_purchases * expected_spend, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9) as cut,
+        count(predicted_purchases * expected_spend) as predicted,
+        count(*) as customers
+    from predicted
+),
+
 ranked as (
     select
         p.*,
         p.predicted_purchases * p.expected_spend as predicted_revenue,
-        -- 1 + floor(10 x customers with a strictly lower prediction / customers)
-        cast(1 + floor(10.0 * (rank() over (order by p.predicted_purchases * p.expected_spend) - 1)
-                       / n.customers) as bigint) as decile
-    from (select count(*) as customers from clv_holdout_summary) n
+        case
+            when p.predicted_purchases * p.expected_spend is null
+                then cast(1 + floor(10.0 * c.predicted / c.customers) as bigint)
+            else 1
+                + case when p.predicted_purchases * p.expected_spend > c.cut[1] then 1 else 0 end
+                + case when p.predicted_purchases * p.expected_spend > c.cut[2] then 1 else 0 end
+                + case when p.predicted_purchases * p.expected_spend > c.cut[3] then 1 else 0 end
+                + case when p.predicted_purchases * p.expected_spend > c.cut[4] then 1 else 0 end
+                + case when p.predicted_purchases * p.expected_spend > c.cut[5] then 1 else 0 end
+                + case when p.predicted_purchases * p.expected_spend > c.cut[6] then 1 else 0 end
+                + case when p.predicted_purchases * p.expected_spend > c.cut[7] then 1 else 0 end
+                + case when p.predicted_purchases * p.expected_spend > c.cut[8] then 1 else 0 end
+                + case when p.predicted_purchases * p.expected_spend > c.cut[9] then 1 else 0 end
+        end as decile
+    -- the one-row side first: the other way round a cross join emits a batch per row
+    from cuts c
     cross join predicted p
 ),
 

@@ -14,16 +14,18 @@ unique   = ["segmentation, from_segment, to_segment"]
 not_null = ["segmentation", "from_segment", "to_segment", "customers"]
 accepted_values = { segmentation = ["rfm", "lifecycle", "clv"] }
 ---*/
+-- Keys and segments as plain strings: string views read from Parquet share their pages'
+-- buffers, and the exchange between the joins would count (and spill) a page per row batch.
 with current_members as (
-    select 'rfm' as segmentation, segment, customer_id from rfm
-    union all select 'lifecycle', stage, customer_id from lifecycle
-    union all select 'clv', clv_segment, customer_id from clv
+    select 'rfm' as segmentation, arrow_cast(segment, 'Utf8') as segment, arrow_cast(customer_id, 'Utf8') as customer_id from rfm
+    union all select 'lifecycle', arrow_cast(stage, 'Utf8'), arrow_cast(customer_id, 'Utf8') from lifecycle
+    union all select 'clv', arrow_cast(clv_segment, 'Utf8'), arrow_cast(customer_id, 'Utf8') from clv
 ),
 
 previous_members as (
-    select 'rfm' as segmentation, segment, customer_id from previous.rfm
-    union all select 'lifecycle', stage, customer_id from previous.lifecycle
-    union all select 'clv', clv_segment, customer_id from previous.clv
+    select 'rfm' as segmentation, arrow_cast(segment, 'Utf8') as segment, arrow_cast(customer_id, 'Utf8') as customer_id from previous.rfm
+    union all select 'lifecycle', arrow_cast(stage, 'Utf8'), arrow_cast(customer_id, 'Utf8') from previous.lifecycle
+    union all select 'clv', arrow_cast(clv_segment, 'Utf8'), arrow_cast(customer_id, 'Utf8') from previous.clv
 )
 
 select
@@ -34,5 +36,6 @@ select
     cast(sum(cast(f.revenue as decimal(38, 6))) as double) as revenue
 from current_members c
 join previous_members p on p.segmentation = c.segmentation and p.customer_id = c.customer_id
-join customer_facts f   on f.customer_id = c.customer_id
+join (select arrow_cast(customer_id, 'Utf8') as customer_id, revenue from customer_facts) f
+  on f.customer_id = c.customer_id
 group by c.segmentation, p.segment, c.segment

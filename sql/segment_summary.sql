@@ -113,12 +113,10 @@ totals as (
 ),
 
 -- A customer stayed in a segment when it is theirs now and was in the previous snapshot:
--- each segmentation's table joined with its previous snapshot on (customer, segment), the
--- customer_facts ones once on the customer (three segmentations), counted by their
--- combinations of stayed segments (a few hundred) before those are unpivoted by a cross
--- join. (Joining every customer x segmentation membership with the previous ones took
--- 38 M rows a side at 100 M lines; unpivoting every customer's row took a filtered cross
--- join of six rows per customer.) Without a previous snapshot every join is empty.
+-- for rfm, lifecycle and clv, segment_migration has counted them (customers from a segment to
+-- the same); the customer_facts ones are joined here once on the customer (three
+-- segmentations), counted by their combinations of stayed segments (a few hundred) before
+-- those are unpivoted by a cross join. Without a previous snapshot nobody stayed.
 facts_stayed as (
     select case when c.acquisition_channel = p.acquisition_channel then c.acquisition_channel end as channel,
            case when c.acquisition_country = p.acquisition_country then c.acquisition_country end as country,
@@ -130,17 +128,10 @@ facts_stayed as (
 ),
 
 stayed as (
-    select 'rfm' as segmentation, c.segment, count(*) as stayed
-    from rfm c join previous.rfm p on p.customer_id = c.customer_id and p.segment = c.segment
-    group by c.segment
-    union all
-    select 'lifecycle', c.stage, count(*)
-    from lifecycle c join previous.lifecycle p on p.customer_id = c.customer_id and p.stage = c.stage
-    group by c.stage
-    union all
-    select 'clv', c.clv_segment, count(*)
-    from clv c join previous.clv p on p.customer_id = c.customer_id and p.clv_segment = c.clv_segment
-    group by c.clv_segment
+    -- rfm, lifecycle and clv: segment_migration's customers who kept their segment
+    select segmentation, to_segment as segment, customers as stayed
+    from segment_migration
+    where from_segment = to_segment
     union all
     select segmentation, segment, sum(customers)
     from (

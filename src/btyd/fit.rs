@@ -501,6 +501,9 @@ type GgGroup = (f64, f64, f64, Range<usize>);
 /// and R of w / (x m + v) over its customers: one logarithm per customer.
 struct GammaGammaBuyers<'a> {
     data: &'a [((f64, f64), f64)],
+    /// Per buyer (in the order of `data`): z = x m, 1 / z and ln z, which every evaluation
+    /// needs and no parameter changes.
+    spends: Vec<[f64; 3]>,
     /// Whether the halves are summed on two threads (see `halves`).
     parallel: bool,
     /// Per half of the buyers: their groups by x.
@@ -518,24 +521,39 @@ impl<'a> GammaGammaBuyers<'a> {
             };
             runs.into_iter().map(group).collect()
         });
+        let spends = data
+            .iter()
+            .map(|((x, m), _)| {
+                let z = x * m;
+                [z, 1.0 / z, z.ln()]
+            })
+            .collect();
         GammaGammaBuyers {
             data,
+            spends,
             parallel: data.len() >= PARALLEL_FIT,
             parts,
         }
     }
 
-    /// Over the buyers of `run` (one x), the sums of w ln(1 + x m / v), w ln(1 + v / (x m))
-    /// and, when `with_gradient`, w x m / (x m + v) (see `GammaGamma::ln_likelihood` for why
-    /// these forms).
-    fn sums(&self, run: &Range<usize>, v: f64, with_gradient: bool) -> [f64; 3] {
+    /// Over the buyers of `run` (one x), the sums of w ln(1 + z / v), w ln(1 + v / z) (z =
+    /// x m) and, when `with_gradient`, w z / (z + v), given ln v. One logarithm a buyer: of
+    /// the smaller ratio, ln(1 + s) with s = min(z / v, v / z) <= 1; the other term adds
+    /// |ln z - ln v| to it (ln(1 + r) = ln r + ln(1 + 1 / r)), a sum of two terms >= 0, so
+    /// neither form cancels however far apart z and v are (see `GammaGamma::ln_likelihood`).
+    fn sums(&self, run: &Range<usize>, v: f64, ln_v: f64, with_gradient: bool) -> [f64; 3] {
+        let inverse_v = 1.0 / v;
         let mut l = [0.0; 3];
-        for ((x, m), w) in &self.data[run.clone()] {
-            let xm = x * m;
-            l[0] += w * (xm / v).ln_1p();
-            l[1] += w * (v / xm).ln_1p();
+        for ((_, w), [z, inverse_z, ln_z]) in
+            self.data[run.clone()].iter().zip(&self.spends[run.clone()])
+        {
+            let (up, down) = (z * inverse_v, v * inverse_z);
+            let smaller = up.min(down).ln_1p();
+            let ln_ratio = ln_z - ln_v;
+            l[0] += w * (smaller + ln_ratio.max(0.0));
+            l[1] += w * (smaller + (-ln_ratio).max(0.0));
             if with_gradient {
-                l[2] += w * xm / (xm + v);
+                l[2] += w / (1.0 + down);
             }
         }
         l
@@ -545,13 +563,14 @@ impl<'a> GammaGammaBuyers<'a> {
     /// in one pass: the two share every logarithm.
     fn evaluate(&self, g: &GammaGamma, with_gradient: bool) -> (f64, [f64; 3]) {
         let GammaGamma { p, q, v } = *g;
+        let ln_v = v.ln();
         sum_halves(self.parallel, |k| {
             let mut d = [0.0f64; 3];
             let value = self.parts[k]
                 .iter()
                 .map(|(x, w, s, range)| {
                     let px = p * x;
-                    let [la, lb, u] = self.sums(range, v, with_gradient);
+                    let [la, lb, u] = self.sums(range, v, ln_v, with_gradient);
                     if with_gradient {
                         d[0] += px * (w * digamma_rising(px, q) - lb);
                         d[1] += q * (w * digamma_rising(q, px) - la);
