@@ -257,7 +257,7 @@ fn list_shows_kind_grain_partitioning_reads_and_what_is_published() {
     );
     assert!(
         r.stdout.ends_with(&format!(
-            "\n22 model(s); no snapshot published at {} yet\n",
+            "\n23 model(s); no snapshot published at {} yet\n",
             tmp.path().join("out").display()
         )),
         "{}",

@@ -136,8 +136,8 @@ async fn demo_run_publishes_every_table_and_rerun_is_identical() {
 }
 
 /// Every Parquet file under `dir` is zstd-compressed with min/max statistics on every
-/// column, strings dictionary-encoded and floating-point columns not (their values rarely
-/// repeat).
+/// column, strings dictionary-encoded and floating-point columns and keys (`*_id`) not
+/// (their values rarely repeat).
 fn assert_reader_friendly(dir: &Path) {
     use parquet::basic::{Compression, Encoding, Type};
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -171,6 +171,9 @@ fn assert_reader_friendly(dir: &Path) {
                     Type::DOUBLE | Type::FLOAT => {
                         floats += 1;
                         assert!(!dictionary, "{name}: float column with a dictionary");
+                    }
+                    Type::BYTE_ARRAY if name == "id" || name.ends_with("_id") => {
+                        assert!(!dictionary, "{name}: key column with a dictionary");
                     }
                     Type::BYTE_ARRAY => {
                         strings += 1;
