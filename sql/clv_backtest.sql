@@ -38,7 +38,7 @@ not_null = ["scope", "customers"]
 accepted_values = { scope = ["decile", "total"] }
 expression = ["decile is null or (decile >= 1 and decile <= 10)"]
 ---*/
--- The refits are clv_backtest_fit's (one row): `predicted` is read twice below, and a fit
+-- The refits are clv_backtest_fit's (one row): `valued` is read twice below, and a fit
 -- here would run twice.
 with model as (
     select r, alpha, a, b, p, q, v, converged, population_mean_spend, unit from clv_backtest_fit
@@ -60,6 +60,10 @@ predicted as (
     cross join clv_holdout_summary s
 ),
 
+valued as (
+    select *, predicted_purchases * expected_spend as predicted_revenue from predicted
+),
+
 -- The deciles by rank: decile d + 1 or higher when at least d / 10 of all customers have a
 -- strictly lower predicted revenue (rank_cuts gives the value above which each share is
 -- reached, from the values alone, not a sort of every row). Customers without a prediction
@@ -67,33 +71,32 @@ predicted as (
 -- that of a customer with every prediction below.
 cuts as (
     select
-        rank_cuts(predicted_purchases * expected_spend, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9) as cut,
-        count(predicted_purchases * expected_spend) as predicted,
+        rank_cuts(predicted_revenue, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9) as cut,
+        count(predicted_revenue) as predicted,
         count(*) as customers
-    from predicted
+    from valued
 ),
 
 ranked as (
     select
         p.*,
-        p.predicted_purchases * p.expected_spend as predicted_revenue,
         case
-            when p.predicted_purchases * p.expected_spend is null
+            when p.predicted_revenue is null
                 then cast(1 + floor(10.0 * c.predicted / c.customers) as bigint)
             else 1
-                + case when p.predicted_purchases * p.expected_spend > c.cut[1] then 1 else 0 end
-                + case when p.predicted_purchases * p.expected_spend > c.cut[2] then 1 else 0 end
-                + case when p.predicted_purchases * p.expected_spend > c.cut[3] then 1 else 0 end
-                + case when p.predicted_purchases * p.expected_spend > c.cut[4] then 1 else 0 end
-                + case when p.predicted_purchases * p.expected_spend > c.cut[5] then 1 else 0 end
-                + case when p.predicted_purchases * p.expected_spend > c.cut[6] then 1 else 0 end
-                + case when p.predicted_purchases * p.expected_spend > c.cut[7] then 1 else 0 end
-                + case when p.predicted_purchases * p.expected_spend > c.cut[8] then 1 else 0 end
-                + case when p.predicted_purchases * p.expected_spend > c.cut[9] then 1 else 0 end
+                + case when p.predicted_revenue > c.cut[1] then 1 else 0 end
+                + case when p.predicted_revenue > c.cut[2] then 1 else 0 end
+                + case when p.predicted_revenue > c.cut[3] then 1 else 0 end
+                + case when p.predicted_revenue > c.cut[4] then 1 else 0 end
+                + case when p.predicted_revenue > c.cut[5] then 1 else 0 end
+                + case when p.predicted_revenue > c.cut[6] then 1 else 0 end
+                + case when p.predicted_revenue > c.cut[7] then 1 else 0 end
+                + case when p.predicted_revenue > c.cut[8] then 1 else 0 end
+                + case when p.predicted_revenue > c.cut[9] then 1 else 0 end
         end as decile
     -- the one-row side first: the other way round a cross join emits a batch per row
     from cuts c
-    cross join predicted p
+    cross join valued p
 ),
 
 scored as (

@@ -109,9 +109,7 @@ impl Accumulator for Pairs {
             return internal_err!("rank_correlation: the state is not binary");
         };
         for blob in blobs.iter().flatten() {
-            let mut numbers = blob
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+            let mut numbers = blob_numbers(blob);
             while let (Some(a), Some(b)) = (numbers.next(), numbers.next()) {
                 self.pairs.push((a, b));
             }
@@ -120,11 +118,7 @@ impl Accumulator for Pairs {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let mut blob = Vec::with_capacity(self.pairs.len() * 16);
-        for (a, b) in &self.pairs {
-            blob.extend_from_slice(&a.to_le_bytes());
-            blob.extend_from_slice(&b.to_le_bytes());
-        }
+        let blob = numbers_blob(self.pairs.iter().flat_map(|(a, b)| [*a, *b]));
         Ok(vec![ScalarValue::Binary(Some(blob))])
     }
 
@@ -236,19 +230,15 @@ impl Accumulator for Cuts {
             return internal_err!("rank_cuts: the state is not (binary, u64)");
         };
         for blob in blobs.iter().flatten() {
-            self.values.extend(
-                blob.chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))),
-            );
+            self.values.extend(blob_numbers(blob));
         }
         self.rows += rows.iter().flatten().sum::<u64>();
         Ok(())
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let blob: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
         Ok(vec![
-            ScalarValue::Binary(Some(blob)),
+            ScalarValue::Binary(Some(numbers_blob(self.values.iter().copied()))),
             ScalarValue::UInt64(Some(self.rows)),
         ])
     }
@@ -290,6 +280,17 @@ fn rank_cut(sorted: &[f64], rows: u64, share: f64) -> Option<f64> {
     }
     let c = usize::try_from(c).unwrap_or(usize::MAX).min(sorted.len());
     Some(sorted[c - 1])
+}
+
+/// A partial state's numbers as one binary value (little-endian f64s).
+fn numbers_blob(numbers: impl Iterator<Item = f64>) -> Vec<u8> {
+    numbers.flat_map(f64::to_le_bytes).collect()
+}
+
+/// The numbers of a [`numbers_blob`].
+fn blob_numbers(blob: &[u8]) -> impl Iterator<Item = f64> + '_ {
+    blob.chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
 }
 
 /// Spearman's rho with mean ranks for ties; sorts `pairs` first so the sums run in one order
