@@ -23,21 +23,34 @@ expression = ["recency <= t"]
 ---*/
 -- The calibration end and the unit are inlined rather than cross-joined from a one-row CTE:
 -- a cross join whose small side comes second emits one batch per row of the large side.
--- Grouped by customer alone (first_order_date is one value per customer, taken by min) so
--- the result is unique on customer_id by construction.
+-- The customer days are aggregated by customer before anything is joined to them (a join
+-- of one row per customer, not of every day). What is not the day rows' own comes from the
+-- customer's totals: the first purchase date (the customer's earliest purchase day), and the
+-- repeat revenue by the calibration end, which is the total repeat revenue less the
+-- holdout's (every holdout day comes after a first purchase made by the calibration end).
 with per_customer as (
     select
-        d.customer_id,
-        min(cast(f.first_order_date as int)) as first_day,
-        count(*) filter (where d.is_purchase and cast(d.order_date as int) <= cast($as_of as int) - $holdout_days) as purchase_days,
-        max(cast(d.order_date as int)) filter (where d.is_purchase and cast(d.order_date as int) <= cast($as_of as int) - $holdout_days) as last_day,
-        sum(d.revenue) filter (where d.order_date > f.first_order_date and cast(d.order_date as int) <= cast($as_of as int) - $holdout_days) as repeat_revenue,
-        count(*) filter (where d.is_purchase and cast(d.order_date as int) > cast($as_of as int) - $holdout_days) as actual_purchases,
-        sum(d.revenue) filter (where cast(d.order_date as int) > cast($as_of as int) - $holdout_days) as actual_revenue
-    from customer_days d
-    join customer_facts f on f.customer_id = d.customer_id
-    where cast(f.first_order_date as int) <= cast($as_of as int) - $holdout_days
-    group by d.customer_id
+        customer_id,
+        count(*) filter (where is_purchase and cast(order_date as int) <= cast($as_of as int) - $holdout_days) as purchase_days,
+        max(cast(order_date as int)) filter (where is_purchase and cast(order_date as int) <= cast($as_of as int) - $holdout_days) as last_day,
+        count(*) filter (where is_purchase and cast(order_date as int) > cast($as_of as int) - $holdout_days) as actual_purchases,
+        sum(revenue) filter (where cast(order_date as int) > cast($as_of as int) - $holdout_days) as actual_revenue
+    from customer_days
+    group by customer_id
+),
+
+calibrated as (
+    select
+        p.customer_id,
+        cast(t.first_order_date as int) as first_day,
+        p.purchase_days,
+        p.last_day,
+        t.repeat_revenue - coalesce(p.actual_revenue, 0) as repeat_revenue,
+        p.actual_purchases,
+        p.actual_revenue
+    from customer_totals t
+    join per_customer p on p.customer_id = t.customer_id
+    where cast(t.first_order_date as int) <= cast($as_of as int) - $holdout_days
 )
 
 select
@@ -58,5 +71,5 @@ from (
         end * case when $holdout_days > 0 then 1.0
                    else raise_error('parameter holdout_days must be a number of days > 0')
               end as unit
-    from per_customer
+    from calibrated
 )

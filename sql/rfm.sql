@@ -25,53 +25,35 @@ with facts as (
     from customer_facts
 ),
 
-population as (
-    select count(*) as n from facts
-),
-
--- W (customers with a strictly worse value) = rank - 1, from the count of each distinct
--- value and a running sum over those values (small sorts instead of three sorts of every
--- customer).
-r_worse as (
-    select recency_days,
-           coalesce(sum(n) over (order by recency_days desc
-                                 rows between unbounded preceding and 1 preceding), 0) as w
-    from (select recency_days, count(*) as n from facts group by recency_days)
-),
-
-f_worse as (
-    select frequency,
-           coalesce(sum(n) over (order by frequency asc
-                                 rows between unbounded preceding and 1 preceding), 0) as w
-    from (select frequency, count(*) as n from facts group by frequency)
-),
-
-m_worse as (
-    select monetary,
-           coalesce(sum(n) over (order by monetary asc
-                                 rows between unbounded preceding and 1 preceding), 0) as w
-    from (select monetary, count(*) as n from facts group by monetary)
-),
-
-worse as (
+-- W (customers with a strictly worse value) / N reaches k/5 exactly when the value is past
+-- the k-th cut rank_cuts gives (from the values alone, not a sort or a join of every
+-- customer); recency is negated, as fewer days is better. The score counts the cuts passed.
+cuts as (
     select
-        f.customer_id, f.recency_days, f.frequency, f.monetary,
-        r.w as r_worse,
-        fw.w as f_worse,
-        m.w as m_worse
-    from facts f
-    join r_worse r  on r.recency_days = f.recency_days
-    join f_worse fw on fw.frequency = f.frequency
-    join m_worse m  on m.monetary = f.monetary
+        rank_cuts(-recency_days, 0.2, 0.4, 0.6, 0.8) as r,
+        rank_cuts(frequency,     0.2, 0.4, 0.6, 0.8) as f,
+        rank_cuts(monetary,      0.2, 0.4, 0.6, 0.8) as m
+    from facts
 ),
 
 scored as (
     select
-        w.customer_id, w.recency_days, w.frequency, w.monetary,
-        1 + (5 * w.r_worse) / p.n as r_score,
-        1 + (5 * w.f_worse) / p.n as f_score,
-        1 + (5 * w.m_worse) / p.n as m_score
-    from worse w cross join population p
+        f.customer_id, f.recency_days, f.frequency, f.monetary,
+        1 + cast(-f.recency_days > c.r[1] as bigint)
+          + cast(-f.recency_days > c.r[2] as bigint)
+          + cast(-f.recency_days > c.r[3] as bigint)
+          + cast(-f.recency_days > c.r[4] as bigint) as r_score,
+        1 + cast(f.frequency > c.f[1] as bigint)
+          + cast(f.frequency > c.f[2] as bigint)
+          + cast(f.frequency > c.f[3] as bigint)
+          + cast(f.frequency > c.f[4] as bigint) as f_score,
+        1 + cast(f.monetary > c.m[1] as bigint)
+          + cast(f.monetary > c.m[2] as bigint)
+          + cast(f.monetary > c.m[3] as bigint)
+          + cast(f.monetary > c.m[4] as bigint) as m_score
+    -- the one-row side first: the other way round a cross join emits a batch per row
+    from cuts c
+    cross join facts f
 ),
 
 -- The segment depends on the three scores only: resolve the 125 score cells against the
@@ -109,8 +91,9 @@ select
     s.r_score,
     s.f_score,
     s.m_score,
-    concat(cast(s.r_score as varchar), cast(s.f_score as varchar), cast(s.m_score as varchar)) as rfm_score,
+    cast(100 * s.r_score + 10 * s.f_score + s.m_score as varchar) as rfm_score,
     coalesce(c.segment, 'Other') as segment
-from scored s
-left join cell_segment c
+-- the 125 cells on the build side of the join, every customer streaming past them
+from cell_segment c
+right join scored s
   on c.r_score = s.r_score and c.f_score = s.f_score and c.m_score = s.m_score

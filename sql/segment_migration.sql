@@ -16,26 +16,30 @@ accepted_values = { segmentation = ["rfm", "lifecycle", "clv"] }
 ---*/
 -- Keys and segments as plain strings: string views read from Parquet share their pages'
 -- buffers, and the exchange between the joins would count (and spill) a page per row batch.
-with current_members as (
-    select 'rfm' as segmentation, arrow_cast(segment, 'Utf8') as segment, arrow_cast(customer_id, 'Utf8') as customer_id from rfm
-    union all select 'lifecycle', arrow_cast(stage, 'Utf8'), arrow_cast(customer_id, 'Utf8') from lifecycle
-    union all select 'clv', arrow_cast(clv_segment, 'Utf8'), arrow_cast(customer_id, 'Utf8') from clv
-),
-
-previous_members as (
-    select 'rfm' as segmentation, arrow_cast(segment, 'Utf8') as segment, arrow_cast(customer_id, 'Utf8') as customer_id from previous.rfm
-    union all select 'lifecycle', arrow_cast(stage, 'Utf8'), arrow_cast(customer_id, 'Utf8') from previous.lifecycle
-    union all select 'clv', arrow_cast(clv_segment, 'Utf8'), arrow_cast(customer_id, 'Utf8') from previous.clv
+-- Each segmentation is joined with its previous snapshot on the customer alone (three joins
+-- of one row per customer, not one of all three tables' rows on segmentation and customer).
+with moves as (
+    select 'rfm' as segmentation, arrow_cast(p.segment, 'Utf8') as from_segment,
+           arrow_cast(c.segment, 'Utf8') as to_segment, arrow_cast(c.customer_id, 'Utf8') as customer_id
+    from rfm c
+    join previous.rfm p on p.customer_id = c.customer_id
+    union all
+    select 'lifecycle', arrow_cast(p.stage, 'Utf8'), arrow_cast(c.stage, 'Utf8'), arrow_cast(c.customer_id, 'Utf8')
+    from lifecycle c
+    join previous.lifecycle p on p.customer_id = c.customer_id
+    union all
+    select 'clv', arrow_cast(p.clv_segment, 'Utf8'), arrow_cast(c.clv_segment, 'Utf8'), arrow_cast(c.customer_id, 'Utf8')
+    from clv c
+    join previous.clv p on p.customer_id = c.customer_id
 )
 
 select
-    c.segmentation,
-    p.segment as from_segment,
-    c.segment as to_segment,
+    m.segmentation,
+    m.from_segment,
+    m.to_segment,
     count(*) as customers,
     cast(sum(cast(f.revenue as decimal(38, 6))) as double) as revenue
-from current_members c
-join previous_members p on p.segmentation = c.segmentation and p.customer_id = c.customer_id
+from moves m
 join (select arrow_cast(customer_id, 'Utf8') as customer_id, revenue from customer_facts) f
-  on f.customer_id = c.customer_id
-group by c.segmentation, p.segment, c.segment
+  on f.customer_id = m.customer_id
+group by m.segmentation, m.from_segment, m.to_segment

@@ -56,52 +56,85 @@ facts as (
     right join customer_facts f on a.customer_id = f.customer_id
 ),
 
--- The three demographic segmentations; one whose column the customers input leaves empty
--- is left out.
-demographic_members as (
+-- The segmentations by the customer's own columns (acquisition channel, country, device and
+-- the three demographic ones), counted per combination of their segments (a few thousand
+-- rows) in one pass over the customers, then unpivoted: not one pass per segmentation. A
+-- demographic segmentation whose column the customers input leaves empty is left out.
+own_combinations as (
+    select
+        acquisition_channel as channel,
+        acquisition_country as country,
+        acquisition_device  as device,
+        case
+            when birth_year is null then 'unknown'
+            when extract(year from $as_of) - birth_year < 25 then 'under 25'
+            when extract(year from $as_of) - birth_year < 35 then '25-34'
+            when extract(year from $as_of) - birth_year < 45 then '35-44'
+            when extract(year from $as_of) - birth_year < 55 then '45-54'
+            when extract(year from $as_of) - birth_year < 65 then '55-64'
+            else '65+'
+        end as age_band,
+        coalesce(nullif(gender, ''), 'unknown') as gender,
+        case opted_in when true then 'opted in' when false then 'not opted in' else 'unknown' end as email_opt_in,
+        count(*) as customers,
+        sum(revenue) as revenue,
+        sum(margin)  as margin,
+        sum(orders) as orders,
+        count(*) filter (where orders >= 2) as repeaters,
+        count(*) filter (where opted_in) as reachable
+    from facts
+    group by 1, 2, 3, 4, 5, 6
+),
+
+own_stats as (
     select
         s.segmentation,
         case s.segmentation
-            when 'age_band' then
-                case
-                    when f.birth_year is null then 'unknown'
-                    when extract(year from $as_of) - f.birth_year < 25 then 'under 25'
-                    when extract(year from $as_of) - f.birth_year < 35 then '25-34'
-                    when extract(year from $as_of) - f.birth_year < 45 then '35-44'
-                    when extract(year from $as_of) - f.birth_year < 55 then '45-54'
-                    when extract(year from $as_of) - f.birth_year < 65 then '55-64'
-                    else '65+'
-                end
-            when 'gender' then coalesce(nullif(f.gender, ''), 'unknown')
-            else case f.opted_in when true then 'opted in' when false then 'not opted in' else 'unknown' end
+            when 'channel'  then c.channel
+            when 'country'  then c.country
+            when 'device'   then c.device
+            when 'age_band' then c.age_band
+            when 'gender'   then c.gender
+            else c.email_opt_in
         end as segment,
-        f.orders, f.revenue, f.margin, f.opted_in
-    from facts f
-    cross join (select 'age_band' as segmentation union all select 'gender' union all select 'email_opt_in') as s
+        sum(c.customers) as customers,
+        sum(c.revenue) as revenue,
+        sum(c.margin)  as margin,
+        sum(c.orders) as orders,
+        sum(c.repeaters) as repeaters,
+        sum(c.reachable) as reachable
+    from (select 'channel' as segmentation union all select 'country' union all select 'device'
+          union all select 'age_band' union all select 'gender' union all select 'email_opt_in') as s
     cross join known k
-    where (s.segmentation = 'age_band' and k.birth_year)
+    cross join own_combinations c
+    where s.segmentation in ('channel', 'country', 'device')
+       or (s.segmentation = 'age_band' and k.birth_year)
        or (s.segmentation = 'gender' and k.gender)
        or (s.segmentation = 'email_opt_in' and k.email_opt_in)
+    group by 1, 2
 ),
 
--- Each customer's membership of each segmentation, with the customer's amounts: those of
--- customer_facts' own columns and the demographic ones straight from `facts`; only the
--- segmentation tables are joined to it (one join of their 3 x customers rows, not of every
--- segmentation's).
+-- Each customer's membership of rfm, lifecycle and clv, joined to the customer's amounts
+-- (one join of their 3 x customers rows, not one per segmentation).
 segmented as (
     select 'rfm' as segmentation, segment, customer_id from rfm
     union all select 'lifecycle', stage, customer_id from lifecycle
     union all select 'clv', clv_segment, customer_id from clv
 ),
 
-with_facts as (
-    select m.segmentation, m.segment, f.orders, f.revenue, f.margin, f.opted_in
+segmented_stats as (
+    select
+        m.segmentation,
+        m.segment,
+        count(*) as customers,
+        sum(f.revenue) as revenue,
+        sum(f.margin)  as margin,
+        sum(f.orders) as orders,
+        count(*) filter (where f.orders >= 2) as repeaters,
+        count(*) filter (where f.opted_in) as reachable
     from facts f
     join segmented m on m.customer_id = f.customer_id
-    union all select 'channel', acquisition_channel, orders, revenue, margin, opted_in from facts
-    union all select 'country', acquisition_country, orders, revenue, margin, opted_in from facts
-    union all select 'device',  acquisition_device,  orders, revenue, margin, opted_in from facts
-    union all select segmentation, segment, orders, revenue, margin, opted_in from demographic_members
+    group by m.segmentation, m.segment
 ),
 
 has_previous as (
@@ -146,17 +179,9 @@ stayed as (
 ),
 
 stats as (
-    select
-        segmentation,
-        segment,
-        count(*) as customers,
-        sum(revenue) as revenue,
-        sum(margin)  as margin,
-        sum(orders) as orders,
-        count(*) filter (where orders >= 2) as repeaters,
-        count(*) filter (where opted_in) as reachable
-    from with_facts
-    group by segmentation, segment
+    select * from segmented_stats
+    union all
+    select * from own_stats
 )
 
 select

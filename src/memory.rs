@@ -38,6 +38,9 @@ const UNLIMITED_SHARE: f64 = 0.5;
 /// How often the governor looks at the resident set size.
 const GOVERNOR_TICK: Duration = Duration::from_millis(20);
 
+/// How long the governor waits after a return left the process above the threshold.
+const GOVERNOR_BUSY_TICK: Duration = Duration::from_millis(250);
+
 /// Tells mimalloc to keep freed pages for reuse (see the module docs), turns transparent huge
 /// pages off for the process and caps glibc's malloc arenas (C libraries). Call once, before
 /// worker threads start.
@@ -130,15 +133,19 @@ impl Governor {
         let thread = std::thread::Builder::new()
             .name("segflow-memory".into())
             .spawn(move || {
+                let mut wait = GOVERNOR_TICK;
                 while !flag.load(Ordering::Relaxed) {
-                    std::thread::park_timeout(GOVERNOR_TICK);
+                    std::thread::park_timeout(wait);
+                    wait = GOVERNOR_TICK;
                     if resident_bytes().is_some_and(|rss| rss > threshold) {
                         release_freed();
-                        debug!(
-                            threshold,
-                            after = resident_bytes(),
-                            "freed memory returned to the system"
-                        );
+                        let after = resident_bytes();
+                        debug!(threshold, after, "freed memory returned to the system");
+                        if after.is_some_and(|rss| rss > threshold) {
+                            // What is left is in use: returning again at once would only
+                            // walk the heaps and unmap pages the next batch faults back in.
+                            wait = GOVERNOR_BUSY_TICK;
+                        }
                     }
                 }
             })

@@ -80,8 +80,8 @@ pub struct Run<'a> {
 }
 
 /// Models computed side by side: `[runtime] concurrent_models`, else two while the staged
-/// orders (with, in an incremental run, the kept state the models read instead of the lines)
-/// take at most a quarter of `memory_limit` (or there is no limit) and one beyond:
+/// orders (in an incremental run, the new lines) take at most a quarter of `memory_limit`
+/// (or there is no limit) and one beyond:
 /// two models share the memory pool, and on inputs larger than memory each spilled more and
 /// ran longer than the two one after the other (BENCHMARKS.md).
 pub fn concurrent_models(settings: &crate::config::Settings, staged_orders_bytes: u64) -> usize {

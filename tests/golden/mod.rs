@@ -136,8 +136,8 @@ async fn demo_run_publishes_every_table_and_rerun_is_identical() {
 }
 
 /// Every Parquet file under `dir` is zstd-compressed with min/max statistics on every
-/// column, strings dictionary-encoded and floating-point columns and keys (`*_id`) not
-/// (their values rarely repeat).
+/// column, strings dictionary-encoded and floating-point columns, keys (`*_id`) and
+/// timestamps (`*_ts`) not (their values rarely repeat).
 fn assert_reader_friendly(dir: &Path) {
     use parquet::basic::{Compression, Encoding, Type};
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -149,7 +149,7 @@ fn assert_reader_friendly(dir: &Path) {
         }
         files += 1;
         let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
-        let (mut strings, mut floats) = (0, 0);
+        let (mut strings, mut floats, mut timestamps) = (0, 0, 0);
         for group in reader.metadata().row_groups() {
             for column in group.columns() {
                 let name = column.column_path().string();
@@ -175,6 +175,10 @@ fn assert_reader_friendly(dir: &Path) {
                     Type::BYTE_ARRAY if name == "id" || name.ends_with("_id") => {
                         assert!(!dictionary, "{name}: key column with a dictionary");
                     }
+                    Type::INT64 if name.ends_with("_ts") => {
+                        timestamps += 1;
+                        assert!(!dictionary, "{name}: timestamp column with a dictionary");
+                    }
                     Type::BYTE_ARRAY => {
                         strings += 1;
                         assert!(dictionary, "{name}: string column without a dictionary");
@@ -184,8 +188,8 @@ fn assert_reader_friendly(dir: &Path) {
             }
         }
         assert!(
-            strings > 0 && floats > 0,
-            "{strings} string and {floats} float columns"
+            strings > 0 && floats > 0 && timestamps > 0,
+            "{strings} string, {floats} float and {timestamps} timestamp columns"
         );
     }
     assert!(files > 0, "no Parquet file in {}", dir.display());
@@ -234,5 +238,52 @@ async fn refunds_before_the_first_purchase_count_in_no_window() {
         num(&a["monetary"]),
         Some(20.0),
         "the refund is not a repeat purchase"
+    );
+}
+
+/// The backtest's holdout is the days after as_of - holdout_days: a customer counts when
+/// they bought by then, a refund-only day in the holdout adds its revenue but no purchase
+/// day, and a customer acquired in the holdout is left out (values by hand).
+#[tokio::test]
+async fn the_backtest_holdout_counts_purchase_days_and_revenue_after_the_calibration_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    // holdout_days = 90: the calibration ends on 2026-03-17
+    let out = run_minimal(
+        tmp.path(),
+        "2026-06-15",
+        &[
+            ("a", "2026-01-01", -5.0),
+            ("a", "2026-01-10", 10.0),
+            ("a", "2026-02-01", 20.0),
+            ("a", "2026-04-01", 40.0),
+            ("a", "2026-05-01", -8.0),
+            ("b", "2026-03-01", 30.0),
+            ("b", "2026-03-17", 12.0),
+            ("b", "2026-03-20", 15.0),
+            ("c", "2026-04-10", 50.0),
+        ],
+        "",
+    );
+    let backtest = read_table(&out, "clv_backtest", "2026-06-15").await;
+    let total = backtest
+        .iter()
+        .find(|r| r["scope"].as_deref() == Some("total"))
+        .unwrap();
+    assert_eq!(total["calibration_end"].as_deref(), Some("2026-03-17"));
+    assert_eq!(
+        total["customers"].as_deref(),
+        Some("2"),
+        "a and b; c came later"
+    );
+    let num = |c: &str| total[c].as_deref().map(|s| s.parse::<f64>().unwrap());
+    assert_eq!(
+        num("actual_purchases"),
+        Some(2.0),
+        "a on 04-01, b on 03-20; a's refund day is no purchase"
+    );
+    assert_eq!(
+        num("actual_revenue"),
+        Some(47.0),
+        "40 - 8 + 15; b's 03-17 is calibration"
     );
 }
