@@ -15,13 +15,16 @@ The column mapping, drop_status and the customers / marketing_spend inputs come 
 --orders replaces the orders uri. stdout: one JSON object with rows and seconds per
 table (and per internal step); nothing else is printed there.
 
-Pipeline, as segflow runs it: the canonical `orders` (mapped, cast, cancelled lines
-dropped, rows with order_date > as_of removed) is materialized once; then the internal
-models purchase_orders, customer_days, rfm_segments, acquisition_value and the published
-customer_facts, rfm, lifecycle are materialized as DuckDB tables because later models
+Pipeline, as segflow runs it (a full run): the canonical `orders` (mapped, cast, cancelled
+lines dropped, rows with order_date > as_of removed) is materialized once; then the
+internal models rfm_segments, purchase_orders, customer_days, customer_totals (per
+customer: from purchase_orders and customer_days), customer_months (from customer_totals
+and customer_days), acquisition_value and the published customer_facts (from
+customer_totals), rfm, lifecycle are materialized as DuckDB tables because later models
 read them; every published table is then COPY'd to zstd Parquet. segflow also computes
-customer_affinity and segment_migration (empty without a previous snapshot); this script
-does not.
+customer_affinity and segment_migration; this script does not compute them:
+segment_migration, which segment_summary reads, is an empty table of its columns, as in a
+first segflow run (no previous snapshot).
 
 Dialect differences from the segflow (DataFusion) SQL, adapted here:
 
@@ -39,19 +42,29 @@ Dialect differences from the segflow (DataFusion) SQL, adapted here:
   a tie by the largest v, and a string cannot be negated).
 * `named_struct('a', x, 'b', y)` is `struct_pack(a := x, b := y)` in DuckDB; `s['a']` reads a
   field in both.
-* Integer division: `(5 * w) / n` is integer division on BIGINT in DataFusion, but `/`
-  always returns DOUBLE in DuckDB; rfm uses `//`.
+* segflow's aggregate `rank_cuts(x, s1, ..., sk)` (src/ext/stats.rs; rfm's score cuts) has
+  no DuckDB counterpart: it becomes `list_select(coalesce(list_sort(list(CAST(x AS DOUBLE))
+  FILTER (WHERE x IS NOT NULL)), []), [i1, ..., ik])` -- the non-NULL values sorted once,
+  and for each share s the 1-based index i = least(c, count(x)), c the smallest integer >= 1
+  with c / count(*) >= s in DOUBLE (count(*) counts NULL x too; c at most count(*) + 1):
+  ceil(s * count(*)), then one step down or up by that test, as rank_cut does. Without
+  values every element is NULL, as in segflow. (DuckDB orders -0.0 and 0.0 as equal,
+  segflow by IEEE total order: a cut may be the other zero, which compares the same.)
 * `(values ...)` columns are column1..column8 in DataFusion and col0..col7 in DuckDB;
   rfm_segments names them with a table alias `t(column1, ..., column8)`.
 * The clv model needs segflow's BG/NBD and Gamma-Gamma functions: segment_summary's
-  `clv` segmentation (the `union all select 'clv', ...` lines) is removed, so DuckDB's
-  segment_summary has every row of segflow's but those.
-* `previous.<model>` (the previous snapshot) is an empty table of the same schema, as in
-  a first segflow run: segment_summary.stability is NULL.
+  `clv` segmentation (its `union all select 'clv', clv_segment, customer_id from clv`
+  membership line) is removed, so DuckDB's segment_summary has every row of segflow's but
+  those.
+* `previous.<model>` (the previous snapshot) is an empty table of the same schema, and
+  segment_migration an empty table (segmentation, from_segment, to_segment VARCHAR,
+  customers BIGINT, revenue DOUBLE), as in a first segflow run: segment_summary.stability
+  is NULL.
 * Exact money sums are unchanged: `sum(cast(x as decimal(38, 6)))` is DECIMAL(38,6) in
-  both engines, then cast to DOUBLE. (DuckDB's sum over DECIMAL(38,6) stays (38,6); the
-  sums over BIGINT, e.g. segment_summary's orders, are HUGEINT in DuckDB, Int64 in
-  DataFusion -- only used in divisions, so the results are the same doubles.)
+  both engines, then cast to DOUBLE. (DuckDB's sum over DECIMAL(38,6) stays (38,6).)
+* Sums over BIGINT (e.g. segment_summary's customers and orders) are HUGEINT in DuckDB,
+  Int64 in DataFusion: in divisions they give the same doubles; a published HUGEINT
+  column is cast to BIGINT before the COPY (DuckDB would write it to Parquet as DOUBLE).
 * Source mapping: segflow's canonical order_ts is Timestamp(us, "UTC"); DuckDB keeps the
   naive TIMESTAMP (UTC wall time) and order_date = CAST(order_ts AS DATE), which is the
   same date when no [runtime] timezone is set (the demo sets none; one that is set is
@@ -132,13 +145,8 @@ FRONT_MATTER = re.compile(r"^\s*/\*---\n(.*?)\n---\*/", re.S)
 REWRITES = [
     # cast(<date> as int) (days since the epoch) -> a DATE difference.
     (re.compile(r"cast\(([^()]+?) as int\)"), r"((\1) - DATE '1970-01-01')"),
-    # No BG/NBD in DuckDB: segment_summary's clv segmentation is left out.
-    (re.compile(r"\n\s*union all select 'clv', clv_segment, customer_id from (previous\.)?clv\b"), ""),
-    # ... and its branches of the stability aggregation (`select clv.customer_id, ... from clv`).
-    (re.compile(r"\n\s*union all\n\s*select (previous\.)?clv\.customer_id,.*?\n\s*from (previous\.)?clv\b[^\n]*", re.S), ""),
-    # Integer division of the RFM scores (BIGINT, as in DataFusion: DuckDB's `//` on the
-    # HUGEINT of 5 * count gives a DOUBLE).
-    (re.compile(r"(1 \+ \(5 \* w\.\w+\)) / p\.n\b"), r"CAST(\1 // p.n AS BIGINT)"),
+    # No BG/NBD in DuckDB: segment_summary's clv segmentation (its membership line) is left out.
+    (re.compile(r"\n\s*union all select 'clv', clv_segment, customer_id from clv\b"), ""),
     # (values ...) columns are column1.. in DataFusion, col0.. in DuckDB.
     (re.compile(r"\(values(.*?)\n\)", re.S),
      r"(values\1\n) as t(column1, column2, column3, column4, column5, column6, column7, column8)"),
@@ -154,7 +162,8 @@ def model_sql(name: str) -> tuple[str, dict]:
     sql = text[m.end():] if m else text
     for pattern, replacement in REWRITES:
         sql = pattern.sub(replacement, sql)
-    return rewrite_arg_min_max(rewrite_named_struct(sql)), header.get("params", {})
+    return (rewrite_rank_cuts(rewrite_arg_min_max(rewrite_named_struct(sql))),
+            header.get("params", {}))
 
 
 def split_args(text: str) -> list[str]:
@@ -208,6 +217,34 @@ def rewrite_arg_min_max(sql: str) -> str:
     return rewrite_calls(rewrite_calls(sql, "arg_min", arg_min), "arg_max", arg_max)
 
 
+def rewrite_rank_cuts(sql: str) -> str:
+    """segflow's rank_cuts(x, s1, ..., sk) in DuckDB terms (see the top): the non-NULL values
+    of x, as DOUBLE, sorted once, and the c-th smallest of them for each share (list_select
+    takes every index at once); the indexes come from count(*) and count(x) alone."""
+    def cuts(args):
+        x, *shares = args
+        values = f"list_sort(list(CAST({x} AS DOUBLE)) FILTER (WHERE ({x}) IS NOT NULL))"
+        indexes = ", ".join(rank_cut_index(f"CAST({s} AS DOUBLE)", "count(*)", f"count({x})")
+                            for s in shares)
+        # Without values, a list of NULLs (list_select of an empty list), as in segflow.
+        return f"list_select(coalesce({values}, []::DOUBLE[]), [{indexes}])"
+    return rewrite_calls(sql, "rank_cuts", cuts)
+
+
+def rank_cut_index(share: str, rows: str, values: str) -> str:
+    """The 1-based index of rank_cut in src/ext/stats.rs: the smallest c >= 1 with
+    c / rows >= share in DOUBLE (at most rows + 1), capped to the number of values. The
+    guess ceil(share * rows) is within one step of it; the step down is taken first."""
+    n = f"CAST({rows} AS DOUBLE)"
+    guess = f"CAST(least(greatest(ceil({share} * {n}), 1), {n} + 1) AS BIGINT)"
+
+    def reaches(c):
+        return f"CAST({c} AS DOUBLE) / {n} >= {share}"
+    c = (f"CASE WHEN {guess} > 1 AND {reaches(f'{guess} - 1')} THEN {guess} - 1 "
+         f"WHEN {guess} > {rows} OR {reaches(guess)} THEN {guess} ELSE {guess} + 1 END")
+    return f"least({c}, {values})"
+
+
 # The zstd level of the published tables: segflow's (src/publish/stage.rs writes zstd(1)).
 ZSTD_LEVEL = 1
 
@@ -216,6 +253,8 @@ STEPS = [
     ("rfm_segments", True, False),
     ("purchase_orders", True, False),
     ("customer_days", True, False),
+    ("customer_totals", True, False),
+    ("customer_months", True, False),
     ("customer_facts", True, True),
     ("rfm", True, True),
     ("lifecycle", True, True),
@@ -321,6 +360,18 @@ def render(sql: str, params: dict) -> str:
     return re.sub(r"\$([a-z_][a-z0-9_]*)", sub, sql)
 
 
+def as_int64(con, source: str) -> str:
+    """`source` with its HUGEINT columns (DuckDB's sum over BIGINT; DataFusion's is Int64)
+    cast to BIGINT, as segflow publishes them: Parquet has no 128-bit integer, and DuckDB
+    would write them as DOUBLE."""
+    relation = source if source.startswith("(") else f"(SELECT * FROM {source})"
+    wide = [r[0] for r in con.execute(f"DESCRIBE {relation}").fetchall() if r[1] == "HUGEINT"]
+    if not wide:
+        return source
+    casts = ", ".join(f"CAST({ident(c)} AS BIGINT) AS {ident(c)}" for c in wide)
+    return f"(SELECT * REPLACE ({casts}) FROM {source} AS t)"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--orders", required=True, help="order source: Parquet file, directory or glob")
@@ -366,6 +417,10 @@ def main(argv=None) -> int:
         result["internal"]["orders"] = {"rows": rows, "seconds": round(time.perf_counter() - t0, 3)}
         # previous.<model>: empty tables of the same schema (no previous snapshot).
         con.execute("CREATE SCHEMA previous")
+        # segment_migration compares with the previous snapshot: empty without one (its
+        # columns, as segflow publishes them; segment_summary reads it).
+        con.execute("CREATE TABLE segment_migration (segmentation VARCHAR, from_segment VARCHAR, "
+                    "to_segment VARCHAR, customers BIGINT, revenue DOUBLE)")
 
         for name, materialize, publish in STEPS:
             t0 = time.perf_counter()
@@ -376,6 +431,7 @@ def main(argv=None) -> int:
             else:
                 source = f"({body})"
             if publish:
+                source = as_int64(con, source)
                 path = os.path.join(args.out, f"{name}.parquet")
                 n = con.execute(f"COPY {source} TO {q(path)} (FORMAT parquet, COMPRESSION zstd, "
                                 f"COMPRESSION_LEVEL {ZSTD_LEVEL})").fetchone()[0]

@@ -11,6 +11,9 @@ customer_id        = "Customer key."
 top_category       = "Category with the largest purchase-line revenue (ties: smallest name; 'unknown' when missing)."
 top_category_share = "That category's share of the customer's purchase-line revenue, 0-1 (NULL when it is 0)."
 categories_bought  = "Distinct categories among purchase lines ('unknown' counts as one)."
+
+[checks]
+unique = ["customer_id"]
 ---*/
 -- The top category is the one with the largest spend (arg_max breaks ties by the smallest
 -- name), so its spend is the largest spend.

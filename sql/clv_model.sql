@@ -48,9 +48,14 @@ fits as (
 ),
 
 -- The newest previous snapshot's parameters where they were usable (its own fit, or one it
--- carried forward), alpha in this run's time unit; no row without a previous snapshot.
+-- carried forward), alpha in this run's time unit; NULL without a previous snapshot. Taken
+-- by max() (its one row) so that this model, and the per-customer models joined to it, are
+-- seen to keep one row per customer.
 previous_fit as (
     select
+        max(r) as r, max(alpha) as alpha, max(a) as a, max(b) as b,
+        max(p) as p, max(q) as q, max(v) as v
+    from (select
         case when bgnbd_converged or bgnbd_fit_source = 'previous snapshot' then r end as r,
         case when bgnbd_converged or bgnbd_fit_source = 'previous snapshot' then
             alpha * (case lower(time_unit) when 'weeks' then 7.0 else 1.0 end)
@@ -61,7 +66,7 @@ previous_fit as (
         case when gamma_gamma_converged or gamma_gamma_fit_source = 'previous snapshot' then p end as p,
         case when gamma_gamma_converged or gamma_gamma_fit_source = 'previous snapshot' then q end as q,
         case when gamma_gamma_converged or gamma_gamma_fit_source = 'previous snapshot' then v end as v
-    from previous.clv_model
+    from previous.clv_model) usable
 ),
 
 chosen as (

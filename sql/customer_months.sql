@@ -14,6 +14,9 @@ period       = "Calendar months from the cohort month to this month (negative fo
 active       = "True when the month has a purchase day."
 revenue      = "Exact net revenue of the month, refunds included (Decimal(38,6))."
 margin       = "Exact margin of the month; NULL when no line of the month has a cost."
+
+[checks]
+unique = ["customer_id, period"]
 ---*/
 with customers as (
     select

@@ -29,6 +29,9 @@ revenue_365d     = "Same for 365 days."
 margin_90d       = "Exact margin of the days at most 90 days after the first purchase date."
 margin_180d      = "Same for 180 days."
 margin_365d      = "Same for 365 days."
+
+[checks]
+unique = ["customer_id"]
 ---*/
 -- One pass over the orders and one over the customer days; the first and latest order are
 -- the smallest and largest (purchase_ts, order_id), as arg_min / arg_max pick them. Every

@@ -51,20 +51,39 @@ pub struct CheckQuery {
     pub row_predicate: Option<String>,
     /// The columns of a `unique` check.
     pub unique: Option<BTreeSet<String>>,
+    /// Queries this run's delta of a kept state model, not the whole table.
+    pub on_delta: bool,
 }
 
-/// The count queries of a model's declared checks (except `row_count`).
+/// The count queries of a model's declared checks (except `row_count`) over its table.
 pub fn check_queries(model: &Model) -> Vec<CheckQuery> {
+    check_queries_on(model, None)
+}
+
+/// [`check_queries`]; with `delta` (the name of the table of this run's delta of a kept
+/// state model, and the columns by which its rows replace the base's), the row checks and
+/// the `unique` checks of column sets that include those columns query the delta alone:
+/// the base was checked by the run that wrote it (the same models and checks, or the state
+/// would not be used), and a base row whose replacing columns the delta holds is not read.
+fn check_queries_on(model: &Model, delta: Option<(&str, &[String])>) -> Vec<CheckQuery> {
     let checks = &model.header.checks;
-    let t = quote_ident(&model.name);
+    let whole = quote_ident(&model.name);
+    let rows_table = delta.map_or_else(|| whole.clone(), |(name, _)| quote_ident(name));
     let mut queries: Vec<CheckQuery> = Vec::new();
     let row_check = |label: String, predicate: String| CheckQuery {
         label,
-        sql: format!("select count(*) from {t} where {predicate}"),
+        sql: format!("select count(*) from {rows_table} where {predicate}"),
         row_predicate: Some(predicate),
         unique: None,
+        on_delta: delta.is_some(),
     };
     for cols in &checks.unique {
+        let on_delta = delta.is_some_and(|(_, replaced_by)| {
+            replaced_by
+                .iter()
+                .all(|c| unique_columns(cols).any(|u| u == c))
+        });
+        let t = if on_delta { &rows_table } else { &whole };
         // Rows with a NULL key take no part, as in dbt and SQL's UNIQUE (`not_null`
         // is the check for those).
         let keys: Vec<String> = unique_columns(cols).map(quote_ident).collect();
@@ -79,6 +98,7 @@ pub fn check_queries(model: &Model) -> Vec<CheckQuery> {
             sql: format!("select count(*) from (select {list} from {t} where {present} group by {list} having count(*) > 1)"),
             row_predicate: None,
             unique: Some(unique_columns(cols).map(str::to_string).collect()),
+            on_delta,
         });
     }
     for c in &checks.not_null {
@@ -113,13 +133,14 @@ pub fn check_queries(model: &Model) -> Vec<CheckQuery> {
         queries.push(CheckQuery {
             label: format!("relationships({c} -> {target}): {{n}} value(s) missing from {target}"),
             sql: format!(
-                "select count(*) from {t} a where a.{c} is not null and not exists (select 1 from {tm} b where b.{tc} = a.{c})",
+                "select count(*) from {whole} a where a.{c} is not null and not exists (select 1 from {tm} b where b.{tc} = a.{c})",
                 c = quote_ident(c),
                 tm = quote_ident(tm),
                 tc = quote_ident(tc)
             ),
             row_predicate: None,
             unique: None,
+            on_delta: false,
         });
     }
     queries
@@ -159,6 +180,12 @@ pub(crate) async fn row_check_counts(
         .collect()
 }
 
+/// The name under which an incremental run registers its delta of the kept state model
+/// `model` (what that model's checks query; not a name a model can read).
+pub(crate) fn delta_table(model: &str) -> String {
+    format!("{model} (this run's delta)")
+}
+
 /// A staged model's keys for [`crate::models::keys::unique_keys`] downstream, by its staging
 /// directory: those its plan proves, and those its `unique` checks of severity `error`
 /// declare (a run whose check fails publishes nothing, so a model downstream may rely on it).
@@ -167,17 +194,29 @@ pub(crate) fn known_keys(
     output: &ModelOutput,
     staging: &Staging,
 ) -> Option<(String, Vec<BTreeSet<String>>)> {
-    let location = crate::models::keys::location_key(&staging.out.loc.dir_url(&output.staged.rel))?;
     let checks = &model.header.checks;
-    let mut keys = output.unique_keys.clone();
-    if checks.severity == Severity::Error {
-        keys.extend(
-            checks
-                .unique
-                .iter()
-                .map(|cols| unique_columns(cols).map(str::to_string).collect()),
-        );
+    let declared: Vec<BTreeSet<String>> = match checks.severity {
+        Severity::Error => checks
+            .unique
+            .iter()
+            .map(|cols| unique_columns(cols).map(str::to_string).collect())
+            .collect(),
+        Severity::Warn => Vec::new(),
+    };
+    if let Some(replaced_by) = &output.layered {
+        // The kept base with this run's delta over it: unique on a declared key that holds
+        // the replacing columns, which every delta is checked on and the base was when it
+        // was written (see `check_queries_on`); a key the delta's plan proves says nothing
+        // of the base.
+        let keys = declared
+            .into_iter()
+            .filter(|k| replaced_by.iter().all(|c| k.contains(c)))
+            .collect();
+        return Some((crate::models::keys::layered_location(&model.name), keys));
     }
+    let location = crate::models::keys::location_key(&staging.out.loc.dir_url(&output.staged.rel))?;
+    let mut keys = output.unique_keys.clone();
+    keys.extend(declared);
     Some((location, keys))
 }
 
@@ -244,11 +283,23 @@ pub(crate) async fn model_check_findings(
     let checks = &model.header.checks;
     let t = quote_ident(&model.name);
     let output = outputs.iter().find(|o| o.name == model.name);
+    // The keys its plan proves: of the whole table, or of the delta of a kept state table.
     let keys: &[BTreeSet<String>] = output.map(|o| o.unique_keys.as_slice()).unwrap_or_default();
-    let queries: Vec<CheckQuery> = check_queries(model)
+    let delta_name = delta_table(&model.name);
+    let delta = output
+        .and_then(|o| o.layered.as_deref())
+        .map(|replaced_by| (delta_name.as_str(), replaced_by));
+    let rows_table = match delta {
+        Some((name, _)) => quote_ident(name),
+        None => t.clone(),
+    };
+    let queries: Vec<CheckQuery> = check_queries_on(model, delta)
         .into_iter()
         .filter(|q| {
             let Some(cols) = &q.unique else { return true };
+            if delta.is_some() && !q.on_delta {
+                return true;
+            }
             let proven = keys.iter().any(|k| k.is_subset(cols));
             if proven {
                 debug!(model = %model.name, columns = ?cols, "unique check holds by the model's plan; not queried");
@@ -256,7 +307,7 @@ pub(crate) async fn model_check_findings(
             !proven
         })
         .collect();
-    let mut row_counts = row_check_counts(ctx, &t, &queries)
+    let mut row_counts = row_check_counts(ctx, &rows_table, &queries)
         .await
         .unwrap_or_default()
         .into_iter();
@@ -290,8 +341,8 @@ pub(crate) async fn model_check_findings(
     if let Some(rc) = &checks.row_count {
         // The rows the model staged; counted only for a table computed elsewhere.
         let n = match output {
-            Some(o) => o.rows,
-            None => count_query(ctx, &format!("select count(*) from {t}"))
+            Some(o) if o.layered.is_none() => o.rows,
+            _ => count_query(ctx, &format!("select count(*) from {t}"))
                 .await
                 .map_err(|e| model_error(model, e))? as u64,
         };

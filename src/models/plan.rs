@@ -38,8 +38,12 @@ pub struct ModelOutput {
     pub publish: bool,
     pub partition_by: Vec<String>,
     pub staged: StagedTable,
-    /// Column sets the model's plan makes unique (see [`crate::models::keys::unique_keys`]).
+    /// Column sets the model's plan makes unique (see [`crate::models::keys::unique_keys`]);
+    /// of the delta alone when `layered`.
     pub unique_keys: Vec<BTreeSet<String>>,
+    /// A kept state model's delta, which models downstream read laid over the kept base:
+    /// the columns by which its rows replace the base's.
+    pub layered: Option<Vec<String>>,
 }
 
 /// The previous published snapshot, read as `previous.<model>`.

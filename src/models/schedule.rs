@@ -122,8 +122,9 @@ type Computing<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = (usize, Vec<BTreeSet<String>>, Computed)> + Send + 'a>,
 >;
 
-/// What computing one model gave: its staged table, schema and duration, or why not.
-type Computed = std::result::Result<(StagedTable, SchemaRef, Duration), Failed>;
+/// What computing one model gave: its staged table, schema and duration, and whether it is
+/// a kept state model's delta read over its base; or why not.
+type Computed = std::result::Result<(StagedTable, SchemaRef, Duration, bool), Failed>;
 
 /// A model that could not be computed.
 pub(crate) struct Failed {
@@ -290,10 +291,10 @@ impl<'a> Scheduler<'a> {
         Box::pin(async move {
             let clock = Instant::now();
             let computed = compute_model(ctx, model, &params, df, staging, state).await;
-            let computed = computed.map(|(staged, schema)| {
+            let computed = computed.map(|(staged, schema, layered)| {
                 let duration = clock.elapsed();
                 progress.finish(&model.name, staged.rows, duration);
-                (staged, schema, duration)
+                (staged, schema, duration, layered)
             });
             (position, unique_keys, computed)
         })
@@ -310,7 +311,7 @@ impl<'a> Scheduler<'a> {
         computed: Computed,
     ) -> Result<()> {
         let model = &self.inputs.models[position];
-        let (staged, schema, duration) = match computed {
+        let (staged, schema, duration, layered) = match computed {
             Ok(c) => c,
             Err(Failed {
                 error,
@@ -340,6 +341,7 @@ impl<'a> Scheduler<'a> {
             partition_by: model.header.partition_by.clone(),
             staged,
             unique_keys,
+            layered: layered.then(|| crate::models::incremental::replaced_by(model).to_vec()),
         };
         state
             .known
@@ -430,7 +432,7 @@ pub(crate) async fn compute_model(
     df: DataFrame,
     staging: &Staging,
     state: StateRun<'_>,
-) -> std::result::Result<(StagedTable, SchemaRef), Failed> {
+) -> std::result::Result<(StagedTable, SchemaRef, bool), Failed> {
     let failed = |error: Error| Failed {
         error,
         out_of_memory: false,
@@ -498,8 +500,15 @@ pub(crate) async fn compute_model(
         }
         _ => None,
     };
+    let layered = shared.is_some();
     let table = match shared {
         Some((output, kept)) => {
+            // The model's checks query the delta (see `checks::delta_table`).
+            ctx.register_table(
+                crate::models::checks::delta_table(&model.name),
+                table.clone(),
+            )
+            .map_err(|e| failed(model_error(model, e)))?;
             let layered = async {
                 let base = output.open_base(ctx, kept, &schema).await?;
                 let delta = ctx.read_table(table)?;
@@ -509,16 +518,20 @@ pub(crate) async fn compute_model(
                     crate::models::incremental::replaced_by(model),
                 )
             };
-            layered
+            let view = layered
                 .await
                 .map_err(|e| failed(model_error(model, e)))?
-                .into_view()
+                .into_view();
+            Arc::new(crate::publish::state::LayeredTable {
+                model: model.name.clone(),
+                view,
+            })
         }
         None => table,
     };
     ctx.register_table(model.name.as_str(), table)
         .map_err(|e| failed(model_error(model, e)))?;
-    Ok((staged, schema))
+    Ok((staged, schema, layered))
 }
 
 /// True when the memory pool refused an allocation while the session prefers hash joins,

@@ -43,6 +43,122 @@ pub fn shared_base<'m>(base: Option<&'m Manifest>, name: &str) -> Option<&'m Sta
     (table.delta_rows.saturating_mul(COMPACT_AT) <= table.rows).then_some(table)
 }
 
+/// A kept state table as an incremental run's models downstream read it: the base it
+/// shares with this run's delta over it ([`layered`]), as a table that is not inlined into
+/// the plans reading it, so that [`crate::models::keys`] can tell it by its model. Scans are
+/// the view's own.
+#[derive(Debug)]
+pub struct LayeredTable {
+    pub model: String,
+    pub view: Arc<dyn TableProvider>,
+}
+
+// Every method is written out (forwarded, except `get_logical_plan`: none, so the planner
+// keeps the table scan) so that a method a new DataFusion adds fails this lint until it is
+// decided here; writes are refused.
+#[deny(clippy::missing_trait_methods)]
+#[async_trait::async_trait]
+impl TableProvider for LayeredTable {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.view.schema()
+    }
+
+    fn constraints(&self) -> Option<&datafusion::common::Constraints> {
+        self.view.constraints()
+    }
+
+    fn table_type(&self) -> datafusion::logical_expr::TableType {
+        self.view.table_type()
+    }
+
+    fn get_table_definition(&self) -> Option<&str> {
+        self.view.get_table_definition()
+    }
+
+    fn get_logical_plan(
+        &'_ self,
+    ) -> Option<std::borrow::Cow<'_, datafusion::logical_expr::LogicalPlan>> {
+        None
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&datafusion::logical_expr::Expr> {
+        self.view.get_column_default(column)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        self.view.scan(state, projection, filters, limit).await
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        args: datafusion::catalog::ScanArgs<'a>,
+    ) -> DfResult<datafusion::catalog::ScanResult> {
+        self.view.scan_with_args(state, args).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::logical_expr::Expr],
+    ) -> DfResult<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.view.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<datafusion::common::Statistics> {
+        self.view.statistics()
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _input: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        _insert_op: datafusion::logical_expr::dml::InsertOp,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        datafusion::common::not_impl_err!("a kept state table is not written to")
+    }
+
+    async fn delete_from(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _filters: Vec<datafusion::logical_expr::Expr>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        datafusion::common::not_impl_err!("a kept state table is not written to")
+    }
+
+    async fn update(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _assignments: Vec<(String, datafusion::logical_expr::Expr)>,
+        _filters: Vec<datafusion::logical_expr::Expr>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        datafusion::common::not_impl_err!("a kept state table is not written to")
+    }
+
+    async fn truncate(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        datafusion::common::not_impl_err!("a kept state table is not written to")
+    }
+
+    async fn merge_into(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _source: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        _merge_schema: datafusion::common::DFSchemaRef,
+        _on: datafusion::logical_expr::Expr,
+        _clauses: Vec<datafusion::logical_expr::dml::MergeIntoClause>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        datafusion::common::not_impl_err!("a kept state table is not written to")
+    }
+}
+
 /// The rows of a layered table: `base` without the grains `delta` holds, and `delta`.
 pub fn layered(base: DataFrame, delta: DataFrame, grain: &[String]) -> DfResult<DataFrame> {
     let grain: Vec<&str> = grain.iter().map(String::as_str).collect();
