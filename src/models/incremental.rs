@@ -392,11 +392,22 @@ pub async fn plan_touched(
             .map_err(err)?
             .data_type()
             .clone();
-        let only = touched
-            .clone()
-            .select(vec![cast(col(CUSTOMER), key).alias(TOUCHED)])
-            .and_then(|t| t.join(rows, JoinType::RightSemi, &[TOUCHED], &[CUSTOMER], None))
-            .map_err(err)?;
+        let touched_only = |rows: DataFrame| {
+            touched
+                .clone()
+                .select(vec![cast(col(CUSTOMER), key.clone()).alias(TOUCHED)])
+                .and_then(|t| t.join(rows, JoinType::RightSemi, &[TOUCHED], &[CUSTOMER], None))
+        };
+        // A kept state table read over this run's delta: each layer restricted first.
+        let provider = ctx.table_provider(dep.as_str()).await.map_err(err)?;
+        let layered = provider
+            .downcast_ref::<crate::publish::state::LayeredTable>()
+            .and_then(|l| l.restricted(CUSTOMER, touched_only));
+        let only = match layered {
+            Some(only) => only,
+            None => touched_only(rows),
+        }
+        .map_err(err)?;
         restricted.push((dep.as_str(), only.into_view()));
     }
     planned_with(

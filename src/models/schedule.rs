@@ -512,20 +512,14 @@ pub(crate) async fn compute_model(
             let layered = async {
                 let base = output.open_base(ctx, kept, &schema).await?;
                 let delta = ctx.read_table(table)?;
-                crate::publish::state::layered(
+                crate::publish::state::LayeredTable::new(
+                    &model.name,
                     base,
                     delta,
                     crate::models::incremental::replaced_by(model),
                 )
             };
-            let view = layered
-                .await
-                .map_err(|e| failed(model_error(model, e)))?
-                .into_view();
-            Arc::new(crate::publish::state::LayeredTable {
-                model: model.name.clone(),
-                view,
-            })
+            Arc::new(layered.await.map_err(|e| failed(model_error(model, e)))?)
         }
         None => table,
     };

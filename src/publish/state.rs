@@ -51,6 +51,47 @@ pub fn shared_base<'m>(base: Option<&'m Manifest>, name: &str) -> Option<&'m Sta
 pub struct LayeredTable {
     pub model: String,
     pub view: Arc<dyn TableProvider>,
+    /// The two layers, for [`LayeredTable::restricted`].
+    base: DataFrame,
+    delta: DataFrame,
+    /// The columns by which the delta's rows replace the base's.
+    replaced_by: Vec<String>,
+}
+
+impl LayeredTable {
+    /// `base` with `delta` over it, rows replaced by the columns `replaced_by`.
+    pub fn new(
+        model: &str,
+        base: DataFrame,
+        delta: DataFrame,
+        replaced_by: &[String],
+    ) -> DfResult<LayeredTable> {
+        let view = layered(base.clone(), delta.clone(), replaced_by)?.into_view();
+        Ok(LayeredTable {
+            model: model.to_string(),
+            view,
+            base,
+            delta,
+            replaced_by: replaced_by.to_vec(),
+        })
+    }
+
+    /// The table's rows that `restrict` keeps, when it keeps rows by a column the rows are
+    /// replaced by (the customer): each layer restricted before the base's replaced rows
+    /// are taken out, so that only the kept rows go through that anti-join, not every base
+    /// row. None when the rows are not replaced by `column`.
+    pub fn restricted(
+        &self,
+        column: &str,
+        restrict: impl Fn(DataFrame) -> DfResult<DataFrame>,
+    ) -> Option<DfResult<DataFrame>> {
+        if !self.replaced_by.iter().any(|c| c == column) {
+            return None;
+        }
+        let layers =
+            restrict(self.base.clone()).and_then(|b| Ok((b, restrict(self.delta.clone())?)));
+        Some(layers.and_then(|(base, delta)| layered(base, delta, &self.replaced_by)))
+    }
 }
 
 // Every method is written out (forwarded, except `get_logical_plan`: none, so the planner
