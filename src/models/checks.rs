@@ -203,16 +203,10 @@ pub(crate) fn known_keys(
             .collect(),
         Severity::Warn => Vec::new(),
     };
-    if let Some(replaced_by) = &output.layered {
-        // The kept base with this run's delta over it: unique on a declared key that holds
-        // the replacing columns, which every delta is checked on and the base was when it
-        // was written (see `check_queries_on`); a key the delta's plan proves says nothing
-        // of the base.
-        let keys = declared
-            .into_iter()
-            .filter(|k| replaced_by.iter().all(|c| k.contains(c)))
-            .collect();
-        return Some((crate::models::keys::layered_location(&model.name), keys));
+    if output.layered.is_some() {
+        // Models downstream read the kept base with this run's delta over it, not the
+        // staged delta alone: what the delta's plan proves says nothing of the base.
+        return None;
     }
     let location = crate::models::keys::location_key(&staging.out.loc.dir_url(&output.staged.rel))?;
     let mut keys = output.unique_keys.clone();

@@ -58,20 +58,10 @@ pub fn location_key(url: &str) -> Option<String> {
         .map(|u| u.as_str().to_string())
 }
 
-/// What [`unique_keys`]' `known` keys a kept state table by when an incremental run reads
-/// it as its base with this run's delta laid over it.
-pub fn layered_location(model: &str) -> String {
-    format!("layered:{model}")
-}
-
 /// The directory a scan reads, when it reads one Parquet listing table (a bucketed
-/// internal table reads its files through one); for a layered state table, its
-/// [`layered_location`].
+/// internal table reads its files through one).
 fn scan_location(scan: &TableScan) -> Option<String> {
     let provider = source_as_provider(&scan.source).ok()?;
-    if let Some(layered) = provider.downcast_ref::<crate::publish::state::LayeredTable>() {
-        return Some(layered_location(&layered.model));
-    }
     let provider = match provider.downcast_ref::<crate::ext::buckets::BucketedTable>() {
         Some(bucketed) => Arc::clone(&bucketed.inner),
         None => provider,
