@@ -467,3 +467,50 @@ pub fn select_run(settings: &crate::config::Settings) -> Result<Selection> {
         publish_only,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_models_delta_gets_its_row_checks_and_unique_checks_on_its_replacing_columns() {
+        let model = crate::models::parse_model(
+            "lines",
+            "sql/lines.sql",
+            "/*---\n[checks]\nunique = [\"customer_id, order_id\", \"order_id\"]\n\
+             not_null = [\"order_id\"]\nexpression = [\"n > 0\"]\n\
+             relationships = { customer_id = \"people.customer_id\" }\n---*/\n\
+             select 'a' as customer_id, 'o' as order_id, 1 as n"
+                .to_string(),
+        )
+        .unwrap();
+        let replaced_by = ["customer_id".to_string(), "order_id".to_string()];
+        let queries = check_queries_on(&model, Some(("lines (delta)", &replaced_by)));
+        let by_label = |start: &str| {
+            queries
+                .iter()
+                .find(|q| q.label.starts_with(start))
+                .unwrap_or_else(|| panic!("no check {start}"))
+        };
+        for (label, on_delta) in [
+            ("unique(customer_id, order_id)", true),
+            ("unique(order_id)", false),
+            ("not_null(order_id)", true),
+            ("expression(n > 0)", true),
+            ("relationships(customer_id", false),
+        ] {
+            let q = by_label(label);
+            assert_eq!(q.on_delta, on_delta, "{label}");
+            assert_eq!(
+                q.sql.contains("\"lines (delta)\""),
+                on_delta,
+                "{label}: {}",
+                q.sql
+            );
+        }
+        // Without a delta every check reads the whole table.
+        assert!(check_queries(&model)
+            .iter()
+            .all(|q| !q.on_delta && !q.sql.contains("delta")));
+    }
+}
