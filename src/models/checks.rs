@@ -203,7 +203,7 @@ pub(crate) fn known_keys(
             .collect(),
         Severity::Warn => Vec::new(),
     };
-    if output.layered.is_some() {
+    if output.layered {
         // Models downstream read the kept base with this run's delta over it, not the
         // staged delta alone: what the delta's plan proves says nothing of the base.
         return None;
@@ -280,9 +280,12 @@ pub(crate) async fn model_check_findings(
     // The keys its plan proves: of the whole table, or of the delta of a kept state table.
     let keys: &[BTreeSet<String>] = output.map(|o| o.unique_keys.as_slice()).unwrap_or_default();
     let delta_name = delta_table(&model.name);
-    let delta = output
-        .and_then(|o| o.layered.as_deref())
-        .map(|replaced_by| (delta_name.as_str(), replaced_by));
+    let delta = output.filter(|o| o.layered).map(|_| {
+        (
+            delta_name.as_str(),
+            crate::models::incremental::replaced_by(model),
+        )
+    });
     let rows_table = match delta {
         Some((name, _)) => quote_ident(name),
         None => t.clone(),
@@ -335,7 +338,7 @@ pub(crate) async fn model_check_findings(
     if let Some(rc) = &checks.row_count {
         // The rows the model staged; counted only for a table computed elsewhere.
         let n = match output {
-            Some(o) if o.layered.is_none() => o.rows,
+            Some(o) if !o.layered => o.rows,
             _ => count_query(ctx, &format!("select count(*) from {t}"))
                 .await
                 .map_err(|e| model_error(model, e))? as u64,

@@ -41,9 +41,9 @@ pub struct ModelOutput {
     /// Column sets the model's plan makes unique (see [`crate::models::keys::unique_keys`]);
     /// of the delta alone when `layered`.
     pub unique_keys: Vec<BTreeSet<String>>,
-    /// A kept state model's delta, which models downstream read laid over the kept base:
-    /// the columns by which its rows replace the base's.
-    pub layered: Option<Vec<String>>,
+    /// A kept state model's delta, which models downstream read laid over the kept base
+    /// (its rows replace the base's by [`crate::models::incremental::replaced_by`]).
+    pub layered: bool,
 }
 
 /// The previous published snapshot, read as `previous.<model>`.

@@ -341,7 +341,7 @@ impl<'a> Scheduler<'a> {
             partition_by: model.header.partition_by.clone(),
             staged,
             unique_keys,
-            layered: layered.then(|| crate::models::incremental::replaced_by(model).to_vec()),
+            layered,
         };
         state
             .known
@@ -513,7 +513,6 @@ pub(crate) async fn compute_model(
                 let base = output.open_base(ctx, kept, &schema).await?;
                 let delta = ctx.read_table(table)?;
                 crate::publish::state::LayeredTable::new(
-                    &model.name,
                     base,
                     delta,
                     crate::models::incremental::replaced_by(model),

@@ -48,8 +48,7 @@ pub fn shared_base<'m>(base: Option<&'m Manifest>, name: &str) -> Option<&'m Sta
 /// read it) which also keeps its two layers for [`LayeredTable::restricted`].
 #[derive(Debug)]
 pub struct LayeredTable {
-    pub model: String,
-    pub view: Arc<dyn TableProvider>,
+    view: Arc<dyn TableProvider>,
     /// The two layers, for [`LayeredTable::restricted`].
     base: DataFrame,
     delta: DataFrame,
@@ -60,14 +59,12 @@ pub struct LayeredTable {
 impl LayeredTable {
     /// `base` with `delta` over it, rows replaced by the columns `replaced_by`.
     pub fn new(
-        model: &str,
         base: DataFrame,
         delta: DataFrame,
         replaced_by: &[String],
     ) -> DfResult<LayeredTable> {
         let view = layered(base.clone(), delta.clone(), replaced_by)?.into_view();
         Ok(LayeredTable {
-            model: model.to_string(),
             view,
             base,
             delta,
@@ -87,9 +84,11 @@ impl LayeredTable {
         if !self.replaced_by.iter().any(|c| c == column) {
             return None;
         }
-        let layers =
-            restrict(self.base.clone()).and_then(|b| Ok((b, restrict(self.delta.clone())?)));
-        Some(layers.and_then(|(base, delta)| layered(base, delta, &self.replaced_by)))
+        let layers = || {
+            let base = restrict(self.base.clone())?;
+            layered(base, restrict(self.delta.clone())?, &self.replaced_by)
+        };
+        Some(layers())
     }
 }
 
@@ -161,7 +160,7 @@ impl TableProvider for LayeredTable {
         _input: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
         _insert_op: datafusion::logical_expr::dml::InsertOp,
     ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        datafusion::common::not_impl_err!("a kept state table is not written to")
+        refused()
     }
 
     async fn delete_from(
@@ -169,7 +168,7 @@ impl TableProvider for LayeredTable {
         _state: &dyn datafusion::catalog::Session,
         _filters: Vec<datafusion::logical_expr::Expr>,
     ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        datafusion::common::not_impl_err!("a kept state table is not written to")
+        refused()
     }
 
     async fn update(
@@ -178,14 +177,14 @@ impl TableProvider for LayeredTable {
         _assignments: Vec<(String, datafusion::logical_expr::Expr)>,
         _filters: Vec<datafusion::logical_expr::Expr>,
     ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        datafusion::common::not_impl_err!("a kept state table is not written to")
+        refused()
     }
 
     async fn truncate(
         &self,
         _state: &dyn datafusion::catalog::Session,
     ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        datafusion::common::not_impl_err!("a kept state table is not written to")
+        refused()
     }
 
     async fn merge_into(
@@ -196,8 +195,14 @@ impl TableProvider for LayeredTable {
         _on: datafusion::logical_expr::Expr,
         _clauses: Vec<datafusion::logical_expr::dml::MergeIntoClause>,
     ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        datafusion::common::not_impl_err!("a kept state table is not written to")
+        refused()
     }
+}
+
+/// What writing to a [`LayeredTable`] gives: kept state is written only by the staging
+/// writer, one base or delta at a time.
+fn refused<T>() -> DfResult<T> {
+    datafusion::common::not_impl_err!("a kept state table is not written to")
 }
 
 /// The rows of a layered table: `base` without the grains `delta` holds, and `delta`.
