@@ -12,7 +12,6 @@ use tracing::{debug, info, warn};
 use crate::config::ParamValue;
 use crate::error::{Error, Result};
 use crate::models::{unique_columns, DataTest, Model, Severity, INPUT_TABLES};
-use crate::publish::stage::Staging;
 
 use super::*;
 
@@ -53,6 +52,8 @@ pub struct CheckQuery {
     pub unique: Option<BTreeSet<String>>,
     /// Queries this run's delta of a kept state model, not the whole table.
     pub on_delta: bool,
+    /// The column of a `relationships` check, and the model and column it must be found in.
+    pub relationship: Option<(String, String, String)>,
 }
 
 /// The count queries of a model's declared checks (except `row_count`) over its table.
@@ -76,6 +77,7 @@ fn check_queries_on(model: &Model, delta: Option<(&str, &[String])>) -> Vec<Chec
         row_predicate: Some(predicate),
         unique: None,
         on_delta: delta.is_some(),
+        relationship: None,
     };
     for cols in &checks.unique {
         let on_delta = delta.is_some_and(|(_, replaced_by)| {
@@ -99,6 +101,7 @@ fn check_queries_on(model: &Model, delta: Option<(&str, &[String])>) -> Vec<Chec
             row_predicate: None,
             unique: Some(unique_columns(cols).map(str::to_string).collect()),
             on_delta,
+            relationship: None,
         });
     }
     for c in &checks.not_null {
@@ -141,6 +144,7 @@ fn check_queries_on(model: &Model, delta: Option<(&str, &[String])>) -> Vec<Chec
             row_predicate: None,
             unique: None,
             on_delta: false,
+            relationship: Some((c.clone(), tm.to_string(), tc.to_string())),
         });
     }
     queries
@@ -186,14 +190,17 @@ pub(crate) fn delta_table(model: &str) -> String {
     format!("{model} (this run's delta)")
 }
 
-/// A staged model's keys for [`crate::models::keys::unique_keys`] downstream, by its staging
-/// directory: those its plan proves, and those its `unique` checks of severity `error`
-/// declare (a run whose check fails publishes nothing, so a model downstream may rely on it).
+/// A staged model's keys for [`crate::models::keys::unique_keys`] downstream, by where it
+/// is read from: those its plan proves, and those its `unique` checks of severity `error`
+/// declare (a run whose check fails publishes nothing, so a model downstream may rely on
+/// them). A delta of kept state, read over its base (at `base`, see
+/// [`crate::models::keys::plan_location`]), has the same keys as the whole table it is part
+/// of, and so has the base: the run that wrote it checked them.
 pub(crate) fn known_keys(
     model: &Model,
     output: &ModelOutput,
-    staging: &Staging,
-) -> Option<(String, Vec<BTreeSet<String>>)> {
+    base: Option<String>,
+) -> Vec<(String, Vec<BTreeSet<String>>)> {
     let checks = &model.header.checks;
     let declared: Vec<BTreeSet<String>> = match checks.severity {
         Severity::Error => checks
@@ -203,15 +210,16 @@ pub(crate) fn known_keys(
             .collect(),
         Severity::Warn => Vec::new(),
     };
-    if output.layered {
-        // Models downstream read the kept base with this run's delta over it, not the
-        // staged delta alone: what the delta's plan proves says nothing of the base.
-        return None;
+    let mut known = Vec::new();
+    if let Some(base) = base {
+        known.push((base, declared.clone()));
     }
-    let location = crate::models::keys::location_key(&staging.out.loc.dir_url(&output.staged.rel))?;
-    let mut keys = output.unique_keys.clone();
-    keys.extend(declared);
-    Some((location, keys))
+    if let Some(location) = output.location.clone() {
+        let mut keys = output.unique_keys.clone();
+        keys.extend(declared);
+        known.push((location, keys));
+    }
+    known
 }
 
 /// What checks and data tests found: failures of severity `error` (the run publishes
@@ -293,6 +301,18 @@ pub(crate) async fn model_check_findings(
     let queries: Vec<CheckQuery> = check_queries_on(model, delta)
         .into_iter()
         .filter(|q| {
+            if let Some((column, target, target_column)) = &q.relationship {
+                let proven = outputs.iter().find(|o| &o.name == target).is_some_and(|t| {
+                    let source = output.and_then(|o| o.sources.get(column));
+                    t.location.is_some()
+                        && source
+                            .is_some_and(|(at, c)| Some(at) == t.location.as_ref() && c == target_column)
+                });
+                if proven {
+                    debug!(model = %model.name, column = %column, "relationships check holds by the model's plan (its values are the target's); not queried");
+                }
+                return !proven;
+            }
             let Some(cols) = &q.unique else { return true };
             if delta.is_some() && !q.on_delta {
                 return true;

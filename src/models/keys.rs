@@ -6,7 +6,10 @@
 //! inner or left join whose other side is unique on its join columns (at most one match per
 //! row) keeps this side's keys, and a join with a relation of at most one row (an aggregate
 //! without GROUP BY, a FROM-less SELECT) keeps them too. Tables upstream (staged models)
-//! bring the keys already known for them.
+//! bring the keys already known for them. A kept state table read over its base (the base
+//! without the rows whose replacing columns the delta holds, and the delta: see
+//! [`crate::publish::state::layered`]) has a key of both layers that includes the
+//! replacing columns.
 //!
 //! Keys count rows whose key columns are all non-NULL, as the `unique` check does, so an
 //! outer join's NULL-extended rows never break one.
@@ -58,8 +61,19 @@ pub fn location_key(url: &str) -> Option<String> {
         .map(|u| u.as_str().to_string())
 }
 
-/// The directory a scan reads, when it reads one Parquet listing table (a bucketed
-/// internal table reads its files through one).
+/// Where the table `plan` reads is read from, when it reads one Parquet listing table and
+/// passes on its rows as they are (renaming or converting columns).
+pub fn plan_location(plan: &LogicalPlan) -> Option<String> {
+    match plan {
+        LogicalPlan::TableScan(scan) => scan_location(scan),
+        LogicalPlan::Projection(p) => plan_location(&p.input),
+        LogicalPlan::SubqueryAlias(a) => plan_location(&a.input),
+        _ => None,
+    }
+}
+
+/// Where a scan reads, when it reads one Parquet listing table (a bucketed internal table
+/// reads its files through one): its directory, or its files, one per line.
 fn scan_location(scan: &TableScan) -> Option<String> {
     let provider = source_as_provider(&scan.source).ok()?;
     let provider = match provider.downcast_ref::<crate::ext::buckets::BucketedTable>() {
@@ -68,8 +82,14 @@ fn scan_location(scan: &TableScan) -> Option<String> {
     };
     let listing = provider.downcast_ref::<ListingTable>()?;
     match listing.table_paths().as_slice() {
+        [] => None,
         [one] => Some(one.as_str().to_string()),
-        _ => None,
+        many => Some(
+            many.iter()
+                .map(ListingTableUrl::as_str)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
     }
 }
 
@@ -100,6 +120,25 @@ fn plan_keys(plan: &LogicalPlan, known: &HashMap<String, Vec<BTreeSet<String>>>)
             .first()
             .map(|input| plan_keys(input, known))
             .unwrap_or_default(),
+        LogicalPlan::Union(u) => match u.inputs.as_slice() {
+            [first, second] => match replacing_columns(first, second) {
+                Some(replacing) => {
+                    let second = plan_keys(second, known);
+                    let mut keys: Vec<Key> = Vec::new();
+                    for a in plan_keys(first, known) {
+                        for b in &second {
+                            let key: Key = a.iter().chain(b).chain(&replacing).copied().collect();
+                            if !keys.contains(&key) {
+                                keys.push(key);
+                            }
+                        }
+                    }
+                    keys
+                }
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        },
         LogicalPlan::Distinct(Distinct::All(input)) => {
             let mut keys = plan_keys(input, known);
             keys.push((0..input.schema().fields().len()).collect());
@@ -196,6 +235,105 @@ fn plan_keys(plan: &LogicalPlan, known: &HashMap<String, Vec<BTreeSet<String>>>)
     }
 }
 
+/// When `first` is the rows of a table without those whose columns at some positions
+/// `second` holds (an anti join with `second`'s columns at the same positions), those
+/// positions: no row of `first` has the values of a row of `second` there, so a union of
+/// the two is unique on any columns that include them and a key of each.
+fn replacing_columns(first: &LogicalPlan, second: &LogicalPlan) -> Option<Key> {
+    let LogicalPlan::Join(j) = first else {
+        return None;
+    };
+    let LogicalPlan::Projection(p) = j.right.as_ref() else {
+        return None;
+    };
+    if j.join_type != JoinType::LeftAnti || j.filter.is_some() || j.on.is_empty() {
+        return None;
+    }
+    if p.input.as_ref() != second
+        || j.left.schema().fields().len() != second.schema().fields().len()
+    {
+        return None;
+    }
+    j.on.iter()
+        .map(|(l, r)| {
+            let left = column_position(l, j.left.schema())?;
+            let right = column_position(r, j.right.schema())?;
+            let from = column_position(p.expr.get(right)?, second.schema())?;
+            (left == from).then_some(left)
+        })
+        .collect()
+}
+
+/// For each column of `df`'s result, the table column (by the table's [`location_key`], and
+/// the column's name) whose values it passes on unchanged, where the plan shows one: each
+/// of its values is then one of that column's, or NULL (a join's side that found no match).
+/// A `relationships` check from such a column to that table's column holds by construction.
+pub fn column_sources(df: &DataFrame) -> Vec<Option<(String, String)>> {
+    plan_sources(df.logical_plan())
+}
+
+fn plan_sources(plan: &LogicalPlan) -> Vec<Option<(String, String)>> {
+    let none = || vec![None; plan.schema().fields().len()];
+    let pass = |input: &LogicalPlan, exprs: &[Expr]| {
+        let sources = plan_sources(input);
+        exprs
+            .iter()
+            .map(|e| {
+                column_position(e, input.schema()).and_then(|i| sources.get(i).cloned().flatten())
+            })
+            .collect::<Vec<_>>()
+    };
+    match plan {
+        LogicalPlan::TableScan(scan) => match scan_location(scan) {
+            Some(location) => scan
+                .projected_schema
+                .fields()
+                .iter()
+                .map(|f| Some((location.clone(), f.name().clone())))
+                .collect(),
+            None => none(),
+        },
+        LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::Repartition(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Distinct(Distinct::All(_))
+        | LogicalPlan::Window(_) => {
+            let Some(input) = plan.inputs().first().copied() else {
+                return none();
+            };
+            let mut sources = plan_sources(input);
+            sources.resize(plan.schema().fields().len(), None);
+            sources
+        }
+        LogicalPlan::Projection(p) => pass(&p.input, &p.expr),
+        LogicalPlan::Aggregate(a)
+            if !a
+                .group_expr
+                .iter()
+                .any(|e| matches!(e, Expr::GroupingSet(_))) =>
+        {
+            let mut sources = pass(&a.input, &a.group_expr);
+            sources.resize(plan.schema().fields().len(), None);
+            sources
+        }
+        LogicalPlan::Join(j) => {
+            let (left, right) = (plan_sources(&j.left), plan_sources(&j.right));
+            let mut sources = match j.join_type {
+                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => left,
+                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => right,
+                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {
+                    left.into_iter().chain(right).collect()
+                }
+            };
+            sources.resize(plan.schema().fields().len(), None);
+            sources
+        }
+        _ => none(),
+    }
+}
+
 /// The position in `schema` of the column `e` is (behind any alias), if it is one.
 fn column_position(e: &Expr, schema: &DFSchema) -> Option<usize> {
     let mut e = e;
@@ -237,9 +375,9 @@ mod tests {
     use datafusion::prelude::{ParquetReadOptions, SessionContext};
     use std::sync::Arc;
 
-    /// The keys of `sql` over `t(k, v)`, `u(k, v)` (neither unique) and `g(k, v)`, a Parquet
-    /// table known to be unique on `k`.
-    async fn keys(sql: &str) -> Vec<Vec<String>> {
+    /// A session with `t(k, v)` and `u(k, v)` (in memory, neither unique) and `g(k, v)`, a
+    /// Parquet table (in the returned folder, at the returned location) unique on `k`.
+    async fn tables() -> (SessionContext, tempfile::TempDir, String) {
         let ctx = SessionContext::new();
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Utf8, true),
@@ -266,6 +404,12 @@ mod tests {
         ctx.register_parquet("g", &g, ParquetReadOptions::default())
             .await
             .unwrap();
+        (ctx, dir, g)
+    }
+
+    /// The keys of `sql` over [`tables`], with `g` known to be unique on `k`.
+    async fn keys(sql: &str) -> Vec<Vec<String>> {
+        let (ctx, _dir, g) = tables().await;
         // `bg`: the same files as a bucketed internal table.
         let inner = ctx.table_provider("g").await.unwrap();
         let buckets = crate::ext::buckets::Buckets {
@@ -277,6 +421,24 @@ mod tests {
             Arc::new(crate::ext::buckets::BucketedTable { inner, buckets }),
         )
         .unwrap();
+        // Kept state read over its base by k: `lg`, g's rows with a delta unique on k over
+        // them; `lu`, u's (not unique) with the same delta; `lv`, g's with the delta over
+        // them by v.
+        let delta = || async {
+            ctx.sql("select k, max(v) v from t group by k")
+                .await
+                .unwrap()
+        };
+        let by = |c: &str| vec![c.to_string()];
+        for (name, base, by) in [
+            ("lg", "g", by("k")),
+            ("lu", "u", by("k")),
+            ("lv", "g", by("v")),
+        ] {
+            let base = ctx.table(base).await.unwrap();
+            let layered = crate::publish::state::layered(base, delta().await, &by).unwrap();
+            ctx.register_table(name, layered.into_view()).unwrap();
+        }
         let known = HashMap::from([(
             location_key(&g).unwrap(),
             vec![BTreeSet::from(["k".to_string()])],
@@ -288,6 +450,60 @@ mod tests {
             .collect();
         keys.sort();
         keys
+    }
+
+    /// The table column each column of `sql` over [`tables`] passes on: `g.k`, `g.v` or
+    /// nothing (`-`).
+    async fn sources(sql: &str) -> Vec<String> {
+        let (ctx, _dir, g) = tables().await;
+        let at = location_key(&g).unwrap();
+        let df = ctx.sql(sql).await.unwrap();
+        column_sources(&df)
+            .into_iter()
+            .map(|s| match s {
+                Some((l, c)) if l == at => format!("g.{c}"),
+                Some((l, c)) => format!("{l}.{c}"),
+                None => "-".to_string(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_column_passed_on_unchanged_through_projections_joins_and_groups_keeps_its_source() {
+        assert_eq!(sources("select v, k as c from g").await, ["g.v", "g.k"]);
+        assert_eq!(
+            sources("select x.k, x.v + 1 as w, t.v from g x right join t on t.k = x.k").await,
+            ["g.k", "-", "-"]
+        );
+        assert_eq!(
+            sources(
+                "with c as (select k, count(*) n from g where v > 0 group by k) \
+                 select c.k, c.n, s.m from (select max(v) m from t) s cross join c"
+            )
+            .await,
+            ["g.k", "-", "-"]
+        );
+        assert_eq!(
+            sources("select k, rank() over (order by v) r from g order by r limit 5").await,
+            ["g.k", "-"]
+        );
+        // Converted, computed or rolled up: not the table's values.
+        assert_eq!(
+            sources("select upper(k) k, cast(v as double) v from g").await,
+            ["-", "-"]
+        );
+        assert_eq!(
+            sources("select k, sum(v) from g group by rollup(k)").await,
+            ["-", "-"]
+        );
+        assert_eq!(
+            sources("select k from g union all select k from t").await,
+            ["-"]
+        );
+        assert_eq!(
+            sources("select k from g where exists (select 1 from t where t.k = g.k)").await,
+            ["g.k"]
+        );
     }
 
     fn k(sets: &[&[&str]]) -> Vec<Vec<String>> {
@@ -406,6 +622,19 @@ mod tests {
         assert_eq!(keys("select k from g").await, k(&[&["k"]]));
         // Also when its files are read as a bucketed internal table.
         assert_eq!(keys("select k, v from bg").await, k(&[&["k"]]));
+        // Kept state read over its base: a key of both layers that includes the columns
+        // by which the delta's rows replace the base's.
+        assert_eq!(keys("select v, k as c from lg").await, k(&[&["c"]]));
+        assert_eq!(
+            keys("select x.k, g.v from lg x left join g on g.k = x.k").await,
+            k(&[&["k"]])
+        );
+        assert_eq!(keys("select k from lu").await, k(&[]));
+        assert_eq!(keys("select k, v from lv").await, k(&[&["k", "v"]]));
+        assert_eq!(
+            keys("select k from g union all select k from g").await,
+            k(&[])
+        );
         // Rows kept by a semi join keep their keys.
         assert_eq!(
             keys(&format!(

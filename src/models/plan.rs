@@ -41,6 +41,11 @@ pub struct ModelOutput {
     /// Column sets the model's plan makes unique (see [`crate::models::keys::unique_keys`]);
     /// of the delta alone when `layered`.
     pub unique_keys: Vec<BTreeSet<String>>,
+    /// Where models downstream read its staged table from (a [`crate::models::keys::location_key`]).
+    pub location: Option<String>,
+    /// Columns that pass on a table column's values unchanged, with that table's location
+    /// and column (see [`crate::models::keys::column_sources`]).
+    pub sources: BTreeMap<String, (String, String)>,
     /// A kept state model's delta, which models downstream read laid over the kept base
     /// (its rows replace the base's by [`crate::models::incremental::replaced_by`]).
     pub layered: bool,

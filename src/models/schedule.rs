@@ -116,15 +116,51 @@ pub async fn run_models_until(
     result
 }
 
-/// A model being computed: its place in the run, its planned keys, and its staged table
+/// The order in which models start when several are ready (positions in `models`, which
+/// are in the run's order: each after the models it reads): the one at the head of the
+/// longest chain of work first, that chain being the model and the models that read it,
+/// directly or through others, each weighted by `took` (its duration in the snapshot
+/// before, in ms; 1 when unknown), ties in the run's order. Models that nothing else waits
+/// for then fill the slots beside that chain instead of delaying it.
+pub(crate) fn start_order(models: &[Model], took: impl Fn(&str) -> Option<u64>) -> Vec<usize> {
+    let mut chain = vec![0u64; models.len()];
+    for (i, model) in models.iter().enumerate().rev() {
+        let longest_reader = models[i + 1..]
+            .iter()
+            .zip(&chain[i + 1..])
+            .filter(|(reader, _)| reader.tables_read().any(|t| *t == model.name))
+            .map(|(_, c)| *c)
+            .max()
+            .unwrap_or(0);
+        chain[i] = took(&model.name).unwrap_or(1).max(1) + longest_reader;
+    }
+    let mut order: Vec<usize> = (0..models.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(chain[i]));
+    order
+}
+
+/// A model being computed: its place in the run, what its plan shows, and its staged table
 /// with the time it took.
-type Computing<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (usize, Vec<BTreeSet<String>>, Computed)> + Send + 'a>,
->;
+type Computing<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (usize, PlanFacts, Computed)> + Send + 'a>>;
+
+/// What a model's plan shows of its result (see [`crate::models::keys`]): its unique keys,
+/// and the table column each of its columns passes on (by position), if any.
+pub(crate) struct PlanFacts {
+    unique_keys: Vec<BTreeSet<String>>,
+    sources: Vec<Option<(String, String)>>,
+}
 
 /// What computing one model gave: its staged table, schema and duration, and whether it is
 /// a kept state model's delta read over its base; or why not.
-type Computed = std::result::Result<(StagedTable, SchemaRef, Duration, bool), Failed>;
+type Computed = std::result::Result<(StagedTable, SchemaRef, Duration, Option<Layered>), Failed>;
+
+/// A staged delta of kept state, which models downstream read over the kept base.
+pub(crate) struct Layered {
+    /// Where the base is read from ([`crate::models::keys::plan_location`]), to know the
+    /// keys its model's checks proved when it was written.
+    base: Option<String>,
+}
 
 /// A model that could not be computed.
 pub(crate) struct Failed {
@@ -211,8 +247,17 @@ impl<'a> Scheduler<'a> {
             run.concurrency.max(1)
         };
         let mut state = RunState::new(models.len());
+        // One at a time (and for `explain`), in the run's order; side by side, the longest
+        // chain of work first.
+        let order: Vec<usize> = match limit {
+            1 => (0..models.len()).collect(),
+            _ => start_order(models, |name| {
+                let previous = self.inputs.previous.manifest?;
+                previous.models.get(name).map(|t| t.duration_ms)
+            }),
+        };
         loop {
-            for position in self.to_start(&mut state, &names, running.len(), limit) {
+            for position in self.to_start(&mut state, &names, &order, running.len(), limit) {
                 let model = &models[position];
                 let (df, params) = self.plan(model, &state.staged()).await?;
                 if run.until == Some(model.name.as_str()) {
@@ -225,11 +270,10 @@ impl<'a> Scheduler<'a> {
                 debug!(model = %model.name, beside = running.len(), "model started");
                 running.push(self.start(position, df, params, &state.known));
             }
-            let Some((position, unique_keys, computed)) = running.next().await else {
+            let Some((position, facts, computed)) = running.next().await else {
                 break;
             };
-            self.finish(&mut state, position, unique_keys, computed)
-                .await?;
+            self.finish(&mut state, position, facts, computed).await?;
         }
         Ok((state.outputs(models)?, None))
     }
@@ -237,11 +281,12 @@ impl<'a> Scheduler<'a> {
     /// The models to start now, beside `running` ones (marked started): once none runs, the
     /// next model to rerun (alone: nothing else starts before it finishes); while none waits
     /// to rerun, and fewer than `limit` run, each model not started whose models read (those
-    /// of `names`) are staged.
+    /// of `names`) are staged, taken in `order` (positions in the run).
     fn to_start(
         &self,
         state: &mut RunState,
         names: &BTreeSet<&str>,
+        order: &[usize],
         running: usize,
         limit: usize,
     ) -> Vec<usize> {
@@ -253,7 +298,8 @@ impl<'a> Scheduler<'a> {
             }
             Some(_) => {}
             None => {
-                for (position, model) in self.inputs.models.iter().enumerate() {
+                for &position in order {
+                    let model = &self.inputs.models[position];
                     if running + starting.len() >= limit {
                         break;
                     }
@@ -285,18 +331,21 @@ impl<'a> Scheduler<'a> {
         let (ctx, models, staging) = (self.inputs.ctx, self.inputs.models, self.inputs.staging);
         let state = self.inputs.state;
         let model = &models[position];
-        let unique_keys = crate::models::keys::unique_keys(&df, known);
+        let facts = PlanFacts {
+            unique_keys: crate::models::keys::unique_keys(&df, known),
+            sources: crate::models::keys::column_sources(&df),
+        };
         let progress =
             crate::progress::ModelProgress::start(&model.name, position + 1, models.len());
         Box::pin(async move {
             let clock = Instant::now();
             let computed = compute_model(ctx, model, &params, df, staging, state).await;
-            let computed = computed.map(|(staged, schema, layered)| {
+            let computed = computed.map(|(staged, schema, base)| {
                 let duration = clock.elapsed();
                 progress.finish(&model.name, staged.rows, duration);
-                (staged, schema, duration, layered)
+                (staged, schema, duration, base)
             });
-            (position, unique_keys, computed)
+            (position, facts, computed)
         })
     }
 
@@ -307,11 +356,11 @@ impl<'a> Scheduler<'a> {
         &self,
         state: &mut RunState,
         position: usize,
-        unique_keys: Vec<BTreeSet<String>>,
+        facts: PlanFacts,
         computed: Computed,
     ) -> Result<()> {
         let model = &self.inputs.models[position];
-        let (staged, schema, duration, layered) = match computed {
+        let (staged, schema, duration, base) = match computed {
             Ok(c) => c,
             Err(Failed {
                 error,
@@ -331,6 +380,12 @@ impl<'a> Scheduler<'a> {
             Err(f) => return Err(f.error),
         };
         info!(model = %model.name, rows = staged.rows, duration_ms = duration.as_millis() as u64, "model computed");
+        let sources = schema
+            .fields()
+            .iter()
+            .zip(facts.sources)
+            .filter_map(|(f, s)| Some((f.name().clone(), s?)))
+            .collect();
         let output = ModelOutput {
             name: model.name.clone(),
             file: model.file.clone(),
@@ -339,13 +394,16 @@ impl<'a> Scheduler<'a> {
             duration,
             publish: model.header.publish,
             partition_by: model.header.partition_by.clone(),
+            location: crate::models::keys::location_key(
+                &self.inputs.staging.out.loc.dir_url(&staged.rel),
+            ),
+            sources,
             staged,
-            unique_keys,
-            layered,
+            unique_keys: facts.unique_keys,
+            layered: base.is_some(),
         };
-        state
-            .known
-            .extend(known_keys(model, &output, self.inputs.staging));
+        let base = base.and_then(|b| b.base);
+        state.known.extend(known_keys(model, &output, base));
         state.finished[position] = Some(output);
         failpoint::hit("staging").await;
         Ok(())
@@ -424,7 +482,8 @@ async fn plan_incremental(
 }
 
 /// Executes a planned model into staging (rerunning it on sort-merge joins if hash joins
-/// ran out of memory) and registers the staged table for the models downstream.
+/// ran out of memory) and registers the staged table for the models downstream (over the
+/// kept base when it is a delta of kept state: then [`Layered`]).
 pub(crate) async fn compute_model(
     ctx: &SessionContext,
     model: &Model,
@@ -432,7 +491,7 @@ pub(crate) async fn compute_model(
     df: DataFrame,
     staging: &Staging,
     state: StateRun<'_>,
-) -> std::result::Result<(StagedTable, SchemaRef, bool), Failed> {
+) -> std::result::Result<(StagedTable, SchemaRef, Option<Layered>), Failed> {
     let failed = |error: Error| Failed {
         error,
         out_of_memory: false,
@@ -500,7 +559,7 @@ pub(crate) async fn compute_model(
         }
         _ => None,
     };
-    let layered = shared.is_some();
+    let mut layered = None;
     let table = match shared {
         Some((output, kept)) => {
             // The model's checks query the delta (see `checks::delta_table`).
@@ -509,8 +568,11 @@ pub(crate) async fn compute_model(
                 table.clone(),
             )
             .map_err(|e| failed(model_error(model, e)))?;
-            let layered = async {
+            let over_base = async {
                 let base = output.open_base(ctx, kept, &schema).await?;
+                layered = Some(Layered {
+                    base: crate::models::keys::plan_location(base.logical_plan()),
+                });
                 let delta = ctx.read_table(table)?;
                 crate::publish::state::LayeredTable::new(
                     base,
@@ -518,7 +580,7 @@ pub(crate) async fn compute_model(
                     crate::models::incremental::replaced_by(model),
                 )
             };
-            Arc::new(layered.await.map_err(|e| failed(model_error(model, e)))?)
+            Arc::new(over_base.await.map_err(|e| failed(model_error(model, e)))?)
         }
         None => table,
     };
@@ -555,5 +617,59 @@ pub(crate) fn stage_error(model: &Model, e: StageError) -> Error {
                 "partition column `{column}` has the value `{value}`, which contains `=` and cannot be a hive partition value"
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn models(reads: &[(&str, &str)]) -> Vec<Model> {
+        let models = reads
+            .iter()
+            .map(|(name, sql)| {
+                crate::models::parse_model(name, &format!("{name}.sql"), sql.to_string()).unwrap()
+            })
+            .collect();
+        crate::models::order_models(models).unwrap()
+    }
+
+    fn names(models: &[Model], order: &[usize]) -> Vec<String> {
+        order.iter().map(|&i| models[i].name.clone()).collect()
+    }
+
+    #[test]
+    fn the_model_heading_the_longest_chain_of_work_starts_first() {
+        // `facts` leads to `score` and `summary`; `side` and `lone` are read by nothing.
+        let models = models(&[
+            ("facts", "select 1 as x"),
+            ("lone", "select 1 as x"),
+            ("score", "select x from facts"),
+            ("side", "select x from facts"),
+            (
+                "summary",
+                "select s.x from score s join previous.summary p on p.x = s.x",
+            ),
+        ]);
+        // Unknown durations: the longest chain by models.
+        let order = start_order(&models, |_| None);
+        assert_eq!(
+            names(&models, &order),
+            ["facts", "score", "lone", "side", "summary"]
+        );
+        // Durations of the snapshot before: `side` took longer than `score` and `summary`
+        // together, so it heads the longest chain below `facts`.
+        let took = |name: &str| match name {
+            "facts" => Some(100),
+            "side" => Some(50),
+            "score" => Some(20),
+            "summary" => Some(10),
+            _ => None,
+        };
+        let order = start_order(&models, took);
+        assert_eq!(
+            names(&models, &order),
+            ["facts", "side", "score", "summary", "lone"]
+        );
     }
 }

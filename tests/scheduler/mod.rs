@@ -97,8 +97,9 @@ fn a_model_failing_beside_another_stops_the_run_and_changes_nothing() {
     let out = tmp.path().join("out");
     let before = snapshot_files(&out);
 
-    // Reads only the orders: it starts as soon as they are staged, with the first built-in
-    // model beside it, and fails on its first rows.
+    // Reads only the orders: it is ready as soon as they are staged, starts once one of the
+    // two models ahead of it (heading longer chains of work) finishes, so beside the other,
+    // and fails on its first rows.
     std::fs::write(
         models.join("aa_early_failure.sql"),
         "select customer_id, quantity / (quantity - quantity) as broken from orders",
@@ -115,8 +116,11 @@ fn a_model_failing_beside_another_stops_the_run_and_changes_nothing() {
         .iter()
         .map(|f| f["model"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(started[0], "aa_early_failure", "{started:?}");
-    assert!(started_beside(&r).contains(&started[1]), "{}", r.stderr);
+    assert!(
+        started_beside(&r).iter().any(|m| m == "aa_early_failure"),
+        "{started:?}\n{}",
+        r.stderr
+    );
     assert!(
         !started.iter().any(|m| m == "segment_summary"),
         "the run went on after the failure: {started:?}"
