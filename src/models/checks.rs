@@ -302,12 +302,10 @@ pub(crate) async fn model_check_findings(
         .into_iter()
         .filter(|q| {
             if let Some((column, target, target_column)) = &q.relationship {
-                let proven = outputs.iter().find(|o| &o.name == target).is_some_and(|t| {
-                    let source = output.and_then(|o| o.sources.get(column));
-                    t.location.is_some()
-                        && source
-                            .is_some_and(|(at, c)| Some(at) == t.location.as_ref() && c == target_column)
-                });
+                // The column's values are the target column's, read where the target is.
+                let source = output.and_then(|o| o.sources.get(column));
+                let at_target = outputs.iter().find(|o| &o.name == target).and_then(|t| t.location.as_ref());
+                let proven = matches!((source, at_target), (Some((at, c)), Some(t)) if at == t && c == target_column);
                 if proven {
                     debug!(model = %model.name, column = %column, "relationships check holds by the model's plan (its values are the target's); not queried");
                 }
