@@ -4,8 +4,6 @@ grain = ["customer_id"]
 partition_by = ["churn_risk"]
 
 [params]
-time_unit        = "days"
-discount_rate    = 0.01
 churn_high_below = 0.3
 churn_low_from   = 0.7
 
@@ -32,61 +30,12 @@ not_null = ["customer_id", "frequency", "recency", "t", "monetary", "churn_risk"
 accepted_values = { churn_risk = ["high", "medium", "low", "unknown"], value_band = ["high", "medium", "low", "unknown"] }
 expression = ["p_alive is null or (p_alive >= 0 and p_alive <= 1)", "p_alive is null or (expected_purchases_30d <= expected_purchases_90d and expected_purchases_90d <= expected_purchases_365d)"]
 ---*/
-with unit as (
-    select case lower($time_unit) when 'weeks' then 7.0 else 1.0 end as days
-),
-
--- clv_model's parameters: this run's fits, or the previous snapshot's where a fit failed;
--- NULL (no predictions) where neither exists. Its *_fit_source columns say which.
-model as (
-    select r, alpha, a, b, p, q, v, population_mean_spend from clv_model
-),
-
-scored as (
-    select
-        s.customer_id,
-        s.frequency,
-        s.recency,
-        s.t,
-        s.monetary,
-        bgnbd_p_alive(m.r, m.alpha, m.a, m.b, s.frequency, s.recency, s.t) as p_alive,
-        case
-            when s.frequency > 0 and s.monetary > 0
-                then gamma_gamma_expected_spend(m.p, m.q, m.v, s.frequency, s.monetary)
-            else m.population_mean_spend
-        end as expected_avg_spend,
-        m.r, m.alpha, m.a, m.b, u.days
-    from model m
-    cross join unit u
-    cross join btyd_summary s
-),
-
--- Expected purchases over 30, 90 and 365 days and the values discounted over 90 days (3
--- periods of 30 days) and 365 days (12 of 365/12), from one pass of the series per customer.
-forecast as (
-    select
-        *,
-        bgnbd_forecast(r, alpha, a, b, frequency, recency, t, expected_avg_spend, $discount_rate, days) as f
-    from scored
-),
-
-valued as (
-    select
-        customer_id, frequency, recency, t, monetary, p_alive,
-        f['expected_purchases_30d']  as expected_purchases_30d,
-        f['expected_purchases_90d']  as expected_purchases_90d,
-        f['expected_purchases_365d'] as expected_purchases_365d,
-        expected_avg_spend,
-        f['clv_90d']  as clv_90d,
-        f['clv_365d'] as clv_365d
-    from forecast
-),
-
+-- The predictions are clv_scores' (computed once; this model reads them twice).
 -- The value bands by rank: a customer is in the top 20 % ("high") when at least 80 % of all
 -- customers have a strictly lower clv_365d, in the middle band at 50 %. rank_cuts gives the
 -- value above which each share is reached (from the values alone, not a sort of every row).
-bands as (
-    select rank_cuts(clv_365d, 0.5, 0.8) as cut from valued
+with bands as (
+    select rank_cuts(clv_365d, 0.5, 0.8) as cut from clv_scores
 )
 
 select
@@ -113,5 +62,5 @@ from (
         end as value_band
     -- the one-row side first: the other way round a cross join emits a batch per row
     from bands b
-    cross join valued v
+    cross join clv_scores v
 )

@@ -1,0 +1,77 @@
+/*---
+description = "Internal. clv's predictions for every customer at as_of, computed once: the BTYD summary, p_alive (BG/NBD), expected purchases and spend (Gamma-Gamma) and the discounted values over 90 and 365 days. clv adds the bands that need every customer's value."
+grain = ["customer_id"]
+publish = false
+
+[params]
+time_unit     = "days"
+discount_rate = 0.01
+
+[columns]
+customer_id            = "Customer key."
+frequency              = "Repeat purchase days (distinct purchase days - 1)."
+recency                = "First to last purchase date, in time_unit."
+t                      = "First purchase date to as_of, in time_unit."
+monetary               = "Mean net revenue per repeat purchase day (first purchase excluded; 0 without repeats)."
+p_alive                = "Probability that the customer is still active (BG/NBD); 1 for customers without repeat purchases, as the model has seen no gap to judge by."
+expected_purchases_30d = "Expected purchase days in the 30 calendar days after as_of."
+expected_purchases_90d = "Expected purchase days in the next 90 days."
+expected_purchases_365d = "Expected purchase days in the next 365 days."
+expected_avg_spend     = "Expected spend per future purchase (Gamma-Gamma); the population mean for customers without repeat purchases or whose repeat purchases are worth 0 or less."
+clv_90d                = "Expected net revenue in the next 90 days: 3 periods of 30 days, period k discounted by (1 + discount_rate)^k."
+clv_365d               = "Expected net revenue in the next 365 days: 12 periods of 365/12 days, discounted the same way."
+
+[checks]
+unique = ["customer_id"]
+---*/
+with unit as (
+    select case lower($time_unit) when 'weeks' then 7.0 else 1.0 end as days
+),
+
+-- clv_model's parameters: this run's fits, or the previous snapshot's where a fit failed;
+-- NULL (no predictions) where neither exists. Its *_fit_source columns say which.
+model as (
+    select r, alpha, a, b, p, q, v, population_mean_spend from clv_model
+),
+
+scored as (
+    select
+        s.customer_id,
+        s.frequency,
+        s.recency,
+        s.t,
+        s.monetary,
+        bgnbd_p_alive(m.r, m.alpha, m.a, m.b, s.frequency, s.recency, s.t) as p_alive,
+        case
+            when s.frequency > 0 and s.monetary > 0
+                then gamma_gamma_expected_spend(m.p, m.q, m.v, s.frequency, s.monetary)
+            else m.population_mean_spend
+        end as expected_avg_spend,
+        m.r, m.alpha, m.a, m.b, u.days
+    from model m
+    cross join unit u
+    cross join btyd_summary s
+),
+
+-- Expected purchases over 30, 90 and 365 days and the values discounted over 90 days (3
+-- periods of 30 days) and 365 days (12 of 365/12), from one pass of the series per customer.
+forecast as (
+    select
+        *,
+        bgnbd_forecast(r, alpha, a, b, frequency, recency, t, expected_avg_spend, $discount_rate, days) as f
+    from scored
+),
+
+valued as (
+    select
+        customer_id, frequency, recency, t, monetary, p_alive,
+        f['expected_purchases_30d']  as expected_purchases_30d,
+        f['expected_purchases_90d']  as expected_purchases_90d,
+        f['expected_purchases_365d'] as expected_purchases_365d,
+        expected_avg_spend,
+        f['clv_90d']  as clv_90d,
+        f['clv_365d'] as clv_365d
+    from forecast
+)
+
+select * from valued
