@@ -3,6 +3,7 @@
 //! registered for the models downstream (no result is held in memory).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -181,8 +182,9 @@ struct RunState {
     /// Each model's output, once it is staged.
     finished: Vec<Option<ModelOutput>>,
     started: Vec<bool>,
-    /// Whether another model ran while it did (it shared the memory pool).
-    shared: Vec<bool>,
+    /// Whether another model ran while it did (it shared the memory pool); read by the
+    /// running model when it runs out of memory.
+    shared: Arc<[AtomicBool]>,
     /// Models to rerun alone, one by one, once the running ones finish.
     reruns: VecDeque<usize>,
     /// The keys of the staged models, for the models downstream.
@@ -194,7 +196,7 @@ impl RunState {
         RunState {
             finished: vec![None; models],
             started: vec![false; models],
-            shared: vec![false; models],
+            shared: (0..models).map(|_| AtomicBool::new(false)).collect(),
             reruns: VecDeque::new(),
             known: HashMap::new(),
         }
@@ -208,9 +210,11 @@ impl RunState {
     /// Marks the model at `position`, starting beside running models, and the models
     /// started and not finished as sharing the memory pool.
     fn share(&mut self, position: usize) {
-        self.shared[position] = true;
-        for (p, s) in self.shared.iter_mut().enumerate() {
-            *s |= self.started[p] && self.finished[p].is_none() && p != position;
+        self.shared[position].store(true, Ordering::Relaxed);
+        for (p, s) in self.shared.iter().enumerate() {
+            if self.started[p] && self.finished[p].is_none() && p != position {
+                s.store(true, Ordering::Relaxed);
+            }
         }
     }
 
@@ -268,7 +272,8 @@ impl<'a> Scheduler<'a> {
                     state.share(position);
                 }
                 debug!(model = %model.name, beside = running.len(), "model started");
-                running.push(self.start(position, df, params, &state.known));
+                let shared = Arc::clone(&state.shared);
+                running.push(self.start(position, df, params, &state.known, shared));
             }
             let Some((position, facts, computed)) = running.next().await else {
                 break;
@@ -320,13 +325,15 @@ impl<'a> Scheduler<'a> {
 
     /// Computes the model at `position`, planned as `df` with `params`, into staging (see
     /// [`compute_model`]), showing its progress; gives its unique keys (given the `known`
-    /// keys of the models it reads) and what it took.
+    /// keys of the models it reads) and what it took. `shared` is the run's
+    /// [`RunState::shared`].
     fn start(
         &self,
         position: usize,
         df: DataFrame,
         params: BTreeMap<String, ScalarValue>,
         known: &HashMap<String, Vec<BTreeSet<String>>>,
+        shared: Arc<[AtomicBool]>,
     ) -> Computing<'a> {
         let (ctx, models, staging) = (self.inputs.ctx, self.inputs.models, self.inputs.staging);
         let state = self.inputs.state;
@@ -339,7 +346,8 @@ impl<'a> Scheduler<'a> {
             crate::progress::ModelProgress::start(&model.name, position + 1, models.len());
         Box::pin(async move {
             let clock = Instant::now();
-            let computed = compute_model(ctx, model, &params, df, staging, state).await;
+            let beside = &shared[position];
+            let computed = compute_model(ctx, model, &params, df, staging, state, beside).await;
             let computed = computed.map(|(staged, schema, base)| {
                 let duration = clock.elapsed();
                 progress.finish(&model.name, staged.rows, duration);
@@ -365,7 +373,7 @@ impl<'a> Scheduler<'a> {
             Err(Failed {
                 error,
                 out_of_memory: true,
-            }) if state.shared[position] => {
+            }) if state.shared[position].load(Ordering::Relaxed) => {
                 warn!(model = %model.name, %error,
                     "model ran out of memory beside other models; rerunning it alone once they finish");
                 let staging = self.inputs.staging;
@@ -373,7 +381,7 @@ impl<'a> Scheduler<'a> {
                     .out
                     .delete_prefix(&self.inputs.state.staged_rel(staging, model))
                     .await?;
-                state.shared[position] = false;
+                state.shared[position].store(false, Ordering::Relaxed);
                 state.reruns.push_back(position);
                 return Ok(());
             }
@@ -481,9 +489,13 @@ async fn plan_incremental(
     }
 }
 
-/// Executes a planned model into staging (rerunning it on sort-merge joins if hash joins
-/// ran out of memory) and registers the staged table for the models downstream (over the
-/// kept base when it is a delta of kept state: then [`Layered`]).
+/// Executes a planned model into staging and registers the staged table for the models
+/// downstream (over the kept base when it is a delta of kept state: then [`Layered`]).
+///
+/// When hash joins run out of memory, the model is rerun on sort-merge joins if it ran
+/// alone; if other models ran `beside` it, it fails as out of memory instead, for the
+/// scheduler to rerun it alone first (sort-merge joins beside the same models mostly ran
+/// out of memory again, and the attempt took the cores the other models needed).
 pub(crate) async fn compute_model(
     ctx: &SessionContext,
     model: &Model,
@@ -491,6 +503,7 @@ pub(crate) async fn compute_model(
     df: DataFrame,
     staging: &Staging,
     state: StateRun<'_>,
+    beside: &AtomicBool,
 ) -> std::result::Result<(StagedTable, SchemaRef, Option<Layered>), Failed> {
     let failed = |error: Error| Failed {
         error,
@@ -498,15 +511,6 @@ pub(crate) async fn compute_model(
     };
     let planned = df.schema().as_arrow().clone();
     check_partition_by(model, &Arc::new(planned.clone())).map_err(failed)?;
-    if failpoint::fails("out_of_memory") {
-        return Err(Failed {
-            error: model_error(
-                model,
-                DataFusionError::ResourcesExhausted("failpoint out_of_memory".into()),
-            ),
-            out_of_memory: true,
-        });
-    }
     let into_state = state.keep && model.incremental();
     let stage = |df: DataFrame| async move {
         match into_state {
@@ -525,8 +529,18 @@ pub(crate) async fn compute_model(
     };
     // A merge is planned from the kept state, not from the model's query alone.
     let replannable = !(model.incremental() && state.base.is_some());
-    let staged = match stage(df).await {
-        Err(StageError::Engine(e)) if replannable && out_of_memory_in_hash_join(ctx, &e) => {
+    let first = match failpoint::fails("out_of_memory") {
+        true => Err(StageError::Engine(DataFusionError::ResourcesExhausted(
+            "failpoint out_of_memory".into(),
+        ))),
+        false => stage(df).await,
+    };
+    let staged = match first {
+        Err(StageError::Engine(e))
+            if replannable
+                && !beside.load(Ordering::Relaxed)
+                && out_of_memory_in_hash_join(ctx, &e) =>
+        {
             // Hash joins are fast but keep their build side in memory; sort-merge joins
             // spill. Rerun the model with them, from a clean staging directory.
             warn!(model = %model.name, error = %redact(&e.strip_backtrace()),
