@@ -137,90 +137,74 @@ fn a_model_failing_beside_another_stops_the_run_and_changes_nothing() {
     );
 }
 
-/// A model that runs out of memory beside another is rerun alone once the other finishes,
-/// and the run publishes the same tables as one where nothing ran out of memory.
-#[tokio::test]
-async fn a_model_out_of_memory_beside_another_is_rerun_alone_with_the_same_tables() {
+/// The warning of a model rerun on sort-merge joins.
+const SORT_MERGE_RERUN: &str =
+    "model ran out of memory with hash joins; rerunning it with sort-merge joins, which spill";
+
+/// The warning of a model queued to rerun alone.
+const ALONE_RERUN: &str =
+    "model ran out of memory beside other models; rerunning it alone once they finish";
+
+/// A demo run with `concurrent_models` whose first model computed runs out of memory (the
+/// failpoint), and whether it published the tables of the same run without the failpoint.
+async fn out_of_memory_run(concurrent_models: usize) -> (Run, bool) {
+    let runtime = format!("[runtime]\nconcurrent_models = {concurrent_models}\n");
     let plain = tempfile::tempdir().unwrap();
-    let config = demo_config(plain.path(), "[runtime]\nconcurrent_models = 2\n");
-    run_ok(&config, &["--as-of", DEMO_AS_OF]);
+    run_ok(
+        &demo_config(plain.path(), &runtime),
+        &["--as-of", DEMO_AS_OF],
+    );
     let expected = published_dumps(&plain.path().join("out"), DEMO_AS_OF).await;
 
     let tmp = tempfile::tempdir().unwrap();
-    let config = demo_config(tmp.path(), "[runtime]\nconcurrent_models = 2\n");
     let mut env = scheduler_logs();
     env.push((
         "SEGFLOW_FAILPOINTS".to_string(),
         "out_of_memory=error".to_string(),
     ));
-    let r = run_at_env(&config, DEMO_AS_OF, &env);
+    let r = run_at_env(&demo_config(tmp.path(), &runtime), DEMO_AS_OF, &env);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let warned = logged(
-        &r,
-        "model ran out of memory beside other models; rerunning it alone once they finish",
-    );
-    assert_eq!(warned.len(), 1, "{}", r.stderr);
-    // Alone first, not on sort-merge joins beside the same models.
-    assert!(logged(&r, SORT_MERGE_RERUN).is_empty(), "{}", r.stderr);
-    let model = warned[0]["model"].as_str().unwrap();
-    // Started twice: first beside another model, then alone.
-    let starts: Vec<u64> = logged(&r, "model started")
+    let same = published_dumps(&tmp.path().join("out"), DEMO_AS_OF).await == expected;
+    (r, same)
+}
+
+/// The `beside` counts of each start of `model`.
+fn starts_of(r: &Run, model: &str) -> Vec<u64> {
+    logged(r, "model started")
         .iter()
         .filter(|f| f["model"] == model)
         .map(|f| f["beside"].as_u64().unwrap())
-        .collect();
-    assert_eq!(starts.len(), 2, "{}", r.stderr);
-    assert_eq!(starts[1], 0, "{}", r.stderr);
-    assert_eq!(
-        published_dumps(&tmp.path().join("out"), DEMO_AS_OF).await,
-        expected
-    );
+        .collect()
 }
 
-/// The warning of a model rerun on sort-merge joins.
-const SORT_MERGE_RERUN: &str =
-    "model ran out of memory with hash joins; rerunning it with sort-merge joins, which spill";
+/// A model that runs out of memory beside another is rerun alone once the other finishes
+/// (not on sort-merge joins beside it first), and the run publishes the same tables as one
+/// where nothing ran out of memory.
+#[tokio::test]
+async fn a_model_out_of_memory_beside_another_is_rerun_alone_with_the_same_tables() {
+    let (r, same) = out_of_memory_run(2).await;
+    let warned = logged(&r, ALONE_RERUN);
+    assert_eq!(warned.len(), 1, "{}", r.stderr);
+    assert!(logged(&r, SORT_MERGE_RERUN).is_empty(), "{}", r.stderr);
+    // Started twice: first beside another model, then alone.
+    let starts = starts_of(&r, warned[0]["model"].as_str().unwrap());
+    assert_eq!(starts.len(), 2, "{}", r.stderr);
+    assert_eq!(starts[1], 0, "{}", r.stderr);
+    assert!(same, "the tables differ from a run without the failpoint");
+}
 
 /// A model that runs out of memory alone is rerun once on sort-merge joins, which spill,
 /// and the run publishes the same tables as one where nothing ran out of memory.
 #[tokio::test]
 async fn a_model_out_of_memory_alone_is_rerun_on_sort_merge_joins_with_the_same_tables() {
-    let plain = tempfile::tempdir().unwrap();
-    let config = demo_config(plain.path(), "[runtime]\nconcurrent_models = 1\n");
-    run_ok(&config, &["--as-of", DEMO_AS_OF]);
-    let expected = published_dumps(&plain.path().join("out"), DEMO_AS_OF).await;
-
-    let tmp = tempfile::tempdir().unwrap();
-    let config = demo_config(tmp.path(), "[runtime]\nconcurrent_models = 1\n");
-    let mut env = scheduler_logs();
-    env.push((
-        "SEGFLOW_FAILPOINTS".to_string(),
-        "out_of_memory=error".to_string(),
-    ));
-    let r = run_at_env(&config, DEMO_AS_OF, &env);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (r, same) = out_of_memory_run(1).await;
     let warned = logged(&r, SORT_MERGE_RERUN);
     assert_eq!(warned.len(), 1, "{}", r.stderr);
-    let model = warned[0]["model"].as_str().unwrap();
+    assert!(logged(&r, ALONE_RERUN).is_empty(), "{}", r.stderr);
     // Started once (the rerun is within the same start), never queued to rerun alone.
-    let starts = logged(&r, "model started")
-        .iter()
-        .filter(|f| f["model"] == model)
-        .count();
-    assert_eq!(starts, 1, "{}", r.stderr);
-    assert!(
-        logged(
-            &r,
-            "model ran out of memory beside other models; rerunning it alone once they finish"
-        )
-        .is_empty(),
-        "{}",
-        r.stderr
-    );
-    assert_eq!(
-        published_dumps(&tmp.path().join("out"), DEMO_AS_OF).await,
-        expected
-    );
+    let starts = starts_of(&r, warned[0]["model"].as_str().unwrap());
+    assert_eq!(starts.len(), 1, "{}", r.stderr);
+    assert!(same, "the tables differ from a run without the failpoint");
 }
 
 #[test]
