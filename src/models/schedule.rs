@@ -184,7 +184,7 @@ struct RunState {
     started: Vec<bool>,
     /// Whether another model ran while it did (it shared the memory pool); read by the
     /// running model when it runs out of memory.
-    shared: Arc<[AtomicBool]>,
+    shared: Vec<Arc<AtomicBool>>,
     /// Models to rerun alone, one by one, once the running ones finish.
     reruns: VecDeque<usize>,
     /// The keys of the staged models, for the models downstream.
@@ -196,7 +196,9 @@ impl RunState {
         RunState {
             finished: vec![None; models],
             started: vec![false; models],
-            shared: (0..models).map(|_| AtomicBool::new(false)).collect(),
+            shared: (0..models)
+                .map(|_| Arc::new(AtomicBool::new(false)))
+                .collect(),
             reruns: VecDeque::new(),
             known: HashMap::new(),
         }
@@ -272,8 +274,8 @@ impl<'a> Scheduler<'a> {
                     state.share(position);
                 }
                 debug!(model = %model.name, beside = running.len(), "model started");
-                let shared = Arc::clone(&state.shared);
-                running.push(self.start(position, df, params, &state.known, shared));
+                let beside = Arc::clone(&state.shared[position]);
+                running.push(self.start(position, df, params, &state.known, beside));
             }
             let Some((position, facts, computed)) = running.next().await else {
                 break;
@@ -325,7 +327,7 @@ impl<'a> Scheduler<'a> {
 
     /// Computes the model at `position`, planned as `df` with `params`, into staging (see
     /// [`compute_model`]), showing its progress; gives its unique keys (given the `known`
-    /// keys of the models it reads) and what it took. `shared` is the run's
+    /// keys of the models it reads) and what it took. `beside` is its flag of
     /// [`RunState::shared`].
     fn start(
         &self,
@@ -333,7 +335,7 @@ impl<'a> Scheduler<'a> {
         df: DataFrame,
         params: BTreeMap<String, ScalarValue>,
         known: &HashMap<String, Vec<BTreeSet<String>>>,
-        shared: Arc<[AtomicBool]>,
+        beside: Arc<AtomicBool>,
     ) -> Computing<'a> {
         let (ctx, models, staging) = (self.inputs.ctx, self.inputs.models, self.inputs.staging);
         let state = self.inputs.state;
@@ -346,8 +348,7 @@ impl<'a> Scheduler<'a> {
             crate::progress::ModelProgress::start(&model.name, position + 1, models.len());
         Box::pin(async move {
             let clock = Instant::now();
-            let beside = &shared[position];
-            let computed = compute_model(ctx, model, &params, df, staging, state, beside).await;
+            let computed = compute_model(ctx, model, &params, df, staging, state, &beside).await;
             let computed = computed.map(|(staged, schema, base)| {
                 let duration = clock.elapsed();
                 progress.finish(&model.name, staged.rows, duration);
@@ -529,11 +530,12 @@ pub(crate) async fn compute_model(
     };
     // A merge is planned from the kept state, not from the model's query alone.
     let replannable = !(model.incremental() && state.base.is_some());
-    let first = match failpoint::fails("out_of_memory") {
-        true => Err(StageError::Engine(DataFusionError::ResourcesExhausted(
+    let first = if failpoint::fails("out_of_memory") {
+        Err(StageError::Engine(DataFusionError::ResourcesExhausted(
             "failpoint out_of_memory".into(),
-        ))),
-        false => stage(df).await,
+        )))
+    } else {
+        stage(df).await
     };
     let staged = match first {
         Err(StageError::Engine(e))
