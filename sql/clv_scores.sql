@@ -8,18 +8,19 @@ time_unit     = "days"
 discount_rate = 0.01
 
 [columns]
-customer_id            = "Customer key."
-frequency              = "Repeat purchase days (distinct purchase days - 1)."
-recency                = "First to last purchase date, in time_unit."
-t                      = "First purchase date to as_of, in time_unit."
-monetary               = "Mean net revenue per repeat purchase day (first purchase excluded; 0 without repeats)."
-p_alive                = "Probability that the customer is still active (BG/NBD); 1 for customers without repeat purchases, as the model has seen no gap to judge by."
-expected_purchases_30d = "Expected purchase days in the 30 calendar days after as_of."
-expected_purchases_90d = "Expected purchase days in the next 90 days."
-expected_purchases_365d = "Expected purchase days in the next 365 days."
-expected_avg_spend     = "Expected spend per future purchase (Gamma-Gamma); the population mean for customers without repeat purchases or whose repeat purchases are worth 0 or less."
-clv_90d                = "Expected net revenue in the next 90 days: 3 periods of 30 days, period k discounted by (1 + discount_rate)^k."
-clv_365d               = "Expected net revenue in the next 365 days: 12 periods of 365/12 days, discounted the same way."
+# The columns clv publishes with the same names; their definitions are there.
+customer_id             = "Customer key."
+frequency               = "As clv.frequency."
+recency                 = "As clv.recency."
+t                       = "As clv.t."
+monetary                = "As clv.monetary."
+p_alive                 = "As clv.p_alive."
+expected_purchases_30d  = "As clv.expected_purchases_30d."
+expected_purchases_90d  = "As clv.expected_purchases_90d."
+expected_purchases_365d = "As clv.expected_purchases_365d."
+expected_avg_spend      = "As clv.expected_avg_spend."
+clv_90d                 = "As clv.clv_90d."
+clv_365d                = "As clv.clv_365d."
 
 [checks]
 unique = ["customer_id"]
