@@ -10,6 +10,7 @@ pub mod incremental;
 pub mod keys;
 mod plan;
 mod schedule;
+pub mod touched;
 
 pub use checks::*;
 pub use plan::*;

@@ -49,6 +49,9 @@ pub struct StateRun<'a> {
     /// An incremental run: the snapshot whose state the new lines merge into (the staged
     /// `orders` hold only those lines). None: computed from every line.
     pub base: Option<(&'a Output, &'a Manifest)>,
+    /// In an incremental run, the kept bases' rows of the customers the new lines touch,
+    /// read once for the models that read them (see [`crate::models::touched`]).
+    pub touched: Option<&'a crate::models::touched::TouchedRows>,
 }
 
 impl StateRun<'_> {
@@ -414,6 +417,17 @@ impl<'a> Scheduler<'a> {
         let base = base.and_then(|b| b.base);
         state.known.extend(known_keys(model, &output, base));
         state.finished[position] = Some(output);
+        // Only incremental models read the kept rows of the touched customers.
+        if let Some(touched) = self.inputs.state.touched {
+            let models = self.inputs.models.iter().zip(&state.finished);
+            if models.clone().any(|(m, _)| m.incremental())
+                && models
+                    .into_iter()
+                    .all(|(m, f)| !m.incremental() || f.is_some())
+            {
+                touched.release();
+            }
+        }
         failpoint::hit("staging").await;
         Ok(())
     }
@@ -444,12 +458,25 @@ impl<'a> Scheduler<'a> {
                     }
                     false => plan_model(self.inputs.ctx, model, &params).await?,
                 };
-                let df = plan_incremental(self.inputs.ctx, model, slice, output, base).await?;
+                let kept = Kept {
+                    output,
+                    base,
+                    touched: self.inputs.state.touched,
+                };
+                let df = plan_incremental(self.inputs.ctx, model, slice, kept).await?;
                 Ok((df, params))
             }
             _ => Ok((plan_model(self.inputs.ctx, model, &params).await?, params)),
         }
     }
+}
+
+/// Where an incremental run's kept state is: the output, the snapshot whose state the new
+/// lines merge into, and the rows of it the run reads once.
+struct Kept<'a> {
+    output: &'a Output,
+    base: &'a Manifest,
+    touched: Option<&'a crate::models::touched::TouchedRows>,
 }
 
 /// An incremental model in an incremental run: `slice` (the model over the new lines)
@@ -458,22 +485,30 @@ async fn plan_incremental(
     ctx: &SessionContext,
     model: &Model,
     slice: DataFrame,
-    output: &Output,
-    base: &Manifest,
+    Kept {
+        output,
+        base,
+        touched,
+    }: Kept<'_>,
 ) -> Result<DataFrame> {
-    use crate::models::incremental::{merged_state, plan_merge, touched_state};
+    use crate::models::incremental::{merged_state, plan_merge, replaced_by, touched_state};
     let err = |e| model_error(model, e);
     let kept = output
-        .open_state(
-            ctx,
-            base,
-            &model.name,
-            crate::models::incremental::replaced_by(model),
-        )
+        .open_state(ctx, base, &model.name, replaced_by(model))
         .await
         .map_err(err)?;
     let schema = slice.schema().as_arrow().clone();
-    let touched = touched_state(model, kept.clone(), &slice)?;
+    // The kept rows of the customers the new lines touch, read once for this merge and
+    // the models downstream that recompute those customers, when the slice's customers
+    // are the lines' own (then they are among the touched ones).
+    let touched_kept = match touched {
+        Some(touched) if of_the_lines_customers(ctx, &slice).await => output
+            .open_touched_state(ctx, base, &model.name, replaced_by(model), touched)
+            .await
+            .map_err(err)?,
+        _ => kept.clone(),
+    };
+    let touched = touched_state(model, touched_kept, &slice)?;
     let merged = plan_merge(ctx, model, touched, slice.clone()).await?;
     match crate::publish::state::shared_base(Some(base), &model.name) {
         // The base stays shared: the run writes the delta's rows it keeps, and the merged.
@@ -488,6 +523,31 @@ async fn plan_incremental(
         // A new base: every kept row the new lines leave as it was, and the merged.
         None => merged_state(model, kept, &slice, merged, &schema),
     }
+}
+
+/// Whether `slice`'s customer_id passes on the staged lines' customer_id unchanged: its
+/// customers are then among those the lines touch.
+async fn of_the_lines_customers(ctx: &SessionContext, slice: &DataFrame) -> bool {
+    use crate::models::incremental::CUSTOMER;
+    let Ok(orders) = ctx.table("orders").await else {
+        return false;
+    };
+    let Some(lines) = crate::models::keys::plan_location(orders.logical_plan()) else {
+        return false;
+    };
+    let Some(position) = slice
+        .schema()
+        .fields()
+        .iter()
+        .position(|f| f.name() == CUSTOMER)
+    else {
+        return false;
+    };
+    crate::models::keys::column_sources(slice)
+        .get(position)
+        .cloned()
+        .flatten()
+        .is_some_and(|(table, column)| table == lines && column == CUSTOMER)
 }
 
 /// Executes a planned model into staging and registers the staged table for the models
@@ -585,16 +645,26 @@ pub(crate) async fn compute_model(
             )
             .map_err(|e| failed(model_error(model, e)))?;
             let over_base = async {
-                let base = output.open_base(ctx, kept, &schema).await?;
+                let raw = output.open_files(ctx, &kept.files, kept.buckets).await?;
+                let base = crate::publish::stage::conform(raw.clone(), &schema, &[])?;
                 layered = Some(Layered {
                     base: crate::models::keys::plan_location(base.logical_plan()),
                 });
                 let delta = ctx.read_table(table)?;
-                crate::publish::state::LayeredTable::new(
-                    base,
-                    delta,
-                    crate::models::incremental::replaced_by(model),
-                )
+                let replaced_by = crate::models::incremental::replaced_by(model);
+                let table = crate::publish::state::LayeredTable::new(base, delta, replaced_by)?;
+                match state.touched {
+                    Some(touched)
+                        if replaced_by
+                            .iter()
+                            .any(|c| c == crate::models::incremental::CUSTOMER) =>
+                    {
+                        let rows = touched.rows(ctx, &model.name, raw).await?;
+                        let rows = crate::publish::stage::conform(rows, &schema, &[])?;
+                        Ok(table.with_touched(rows))
+                    }
+                    _ => Ok::<_, DataFusionError>(table),
+                }
             };
             Arc::new(over_base.await.map_err(|e| failed(model_error(model, e)))?)
         }

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use datafusion::arrow::datatypes::Schema;
 use datafusion::common::JoinType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -54,6 +53,9 @@ pub struct LayeredTable {
     delta: DataFrame,
     /// The columns by which the delta's rows replace the base's.
     replaced_by: Vec<String>,
+    /// The base's rows of the customers the run's new lines touch, read once for every
+    /// model that reads them (see [`crate::models::touched`]).
+    touched: Option<DataFrame>,
 }
 
 impl LayeredTable {
@@ -69,13 +71,25 @@ impl LayeredTable {
             base,
             delta,
             replaced_by: replaced_by.to_vec(),
+            touched: None,
         })
+    }
+
+    /// The same table, whose base rows of the touched customers (in the base's columns)
+    /// are `touched`: what [`LayeredTable::restricted`] reads for a restriction to them.
+    pub fn with_touched(self, touched: DataFrame) -> LayeredTable {
+        LayeredTable {
+            touched: Some(touched),
+            ..self
+        }
     }
 
     /// The table's rows that `restrict` keeps, when it keeps rows by a column the rows are
     /// replaced by (the customer): each layer restricted before the base's replaced rows
     /// are taken out, so that only the kept rows go through that anti-join, not every base
-    /// row. None when the rows are not replaced by `column`.
+    /// row. None when the rows are not replaced by `column`. `restrict` keeps the customers
+    /// the run's new lines touch: the base's rows of them are read once, when the table has
+    /// them ([`LayeredTable::with_touched`]).
     pub fn restricted(
         &self,
         column: &str,
@@ -85,7 +99,10 @@ impl LayeredTable {
             return None;
         }
         let layers = || {
-            let base = restrict(self.base.clone())?;
+            let base = match &self.touched {
+                Some(rows) if column == crate::models::incremental::CUSTOMER => rows.clone(),
+                _ => restrict(self.base.clone())?,
+            };
             layered(base, restrict(self.delta.clone())?, &self.replaced_by)
         };
         Some(layers())
@@ -215,6 +232,19 @@ pub fn layered(base: DataFrame, delta: DataFrame, grain: &[String]) -> DfResult<
         .union(delta)
 }
 
+/// Snapshot `base`'s kept table of incremental model `name`.
+fn kept_table<'m>(base: &'m Manifest, name: &str) -> DfResult<&'m StateTable> {
+    base.state
+        .as_ref()
+        .and_then(|s| s.tables.get(name))
+        .ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "the state of snapshot {} keeps no rows of model {name}",
+                base.as_of
+            ))
+        })
+}
+
 impl Output {
     /// The published path of a state file `run_id` staged for `as_of` (`file` relative to
     /// the state's staging folder, `<model>/part-<i>.parquet`): named by the run on every
@@ -289,36 +319,51 @@ impl Output {
         name: &str,
         grain: &[String],
     ) -> DfResult<DataFrame> {
-        let table = base
-            .state
-            .as_ref()
-            .and_then(|s| s.tables.get(name))
-            .ok_or_else(|| {
-                DataFusionError::Plan(format!(
-                    "the state of snapshot {} keeps no rows of model {name}",
-                    base.as_of
-                ))
-            })?;
+        let table = kept_table(base, name)?;
         let rows = self.open_files(ctx, &table.files, table.buckets).await?;
-        if table.delta.is_empty() {
-            return Ok(rows);
+        match self.open_state_delta(ctx, table, &rows).await? {
+            Some(delta) => layered(rows, delta, grain),
+            None => Ok(rows),
         }
-        let delta = self.open_files(ctx, &table.delta, table.buckets).await?;
-        let schema = rows.schema().as_arrow().clone();
-        let delta = crate::publish::stage::conform(delta, &schema, &[])?;
-        layered(rows, delta, grain)
     }
 
-    /// The base layer of kept table `table` read as a table of `schema`'s columns and
-    /// types, for the layered rows a run's models read (see [`layered`]).
-    pub async fn open_base(
+    /// The rows of incremental model `name` (its `grain`) that snapshot `base` keeps of the
+    /// customers the run's new lines touch: its base's read once for every model that reads
+    /// them (`touched`), its delta's restricted to them.
+    pub async fn open_touched_state(
+        &self,
+        ctx: &SessionContext,
+        base: &Manifest,
+        name: &str,
+        grain: &[String],
+        touched: &crate::models::touched::TouchedRows,
+    ) -> DfResult<DataFrame> {
+        let table = kept_table(base, name)?;
+        let rows = self.open_files(ctx, &table.files, table.buckets).await?;
+        let delta = self.open_state_delta(ctx, table, &rows).await?;
+        let rows = touched.rows(ctx, name, rows).await?;
+        match delta {
+            Some(delta) => {
+                let delta = crate::models::touched::restrict(ctx, delta).await?;
+                layered(rows, delta, grain)
+            }
+            None => Ok(rows),
+        }
+    }
+
+    /// The delta layer of kept table `table`, in the columns and types of its base `rows`.
+    async fn open_state_delta(
         &self,
         ctx: &SessionContext,
         table: &StateTable,
-        schema: &Schema,
-    ) -> DfResult<DataFrame> {
-        let rows = self.open_files(ctx, &table.files, table.buckets).await?;
-        crate::publish::stage::conform(rows, schema, &[])
+        rows: &DataFrame,
+    ) -> DfResult<Option<DataFrame>> {
+        if table.delta.is_empty() {
+            return Ok(None);
+        }
+        let delta = self.open_files(ctx, &table.delta, table.buckets).await?;
+        let schema = rows.schema().as_arrow().clone();
+        crate::publish::stage::conform(delta, &schema, &[]).map(Some)
     }
 
     /// State files as one table; bucketed by customer when they were written so (one file

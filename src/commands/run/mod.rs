@@ -554,6 +554,7 @@ async fn compute(
         concurrent_models = concurrency,
         "models computed up to this many at a time"
     );
+    let touched = crate::models::touched::TouchedRows::default();
     let previous = Previous {
         output,
         manifest: previous.as_ref(),
@@ -569,6 +570,7 @@ async fn compute(
         state: StateRun {
             keep: keep_state,
             base,
+            touched: base.is_some().then_some(&touched),
         },
     };
     let outputs = run_models(inputs, concurrency).await?;
