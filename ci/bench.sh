@@ -113,7 +113,7 @@ seven = ["customer_facts", "rfm", "lifecycle", "cohort_retention", "product_valu
          "channel_value", "segment_summary"]
 extra = sum(v["duration_ms"] for k, v in m["models"].items()
             if k in ("customer_affinity", "segment_migration", "btyd_summary", "clv_model", "clv_scores",
-                     "clv", "clv_holdout_summary", "clv_backtest"))
+                     "clv", "clv_holdout_summary", "clv_backtest_scores", "clv_backtest"))
 print(f'{sum(m["tables"][t]["rows"] for t in seven)}\t{sum(t["rows"] for t in m["tables"].values())}\t{extra}')
 PY
 )"

@@ -38,30 +38,12 @@ not_null = ["scope", "customers"]
 accepted_values = { scope = ["decile", "total"] }
 expression = ["decile is null or (decile >= 1 and decile <= 10)"]
 ---*/
--- The refits are clv_backtest_fit's (one row): `valued` is read twice below, and a fit
--- here would run twice.
-with model as (
-    select r, alpha, a, b, p, q, v, converged, population_mean_spend, unit from clv_backtest_fit
-),
-
-predicted as (
-    select
-        s.customer_id,
-        bgnbd_expected_purchases(m.r, m.alpha, m.a, m.b, s.frequency, s.recency, s.t, $holdout_days / m.unit) as predicted_purchases,
-        case
-            when s.frequency > 0 and s.monetary > 0
-                then gamma_gamma_expected_spend(m.p, m.q, m.v, s.frequency, s.monetary)
-            else m.population_mean_spend
-        end as expected_spend,
-        cast(s.actual_purchases as double) as actual_purchases,
-        s.actual_revenue,
-        m.r, m.alpha, m.a, m.b, m.p, m.q, m.v, m.converged
-    from model m
-    cross join clv_holdout_summary s
-),
-
-valued as (
-    select *, predicted_purchases * expected_spend as predicted_revenue from predicted
+-- The predictions are clv_backtest_scores' (computed once: DataFusion inlines a CTE at each
+-- reference, and the cuts and the scores below both read them); the refits' parameters are
+-- clv_backtest_fit's (one row), joined to the eleven rows of scores.
+with valued as (
+    select predicted_purchases, actual_purchases, actual_revenue, predicted_revenue
+    from clv_backtest_scores
 ),
 
 -- The deciles by rank: decile d + 1 or higher when at least d / 10 of all customers have a
@@ -114,12 +96,7 @@ scored as (
         cast(sum(cast(actual_revenue as decimal(38, 12))) as double)    as actual_revenue,
         cast(sum(cast(abs(predicted_revenue - actual_revenue) as decimal(38, 12))) as double) / count(*) as revenue_mae,
         cast(sum(cast(predicted_revenue - actual_revenue as decimal(38, 12))) as double) / count(*)      as revenue_bias,
-        rank_correlation(predicted_revenue, actual_revenue) as revenue_rank_correlation,
-        -- the parameters are the same on every row: carried through rather than joined
-        -- again, which would fit the models a second time
-        max(r) as r, max(alpha) as alpha, max(a) as a, max(b) as b,
-        max(p) as p, max(q) as q, max(v) as v,
-        coalesce(bool_and(converged), false) as converged
+        rank_correlation(predicted_revenue, actual_revenue) as revenue_rank_correlation
     from ranked
     group by grouping sets ((decile), ())
 )
@@ -132,6 +109,15 @@ select
     s.customers,
     s.predicted_purchases, s.actual_purchases, s.purchases_mae, s.purchases_bias, s.purchases_rank_correlation,
     s.predicted_revenue, s.actual_revenue, s.revenue_mae, s.revenue_bias, s.revenue_rank_correlation,
-    s.r, s.alpha, s.a, s.b, s.p, s.q, s.v, s.converged,
+    -- the refits' parameters, on a row of scores of at least one customer
+    case when s.customers > 0 then m.r end     as r,
+    case when s.customers > 0 then m.alpha end as alpha,
+    case when s.customers > 0 then m.a end     as a,
+    case when s.customers > 0 then m.b end     as b,
+    case when s.customers > 0 then m.p end     as p,
+    case when s.customers > 0 then m.q end     as q,
+    case when s.customers > 0 then m.v end     as v,
+    coalesce(s.customers > 0 and m.converged, false) as converged,
     lower($time_unit) as time_unit
-from scored s
+from clv_backtest_fit m
+cross join scored s

@@ -35,7 +35,7 @@ fn check_on_the_demo_project_is_clean_and_touches_no_output() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert_eq!(
         r.stdout,
-        "checked 24 model(s) and 0 data test(s): 0 error(s), 0 warning(s)\n"
+        "checked 25 model(s) and 0 data test(s): 0 error(s), 0 warning(s)\n"
     );
     assert!(!tmp.path().join("out").exists(), "check created the output");
 
@@ -257,7 +257,7 @@ fn list_shows_kind_grain_partitioning_reads_and_what_is_published() {
     );
     assert!(
         r.stdout.ends_with(&format!(
-            "\n24 model(s); no snapshot published at {} yet\n",
+            "\n25 model(s); no snapshot published at {} yet\n",
             tmp.path().join("out").display()
         )),
         "{}",
@@ -270,7 +270,7 @@ fn list_shows_kind_grain_partitioning_reads_and_what_is_published() {
     assert_eq!(line(&r.stdout, "rfm")[5], format!("as_of={DEMO_AS_OF}"));
     assert!(
         r.stdout
-            .contains(&format!("24 model(s); newest snapshot as_of={DEMO_AS_OF}")),
+            .contains(&format!("25 model(s); newest snapshot as_of={DEMO_AS_OF}")),
         "{}",
         r.stdout
     );
