@@ -570,7 +570,10 @@ async fn compute(
         state: StateRun {
             keep: keep_state,
             base,
-            touched: base.is_some().then_some(&touched),
+            // On a cluster the executors read the state: rows kept in this process would
+            // travel inside every plan that reads them.
+            touched: (base.is_some() && matches!(settings.engine, Engine::Local))
+                .then_some(&touched),
         },
     };
     let outputs = run_models(inputs, concurrency).await?;
