@@ -12,7 +12,7 @@
 pub mod codec;
 pub mod serve;
 mod stores;
-mod views;
+pub(crate) mod views;
 
 use std::sync::Arc;
 use std::time::Duration;

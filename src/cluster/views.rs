@@ -47,8 +47,9 @@ impl CompactViews {
     }
 }
 
-/// `batch` with every top-level view column holding only its own strings.
-fn compact(batch: RecordBatch) -> Result<RecordBatch> {
+/// `batch` with every top-level view column holding only its own strings (also for rows
+/// kept in memory: see [`crate::models::touched`]).
+pub(crate) fn compact(batch: RecordBatch) -> Result<RecordBatch> {
     let columns: Vec<ArrayRef> = batch
         .columns()
         .iter()

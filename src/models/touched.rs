@@ -15,9 +15,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::BatchCoalescer;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::JoinType;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -151,7 +151,9 @@ impl TouchedBase {
                 }
             }
             while let Some(batch) = coalescer.next_completed_batch() {
-                let batch = compact(batch)?;
+                // Its string views in buffers of their own: kept rows would otherwise hold
+                // every Parquet page their views point into.
+                let batch = crate::cluster::views::compact(batch)?;
                 if reservation.try_grow(batch.get_array_memory_size()).is_err() {
                     debug!(table = %self.name, "the touched customers' kept rows exceed the memory pool; each model reads them from the base");
                     return Ok(None);
@@ -166,21 +168,6 @@ impl TouchedBase {
             _reservation: reservation,
         }))
     }
-}
-
-/// `batch` with its string and binary views in buffers of their own: the rows a restricted
-/// read keeps would otherwise hold every Parquet page their views point into.
-fn compact(batch: RecordBatch) -> DfResult<RecordBatch> {
-    let columns: Vec<ArrayRef> = batch
-        .columns()
-        .iter()
-        .map(|c| match c.data_type() {
-            DataType::Utf8View => Arc::new(c.as_string_view().gc()) as ArrayRef,
-            DataType::BinaryView => Arc::new(c.as_binary_view().gc()) as ArrayRef,
-            _ => Arc::clone(c),
-        })
-        .collect();
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 #[async_trait::async_trait]
@@ -234,7 +221,7 @@ impl TableProvider for TouchedBase {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
     use datafusion::execution::memory_pool::GreedyMemoryPool;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
