@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::Schema;
 use datafusion::catalog::TableProvider;
 use datafusion::common::JoinType;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{cast, col, Expr};
+use datafusion::logical_expr::{col, Expr};
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::resolve::resolve_table_references;
@@ -29,7 +29,7 @@ use crate::models::{line_of, parse_statement, Model};
 pub const MERGE_TABLES: [&str; 2] = ["state", "slice"];
 
 /// The key an incremental model over other incremental models is recomputed by.
-pub const CUSTOMER: &str = "customer_id";
+pub use crate::models::touched::CUSTOMER;
 
 /// Whether `model` is incremental over other incremental models (not over the lines): an
 /// incremental run recomputes its rows of the customers the new lines touch.
@@ -377,27 +377,13 @@ pub async fn plan_touched(
     params: &BTreeMap<String, ScalarValue>,
 ) -> Result<DataFrame> {
     let err = |e: DataFusionError| crate::models::model_error(model, e);
-    let touched = ctx
-        .table("orders")
+    let touched = crate::models::touched::touched_customers(ctx)
         .await
-        .and_then(|o| o.select(vec![col(CUSTOMER)]))
-        .and_then(|k| k.distinct())
         .map_err(err)?;
     let mut restricted = Vec::new();
     for dep in &model.deps {
         let rows = ctx.table(dep.as_str()).await.map_err(err)?;
-        let key = rows
-            .schema()
-            .field_with_unqualified_name(CUSTOMER)
-            .map_err(err)?
-            .data_type()
-            .clone();
-        let touched_only = |rows: DataFrame| {
-            touched
-                .clone()
-                .select(vec![cast(col(CUSTOMER), key.clone()).alias(TOUCHED)])
-                .and_then(|t| t.join(rows, JoinType::RightSemi, &[TOUCHED], &[CUSTOMER], None))
-        };
+        let touched_only = |rows: DataFrame| crate::models::touched::restrict_to(&touched, rows);
         // A kept state table read over this run's delta: each layer restricted first.
         let provider = ctx.table_provider(dep.as_str()).await.map_err(err)?;
         let layered = provider
@@ -418,9 +404,6 @@ pub async fn plan_touched(
     )
     .await
 }
-
-/// The touched customers' key column while an input is restricted to them.
-const TOUCHED: &str = "segflow_touched_customer";
 
 /// Plans `model`'s merge query in `ctx` with `state` and `slice` registered for it.
 pub async fn plan_merge(

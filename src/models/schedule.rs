@@ -502,10 +502,18 @@ async fn plan_incremental(
     // the models downstream that recompute those customers, when the slice's customers
     // are the lines' own (then they are among the touched ones).
     let touched_kept = match touched {
-        Some(touched) if of_the_lines_customers(ctx, &slice).await => output
-            .open_touched_state(ctx, base, &model.name, replaced_by(model), touched)
+        Some(touched) if of_the_lines_customers(ctx, &slice).await => {
+            crate::models::touched::kept_state(
+                ctx,
+                output,
+                base,
+                &model.name,
+                replaced_by(model),
+                touched,
+            )
             .await
-            .map_err(err)?,
+            .map_err(err)?
+        }
         _ => kept.clone(),
     };
     let touched = touched_state(model, touched_kept, &slice)?;
@@ -661,7 +669,7 @@ pub(crate) async fn compute_model(
                     {
                         let rows = touched.rows(ctx, &model.name, raw).await?;
                         let rows = crate::publish::stage::conform(rows, &schema, &[])?;
-                        Ok(table.with_touched(rows))
+                        Ok(table.with_touched(crate::models::incremental::CUSTOMER, rows))
                     }
                     _ => Ok::<_, DataFusionError>(table),
                 }

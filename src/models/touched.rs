@@ -29,7 +29,9 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use tracing::debug;
 
-use crate::models::incremental::CUSTOMER;
+/// The key by which an incremental run restricts rows to the customers its new lines touch
+/// (and an incremental model over other incremental models is recomputed by).
+pub const CUSTOMER: &str = "customer_id";
 
 /// Each kept base's rows of the touched customers, by state table, for one incremental run.
 #[derive(Debug, Default)]
@@ -84,20 +86,51 @@ impl TouchedRows {
 
 /// `rows` of the customers the run's new lines (the staged `orders`) touch.
 pub async fn restrict(ctx: &SessionContext, rows: DataFrame) -> DfResult<DataFrame> {
+    restrict_to(&touched_customers(ctx).await?, rows)
+}
+
+/// The customers the run's new lines (the staged `orders`) touch, once each.
+pub async fn touched_customers(ctx: &SessionContext) -> DfResult<DataFrame> {
+    ctx.table("orders")
+        .await?
+        .select(vec![col(CUSTOMER)])?
+        .distinct()
+}
+
+/// `rows` of the customers `touched` ([`touched_customers`]) holds.
+pub fn restrict_to(touched: &DataFrame, rows: DataFrame) -> DfResult<DataFrame> {
     let key = rows
         .schema()
         .field_with_unqualified_name(CUSTOMER)?
         .data_type()
         .clone();
-    ctx.table("orders")
-        .await?
+    touched
+        .clone()
         .select(vec![cast(col(CUSTOMER), key).alias(TOUCHED)])?
-        .distinct()?
         .join(rows, JoinType::RightSemi, &[TOUCHED], &[CUSTOMER], None)
 }
 
 /// The touched customers' key column while rows are restricted to them.
 const TOUCHED: &str = "segflow_touched_customer";
+
+/// The rows of incremental model `name` (its `grain`) that snapshot `base` keeps of the
+/// customers the run's new lines touch: its base's read once for every model that reads
+/// them (`touched`), its delta's restricted to them.
+pub async fn kept_state(
+    ctx: &SessionContext,
+    output: &crate::publish::Output,
+    base: &crate::publish::Manifest,
+    name: &str,
+    grain: &[String],
+    touched: &TouchedRows,
+) -> DfResult<DataFrame> {
+    let (rows, delta) = output.open_state_layers(ctx, base, name).await?;
+    let rows = touched.rows(ctx, name, rows).await?;
+    match delta {
+        Some(delta) => crate::publish::state::layered(rows, restrict(ctx, delta).await?, grain),
+        None => Ok(rows),
+    }
+}
 
 /// One kept base's rows of the touched customers: the plan that reads them from the base,
 /// and, once the first reader ran it, the rows.

@@ -53,9 +53,9 @@ pub struct LayeredTable {
     delta: DataFrame,
     /// The columns by which the delta's rows replace the base's.
     replaced_by: Vec<String>,
-    /// The base's rows of the customers the run's new lines touch, read once for every
-    /// model that reads them (see [`crate::models::touched`]).
-    touched: Option<DataFrame>,
+    /// The base's rows of the values of a column (the customers the run's new lines
+    /// touch), read once for every model that reads them: the column and the rows.
+    touched: Option<(String, DataFrame)>,
 }
 
 impl LayeredTable {
@@ -75,11 +75,12 @@ impl LayeredTable {
         })
     }
 
-    /// The same table, whose base rows of the touched customers (in the base's columns)
-    /// are `touched`: what [`LayeredTable::restricted`] reads for a restriction to them.
-    pub fn with_touched(self, touched: DataFrame) -> LayeredTable {
+    /// The same table, whose base rows (in the base's columns) of the touched customers,
+    /// keyed by `column`, are `touched`: what [`LayeredTable::restricted`] reads for a
+    /// restriction by that column.
+    pub fn with_touched(self, column: &str, touched: DataFrame) -> LayeredTable {
         LayeredTable {
-            touched: Some(touched),
+            touched: Some((column.to_string(), touched)),
             ..self
         }
     }
@@ -87,9 +88,9 @@ impl LayeredTable {
     /// The table's rows that `restrict` keeps, when it keeps rows by a column the rows are
     /// replaced by (the customer): each layer restricted before the base's replaced rows
     /// are taken out, so that only the kept rows go through that anti-join, not every base
-    /// row. None when the rows are not replaced by `column`. `restrict` keeps the customers
-    /// the run's new lines touch: the base's rows of them are read once, when the table has
-    /// them ([`LayeredTable::with_touched`]).
+    /// row. None when the rows are not replaced by `column`. When the table holds the base's
+    /// rows that `restrict` keeps, for `column` ([`LayeredTable::with_touched`]: the
+    /// customers the run's new lines touch, read once), those are read instead of the base.
     pub fn restricted(
         &self,
         column: &str,
@@ -100,7 +101,7 @@ impl LayeredTable {
         }
         let layers = || {
             let base = match &self.touched {
-                Some(rows) if column == crate::models::incremental::CUSTOMER => rows.clone(),
+                Some((by, rows)) if by == column => rows.clone(),
                 _ => restrict(self.base.clone())?,
             };
             layered(base, restrict(self.delta.clone())?, &self.replaced_by)
@@ -319,51 +320,29 @@ impl Output {
         name: &str,
         grain: &[String],
     ) -> DfResult<DataFrame> {
-        let table = kept_table(base, name)?;
-        let rows = self.open_files(ctx, &table.files, table.buckets).await?;
-        match self.open_state_delta(ctx, table, &rows).await? {
-            Some(delta) => layered(rows, delta, grain),
-            None => Ok(rows),
+        match self.open_state_layers(ctx, base, name).await? {
+            (rows, Some(delta)) => layered(rows, delta, grain),
+            (rows, None) => Ok(rows),
         }
     }
 
-    /// The rows of incremental model `name` (its `grain`) that snapshot `base` keeps of the
-    /// customers the run's new lines touch: its base's read once for every model that reads
-    /// them (`touched`), its delta's restricted to them.
-    pub async fn open_touched_state(
+    /// The two layers of incremental model `name`'s kept table in snapshot `base`: the
+    /// base, and the delta (when there is one) in the base's columns and types.
+    pub async fn open_state_layers(
         &self,
         ctx: &SessionContext,
         base: &Manifest,
         name: &str,
-        grain: &[String],
-        touched: &crate::models::touched::TouchedRows,
-    ) -> DfResult<DataFrame> {
+    ) -> DfResult<(DataFrame, Option<DataFrame>)> {
         let table = kept_table(base, name)?;
         let rows = self.open_files(ctx, &table.files, table.buckets).await?;
-        let delta = self.open_state_delta(ctx, table, &rows).await?;
-        let rows = touched.rows(ctx, name, rows).await?;
-        match delta {
-            Some(delta) => {
-                let delta = crate::models::touched::restrict(ctx, delta).await?;
-                layered(rows, delta, grain)
-            }
-            None => Ok(rows),
-        }
-    }
-
-    /// The delta layer of kept table `table`, in the columns and types of its base `rows`.
-    async fn open_state_delta(
-        &self,
-        ctx: &SessionContext,
-        table: &StateTable,
-        rows: &DataFrame,
-    ) -> DfResult<Option<DataFrame>> {
         if table.delta.is_empty() {
-            return Ok(None);
+            return Ok((rows, None));
         }
         let delta = self.open_files(ctx, &table.delta, table.buckets).await?;
         let schema = rows.schema().as_arrow().clone();
-        crate::publish::stage::conform(delta, &schema, &[]).map(Some)
+        let delta = crate::publish::stage::conform(delta, &schema, &[])?;
+        Ok((rows, Some(delta)))
     }
 
     /// State files as one table; bucketed by customer when they were written so (one file
