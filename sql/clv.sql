@@ -35,7 +35,8 @@ expression = ["p_alive is null or (p_alive >= 0 and p_alive <= 1)", "p_alive is 
 -- customers have a strictly lower clv_365d, in the middle band at 50 %. rank_cuts gives the
 -- value above which each share is reached (from the values alone, not a sort of every row).
 with bands as (
-    select rank_cuts(clv_365d, 0.5, 0.8) as cut from clv_scores
+    select cut[1] as medium_above, cut[2] as high_above
+    from (select rank_cuts(clv_365d, 0.5, 0.8) as cut from clv_scores) lists
 )
 
 select
@@ -56,8 +57,8 @@ from (
         end as churn_risk,
         case
             when clv_365d is null then 'unknown'
-            when clv_365d > b.cut[2] then 'high'
-            when clv_365d > b.cut[1] then 'medium'
+            when clv_365d > b.high_above then 'high'
+            when clv_365d > b.medium_above then 'medium'
             else 'low'
         end as value_band
     -- the one-row side first: the other way round a cross join emits a batch per row

@@ -53,10 +53,16 @@ with valued as (
 -- that of a customer with every prediction below.
 cuts as (
     select
-        rank_cuts(predicted_revenue, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9) as cut,
-        count(predicted_revenue) as predicted,
-        count(*) as customers
-    from valued
+        cut[1] as cut1, cut[2] as cut2, cut[3] as cut3, cut[4] as cut4, cut[5] as cut5,
+        cut[6] as cut6, cut[7] as cut7, cut[8] as cut8, cut[9] as cut9,
+        predicted, customers
+    from (
+        select
+            rank_cuts(predicted_revenue, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9) as cut,
+            count(predicted_revenue) as predicted,
+            count(*) as customers
+        from valued
+    ) lists
 ),
 
 ranked as (
@@ -66,15 +72,15 @@ ranked as (
             when p.predicted_revenue is null
                 then cast(1 + floor(10.0 * c.predicted / c.customers) as bigint)
             else 1
-                + case when p.predicted_revenue > c.cut[1] then 1 else 0 end
-                + case when p.predicted_revenue > c.cut[2] then 1 else 0 end
-                + case when p.predicted_revenue > c.cut[3] then 1 else 0 end
-                + case when p.predicted_revenue > c.cut[4] then 1 else 0 end
-                + case when p.predicted_revenue > c.cut[5] then 1 else 0 end
-                + case when p.predicted_revenue > c.cut[6] then 1 else 0 end
-                + case when p.predicted_revenue > c.cut[7] then 1 else 0 end
-                + case when p.predicted_revenue > c.cut[8] then 1 else 0 end
-                + case when p.predicted_revenue > c.cut[9] then 1 else 0 end
+                + case when p.predicted_revenue > c.cut1 then 1 else 0 end
+                + case when p.predicted_revenue > c.cut2 then 1 else 0 end
+                + case when p.predicted_revenue > c.cut3 then 1 else 0 end
+                + case when p.predicted_revenue > c.cut4 then 1 else 0 end
+                + case when p.predicted_revenue > c.cut5 then 1 else 0 end
+                + case when p.predicted_revenue > c.cut6 then 1 else 0 end
+                + case when p.predicted_revenue > c.cut7 then 1 else 0 end
+                + case when p.predicted_revenue > c.cut8 then 1 else 0 end
+                + case when p.predicted_revenue > c.cut9 then 1 else 0 end
         end as decile
     -- the one-row side first: the other way round a cross join emits a batch per row
     from cuts c

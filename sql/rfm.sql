@@ -28,29 +28,37 @@ with facts as (
 -- W (customers with a strictly worse value) / N reaches k/5 exactly when the value is past
 -- the k-th cut rank_cuts gives (from the values alone, not a sort or a join of every
 -- customer); recency is negated, as fewer days is better. The score counts the cuts passed.
+-- The cuts are taken out of their lists in this one row, so that the customers are compared
+-- with plain columns (not a list element looked up for every customer).
 cuts as (
     select
-        rank_cuts(-recency_days, 0.2, 0.4, 0.6, 0.8) as r,
-        rank_cuts(frequency,     0.2, 0.4, 0.6, 0.8) as f,
-        rank_cuts(monetary,      0.2, 0.4, 0.6, 0.8) as m
-    from facts
+        r[1] as r1, r[2] as r2, r[3] as r3, r[4] as r4,
+        f[1] as f1, f[2] as f2, f[3] as f3, f[4] as f4,
+        m[1] as m1, m[2] as m2, m[3] as m3, m[4] as m4
+    from (
+        select
+            rank_cuts(-recency_days, 0.2, 0.4, 0.6, 0.8) as r,
+            rank_cuts(frequency,     0.2, 0.4, 0.6, 0.8) as f,
+            rank_cuts(monetary,      0.2, 0.4, 0.6, 0.8) as m
+        from facts
+    ) lists
 ),
 
 scored as (
     select
         f.customer_id, f.recency_days, f.frequency, f.monetary,
-        1 + cast(-f.recency_days > c.r[1] as bigint)
-          + cast(-f.recency_days > c.r[2] as bigint)
-          + cast(-f.recency_days > c.r[3] as bigint)
-          + cast(-f.recency_days > c.r[4] as bigint) as r_score,
-        1 + cast(f.frequency > c.f[1] as bigint)
-          + cast(f.frequency > c.f[2] as bigint)
-          + cast(f.frequency > c.f[3] as bigint)
-          + cast(f.frequency > c.f[4] as bigint) as f_score,
-        1 + cast(f.monetary > c.m[1] as bigint)
-          + cast(f.monetary > c.m[2] as bigint)
-          + cast(f.monetary > c.m[3] as bigint)
-          + cast(f.monetary > c.m[4] as bigint) as m_score
+        1 + cast(-f.recency_days > c.r1 as bigint)
+          + cast(-f.recency_days > c.r2 as bigint)
+          + cast(-f.recency_days > c.r3 as bigint)
+          + cast(-f.recency_days > c.r4 as bigint) as r_score,
+        1 + cast(f.frequency > c.f1 as bigint)
+          + cast(f.frequency > c.f2 as bigint)
+          + cast(f.frequency > c.f3 as bigint)
+          + cast(f.frequency > c.f4 as bigint) as f_score,
+        1 + cast(f.monetary > c.m1 as bigint)
+          + cast(f.monetary > c.m2 as bigint)
+          + cast(f.monetary > c.m3 as bigint)
+          + cast(f.monetary > c.m4 as bigint) as m_score
     -- the one-row side first: the other way round a cross join emits a batch per row
     from cuts c
     cross join facts f

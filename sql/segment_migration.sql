@@ -18,28 +18,40 @@ accepted_values = { segmentation = ["rfm", "lifecycle", "clv"] }
 -- buffers, and the exchange between the joins would count (and spill) a page per row batch.
 -- Each segmentation is joined with its previous snapshot on the customer alone (three joins
 -- of one row per customer, not one of all three tables' rows on segmentation and customer).
-with moves as (
+-- The rfm moves carry the customer's revenue themselves (rfm.monetary is customer_facts'
+-- revenue); only the lifecycle and clv moves are joined with customer_facts for it.
+with rfm_moves as (
     select 'rfm' as segmentation, arrow_cast(p.segment, 'Utf8') as from_segment,
-           arrow_cast(c.segment, 'Utf8') as to_segment, arrow_cast(c.customer_id, 'Utf8') as customer_id
+           arrow_cast(c.segment, 'Utf8') as to_segment, c.monetary as revenue
     from rfm c
     join previous.rfm p on p.customer_id = c.customer_id
-    union all
-    select 'lifecycle', arrow_cast(p.stage, 'Utf8'), arrow_cast(c.stage, 'Utf8'), arrow_cast(c.customer_id, 'Utf8')
+),
+
+other_moves as (
+    select 'lifecycle' as segmentation, arrow_cast(p.stage, 'Utf8') as from_segment,
+           arrow_cast(c.stage, 'Utf8') as to_segment, arrow_cast(c.customer_id, 'Utf8') as customer_id
     from lifecycle c
     join previous.lifecycle p on p.customer_id = c.customer_id
     union all
     select 'clv', arrow_cast(p.clv_segment, 'Utf8'), arrow_cast(c.clv_segment, 'Utf8'), arrow_cast(c.customer_id, 'Utf8')
     from clv c
     join previous.clv p on p.customer_id = c.customer_id
+),
+
+moves as (
+    select segmentation, from_segment, to_segment, revenue from rfm_moves
+    union all
+    select m.segmentation, m.from_segment, m.to_segment, f.revenue
+    from other_moves m
+    join (select arrow_cast(customer_id, 'Utf8') as customer_id, revenue from customer_facts) f
+      on f.customer_id = m.customer_id
 )
 
 select
-    m.segmentation,
-    m.from_segment,
-    m.to_segment,
+    segmentation,
+    from_segment,
+    to_segment,
     count(*) as customers,
-    cast(sum(cast(f.revenue as decimal(38, 6))) as double) as revenue
-from moves m
-join (select arrow_cast(customer_id, 'Utf8') as customer_id, revenue from customer_facts) f
-  on f.customer_id = m.customer_id
-group by m.segmentation, m.from_segment, m.to_segment
+    cast(sum(cast(revenue as decimal(38, 6))) as double) as revenue
+from moves
+group by segmentation, from_segment, to_segment
