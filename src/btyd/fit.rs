@@ -576,7 +576,7 @@ impl<'a> GammaGammaBuyers<'a> {
                         d[1] += q * (w * digamma_rising(q, px) - la);
                         d[2] += (px + q) * u - w * px;
                     }
-                    w * (ln_rising(px, q) - ln_gamma(q)) - s - px * lb - q * la
+                    w * ln_inverse_beta(px, q) - s - px * lb - q * la
                 })
                 .sum::<f64>();
             (value, d)

@@ -13,14 +13,15 @@ pub struct GammaGamma {
 impl GammaGamma {
     /// The log-likelihood of a customer with `x` > 0 repeat purchases of mean value `m` > 0,
     /// in the form that stays accurate far out on the likelihood's ridges (q and v large
-    /// together, or p large and v small): `ln Γ(px + q) - ln Γ(px)` as [`ln_rising`], and
-    /// `q ln v + (px - 1) ln m + px ln x - (px + q) ln(x m + v)` as `-ln m - px ln(1 + v /
-    /// (x m)) - q ln(1 + x m / v)` (the same, with no difference of large terms).
+    /// together, or p large and v small): `ln Γ(px + q) - ln Γ(px) - ln Γ(q)` as
+    /// [`ln_inverse_beta`], and `q ln v + (px - 1) ln m + px ln x - (px + q) ln(x m + v)` as
+    /// `-ln m - px ln(1 + v / (x m)) - q ln(1 + x m / v)` (the same, with no difference of
+    /// large terms).
     pub fn ln_likelihood(&self, x: f64, m: f64) -> f64 {
         let GammaGamma { p, q, v } = *self;
         let px = p * x;
         let xm = x * m;
-        ln_rising(px, q) - ln_gamma(q) - m.ln() - px * (v / xm).ln_1p() - q * (xm / v).ln_1p()
+        ln_inverse_beta(px, q) - m.ln() - px * (v / xm).ln_1p() - q * (xm / v).ln_1p()
     }
 
     /// The population mean spend per transaction, `p v / (q - 1)` (infinite for q <= 1).
